@@ -1,0 +1,84 @@
+# Builds every program for the GPU with nvcc when one is visible, and for the
+# CPU with g++ and the host backend (llmc/host_backend.h) otherwise.
+#   make train_gpt                      build (backend chosen automatically)
+#   make test                           reference states, every test, "N passed, M failed"
+#   make cuda-check                     compile every .cu with nvcc for sm_80 and sm_90
+#   BACKEND=host|cuda                   force a backend
+#   GPU_COMPUTE_CAPABILITY=90           override the GPU query (implies cuda)
+#   PYTHON=/usr/bin/python3             the interpreter that has torch (Debian's python3-torch)
+
+PYTHON ?= /usr/bin/python3
+NVCC ?= nvcc
+HOST_CXX ?= g++
+TINYSHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
+
+# The GPU query must be a $(shell ...); an explicit GPU_COMPUTE_CAPABILITY wins.
+ifeq ($(origin GPU_COMPUTE_CAPABILITY), undefined)
+  GPU_COMPUTE_CAPABILITY := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')
+endif
+ifeq ($(strip $(GPU_COMPUTE_CAPABILITY)),)
+  BACKEND ?= host
+else
+  BACKEND ?= cuda
+endif
+
+HOST_FLAGS ?= -std=c++17 -O3 -march=native -fopenmp -Wall -Wno-unused-function -Wno-unknown-pragmas
+HOST_LIBS = -lopenblas -lboost_context -lm
+CUDA_FLAGS ?= -std=c++17 -O3 -Xcompiler -Wall
+CUDA_LIBS = -lcublas
+
+ifeq ($(BACKEND),cuda)
+  ifeq ($(strip $(GPU_COMPUTE_CAPABILITY)),)
+    $(error BACKEND=cuda needs a visible GPU or GPU_COMPUTE_CAPABILITY=<e.g. 90>)
+  endif
+  COMPILE = $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_$(GPU_COMPUTE_CAPABILITY),code=sm_$(GPU_COMPUTE_CAPABILITY) -x cu
+  LIBS = $(CUDA_LIBS)
+else ifeq ($(BACKEND),host)
+  COMPILE = $(HOST_CXX) $(HOST_FLAGS) -x c++
+  LIBS = $(HOST_LIBS)
+else
+  $(error BACKEND must be host or cuda, not '$(BACKEND)')
+endif
+
+HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
+PROGRAMS = train_gpt test_gpt test_backend
+TESTS = test_backend test_gpt
+CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
+
+# rebuild everything when the backend or GPU changes
+BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
+$(BACKEND_STAMP):
+	@mkdir -p build && rm -f build/backend.* && touch $@
+
+.PHONY: all test cuda-check data clean
+all: $(PROGRAMS)
+
+$(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
+	$(COMPILE) $< -o $@ $(LIBS)
+
+# reference states written by the PyTorch script (CPU)
+data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/gpt.py --out $@
+
+# tinyshakespeare tokens: from the local copy when there is one, else downloaded
+data: data/tinyshakespeare_train.bin
+data/tinyshakespeare_train.bin:
+	@mkdir -p data
+	if [ -f "$(TINYSHAKESPEARE)" ]; then \
+	  $(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data; \
+	else $(PYTHON) dev/data/tinyshakespeare.py --out data; fi
+
+test: $(TESTS) data/ref_gpt.bin
+	@dev/run_tests.sh $(TESTS)
+
+cuda-check:
+	@mkdir -p build/cuda-check
+	@set -e; for f in $(CUDA_SOURCES); do \
+	  echo "nvcc sm_80 sm_90: $$f"; \
+	  $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	    -x cu $$f -o build/cuda-check/$$(basename $$f .cu) $(CUDA_LIBS); \
+	done; echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
+
+clean:
+	rm -rf build $(PROGRAMS)

@@ -1,0 +1,87 @@
+/*
+Common vocabulary of every .cu file, on both backends.
+
+nvcc sees the CUDA runtime, cuBLAS and NVTX; g++ sees host_backend.h, which
+provides the same names on the CPU. Kernels are written once; they differ
+between backends only through two macros:
+  LAUNCH(kernel, grid, block, shared_bytes)(args...)   a kernel launch
+  DYNAMIC_SHARED(type, name);                           the dynamic shared memory
+Plus small helpers every kernel header uses: error checks, NVTX ranges, and
+warp/block reductions built on plain intrinsics.
+*/
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+#include <nvtx3/nvToolsExt.h>
+#define BACKEND_NAME "cuda"
+#define LAUNCH(kernel, grid, block, shared_bytes) kernel<<<(grid), (block), (shared_bytes)>>>
+#define DYNAMIC_SHARED(T, name) \
+    extern __shared__ __align__(16) unsigned char name##_bytes[]; \
+    T* name = reinterpret_cast<T*>(name##_bytes)
+#else
+#include "host_backend.h"
+#endif
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+// ----------------------------------------------------------------------------
+// error checks: one line naming the call site, then exit
+
+inline void cuda_check(cudaError_t e, const char* file, int line) {
+    if (e != cudaSuccess) {
+        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(e));
+        exit(EXIT_FAILURE);
+    }
+}
+#define cudaCheck(call) cuda_check((call), __FILE__, __LINE__)
+
+inline void cublas_check(cublasStatus_t s, const char* file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)s, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cublasCheck(call) cublas_check((call), __FILE__, __LINE__)
+
+// ----------------------------------------------------------------------------
+// NVTX: a scoped range, so Nsight shows each layer's forward and backward
+
+struct NvtxRange {
+    explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
+    ~NvtxRange() { nvtxRangePop(); }
+};
+#define NVTX_CONCAT_(a, b) a##b
+#define NVTX_CONCAT(a, b) NVTX_CONCAT_(a, b)
+#define NVTX_RANGE(name) NvtxRange NVTX_CONCAT(nvtx_range_, __LINE__)(name)
+
+// ----------------------------------------------------------------------------
+// reductions (fixed order of operations: deterministic)
+
+// Sum over the 32 lanes of a warp by butterfly shuffles; every lane gets the sum.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over a block whose size is a multiple of 32 (at most 1024): warp sums,
+// then warp 0 sums the per-warp partials. `scratch` is 32 floats of shared
+// memory. Every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < nwarps; w++) total += scratch[w];
+    return total;
+}
