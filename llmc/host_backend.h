@@ -551,6 +551,15 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
     return CUBLAS_STATUS_SUCCESS;
 }
 
+inline cublasStatus_t cublasSgemv(cublasHandle_t, cublasOperation_t ta, int m, int n, const float* alpha,
+                                  const float* A, int lda, const float* x, int incx, const float* beta,
+                                  float* y, int incy) {
+    if (m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    cblas_sgemv(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, *alpha, A, lda, x, incx,
+                *beta, y, incy);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 // ----------------------------------------------------------------------------
 // NVTX: ranges are no-ops on the host
 

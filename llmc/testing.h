@@ -63,3 +63,66 @@ inline bool check_tensor(Tests& t, const char* name, const float* got, const flo
     TensorError e = tensor_error(got, ref, n);
     return t.check(e.rel <= rel_tol, "%-22s n=%-8ld max abs %.3e  rel %.3e  (tol %.0e)", name, n, e.max_abs, e.rel, rel_tol);
 }
+
+// ----------------------------------------------------------------------------
+// reference states written by dev/reference (format: README, "File formats")
+
+#include <map>
+#include <string>
+#include <vector>
+#include "utils.h"
+
+struct RefTensor {
+    int dtype;  // 0 float32, 1 int32
+    std::vector<int> shape;
+    std::vector<float> f;
+    std::vector<int> i;
+    long numel() const { long n = 1; for (int d : shape) n *= d; return n; }
+};
+
+struct RefState {
+    int kind;
+    int config[7];
+    int B, T;
+    std::map<std::string, RefTensor> tensors;
+    const RefTensor& get(const char* name, const char* path) const {
+        auto it = tensors.find(name);
+        if (it == tensors.end()) fail("%s: reference state has no tensor '%s'", path, name);
+        return it->second;
+    }
+};
+
+inline void ref_state_load(RefState* s, const char* path) {
+    int header[HEADER_INTS];
+    long size;
+    FILE* f = open_with_header(path, MAGIC_STATE, "reference state", header, &size);
+    s->kind = header[2];
+    for (int i = 0; i < 7; i++) s->config[i] = header[3 + i];
+    s->B = header[10]; s->T = header[11];
+    int K = header[12];
+    if (K < 1) fail("%s: holds %d tensors", path, K);
+    long pos = HEADER_BYTES;
+    for (int k = 0; k < K; k++) {
+        char name[49] = {0};
+        int meta[6];
+        fread_or_fail(name, 48, f, path, "a tensor name");
+        fread_or_fail(meta, sizeof(meta), f, path, "a tensor header");
+        RefTensor t;
+        t.dtype = meta[0];
+        int ndim = meta[1];
+        if (t.dtype != 0 && t.dtype != 1) fail("%s: tensor '%s' has unknown dtype %d", path, name, t.dtype);
+        if (ndim < 1 || ndim > 4) fail("%s: tensor '%s' has ndim %d", path, name, ndim);
+        for (int d = 0; d < ndim; d++) {
+            if (meta[2 + d] < 1) fail("%s: tensor '%s' has a bad shape", path, name);
+            t.shape.push_back(meta[2 + d]);
+        }
+        long n = t.numel();
+        pos += 72 + 4 * n;
+        if (pos > size) fail("%s: file ends inside tensor '%s'", path, name);
+        if (t.dtype == 0) { t.f.resize(n); fread_or_fail(t.f.data(), 4 * n, f, path, name); }
+        else { t.i.resize(n); fread_or_fail(t.i.data(), 4 * n, f, path, name); }
+        s->tensors[name] = std::move(t);
+    }
+    fclose(f);
+    if (pos != size) fail("%s: records end at byte %ld, but the file is %ld bytes", path, pos, size);
+}

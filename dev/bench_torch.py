@@ -1,0 +1,120 @@
+"""
+Times PyTorch training steps (forward, backward, grad clip, AdamW) of the
+project's models on random tokens, to set beside the C++ trainers.
+
+Each model is registered in MODELS as a builder: args -> (model, optimizer
+param groups). A model's forward takes (idx, targets) and returns
+(logits, loss). To add a model (e.g. Mamba as --model mamba), write its
+builder and add it to MODELS.
+
+The last line printed is exactly:
+    torch_ms_per_step <mean milliseconds over the timed steps>
+
+Usage:
+    python dev/bench_torch.py --model gpt --B 16 --T 256 --threads 8
+    python dev/bench_torch.py --model gpt --device cuda --B 64
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+
+# -----------------------------------------------------------------------------
+# model builders
+
+
+def build_gpt(args):
+    from gpt import GPT, GPTConfig
+    cfg = GPTConfig(maxT=args.T, V=args.V, L=args.L, H=args.H, C=args.C, F=args.F)
+    model = GPT(cfg)
+    return model, model.optim_groups(args.weight_decay)
+
+
+MODELS = {
+    "gpt": build_gpt,
+}
+
+# -----------------------------------------------------------------------------
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt", choices=sorted(MODELS))
+    parser.add_argument("--B", type=int, default=16, help="batch size")
+    parser.add_argument("--T", type=int, default=256, help="sequence length")
+    parser.add_argument("--C", type=int, default=256, help="channels")
+    parser.add_argument("--L", type=int, default=4, help="layers")
+    parser.add_argument("--H", type=int, default=4, help="heads")
+    parser.add_argument("--F", type=int, default=512, help="MLP hidden size")
+    parser.add_argument("--V", type=int, default=65, help="vocab size")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=1e-5)
+    parser.add_argument("--grad_clip", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("need at least one timed step")
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+
+    model, groups = MODELS[args.model](args)
+    model.to(device=device, dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
+    nparams = sum(p.numel() for p in model.parameters())
+
+    # random tokens: timing does not depend on the data
+    x = torch.randint(0, args.V, (args.B, args.T), device=device)
+    y = torch.randint(0, args.V, (args.B, args.T), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        return loss
+
+    print(f"model {args.model}: {nparams:,} params, B {args.B} T {args.T} C {args.C} L {args.L} "
+          f"H {args.H} F {args.F} V {args.V}")
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, float32")
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        print(f"step {i + 1}/{args.steps}: loss {loss.item():.4f}, {times[-1]:.2f} ms")
+
+    ms = sum(times) / len(times)
+    print(f"tokens/s {args.B * args.T / (ms / 1000.0):.0f}")
+    print(f"torch_ms_per_step {ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()

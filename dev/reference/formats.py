@@ -1,0 +1,417 @@
+"""
+Readers and writers for the project's binary file formats.
+
+Every file starts with a header of 256 little-endian int32 (1024 bytes):
+header[0] is the magic number, header[1] the format version (1), and the
+slots that a format does not use are 0. What follows depends on the magic:
+
+tokens (20261101)
+    header[2] = N tokens, header[3] = vocab size V; then N uint16 tokens.
+    File length is exactly 1024 + 2*N. Every token is < V.
+vocab (20261102)
+    header[2] = V; then for each token id in order: one uint8 length n
+    (1..255) followed by n bytes of the token's UTF-8 text.
+model (20261103)
+    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit),
+    header[3..9] = the model's config (for gpt: maxT, V, L, H, C, F, P);
+    then P float32 parameters in the flat-buffer order.
+reference state (20261104)
+    header[2] = model kind, header[3..9] = config as in the model file,
+    header[10] = B, header[11] = T, header[12] = K named tensors; then K
+    records, each: name (48 bytes, UTF-8, NUL padded), dtype int32
+    (0 float32, 1 int32), ndim int32 (1..4), shape int32[4] (unused dims 0),
+    then prod(shape) elements of 4 bytes. File length is exactly
+    1024 + the sum of the record sizes.
+
+Readers validate everything they can (magic, version, counts, unused slots,
+sizes against the file length) and raise ValueError with one line that names
+the file and what is wrong.
+
+The flat parameter layout of each model also lives here (gpt_param_layout),
+because the model file and the C++ trainers depend on it.
+"""
+
+import math
+import os
+import struct
+
+import numpy as np
+
+HEADER_INTS = 256
+HEADER_BYTES = 4 * HEADER_INTS
+VERSION = 1
+
+MAGIC_TOKENS = 20261101
+MAGIC_VOCAB = 20261102
+MAGIC_MODEL = 20261103
+MAGIC_STATE = 20261104
+
+# model kinds (header[2] of model and reference state files)
+KIND_GPT = 1
+KIND_MAMBA = 2
+KIND_VIT = 3
+KIND_MAMBA_VIT = 4
+KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit"}
+
+# config fields stored in header[3..] for each model kind, in slot order.
+# Every kind lists "P" (the number of float parameters) among its fields.
+CONFIG_SLOT0 = 3
+CONFIG_SLOTS = 7  # header[3..9]
+CONFIG_FIELDS = {
+    KIND_GPT: ("maxT", "V", "L", "H", "C", "F", "P"),
+}
+
+# reference state records
+STATE_NAME_BYTES = 48
+STATE_RECORD_HEADER_BYTES = STATE_NAME_BYTES + 4 + 4 + 4 * 4  # 72
+STATE_MAX_NDIM = 4
+DTYPE_FLOAT32 = 0
+DTYPE_INT32 = 1
+DTYPE_NUMPY = {DTYPE_FLOAT32: np.dtype("<f4"), DTYPE_INT32: np.dtype("<i4")}
+
+# -----------------------------------------------------------------------------
+# flat parameter layouts
+
+
+def gpt_param_layout(maxT, V, L, C, F):
+    """
+    The char GPT's flat parameter buffer, in order: a list of
+    (name, shape, weight_decay). Per-layer tensors are stacked along a leading
+    L dimension (layer 0 first); Linear weights are (out, in) row-major.
+    Weight decay applies to the embeddings and the Linear weights only.
+    """
+    return [
+        ("wte", (V, C), True),
+        ("wpe", (maxT, C), True),
+        ("ln1w", (L, C), False),
+        ("ln1b", (L, C), False),
+        ("qkvw", (L, 3 * C, C), True),
+        ("qkvb", (L, 3 * C), False),
+        ("attprojw", (L, C, C), True),
+        ("attprojb", (L, C), False),
+        ("ln2w", (L, C), False),
+        ("ln2b", (L, C), False),
+        ("fcw", (L, F, C), True),
+        ("fcb", (L, F), False),
+        ("fcprojw", (L, C, F), True),
+        ("fcprojb", (L, C), False),
+        ("lnfw", (C,), False),
+        ("lnfb", (C,), False),
+        ("headw", (V, C), True),
+        ("headb", (V,), False),
+    ]
+
+
+def gpt_num_params(maxT, V, L, C, F):
+    return sum(math.prod(shape) for _, shape, _ in gpt_param_layout(maxT, V, L, C, F))
+
+
+# -----------------------------------------------------------------------------
+# shared helpers
+
+
+def _fail(path, msg):
+    raise ValueError(f"{path}: {msg}")
+
+
+def _new_header(magic):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0] = magic
+    header[1] = VERSION
+    return header
+
+
+def _read_file(path, magic, what):
+    """Reads the whole file, checks length >= header, magic and version."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < HEADER_BYTES:
+        _fail(path, f"{len(data)} bytes is shorter than the {HEADER_BYTES}-byte header of a {what} file")
+    header = np.frombuffer(data, dtype="<i4", count=HEADER_INTS)
+    if header[0] != magic:
+        _fail(path, f"bad magic {int(header[0])}, expected {magic} ({what} file)")
+    if header[1] != VERSION:
+        _fail(path, f"unsupported {what} file version {int(header[1])}, expected {VERSION}")
+    return data, header
+
+
+def _check_unused_zero(path, header, first_unused):
+    nz = np.nonzero(header[first_unused:])[0]
+    if len(nz) > 0:
+        i = first_unused + int(nz[0])
+        _fail(path, f"header[{i}] = {int(header[i])}, expected 0 (unused slot)")
+
+
+def _check_positive(path, name, value, lo=1, hi=2**31 - 1):
+    if not (lo <= value <= hi):
+        _fail(path, f"{name} = {value} is out of range [{lo}, {hi}]")
+
+
+def _write_file(path, chunks):
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "wb") as f:
+        for c in chunks:
+            f.write(c)
+
+
+# -----------------------------------------------------------------------------
+# config (header[3..9] of model and state files)
+
+
+def _config_to_slots(kind, config):
+    """config dict -> list of CONFIG_SLOTS ints (unused slots 0)."""
+    if kind not in CONFIG_FIELDS:
+        raise ValueError(f"model kind {kind} has no config layout defined")
+    fields = CONFIG_FIELDS[kind]
+    missing = [k for k in fields if k not in config]
+    extra = [k for k in config if k not in fields]
+    if missing or extra:
+        raise ValueError(f"config for kind {KIND_NAMES[kind]} needs exactly {fields}; "
+                         f"missing {missing}, unexpected {extra}")
+    slots = [int(config[k]) for k in fields]
+    return slots + [0] * (CONFIG_SLOTS - len(slots))
+
+
+def _validate_config(path, kind, config):
+    """Checks config values for consistency; raises ValueError naming path."""
+    for k, v in config.items():
+        _check_positive(path, k, v)
+    if kind == KIND_GPT:
+        if config["C"] % config["H"] != 0:
+            _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
+        P = gpt_num_params(config["maxT"], config["V"], config["L"], config["C"], config["F"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the gpt layout's {P} parameters")
+
+
+def _read_config(path, header):
+    """header -> (kind, config dict); validates the kind and config slots."""
+    kind = int(header[2])
+    if kind not in KIND_NAMES:
+        _fail(path, f"unknown model kind {kind}")
+    if kind not in CONFIG_FIELDS:
+        _fail(path, f"model kind {kind} ({KIND_NAMES[kind]}) has no config layout defined")
+    fields = CONFIG_FIELDS[kind]
+    config = {k: int(header[CONFIG_SLOT0 + i]) for i, k in enumerate(fields)}
+    for i in range(len(fields), CONFIG_SLOTS):
+        s = CONFIG_SLOT0 + i
+        if header[s] != 0:
+            _fail(path, f"header[{s}] = {int(header[s])}, expected 0 (unused config slot)")
+    _validate_config(path, kind, config)
+    return kind, config
+
+
+# -----------------------------------------------------------------------------
+# tokens
+
+
+def write_tokens(path, tokens, vocab_size):
+    """Writes a 1-D sequence of token ids (each < vocab_size <= 65536)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or len(tokens) == 0:
+        raise ValueError(f"{path}: tokens must be a non-empty 1-D array")
+    if not (1 <= vocab_size <= 65536):
+        raise ValueError(f"{path}: vocab size {vocab_size} does not fit uint16 tokens")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"{path}: token ids must be in [0, {vocab_size})")
+    header = _new_header(MAGIC_TOKENS)
+    header[2] = len(tokens)
+    header[3] = vocab_size
+    _write_file(path, [header.tobytes(), tokens.astype("<u2").tobytes()])
+
+
+def read_tokens(path):
+    """Returns (tokens as uint16 numpy array, vocab size)."""
+    data, header = _read_file(path, MAGIC_TOKENS, "tokens")
+    N, V = int(header[2]), int(header[3])
+    _check_positive(path, "number of tokens", N)
+    _check_positive(path, "vocab size", V, 1, 65536)
+    _check_unused_zero(path, header, 4)
+    expected = HEADER_BYTES + 2 * N
+    if len(data) != expected:
+        _fail(path, f"file is {len(data)} bytes, expected {expected} for {N} tokens")
+    tokens = np.frombuffer(data, dtype="<u2", offset=HEADER_BYTES, count=N)
+    bad = np.nonzero(tokens >= V)[0]
+    if len(bad) > 0:
+        _fail(path, f"token {int(tokens[bad[0]])} at position {int(bad[0])} is >= vocab size {V}")
+    return tokens, V
+
+
+# -----------------------------------------------------------------------------
+# vocabulary
+
+
+def write_vocab(path, vocab):
+    """Writes a list of token strings (token id = list index)."""
+    if len(vocab) == 0:
+        raise ValueError(f"{path}: vocabulary is empty")
+    chunks = []
+    for i, s in enumerate(vocab):
+        b = s.encode("utf-8")
+        if not (1 <= len(b) <= 255):
+            raise ValueError(f"{path}: token {i} is {len(b)} bytes of UTF-8, must be 1..255")
+        chunks.append(struct.pack("<B", len(b)) + b)
+    header = _new_header(MAGIC_VOCAB)
+    header[2] = len(vocab)
+    _write_file(path, [header.tobytes()] + chunks)
+
+
+def read_vocab(path):
+    """Returns the list of token strings."""
+    data, header = _read_file(path, MAGIC_VOCAB, "vocab")
+    V = int(header[2])
+    _check_positive(path, "vocab size", V, 1, 65536)
+    _check_unused_zero(path, header, 3)
+    vocab = []
+    pos = HEADER_BYTES
+    for i in range(V):
+        if pos >= len(data):
+            _fail(path, f"file ends at {len(data)} bytes inside token {i} of {V}")
+        n = data[pos]
+        if n == 0:
+            _fail(path, f"token {i} has length 0")
+        if pos + 1 + n > len(data):
+            _fail(path, f"file ends at {len(data)} bytes inside token {i} of {V}")
+        try:
+            vocab.append(data[pos + 1:pos + 1 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            _fail(path, f"token {i} is not valid UTF-8")
+        pos += 1 + n
+    if pos != len(data):
+        _fail(path, f"file is {len(data)} bytes, but its {V} tokens end at {pos}")
+    return vocab
+
+
+# -----------------------------------------------------------------------------
+# model (config + flat float32 parameters)
+
+
+def write_model(path, kind, config, params):
+    """Writes a model file. config is a dict with the kind's CONFIG_FIELDS."""
+    slots = _config_to_slots(kind, config)
+    _validate_config(path, kind, {k: int(v) for k, v in config.items()})
+    params = np.asarray(params, dtype="<f4").reshape(-1)
+    if len(params) != config["P"]:
+        raise ValueError(f"{path}: {len(params)} parameters given, config says P = {config['P']}")
+    header = _new_header(MAGIC_MODEL)
+    header[2] = kind
+    header[CONFIG_SLOT0:CONFIG_SLOT0 + CONFIG_SLOTS] = slots
+    _write_file(path, [header.tobytes(), params.tobytes()])
+
+
+def read_model(path):
+    """Returns (kind, config dict, params as float32 numpy array)."""
+    data, header = _read_file(path, MAGIC_MODEL, "model")
+    kind, config = _read_config(path, header)
+    _check_unused_zero(path, header, CONFIG_SLOT0 + CONFIG_SLOTS)
+    P = config["P"]
+    expected = HEADER_BYTES + 4 * P
+    if len(data) != expected:
+        _fail(path, f"file is {len(data)} bytes, expected {expected} for P = {P} float32 parameters")
+    params = np.frombuffer(data, dtype="<f4", offset=HEADER_BYTES, count=P)
+    return kind, config, params
+
+
+# -----------------------------------------------------------------------------
+# reference state (config, batch size, named tensors)
+
+
+def write_state(path, kind, config, B, T, tensors):
+    """
+    Writes a reference state. tensors is a list of (name, array) pairs (or a
+    dict, in its order); arrays of integer dtype are stored as int32, all
+    others as float32.
+    """
+    slots = _config_to_slots(kind, config)
+    _validate_config(path, kind, {k: int(v) for k, v in config.items()})
+    items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate tensor names")
+    chunks = []
+    for name, arr in items:
+        arr = np.asarray(arr)
+        nb = name.encode("utf-8")
+        if not (1 <= len(nb) < STATE_NAME_BYTES) or b"\0" in nb:
+            raise ValueError(f"{path}: tensor name {name!r} must be 1..{STATE_NAME_BYTES - 1} bytes without NUL")
+        if not (1 <= arr.ndim <= STATE_MAX_NDIM) or arr.size == 0:
+            raise ValueError(f"{path}: tensor {name!r} has shape {arr.shape}; need 1..4 non-empty dims")
+        if np.issubdtype(arr.dtype, np.integer):
+            dtype = DTYPE_INT32
+            if arr.min() < -2**31 or arr.max() >= 2**31:
+                raise ValueError(f"{path}: tensor {name!r} does not fit int32")
+        else:
+            dtype = DTYPE_FLOAT32
+        shape = list(arr.shape) + [0] * (STATE_MAX_NDIM - arr.ndim)
+        rec = nb.ljust(STATE_NAME_BYTES, b"\0") + struct.pack("<6i", dtype, arr.ndim, *shape)
+        chunks.append(rec)
+        chunks.append(np.ascontiguousarray(arr, dtype=DTYPE_NUMPY[dtype]).tobytes())
+    header = _new_header(MAGIC_STATE)
+    header[2] = kind
+    header[CONFIG_SLOT0:CONFIG_SLOT0 + CONFIG_SLOTS] = slots
+    header[10] = B
+    header[11] = T
+    header[12] = len(items)
+    _write_file(path, [header.tobytes()] + chunks)
+
+
+class State:
+    """A reference state read back: kind, config, B, T and named tensors."""
+
+    def __init__(self, kind, config, B, T, tensors):
+        self.kind = kind
+        self.config = config
+        self.B = B
+        self.T = T
+        self.tensors = tensors  # dict name -> numpy array, in file order
+
+    def __getitem__(self, name):
+        return self.tensors[name]
+
+    def __contains__(self, name):
+        return name in self.tensors
+
+
+def read_state(path):
+    """Returns a State; tensors are float32 or int32 numpy arrays."""
+    data, header = _read_file(path, MAGIC_STATE, "reference state")
+    kind, config = _read_config(path, header)
+    B, T, K = int(header[10]), int(header[11]), int(header[12])
+    _check_positive(path, "B", B)
+    _check_positive(path, "T", T)
+    _check_positive(path, "number of tensors K", K)
+    _check_unused_zero(path, header, 13)
+    tensors = {}
+    pos = HEADER_BYTES
+    for i in range(K):
+        if pos + STATE_RECORD_HEADER_BYTES > len(data):
+            _fail(path, f"file ends at {len(data)} bytes inside the header of record {i} of {K}")
+        raw = data[pos:pos + STATE_NAME_BYTES]
+        nul = raw.find(b"\0")
+        if nul <= 0 or raw[nul:].strip(b"\0") != b"":
+            _fail(path, f"record {i}: name is not a NUL-terminated, NUL-padded string of 1..47 bytes")
+        try:
+            name = raw[:nul].decode("utf-8")
+        except UnicodeDecodeError:
+            _fail(path, f"record {i}: name is not valid UTF-8")
+        if name in tensors:
+            _fail(path, f"record {i}: duplicate tensor name {name!r}")
+        dtype, ndim, *shape = struct.unpack_from("<6i", data, pos + STATE_NAME_BYTES)
+        if dtype not in DTYPE_NUMPY:
+            _fail(path, f"tensor {name!r}: unknown dtype {dtype}")
+        if not (1 <= ndim <= STATE_MAX_NDIM):
+            _fail(path, f"tensor {name!r}: ndim {ndim} is out of range [1, {STATE_MAX_NDIM}]")
+        if any(d <= 0 for d in shape[:ndim]) or any(d != 0 for d in shape[ndim:]):
+            _fail(path, f"tensor {name!r}: bad shape {shape} for ndim {ndim}")
+        shape = tuple(shape[:ndim])
+        count = math.prod(shape)
+        pos += STATE_RECORD_HEADER_BYTES
+        if pos + 4 * count > len(data):
+            _fail(path, f"file ends at {len(data)} bytes inside the data of tensor {name!r}")
+        tensors[name] = np.frombuffer(data, dtype=DTYPE_NUMPY[dtype], offset=pos, count=count).reshape(shape)
+        pos += 4 * count
+    if pos != len(data):
+        _fail(path, f"file is {len(data)} bytes, but its {K} records end at {pos}")
+    return State(kind, config, B, T, tensors)

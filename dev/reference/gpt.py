@@ -1,0 +1,451 @@
+"""
+The char GPT in PyTorch, and the writer of its reference state.
+
+The model (see DESIGN.md): token embedding wte (V,C) + learned positions
+wpe (maxT,C); L pre-norm blocks x = x + attn(LN1(x)); x = x + mlp(LN2(x));
+causal self-attention with qkv Linear(C,3C) and proj Linear(C,C), both with
+bias, H heads; MLP Linear(C,F) -> GELU (erf) -> Linear(F,C); final LayerNorm
+lnf; head Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the
+mean cross-entropy over all B*T positions.
+
+Attention is written out explicitly (no fused kernels) so that every
+intermediate can be captured for the reference state.
+
+The reference state (read by the C++ tests) holds the initial flat
+parameters, a random batch, the activations of the first forward pass, the
+loss, the flat gradient, and the losses and final parameters of a few AdamW
+steps, all computed in float64 and stored as float32. See write_reference().
+
+Usage:
+    python dev/reference/gpt.py                      # writes data/ref_gpt.bin
+    python dev/reference/gpt.py --check              # and checks it afterwards
+
+Other scripts can import the model:
+    from gpt import GPT, GPTConfig
+"""
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import formats  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class GPTConfig:
+    maxT: int = 64  # max sequence length (rows of wpe)
+    V: int = 65     # vocab size
+    L: int = 2      # number of layers
+    H: int = 4      # number of heads
+    C: int = 64     # channels
+    F: int = 128    # MLP hidden size
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.C % cfg.H == 0
+        self.H = cfg.H
+        self.qkv = nn.Linear(cfg.C, 3 * cfg.C)
+        self.proj = nn.Linear(cfg.C, cfg.C)
+        mask = torch.tril(torch.ones(cfg.maxT, cfg.maxT, dtype=torch.bool))
+        self.register_buffer("mask", mask.view(1, 1, cfg.maxT, cfg.maxT), persistent=False)
+
+    def forward(self, x, save):
+        B, T, C = x.size()
+        H, hs = self.H, C // self.H
+        qkv = self.qkv(x)  # (B,T,3C)
+        save("qkv", qkv)
+        # q, k, v in that order along the last dim; head h is channels [h*hs, (h+1)*hs)
+        q, k, v = qkv.split(C, dim=2)
+        q = q.view(B, T, H, hs).transpose(1, 2)  # (B,H,T,hs)
+        k = k.view(B, T, H, hs).transpose(1, 2)
+        v = v.view(B, T, H, hs).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B,H,T,T)
+        scores = scores.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
+        att = F.softmax(scores, dim=-1)  # exactly 0 above the diagonal
+        save("att", att)
+        y = att @ v  # (B,H,T,hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side
+        save("atty", y)
+        y = self.proj(y)
+        save("attproj", y)
+        return y
+
+
+class MLP(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.C, cfg.F)
+        self.fcproj = nn.Linear(cfg.F, cfg.C)
+
+    def forward(self, x, save):
+        h = self.fc(x)
+        save("fch", h)
+        h = F.gelu(h)  # erf form
+        save("fch_gelu", h)
+        h = self.fcproj(h)
+        save("fcproj", h)
+        return h
+
+
+class Block(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, save):
+        h = self.ln1(x)
+        save("ln1", h)
+        x = x + self.attn(h, save)
+        save("res2", x)
+        h = self.ln2(x)
+        save("ln2", h)
+        x = x + self.mlp(h, save)
+        save("res3", x)
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.V, cfg.C)
+        self.wpe = nn.Embedding(cfg.maxT, cfg.C)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.L)])
+        self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.head = nn.Linear(cfg.C, cfg.V)
+        self.init_weights()
+
+    def init_weights(self, std=0.02):
+        """Standard init: weights and embeddings N(0, std), biases 0, LayerNorm 1/0."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx, targets=None, acts=None):
+        """
+        idx, targets: (B,T) int64. Returns (logits (B,T,V), loss or None).
+        If acts is a dict, the intermediates are stored in it (detached) under
+        the reference state's names ("encoded", "h{l}.ln1", ..., "logits").
+        """
+        B, T = idx.size()
+        assert T <= self.cfg.maxT, f"sequence length {T} > maxT {self.cfg.maxT}"
+
+        def saver(prefix):
+            def save(name, t):
+                if acts is not None:
+                    acts[prefix + name] = t.detach().clone()
+            return save
+
+        pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B,T,C)
+        saver("")("encoded", x)
+        for l, block in enumerate(self.blocks):
+            x = block(x, saver(f"h{l}."))
+        x = self.lnf(x)
+        saver("")("lnf", x)
+        logits = self.head(x)  # (B,T,V)
+        saver("")("logits", logits)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    # --- the flat parameter buffer of the C++ trainers -----------------------
+
+    def flat_layout(self):
+        """(name, shape, weight_decay) per flat tensor, in order (formats.py)."""
+        c = self.cfg
+        return formats.gpt_param_layout(c.maxT, c.V, c.L, c.C, c.F)
+
+    def flat_tensors(self):
+        """
+        For each flat tensor, in order: (name, list of the nn.Parameters it is
+        made of). Per-layer tensors list one parameter per layer, layer 0
+        first, which is the same as stacking them along a leading L dim.
+        """
+        bs = self.blocks
+        return [
+            ("wte", [self.wte.weight]),
+            ("wpe", [self.wpe.weight]),
+            ("ln1w", [b.ln1.weight for b in bs]),
+            ("ln1b", [b.ln1.bias for b in bs]),
+            ("qkvw", [b.attn.qkv.weight for b in bs]),
+            ("qkvb", [b.attn.qkv.bias for b in bs]),
+            ("attprojw", [b.attn.proj.weight for b in bs]),
+            ("attprojb", [b.attn.proj.bias for b in bs]),
+            ("ln2w", [b.ln2.weight for b in bs]),
+            ("ln2b", [b.ln2.bias for b in bs]),
+            ("fcw", [b.mlp.fc.weight for b in bs]),
+            ("fcb", [b.mlp.fc.bias for b in bs]),
+            ("fcprojw", [b.mlp.fcproj.weight for b in bs]),
+            ("fcprojb", [b.mlp.fcproj.bias for b in bs]),
+            ("lnfw", [self.lnf.weight]),
+            ("lnfb", [self.lnf.bias]),
+            ("headw", [self.head.weight]),
+            ("headb", [self.head.bias]),
+        ]
+
+    def _flat_params_in_order(self):
+        layout = self.flat_layout()
+        tensors = self.flat_tensors()
+        assert [n for n, _, _ in layout] == [n for n, _ in tensors]
+        out = []
+        for (name, shape, _), (_, ps) in zip(layout, tensors):
+            numel = sum(p.numel() for p in ps)
+            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
+            out.extend(ps)
+        return out
+
+    def get_flat(self):
+        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
+
+    def get_flat_grads(self):
+        return torch.cat([p.grad.reshape(-1) for p in self._flat_params_in_order()])
+
+    @torch.no_grad()
+    def set_flat(self, flat):
+        ps = self._flat_params_in_order()
+        assert flat.numel() == sum(p.numel() for p in ps)
+        off = 0
+        for p in ps:
+            p.copy_(flat[off:off + p.numel()].view_as(p))
+            off += p.numel()
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def optim_groups(self, weight_decay):
+        """AdamW groups: decay for tensors with >= 2 dims (embeddings, Linear weights)."""
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+# -----------------------------------------------------------------------------
+# reference state
+
+
+def reference_init(cfg, generator):
+    """
+    Flat float32 parameters drawn tensor by tensor in flat order: every tensor
+    N(0, 0.1), plus 1 for the LayerNorm weights (so every gradient is exercised
+    and activations are not tiny).
+    """
+    parts = []
+    for name, shape, _ in formats.gpt_param_layout(cfg.maxT, cfg.V, cfg.L, cfg.C, cfg.F):
+        t = torch.randn(shape, generator=generator, dtype=torch.float32) * 0.1
+        if name in ("ln1w", "ln2w", "lnfw"):
+            t = t + 1.0
+        parts.append(t.reshape(-1))
+    return torch.cat(parts)
+
+
+def write_reference(path, cfg, B, T, seed, steps, adamw):
+    """Computes the reference in float64 and writes the state file."""
+    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
+    torch.manual_seed(seed)
+    gen = torch.default_generator
+    params32 = reference_init(cfg, gen)
+    inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
+    targets = torch.randint(0, cfg.V, (B, T), generator=gen)
+
+    model = GPT(cfg).double()
+    model.set_flat(params32.double())
+    P = params32.numel()
+
+    # first forward/backward at the initial parameters, capturing activations
+    acts = {}
+    _, loss = model(inputs, targets, acts=acts)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = model.get_flat_grads().clone()
+    grad_norm = grads.norm().item()
+
+    # a few AdamW steps on the same batch, with global grad-norm clipping
+    model.set_flat(params32.double())
+    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2),
+                            eps=eps, foreach=False)
+    step_losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        _, l = model(inputs, targets)
+        step_losses.append(l.item())
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+    step_params = model.get_flat()
+    assert step_losses[0] == loss.item()
+
+    def f32(t):
+        return t.detach().float().numpy()
+
+    tensors = [
+        ("params", params32.numpy()),
+        ("inputs", inputs.int().numpy()),
+        ("targets", targets.int().numpy()),
+        ("encoded", f32(acts["encoded"])),
+    ]
+    for l in range(cfg.L):
+        for name in ("ln1", "qkv", "att", "atty", "attproj", "res2",
+                     "ln2", "fch", "fch_gelu", "fcproj", "res3"):
+            tensors.append((f"h{l}.{name}", f32(acts[f"h{l}.{name}"])))
+    tensors += [
+        ("lnf", f32(acts["lnf"])),
+        ("logits", f32(acts["logits"])),
+        ("loss", np.array([loss.item()], dtype=np.float32)),
+        ("grads", f32(grads)),
+        ("adamw", np.array(adamw, dtype=np.float32)),
+        ("step_losses", np.array(step_losses, dtype=np.float32)),
+        ("step_params", f32(step_params)),
+    ]
+    config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P)
+    formats.write_state(path, formats.KIND_GPT, config, B, T, tensors)
+    print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
+          f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+
+
+# -----------------------------------------------------------------------------
+# self-check of a written state (--check)
+
+
+def _independent_forward(state):
+    """
+    Logits from the stored params using PyTorch's own pre-norm
+    TransformerEncoderLayer (with a causal mask): an implementation of the
+    blocks that shares no code with GPT above.
+    """
+    c = state.config
+    T, C, L = state.T, c["C"], c["L"]
+    flat = torch.from_numpy(state["params"].astype(np.float64))
+    p, off = {}, 0
+    for name, shape, _ in formats.gpt_param_layout(c["maxT"], c["V"], L, C, c["F"]):
+        n = math.prod(shape)
+        p[name] = flat[off:off + n].view(shape)
+        off += n
+    idx = torch.from_numpy(state["inputs"].astype(np.int64))
+    x = p["wte"][idx] + p["wpe"][:T]
+    causal = torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), diagonal=1)
+    for l in range(L):
+        layer = nn.TransformerEncoderLayer(C, c["H"], dim_feedforward=c["F"], dropout=0.0,
+                                           activation="gelu", layer_norm_eps=1e-5,
+                                           batch_first=True, norm_first=True).double()
+        pairs = [(layer.norm1.weight, "ln1w"), (layer.norm1.bias, "ln1b"),
+                 (layer.self_attn.in_proj_weight, "qkvw"), (layer.self_attn.in_proj_bias, "qkvb"),
+                 (layer.self_attn.out_proj.weight, "attprojw"), (layer.self_attn.out_proj.bias, "attprojb"),
+                 (layer.norm2.weight, "ln2w"), (layer.norm2.bias, "ln2b"),
+                 (layer.linear1.weight, "fcw"), (layer.linear1.bias, "fcb"),
+                 (layer.linear2.weight, "fcprojw"), (layer.linear2.bias, "fcprojb")]
+        with torch.no_grad():
+            for t, name in pairs:
+                t.copy_(p[name][l])
+        layer.train()  # dropout is 0; train mode avoids the inference fast path
+        x = layer(x, src_mask=causal)
+    x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], 1e-5)
+    return (x @ p["headw"].T + p["headb"]).detach()
+
+
+def check_state(path, fd_per_tensor=3, h=1e-4):
+    """Reads the state back; checks logits independently and grads by central differences."""
+    state = formats.read_state(path)
+    c = state.config
+    cfg = GPTConfig(maxT=c["maxT"], V=c["V"], L=c["L"], H=c["H"], C=c["C"], F=c["F"])
+
+    # 1) logits against an independent implementation of the same model
+    logits = _independent_forward(state)
+    err = (logits - torch.tensor(state["logits"], dtype=torch.float64)).abs().max().item()
+    print(f"check: logits vs TransformerEncoderLayer max abs err {err:.3e}")
+    ok = err < 1e-5
+
+    # 2) gradient entries against central differences of the float64 loss
+    model = GPT(cfg).double()
+    flat0 = torch.from_numpy(state["params"].astype(np.float64))
+    inputs = torch.from_numpy(state["inputs"].astype(np.int64))
+    targets = torch.from_numpy(state["targets"].astype(np.int64))
+    grads = state["grads"]
+    gen = torch.Generator().manual_seed(0)
+    worst, off = 0.0, 0
+    for name, shape, _ in model.flat_layout():
+        n = math.prod(shape)
+        for i in torch.randint(0, n, (fd_per_tensor,), generator=gen).tolist():
+            j = off + i
+            losses = []
+            for sign in (1.0, -1.0):
+                flat = flat0.clone()
+                flat[j] += sign * h
+                model.set_flat(flat)
+                with torch.no_grad():
+                    losses.append(model(inputs, targets)[1].item())
+            fd = (losses[0] - losses[1]) / (2 * h)
+            rel = abs(fd - grads[j]) / max(abs(fd), abs(grads[j]), 1e-6)
+            worst = max(worst, rel)
+            if rel > 1e-5:
+                print(f"check: {name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
+                ok = False
+        off += n
+    print(f"check: {fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
+    print("check: " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/ref_gpt.bin", help="reference state file to write")
+    parser.add_argument("--B", type=int, default=4)
+    parser.add_argument("--T", type=int, default=32)
+    parser.add_argument("--V", type=int, default=65)
+    parser.add_argument("--L", type=int, default=2)
+    parser.add_argument("--C", type=int, default=64)
+    parser.add_argument("--H", type=int, default=4)
+    parser.add_argument("--F", type=int, default=128)
+    parser.add_argument("--maxT", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--check", action="store_true", help="read the state back and verify it")
+    args = parser.parse_args()
+    if args.C % args.H != 0:
+        parser.error("C must be divisible by H")
+    if not (1 <= args.T <= args.maxT):
+        parser.error("need 1 <= T <= maxT")
+    if args.steps < 1:
+        parser.error("need at least one step")
+
+    cfg = GPTConfig(maxT=args.maxT, V=args.V, L=args.L, H=args.H, C=args.C, F=args.F)
+    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
+    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
+    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, adamw)
+    if args.check and not check_state(args.out):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+/*
+Token data: the tokens file (header, then uint16 tokens) and its vocabulary,
+read and validated whole, and batches drawn from them.
+
+Training batches take B windows of T+1 tokens at random offsets (seeded; the
+generator state is part of a checkpoint). Validation batches are the file's
+consecutive non-overlapping windows, from the start, so every evaluation
+sees the same data.
+*/
+#pragma once
+
+#include <string>
+#include <vector>
+#include "utils.h"
+
+typedef struct {
+    const char* path;
+    int vocab_size;
+    long num_tokens;
+    std::vector<int> tokens;
+} TokenData;
+
+inline void token_data_load(TokenData* d, const char* path) {
+    int header[HEADER_INTS];
+    long size;
+    FILE* f = open_with_header(path, MAGIC_TOKENS, "tokens", header, &size);
+    long n = header[2];
+    int V = header[3];
+    if (n < 2) fail("%s: holds %ld tokens; need at least 2", path, n);
+    if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
+    if (size != HEADER_BYTES + 2 * n) fail("%s: header says %ld tokens (%ld bytes), but the file is %ld bytes", path, n, HEADER_BYTES + 2 * n, size);
+    std::vector<uint16_t> raw(n);
+    fread_or_fail(raw.data(), 2 * n, f, path, "the tokens");
+    fclose(f);
+    d->path = path;
+    d->vocab_size = V;
+    d->num_tokens = n;
+    d->tokens.resize(n);
+    for (long i = 0; i < n; i++) {
+        if (raw[i] >= V) fail("%s: token %ld is %d, outside the vocabulary of %d", path, i, raw[i], V);
+        d->tokens[i] = raw[i];
+    }
+}
+
+// fills inputs and targets (B*T each) with B random windows
+inline void token_data_train_batch(const TokenData* d, Rng* rng, int B, int T, int* inputs, int* targets) {
+    long span = d->num_tokens - T;  // window start in [0, span)
+    for (int b = 0; b < B; b++) {
+        long off = (long)(((uint64_t)rng_u32(rng) << 32 | rng_u32(rng)) % (uint64_t)span);
+        for (int t = 0; t < T; t++) {
+            inputs[b * T + t] = d->tokens[off + t];
+            targets[b * T + t] = d->tokens[off + t + 1];
+        }
+    }
+}
+
+inline int token_data_num_val_batches(const TokenData* d, int B, int T) { return (int)((d->num_tokens - 1) / ((long)B * T)); }
+
+// the i-th consecutive validation batch
+inline void token_data_val_batch(const TokenData* d, int i, int B, int T, int* inputs, int* targets) {
+    for (int b = 0; b < B; b++) {
+        long off = ((long)i * B + b) * T;
+        for (int t = 0; t < T; t++) {
+            inputs[b * T + t] = d->tokens[off + t];
+            targets[b * T + t] = d->tokens[off + t + 1];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// vocabulary: token id -> UTF-8 text
+
+typedef struct {
+    int size;
+    std::vector<std::string> text;
+} Vocab;
+
+inline void vocab_load(Vocab* v, const char* path) {
+    int header[HEADER_INTS];
+    long size;
+    FILE* f = open_with_header(path, MAGIC_VOCAB, "vocabulary", header, &size);
+    int V = header[2];
+    if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
+    v->size = V;
+    v->text.resize(V);
+    long pos = HEADER_BYTES;
+    for (int i = 0; i < V; i++) {
+        unsigned char len;
+        fread_or_fail(&len, 1, f, path, "a token length");
+        if (len == 0) fail("%s: token %d has length 0", path, i);
+        char buf[256];
+        fread_or_fail(buf, len, f, path, "a token's text");
+        v->text[i].assign(buf, len);
+        pos += 1 + len;
+    }
+    fclose(f);
+    if (pos != size) fail("%s: %d tokens end at byte %ld, but the file is %ld bytes", path, V, pos, size);
+}
+
+inline int vocab_find(const Vocab* v, const char* s) {
+    for (int i = 0; i < v->size; i++) if (v->text[i] == s) return i;
+    return -1;
+}

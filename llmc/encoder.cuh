@@ -1,0 +1,70 @@
+/*
+Token and position embedding (GPT, ViT positions) and the residual add.
+*/
+#pragma once
+#include "cuda_common.h"
+
+// out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]   (wpe may be null: no positions)
+// One thread per output element.
+__global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe,
+                                       int B, int T, int C) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * T * C) return;
+    int c = idx % C, bt = idx / C, t = bt % T;
+    float v = wte[(long)inp[bt] * C + c];
+    if (wpe) v += wpe[(long)t * C + c];
+    out[idx] = v;
+}
+
+// onehot[bt, v] = (inp[bt] == v); one thread per element. The token-embedding
+// gradient is then a deterministic matmul: dwte += onehot^T @ dout.
+__global__ void onehot_kernel(float* onehot, const int* inp, int BT, int V) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)BT * V) return;
+    onehot[idx] = inp[idx / V] == (int)(idx % V) ? 1.0f : 0.0f;
+}
+
+// dwpe[t,c] += sum over b of dout[b,t,c], summed in order of b.
+// One thread per (t, c).
+__global__ void position_backward_kernel(float* dwpe, const float* dout, int B, int T, int C) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)T * C) return;
+    float s = 0.0f;
+    for (int b = 0; b < B; b++) s += dout[(long)b * T * C + idx];
+    dwpe[idx] += s;
+}
+
+// out = a + b elementwise; one thread per element
+__global__ void residual_forward_kernel(float* out, const float* a, const float* b, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
+    long n = (long)B * T * C;
+    LAUNCH(encoder_forward_kernel, CEIL_DIV(n, 256), 256, 0)(out, inp, wte, wpe, B, T, C);
+    cudaCheck(cudaGetLastError());
+}
+
+// dwte (V,C) and dwpe (T,C) accumulate; onehot is scratch of B*T*V floats
+void encoder_backward(cublasHandle_t handle, float* dwte, float* dwpe, float* onehot, const float* dout,
+                      const int* inp, int B, int T, int C, int V) {
+    int BT = B * T;
+    LAUNCH(onehot_kernel, CEIL_DIV((long)BT * V, 256), 256, 0)(onehot, inp, BT, V);
+    cudaCheck(cudaGetLastError());
+    // column-major: dwte^T (C,V) += dout^T (C,BT) @ onehot (BT,V)
+    const float one = 1.0f;
+    cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, V, BT, &one, dout, C, onehot, V, &one, dwte, C));
+    if (dwpe) {
+        LAUNCH(position_backward_kernel, CEIL_DIV(T * C, 256), 256, 0)(dwpe, dout, B, T, C);
+        cudaCheck(cudaGetLastError());
+    }
+}
+
+void residual_forward(float* out, const float* a, const float* b, long n) {
+    LAUNCH(residual_forward_kernel, CEIL_DIV(n, 256), 256, 0)(out, a, b, n);
+    cudaCheck(cudaGetLastError());
+}

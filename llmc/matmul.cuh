@@ -1,0 +1,56 @@
+/*
+Linear layers through cuBLAS (the host backend maps cuBLAS onto OpenBLAS).
+Weights are stored as PyTorch stores them, (OC, C) row-major; activations are
+(N, C) row-major with N = B*T. In cuBLAS's column-major view a row-major
+(N, C) matrix is a (C, N) matrix with leading dimension C.
+
+Bias gradients are a matrix-vector product with a vector of ones (cuBLAS
+gemv), which sums in a fixed order: deterministic.
+*/
+#pragma once
+#include "cuda_common.h"
+
+// out[n, oc] = bias[oc]; one thread per element
+__global__ void broadcast_bias_kernel(float* out, const float* bias, long N, int OC) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < N * OC) out[idx] = bias[idx % OC];
+}
+
+__global__ void fill_kernel(float* out, float value, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = value;
+}
+
+// out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias (bias may be null)
+void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight, const float* bias,
+                    int N, int C, int OC) {
+    const float one = 1.0f, zero = 0.0f;
+    if (bias) {
+        LAUNCH(broadcast_bias_kernel, CEIL_DIV((long)N * OC, 256), 256, 0)(out, bias, N, OC);
+        cudaCheck(cudaGetLastError());
+    }
+    // column-major: out^T (OC,N) = weight^T... i.e. W (as (C,OC) col-major, transposed) times inp^T (C,N)
+    cublasCheck(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C,
+                            bias ? &one : &zero, out, OC));
+}
+
+// dinp (N,C) = dout (N,OC) @ weight (OC,C)      (overwritten; dinp may be null)
+// dweight (OC,C) += dout^T @ inp                 (accumulated)
+// dbias (OC) += sum over rows of dout            (accumulated; may be null)
+// ones: a device vector of at least N ones
+void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, const float* ones, int N, int C, int OC) {
+    const float one = 1.0f, zero = 0.0f;
+    if (dinp) {
+        cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC, &zero, dinp, C));
+    }
+    cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C));
+    if (dbias) {
+        cublasCheck(cublasSgemv(handle, CUBLAS_OP_N, OC, N, &one, dout, OC, ones, 1, &one, dbias, 1));
+    }
+}
+
+void fill(float* out, float value, long n) {
+    LAUNCH(fill_kernel, CEIL_DIV(n, 256), 256, 0)(out, value, n);
+    cudaCheck(cudaGetLastError());
+}

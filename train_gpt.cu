@@ -1,0 +1,655 @@
+/*
+Char-level GPT on tinyshakespeare: the whole trainer, top to bottom.
+
+  config -> parameters (one flat buffer) -> activations (one flat buffer)
+  -> forward -> backward -> AdamW update -> data -> main loop
+
+The model (as dev/reference/gpt.py defines it): token embedding (V,C) plus
+learned positions (maxT,C); L pre-norm blocks x = x + attn(LN1(x)),
+x = x + mlp(LN2(x)) with causal 4-head attention and an MLP C -> F -> C with
+GELU; a final LayerNorm; a head Linear(C, V) with bias. Loss: mean
+cross-entropy. Kernels live in llmc/; this file only arranges them.
+
+Build with `make train_gpt` (GPU if one is visible, else the host backend).
+*/
+#include "llmc/cuda_common.h"
+#include "llmc/utils.h"
+#include "llmc/encoder.cuh"
+#include "llmc/layernorm.cuh"
+#include "llmc/matmul.cuh"
+#include "llmc/attention.cuh"
+#include "llmc/gelu.cuh"
+#include "llmc/crossentropy.cuh"
+#include "llmc/adamw.cuh"
+#include "llmc/dataloader.h"
+#include "llmc/checkpoint.h"
+
+#include <string>
+#include <vector>
+
+// ----------------------------------------------------------------------------
+// config
+
+typedef struct {
+    int max_seq_len;  // maxT: rows of the position table
+    int vocab_size;   // V
+    int num_layers;   // L
+    int num_heads;    // NH
+    int channels;     // C
+    int ffn;          // F: hidden width of the MLP
+} GPTConfig;
+
+// the seven config slots of model files and checkpoints
+static const char* const gpt_slot_names[CONFIG_SLOTS] = {"max_seq_len", "vocab_size", "num_layers", "num_heads",
+                                                         "channels", "ffn", "num_params"};
+
+// ----------------------------------------------------------------------------
+// parameters: one flat buffer, tensors in this order (per-layer tensors stacked over L)
+
+#define NUM_PARAMETER_TENSORS 18
+typedef struct {
+    float* wte;       // (V, C)
+    float* wpe;       // (maxT, C)
+    float* ln1w;      // (L, C)
+    float* ln1b;      // (L, C)
+    float* qkvw;      // (L, 3C, C)
+    float* qkvb;      // (L, 3C)
+    float* attprojw;  // (L, C, C)
+    float* attprojb;  // (L, C)
+    float* ln2w;      // (L, C)
+    float* ln2b;      // (L, C)
+    float* fcw;       // (L, F, C)
+    float* fcb;       // (L, F)
+    float* fcprojw;   // (L, C, F)
+    float* fcprojb;   // (L, C)
+    float* lnfw;      // (C)
+    float* lnfb;      // (C)
+    float* headw;     // (V, C)
+    float* headb;     // (V)
+} ParameterTensors;
+
+static const char* const param_names[NUM_PARAMETER_TENSORS] = {
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+    "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "headw", "headb"};
+
+// weight decay applies to the embeddings and the Linear weights only
+static const int param_decay[NUM_PARAMETER_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0};
+
+static void fill_in_parameter_sizes(long* sizes, GPTConfig c) {
+    long V = c.vocab_size, C = c.channels, L = c.num_layers, F = c.ffn;
+    long s[NUM_PARAMETER_TENSORS] = {V * C, (long)c.max_seq_len * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
+                                     L * C * C, L * C, L * C, L * C, L * F * C, L * F, L * C * F, L * C, C, C, V * C, V};
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) sizes[i] = s[i];
+}
+
+// points the tensors of a struct of NUM pointers into one buffer
+static void point_tensors(float** ptrs, float* base, const long* sizes, int num) {
+    for (int i = 0; i < num; i++) { ptrs[i] = base; base += sizes[i]; }
+}
+
+// ----------------------------------------------------------------------------
+// activations: one flat buffer for the forward activations kept for backward,
+// and the backward pass's scratch
+
+#define NUM_ACTIVATION_TENSORS 32
+typedef struct {
+    float* encoded;    // (B, T, C)
+    float* ln1;        // (L, B, T, C)
+    float* ln1_mean;   // (L, B, T)
+    float* ln1_rstd;   // (L, B, T)
+    float* qkv;        // (L, B, T, 3C)
+    float* qkvr;       // (L, 3, B, NH, T, hs)  q, k, v per head
+    float* att;        // (L, B, NH, T, T)      softmax probabilities
+    float* atty;       // (L, B, T, C)          attention output, heads concatenated
+    float* attproj;    // (L, B, T, C)
+    float* residual2;  // (L, B, T, C)
+    float* ln2;        // (L, B, T, C)
+    float* ln2_mean;   // (L, B, T)
+    float* ln2_rstd;   // (L, B, T)
+    float* fch;        // (L, B, T, F)
+    float* fch_gelu;   // (L, B, T, F)
+    float* fcproj;     // (L, B, T, C)
+    float* residual3;  // (L, B, T, C)
+    float* lnf;        // (B, T, C)
+    float* lnf_mean;   // (B, T)
+    float* lnf_rstd;   // (B, T)
+    float* logits;     // (B, T, V)
+    float* probs;      // (B, T, V)
+    float* losses;     // (B, T)
+    // scratch
+    float* preatt;     // (B, NH, T, T)
+    float* attn_y;     // (B, NH, T, hs)
+    float* dresidual;  // (B, T, C)  gradient flowing down the residual stream
+    float* dbtc;       // (B, T, C)
+    float* dbtf;       // (B, T, F)
+    float* dqkv;       // (B, T, 3C)
+    float* dqkvr;      // (3, B, NH, T, hs)
+    float* datt;       // (B, NH, T, T)
+    float* dlogits;    // (B, T, V); also the one-hot scratch of the embedding backward
+} ActivationTensors;
+
+static void fill_in_activation_sizes(long* sizes, GPTConfig c, int B, int T) {
+    long L = c.num_layers, C = c.channels, F = c.ffn, V = c.vocab_size, NH = c.num_heads;
+    long BT = (long)B * T;
+    long s[NUM_ACTIVATION_TENSORS] = {
+        BT * C, L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * 3 * C, L * B * NH * T * T, L * BT * C,
+        L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT, L * BT * F, L * BT * F, L * BT * C, L * BT * C,
+        BT * C, BT, BT, BT * V, BT * V, BT,
+        B * NH * T * T, BT * C, BT * C, BT * C, BT * F, BT * 3 * C, BT * 3 * C, B * NH * T * T, BT * V};
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) sizes[i] = s[i];
+}
+
+// ----------------------------------------------------------------------------
+// the model
+
+typedef struct {
+    GPTConfig config;
+    int config_slots[CONFIG_SLOTS];
+    ParameterTensors params;
+    long param_sizes[NUM_PARAMETER_TENSORS];
+    long num_parameters;
+    float* params_memory;
+    ParameterTensors grads;
+    float* grads_memory;
+    float* m_memory;  // AdamW moments
+    float* v_memory;
+    ActivationTensors acts;
+    long act_sizes[NUM_ACTIVATION_TENSORS];
+    float* acts_memory;
+    int batch_size, seq_len;  // what the activations were sized for
+    int* inputs;              // device (B, T)
+    int* targets;             // device (B, T)
+    float* ones;              // device, B*T ones (bias gradients)
+    float* norm_buffer;       // device, global-norm scratch: norm, scale, partials
+    std::vector<float> host_losses;
+    float mean_loss;          // of the last forward with targets
+    cublasHandle_t cublas;
+} GPT;
+
+static void gpt_build(GPT* model, GPTConfig c) {
+    if (c.channels % c.num_heads != 0) fail("flag -C/-H: channels %d are not divisible by heads %d", c.channels, c.num_heads);
+    model->config = c;
+    fill_in_parameter_sizes(model->param_sizes, c);
+    model->num_parameters = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
+    if (model->num_parameters > 2147483647L) fail("model too large: %ld parameters", model->num_parameters);
+    int slots[CONFIG_SLOTS] = {c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels, c.ffn,
+                               (int)model->num_parameters};
+    memcpy(model->config_slots, slots, sizeof(slots));
+    size_t bytes = model->num_parameters * sizeof(float);
+    cudaCheck(cudaMalloc(&model->params_memory, bytes));
+    cudaCheck(cudaMalloc(&model->grads_memory, bytes));
+    cudaCheck(cudaMalloc(&model->m_memory, bytes));
+    cudaCheck(cudaMalloc(&model->v_memory, bytes));
+    cudaCheck(cudaMemset(model->m_memory, 0, bytes));
+    cudaCheck(cudaMemset(model->v_memory, 0, bytes));
+    point_tensors((float**)&model->params, model->params_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
+    point_tensors((float**)&model->grads, model->grads_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
+    cudaCheck(cudaMalloc(&model->norm_buffer, (NORM_BLOCKS + 2) * sizeof(float)));
+    cublasCheck(cublasCreate(&model->cublas));
+    model->acts_memory = nullptr;
+    model->batch_size = model->seq_len = 0;
+}
+
+// GPT-2 style init: N(0, 0.02) weights and embeddings, residual projections
+// N(0, 0.02/sqrt(2L)), zero biases, LayerNorm weight 1 and bias 0
+static void gpt_init_random(GPT* model, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    std::vector<float> host(model->num_parameters);
+    long off = 0;
+    float proj_std = 0.02f / sqrtf(2.0f * model->config.num_layers);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        const char* name = param_names[i];
+        bool is_ln_weight = !strcmp(name, "ln1w") || !strcmp(name, "ln2w") || !strcmp(name, "lnfw");
+        bool is_proj = !strcmp(name, "attprojw") || !strcmp(name, "fcprojw");
+        for (long j = 0; j < model->param_sizes[i]; j++) {
+            float v = 0.0f;
+            if (is_ln_weight) v = 1.0f;
+            else if (param_decay[i]) v = rng_normal(&rng) * (is_proj ? proj_std : 0.02f);
+            host[off + j] = v;
+        }
+        off += model->param_sizes[i];
+    }
+    cudaCheck(cudaMemcpy(model->params_memory, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+// sizes the activations for batches up to B x T
+static void gpt_allocate_activations(GPT* model, int B, int T) {
+    fill_in_activation_sizes(model->act_sizes, model->config, B, T);
+    long total = 0;
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) total += model->act_sizes[i];
+    cudaError_t e = cudaMalloc(&model->acts_memory, total * sizeof(float));
+    if (e != cudaSuccess)
+        fail("flags -b/-t: batch %d x %d needs %.1f GiB of activations, allocation failed (%s)", B, T,
+             total * 4.0 / (1 << 30), cudaGetErrorString(e));
+    point_tensors((float**)&model->acts, model->acts_memory, model->act_sizes, NUM_ACTIVATION_TENSORS);
+    cudaCheck(cudaMalloc(&model->inputs, (long)B * T * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->targets, (long)B * T * sizeof(int)));
+    cudaCheck(cudaMalloc(&model->ones, (long)B * T * sizeof(float)));
+    fill(model->ones, 1.0f, (long)B * T);
+    model->host_losses.resize((long)B * T);
+    model->batch_size = B;
+    model->seq_len = T;
+}
+
+// ----------------------------------------------------------------------------
+// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+
+static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B, int T) {
+    NVTX_RANGE("forward");
+    GPTConfig c = model->config;
+    if (B > model->batch_size || T > model->seq_len || T > c.max_seq_len) fail("gpt_forward: batch %d x %d exceeds the allocation", B, T);
+    int L = c.num_layers, C = c.channels, NH = c.num_heads, F = c.ffn, V = c.vocab_size;
+    int BT = B * T;
+    ParameterTensors p = model->params;
+    ActivationTensors a = model->acts;
+    cudaCheck(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) cudaCheck(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+
+    { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, model->inputs, p.wte, p.wpe, B, T, C); }
+    float* residual = a.encoded;
+    for (int l = 0; l < L; l++) {
+        NVTX_RANGE("block_forward");
+        long btc = (long)BT * C;
+        float* ln1 = a.ln1 + l * btc;
+        float* ln1_mean = a.ln1_mean + l * BT;
+        float* ln1_rstd = a.ln1_rstd + l * BT;
+        float* qkv = a.qkv + l * btc * 3;
+        float* qkvr = a.qkvr + l * btc * 3;
+        float* att = a.att + (long)l * B * NH * T * T;
+        float* atty = a.atty + l * btc;
+        float* attproj = a.attproj + l * btc;
+        float* residual2 = a.residual2 + l * btc;
+        float* ln2 = a.ln2 + l * btc;
+        float* ln2_mean = a.ln2_mean + l * BT;
+        float* ln2_rstd = a.ln2_rstd + l * BT;
+        float* fch = a.fch + (long)l * BT * F;
+        float* fch_gelu = a.fch_gelu + (long)l * BT * F;
+        float* fcproj = a.fcproj + l * btc;
+        float* residual3 = a.residual3 + l * btc;
+        {
+            NVTX_RANGE("ln1_forward");
+            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p.ln1w + l * C, p.ln1b + l * C, BT, C);
+        }
+        {
+            NVTX_RANGE("attention_forward");
+            matmul_forward(model->cublas, qkv, ln1, p.qkvw + (long)l * 3 * C * C, p.qkvb + l * 3 * C, BT, C, 3 * C);
+            attention_forward(model->cublas, atty, qkvr, att, a.preatt, a.attn_y, qkv, B, T, C, NH, 1);
+            matmul_forward(model->cublas, attproj, atty, p.attprojw + (long)l * C * C, p.attprojb + l * C, BT, C, C);
+            residual_forward(residual2, residual, attproj, btc);
+        }
+        {
+            NVTX_RANGE("ln2_forward");
+            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, BT, C);
+        }
+        {
+            NVTX_RANGE("mlp_forward");
+            matmul_forward(model->cublas, fch, ln2, p.fcw + (long)l * F * C, p.fcb + l * F, BT, C, F);
+            gelu_forward(fch_gelu, fch, (long)BT * F);
+            matmul_forward(model->cublas, fcproj, fch_gelu, p.fcprojw + (long)l * C * F, p.fcprojb + l * C, BT, F, C);
+            residual_forward(residual3, residual2, fcproj, btc);
+        }
+        residual = residual3;
+    }
+    { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, BT, C); }
+    { NVTX_RANGE("head_forward"); matmul_forward(model->cublas, a.logits, a.lnf, p.headw, p.headb, BT, C, V); }
+    if (targets) {
+        NVTX_RANGE("crossentropy_forward");
+        crossentropy_forward(a.losses, a.probs, a.logits, model->targets, BT, V);
+        cudaCheck(cudaMemcpy(model->host_losses.data(), a.losses, BT * sizeof(float), cudaMemcpyDeviceToHost));
+        double sum = 0.0;
+        for (int i = 0; i < BT; i++) sum += model->host_losses[i];
+        model->mean_loss = (float)(sum / BT);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// backward: gradients of the mean loss of the last forward (with targets)
+
+static void gpt_backward(GPT* model, int B, int T) {
+    NVTX_RANGE("backward");
+    GPTConfig c = model->config;
+    int L = c.num_layers, C = c.channels, NH = c.num_heads, F = c.ffn, V = c.vocab_size;
+    int BT = B * T;
+    long btc = (long)BT * C;
+    ParameterTensors p = model->params, g = model->grads;
+    ActivationTensors a = model->acts;
+    cublasHandle_t h = model->cublas;
+    cudaCheck(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    cudaCheck(cudaMemset(a.dresidual, 0, btc * sizeof(float)));
+
+    {
+        NVTX_RANGE("head_backward");
+        crossentropy_backward(a.dlogits, a.probs, model->targets, 1.0f / BT, BT, V);
+        matmul_backward(h, a.dbtc, g.headw, g.headb, a.dlogits, a.lnf, p.headw, model->ones, BT, C, V);
+    }
+    float* last_residual = L > 0 ? a.residual3 + (L - 1) * btc : a.encoded;
+    {
+        NVTX_RANGE("lnf_backward");
+        layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbtc, last_residual, p.lnfw, a.lnf_mean, a.lnf_rstd, BT, C);
+    }
+    for (int l = L - 1; l >= 0; l--) {
+        NVTX_RANGE("block_backward");
+        float* residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * btc;
+        float* ln1 = a.ln1 + l * btc;
+        float* qkvr = a.qkvr + l * btc * 3;
+        float* att = a.att + (long)l * B * NH * T * T;
+        float* atty = a.atty + l * btc;
+        float* residual2 = a.residual2 + l * btc;
+        float* ln2 = a.ln2 + l * btc;
+        float* fch = a.fch + (long)l * BT * F;
+        float* fch_gelu = a.fch_gelu + (long)l * BT * F;
+        {
+            NVTX_RANGE("mlp_backward");
+            matmul_backward(h, a.dbtf, g.fcprojw + (long)l * C * F, g.fcprojb + l * C, a.dresidual, fch_gelu,
+                            p.fcprojw + (long)l * C * F, model->ones, BT, F, C);
+            gelu_backward(a.dbtf, fch, a.dbtf, (long)BT * F);
+            matmul_backward(h, a.dbtc, g.fcw + (long)l * F * C, g.fcb + l * F, a.dbtf, ln2, p.fcw + (long)l * F * C,
+                            model->ones, BT, C, F);
+        }
+        {
+            NVTX_RANGE("ln2_backward");
+            layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.dbtc, residual2, p.ln2w + l * C,
+                               a.ln2_mean + l * BT, a.ln2_rstd + l * BT, BT, C);
+        }
+        {
+            NVTX_RANGE("attention_backward");
+            matmul_backward(h, a.dbtc, g.attprojw + (long)l * C * C, g.attprojb + l * C, a.dresidual, atty,
+                            p.attprojw + (long)l * C * C, model->ones, BT, C, C);
+            attention_backward(h, a.dqkv, a.dqkvr, a.attn_y, a.datt, a.dbtc, qkvr, att, B, T, C, NH, 1);
+            matmul_backward(h, a.dbtc, g.qkvw + (long)l * 3 * C * C, g.qkvb + l * 3 * C, a.dqkv, ln1,
+                            p.qkvw + (long)l * 3 * C * C, model->ones, BT, C, 3 * C);
+        }
+        {
+            NVTX_RANGE("ln1_backward");
+            layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.dbtc, residual, p.ln1w + l * C,
+                               a.ln1_mean + l * BT, a.ln1_rstd + l * BT, BT, C);
+        }
+    }
+    {
+        NVTX_RANGE("encoder_backward");
+        encoder_backward(h, g.wte, g.wpe, a.dlogits, a.dresidual, model->inputs, B, T, C, V);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// update: global-norm clipping, then AdamW per tensor (weight decay per tensor)
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+} AdamWConfig;
+
+// returns the gradient norm before clipping; t is the 1-based step
+static float gpt_update(GPT* model, const AdamWConfig* o, float lr, int t) {
+    NVTX_RANGE("update");
+    global_norm(model->norm_buffer, model->grads_memory, model->num_parameters, o->grad_clip);
+    float norm;
+    cudaCheck(cudaMemcpy(&norm, model->norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
+    long off = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        long n = model->param_sizes[i];
+        adamw_update(model->params_memory + off, model->m_memory + off, model->v_memory + off,
+                     model->grads_memory + off, n, lr, o->beta1, o->beta2, o->eps,
+                     param_decay[i] ? o->weight_decay : 0.0f, t, model->norm_buffer + 1);
+        off += n;
+    }
+    return norm;
+}
+
+static void gpt_free(GPT* model) {
+    cudaCheck(cudaFree(model->params_memory));
+    cudaCheck(cudaFree(model->grads_memory));
+    cudaCheck(cudaFree(model->m_memory));
+    cudaCheck(cudaFree(model->v_memory));
+    cudaCheck(cudaFree(model->acts_memory));
+    cudaCheck(cudaFree(model->inputs));
+    cudaCheck(cudaFree(model->targets));
+    cudaCheck(cudaFree(model->ones));
+    cudaCheck(cudaFree(model->norm_buffer));
+    cublasCheck(cublasDestroy(model->cublas));
+}
+
+// ----------------------------------------------------------------------------
+// learning rate: linear warmup, then cosine decay to lr * final_frac
+
+static float learning_rate(float lr, int step, int warmup, int max_steps, float final_frac) {
+    if (step < warmup) return lr * (step + 1) / warmup;
+    if (max_steps <= warmup) return lr;
+    float ratio = (float)(step - warmup) / (float)(max_steps - warmup);
+    float coeff = 0.5f * (1.0f + cosf(3.14159265358979f * ratio));
+    float min_lr = lr * final_frac;
+    return min_lr + coeff * (lr - min_lr);
+}
+
+// ----------------------------------------------------------------------------
+// sampling: generate text from a starting token, one token at a time
+
+static int sample_token(const float* logits, int V, float temperature, Rng* rng) {
+    float maxv = -INFINITY;
+    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    std::vector<double> p(V);
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) { p[i] = exp((logits[i] - maxv) / temperature); sum += p[i]; }
+    double u = rng_uniform(rng) * sum, cdf = 0.0;
+    for (int i = 0; i < V; i++) { cdf += p[i]; if (u < cdf) return i; }
+    return V - 1;
+}
+
+static void gpt_sample(GPT* model, const Vocab* vocab, int start, int length, float temperature, Rng* rng) {
+    NVTX_RANGE("sample");
+    int V = model->config.vocab_size, maxT = model->seq_len;
+    std::vector<int> tokens(1, start);
+    std::vector<float> logits(V);
+    printf("---\n%s", vocab->text[start].c_str());
+    for (int i = 0; i < length; i++) {
+        int n = (int)tokens.size();
+        int T = n < maxT ? n : maxT;  // the model sees the last T tokens
+        gpt_forward(model, tokens.data() + (n - T), nullptr, 1, T);
+        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
+        int next = sample_token(logits.data(), V, temperature, rng);
+        tokens.push_back(next);
+        printf("%s", vocab->text[next].c_str());
+        fflush(stdout);
+    }
+    printf("\n---\n");
+}
+
+// mean loss over the first max_batches validation batches
+static float gpt_validate(GPT* model, const TokenData* val, int B, int T, int max_batches) {
+    NVTX_RANGE("validate");
+    int n = token_data_num_val_batches(val, B, T);
+    if (max_batches > 0 && max_batches < n) n = max_batches;
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
+        gpt_forward(model, inputs.data(), targets.data(), B, T);
+        sum += model->mean_loss;
+    }
+    return (float)(sum / n);
+}
+
+// ----------------------------------------------------------------------------
+// main
+
+#ifndef TESTING
+
+static void usage(int status) {
+    fprintf(status ? stderr : stdout,
+        "Usage: ./train_gpt [options]\n"
+        "  -i <path>   train tokens          (default data/tinyshakespeare_train.bin)\n"
+        "  -j <path>   val tokens            (default data/tinyshakespeare_val.bin)\n"
+        "  -k <path>   vocabulary            (default data/tinyshakespeare_vocab.bin)\n"
+        "  -e <path>   initialize from a model file instead of random\n"
+        "  -o <dir>    output directory for checkpoints and the final model (default none)\n"
+        "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
+        "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
+        "  -b <int>    batch size B (default 64)\n"
+        "  -t <int>    sequence length T (default 256)\n"
+        "  -x <int>    training steps (default 5000)\n"
+        "  -l <float>  learning rate (default 1e-3)\n"
+        "  -u <int>    warmup steps (default 0)\n"
+        "  -q <float>  final learning rate as a fraction of -l (default 0.1)\n"
+        "  -c <float>  weight decay (default 1e-5)\n"
+        "  -p <float>  gradient norm clip, 0 = none (default 1.0)\n"
+        "  -v <int>    validate every v steps (default 250)\n"
+        "  -m <int>    validation batches, 0 = all (default 20)\n"
+        "  -s <int>    sample every s steps, 0 = only at the end (default 0)\n"
+        "  -g <int>    tokens to sample (default 256)\n"
+        "  -r <int>    random seed (default 1337)\n"
+        "  -L <int>    layers (default 4)\n"
+        "  -C <int>    channels (default 256)\n"
+        "  -H <int>    heads (default 4)\n"
+        "  -F <int>    MLP hidden width (default 2*C)\n"
+        "  -h          this help\n");
+    exit(status);
+}
+
+int main(int argc, char** argv) {
+    const char* train_path = "data/tinyshakespeare_train.bin";
+    const char* val_path = "data/tinyshakespeare_val.bin";
+    const char* vocab_path = "data/tinyshakespeare_vocab.bin";
+    const char* init_path = nullptr;
+    const char* out_dir = nullptr;
+    int checkpoint_every = 0, resume = 0, B = 64, T = 256, max_steps = 5000, warmup = 0;
+    int val_every = 250, val_batches = 20, sample_every = 0, gen_tokens = 256, seed = 1337;
+    int L = 4, C = 256, NH = 4, F = 0;
+    AdamWConfig opt = {1e-3f, 0.9f, 0.99f, 1e-8f, 1e-5f, 1.0f};
+    float final_frac = 0.1f;
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) usage(0);
+        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
+        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
+        const char* v = argv[++i];
+        switch (f[1]) {
+            case 'i': train_path = v; break;
+            case 'j': val_path = v; break;
+            case 'k': vocab_path = v; break;
+            case 'e': init_path = v; break;
+            case 'o': out_dir = v; break;
+            case 'n': checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'y': resume = parse_int_flag(f, v, 0, 1); break;
+            case 'b': B = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 't': T = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'x': max_steps = parse_int_flag(f, v, 1, 1 << 30); break;
+            case 'l': opt.lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'u': warmup = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'q': final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
+            case 'c': opt.weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'p': opt.grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); break;
+            case 'v': val_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'm': val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 's': sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'g': gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
+            case 'r': seed = parse_int_flag(f, v, 0, 2147483647); break;
+            case 'L': L = parse_int_flag(f, v, 1, 1024); break;
+            case 'C': C = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'H': NH = parse_int_flag(f, v, 1, 1024); break;
+            case 'F': F = parse_int_flag(f, v, 1, 1 << 20); break;
+            default: fail("unknown flag %s (see -h)", f);
+        }
+    }
+    if (F == 0) F = 2 * C;
+    if ((checkpoint_every || resume) && !out_dir) fail("flags -n and -y need an output directory (-o)");
+
+    TokenData train, val;
+    Vocab vocab;
+    token_data_load(&train, train_path);
+    token_data_load(&val, val_path);
+    vocab_load(&vocab, vocab_path);
+    if (train.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", train_path, train.vocab_size, vocab_path, vocab.size);
+    if (val.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", val_path, val.vocab_size, vocab_path, vocab.size);
+    if (train.num_tokens <= T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", train_path, train.num_tokens, T);
+    if (token_data_num_val_batches(&val, B, T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", val_path, val.num_tokens, B, T);
+
+    GPTConfig config = {T, vocab.size, L, NH, C, F};
+    if (init_path) {  // the model file decides the shape
+        int kind, slots[CONFIG_SLOTS];
+        model_file_peek(init_path, &kind, slots);
+        if (kind != MODEL_GPT) fail("%s: holds a model of kind %d, not a GPT (kind %d)", init_path, kind, MODEL_GPT);
+        config = {slots[0], slots[1], slots[2], slots[3], slots[4], slots[5]};
+        if (config.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", init_path, config.vocab_size, vocab_path, vocab.size);
+        if (T > config.max_seq_len) fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", T, config.max_seq_len, init_path);
+    }
+    GPT model;
+    gpt_build(&model, config);
+    if (init_path) model_file_load(init_path, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory);
+    else gpt_init_random(&model, seed);
+    gpt_allocate_activations(&model, B, T);
+    cublasCheck(cublasSetMathMode(model.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
+
+    Rng train_rng, sample_rng;
+    rng_seed(&train_rng, seed);
+    rng_seed(&sample_rng, seed + 1);
+    int start_step = 0;
+    if (out_dir) make_dir_or_fail(out_dir);
+    if (resume) {
+        std::vector<int> steps = checkpoint_steps(out_dir);
+        if (steps.empty()) fail("flag -y: no checkpoint in %s", out_dir);
+        CheckpointState s;
+        s.kind = MODEL_GPT;
+        memcpy(s.config, model.config_slots, sizeof(s.config));
+        std::string path = checkpoint_path(out_dir, steps.back());
+        checkpoint_load(path.c_str(), &s, gpt_slot_names, model.params_memory, model.m_memory, model.v_memory);
+        if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
+        start_step = s.step;
+        train_rng.state = s.train_rng;
+        sample_rng.state = s.sample_rng;
+        printf("resumed from %s at step %d\n", path.c_str(), start_step);
+    }
+
+    printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME, L, C, NH, F,
+           config.vocab_size, config.max_seq_len, model.num_parameters);
+    printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
+           B, T, max_steps, opt.lr, warmup, final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
+
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    int newline = vocab_find(&vocab, "\n");
+    cudaEvent_t t0, t1;
+    cudaCheck(cudaEventCreate(&t0));
+    cudaCheck(cudaEventCreate(&t1));
+    float last_val = NAN;
+    for (int step = start_step; step <= max_steps; step++) {
+        bool last = step == max_steps;
+        if ((val_every > 0 && step % val_every == 0) || last) {
+            last_val = gpt_validate(&model, &val, B, T, val_batches);
+            printf("val loss %f\n", last_val);
+        }
+        if ((sample_every > 0 && step > 0 && step % sample_every == 0) || last) {
+            if (gen_tokens > 0) gpt_sample(&model, &vocab, newline >= 0 ? newline : 0, gen_tokens, 1.0f, &sample_rng);
+        }
+        if (out_dir && step > start_step && ((checkpoint_every > 0 && step % checkpoint_every == 0) || last)) {
+            CheckpointState s = {MODEL_GPT, {0}, step, train_rng.state, sample_rng.state, B, T};
+            memcpy(s.config, model.config_slots, sizeof(s.config));
+            checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, model.params_memory, model.m_memory, model.v_memory);
+            checkpoint_prune(out_dir, 3);
+        }
+        if (last) break;
+
+        NVTX_RANGE("step");
+        cudaCheck(cudaEventRecord(t0));
+        token_data_train_batch(&train, &train_rng, B, T, inputs.data(), targets.data());
+        gpt_forward(&model, inputs.data(), targets.data(), B, T);
+        gpt_backward(&model, B, T);
+        float lr = learning_rate(opt.lr, step, warmup, max_steps, final_frac);
+        float norm = gpt_update(&model, &opt, lr, step + 1);
+        cudaCheck(cudaEventRecord(t1));
+        cudaCheck(cudaEventSynchronize(t1));
+        float ms;
+        cudaCheck(cudaEventElapsedTime(&ms, t0, t1));
+        printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s\n", step + 1, max_steps,
+               model.mean_loss, lr, norm, ms, B * T / (ms / 1000.0f));
+        fflush(stdout);
+    }
+    if (out_dir) {
+        std::string path = std::string(out_dir) + "/model.bin";
+        model_file_save(path.c_str(), MODEL_GPT, model.config_slots, model.params_memory);
+        printf("wrote %s\n", path.c_str());
+    }
+    printf("final val loss %f\n", last_val);
+    gpt_free(&model);
+    return 0;
+}
+#endif
