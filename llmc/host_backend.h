@@ -112,6 +112,7 @@ struct HostBlock {
     void (*run)(void*);          // runs the kernel for the thread in host_ts
     void* arg;
     int nthreads;
+    bool one_dimensional;        // blockDim.y == blockDim.z == 1
     int current;                 // linear index of the thread now running
     bool fibers;                 // converted to fibers?
     int ndone;                   // threads that returned
@@ -166,6 +167,7 @@ inline void* host_stack_top(HostWorker* w, int i) {
 
 inline void host_set_thread(HostBlock& b, int t) {
     b.current = t;
+    if (b.one_dimensional) { host_ts.thread_idx.x = t; return; }  // y = z = 0 already
     unsigned int bx = host_ts.block_dim.x, by = host_ts.block_dim.y;
     host_ts.thread_idx.x = t % bx;
     host_ts.thread_idx.y = (t / bx) % by;
@@ -473,8 +475,40 @@ template <typename F> inline void host_run_block(HostWorker* w, const char* name
     b.fibers = false;
 }
 
+// Optional profile: with HOST_PROFILE=1 in the environment, the time of every
+// kernel and cuBLAS call is summed by name and printed at exit.
+struct HostProfile {
+    bool enabled;
+    std::vector<std::pair<const char*, std::pair<double, long>>> entries;  // name -> (seconds, calls)
+    HostProfile() { const char* e = getenv("HOST_PROFILE"); enabled = e && *e && *e != '0'; }
+    ~HostProfile() {
+        if (!enabled || entries.empty()) return;
+        std::sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
+        double total = 0.0;
+        for (auto& e : entries) total += e.second.first;
+        fprintf(stderr, "host profile: %.3f s in kernels and cuBLAS\n", total);
+        for (auto& e : entries)
+            fprintf(stderr, "  %8.3f s %5.1f%% %8ld calls  %s\n", e.second.first, 100.0 * e.second.first / total, e.second.second, e.first);
+    }
+    void add(const char* name, double seconds) {
+        for (auto& e : entries) if (e.first == name || !strcmp(e.first, name)) { e.second.first += seconds; e.second.second++; return; }
+        entries.push_back({name, {seconds, 1}});
+    }
+};
+inline HostProfile host_profile;
+
+inline double host_seconds();
+
+// times a scope into the profile when profiling is on
+struct HostProfileScope {
+    const char* name; double t0;
+    explicit HostProfileScope(const char* n) : name(n), t0(host_profile.enabled ? host_seconds() : 0.0) {}
+    ~HostProfileScope() { if (host_profile.enabled) host_profile.add(name, host_seconds() - t0); }
+};
+
 template <typename F>
 inline void host_launch_grid(const char* name, dim3 grid, dim3 block, size_t shared_bytes, F&& thread_body) {
+    HostProfileScope profile_scope(name);
     long nthreads = (long)block.x * block.y * block.z;
     long nblocks = (long)grid.x * grid.y * grid.z;
     if (nthreads < 1 || nthreads > 1024 || block.z > 64 || nblocks < 1 || grid.y > 65535 || grid.z > 65535 ||
@@ -492,6 +526,8 @@ inline void host_launch_grid(const char* name, dim3 grid, dim3 block, size_t sha
             b.warps.resize((nthreads + 31) / 32);
         }
         b.nthreads = (int)nthreads;
+        b.one_dimensional = block.y == 1 && block.z == 1;
+        host_ts.thread_idx.y = host_ts.thread_idx.z = 0;
         if (w->dynamic_shared.size() < shared_bytes) w->dynamic_shared.resize(shared_bytes);
         host_ts.dynamic_shared = w->dynamic_shared.data();
         host_ts.block_dim = block;
@@ -533,6 +569,7 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
                                   const float* beta, float* C, int ldc) {
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    HostProfileScope profile_scope("cublasSgemm");
     cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
                 m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
@@ -555,6 +592,7 @@ inline cublasStatus_t cublasSgemv(cublasHandle_t, cublasOperation_t ta, int m, i
                                   const float* A, int lda, const float* x, int incx, const float* beta,
                                   float* y, int incy) {
     if (m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    HostProfileScope profile_scope("cublasSgemv");
     cblas_sgemv(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, *alpha, A, lda, x, incx,
                 *beta, y, incy);
     return CUBLAS_STATUS_SUCCESS;
