@@ -21,8 +21,7 @@ Build with `make train_gpt` (GPU if one is visible, else the host backend).
 #include "llmc/gelu.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
-#include "llmc/dataloader.h"
-#include "llmc/checkpoint.h"
+#include "llmc/trainer.h"
 
 #include <string>
 #include <vector>
@@ -376,25 +375,11 @@ static void gpt_backward(GPT* model, int B, int T) {
 // ----------------------------------------------------------------------------
 // update: global-norm clipping, then AdamW per tensor (weight decay per tensor)
 
-typedef struct {
-    float lr, beta1, beta2, eps, weight_decay, grad_clip;
-} AdamWConfig;
-
 // returns the gradient norm before clipping; t is the 1-based step
 static float gpt_update(GPT* model, const AdamWConfig* o, float lr, int t) {
     NVTX_RANGE("update");
-    global_norm(model->norm_buffer, model->grads_memory, model->num_parameters, o->grad_clip);
-    float norm;
-    cudaCheck(cudaMemcpy(&norm, model->norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
-    long off = 0;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        long n = model->param_sizes[i];
-        adamw_update(model->params_memory + off, model->m_memory + off, model->v_memory + off,
-                     model->grads_memory + off, n, lr, o->beta1, o->beta2, o->eps,
-                     param_decay[i] ? o->weight_decay : 0.0f, t, model->norm_buffer + 1);
-        off += n;
-    }
-    return norm;
+    return clip_and_adamw(model->params_memory, model->m_memory, model->v_memory, model->grads_memory,
+                          model->param_sizes, param_decay, NUM_PARAMETER_TENSORS, model->norm_buffer, o, lr, t);
 }
 
 static void gpt_free(GPT* model) {
@@ -411,30 +396,7 @@ static void gpt_free(GPT* model) {
 }
 
 // ----------------------------------------------------------------------------
-// learning rate: linear warmup, then cosine decay to lr * final_frac
-
-static float learning_rate(float lr, int step, int warmup, int max_steps, float final_frac) {
-    if (step < warmup) return lr * (step + 1) / warmup;
-    if (max_steps <= warmup) return lr;
-    float ratio = (float)(step - warmup) / (float)(max_steps - warmup);
-    float coeff = 0.5f * (1.0f + cosf(3.14159265358979f * ratio));
-    float min_lr = lr * final_frac;
-    return min_lr + coeff * (lr - min_lr);
-}
-
-// ----------------------------------------------------------------------------
 // sampling: generate text from a starting token, one token at a time
-
-static int sample_token(const float* logits, int V, float temperature, Rng* rng) {
-    float maxv = -INFINITY;
-    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
-    std::vector<double> p(V);
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) { p[i] = exp((logits[i] - maxv) / temperature); sum += p[i]; }
-    double u = rng_uniform(rng) * sum, cdf = 0.0;
-    for (int i = 0; i < V; i++) { cdf += p[i]; if (u < cdf) return i; }
-    return V - 1;
-}
 
 static void gpt_sample(GPT* model, const Vocab* vocab, int start, int length, float temperature, Rng* rng) {
     NVTX_RANGE("sample");
@@ -475,94 +437,26 @@ static float gpt_validate(GPT* model, const TokenData* val, int B, int T, int ma
 
 #ifndef TESTING
 
-static void usage(int status) {
-    fprintf(status ? stderr : stdout,
-        "Usage: ./train_gpt [options]\n"
-        "  -i <path>   train tokens          (default data/tinyshakespeare_train.bin)\n"
-        "  -j <path>   val tokens            (default data/tinyshakespeare_val.bin)\n"
-        "  -k <path>   vocabulary            (default data/tinyshakespeare_vocab.bin)\n"
-        "  -e <path>   initialize from a model file instead of random\n"
-        "  -o <dir>    output directory for checkpoints and the final model (default none)\n"
-        "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
-        "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
-        "  -b <int>    batch size B (default 64)\n"
-        "  -t <int>    sequence length T (default 256)\n"
-        "  -x <int>    training steps (default 5000)\n"
-        "  -l <float>  learning rate (default 1e-3)\n"
-        "  -u <int>    warmup steps (default 0)\n"
-        "  -q <float>  final learning rate as a fraction of -l (default 0.1)\n"
-        "  -c <float>  weight decay (default 1e-5)\n"
-        "  -p <float>  gradient norm clip, 0 = none (default 1.0)\n"
-        "  -v <int>    validate every v steps (default 250)\n"
-        "  -m <int>    validation batches, 0 = all (default 20)\n"
-        "  -s <int>    sample every s steps, 0 = only at the end (default 0)\n"
-        "  -g <int>    tokens to sample (default 256)\n"
-        "  -r <int>    random seed (default 1337)\n"
-        "  -L <int>    layers (default 4)\n"
-        "  -C <int>    channels (default 256)\n"
-        "  -H <int>    heads (default 4)\n"
-        "  -F <int>    MLP hidden width (default 2*C)\n"
-        "  -h          this help\n");
-    exit(status);
-}
-
 int main(int argc, char** argv) {
-    const char* train_path = "data/tinyshakespeare_train.bin";
-    const char* val_path = "data/tinyshakespeare_val.bin";
-    const char* vocab_path = "data/tinyshakespeare_vocab.bin";
-    const char* init_path = nullptr;
-    const char* out_dir = nullptr;
-    int checkpoint_every = 0, resume = 0, B = 64, T = 256, max_steps = 5000, warmup = 0;
-    int val_every = 250, val_batches = 20, sample_every = 0, gen_tokens = 256, seed = 1337;
-    int L = 4, C = 256, NH = 4, F = 0;
-    AdamWConfig opt = {1e-3f, 0.9f, 0.99f, 1e-8f, 1e-5f, 1.0f};
-    float final_frac = 0.1f;
-    for (int i = 1; i < argc; i++) {
-        const char* f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) usage(0);
-        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
-        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
-        const char* v = argv[++i];
-        switch (f[1]) {
-            case 'i': train_path = v; break;
-            case 'j': val_path = v; break;
-            case 'k': vocab_path = v; break;
-            case 'e': init_path = v; break;
-            case 'o': out_dir = v; break;
-            case 'n': checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'y': resume = parse_int_flag(f, v, 0, 1); break;
-            case 'b': B = parse_int_flag(f, v, 1, 1 << 16); break;
-            case 't': T = parse_int_flag(f, v, 1, 1 << 16); break;
-            case 'x': max_steps = parse_int_flag(f, v, 1, 1 << 30); break;
-            case 'l': opt.lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
-            case 'u': warmup = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'q': final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
-            case 'c': opt.weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); break;
-            case 'p': opt.grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); break;
-            case 'v': val_every = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'm': val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 's': sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'g': gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
-            case 'r': seed = parse_int_flag(f, v, 0, 2147483647); break;
-            case 'L': L = parse_int_flag(f, v, 1, 1024); break;
-            case 'C': C = parse_int_flag(f, v, 1, 1 << 16); break;
-            case 'H': NH = parse_int_flag(f, v, 1, 1024); break;
-            case 'F': F = parse_int_flag(f, v, 1, 1 << 20); break;
-            default: fail("unknown flag %s (see -h)", f);
-        }
-    }
-    if (F == 0) F = 2 * C;
-    if ((checkpoint_every || resume) && !out_dir) fail("flags -n and -y need an output directory (-o)");
+    TrainConfig tc = {"data/tinyshakespeare_train.bin", "data/tinyshakespeare_val.bin", "data/tinyshakespeare_vocab.bin",
+                      nullptr, nullptr, 0, 0, /*B*/ 64, /*T*/ 256, /*steps*/ 5000, /*warmup*/ 0,
+                      /*lr*/ 1e-3f, /*final_frac*/ 0.1f, /*wd*/ 1e-5f, /*clip*/ 1.0f,
+                      /*val_every*/ 250, /*val_batches*/ 20, /*sample_every*/ 0, /*gen_tokens*/ 256, /*seed*/ 1337,
+                      /*L*/ 4, /*C*/ 256, /*H*/ 4, /*F*/ 0};
+    parse_train_flags(argc, argv, &tc,
+                      "  -L <int>    layers (default 4)\n"
+                      "  -C <int>    channels (default 256)\n"
+                      "  -H <int>    heads (default 4)\n"
+                      "  -F <int>    MLP hidden width (default 2*C)\n", "LCHF");
+    int B = tc.B, T = tc.T, L = tc.L, C = tc.C, NH = tc.H, F = tc.F ? tc.F : 2 * tc.C;
+    const char* init_path = tc.init_path;
+    const char* vocab_path = tc.vocab_path;
+    const char* out_dir = tc.out_dir;
+    AdamWConfig opt = {tc.lr, 0.9f, 0.99f, 1e-8f, tc.weight_decay, tc.grad_clip};
 
     TokenData train, val;
     Vocab vocab;
-    token_data_load(&train, train_path);
-    token_data_load(&val, val_path);
-    vocab_load(&vocab, vocab_path);
-    if (train.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", train_path, train.vocab_size, vocab_path, vocab.size);
-    if (val.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", val_path, val.vocab_size, vocab_path, vocab.size);
-    if (train.num_tokens <= T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", train_path, train.num_tokens, T);
-    if (token_data_num_val_batches(&val, B, T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", val_path, val.num_tokens, B, T);
+    load_lm_data(&tc, &train, &val, &vocab);
 
     GPTConfig config = {T, vocab.size, L, NH, C, F};
     if (init_path) {  // the model file decides the shape
@@ -576,34 +470,23 @@ int main(int argc, char** argv) {
     GPT model;
     gpt_build(&model, config);
     if (init_path) model_file_load(init_path, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory);
-    else gpt_init_random(&model, seed);
+    else gpt_init_random(&model, tc.seed);
     gpt_allocate_activations(&model, B, T);
     cublasCheck(cublasSetMathMode(model.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     Rng train_rng, sample_rng;
-    rng_seed(&train_rng, seed);
-    rng_seed(&sample_rng, seed + 1);
+    rng_seed(&train_rng, tc.seed);
+    rng_seed(&sample_rng, tc.seed + 1);
     int start_step = 0;
     if (out_dir) make_dir_or_fail(out_dir);
-    if (resume) {
-        std::vector<int> steps = checkpoint_steps(out_dir);
-        if (steps.empty()) fail("flag -y: no checkpoint in %s", out_dir);
-        CheckpointState s;
-        s.kind = MODEL_GPT;
-        memcpy(s.config, model.config_slots, sizeof(s.config));
-        std::string path = checkpoint_path(out_dir, steps.back());
-        checkpoint_load(path.c_str(), &s, gpt_slot_names, model.params_memory, model.m_memory, model.v_memory);
-        if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
-        start_step = s.step;
-        train_rng.state = s.train_rng;
-        sample_rng.state = s.sample_rng;
-        printf("resumed from %s at step %d\n", path.c_str(), start_step);
-    }
+    if (tc.resume)
+        start_step = resume_from_checkpoint(&tc, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory,
+                                            model.m_memory, model.v_memory, &train_rng, &sample_rng);
 
     printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME, L, C, NH, F,
            config.vocab_size, config.max_seq_len, model.num_parameters);
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
-           B, T, max_steps, opt.lr, warmup, final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
+           B, T, tc.max_steps, opt.lr, tc.warmup, tc.final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
 
     std::vector<int> inputs((long)B * T), targets((long)B * T);
     int newline = vocab_find(&vocab, "\n");
@@ -611,21 +494,18 @@ int main(int argc, char** argv) {
     cudaCheck(cudaEventCreate(&t0));
     cudaCheck(cudaEventCreate(&t1));
     float last_val = NAN;
-    for (int step = start_step; step <= max_steps; step++) {
-        bool last = step == max_steps;
-        if ((val_every > 0 && step % val_every == 0) || last) {
-            last_val = gpt_validate(&model, &val, B, T, val_batches);
+    for (int step = start_step; step <= tc.max_steps; step++) {
+        bool last = step == tc.max_steps;
+        if ((tc.val_every > 0 && step % tc.val_every == 0) || last) {
+            last_val = gpt_validate(&model, &val, B, T, tc.val_batches);
             printf("val loss %f\n", last_val);
         }
-        if ((sample_every > 0 && step > 0 && step % sample_every == 0) || last) {
-            if (gen_tokens > 0) gpt_sample(&model, &vocab, newline >= 0 ? newline : 0, gen_tokens, 1.0f, &sample_rng);
+        if ((tc.sample_every > 0 && step > 0 && step % tc.sample_every == 0) || last) {
+            if (tc.gen_tokens > 0) gpt_sample(&model, &vocab, newline >= 0 ? newline : 0, tc.gen_tokens, 1.0f, &sample_rng);
         }
-        if (out_dir && step > start_step && ((checkpoint_every > 0 && step % checkpoint_every == 0) || last)) {
-            CheckpointState s = {MODEL_GPT, {0}, step, train_rng.state, sample_rng.state, B, T};
-            memcpy(s.config, model.config_slots, sizeof(s.config));
-            checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, model.params_memory, model.m_memory, model.v_memory);
-            checkpoint_prune(out_dir, 3);
-        }
+        if (out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
+            save_checkpoint(&tc, MODEL_GPT, model.config_slots, step, &train_rng, &sample_rng, model.params_memory,
+                            model.m_memory, model.v_memory);
         if (last) break;
 
         NVTX_RANGE("step");
@@ -633,13 +513,13 @@ int main(int argc, char** argv) {
         token_data_train_batch(&train, &train_rng, B, T, inputs.data(), targets.data());
         gpt_forward(&model, inputs.data(), targets.data(), B, T);
         gpt_backward(&model, B, T);
-        float lr = learning_rate(opt.lr, step, warmup, max_steps, final_frac);
+        float lr = learning_rate(opt.lr, step, tc.warmup, tc.max_steps, tc.final_frac);
         float norm = gpt_update(&model, &opt, lr, step + 1);
         cudaCheck(cudaEventRecord(t1));
         cudaCheck(cudaEventSynchronize(t1));
         float ms;
         cudaCheck(cudaEventElapsedTime(&ms, t0, t1));
-        printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s\n", step + 1, max_steps,
+        printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s\n", step + 1, tc.max_steps,
                model.mean_loss, lr, norm, ms, B * T / (ms / 1000.0f));
         fflush(stdout);
     }

@@ -21,33 +21,48 @@ __global__ void fill_kernel(float* out, float value, long n) {
     if (i < n) out[i] = value;
 }
 
-// out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias (bias may be null)
-void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight, const float* bias,
-                    int N, int C, int OC) {
+// out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias (bias may be null).
+// ld_inp: distance between rows of inp (C when packed; more when inp is a
+// column slice of a wider activation)
+void matmul_forward_ld(cublasHandle_t handle, float* out, const float* inp, int ld_inp, const float* weight,
+                       const float* bias, int N, int C, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (bias) {
         LAUNCH(broadcast_bias_kernel, CEIL_DIV((long)N * OC, 256), 256, 0)(out, bias, N, OC);
         cudaCheck(cudaGetLastError());
     }
-    // column-major: out^T (OC,N) = weight^T... i.e. W (as (C,OC) col-major, transposed) times inp^T (C,N)
-    cublasCheck(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C,
+    // column-major view: out (OC,N) = weight^T-view (OC,C) @ inp (C,N)
+    cublasCheck(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, ld_inp,
                             bias ? &one : &zero, out, OC));
 }
 
-// dinp (N,C) = dout (N,OC) @ weight (OC,C)      (overwritten; dinp may be null)
-// dweight (OC,C) += dout^T @ inp                 (accumulated)
-// dbias (OC) += sum over rows of dout            (accumulated; may be null)
-// ones: a device vector of at least N ones
-void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, const float* ones, int N, int C, int OC) {
+void matmul_forward(cublasHandle_t handle, float* out, const float* inp, const float* weight, const float* bias,
+                    int N, int C, int OC) {
+    matmul_forward_ld(handle, out, inp, C, weight, bias, N, C, OC);
+}
+
+// dinp (N,C) = dout (N,OC) @ weight (OC,C), overwritten or, with
+//                                 accumulate_dinp, added (dinp may be null)
+// dweight (OC,C) += dout^T @ inp  (accumulated)
+// dbias (OC) += sum over rows of dout  (accumulated; may be null)
+// ld_inp, ld_dinp: row distances of inp and dinp; ones: >= N ones on the device
+void matmul_backward_ld(cublasHandle_t handle, float* dinp, int ld_dinp, int accumulate_dinp, float* dweight,
+                        float* dbias, const float* dout, const float* inp, int ld_inp, const float* weight,
+                        const float* ones, int N, int C, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (dinp) {
-        cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC, &zero, dinp, C));
+        cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC,
+                                accumulate_dinp ? &one : &zero, dinp, ld_dinp));
     }
-    cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C));
+    cublasCheck(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, ld_inp, dout, OC, &one, dweight, C));
     if (dbias) {
         cublasCheck(cublasSgemv(handle, CUBLAS_OP_N, OC, N, &one, dout, OC, ones, 1, &one, dbias, 1));
     }
+}
+
+void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, const float* ones, int N, int C, int OC) {
+    matmul_backward_ld(handle, dinp, C, 0, dweight, dbias, dout, inp, C, weight, ones, N, C, OC);
 }
 
 void fill(float* out, float value, long n) {

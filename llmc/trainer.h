@@ -1,0 +1,186 @@
+/*
+What the language-model trainers share: their flags (llm.c's letters where
+llm.c has one), the learning-rate schedule, global-norm clipping plus AdamW
+over a flat buffer of tensors, sampling a token, loading the token data and
+its vocabulary, and checkpoint bookkeeping. Each train_*.cu keeps its own
+model and main loop, so it still reads top to bottom.
+*/
+#pragma once
+
+#include <string>
+#include <vector>
+#include "cuda_common.h"
+#include "adamw.cuh"
+#include "checkpoint.h"
+#include "dataloader.h"
+#include "utils.h"
+
+typedef struct {
+    const char* train_path;
+    const char* val_path;
+    const char* vocab_path;
+    const char* init_path;   // -e: model file to start from
+    const char* out_dir;     // -o
+    int checkpoint_every;    // -n
+    int resume;              // -y
+    int B, T, max_steps, warmup;
+    float lr, final_frac, weight_decay, grad_clip;
+    int val_every, val_batches, sample_every, gen_tokens, seed;
+    int L, C, H, F;          // model shape flags (each model uses what it has)
+} TrainConfig;
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+} AdamWConfig;
+
+static void train_usage(const char* program, const TrainConfig* d, const char* model_flags, int status) {
+    fprintf(status ? stderr : stdout,
+        "Usage: %s [options]\n"
+        "  -i <path>   train tokens          (default %s)\n"
+        "  -j <path>   val tokens            (default %s)\n"
+        "  -k <path>   vocabulary            (default %s)\n"
+        "  -e <path>   initialize from a model file instead of random\n"
+        "  -o <dir>    output directory: checkpoints and the final model.bin\n"
+        "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
+        "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
+        "  -b <int>    batch size B (default %d)\n"
+        "  -t <int>    sequence length T (default %d)\n"
+        "  -x <int>    training steps (default %d)\n"
+        "  -l <float>  learning rate (default %g)\n"
+        "  -u <int>    warmup steps (default %d)\n"
+        "  -q <float>  final learning rate as a fraction of -l, cosine decay (default %g)\n"
+        "  -c <float>  weight decay (default %g)\n"
+        "  -p <float>  gradient norm clip, 0 = none (default %g)\n"
+        "  -v <int>    validate every v steps, 0 = only at the end (default %d)\n"
+        "  -m <int>    validation batches, 0 = all (default %d)\n"
+        "  -s <int>    sample every s steps, 0 = only at the end (default %d)\n"
+        "  -g <int>    tokens to sample, 0 = none (default %d)\n"
+        "  -r <int>    random seed (default %d)\n"
+        "%s"
+        "  -h          this help\n",
+        program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
+        d->final_frac, d->weight_decay, d->grad_clip, d->val_every, d->val_batches, d->sample_every,
+        d->gen_tokens, d->seed, model_flags);
+    exit(status);
+}
+
+// parses "-x value" pairs over the defaults in c; model_flags is the help text
+// of -L/-C/-H/-F for this model, allowed names the shape letters it takes
+static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char* model_flags, const char* allowed) {
+    TrainConfig defaults = *c;
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) train_usage(argv[0], &defaults, model_flags, 0);
+        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
+        if (strchr("LCHF", f[1]) && !strchr(allowed, f[1])) fail("unknown flag %s for this model (see -h)", f);
+        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
+        const char* v = argv[++i];
+        switch (f[1]) {
+            case 'i': c->train_path = v; break;
+            case 'j': c->val_path = v; break;
+            case 'k': c->vocab_path = v; break;
+            case 'e': c->init_path = v; break;
+            case 'o': c->out_dir = v; break;
+            case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
+            case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'x': c->max_steps = parse_int_flag(f, v, 1, 1 << 30); break;
+            case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
+            case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); break;
+            case 'v': c->val_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'm': c->val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
+            case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); break;
+            case 'L': c->L = parse_int_flag(f, v, 1, 1024); break;
+            case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'H': c->H = parse_int_flag(f, v, 1, 1024); break;
+            case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
+            default: fail("unknown flag %s (see -h)", f);
+        }
+    }
+    if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
+}
+
+// linear warmup, then cosine decay from lr to lr * final_frac at max_steps
+static float learning_rate(float lr, int step, int warmup, int max_steps, float final_frac) {
+    if (step < warmup) return lr * (step + 1) / warmup;
+    if (max_steps <= warmup) return lr;
+    float ratio = (float)(step - warmup) / (float)(max_steps - warmup);
+    float coeff = 0.5f * (1.0f + cosf(3.14159265358979f * ratio));
+    float min_lr = lr * final_frac;
+    return min_lr + coeff * (lr - min_lr);
+}
+
+// Clips the gradients to a global norm and takes one AdamW step on each of
+// ntensors consecutive tensors of the flat buffers, with weight decay where
+// decay[i] is set. t is the 1-based step; norm_buffer is NORM_BLOCKS + 2
+// floats on the device. Returns the gradient norm before clipping.
+static float clip_and_adamw(float* params, float* m, float* v, const float* grads, const long* sizes,
+                            const int* decay, int ntensors, float* norm_buffer, const AdamWConfig* o, float lr, int t) {
+    long total = 0;
+    for (int i = 0; i < ntensors; i++) total += sizes[i];
+    global_norm(norm_buffer, grads, total, o->grad_clip);
+    float norm;
+    cudaCheck(cudaMemcpy(&norm, norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
+    long off = 0;
+    for (int i = 0; i < ntensors; i++) {
+        adamw_update(params + off, m + off, v + off, grads + off, sizes[i], lr, o->beta1, o->beta2, o->eps,
+                     decay[i] ? o->weight_decay : 0.0f, t, norm_buffer + 1);
+        off += sizes[i];
+    }
+    return norm;
+}
+
+// draws a token from softmax(logits / temperature)
+static int sample_token(const float* logits, int V, float temperature, Rng* rng) {
+    float maxv = -INFINITY;
+    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    std::vector<double> p(V);
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) { p[i] = exp((logits[i] - maxv) / temperature); sum += p[i]; }
+    double u = rng_uniform(rng) * sum, cdf = 0.0;
+    for (int i = 0; i < V; i++) { cdf += p[i]; if (u < cdf) return i; }
+    return V - 1;
+}
+
+// loads train and val tokens and the vocabulary, checking that they agree
+// and that one batch of each fits
+static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+    token_data_load(train, c->train_path);
+    token_data_load(val, c->val_path);
+    vocab_load(vocab, c->vocab_path);
+    if (train->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->train_path, train->vocab_size, c->vocab_path, vocab->size);
+    if (val->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->val_path, val->vocab_size, c->vocab_path, vocab->size);
+    if (train->num_tokens <= c->T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", c->train_path, train->num_tokens, c->T);
+    if (token_data_num_val_batches(val, c->B, c->T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", c->val_path, val->num_tokens, c->B, c->T);
+}
+
+// resumes from the newest checkpoint in c->out_dir; returns the step to continue from
+static int resume_from_checkpoint(const TrainConfig* c, int kind, const int* config_slots, const char* const* slot_names,
+                                  float* params, float* m, float* v, Rng* train_rng, Rng* sample_rng) {
+    std::vector<int> steps = checkpoint_steps(c->out_dir);
+    if (steps.empty()) fail("flag -y: no checkpoint in %s", c->out_dir);
+    CheckpointState s;
+    s.kind = kind;
+    memcpy(s.config, config_slots, sizeof(s.config));
+    std::string path = checkpoint_path(c->out_dir, steps.back());
+    checkpoint_load(path.c_str(), &s, slot_names, params, m, v);
+    if (s.B != c->B || s.T != c->T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, c->B, c->T);
+    train_rng->state = s.train_rng;
+    sample_rng->state = s.sample_rng;
+    printf("resumed from %s at step %d\n", path.c_str(), s.step);
+    return s.step;
+}
+
+static void save_checkpoint(const TrainConfig* c, int kind, const int* config_slots, int step, const Rng* train_rng,
+                            const Rng* sample_rng, const float* params, const float* m, const float* v) {
+    CheckpointState s = {kind, {0}, step, train_rng->state, sample_rng->state, c->B, c->T};
+    memcpy(s.config, config_slots, sizeof(s.config));
+    checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
+    checkpoint_prune(c->out_dir, 3);
+}
