@@ -44,7 +44,7 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba
 TESTS = test_backend test_gpt
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 

@@ -1,0 +1,119 @@
+/*
+Causal depthwise conv1d over time, kernel K = 4, with bias, fused with SiLU
+(Mamba's conv: nn.Conv1d(E, E, 4, groups=E, padding=3) cut to the first T
+outputs):
+  conv[b,t,e] = bias[e] + sum_k w[e,k] * x[b, t-(K-1)+k, e]   (x = 0 before t = 0)
+  u[b,t,e]    = silu(conv[b,t,e])
+x is a column slice of a wider activation (row distance x_stride), as the
+first E channels of in_proj's output are.
+
+Forward and the input gradient: one thread per (b,t,e). Weight and bias
+gradients: a fixed grid of row chunks writes per-chunk partial sums, then
+one thread per (e, k) adds the chunks in order: deterministic, no atomics.
+*/
+#pragma once
+#include "cuda_common.h"
+
+#define CONV_K 4
+#define CONV_CHUNKS 64
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+// d silu / dx = s * (1 + x * (1 - s)), s = sigmoid(x)
+__device__ __forceinline__ float silu_grad(float x) {
+    float s = 1.0f / (1.0f + expf(-x));
+    return s * (1.0f + x * (1.0f - s));
+}
+
+__global__ void conv1d_silu_forward_kernel(float* conv, float* u, const float* x, int x_stride, const float* w,
+                                           const float* bias, int B, int T, int E) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * T * E) return;
+    int e = idx % E;
+    long bt = idx / E;
+    int t = bt % T;
+    long row0 = bt - t;  // (b, 0)
+    float acc = bias[e];
+    for (int k = 0; k < CONV_K; k++) {
+        int tt = t - (CONV_K - 1) + k;
+        if (tt >= 0) acc += w[e * CONV_K + k] * x[(row0 + tt) * x_stride + e];
+    }
+    conv[idx] = acc;
+    u[idx] = silu(acc);
+}
+
+// dconv = du * silu'(conv), in place over du
+__global__ void silu_backward_inplace_kernel(float* du, const float* conv, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) du[i] *= silu_grad(conv[i]);
+}
+
+// dx[b,t,e] = sum_k w[e,k] * dconv[b, t+(K-1)-k, e]  (overwrites; dx has row distance dx_stride)
+__global__ void conv1d_backward_input_kernel(float* dx, int dx_stride, const float* dconv, const float* w,
+                                             int B, int T, int E) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * T * E) return;
+    int e = idx % E;
+    long bt = idx / E;
+    int t = bt % T;
+    long row0 = bt - t;
+    float acc = 0.0f;
+    for (int k = 0; k < CONV_K; k++) {
+        int tt = t + (CONV_K - 1) - k;
+        if (tt < T) acc += w[e * CONV_K + k] * dconv[(row0 + tt) * E + e];
+    }
+    dx[bt * dx_stride + e] = acc;
+}
+
+// partial[chunk, e, k] (k < K: weight, k = K: bias) over the chunk's rows;
+// one thread per (chunk, e)
+__global__ void conv1d_param_partial_kernel(float* partial, const float* dconv, const float* x, int x_stride,
+                                            int B, int T, int E) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= CONV_CHUNKS * E) return;
+    int e = idx % E, chunk = idx / E;
+    long rows = (long)B * T, per = CEIL_DIV(rows, CONV_CHUNKS);
+    float acc[CONV_K + 1] = {0.0f};
+    for (long r = chunk * per; r < rows && r < (chunk + 1) * per; r++) {
+        int t = r % T;
+        float g = dconv[r * E + e];
+        for (int k = 0; k < CONV_K; k++) {
+            int tt = t - (CONV_K - 1) + k;
+            if (tt >= 0) acc[k] += g * x[(r - t + tt) * x_stride + e];
+        }
+        acc[CONV_K] += g;
+    }
+    for (int k = 0; k <= CONV_K; k++) partial[((long)chunk * E + e) * (CONV_K + 1) + k] = acc[k];
+}
+
+// dw[e,k] += sum over chunks, dbias[e] += sum over chunks; one thread per (e, k)
+__global__ void conv1d_param_reduce_kernel(float* dw, float* dbias, const float* partial, int E) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= E * (CONV_K + 1)) return;
+    int e = idx / (CONV_K + 1), k = idx % (CONV_K + 1);
+    float s = 0.0f;
+    for (int c = 0; c < CONV_CHUNKS; c++) s += partial[((long)c * E + e) * (CONV_K + 1) + k];
+    if (k < CONV_K) dw[e * CONV_K + k] += s;
+    else dbias[e] += s;
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, const float* w, const float* bias,
+                         int B, int T, int E) {
+    long n = (long)B * T * E;
+    LAUNCH(conv1d_silu_forward_kernel, CEIL_DIV(n, 256), 256, 0)(conv, u, x, x_stride, w, bias, B, T, E);
+    cudaCheck(cudaGetLastError());
+}
+
+// du (B,T,E) is consumed (turned into dconv in place). dx is overwritten.
+// partial: scratch of CONV_CHUNKS * E * (K+1) floats. dw, dbias accumulate.
+void conv1d_silu_backward(float* dx, int dx_stride, float* dw, float* dbias, float* partial, float* du,
+                          const float* conv, const float* x, int x_stride, const float* w, int B, int T, int E) {
+    long n = (long)B * T * E;
+    LAUNCH(silu_backward_inplace_kernel, CEIL_DIV(n, 256), 256, 0)(du, conv, n);
+    LAUNCH(conv1d_backward_input_kernel, CEIL_DIV(n, 256), 256, 0)(dx, dx_stride, du, w, B, T, E);
+    LAUNCH(conv1d_param_partial_kernel, CEIL_DIV(CONV_CHUNKS * E, 64), 64, 0)(partial, du, x, x_stride, B, T, E);
+    LAUNCH(conv1d_param_reduce_kernel, CEIL_DIV(E * (CONV_K + 1), 64), 64, 0)(dw, dbias, partial, E);
+    cudaCheck(cudaGetLastError());
+}

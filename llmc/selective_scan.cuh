@@ -1,0 +1,390 @@
+/*
+Mamba's selective scan, forward and backward, with dt's softplus and the
+SiLU(z) gating fused in.
+
+For each batch b, channel e and state n, over time t:
+  h_t = exp(dt_t * A[e,n]) * h_{t-1} + dt_t * B_t[n] * u_t        (h_{-1} = 0)
+  y_t = sum_n h_t[n] * C_t[n] + D[e] * u_t
+  gated_t = y_t * silu(z_t)
+with A = -exp(A_log). B_t and C_t are columns [R, R+N) and [R+N, R+2N) of
+x_proj's output x_dbl (row distance R + 2N); z is the second half of
+in_proj's output (row distance 2E).
+
+The recurrence is a scan under the associative operator on pairs
+  (a0, b0) then (a1, b1)  ->  (a1 * a0, a1 * b0 + b1),
+h_t being the b of the prefix up to t (with h_{-1} folded in as a carry).
+Time is cut into chunks of SCAN_CHUNK = 32 steps. The forward pass stores
+the state at the end of every chunk (B, E, nchunks, N), nothing more; the
+backward pass recomputes each chunk's states from the stored state at its
+start, then runs the adjoint recurrence backwards in time:
+  g_t = dy_t * C_t + exp(dt_{t+1} A) * g_{t+1}
+from which every gradient follows (du, ddt, dB, dC, dA_log, dD, dz).
+
+Two variants of each pass, interchangeable (same stored states, same
+gradients up to summation order):
+  *_seq_kernel:     sequential in time, one thread per (b, e) forward and
+                    per (b, group of 8 channels) backward. Barrier-free:
+                    plain loops on the host backend.
+  *_chunked_kernel: the parallel scan. One warp per (b, e); lane i holds
+                    time step chunk*32 + i; each state's pairs are combined
+                    across lanes by a Hillis-Steele scan with warp shuffles
+                    (log2 32 = 5 rounds), the state carried from chunk to
+                    chunk, so any T works (the last chunk may be partial).
+                    Backward: a block holds the 8 channels of a group, one
+                    warp each, and combines their dB, dC contributions in
+                    shared memory.
+Reductions are deterministic: dB and dC (sums over channels) are summed in a
+fixed order within a group, written per group, then added over groups in
+order; dA_log and dD (sums over batch and time) are written per batch row
+and added over the batch in order. No atomics.
+
+Limits: d_state N <= MAX_DSTATE (16); any E and T.
+*/
+#pragma once
+#include "cuda_common.h"
+#include "conv1d.cuh"  // silu, silu_grad
+
+#define SCAN_CHUNK 32
+#define MAX_DSTATE 16
+#define SCAN_GROUP 8  // channels whose dB, dC contributions are summed together
+
+// dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x), = x above 20 (as PyTorch)
+__global__ void dt_softplus_kernel(float* dt, const float* bias, long n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = dt[i] + bias[i % E];
+    dt[i] = x > 20.0f ? x : log1pf(expf(x));
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+__global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float* states, const float* u,
+                                                  const float* dt, const float* x_dbl, int R, const float* A_log,
+                                                  const float* D, const float* xz, int B, int T, int E, int N) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[MAX_DSTATE], h[MAX_DSTATE];
+    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = 0.0f; }
+    for (int t = 0; t < T; t++) {
+        long row = (long)b * T + t;
+        float dtv = dt[row * E + e], uv = u[row * E + e];
+        const float* Bt = x_dbl + row * xs + R;
+        const float* Ct = Bt + N;
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) {
+            h[n] = expf(dtv * A[n]) * h[n] + dtv * Bt[n] * uv;
+            acc += h[n] * Ct[n];
+        }
+        float yv = acc + D[e] * uv;
+        y[row * E + e] = yv;
+        gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+        if (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1) {
+            float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * N;
+            for (int n = 0; n < N; n++) s[n] = h[n];
+        }
+    }
+}
+
+__global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, float* states, const float* u,
+                                                      const float* dt, const float* x_dbl, int R, const float* A_log,
+                                                      const float* D, const float* xz, int B, int T, int E, int N) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= B * E) return;  // whole warps
+    int e = warp % E, b = warp / E;
+    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[MAX_DSTATE], carry[MAX_DSTATE];
+    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); carry[n] = 0.0f; }
+    for (int c = 0; c < nchunks; c++) {
+        int t = c * SCAN_CHUNK + lane;
+        bool valid = t < T;
+        int last = min(SCAN_CHUNK - 1, T - 1 - c * SCAN_CHUNK);  // last valid lane
+        long row = (long)b * T + (valid ? t : 0);
+        float dtv = valid ? dt[row * E + e] : 0.0f, uv = valid ? u[row * E + e] : 0.0f;
+        const float* Bt = x_dbl + row * xs + R;
+        const float* Ct = Bt + N;
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float a = valid ? expf(dtv * A[n]) : 1.0f;
+            float bb = valid ? dtv * Bt[n] * uv : 0.0f;
+            for (int off = 1; off < SCAN_CHUNK; off <<= 1) {  // inclusive scan over lanes
+                float ap = __shfl_up_sync(0xffffffffu, a, off);
+                float bp = __shfl_up_sync(0xffffffffu, bb, off);
+                if (lane >= off) { bb = a * bp + bb; a = a * ap; }
+            }
+            float h = a * carry[n] + bb;
+            if (valid) acc += h * Ct[n];
+            carry[n] = __shfl_sync(0xffffffffu, h, last);
+        }
+        if (valid) {
+            float yv = acc + D[e] * uv;
+            y[row * E + e] = yv;
+            gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+        }
+        if (lane == 0) {
+            float* s = states + ((long)(b * E + e) * nchunks + c) * N;
+            for (int n = 0; n < N; n++) s[n] = carry[n];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// backward
+//
+// In: dgated (B,T,E), and what the forward pass saw or stored. Out:
+//   du (B,T,E), ddt (B,T,E) = gradient before softplus (w.r.t. dt_proj's
+//   output plus bias; sigmoid(x) = 1 - exp(-softplus(x))), dz into the z
+//   half of dxz (row distance 2E), dbc_partial (B,T,ngroups,2N) per group
+//   [dB | dC], dA_partial (B,E,N) already times A (so it is d/dA_log),
+//   dD_partial (B,E).
+
+__global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
+                                                   float* dA_partial, float* dD_partial, const float* dgated,
+                                                   const float* y, const float* u, const float* dt,
+                                                   const float* x_dbl, int R, const float* A_log, const float* D,
+                                                   const float* xz, const float* states, int B, int T, int E, int N) {
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * ngroups) return;
+    int g = idx % ngroups, b = idx / ngroups;
+    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    for (int t = 0; t < T; t++) {
+        float* p = dbc_partial + (((long)b * T + t) * ngroups + g) * 2 * N;
+        for (int j = 0; j < 2 * N; j++) p[j] = 0.0f;
+    }
+    int e_end = min(E, (g + 1) * SCAN_GROUP);
+    for (int e = g * SCAN_GROUP; e < e_end; e++) {
+        float A[MAX_DSTATE], gcarry[MAX_DSTATE], dA[MAX_DSTATE];
+        float hs[SCAN_CHUNK + 1][MAX_DSTATE];  // states h_{t0-1} .. h_{t1-1} of one chunk
+        for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); gcarry[n] = 0.0f; dA[n] = 0.0f; }
+        float dD = 0.0f;
+        for (int c = nchunks - 1; c >= 0; c--) {
+            int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
+            const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
+            for (int n = 0; n < N; n++) hs[0][n] = c > 0 ? s0[n] : 0.0f;
+            for (int t = t0; t < t1; t++) {  // recompute the chunk's states
+                long row = (long)b * T + t;
+                float dtv = dt[row * E + e], uv = u[row * E + e];
+                const float* Bt = x_dbl + row * xs + R;
+                for (int n = 0; n < N; n++) hs[t - t0 + 1][n] = expf(dtv * A[n]) * hs[t - t0][n] + dtv * Bt[n] * uv;
+            }
+            for (int t = t1 - 1; t >= t0; t--) {  // adjoint, backwards in time
+                long row = (long)b * T + t;
+                float dtv = dt[row * E + e], uv = u[row * E + e];
+                const float* Bt = x_dbl + row * xs + R;
+                const float* Ct = Bt + N;
+                float zv = xz[row * 2 * E + E + e];
+                float dg = dgated[row * E + e];
+                float dy = dg * silu(zv);
+                dxz[row * 2 * E + E + e] = dg * y[row * E + e] * silu_grad(zv);
+                float du_acc = D[e] * dy, ddt_acc = 0.0f;
+                dD += dy * uv;
+                float* p = dbc_partial + (row * ngroups + g) * 2 * N;
+                for (int n = 0; n < N; n++) {
+                    float a = expf(dtv * A[n]);
+                    float gn = dy * Ct[n] + gcarry[n];
+                    float hprev = hs[t - t0][n];
+                    p[n] += gn * dtv * uv;              // dB
+                    p[N + n] += dy * hs[t - t0 + 1][n];  // dC
+                    du_acc += gn * dtv * Bt[n];
+                    ddt_acc += gn * (Bt[n] * uv + hprev * a * A[n]);
+                    dA[n] += gn * hprev * a * dtv;
+                    gcarry[n] = a * gn;
+                }
+                du[row * E + e] = du_acc;
+                ddt[row * E + e] = ddt_acc * (1.0f - expf(-dtv));
+            }
+        }
+        for (int n = 0; n < N; n++) dA_partial[((long)b * E + e) * N + n] = dA[n] * A[n];
+        dD_partial[(long)b * E + e] = dD;
+    }
+}
+
+// block = SCAN_GROUP warps = the channels of one group g of batch row b
+__global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
+                                                       float* dA_partial, float* dD_partial, const float* dgated,
+                                                       const float* y, const float* u, const float* dt,
+                                                       const float* x_dbl, int R, const float* A_log, const float* D,
+                                                       const float* xz, const float* states, int B, int T, int E, int N) {
+    __shared__ float dbc_s[SCAN_GROUP][SCAN_CHUNK][2 * MAX_DSTATE];
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int g = blockIdx.x % ngroups, b = blockIdx.x / ngroups;
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int e = g * SCAN_GROUP + w;
+    bool active = e < E;  // inactive warps still take part in the barriers
+    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[MAX_DSTATE], gcarry[MAX_DSTATE], dA[MAX_DSTATE];
+    for (int n = 0; n < N; n++) { A[n] = active ? -expf(A_log[e * N + n]) : 0.0f; gcarry[n] = 0.0f; dA[n] = 0.0f; }
+    float dD = 0.0f;
+    for (int c = nchunks - 1; c >= 0; c--) {
+        int t = c * SCAN_CHUNK + lane;
+        bool valid = active && t < T;
+        int last = min(SCAN_CHUNK - 1, T - 1 - c * SCAN_CHUNK);
+        long row = (long)b * T + (t < T ? t : 0);
+        float dtv = 0.0f, uv = 0.0f, dy = 0.0f;
+        const float* Bt = x_dbl + row * xs + R;
+        const float* Ct = Bt + N;
+        if (valid) {
+            dtv = dt[row * E + e];
+            uv = u[row * E + e];
+            float zv = xz[row * 2 * E + E + e];
+            float dg = dgated[row * E + e];
+            dy = dg * silu(zv);
+            dxz[row * 2 * E + E + e] = dg * y[row * E + e] * silu_grad(zv);
+        }
+        float du_acc = active ? D[e] * dy : 0.0f, ddt_acc = 0.0f;
+        dD += dy * uv;
+        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
+        for (int n = 0; n < N; n++) {
+            float h0 = (active && c > 0) ? s0[n] : 0.0f;
+            // forward: this chunk's states from the stored one at its start
+            float a = valid ? expf(dtv * A[n]) : 1.0f;
+            float bb = valid ? dtv * Bt[n] * uv : 0.0f;
+            float ac = a, bc = bb;
+            for (int off = 1; off < SCAN_CHUNK; off <<= 1) {
+                float ap = __shfl_up_sync(0xffffffffu, ac, off);
+                float bp = __shfl_up_sync(0xffffffffu, bc, off);
+                if (lane >= off) { bc = ac * bp + bc; ac = ac * ap; }
+            }
+            float h = ac * h0 + bc;
+            float hprev = __shfl_up_sync(0xffffffffu, h, 1);
+            if (lane == 0) hprev = h0;
+            // backward: g_t = beta_t + alpha_t * g_{t+1}, alpha_t = a_{t+1}, a suffix scan
+            float anext = __shfl_down_sync(0xffffffffu, a, 1);
+            float alpha = lane < last ? anext : 0.0f;
+            float beta = valid ? dy * Ct[n] : 0.0f;
+            if (lane == last) beta += gcarry[n];
+            for (int off = 1; off < SCAN_CHUNK; off <<= 1) {
+                float an = __shfl_down_sync(0xffffffffu, alpha, off);
+                float bn = __shfl_down_sync(0xffffffffu, beta, off);
+                if (lane + off < SCAN_CHUNK) { beta = beta + alpha * bn; alpha = alpha * an; }
+            }
+            float gn = beta;
+            gcarry[n] = __shfl_sync(0xffffffffu, a * gn, 0);  // a_{t0} g_{t0}, into the previous chunk
+            dbc_s[w][lane][n] = valid ? gn * dtv * uv : 0.0f;  // dB
+            dbc_s[w][lane][N + n] = valid ? dy * h : 0.0f;     // dC
+            if (valid) {
+                du_acc += gn * dtv * Bt[n];
+                ddt_acc += gn * (Bt[n] * uv + hprev * a * A[n]);
+                dA[n] += gn * hprev * a * dtv;
+            }
+        }
+        if (valid) {
+            du[row * E + e] = du_acc;
+            ddt[row * E + e] = ddt_acc * (1.0f - expf(-dtv));
+        }
+        __syncthreads();
+        // this group's dB, dC per time step: the 8 channels summed in order
+        for (int i = threadIdx.x; i < SCAN_CHUNK * 2 * N; i += blockDim.x) {
+            int tl = i / (2 * N), j = i % (2 * N);
+            float s = 0.0f;
+            for (int ww = 0; ww < SCAN_GROUP; ww++) s += dbc_s[ww][tl][j];
+            int tg = c * SCAN_CHUNK + tl;
+            if (tg < T) dbc_partial[(((long)b * T + tg) * ngroups + g) * 2 * N + j] = s;
+        }
+        __syncthreads();
+    }
+    for (int n = 0; n < N; n++) {
+        float s = warp_sum(dA[n]);
+        if (active && lane == 0) dA_partial[((long)b * E + e) * N + n] = s * A[n];
+    }
+    float sD = warp_sum(dD);
+    if (active && lane == 0) dD_partial[(long)b * E + e] = sD;
+}
+
+// dx_dbl[row, R + j] = sum over groups of dbc_partial[row, g, j]  (overwrites the B, C columns)
+__global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)BT * 2 * N) return;
+    long row = idx / (2 * N);
+    int j = idx % (2 * N);
+    float s = 0.0f;
+    for (int g = 0; g < ngroups; g++) s += dbc_partial[(row * ngroups + g) * 2 * N + j];
+    dx_dbl[row * (R + 2 * N) + R + j] = s;
+}
+
+// dA_log[e,n] += sum_b dA_partial[b,e,n]; dD[e] += sum_b dD_partial[b,e]; one thread per (e, n) and per e
+__global__ void scan_reduce_params_kernel(float* dA_log, float* dD, const float* dA_partial, const float* dD_partial,
+                                          int B, int E, int N) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < E * N) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += dA_partial[(long)b * E * N + idx];
+        dA_log[idx] += s;
+    } else if (idx < E * N + E) {
+        int e = idx - E * N;
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += dD_partial[(long)b * E + e];
+        dD[e] += s;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+#ifdef __CUDACC__
+static bool scan_use_chunked = true;
+#else
+static bool scan_use_chunked = false;
+#endif
+
+inline int scan_num_chunks(int T) { return CEIL_DIV(T, SCAN_CHUNK); }
+inline long scan_states_size(int B, int T, int E, int N) { return (long)B * E * scan_num_chunks(T) * N; }
+// scratch floats the backward pass needs: dbc_partial, dA_partial, dD_partial
+inline long scan_backward_scratch_size(int B, int T, int E, int N) {
+    return (long)B * T * CEIL_DIV(E, SCAN_GROUP) * 2 * N + (long)B * E * N + (long)B * E;
+}
+
+inline void scan_check_limits(int N) {
+    if (N < 1 || N > MAX_DSTATE) {
+        fprintf(stderr, "error: selective scan: d_state %d is not supported (1..%d)\n", N, MAX_DSTATE);
+        exit(EXIT_FAILURE);
+    }
+}
+
+void dt_softplus(float* dt, const float* bias, int BT, int E) {
+    long n = (long)BT * E;
+    LAUNCH(dt_softplus_kernel, CEIL_DIV(n, 256), 256, 0)(dt, bias, n, E);
+    cudaCheck(cudaGetLastError());
+}
+
+// y, gated (B,T,E); states (B,E,nchunks,N); xz holds z in its second half
+void selective_scan_forward(float* y, float* gated, float* states, const float* u, const float* dt,
+                            const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
+                            int B, int T, int E, int N) {
+    scan_check_limits(N);
+    if (scan_use_chunked) {
+        LAUNCH(selective_scan_forward_chunked_kernel, CEIL_DIV(B * E * 32, 128), 128, 0)(
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    } else {
+        LAUNCH(selective_scan_forward_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
+// du, ddt (B,T,E) overwritten; dz into dxz's second half; dB, dC into
+// dx_dbl's columns [R, R+2N) (overwritten); dA_log (E,N), dD (E) accumulate.
+void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, float* dA_log, float* dD,
+                             float* scratch, const float* dgated, const float* y, const float* u, const float* dt,
+                             const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
+                             const float* states, int B, int T, int E, int N) {
+    scan_check_limits(N);
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    float* dbc_partial = scratch;
+    float* dA_partial = dbc_partial + (long)B * T * ngroups * 2 * N;
+    float* dD_partial = dA_partial + (long)B * E * N;
+    if (scan_use_chunked) {
+        LAUNCH(selective_scan_backward_chunked_kernel, B * ngroups, SCAN_GROUP * 32, 0)(
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+    } else {
+        LAUNCH(selective_scan_backward_seq_kernel, CEIL_DIV(B * ngroups, 32), 32, 0)(
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+    }
+    cudaCheck(cudaGetLastError());
+    LAUNCH(scan_reduce_bc_kernel, CEIL_DIV((long)B * T * 2 * N, 256), 256, 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N);
+    LAUNCH(scan_reduce_params_kernel, CEIL_DIV(E * (N + 1), 256), 256, 0)(dA_log, dD, dA_partial, dD_partial, B, E, N);
+    cudaCheck(cudaGetLastError());
+}

@@ -1,0 +1,426 @@
+/*
+Checks train_mamba.cu and its kernels:
+  1. finite-difference gradient checks of the selective scan (with its
+     softplus and gating) and of the conv1d + SiLU kernel on tiny shapes:
+     central differences along random directions against the analytic
+     gradient, for both scan variants;
+  2. the two scan variants against each other (forward outputs, stored
+     states and every gradient), T not a multiple of the chunk;
+  3. against the PyTorch reference state of dev/reference/mamba.py (make
+     test writes data/ref_mamba.bin): every layer's activations, logits,
+     loss, every parameter gradient (A_log, D, dt_proj bias and conv
+     weights included), with both scan variants; 10 AdamW steps; and
+  4. bit-identical gradients on a re-run, bit-identical resume from a
+     checkpoint.
+
+Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
+Tolerances:
+  - reference comparisons: 1e-4 (fp32 against a float64 reference; see
+    test_gpt.cu for the reasoning).
+  - finite differences: 2e-3 relative to the directional derivative. The
+    loss is evaluated in fp32 (rounding ~1e-7 of |loss|), so with step
+    eps = 1e-2 the central difference carries ~1e-5 |loss| / |slope| of
+    noise plus an O(eps^2) ~ 1e-4 truncation error; 2e-3 sits above both
+    and far below the O(1) error of a wrong formula.
+  - variant against variant: 1e-5 (same math, different summation order).
+*/
+#define TESTING
+#include "train_mamba.cu"
+#include "llmc/testing.h"
+
+static const double TOL = 1e-4;
+static const double FD_TOL = 2e-3;
+static const double VARIANT_TOL = 1e-5;
+
+static std::vector<float> device_to_vector(const float* d, long n) {
+    std::vector<float> h(n);
+    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return h;
+}
+static float* vector_to_device(const std::vector<float>& h) {
+    float* d;
+    cudaCheck(cudaMalloc(&d, h.size() * sizeof(float)));
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+static void upload(float* d, const std::vector<float>& h) {
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+static std::vector<float> random_vector(long n, float lo, float hi, uint64_t* rng) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = lo + (hi - lo) * random_uniform(rng);
+    return v;
+}
+
+// ----------------------------------------------------------------------------
+// 1-2. the selective scan on its own: inputs, one forward + backward
+
+struct ScanProblem {
+    int B, T, E, N, R;
+    std::vector<float> u, dt_pre, x_dbl, A_log, D, xz, dt_bias, w;  // w: weights of the scalar loss
+};
+
+struct ScanResult {
+    double loss;  // sum of gated * w, in double
+    std::vector<float> y, gated, states;
+    std::vector<float> du, ddt, dxz, dx_dbl, dA_log, dD;
+};
+
+static ScanProblem make_scan_problem(int B, int T, int E, int N, int R, uint64_t seed) {
+    uint64_t rng = seed;
+    ScanProblem p = {B, T, E, N, R};
+    long BT = (long)B * T;
+    p.u = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    p.dt_pre = random_vector(BT * E, -3.0f, 0.5f, &rng);
+    p.x_dbl = random_vector(BT * (R + 2 * N), -1.0f, 1.0f, &rng);
+    p.A_log = random_vector((long)E * N, -0.5f, 1.5f, &rng);
+    p.D = random_vector(E, 0.5f, 1.5f, &rng);
+    p.xz = random_vector(BT * 2 * E, -2.0f, 2.0f, &rng);
+    p.dt_bias = random_vector(E, -0.5f, 0.5f, &rng);
+    p.w = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    return p;
+}
+
+// forward (softplus, scan, gating) and, with backward, every input gradient of
+// loss = sum(gated * w)
+static ScanResult run_scan(const ScanProblem& p, bool backward) {
+    int B = p.B, T = p.T, E = p.E, N = p.N, R = p.R;
+    long BT = (long)B * T;
+    float *u = vector_to_device(p.u), *dt = vector_to_device(p.dt_pre), *x_dbl = vector_to_device(p.x_dbl);
+    float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D), *xz = vector_to_device(p.xz);
+    float* bias = vector_to_device(p.dt_bias);
+    float *y, *gated, *states;
+    cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
+    dt_softplus(dt, bias, (int)BT, E);
+    selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    ScanResult r;
+    r.y = device_to_vector(y, BT * E);
+    r.gated = device_to_vector(gated, BT * E);
+    r.states = device_to_vector(states, scan_states_size(B, T, E, N));
+    r.loss = 0.0;
+    for (long i = 0; i < BT * E; i++) r.loss += (double)r.gated[i] * p.w[i];
+    if (backward) {
+        float *du, *ddt, *dxz, *dx_dbl, *dA_log, *dD, *scratch;
+        float* dgated = vector_to_device(p.w);
+        cudaCheck(cudaMalloc(&du, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&ddt, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&dxz, BT * 2 * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&dx_dbl, BT * (R + 2 * N) * sizeof(float)));
+        cudaCheck(cudaMalloc(&dA_log, (long)E * N * sizeof(float)));
+        cudaCheck(cudaMalloc(&dD, E * sizeof(float)));
+        cudaCheck(cudaMalloc(&scratch, scan_backward_scratch_size(B, T, E, N) * sizeof(float)));
+        cudaCheck(cudaMemset(dxz, 0, BT * 2 * E * sizeof(float)));
+        cudaCheck(cudaMemset(dx_dbl, 0, BT * (R + 2 * N) * sizeof(float)));
+        cudaCheck(cudaMemset(dA_log, 0, (long)E * N * sizeof(float)));
+        cudaCheck(cudaMemset(dD, 0, E * sizeof(float)));
+        selective_scan_backward(du, ddt, dxz, dx_dbl, dA_log, dD, scratch, dgated, y, u, dt, x_dbl, R, A_log, D,
+                                xz, states, B, T, E, N);
+        r.du = device_to_vector(du, BT * E);
+        r.ddt = device_to_vector(ddt, BT * E);
+        r.dxz = device_to_vector(dxz, BT * 2 * E);
+        r.dx_dbl = device_to_vector(dx_dbl, BT * (R + 2 * N));
+        r.dA_log = device_to_vector(dA_log, (long)E * N);
+        r.dD = device_to_vector(dD, E);
+        for (float* q : {du, ddt, dxz, dx_dbl, dA_log, dD, scratch, dgated}) cudaFree(q);
+    }
+    for (float* q : {u, dt, x_dbl, A_log, D, xz, bias, y, gated, states}) cudaFree(q);
+    return r;
+}
+
+// central difference of the loss along a random direction of one input,
+// against the analytic directional derivative <grad, v>
+static void fd_check(Tests& t, const char* what, ScanProblem p, std::vector<float> ScanProblem::*field,
+                     const std::vector<float>& grad, const std::vector<bool>* mask, uint64_t seed) {
+    uint64_t rng = seed;
+    std::vector<float>& x = p.*field;
+    std::vector<float> v(x.size());
+    double analytic = 0.0;
+    for (size_t i = 0; i < x.size(); i++) {
+        v[i] = (mask && !(*mask)[i]) ? 0.0f : 2.0f * random_uniform(&rng) - 1.0f;
+        analytic += (double)grad[i] * v[i];
+    }
+    const float eps = 1e-2f;
+    std::vector<float> x0 = x;
+    for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] + eps * v[i];
+    double lp = run_scan(p, false).loss;
+    for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] - eps * v[i];
+    double lm = run_scan(p, false).loss;
+    double numeric = (lp - lm) / (2.0 * eps);
+    double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+    t.check(rel <= FD_TOL, "finite difference d/d%-7s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)", what,
+            numeric, analytic, rel, FD_TOL);
+}
+
+static void check_scan_gradients(Tests& t, const ScanProblem& p, const char* variant) {
+    printf("--- selective scan, %s, B %d T %d E %d N %d R %d\n", variant, p.B, p.T, p.E, p.N, p.R);
+    ScanResult r = run_scan(p, true);
+    long BT = (long)p.B * p.T;
+    int X = p.R + 2 * p.N;
+    // the B, C columns of x_dbl (its dt_raw columns are not the scan's input), the z half of xz
+    std::vector<bool> bc_cols(BT * X), z_half(BT * 2 * p.E);
+    for (long i = 0; i < BT * X; i++) bc_cols[i] = i % X >= p.R;
+    for (long i = 0; i < BT * 2 * p.E; i++) z_half[i] = i % (2 * p.E) >= p.E;
+    fd_check(t, "u", p, &ScanProblem::u, r.du, nullptr, 11);
+    fd_check(t, "dt_pre", p, &ScanProblem::dt_pre, r.ddt, nullptr, 12);
+    fd_check(t, "B,C", p, &ScanProblem::x_dbl, r.dx_dbl, &bc_cols, 13);
+    fd_check(t, "A_log", p, &ScanProblem::A_log, r.dA_log, nullptr, 14);
+    fd_check(t, "D", p, &ScanProblem::D, r.dD, nullptr, 15);
+    fd_check(t, "z", p, &ScanProblem::xz, r.dxz, &z_half, 16);
+}
+
+static void compare_vectors(Tests& t, const char* name, const std::vector<float>& a, const std::vector<float>& b, double tol) {
+    check_tensor(t, name, a.data(), b.data(), (long)a.size(), tol);
+}
+
+// ----------------------------------------------------------------------------
+// the conv1d + SiLU kernel on its own: loss = sum(u * w)
+
+static double conv_loss(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& bias,
+                        const std::vector<float>& weights, int B, int T, int E, std::vector<float>* grads) {
+    long BT = (long)B * T;
+    float *dx = vector_to_device(x), *dw = vector_to_device(w), *db = vector_to_device(bias);
+    float *conv, *u;
+    cudaCheck(cudaMalloc(&conv, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&u, BT * E * sizeof(float)));
+    conv1d_silu_forward(conv, u, dx, 2 * E, dw, db, B, T, E);
+    std::vector<float> hu = device_to_vector(u, BT * E);
+    double loss = 0.0;
+    for (long i = 0; i < BT * E; i++) loss += (double)hu[i] * weights[i];
+    if (grads) {  // grads: [dx (B,T,2E) | dw (E,K) | dbias (E)]
+        float *gx, *gw, *gb, *partial;
+        float* du = vector_to_device(weights);
+        cudaCheck(cudaMalloc(&gx, BT * 2 * E * sizeof(float)));
+        cudaCheck(cudaMemset(gx, 0, BT * 2 * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&gw, E * CONV_K * sizeof(float)));
+        cudaCheck(cudaMemset(gw, 0, E * CONV_K * sizeof(float)));
+        cudaCheck(cudaMalloc(&gb, E * sizeof(float)));
+        cudaCheck(cudaMemset(gb, 0, E * sizeof(float)));
+        cudaCheck(cudaMalloc(&partial, CONV_CHUNKS * E * (CONV_K + 1) * sizeof(float)));
+        conv1d_silu_backward(gx, 2 * E, gw, gb, partial, du, conv, dx, 2 * E, dw, B, T, E);
+        std::vector<float> a = device_to_vector(gx, BT * 2 * E), b = device_to_vector(gw, E * CONV_K), c = device_to_vector(gb, E);
+        grads->clear();
+        grads->insert(grads->end(), a.begin(), a.end());
+        grads->insert(grads->end(), b.begin(), b.end());
+        grads->insert(grads->end(), c.begin(), c.end());
+        for (float* q : {gx, gw, gb, partial, du}) cudaFree(q);
+    }
+    for (float* q : {dx, dw, db, conv, u}) cudaFree(q);
+    return loss;
+}
+
+static void check_conv_gradients(Tests& t) {
+    int B = 2, T = 7, E = 5;
+    long BT = (long)B * T;
+    uint64_t rng = 99;
+    std::vector<float> x = random_vector(BT * 2 * E, -1.0f, 1.0f, &rng);
+    std::vector<float> w = random_vector(E * CONV_K, -0.8f, 0.8f, &rng);
+    std::vector<float> bias = random_vector(E, -0.3f, 0.3f, &rng);
+    std::vector<float> weights = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    std::vector<float> grads;
+    conv_loss(x, w, bias, weights, B, T, E, &grads);
+    printf("--- conv1d + SiLU, B %d T %d E %d\n", B, T, E);
+    const char* names[3] = {"x", "conv_w", "conv_b"};
+    std::vector<float>* fields[3] = {&x, &w, &bias};
+    long offsets[3] = {0, BT * 2 * E, BT * 2 * E + E * CONV_K};
+    for (int f = 0; f < 3; f++) {
+        std::vector<float>& p = *fields[f];
+        std::vector<float> v(p.size()), p0 = p;
+        double analytic = 0.0;
+        for (size_t i = 0; i < p.size(); i++) {
+            bool used = f != 0 || (long)(i % (2 * E)) < E;  // only the x half feeds the conv
+            v[i] = used ? 2.0f * random_uniform(&rng) - 1.0f : 0.0f;
+            analytic += (double)grads[offsets[f] + i] * v[i];
+        }
+        const float eps = 1e-2f;
+        for (size_t i = 0; i < p.size(); i++) p[i] = p0[i] + eps * v[i];
+        double lp = conv_loss(x, w, bias, weights, B, T, E, nullptr);
+        for (size_t i = 0; i < p.size(); i++) p[i] = p0[i] - eps * v[i];
+        double lm = conv_loss(x, w, bias, weights, B, T, E, nullptr);
+        p = p0;
+        double numeric = (lp - lm) / (2.0 * eps);
+        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+        t.check(rel <= FD_TOL, "finite difference d/d%-7s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                names[f], numeric, analytic, rel, FD_TOL);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 3-4. the whole model against the PyTorch reference
+
+static void load_params(Mamba* model, const std::vector<float>& params) {
+    upload(model->params_memory, params);
+    cudaCheck(cudaMemset(model->m_memory, 0, params.size() * sizeof(float)));
+    cudaCheck(cudaMemset(model->v_memory, 0, params.size() * sizeof(float)));
+}
+
+static void compare(Tests& t, const RefState& ref, const char* path, const char* name, const float* device, const char* label) {
+    const RefTensor& r = ref.get(name, path);
+    std::vector<float> got = device_to_vector(device, r.numel());
+    char full[96];
+    snprintf(full, sizeof(full), "%s%s", label, name);
+    check_tensor(t, full, got.data(), r.f.data(), r.numel(), TOL);
+}
+
+static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, const char* path, const char* label) {
+    int B = ref.B, T = ref.T, L = model->config.num_layers;
+    load_params(model, ref.get("params", path).f);
+    mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    compare(t, ref, path, "encoded", model->acts.encoded, label);
+    for (int l = 0; l < L; l++) {
+        LayerActs la = layer_acts(model, l, B, T);
+        struct { const char* name; const float* ptr; } acts[] = {
+            {"xz", la.xz}, {"conv", la.conv}, {"u", la.u}, {"x_dbl", la.x_dbl}, {"dt", la.dt}, {"scan", la.y},
+            {"gated", la.gated}, {"out", la.out}, {"res", la.res}, {"ln", la.ln}};
+        for (auto& x : acts) {
+            char name[64];
+            snprintf(name, sizeof(name), "m%d.%s", l, x.name);
+            compare(t, ref, path, name, x.ptr, label);
+        }
+    }
+    compare(t, ref, path, "lnf", model->acts.lnf, label);
+    compare(t, ref, path, "logits", model->acts.logits, label);
+    float ref_loss = ref.get("loss", path).f[0];
+    t.check(fabsf(model->mean_loss - ref_loss) <= TOL * fabsf(ref_loss), "%sloss %.7f vs reference %.7f (abs err %.2e)",
+            label, model->mean_loss, ref_loss, fabsf(model->mean_loss - ref_loss));
+    mamba_backward(model, B, T);
+    std::vector<float> grads = device_to_vector(model->grads_memory, model->num_parameters);
+    const RefTensor& ref_grads = ref.get("grads", path);
+    long off = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%sgrad %s", label, param_names[i]);
+        check_tensor(t, name, grads.data() + off, ref_grads.f.data() + off, model->param_sizes[i], TOL);
+        off += model->param_sizes[i];
+    }
+}
+
+static std::vector<float> run_steps(Mamba* model, const RefState& ref, const char* path, int first_step, int n) {
+    const RefTensor& h = ref.get("adamw", path);
+    AdamWConfig opt = {h.f[0], h.f[1], h.f[2], h.f[3], h.f[4], h.f[5]};
+    std::vector<float> losses;
+    for (int s = first_step; s < first_step + n; s++) {
+        mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        losses.push_back(model->mean_loss);
+        mamba_backward(model, ref.B, ref.T);
+        mamba_update(model, &opt, opt.lr, s + 1);
+    }
+    return losses;
+}
+
+static void check_against_reference(Tests& t, const char* path) {
+    RefState ref;
+    ref_state_load(&ref, path);
+    if (ref.kind != MODEL_MAMBA) fail("%s: reference state of model kind %d, expected a Mamba LM (%d)", path, ref.kind, MODEL_MAMBA);
+    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5]};
+    printf("--- reference %s: Mamba L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, config.num_layers,
+           config.channels, config.inner, config.d_state, config.dt_rank, config.vocab_size, ref.B, ref.T);
+    Mamba model;
+    mamba_build(&model, config);
+    mamba_allocate_activations(&model, ref.B, ref.T);
+    t.check(model.num_parameters == ref.config[6] && model.num_parameters == ref.get("params", path).numel(),
+            "parameter count %ld (reference %d)", model.num_parameters, ref.config[6]);
+
+    bool default_variant = scan_use_chunked;
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = layernorm_use_warp = variant == 1;
+        check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
+    }
+    scan_use_chunked = default_variant;
+    layernorm_use_warp = default_variant;
+
+    {   // determinism
+        mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        mamba_backward(&model, ref.B, ref.T);
+        std::vector<float> g1 = device_to_vector(model.grads_memory, model.num_parameters);
+        mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        mamba_backward(&model, ref.B, ref.T);
+        std::vector<float> g2 = device_to_vector(model.grads_memory, model.num_parameters);
+        t.check(memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)) == 0, "gradients bit-identical on a re-run");
+    }
+
+    const RefTensor& ref_losses = ref.get("step_losses", path);
+    int nsteps = (int)ref_losses.numel();
+    load_params(&model, ref.get("params", path).f);
+    std::vector<float> losses = run_steps(&model, ref, path, 0, nsteps);
+    for (int s = 0; s < nsteps; s++) {
+        double err = fabs(losses[s] - ref_losses.f[s]);
+        t.check(err <= TOL * fabs(ref_losses.f[s]), "step %2d loss %.7f vs reference %.7f (abs err %.2e)", s + 1,
+                losses[s], ref_losses.f[s], err);
+    }
+    std::vector<float> after = device_to_vector(model.params_memory, model.num_parameters);
+    const std::vector<float>& ref_after = ref.get("step_params", path).f;
+    long off = 0;
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "after steps: %s", param_names[i]);
+        check_tensor(t, name, after.data() + off, ref_after.data() + off, model.param_sizes[i], TOL);
+        off += model.param_sizes[i];
+    }
+
+    {   // checkpoint: resume is bit-identical
+        int half = nsteps / 2;
+        char dir[] = "/tmp/test_mamba_XXXXXX";
+        if (!mkdtemp(dir)) fail("cannot create a temporary directory");
+        std::string ckpt = checkpoint_path(dir, half);
+        load_params(&model, ref.get("params", path).f);
+        run_steps(&model, ref, path, 0, half);
+        CheckpointState s = {MODEL_MAMBA, {0}, half, 7, 8, ref.B, ref.T};
+        memcpy(s.config, model.config_slots, sizeof(s.config));
+        checkpoint_save(ckpt.c_str(), &s, model.params_memory, model.m_memory, model.v_memory);
+        std::vector<float> first = run_steps(&model, ref, path, half, nsteps - half);
+        std::vector<float> first_params = device_to_vector(model.params_memory, model.num_parameters);
+        load_params(&model, std::vector<float>(model.num_parameters, 0.0f));
+        CheckpointState r;
+        r.kind = MODEL_MAMBA;
+        memcpy(r.config, model.config_slots, sizeof(r.config));
+        checkpoint_load(ckpt.c_str(), &r, mamba_slot_names, model.params_memory, model.m_memory, model.v_memory);
+        std::vector<float> second = run_steps(&model, ref, path, r.step, nsteps - half);
+        std::vector<float> second_params = device_to_vector(model.params_memory, model.num_parameters);
+        bool same = r.step == half && memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0 &&
+                    memcmp(first_params.data(), second_params.data(), first_params.size() * sizeof(float)) == 0;
+        t.check(same, "resume from checkpoint at step %d: losses and parameters bit-identical", half);
+        remove(ckpt.c_str());
+        rmdir(dir);
+    }
+    mamba_free(&model);
+}
+
+int main(int argc, char** argv) {
+    const char* path = argc > 1 ? argv[1] : "data/ref_mamba.bin";
+    Tests t;
+    printf("backend %s\n", BACKEND_NAME);
+
+    // finite differences of both scan variants, T = 45: one full chunk and a partial one
+    ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 2024);
+    bool default_variant = scan_use_chunked;
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = variant == 1;
+        check_scan_gradients(t, p, variant ? "chunked parallel" : "sequential");
+    }
+    check_conv_gradients(t);
+
+    // the two variants against each other on a longer sequence (3 chunks and a bit) and N = 4
+    {
+        ScanProblem q = make_scan_problem(3, 101, 19, 4, 2, 7);
+        scan_use_chunked = false;
+        ScanResult a = run_scan(q, true);
+        scan_use_chunked = true;
+        ScanResult b = run_scan(q, true);
+        printf("--- sequential vs chunked scan, B %d T %d E %d N %d\n", q.B, q.T, q.E, q.N);
+        compare_vectors(t, "y", b.y, a.y, VARIANT_TOL);
+        compare_vectors(t, "gated", b.gated, a.gated, VARIANT_TOL);
+        compare_vectors(t, "chunk states", b.states, a.states, VARIANT_TOL);
+        compare_vectors(t, "du", b.du, a.du, VARIANT_TOL);
+        compare_vectors(t, "ddt", b.ddt, a.ddt, VARIANT_TOL);
+        compare_vectors(t, "dz (dxz)", b.dxz, a.dxz, VARIANT_TOL);
+        compare_vectors(t, "dB, dC (dx_dbl)", b.dx_dbl, a.dx_dbl, VARIANT_TOL);
+        compare_vectors(t, "dA_log", b.dA_log, a.dA_log, VARIANT_TOL);
+        compare_vectors(t, "dD", b.dD, a.dD, VARIANT_TOL);
+    }
+    scan_use_chunked = default_variant;
+
+    check_against_reference(t, path);
+    return t.summary();
+}
