@@ -85,3 +85,7 @@ cuda-check:
 
 clean:
 	rm -rf build $(PROGRAMS)
+
+# kernel playground: each kernel's versions beside a plain reference
+dev/cuda/%: dev/cuda/%.cu $(HEADERS) $(BACKEND_STAMP)
+	$(COMPILE) $< -o $@ $(LIBS)

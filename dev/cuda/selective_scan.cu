@@ -1,0 +1,141 @@
+/*
+Kernel playground for the selective scan (llmc/selective_scan.cuh): a plain
+sequential reference on the CPU, and each kernel variant validated against
+it, then timed. On a GPU it also prints the effective memory bandwidth
+(bytes each pass must read and write, over its time).
+
+Build and run (either backend):
+  make dev/cuda/selective_scan && ./dev/cuda/selective_scan [B T E N]
+Defaults: the seed Mamba layer, B 16 T 256 E 512 N 16 (R 16).
+
+Variants:
+  seq      sequential in time, one thread per (b, e) forward, per (b, group
+           of 8 channels) backward; barrier-free (the host backend's choice)
+  chunked  parallel scan: one warp per (b, e), lanes across a 32-step chunk,
+           Hillis-Steele with shuffles, state carried between chunks (the
+           GPU's choice)
+*/
+#include "../../llmc/cuda_common.h"
+#include "../../llmc/selective_scan.cuh"
+#include "../../llmc/testing.h"
+
+#include <vector>
+
+// forward reference in double: y and gated (B,T,E) for the same inputs
+static void scan_reference(std::vector<double>& y, std::vector<double>& gated, const std::vector<float>& u,
+                           const std::vector<float>& dt, const std::vector<float>& x_dbl, const std::vector<float>& A_log,
+                           const std::vector<float>& D, const std::vector<float>& xz, int B, int T, int E, int N, int R) {
+    int X = R + 2 * N;
+    std::vector<double> h(N);
+    for (int b = 0; b < B; b++)
+        for (int e = 0; e < E; e++) {
+            std::fill(h.begin(), h.end(), 0.0);
+            for (int t = 0; t < T; t++) {
+                long row = (long)b * T + t;
+                double d = dt[row * E + e], uv = u[row * E + e], acc = 0.0;
+                for (int n = 0; n < N; n++) {
+                    double A = -exp((double)A_log[e * N + n]);
+                    h[n] = exp(d * A) * h[n] + d * x_dbl[row * X + R + n] * uv;
+                    acc += h[n] * x_dbl[row * X + R + N + n];
+                }
+                double yv = acc + D[e] * uv, z = xz[row * 2 * E + E + e];
+                y[row * E + e] = yv;
+                gated[row * E + e] = yv * z / (1.0 + exp(-z));
+            }
+        }
+}
+
+static float* upload(const std::vector<float>& h) {
+    float* d;
+    cudaCheck(cudaMalloc(&d, h.size() * sizeof(float)));
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+
+int main(int argc, char** argv) {
+    int B = 16, T = 256, E = 512, N = 16;
+    if (argc == 5) { B = atoi(argv[1]); T = atoi(argv[2]); E = atoi(argv[3]); N = atoi(argv[4]); }
+    else if (argc != 1) { fprintf(stderr, "usage: %s [B T E N]\n", argv[0]); return 1; }
+    if (B < 1 || T < 1 || E < 1) { fprintf(stderr, "error: B, T, E must be positive\n"); return 1; }
+    scan_check_limits(N);
+    int R = CEIL_DIV(E / 2, 16), X = R + 2 * N;
+    long BT = (long)B * T;
+    printf("selective scan, backend %s: B %d T %d E %d N %d R %d\n", BACKEND_NAME, B, T, E, N, R);
+
+    uint64_t rng = 1;
+    auto rand_vec = [&](long n, float lo, float hi) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = lo + (hi - lo) * random_uniform(&rng);
+        return v;
+    };
+    std::vector<float> u = rand_vec(BT * E, -1, 1), dt = rand_vec(BT * E, 1e-3f, 0.1f);
+    std::vector<float> x_dbl = rand_vec(BT * X, -1, 1), A_log = rand_vec((long)E * N, 0, 2.7f);
+    std::vector<float> D = rand_vec(E, 0.5f, 1.5f), xz = rand_vec(BT * 2 * E, -2, 2), dg = rand_vec(BT * E, -1, 1);
+    std::vector<double> y_ref(BT * E), gated_ref(BT * E);
+    scan_reference(y_ref, gated_ref, u, dt, x_dbl, A_log, D, xz, B, T, E, N, R);
+    std::vector<float> gated_ref_f(gated_ref.begin(), gated_ref.end());
+
+    float *d_u = upload(u), *d_dt = upload(dt), *d_x = upload(x_dbl), *d_A = upload(A_log), *d_D = upload(D);
+    float *d_xz = upload(xz), *d_dg = upload(dg);
+    float *d_y, *d_gated, *d_states, *d_du, *d_ddt, *d_dxz, *d_dx, *d_dA, *d_dD, *d_scratch;
+    cudaCheck(cudaMalloc(&d_y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_states, scan_states_size(B, T, E, N) * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_du, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_ddt, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_dxz, BT * 2 * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_dx, BT * X * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_dA, (long)E * N * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_dD, E * sizeof(float)));
+    cudaCheck(cudaMalloc(&d_scratch, scan_backward_scratch_size(B, T, E, N) * sizeof(float)));
+
+    // bytes each pass must move at least (fp32): forward reads u, dt, z, B, C, writes y, gated, states;
+    // backward also reads dgated and y, and writes du, ddt, dz, dB, dC
+    double fwd_bytes = 4.0 * (BT * E * 5 + BT * 2 * N + scan_states_size(B, T, E, N));
+    double bwd_bytes = 4.0 * (BT * E * 9 + BT * 4 * N + scan_states_size(B, T, E, N));
+    std::vector<float> ref_grads;
+    Tests t;
+    cudaEvent_t t0, t1;
+    cudaCheck(cudaEventCreate(&t0));
+    cudaCheck(cudaEventCreate(&t1));
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = variant == 1;
+        const char* name = variant ? "chunked" : "seq";
+        auto forward = [&]() { selective_scan_forward(d_y, d_gated, d_states, d_u, d_dt, d_x, R, d_A, d_D, d_xz, B, T, E, N); };
+        auto backward = [&]() {
+            selective_scan_backward(d_du, d_ddt, d_dxz, d_dx, d_dA, d_dD, d_scratch, d_dg, d_y, d_u, d_dt, d_x, R,
+                                    d_A, d_D, d_xz, d_states, B, T, E, N);
+        };
+        forward();
+        std::vector<float> gated(BT * E);
+        cudaCheck(cudaMemcpy(gated.data(), d_gated, gated.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        char label[64];
+        snprintf(label, sizeof(label), "%s forward vs reference", name);
+        check_tensor(t, label, gated.data(), gated_ref_f.data(), BT * E, 1e-5);
+        // backward: the two variants must agree (the finite-difference checks are in test_mamba)
+        cudaCheck(cudaMemset(d_dA, 0, (long)E * N * sizeof(float)));
+        cudaCheck(cudaMemset(d_dD, 0, E * sizeof(float)));
+        backward();
+        std::vector<float> grads(BT * E);
+        cudaCheck(cudaMemcpy(grads.data(), d_du, grads.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        if (variant == 0) ref_grads = grads;
+        else check_tensor(t, "chunked du vs seq du", grads.data(), ref_grads.data(), BT * E, 1e-5);
+
+        int reps = BACKEND_NAME[0] == 'c' ? 20 : 2;
+        float ms_f, ms_b;
+        cudaCheck(cudaEventRecord(t0));
+        for (int i = 0; i < reps; i++) forward();
+        cudaCheck(cudaEventRecord(t1));
+        cudaCheck(cudaEventSynchronize(t1));
+        cudaCheck(cudaEventElapsedTime(&ms_f, t0, t1));
+        cudaCheck(cudaEventRecord(t0));
+        for (int i = 0; i < reps; i++) backward();
+        cudaCheck(cudaEventRecord(t1));
+        cudaCheck(cudaEventSynchronize(t1));
+        cudaCheck(cudaEventElapsedTime(&ms_b, t0, t1));
+        ms_f /= reps; ms_b /= reps;
+        printf("%-8s forward %9.3f ms (%7.1f GB/s)   backward %9.3f ms (%7.1f GB/s)\n", name, ms_f,
+               fwd_bytes / ms_f / 1e6, ms_b, bwd_bytes / ms_b / 1e6);
+    }
+    return t.summary();
+}
