@@ -41,12 +41,6 @@ static void copy_device_to_file(FILE* f, const char* path, const float* device, 
     fwrite_or_fail(host.data(), n * sizeof(float), f, path);
 }
 
-static void copy_file_to_device(FILE* f, const char* path, float* device, long n, const char* what) {
-    std::vector<float> host(n);
-    fread_or_fail(host.data(), n * sizeof(float), f, path, what);
-    cudaCheck(cudaMemcpy(device, host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-}
-
 static void header_put_u64(int* h, int slot, uint64_t v) { h[slot] = (int)(uint32_t)v; h[slot + 1] = (int)(uint32_t)(v >> 32); }
 static uint64_t header_get_u64(const int* h, int slot) { return (uint64_t)(uint32_t)h[slot] | (uint64_t)(uint32_t)h[slot + 1] << 32; }
 
@@ -59,28 +53,35 @@ static void check_config(const char* path, const int* header, int kind, const in
     }
 }
 
-// reads the kind and config of a model file without loading it
-static void model_file_peek(const char* path, int* kind, int* config) {
+// Validates a model file in memory: the header's config, P > 0 and the
+// length. With an expected kind and config (non-null) they must match.
+// Returns the parameters (inside data); *kind and config get the header's.
+static const float* model_file_parse(const char* path, const unsigned char* data, long size, int* kind, int* config,
+                                     int expected_kind, const int* expected_config, const char* const* slot_names) {
     int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_MODEL, "model", header, &size);
-    fclose(f);
+    check_header(path, data, size, MAGIC_MODEL, "model", header);
+    if (expected_config) check_config(path, header, expected_kind, expected_config, slot_names);
     *kind = header[2];
     for (int i = 0; i < CONFIG_SLOTS; i++) config[i] = header[3 + i];
     long P = config[CONFIG_SLOTS - 1];
     if (P < 1) fail("%s: parameter count %ld is not positive", path, P);
-    if (size != HEADER_BYTES + 4 * P) fail("%s: header says %ld parameters, but the file is %ld bytes (expected %ld)", path, P, size, HEADER_BYTES + 4 * P);
+    if (size != HEADER_BYTES + 4 * P) fail("%s: header says %ld parameters (%ld bytes), but the file is %ld bytes", path, P, HEADER_BYTES + 4 * P, size);
+    return (const float*)(data + HEADER_BYTES);
+}
+
+// reads the kind and config of a model file without loading it
+static void model_file_peek(const char* path, int* kind, int* config) {
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    model_file_parse(path, bytes.data(), (long)bytes.size(), kind, config, 0, nullptr, nullptr);
 }
 
 static void model_file_load(const char* path, int kind, const int* config, const char* const* slot_names, float* params) {
-    int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_MODEL, "model", header, &size);
-    check_config(path, header, kind, config, slot_names);
-    long P = config[CONFIG_SLOTS - 1];
-    if (size != HEADER_BYTES + 4 * P) fail("%s: expected %ld bytes for %ld parameters, the file is %ld bytes", path, HEADER_BYTES + 4 * P, P, size);
-    copy_file_to_device(f, path, params, P, "the parameters");
-    fclose(f);
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    int k, c[CONFIG_SLOTS];
+    const float* p = model_file_parse(path, bytes.data(), (long)bytes.size(), &k, c, kind, config, slot_names);
+    cudaCheck(cudaMemcpy(params, p, (long)config[CONFIG_SLOTS - 1] * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 static void write_atomically_begin(const char* path, std::string* tmp, FILE** f) {
@@ -123,24 +124,33 @@ static void checkpoint_save(const char* path, const CheckpointState* s, const fl
     write_atomically_end(path, tmp, f);
 }
 
-// loads a checkpoint of this model (kind and config must match: s->kind and
-// s->config are the model's on entry); fills the rest of s
-static void checkpoint_load(const char* path, CheckpointState* s, const char* const* slot_names, float* params, float* m, float* v) {
+// Validates a checkpoint in memory for this model (s->kind and s->config
+// are the model's on entry and must match); fills the rest of s and returns
+// the 3P floats (parameters, first moments, second moments) inside data.
+static const float* checkpoint_parse(const char* path, const unsigned char* data, long size, CheckpointState* s,
+                                     const char* const* slot_names) {
     int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_CHECKPOINT, "checkpoint", header, &size);
+    check_header(path, data, size, MAGIC_CHECKPOINT, "checkpoint", header);
     check_config(path, header, s->kind, s->config, slot_names);
     long P = s->config[CONFIG_SLOTS - 1];
     if (size != HEADER_BYTES + 12 * P) fail("%s: expected %ld bytes for %ld parameters, the file is %ld bytes", path, HEADER_BYTES + 12 * P, P, size);
     if (header[10] < 0) fail("%s: negative step %d", path, header[10]);
+    if (header[15] < 1 || header[16] < 1) fail("%s: batch %d x %d is not positive", path, header[15], header[16]);
     s->step = header[10];
     s->train_rng = header_get_u64(header, 11);
     s->sample_rng = header_get_u64(header, 13);
     s->B = header[15]; s->T = header[16];
-    copy_file_to_device(f, path, params, P, "the parameters");
-    copy_file_to_device(f, path, m, P, "the first moments");
-    copy_file_to_device(f, path, v, P, "the second moments");
-    fclose(f);
+    return (const float*)(data + HEADER_BYTES);
+}
+
+static void checkpoint_load(const char* path, CheckpointState* s, const char* const* slot_names, float* params, float* m, float* v) {
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    const float* p = checkpoint_parse(path, bytes.data(), (long)bytes.size(), s, slot_names);
+    long P = s->config[CONFIG_SLOTS - 1];
+    cudaCheck(cudaMemcpy(params, p, P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m, p + P, P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(v, p + 2 * P, P * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 // checkpoint path for a step: DIR/ckpt_00001234.bin

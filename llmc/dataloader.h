@@ -20,26 +20,31 @@ typedef struct {
     std::vector<int> tokens;
 } TokenData;
 
-inline void token_data_load(TokenData* d, const char* path) {
+// validates a tokens file held in memory and fills d
+inline void token_data_parse(TokenData* d, const char* path, const unsigned char* data, long size) {
     int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_TOKENS, "tokens", header, &size);
+    check_header(path, data, size, MAGIC_TOKENS, "tokens", header);
     long n = header[2];
     int V = header[3];
     if (n < 2) fail("%s: holds %ld tokens; need at least 2", path, n);
     if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
     if (size != HEADER_BYTES + 2 * n) fail("%s: header says %ld tokens (%ld bytes), but the file is %ld bytes", path, n, HEADER_BYTES + 2 * n, size);
-    std::vector<uint16_t> raw(n);
-    fread_or_fail(raw.data(), 2 * n, f, path, "the tokens");
-    fclose(f);
     d->path = path;
     d->vocab_size = V;
     d->num_tokens = n;
     d->tokens.resize(n);
+    const unsigned char* p = data + HEADER_BYTES;
     for (long i = 0; i < n; i++) {
-        if (raw[i] >= V) fail("%s: token %ld is %d, outside the vocabulary of %d", path, i, raw[i], V);
-        d->tokens[i] = raw[i];
+        int tok = p[2 * i] | p[2 * i + 1] << 8;  // little-endian uint16
+        if (tok >= V) fail("%s: token %ld is %d, outside the vocabulary of %d", path, i, tok, V);
+        d->tokens[i] = tok;
     }
+}
+
+inline void token_data_load(TokenData* d, const char* path) {
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    token_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 
 // fills inputs and targets (B*T each) with B random windows
@@ -75,26 +80,29 @@ typedef struct {
     std::vector<std::string> text;
 } Vocab;
 
-inline void vocab_load(Vocab* v, const char* path) {
+inline void vocab_parse(Vocab* v, const char* path, const unsigned char* data, long size) {
     int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_VOCAB, "vocabulary", header, &size);
+    check_header(path, data, size, MAGIC_VOCAB, "vocabulary", header);
     int V = header[2];
     if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
     v->size = V;
-    v->text.resize(V);
-    long pos = HEADER_BYTES;
+    v->text.assign(V, std::string());
+    ByteReader r = {path, data, size, HEADER_BYTES};
     for (int i = 0; i < V; i++) {
         unsigned char len;
-        fread_or_fail(&len, 1, f, path, "a token length");
-        if (len == 0) fail("%s: token %d has length 0", path, i);
         char buf[256];
-        fread_or_fail(buf, len, f, path, "a token's text");
+        byte_reader_read(&r, &len, 1, "a token length");
+        if (len == 0) fail("%s: token %d has length 0", path, i);
+        byte_reader_read(&r, buf, len, "a token's text");
         v->text[i].assign(buf, len);
-        pos += 1 + len;
     }
-    fclose(f);
-    if (pos != size) fail("%s: %d tokens end at byte %ld, but the file is %ld bytes", path, V, pos, size);
+    if (r.pos != size) fail("%s: %d tokens end at byte %ld, but the file is %ld bytes", path, V, r.pos, size);
+}
+
+inline void vocab_load(Vocab* v, const char* path) {
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    vocab_parse(v, path, bytes.data(), (long)bytes.size());
 }
 
 inline int vocab_find(const Vocab* v, const char* s) {

@@ -158,6 +158,7 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
     for (int e = g * SCAN_GROUP; e < e_end; e++) {
         float A[MAX_DSTATE], gcarry[MAX_DSTATE], dA[MAX_DSTATE];
         float hs[SCAN_CHUNK + 1][MAX_DSTATE];  // states h_{t0-1} .. h_{t1-1} of one chunk
+        float as[SCAN_CHUNK][MAX_DSTATE];      // and the decays exp(dt A) of its steps
         for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); gcarry[n] = 0.0f; dA[n] = 0.0f; }
         float dD = 0.0f;
         for (int c = nchunks - 1; c >= 0; c--) {
@@ -168,7 +169,10 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
                 long row = (long)b * T + t;
                 float dtv = dt[row * E + e], uv = u[row * E + e];
                 const float* Bt = x_dbl + row * xs + R;
-                for (int n = 0; n < N; n++) hs[t - t0 + 1][n] = expf(dtv * A[n]) * hs[t - t0][n] + dtv * Bt[n] * uv;
+                for (int n = 0; n < N; n++) {
+                    as[t - t0][n] = expf(dtv * A[n]);
+                    hs[t - t0 + 1][n] = as[t - t0][n] * hs[t - t0][n] + dtv * Bt[n] * uv;
+                }
             }
             for (int t = t1 - 1; t >= t0; t--) {  // adjoint, backwards in time
                 long row = (long)b * T + t;
@@ -183,7 +187,7 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
                 dD += dy * uv;
                 float* p = dbc_partial + (row * ngroups + g) * 2 * N;
                 for (int n = 0; n < N; n++) {
-                    float a = expf(dtv * A[n]);
+                    float a = as[t - t0][n];
                     float gn = dy * Ct[n] + gcarry[n];
                     float hprev = hs[t - t0][n];
                     p[n] += gn * dtv * uv;              // dB

@@ -92,37 +92,44 @@ struct RefState {
     }
 };
 
-inline void ref_state_load(RefState* s, const char* path) {
+inline void ref_state_parse(RefState* s, const char* path, const unsigned char* data, long size) {
     int header[HEADER_INTS];
-    long size;
-    FILE* f = open_with_header(path, MAGIC_STATE, "reference state", header, &size);
+    check_header(path, data, size, MAGIC_STATE, "reference state", header);
     s->kind = header[2];
     for (int i = 0; i < 7; i++) s->config[i] = header[3 + i];
     s->B = header[10]; s->T = header[11];
     int K = header[12];
     if (K < 1) fail("%s: holds %d tensors", path, K);
-    long pos = HEADER_BYTES;
+    if (s->B < 1 || s->T < 1) fail("%s: batch %d x %d is not positive", path, s->B, s->T);
+    ByteReader r = {path, data, size, HEADER_BYTES};
+    s->tensors.clear();
     for (int k = 0; k < K; k++) {
         char name[49] = {0};
         int meta[6];
-        fread_or_fail(name, 48, f, path, "a tensor name");
-        fread_or_fail(meta, sizeof(meta), f, path, "a tensor header");
+        byte_reader_read(&r, name, 48, "a tensor name");
+        byte_reader_read(&r, meta, sizeof(meta), "a tensor header");
         RefTensor t;
         t.dtype = meta[0];
         int ndim = meta[1];
         if (t.dtype != 0 && t.dtype != 1) fail("%s: tensor '%s' has unknown dtype %d", path, name, t.dtype);
         if (ndim < 1 || ndim > 4) fail("%s: tensor '%s' has ndim %d", path, name, ndim);
+        long n = 1;
         for (int d = 0; d < ndim; d++) {
-            if (meta[2 + d] < 1) fail("%s: tensor '%s' has a bad shape", path, name);
+            if (meta[2 + d] < 1 || n > (size / 4) / meta[2 + d]) fail("%s: tensor '%s' has a bad shape", path, name);
             t.shape.push_back(meta[2 + d]);
+            n *= meta[2 + d];
         }
-        long n = t.numel();
-        pos += 72 + 4 * n;
-        if (pos > size) fail("%s: file ends inside tensor '%s'", path, name);
-        if (t.dtype == 0) { t.f.resize(n); fread_or_fail(t.f.data(), 4 * n, f, path, name); }
-        else { t.i.resize(n); fread_or_fail(t.i.data(), 4 * n, f, path, name); }
+        if (4 * n > size - r.pos) fail("%s: file ends inside tensor '%s'", path, name);
+        if (t.dtype == 0) { t.f.resize(n); byte_reader_read(&r, t.f.data(), 4 * n, name); }
+        else { t.i.resize(n); byte_reader_read(&r, t.i.data(), 4 * n, name); }
+        if (s->tensors.count(name)) fail("%s: tensor '%s' appears twice", path, name);
         s->tensors[name] = std::move(t);
     }
-    fclose(f);
-    if (pos != size) fail("%s: records end at byte %ld, but the file is %ld bytes", path, pos, size);
+    if (r.pos != size) fail("%s: records end at byte %ld, but the file is %ld bytes", path, r.pos, size);
+}
+
+inline void ref_state_load(RefState* s, const char* path) {
+    std::vector<unsigned char> bytes;
+    read_whole_file(path, &bytes);
+    ref_state_parse(s, path, bytes.data(), (long)bytes.size());
 }

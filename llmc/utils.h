@@ -13,6 +13,7 @@ parsing helpers shared by the trainers.
 #include <cstdlib>
 #include <cstring>
 #include <sys/stat.h>
+#include <vector>
 
 #define HEADER_INTS 256
 #define HEADER_BYTES (HEADER_INTS * 4)
@@ -28,14 +29,19 @@ parsing helpers shared by the trainers.
 #define MODEL_VIT 3
 #define MODEL_MAMBA_VIT 4
 
-// prints one line "error: ..." and exits with status 1
+// Where fail() goes: by default it prints one line "error: ..." and exits
+// with status 1. A fuzzing harness sets fail_hook to turn the failure into
+// an exception instead (the readers hold no resources but std::vectors).
+inline void (*fail_hook)(const char* message) = nullptr;
+
 [[noreturn]] inline void fail(const char* fmt, ...) {
+    char message[1024];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
+    if (fail_hook) fail_hook(message);
+    fprintf(stderr, "error: %s\n", message);
     exit(EXIT_FAILURE);
 }
 
@@ -45,33 +51,43 @@ inline FILE* fopen_or_fail(const char* path, const char* mode) {
     return f;
 }
 
-inline long file_size_or_fail(const char* path) {
-    struct stat st;
-    if (stat(path, &st) != 0) fail("%s: cannot open (%s)", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) fail("%s: not a regular file", path);
-    return (long)st.st_size;
-}
-
-// reads exactly n bytes or fails naming the file and what was being read
-inline void fread_or_fail(void* dst, size_t n, FILE* f, const char* path, const char* what) {
-    if (n && fread(dst, 1, n, f) != n) fail("%s: file ends while reading %s", path, what);
-}
-
 inline void fwrite_or_fail(const void* src, size_t n, FILE* f, const char* path) {
     if (n && fwrite(src, 1, n, f) != n) fail("%s: write failed (%s)", path, strerror(errno));
 }
 
-// Opens a file, reads its header and checks magic, version and that the file
-// is at least as long as the header. Returns the open file, positioned after
-// the header; *size gets the file length.
-inline FILE* open_with_header(const char* path, int magic, const char* what, int* header, long* size) {
-    *size = file_size_or_fail(path);
-    if (*size < HEADER_BYTES) fail("%s: too short for a %s file (%ld bytes, header is %d)", path, what, *size, HEADER_BYTES);
+// Reads a whole regular file into memory. All readers parse from memory, so
+// a bad file never leaves a file open and parsing can be fuzzed directly.
+inline void read_whole_file(const char* path, std::vector<unsigned char>* out) {
+    struct stat st;
+    if (stat(path, &st) != 0) fail("%s: cannot open (%s)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail("%s: not a regular file", path);
     FILE* f = fopen_or_fail(path, "rb");
-    fread_or_fail(header, HEADER_BYTES, f, path, "the header");
+    out->resize(st.st_size);
+    size_t got = st.st_size ? fread(out->data(), 1, st.st_size, f) : 0;
+    fclose(f);
+    if (got != (size_t)st.st_size) fail("%s: read failed (%s)", path, strerror(errno));
+}
+
+// A bounds-checked cursor over a file's bytes in memory.
+typedef struct {
+    const char* path;
+    const unsigned char* data;
+    long size;
+    long pos;
+} ByteReader;
+
+inline void byte_reader_read(ByteReader* r, void* dst, long n, const char* what) {
+    if (n < 0 || n > r->size - r->pos) fail("%s: file ends while reading %s", r->path, what);
+    memcpy(dst, r->data + r->pos, n);
+    r->pos += n;
+}
+
+// Checks magic and version of a file in memory and copies its header out.
+inline void check_header(const char* path, const unsigned char* data, long size, int magic, const char* what, int* header) {
+    if (size < HEADER_BYTES) fail("%s: too short for a %s file (%ld bytes, header is %d)", path, what, size, HEADER_BYTES);
+    memcpy(header, data, HEADER_BYTES);
     if (header[0] != magic) fail("%s: not a %s file (magic %d, expected %d)", path, what, header[0], magic);
     if (header[1] != FORMAT_VERSION) fail("%s: %s format version %d, this program reads version %d", path, what, header[1], FORMAT_VERSION);
-    return f;
 }
 
 // ----------------------------------------------------------------------------
