@@ -22,6 +22,7 @@ Build with `make train_gpt` (GPU if one is visible, else the host backend).
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/trainer.h"
+#include "llmc/logger.h"
 
 #include <string>
 #include <vector>
@@ -398,18 +399,21 @@ static void gpt_free(GPT* model) {
 // ----------------------------------------------------------------------------
 // sampling: generate text from a starting token, one token at a time
 
-static void gpt_sample(GPT* model, const Vocab* vocab, int start, int length, float temperature, Rng* rng) {
+// prints the prompt, then `length` sampled tokens
+static void gpt_sample(GPT* model, const Vocab* vocab, const std::vector<int>& prompt, int length, float temperature,
+                       int top_k, Rng* rng) {
     NVTX_RANGE("sample");
     int V = model->config.vocab_size, maxT = model->seq_len;
-    std::vector<int> tokens(1, start);
+    std::vector<int> tokens = prompt;
     std::vector<float> logits(V);
-    printf("---\n%s", vocab->text[start].c_str());
+    printf("---\n");
+    for (int t : tokens) printf("%s", vocab->text[t].c_str());
     for (int i = 0; i < length; i++) {
         int n = (int)tokens.size();
         int T = n < maxT ? n : maxT;  // the model sees the last T tokens
         gpt_forward(model, tokens.data() + (n - T), nullptr, 1, T);
         cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
-        int next = sample_token(logits.data(), V, temperature, rng);
+        int next = sample_token(logits.data(), V, temperature, top_k, rng);
         tokens.push_back(next);
         printf("%s", vocab->text[next].c_str());
         fflush(stdout);
@@ -438,38 +442,33 @@ static float gpt_validate(GPT* model, const TokenData* val, int B, int T, int ma
 #ifndef TESTING
 
 int main(int argc, char** argv) {
-    TrainConfig tc = {"data/tinyshakespeare_train.bin", "data/tinyshakespeare_val.bin", "data/tinyshakespeare_vocab.bin",
-                      nullptr, nullptr, 0, 0, /*B*/ 64, /*T*/ 256, /*steps*/ 5000, /*warmup*/ 0,
-                      /*lr*/ 1e-3f, /*final_frac*/ 0.1f, /*wd*/ 1e-5f, /*clip*/ 1.0f,
-                      /*val_every*/ 250, /*val_batches*/ 20, /*sample_every*/ 0, /*gen_tokens*/ 256, /*seed*/ 1337,
-                      /*L*/ 4, /*C*/ 256, /*H*/ 4, /*F*/ 0};
+    TrainConfig tc = default_lm_config();
+    tc.L = 4; tc.C = 256; tc.H = 4;
     parse_train_flags(argc, argv, &tc,
                       "  -L <int>    layers (default 4)\n"
                       "  -C <int>    channels (default 256)\n"
                       "  -H <int>    heads (default 4)\n"
                       "  -F <int>    MLP hidden width (default 2*C)\n", "LCHF");
-    int B = tc.B, T = tc.T, L = tc.L, C = tc.C, NH = tc.H, F = tc.F ? tc.F : 2 * tc.C;
-    const char* init_path = tc.init_path;
-    const char* vocab_path = tc.vocab_path;
-    const char* out_dir = tc.out_dir;
+    int B = tc.B, T = tc.T;
     AdamWConfig opt = {tc.lr, 0.9f, 0.99f, 1e-8f, tc.weight_decay, tc.grad_clip};
 
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
+    std::vector<int> prompt = tokenize_prompt(&vocab, tc.prompt);
 
-    GPTConfig config = {T, vocab.size, L, NH, C, F};
-    if (init_path) {  // the model file decides the shape
-        int kind, slots[CONFIG_SLOTS];
-        model_file_peek(init_path, &kind, slots);
-        if (kind != MODEL_GPT) fail("%s: holds a model of kind %d, not a GPT (kind %d)", init_path, kind, MODEL_GPT);
-        config = {slots[0], slots[1], slots[2], slots[3], slots[4], slots[5]};
-        if (config.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", init_path, config.vocab_size, vocab_path, vocab.size);
-        if (T > config.max_seq_len) fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", T, config.max_seq_len, init_path);
+    GPTConfig config = {T, vocab.size, tc.L, tc.H, tc.C, tc.F ? tc.F : 2 * tc.C};
+    if (tc.init_path) {  // the model file decides the shape
+        int kind, s[CONFIG_SLOTS];
+        model_file_peek(tc.init_path, &kind, s);
+        if (kind != MODEL_GPT) fail("%s: holds a model of kind %d, not a GPT (kind %d)", tc.init_path, kind, MODEL_GPT);
+        config = {s[0], s[1], s[2], s[3], s[4], s[5]};
+        if (config.vocab_size != vocab.size) fail("%s: vocabulary of %d tokens, but %s has %d", tc.init_path, config.vocab_size, tc.vocab_path, vocab.size);
+        if (T > config.max_seq_len) fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", T, config.max_seq_len, tc.init_path);
     }
     GPT model;
     gpt_build(&model, config);
-    if (init_path) model_file_load(init_path, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory);
+    if (tc.init_path) model_file_load(tc.init_path, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory);
     else gpt_init_random(&model, tc.seed);
     gpt_allocate_activations(&model, B, T);
     cublasCheck(cublasSetMathMode(model.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
@@ -478,53 +477,59 @@ int main(int argc, char** argv) {
     rng_seed(&train_rng, tc.seed);
     rng_seed(&sample_rng, tc.seed + 1);
     int start_step = 0;
-    if (out_dir) make_dir_or_fail(out_dir);
+    if (tc.out_dir && !tc.generate_only) make_dir_or_fail(tc.out_dir);
     if (tc.resume)
         start_step = resume_from_checkpoint(&tc, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory,
                                             model.m_memory, model.v_memory, &train_rng, &sample_rng);
+    if (tc.generate_only) {
+        gpt_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
+        gpt_free(&model);
+        return 0;
+    }
 
-    printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME, L, C, NH, F,
-           config.vocab_size, config.max_seq_len, model.num_parameters);
+    printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME,
+           config.num_layers, config.channels, config.num_heads, config.ffn, config.vocab_size, config.max_seq_len,
+           model.num_parameters);
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
            B, T, tc.max_steps, opt.lr, tc.warmup, tc.final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
 
+    Logger logger;
+    logger_open(&logger, tc.out_dir, start_step);
     std::vector<int> inputs((long)B * T), targets((long)B * T);
-    int newline = vocab_find(&vocab, "\n");
-    cudaEvent_t t0, t1;
-    cudaCheck(cudaEventCreate(&t0));
-    cudaCheck(cudaEventCreate(&t1));
+    double run_start = host_clock(), train_seconds = 0.0;
     float last_val = NAN;
     for (int step = start_step; step <= tc.max_steps; step++) {
         bool last = step == tc.max_steps;
         if ((tc.val_every > 0 && step % tc.val_every == 0) || last) {
             last_val = gpt_validate(&model, &val, B, T, tc.val_batches);
             printf("val loss %f\n", last_val);
+            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
         }
         if ((tc.sample_every > 0 && step > 0 && step % tc.sample_every == 0) || last) {
-            if (tc.gen_tokens > 0) gpt_sample(&model, &vocab, newline >= 0 ? newline : 0, tc.gen_tokens, 1.0f, &sample_rng);
+            if (tc.gen_tokens > 0) gpt_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
         }
-        if (out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
+        if (tc.out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
             save_checkpoint(&tc, MODEL_GPT, model.config_slots, step, &train_rng, &sample_rng, model.params_memory,
                             model.m_memory, model.v_memory);
         if (last) break;
 
         NVTX_RANGE("step");
-        cudaCheck(cudaEventRecord(t0));
+        double t0 = host_clock();
         token_data_train_batch(&train, &train_rng, B, T, inputs.data(), targets.data());
         gpt_forward(&model, inputs.data(), targets.data(), B, T);
         gpt_backward(&model, B, T);
         float lr = learning_rate(opt.lr, step, tc.warmup, tc.max_steps, tc.final_frac);
         float norm = gpt_update(&model, &opt, lr, step + 1);
-        cudaCheck(cudaEventRecord(t1));
-        cudaCheck(cudaEventSynchronize(t1));
-        float ms;
-        cudaCheck(cudaEventElapsedTime(&ms, t0, t1));
-        printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s\n", step + 1, tc.max_steps,
-               model.mean_loss, lr, norm, ms, B * T / (ms / 1000.0f));
-        fflush(stdout);
+        cudaCheck(cudaDeviceSynchronize());
+        check_finite(&tc, step + 1, model.mean_loss, norm);
+        double seconds = host_clock() - t0;
+        train_seconds += seconds;
+        print_step(step + 1, start_step, tc.max_steps, model.mean_loss, lr, norm, seconds, B * T, "tok/s", train_seconds);
+        log_train(&logger, step + 1, model.mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
     }
-    if (out_dir) {
-        std::string path = std::string(out_dir) + "/model.bin";
+    logger_close(&logger);
+    if (tc.out_dir) {
+        std::string path = std::string(tc.out_dir) + "/model.bin";
         model_file_save(path.c_str(), MODEL_GPT, model.config_slots, model.params_memory);
         printf("wrote %s\n", path.c_str());
     }

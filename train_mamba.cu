@@ -26,6 +26,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/trainer.h"
+#include "llmc/logger.h"
 
 #include <string>
 #include <vector>
@@ -426,18 +427,21 @@ static void mamba_free(Mamba* model) {
 // ----------------------------------------------------------------------------
 // sampling and validation
 
-static void mamba_sample(Mamba* model, const Vocab* vocab, int start, int length, float temperature, Rng* rng) {
+// prints the prompt, then `length` sampled tokens
+static void mamba_sample(Mamba* model, const Vocab* vocab, const std::vector<int>& prompt, int length, float temperature,
+                       int top_k, Rng* rng) {
     NVTX_RANGE("sample");
     int V = model->config.vocab_size, maxT = model->seq_len;
-    std::vector<int> tokens(1, start);
+    std::vector<int> tokens = prompt;
     std::vector<float> logits(V);
-    printf("---\n%s", vocab->text[start].c_str());
+    printf("---\n");
+    for (int t : tokens) printf("%s", vocab->text[t].c_str());
     for (int i = 0; i < length; i++) {
         int n = (int)tokens.size();
         int T = n < maxT ? n : maxT;  // the model sees the last T tokens
         mamba_forward(model, tokens.data() + (n - T), nullptr, 1, T);
         cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
-        int next = sample_token(logits.data(), V, temperature, rng);
+        int next = sample_token(logits.data(), V, temperature, top_k, rng);
         tokens.push_back(next);
         printf("%s", vocab->text[next].c_str());
         fflush(stdout);
@@ -464,11 +468,8 @@ static float mamba_validate(Mamba* model, const TokenData* val, int B, int T, in
 
 #ifndef TESTING
 int main(int argc, char** argv) {
-    TrainConfig tc = {"data/tinyshakespeare_train.bin", "data/tinyshakespeare_val.bin", "data/tinyshakespeare_vocab.bin",
-                      nullptr, nullptr, 0, 0, /*B*/ 64, /*T*/ 256, /*steps*/ 5000, /*warmup*/ 0,
-                      /*lr*/ 1e-3f, /*final_frac*/ 0.1f, /*wd*/ 1e-5f, /*clip*/ 1.0f,
-                      /*val_every*/ 250, /*val_batches*/ 20, /*sample_every*/ 0, /*gen_tokens*/ 256, /*seed*/ 1337,
-                      /*L*/ 5, /*C*/ 256, /*H*/ 0, /*F*/ 0};
+    TrainConfig tc = default_lm_config();
+    tc.L = 5; tc.C = 256;
     parse_train_flags(argc, argv, &tc,
                       "  -L <int>    layers (default 5)\n"
                       "  -C <int>    channels, d_model (default 256; inner width 2C, d_state 16, dt rank ceil(C/16))\n",
@@ -479,6 +480,7 @@ int main(int argc, char** argv) {
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
+    std::vector<int> prompt = tokenize_prompt(&vocab, tc.prompt);
 
     MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16);
     if (tc.init_path) {  // the model file decides the shape
@@ -499,10 +501,15 @@ int main(int argc, char** argv) {
     rng_seed(&train_rng, tc.seed);
     rng_seed(&sample_rng, tc.seed + 1);
     int start_step = 0;
-    if (tc.out_dir) make_dir_or_fail(tc.out_dir);
+    if (tc.out_dir && !tc.generate_only) make_dir_or_fail(tc.out_dir);
     if (tc.resume)
         start_step = resume_from_checkpoint(&tc, MODEL_MAMBA, model.config_slots, mamba_slot_names, model.params_memory,
                                             model.m_memory, model.v_memory, &train_rng, &sample_rng);
+    if (tc.generate_only) {
+        mamba_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
+        mamba_free(&model);
+        return 0;
+    }
 
     printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
            config.num_layers, config.channels, config.inner, config.d_state, config.dt_rank, config.vocab_size,
@@ -510,20 +517,20 @@ int main(int argc, char** argv) {
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
            B, T, tc.max_steps, opt.lr, tc.warmup, tc.final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
 
+    Logger logger;
+    logger_open(&logger, tc.out_dir, start_step);
     std::vector<int> inputs((long)B * T), targets((long)B * T);
-    int newline = vocab_find(&vocab, "\n");
-    cudaEvent_t t0, t1;
-    cudaCheck(cudaEventCreate(&t0));
-    cudaCheck(cudaEventCreate(&t1));
+    double run_start = host_clock(), train_seconds = 0.0;
     float last_val = NAN;
     for (int step = start_step; step <= tc.max_steps; step++) {
         bool last = step == tc.max_steps;
         if ((tc.val_every > 0 && step % tc.val_every == 0) || last) {
             last_val = mamba_validate(&model, &val, B, T, tc.val_batches);
             printf("val loss %f\n", last_val);
+            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
         }
         if ((tc.sample_every > 0 && step > 0 && step % tc.sample_every == 0) || last) {
-            if (tc.gen_tokens > 0) mamba_sample(&model, &vocab, newline >= 0 ? newline : 0, tc.gen_tokens, 1.0f, &sample_rng);
+            if (tc.gen_tokens > 0) mamba_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
         }
         if (tc.out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
             save_checkpoint(&tc, MODEL_MAMBA, model.config_slots, step, &train_rng, &sample_rng, model.params_memory,
@@ -531,20 +538,20 @@ int main(int argc, char** argv) {
         if (last) break;
 
         NVTX_RANGE("step");
-        cudaCheck(cudaEventRecord(t0));
+        double t0 = host_clock();
         token_data_train_batch(&train, &train_rng, B, T, inputs.data(), targets.data());
         mamba_forward(&model, inputs.data(), targets.data(), B, T);
         mamba_backward(&model, B, T);
         float lr = learning_rate(opt.lr, step, tc.warmup, tc.max_steps, tc.final_frac);
         float norm = mamba_update(&model, &opt, lr, step + 1);
-        cudaCheck(cudaEventRecord(t1));
-        cudaCheck(cudaEventSynchronize(t1));
-        float ms;
-        cudaCheck(cudaEventElapsedTime(&ms, t0, t1));
-        printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s\n", step + 1, tc.max_steps,
-               model.mean_loss, lr, norm, ms, B * T / (ms / 1000.0f));
-        fflush(stdout);
+        cudaCheck(cudaDeviceSynchronize());
+        check_finite(&tc, step + 1, model.mean_loss, norm);
+        double seconds = host_clock() - t0;
+        train_seconds += seconds;
+        print_step(step + 1, start_step, tc.max_steps, model.mean_loss, lr, norm, seconds, B * T, "tok/s", train_seconds);
+        log_train(&logger, step + 1, model.mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
     }
+    logger_close(&logger);
     if (tc.out_dir) {
         std::string path = std::string(tc.out_dir) + "/model.bin";
         model_file_save(path.c_str(), MODEL_MAMBA, model.config_slots, model.params_memory);

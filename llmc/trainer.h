@@ -7,6 +7,9 @@ model and main loop, so it still reads top to bottom.
 */
 #pragma once
 
+#include <algorithm>
+#include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 #include "cuda_common.h"
@@ -27,7 +30,25 @@ typedef struct {
     float lr, final_frac, weight_decay, grad_clip;
     int val_every, val_batches, sample_every, gen_tokens, seed;
     int L, C, H, F;          // model shape flags (each model uses what it has)
+    int generate_only;       // -G: sample from the model (-e or -y) and exit
+    const char* prompt;      // -P: text to start samples from (default: a newline)
+    float temperature;       // -a
+    int top_k;               // -K: sample among the k likeliest tokens, 0 = all
 } TrainConfig;
+
+// the LM trainers' defaults: the seed configuration (model shape set by each trainer)
+static TrainConfig default_lm_config() {
+    TrainConfig c;
+    memset(&c, 0, sizeof(c));
+    c.train_path = "data/tinyshakespeare_train.bin";
+    c.val_path = "data/tinyshakespeare_val.bin";
+    c.vocab_path = "data/tinyshakespeare_vocab.bin";
+    c.B = 64; c.T = 256; c.max_steps = 5000;
+    c.lr = 1e-3f; c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.grad_clip = 1.0f;
+    c.val_every = 250; c.val_batches = 20; c.gen_tokens = 256; c.seed = 1337;
+    c.temperature = 1.0f;
+    return c;
+}
 
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
@@ -56,11 +77,15 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -s <int>    sample every s steps, 0 = only at the end (default %d)\n"
         "  -g <int>    tokens to sample, 0 = none (default %d)\n"
         "  -r <int>    random seed (default %d)\n"
+        "  -G <0|1>    only generate text from the model of -e or -y, then exit (default 0)\n"
+        "  -P <text>   prompt for samples (default a newline)\n"
+        "  -a <float>  sampling temperature (default %g)\n"
+        "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
         d->final_frac, d->weight_decay, d->grad_clip, d->val_every, d->val_batches, d->sample_every,
-        d->gen_tokens, d->seed, model_flags);
+        d->gen_tokens, d->seed, d->temperature, d->top_k, model_flags);
     exit(status);
 }
 
@@ -85,7 +110,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char*
             case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
             case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); break;
             case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); break;
-            case 'x': c->max_steps = parse_int_flag(f, v, 1, 1 << 30); break;
+            case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
             case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
@@ -100,10 +125,15 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char*
             case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); break;
             case 'H': c->H = parse_int_flag(f, v, 1, 1024); break;
             case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
+            case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
+            case 'P': c->prompt = v; break;
+            case 'a': c->temperature = parse_float_flag(f, v, 1e-3f, 100.0f); break;
+            case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
             default: fail("unknown flag %s (see -h)", f);
         }
     }
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
+    if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
 }
 
 // linear warmup, then cosine decay from lr to lr * final_frac at max_steps
@@ -119,7 +149,8 @@ static float learning_rate(float lr, int step, int warmup, int max_steps, float 
 // Clips the gradients to a global norm and takes one AdamW step on each of
 // ntensors consecutive tensors of the flat buffers, with weight decay where
 // decay[i] is set. t is the 1-based step; norm_buffer is NORM_BLOCKS + 2
-// floats on the device. Returns the gradient norm before clipping.
+// floats on the device. Returns the gradient norm before clipping; when it is
+// not finite, nothing is updated.
 static float clip_and_adamw(float* params, float* m, float* v, const float* grads, const long* sizes,
                             const int* decay, int ntensors, float* norm_buffer, const AdamWConfig* o, float lr, int t) {
     long total = 0;
@@ -127,6 +158,7 @@ static float clip_and_adamw(float* params, float* m, float* v, const float* grad
     global_norm(norm_buffer, grads, total, o->grad_clip);
     float norm;
     cudaCheck(cudaMemcpy(&norm, norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
+    if (!std::isfinite(norm)) return norm;  // leave the parameters as they were (see check_finite)
     long off = 0;
     for (int i = 0; i < ntensors; i++) {
         adamw_update(params + off, m + off, v + off, grads + off, sizes[i], lr, o->beta1, o->beta2, o->eps,
@@ -136,13 +168,20 @@ static float clip_and_adamw(float* params, float* m, float* v, const float* grad
     return norm;
 }
 
-// draws a token from softmax(logits / temperature)
-static int sample_token(const float* logits, int V, float temperature, Rng* rng) {
+// draws a token from softmax(logits / temperature), restricted to the top_k
+// likeliest tokens when top_k > 0
+static int sample_token(const float* logits, int V, float temperature, int top_k, Rng* rng) {
     float maxv = -INFINITY;
     for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    float cutoff = -INFINITY;  // the k-th largest logit
+    if (top_k > 0 && top_k < V) {
+        std::vector<float> sorted(logits, logits + V);
+        std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+        cutoff = sorted[top_k - 1];
+    }
     std::vector<double> p(V);
     double sum = 0.0;
-    for (int i = 0; i < V; i++) { p[i] = exp((logits[i] - maxv) / temperature); sum += p[i]; }
+    for (int i = 0; i < V; i++) { p[i] = logits[i] >= cutoff ? exp((logits[i] - maxv) / temperature) : 0.0; sum += p[i]; }
     double u = rng_uniform(rng) * sum, cdf = 0.0;
     for (int i = 0; i < V; i++) { cdf += p[i]; if (u < cdf) return i; }
     return V - 1;
@@ -183,4 +222,65 @@ static void save_checkpoint(const TrainConfig* c, int kind, const int* config_sl
     memcpy(s.config, config_slots, sizeof(s.config));
     checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
     checkpoint_prune(c->out_dir, 3);
+}
+
+// Tokenizes a prompt by the longest vocabulary entry at each position
+// (characters, for a char-level vocabulary). An empty or absent prompt is a
+// newline when the vocabulary has one.
+static std::vector<int> tokenize_prompt(const Vocab* vocab, const char* prompt) {
+    std::vector<int> tokens;
+    if (!prompt || !*prompt) {
+        int nl = vocab_find(vocab, "\n");
+        tokens.push_back(nl >= 0 ? nl : 0);
+        return tokens;
+    }
+    size_t n = strlen(prompt);
+    for (size_t i = 0; i < n;) {
+        int best = -1;
+        size_t best_len = 0;
+        for (int v = 0; v < vocab->size; v++) {
+            const std::string& t = vocab->text[v];
+            if (t.size() > best_len && t.size() <= n - i && !memcmp(prompt + i, t.data(), t.size())) { best = v; best_len = t.size(); }
+        }
+        if (best < 0) fail("flag -P: the prompt's byte %zu ('%c') starts no token of the vocabulary", i, prompt[i]);
+        tokens.push_back(best);
+        i += best_len;
+    }
+    return tokens;
+}
+
+// "1h02m" / "3m07s" / "12s"
+static void format_duration(char* out, size_t n, double seconds) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(out, n, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else if (s >= 60) snprintf(out, n, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(out, n, "%lds", s);
+}
+
+// Stops the run on a non-finite loss or gradient norm. The update was not
+// applied (clip_and_adamw skips it), and no checkpoint is written after
+// this, so the newest checkpoint in -o is the last good one.
+static void check_finite(const TrainConfig* c, int step, float loss, float norm) {
+    if (std::isfinite(loss) && std::isfinite(norm)) return;
+    std::string last = "none written";
+    if (c->out_dir) {
+        std::vector<int> steps = checkpoint_steps(c->out_dir);
+        if (!steps.empty()) last = checkpoint_path(c->out_dir, steps.back());
+    }
+    fail("step %d: train loss %g, gradient norm %g: stopping; the last good checkpoint is %s", step, loss, norm, last.c_str());
+}
+
+// wall-clock seconds; host_clock() differences time a step once the device is synchronized
+static double host_clock() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// "step 12/500: train loss 2.310 | lr 1.00e-03 | norm 0.83 | 45.1 ms | 22700 tok/s | ETA 3m07s"
+static void print_step(int step, int start_step, int max_steps, float loss, float lr, float norm, double seconds,
+                       long items, const char* rate_unit, double train_seconds) {
+    char eta[32];
+    format_duration(eta, sizeof(eta), train_seconds / (step - start_step) * (max_steps - step));
+    printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f %s | ETA %s\n", step, max_steps, loss, lr,
+           norm, seconds * 1e3, items / seconds, rate_unit, eta);
+    fflush(stdout);
 }
