@@ -45,7 +45,7 @@ endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
 PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba
-TESTS = test_backend test_gpt
+TESTS = test_backend test_gpt test_mamba
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -63,6 +63,9 @@ $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/gpt.py --out $@
+data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/mamba.py --out $@
 
 # tinyshakespeare tokens: from the local copy when there is one, else downloaded
 data: data/tinyshakespeare_train.bin
@@ -72,8 +75,9 @@ data/tinyshakespeare_train.bin:
 	  $(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data; \
 	else $(PYTHON) dev/data/tinyshakespeare.py --out data; fi
 
-test: $(TESTS) data/ref_gpt.bin
-	@dev/run_tests.sh $(TESTS)
+# test programs, then the bad-input cases (which use train_gpt and train_mamba)
+test: $(TESTS) train_gpt train_mamba data/ref_gpt.bin data/ref_mamba.bin
+	@dev/run_tests.sh $(TESTS) dev/test_bad_input.sh
 
 cuda-check:
 	@mkdir -p build/cuda-check

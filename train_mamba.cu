@@ -177,15 +177,16 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     fill_in_parameter_sizes(model->param_sizes, c);
     model->num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
-    if (model->num_parameters > 2147483647L) fail("model too large: %ld parameters", model->num_parameters);
+    if (model->num_parameters > 2147483647L) fail("flags -L/-C: the model would have %ld parameters, more than 2^31 - 1", model->num_parameters);
     int slots[CONFIG_SLOTS] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, c.dt_rank,
                                (int)model->num_parameters};
     memcpy(model->config_slots, slots, sizeof(slots));
     size_t bytes = model->num_parameters * sizeof(float);
-    cudaCheck(cudaMalloc(&model->params_memory, bytes));
-    cudaCheck(cudaMalloc(&model->grads_memory, bytes));
-    cudaCheck(cudaMalloc(&model->m_memory, bytes));
-    cudaCheck(cudaMalloc(&model->v_memory, bytes));
+    float** buffers[4] = {&model->params_memory, &model->grads_memory, &model->m_memory, &model->v_memory};
+    for (float** b : buffers)
+        if (cudaMalloc(b, bytes) != cudaSuccess)
+            fail("flags -L/-C: %ld parameters need %.1f GiB with gradients and AdamW moments; allocation failed",
+                 model->num_parameters, 4.0 * bytes / (1 << 30));
     cudaCheck(cudaMemset(model->m_memory, 0, bytes));
     cudaCheck(cudaMemset(model->v_memory, 0, bytes));
     point_tensors((float**)&model->params, model->params_memory, model->param_sizes, NUM_PARAMETER_TENSORS);

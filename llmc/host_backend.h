@@ -417,17 +417,34 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     p->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     return cudaSuccess;
 }
+// "Device" memory is host memory, capped at the machine's physical memory as a
+// GPU's is at its own: an allocation past it fails with cudaErrorMemoryAllocation
+// instead of succeeding lazily and being killed when touched.
+inline size_t& host_allocated_bytes() { static size_t n = 0; return n; }
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
-    *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    return *p ? cudaSuccess : (host_last_error() = cudaErrorMemoryAllocation);
+    size_t rounded = (bytes + 63) / 64 * 64;
+    size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    if (rounded > physical - std::min(physical, host_allocated_bytes())) return host_last_error() = cudaErrorMemoryAllocation;
+    *p = aligned_alloc(64, rounded + 64);
+    if (!*p) return host_last_error() = cudaErrorMemoryAllocation;
+    *(size_t*)*p = rounded;  // the size, kept in front of the block for cudaFree
+    *p = (char*)*p + 64;
+    host_allocated_bytes() += rounded;
+    return cudaSuccess;
 }
 template <typename T> inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
 inline cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
 template <typename T> inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
-inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
-inline cudaError_t cudaFreeHost(void* p) { free(p); return cudaSuccess; }
+inline cudaError_t cudaFree(void* p) {
+    if (!p) return cudaSuccess;
+    void* block = (char*)p - 64;
+    host_allocated_bytes() -= *(size_t*)block;
+    free(block);
+    return cudaSuccess;
+}
+inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
     if (n) memmove(dst, src, n);
     return cudaSuccess;

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Bad input to the trainers: each case must end with one line on stderr that
+# starts "error:" and names the file or flag at fault, a non-zero exit that is
+# not a crash (no signal), and no change to what was in the output directory.
+# Uses small token files made here, so it needs no prepared data.
+# Ends with "N passed, M failed".
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/usr/bin/python3}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+pass=0; fail=0
+
+# small data: 65 characters, 4000 train tokens, 1000 val tokens
+$PYTHON - "$W" <<'EOF' || { echo "FAIL cannot write test data"; echo "0 passed, 1 failed"; exit 1; }
+import sys, os
+sys.path.insert(0, "dev/reference")
+sys.dont_write_bytecode = True
+import numpy as np
+import formats
+w = sys.argv[1]
+rng = np.random.default_rng(0)
+vocab = [chr(c) for c in range(32, 97)]  # 65 one-byte tokens
+formats.write_vocab(f"{w}/vocab.bin", vocab)
+formats.write_vocab(f"{w}/vocab66.bin", vocab + ["~"])
+formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 4000), 65)
+formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 1000), 65)
+formats.write_tokens(f"{w}/train66.bin", rng.integers(0, 66, 4000), 66)
+formats.write_tokens(f"{w}/big.bin", rng.integers(0, 65, 60000), 65)
+data = bytearray(open(f"{w}/train.bin", "rb").read())
+open(f"{w}/truncated.bin", "wb").write(data[:3000])
+bad = bytearray(data); bad[0:4] = (12345).to_bytes(4, "little"); open(f"{w}/badmagic.bin", "wb").write(bad)
+bad = bytearray(data); bad[4:8] = (7).to_bytes(4, "little"); open(f"{w}/badversion.bin", "wb").write(bad)
+bad = bytearray(data); bad[1024 + 2 * 100:1024 + 2 * 101] = (300).to_bytes(2, "little"); open(f"{w}/badtoken.bin", "wb").write(bad)
+open(f"{w}/empty.bin", "wb").close()
+EOF
+
+D="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin"
+small="-b 2 -t 16 -v 0 -m 1 -g 0"
+# reference runs that leave checkpoints and models behind
+./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt" >/dev/null 2>&1 || echo "setup: train_gpt failed"
+./train_mamba $D $small -L 1 -C 16 -x 2 -o "$W/mamba" >/dev/null 2>&1 || echo "setup: train_mamba failed"
+head -c 5000 "$W/gpt/ckpt_00000002.bin" > "$W/gpt_truncated_ckpt.bin"
+head -c 3000 "$W/mamba/model.bin" > "$W/mamba_truncated_model.bin"
+mkdir -p "$W/trunc_ckpt" && cp "$W/gpt_truncated_ckpt.bin" "$W/trunc_ckpt/ckpt_00000002.bin"
+
+# expect NAME WANT CMD...: fails with one "error:" line containing WANT; -o dirs untouched
+expect() {
+  local name=$1 want=$2; shift 2
+  local before after
+  before=$(cd "$W" && find gpt mamba trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
+  "$@" >"$W/out" 2>"$W/err"; local rc=$?
+  after=$(cd "$W" && find gpt mamba trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
+  local lines; lines=$(wc -l < "$W/err")
+  local msg; msg=$(head -n 1 "$W/err")
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && [[ "$msg" == error:* ]] && [[ "$msg" == *"$want"* ]] && [ "$before" == "$after" ]; then
+    echo "ok   $name: exit $rc: $msg"; pass=$((pass + 1))
+  else
+    echo "FAIL $name: exit $rc, $lines stderr lines, first: '$msg' (wanted it to name '$want'; outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no))"
+    fail=$((fail + 1))
+  fi
+}
+
+for T in train_gpt train_mamba; do
+  expect "$T missing data file" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T empty data file" "$W/empty.bin" ./$T -i "$W/empty.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T truncated data file" "$W/truncated.bin" ./$T -i "$W/truncated.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T wrong magic" "$W/badmagic.bin" ./$T -i "$W/badmagic.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T wrong version" "$W/badversion.bin" ./$T -i "$W/badversion.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T token out of range" "$W/badtoken.bin" ./$T -i "$W/badtoken.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T vocabulary not matching data" "$W/train66.bin" ./$T -i "$W/train66.bin" -j $W/val.bin -k $W/vocab.bin $small
+  expect "$T data file given as vocabulary" "$W/train.bin" ./$T -i "$W/train.bin" -j $W/val.bin -k $W/train.bin $small
+  expect "$T unknown flag" "-Z" ./$T $D $small -Z 3
+  expect "$T missing value" "-b" ./$T $D -b
+  expect "$T zero batch" "-b" ./$T $D $small -b 0
+  expect "$T negative sequence length" "-t" ./$T $D $small -t -5
+  expect "$T zero width" "-C" ./$T $D $small -C 0
+  expect "$T not a number" "-l" ./$T $D $small -l fast
+  expect "$T context longer than the data" "$W/val.bin" ./$T $D -b 2 -t 2000 -v 0 -g 0
+  expect "$T resume without -o" "-o" ./$T $D $small -y 1
+  expect "$T resume from an empty directory" "-y" ./$T $D $small -o "$W/emptydir_$T" -y 1
+  expect "$T resume from a truncated checkpoint" "ckpt_00000002.bin" ./$T $D $small -L 1 -C 16 -o "$W/trunc_ckpt" -y 1
+  expect "$T generate without a model" "-G" ./$T $D $small -G 1
+done
+# activations past the memory there is (on the host backend, the machine's memory)
+B="-i $W/big.bin -j $W/big.bin -k $W/vocab.bin -v 0 -g 0 -m 1"
+expect "train_gpt batch that does not fit in memory" "-b" ./train_gpt $B -b 50 -t 1000 -L 1 -C 64 -H 64
+expect "train_mamba batch that does not fit in memory" "-b" ./train_mamba $B -b 50 -t 1000 -L 64 -C 256
+expect "model that does not fit in memory" "-L" ./train_mamba $B -b 1 -t 16 -L 1000 -C 1024
+# checkpoints and models of another model or shape; vocabulary against a model
+expect "gpt checkpoint into train_mamba" "ckpt_00000002.bin" ./train_mamba $D $small -L 1 -C 16 -o "$W/gpt" -y 1
+expect "gpt checkpoint of another shape" "num_layers" ./train_gpt $D $small -L 2 -C 16 -H 2 -o "$W/gpt" -y 1
+expect "mamba checkpoint of another width" "channels" ./train_mamba $D $small -L 1 -C 32 -o "$W/mamba" -y 1
+expect "mamba model into train_gpt" "$W/mamba/model.bin" ./train_gpt $D $small -e "$W/mamba/model.bin"
+expect "model vocabulary not matching" "$W/gpt/model.bin" ./train_gpt -i "$W/train66.bin" -j "$W/train66.bin" -k "$W/vocab66.bin" $small -e "$W/gpt/model.bin"
+expect "context above the model's maximum" "-t" ./train_gpt $D -b 2 -t 32 -v 0 -g 0 -e "$W/gpt/model.bin"
+expect "checkpoint given as a model file" "$W/gpt_truncated_ckpt.bin" ./train_gpt $D $small -e "$W/gpt_truncated_ckpt.bin"
+expect "truncated model file" "$W/mamba_truncated_model.bin" ./train_mamba $D $small -e "$W/mamba_truncated_model.bin"
+expect "prompt outside the vocabulary" "-P" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -P "caf{}"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
