@@ -23,6 +23,8 @@ or formula mistake produces (those show as O(1) errors).
 #include "llmc/testing.h"
 
 static const double TOL = 1e-4;
+// which parameter tensors are stacked over layers (compared layer by layer)
+static const int param_per_layer[NUM_PARAMETER_TENSORS] = {0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
 
 static std::vector<float> device_to_vector(const float* d, long n) {
     std::vector<float> h(n);
@@ -76,14 +78,10 @@ static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, co
 
     gpt_backward(model, B, T);
     std::vector<float> grads = device_to_vector(model->grads_memory, model->num_parameters);
-    const RefTensor& ref_grads = ref.get("grads", path);
-    long off = 0;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        char name[64];
-        snprintf(name, sizeof(name), "%sgrad %s", label, param_names[i]);
-        check_tensor(t, name, grads.data() + off, ref_grads.f.data() + off, model->param_sizes[i], TOL);
-        off += model->param_sizes[i];
-    }
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "%sgrad ", label);
+    check_flat_tensors(t, prefix, param_names, model->param_sizes, param_per_layer, NUM_PARAMETER_TENSORS, L,
+                       grads.data(), ref.get("grads", path).f.data(), TOL);
 }
 
 // n AdamW steps on the reference batch with constant lr; returns the losses

@@ -4,8 +4,15 @@ project's models on random tokens, to set beside the C++ trainers.
 
 Each model is registered in MODELS as a builder: args -> (model, optimizer
 param groups). A model's forward takes (idx, targets) and returns
-(logits, loss). To add a model (e.g. Mamba as --model mamba), write its
-builder and add it to MODELS.
+(logits, loss). To add a model, write its builder and add it to MODELS.
+
+Models:
+    gpt    dev/reference/gpt.py (uses -H, -F)
+    mamba  dev/reference/mamba.py with the parallel (log-depth) selective
+           scan; E = 2C, R = ceil(C/16), state size --N (-H, -F are ignored).
+           --selftest first compares that scan with the sequential one.
+           The scan materializes (B,T,E,N) decays and states in every layer:
+           about 6 GB peak on the CPU at B 16, T 256, C 256, L 5.
 
 The last line printed is exactly:
     torch_ms_per_step <mean milliseconds over the timed steps>
@@ -13,6 +20,7 @@ The last line printed is exactly:
 Usage:
     python dev/bench_torch.py --model gpt --B 16 --T 256 --threads 8
     python dev/bench_torch.py --model gpt --device cuda --B 64
+    python dev/bench_torch.py --model mamba --B 16 --T 256 --C 256 --L 5 --threads 2
 """
 
 import argparse
@@ -36,8 +44,38 @@ def build_gpt(args):
     return model, model.optim_groups(args.weight_decay)
 
 
+def build_mamba(args):
+    from mamba import MambaLM, MambaConfig
+    cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
+    model = MambaLM(cfg, scan="parallel")
+    return model, model.optim_groups(args.weight_decay)
+
+
+def describe(args):
+    """The model's config for the header line."""
+    if args.model == "mamba":
+        from mamba import MambaConfig
+        cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
+        return f"C {cfg.C} L {cfg.L} E {cfg.E} N {cfg.N} R {cfg.R} V {cfg.V}"
+    return f"C {args.C} L {args.L} H {args.H} F {args.F} V {args.V}"
+
+
+def selftest(args):
+    """Checks the benchmarked model's fast path against its plain version."""
+    if args.model == "mamba":
+        from mamba import check_scans
+        ok, worst = check_scans()
+        print(f"selftest: parallel vs sequential scan, worst float64 rel err {worst:.1e}: "
+              + ("OK" if ok else "FAILED"))
+        if not ok:
+            sys.exit(1)
+    else:
+        print(f"selftest: nothing to check for {args.model}")
+
+
 MODELS = {
     "gpt": build_gpt,
+    "mamba": build_mamba,
 }
 
 # -----------------------------------------------------------------------------
@@ -58,6 +96,7 @@ def main():
     parser.add_argument("--H", type=int, default=4, help="heads")
     parser.add_argument("--F", type=int, default=512, help="MLP hidden size")
     parser.add_argument("--V", type=int, default=65, help="vocab size")
+    parser.add_argument("--N", type=int, default=16, help="state size per channel (mamba's d_state)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -66,6 +105,8 @@ def main():
     parser.add_argument("--weight_decay", type=float, default=1e-5)
     parser.add_argument("--grad_clip", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--selftest", action="store_true",
+                        help="first check the model's fast path against its plain version (mamba: the scan)")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("need at least one timed step")
@@ -75,6 +116,8 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device)
+    if args.selftest:
+        selftest(args)
     torch.manual_seed(args.seed)
 
     model, groups = MODELS[args.model](args)
@@ -95,8 +138,7 @@ def main():
         opt.step()
         return loss
 
-    print(f"model {args.model}: {nparams:,} params, B {args.B} T {args.T} C {args.C} L {args.L} "
-          f"H {args.H} F {args.F} V {args.V}")
+    print(f"model {args.model}: {nparams:,} params, B {args.B} T {args.T} {describe(args)}")
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, float32")
 
     for _ in range(args.warmup):

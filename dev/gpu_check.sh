@@ -13,9 +13,10 @@ mk() { make -s BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; 
 
 echo "=== build (sm_$CC) and tests on the GPU"
 mk clean
-mk test_backend test_gpt train_gpt || exit 1
-mk data/ref_gpt.bin data || exit 1
-dev/run_tests.sh test_backend test_gpt | grep -E "FAIL|passed"
+mk test_backend test_gpt train_gpt test_mamba train_mamba dev/cuda/selective_scan || exit 1
+mk data/ref_gpt.bin data/ref_mamba.bin data || exit 1
+dev/run_tests.sh test_backend test_gpt test_mamba | grep -E "FAIL|passed"
+./dev/cuda/selective_scan 64 256 512 16 | grep -E "forward|FAIL|passed"
 
 echo "=== seed configs: ours beside PyTorch on this GPU"
 rows=()
@@ -23,6 +24,9 @@ ms_of() { awk '/^step .*ms \|/ { for (i = 1; i <= NF; i++) if ($(i+1) == "ms") v
 gpt_ms=$(./train_gpt -b 64 -t 256 -x 23 -v 0 -m 1 -g 0 | ms_of)
 gpt_torch=$($PYTHON dev/bench_torch.py --model gpt --device cuda --B 64 --T 256 --C 256 --L 4 --H 4 --F 512 --steps 20 --warmup 3 | awk '/^torch_ms_per_step/ {print $2}')
 rows+=("gpt B64 T256 C256 L4|$gpt_ms|$gpt_torch")
+mamba_ms=$(./train_mamba -b 64 -t 256 -x 23 -v 0 -m 1 -g 0 | ms_of)
+mamba_torch=$($PYTHON dev/bench_torch.py --model mamba --device cuda --B 64 --T 256 --C 256 --L 5 --N 16 --steps 20 --warmup 3 | awk '/^torch_ms_per_step/ {print $2}')
+rows+=("mamba B64 T256 C256 L5|$mamba_ms|$mamba_torch")
 
 printf "\n%-28s %14s %14s %12s %12s\n" config "ours ms/step" "torch ms/step" "ours tok/s" "torch tok/s"
 for r in "${rows[@]}"; do

@@ -64,6 +64,25 @@ inline bool check_tensor(Tests& t, const char* name, const float* got, const flo
     return t.check(e.rel <= rel_tol, "%-22s n=%-8ld max abs %.3e  rel %.3e  (tol %.0e)", name, n, e.max_abs, e.rel, rel_tol);
 }
 
+// Compares a buffer laid out like the flat parameters, tensor by tensor.
+// Tensors stacked over the L layers (per_layer[i] set) are compared layer by
+// layer, so that a layer with small values is measured against its own scale.
+inline void check_flat_tensors(Tests& t, const char* prefix, const char* const* names, const long* sizes,
+                               const int* per_layer, int count, int L, const float* got, const float* ref, double tol) {
+    long off = 0;
+    for (int i = 0; i < count; i++) {
+        int parts = per_layer[i] ? L : 1;
+        long n = sizes[i] / parts;
+        for (int l = 0; l < parts; l++) {
+            char name[96];
+            if (per_layer[i]) snprintf(name, sizeof(name), "%s%s[%d]", prefix, names[i], l);
+            else snprintf(name, sizeof(name), "%s%s", prefix, names[i]);
+            check_tensor(t, name, got + off, ref + off, n, tol);
+            off += n;
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------
 // reference states written by dev/reference (format: README, "File formats")
 

@@ -13,8 +13,9 @@ vocab (20261102)
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
     header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit),
-    header[3..9] = the model's config (for gpt: maxT, V, L, H, C, F, P);
-    then P float32 parameters in the flat-buffer order.
+    header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
+    mamba: V, L, C, E, N, R, P); then P float32 parameters in the
+    flat-buffer order.
 reference state (20261104)
     header[2] = model kind, header[3..9] = config as in the model file,
     header[10] = B, header[11] = T, header[12] = K named tensors; then K
@@ -27,8 +28,8 @@ Readers validate everything they can (magic, version, counts, unused slots,
 sizes against the file length) and raise ValueError with one line that names
 the file and what is wrong.
 
-The flat parameter layout of each model also lives here (gpt_param_layout),
-because the model file and the C++ trainers depend on it.
+The flat parameter layout of each model also lives here (gpt_param_layout,
+mamba_param_layout), because the model file and the C++ trainers depend on it.
 """
 
 import math
@@ -59,6 +60,8 @@ CONFIG_SLOT0 = 3
 CONFIG_SLOTS = 7  # header[3..9]
 CONFIG_FIELDS = {
     KIND_GPT: ("maxT", "V", "L", "H", "C", "F", "P"),
+    # E = expanded width (2C), N = state size (16), R = dt rank (ceil(C/16))
+    KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
 }
 
 # reference state records
@@ -104,6 +107,45 @@ def gpt_param_layout(maxT, V, L, C, F):
 
 def gpt_num_params(maxT, V, L, C, F):
     return sum(math.prod(shape) for _, shape, _ in gpt_param_layout(maxT, V, L, C, F))
+
+
+# kernel size of the Mamba block's causal depthwise conv1d (fixed, like
+# mamba_ssm's d_conv=4; not stored in the config)
+MAMBA_CONV_K = 4
+
+
+def mamba_param_layout(V, L, C, E, N, R):
+    """
+    The char Mamba LM's flat parameter buffer, in order: a list of
+    (name, shape, weight_decay). Per-layer tensors are stacked along a leading
+    L dimension (layer 0 first); Linear weights are (out, in) row-major.
+    conv_w[l, e, k] is tap k of channel e's causal conv (k = K-1 multiplies
+    the current step). Weight decay applies to the embedding, the conv
+    weights and the Linear weights; not to A_log, D, biases or LayerNorm.
+    """
+    K = MAMBA_CONV_K
+    return [
+        ("wte", (V, C), True),
+        ("in_proj_w", (L, 2 * E, C), True),
+        ("conv_w", (L, E, K), True),
+        ("conv_b", (L, E), False),
+        ("x_proj_w", (L, R + 2 * N, E), True),
+        ("dt_proj_w", (L, E, R), True),
+        ("dt_proj_b", (L, E), False),
+        ("A_log", (L, E, N), False),
+        ("D", (L, E), False),
+        ("out_proj_w", (L, C, E), True),
+        ("ln_w", (L, C), False),
+        ("ln_b", (L, C), False),
+        ("lnf_w", (C,), False),
+        ("lnf_b", (C,), False),
+        ("head_w", (V, C), True),
+        ("head_b", (V,), False),
+    ]
+
+
+def mamba_num_params(V, L, C, E, N, R):
+    return sum(math.prod(shape) for _, shape, _ in mamba_param_layout(V, L, C, E, N, R))
 
 
 # -----------------------------------------------------------------------------
@@ -184,6 +226,10 @@ def _validate_config(path, kind, config):
         P = gpt_num_params(config["maxT"], config["V"], config["L"], config["C"], config["F"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the gpt layout's {P} parameters")
+    elif kind == KIND_MAMBA:
+        P = mamba_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["R"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the mamba layout's {P} parameters")
 
 
 def _read_config(path, header):

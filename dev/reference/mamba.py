@@ -1,0 +1,750 @@
+"""
+The char Mamba LM in PyTorch, and the writer of its reference state.
+
+The model (see DESIGN.md): token embedding wte (V,C), no positions; L
+post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
+Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the mean
+cross-entropy over all B*T positions. (The seed wraps each block in Dropout;
+the rate is 0 here and in the reference state, so it is left out.)
+
+Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=N, d_conv=4, expand=2)
+written out in plain PyTorch, with E = 2C and R = ceil(C/16). For x (B,T,C):
+
+    xz     = x @ in_proj_w^T                  (B,T,2E); xs, z = halves
+    conv   = causal depthwise conv1d of xs    (B,T,E): conv_b[e] +
+             sum_k conv_w[e,k] * xs[t-3+k, e], zero before t = 0
+    u      = silu(conv)
+    x_dbl  = u @ x_proj_w^T                   (B,T,R+2N) = [dt_raw | Bm | Cm]
+    dt     = softplus(dt_raw @ dt_proj_w^T + dt_proj_b)       (B,T,E)
+    A      = -exp(A_log)                      (E,N)
+    h_t    = exp(dt_t*A) * h_{t-1} + dt_t * Bm_t * u_t        per (b,e,n), h_{-1} = 0
+    y_t    = sum_n h_t * Cm_t + D * u_t       (the "scan" output)
+    gated  = y * silu(z)
+    out    = gated @ out_proj_w^T             (B,T,C)
+
+The selective scan comes in two implementations with the same result:
+  - selective_scan_sequential: a loop over time steps. Obviously right; the
+    reference state uses it.
+  - selective_scan_parallel: a log-depth odd-even (Blelloch-style) reduction
+    of the linear recurrence h_t = a_t h_{t-1} + b_t: pair up neighbouring
+    steps, solve the half-length recurrence recursively, then fill in the
+    even steps. O(T) work, 2*log2(T) dependent tensor operations, and only
+    products of decays in (0,1], so it cannot overflow. The benchmark
+    (dev/bench_torch.py) uses it; --check compares the two.
+
+The reference state (read by the C++ tests) holds the initial flat
+parameters, a random batch, the activations of the first forward pass, the
+loss, the flat gradient, and the losses and final parameters of a few AdamW
+steps, all computed in float64 and stored as float32. See write_reference().
+
+Usage:
+    python dev/reference/mamba.py                    # writes data/ref_mamba.bin
+    python dev/reference/mamba.py --check            # and checks it afterwards
+
+Other scripts can import the model:
+    from mamba import MambaLM, MambaConfig
+    model = MambaLM(MambaConfig(V=65, L=5, C=256), scan="parallel")
+"""
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import formats  # noqa: E402
+
+K_CONV = formats.MAMBA_CONV_K  # 4
+
+# -----------------------------------------------------------------------------
+# the selective scan
+
+
+def selective_scan_sequential(u, dt, A, Bm, Cm, D):
+    """
+    y (B,T,E) of the selective scan, one time step after another.
+    u, dt: (B,T,E); A: (E,N); Bm, Cm: (B,T,N); D: (E,).
+    """
+    Bsz, T, E = u.shape
+    dA = torch.exp(dt.unsqueeze(-1) * A)                # (B,T,E,N) decay per step
+    dBu = (dt * u).unsqueeze(-1) * Bm.unsqueeze(2)      # (B,T,E,N) input per step
+    h = u.new_zeros(Bsz, E, A.shape[1])
+    ys = []
+    for t in range(T):
+        h = dA[:, t] * h + dBu[:, t]
+        ys.append((h * Cm[:, t].unsqueeze(1)).sum(-1))  # (B,E)
+    return torch.stack(ys, dim=1) + D * u
+
+
+def _shift_right(x):
+    """x[:, t-1] at position t along dim 1, zero at t = 0 (autograd-friendly)."""
+    pad = [0, 0] * (x.dim() - 2) + [1, -1]  # F.pad lists dims last to first
+    return F.pad(x, pad)
+
+
+def linear_scan(a, b):
+    """
+    Solves h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim 1 by odd-even
+    reduction. a, b: (B,T,...) of the same shape; returns h of that shape.
+
+    With steps paired as (2k, 2k+1), the odd steps satisfy a recurrence of
+    half the length, h_{2k+1} = (a_{2k+1} a_{2k}) h_{2k-1} + (a_{2k+1} b_{2k}
+    + b_{2k+1}), which is solved recursively; then h_{2k} = a_{2k} h_{2k-1} +
+    b_{2k}. Unbind, pad and stack (rather than slicing) keep the autograd
+    backward free of large zero-filled buffers.
+    """
+    T = a.shape[1]
+    if T == 1:
+        return b
+    if T % 2 == 1:  # append an identity step (a = 1, b = 0), dropped at the end
+        pad = [0, 0] * (a.dim() - 2) + [0, 1]
+        a = F.pad(a, pad, value=1.0)
+        b = F.pad(b, pad, value=0.0)
+    shape = a.shape
+    pairs = (shape[0], shape[1] // 2, 2) + tuple(shape[2:])
+    a_even, a_odd = a.reshape(pairs).unbind(2)
+    b_even, b_odd = b.reshape(pairs).unbind(2)
+    h_odd = linear_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even))
+    h_even = torch.addcmul(b_even, a_even, _shift_right(h_odd))
+    h = torch.stack([h_even, h_odd], dim=2).reshape(shape)
+    return h if shape[1] == T else h[:, :T]
+
+
+def selective_scan_parallel(u, dt, A, Bm, Cm, D):
+    """The same as selective_scan_sequential, with the log-depth linear_scan."""
+    dA = torch.exp(dt.unsqueeze(-1) * A)                # (B,T,E,N)
+    dBu = (dt * u).unsqueeze(-1) * Bm.unsqueeze(2)      # (B,T,E,N)
+    h = linear_scan(dA, dBu)
+    return torch.einsum("bten,btn->bte", h, Cm) + D * u
+
+
+SCANS = {"sequential": selective_scan_sequential, "parallel": selective_scan_parallel}
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class MambaConfig:
+    V: int = 65  # vocab size
+    L: int = 2   # number of layers
+    C: int = 32  # channels (d_model)
+    N: int = 16  # state size per channel (d_state)
+    E: int = 0   # expanded width; 0: 2*C (expand=2)
+    R: int = 0   # rank of dt_proj; 0: ceil(C/16) (dt_rank="auto")
+
+    def __post_init__(self):
+        if self.E == 0:
+            self.E = 2 * self.C
+        if self.R == 0:
+            self.R = math.ceil(self.C / 16)
+
+
+class Mamba(nn.Module):
+    """mamba_ssm's Mamba block (selective SSM with gate), in plain PyTorch."""
+
+    def __init__(self, cfg, scan="sequential"):
+        super().__init__()
+        C, E, N, R = cfg.C, cfg.E, cfg.N, cfg.R
+        self.E, self.N, self.R = E, N, R
+        self.scan = SCANS[scan]
+        self.in_proj = nn.Linear(C, 2 * E, bias=False)
+        self.conv_w = nn.Parameter(torch.empty(E, K_CONV))  # Conv1d weight (E,1,K) squeezed
+        self.conv_b = nn.Parameter(torch.empty(E))
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.empty(E, N))
+        self.D = nn.Parameter(torch.empty(E))
+        self.out_proj = nn.Linear(E, C, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
+        """mamba_ssm's init (the Linear layers keep nn.Linear's default)."""
+        # nn.Conv1d's default for a depthwise conv: fan_in = K, U(-1/sqrt(K), 1/sqrt(K))
+        bound = 1.0 / math.sqrt(K_CONV)
+        nn.init.uniform_(self.conv_w, -bound, bound)
+        nn.init.uniform_(self.conv_b, -bound, bound)
+        # dt_proj: weight U(-R^-0.5, R^-0.5); bias = softplus^-1(dt), dt log-uniform
+        std = self.R ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        self.dt_proj.bias.copy_(dt_init_bias(self.E, dt_min, dt_max, dt_floor))
+        # S4D-real: A = -(1..N) for every channel
+        self.A_log.copy_(torch.log(torch.arange(1, self.N + 1, dtype=torch.float32)).repeat(self.E, 1))
+        nn.init.ones_(self.D)
+
+    def forward(self, x, save):
+        B, T, C = x.shape
+        E, N, R = self.E, self.N, self.R
+        xz = self.in_proj(x)  # (B,T,2E)
+        save("xz", xz)
+        xs, z = xz.split(E, dim=-1)
+        # causal depthwise conv: pad K-1 on both sides, keep the first T outputs
+        conv = F.conv1d(xs.transpose(1, 2), self.conv_w.unsqueeze(1), self.conv_b,
+                        padding=K_CONV - 1, groups=E)[..., :T].transpose(1, 2)
+        save("conv", conv)
+        u = F.silu(conv)
+        save("u", u)
+        x_dbl = self.x_proj(u)  # (B,T,R+2N)
+        save("x_dbl", x_dbl)
+        dt_raw, Bm, Cm = x_dbl.split([R, N, N], dim=-1)
+        dt = F.softplus(self.dt_proj(dt_raw))  # (B,T,E), threshold 20
+        save("dt", dt)
+        A = -torch.exp(self.A_log)
+        y = self.scan(u, dt, A, Bm, Cm, self.D)  # (B,T,E), includes D*u
+        save("scan", y)
+        gated = y * F.silu(z)
+        save("gated", gated)
+        out = self.out_proj(gated)  # (B,T,C)
+        save("out", out)
+        return out
+
+
+def dt_init_bias(E, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, generator=None):
+    """dt_proj bias as mamba_ssm: softplus^-1(dt), dt = exp(U(log dt_min, log dt_max)) >= dt_floor."""
+    r = torch.rand(E, generator=generator)
+    dt = torch.exp(r * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Block(nn.Module):
+
+    def __init__(self, cfg, scan):
+        super().__init__()
+        self.mixer = Mamba(cfg, scan)
+        self.ln = nn.LayerNorm(cfg.C, eps=1e-5)
+
+    def forward(self, x, save):
+        x = x + self.mixer(x, save)
+        save("res", x)
+        x = self.ln(x)  # post-norm
+        save("ln", x)
+        return x
+
+
+class MambaLM(nn.Module):
+
+    def __init__(self, cfg, scan="sequential"):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.V, cfg.C)
+        self.blocks = nn.ModuleList([Block(cfg, scan) for _ in range(cfg.L)])
+        self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.head = nn.Linear(cfg.C, cfg.V)
+        # the blocks initialize themselves (mamba_ssm); the embedding is N(0, 0.02)
+        # as in mamba_ssm's LM; LayerNorms 1/0 and the head nn.Linear's default
+        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, acts=None):
+        """
+        idx, targets: (B,T) int64. Returns (logits (B,T,V), loss or None).
+        If acts is a dict, the intermediates are stored in it (detached) under
+        the reference state's names ("encoded", "m{l}.xz", ..., "logits").
+        """
+
+        def saver(prefix):
+            def save(name, t):
+                if acts is not None:
+                    acts[prefix + name] = t.detach().clone()
+            return save
+
+        x = self.wte(idx)  # (B,T,C)
+        saver("")("encoded", x)
+        for l, block in enumerate(self.blocks):
+            x = block(x, saver(f"m{l}."))
+        x = self.lnf(x)
+        saver("")("lnf", x)
+        logits = self.head(x)  # (B,T,V)
+        saver("")("logits", logits)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    # --- the flat parameter buffer of the C++ trainers -----------------------
+
+    def flat_layout(self):
+        """(name, shape, weight_decay) per flat tensor, in order (formats.py)."""
+        c = self.cfg
+        return formats.mamba_param_layout(c.V, c.L, c.C, c.E, c.N, c.R)
+
+    def flat_tensors(self):
+        """
+        For each flat tensor, in order: (name, list of the nn.Parameters it is
+        made of). Per-layer tensors list one parameter per layer, layer 0
+        first, which is the same as stacking them along a leading L dim.
+        """
+        ms = [b.mixer for b in self.blocks]
+        return [
+            ("wte", [self.wte.weight]),
+            ("in_proj_w", [m.in_proj.weight for m in ms]),
+            ("conv_w", [m.conv_w for m in ms]),
+            ("conv_b", [m.conv_b for m in ms]),
+            ("x_proj_w", [m.x_proj.weight for m in ms]),
+            ("dt_proj_w", [m.dt_proj.weight for m in ms]),
+            ("dt_proj_b", [m.dt_proj.bias for m in ms]),
+            ("A_log", [m.A_log for m in ms]),
+            ("D", [m.D for m in ms]),
+            ("out_proj_w", [m.out_proj.weight for m in ms]),
+            ("ln_w", [b.ln.weight for b in self.blocks]),
+            ("ln_b", [b.ln.bias for b in self.blocks]),
+            ("lnf_w", [self.lnf.weight]),
+            ("lnf_b", [self.lnf.bias]),
+            ("head_w", [self.head.weight]),
+            ("head_b", [self.head.bias]),
+        ]
+
+    def _checked_pairs(self):
+        """Layout entries zipped with their parameters, sizes checked."""
+        layout = self.flat_layout()
+        tensors = self.flat_tensors()
+        assert [n for n, _, _ in layout] == [n for n, _ in tensors]
+        for (name, shape, _), (_, ps) in zip(layout, tensors):
+            numel = sum(p.numel() for p in ps)
+            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
+        assert sum(len(ps) for _, ps in tensors) == len(list(self.parameters()))
+        return list(zip(layout, tensors))
+
+    def _flat_params_in_order(self):
+        return [p for _, (_, ps) in self._checked_pairs() for p in ps]
+
+    def get_flat(self):
+        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
+
+    def get_flat_grads(self):
+        # a parameter the loss does not reach (A_log with the parallel scan at
+        # T = 1) has no .grad; its gradient is zero
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self._flat_params_in_order()])
+
+    @torch.no_grad()
+    def set_flat(self, flat):
+        ps = self._flat_params_in_order()
+        assert flat.numel() == sum(p.numel() for p in ps)
+        off = 0
+        for p in ps:
+            p.copy_(flat[off:off + p.numel()].view_as(p))
+            off += p.numel()
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def optim_groups(self, weight_decay):
+        """AdamW groups: decay exactly for the tensors the flat layout marks."""
+        decay, no_decay = [], []
+        for (_, _, wd), (_, ps) in self._checked_pairs():
+            (decay if wd else no_decay).extend(ps)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+# -----------------------------------------------------------------------------
+# reference state
+
+
+def reference_init(cfg, generator):
+    """
+    Flat float32 parameters for the reference state, drawn tensor by tensor in
+    flat order from generator: mamba_ssm's init, perturbed so that every
+    gradient is exercised and activations are not tiny:
+      wte, in_proj_w, x_proj_w, out_proj_w, head_w  N(0, 0.1)
+      conv_w N(0, 0.3); conv_b, ln_b, lnf_b, head_b N(0, 0.1)
+      dt_proj_w U(-R^-0.5, R^-0.5); dt_proj_b as mamba_ssm (softplus^-1 of dt)
+      A_log log(n+1) + N(0, 0.1); D, ln_w, lnf_w 1 + N(0, 0.1)
+    """
+    L, E, N, R = cfg.L, cfg.E, cfg.N, cfg.R
+
+    def normal(shape, std, mean=0.0):
+        return torch.randn(shape, generator=generator) * std + mean
+
+    parts = []
+    for name, shape, _ in formats.mamba_param_layout(cfg.V, L, cfg.C, E, N, R):
+        if name in ("wte", "in_proj_w", "x_proj_w", "out_proj_w", "head_w",
+                    "conv_b", "ln_b", "lnf_b", "head_b"):
+            t = normal(shape, 0.1)
+        elif name == "conv_w":
+            t = normal(shape, 0.3)
+        elif name == "dt_proj_w":
+            t = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * R ** -0.5
+        elif name == "dt_proj_b":
+            t = torch.stack([dt_init_bias(E, generator=generator) for _ in range(L)])
+        elif name == "A_log":
+            t = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(L, E, 1) + normal(shape, 0.1)
+        elif name in ("D", "ln_w", "lnf_w"):
+            t = normal(shape, 0.1, mean=1.0)
+        else:
+            raise AssertionError(f"no reference init for {name}")
+        assert t.shape == shape, (name, t.shape, shape)
+        parts.append(t.float().reshape(-1))
+    return torch.cat(parts)
+
+
+ACT_NAMES = ("xz", "conv", "u", "x_dbl", "dt", "scan", "gated", "out", "res", "ln")
+
+
+def write_reference(path, cfg, B, T, seed, steps, adamw):
+    """Computes the reference in float64 and writes the state file."""
+    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
+    torch.manual_seed(seed)
+    gen = torch.default_generator
+    params32 = reference_init(cfg, gen)
+    inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
+    targets = torch.randint(0, cfg.V, (B, T), generator=gen)
+
+    model = MambaLM(cfg, scan="sequential").double()
+    model.set_flat(params32.double())
+    P = params32.numel()
+
+    # first forward/backward at the initial parameters, capturing activations
+    acts = {}
+    _, loss = model(inputs, targets, acts=acts)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = model.get_flat_grads().clone()
+    grad_norm = grads.norm().item()
+
+    # a few AdamW steps on the same batch, with global grad-norm clipping
+    model.set_flat(params32.double())
+    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2),
+                            eps=eps, foreach=False)
+    step_losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        _, l = model(inputs, targets)
+        step_losses.append(l.item())
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+    step_params = model.get_flat()
+    assert step_losses[0] == loss.item()
+
+    def f32(t):
+        return t.detach().float().numpy()
+
+    tensors = [
+        ("params", params32.numpy()),
+        ("inputs", inputs.int().numpy()),
+        ("targets", targets.int().numpy()),
+        ("encoded", f32(acts["encoded"])),
+    ]
+    for l in range(cfg.L):
+        for name in ACT_NAMES:
+            tensors.append((f"m{l}.{name}", f32(acts[f"m{l}.{name}"])))
+    tensors += [
+        ("lnf", f32(acts["lnf"])),
+        ("logits", f32(acts["logits"])),
+        ("loss", np.array([loss.item()], dtype=np.float32)),
+        ("grads", f32(grads)),
+        ("adamw", np.array(adamw, dtype=np.float32)),
+        ("step_losses", np.array(step_losses, dtype=np.float32)),
+        ("step_params", f32(step_params)),
+    ]
+    config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=P)
+    formats.write_state(path, formats.KIND_MAMBA, config, B, T, tensors)
+    print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
+          f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+
+
+# -----------------------------------------------------------------------------
+# self-checks (--check)
+
+
+def _unflatten(flat, layout):
+    """flat numpy array -> dict name -> array view of the layout's shape."""
+    p, off = {}, 0
+    for name, shape, _ in layout:
+        n = math.prod(shape)
+        p[name] = flat[off:off + n].reshape(shape)
+        off += n
+    assert off == len(flat)
+    return p
+
+
+def _numpy_forward(params, inputs, targets, cfg):
+    """
+    The whole model in float64 numpy, written from the equations in the
+    module docstring (explicit conv taps, a per-step scan loop), sharing no
+    code with MambaLM. Returns a dict of every reference activation + "loss".
+    """
+    E, N, R, K = cfg.E, cfg.N, cfg.R, K_CONV
+    p = _unflatten(params.astype(np.float64), formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, E, N, R))
+    B, T = inputs.shape
+
+    def layernorm(x, w, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * w + b
+
+    def silu(x):
+        return x / (1.0 + np.exp(-x))
+
+    def softplus(x):  # F.softplus: beta 1, threshold 20
+        return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))
+
+    out = {}
+    x = p["wte"][inputs]
+    out["encoded"] = x
+    for l in range(cfg.L):
+        pre = f"m{l}."
+        xz = x @ p["in_proj_w"][l].T
+        xs, z = xz[..., :E], xz[..., E:]
+        conv = np.broadcast_to(p["conv_b"][l], (B, T, E)).copy()
+        for k in range(K):
+            s = K - 1 - k  # tap k reads the input s steps back
+            if s >= T:
+                continue
+            conv[:, s:, :] += p["conv_w"][l][:, k] * xs[:, :T - s, :]
+        u = silu(conv)
+        x_dbl = u @ p["x_proj_w"][l].T
+        dt_raw, Bm, Cm = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
+        dt = softplus(dt_raw @ p["dt_proj_w"][l].T + p["dt_proj_b"][l])
+        A = -np.exp(p["A_log"][l])  # (E,N)
+        h = np.zeros((B, E, N))
+        y = np.zeros((B, T, E))
+        for t in range(T):
+            h = np.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]
+            y[:, t] = np.einsum("ben,bn->be", h, Cm[:, t]) + p["D"][l] * u[:, t]
+        gated = y * silu(z)
+        o = gated @ p["out_proj_w"][l].T
+        res = x + o
+        x = layernorm(res, p["ln_w"][l], p["ln_b"][l])
+        for name, v in zip(ACT_NAMES, (xz, conv, u, x_dbl, dt, y, gated, o, res, x)):
+            out[pre + name] = v
+    out["lnf"] = layernorm(x, p["lnf_w"], p["lnf_b"])
+    logits = out["lnf"] @ p["head_w"].T + p["head_b"]
+    out["logits"] = logits
+    m = logits.max(-1, keepdims=True)
+    logz = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
+    picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    out["loss"] = np.array([(logz - picked).mean()])
+    return out
+
+
+def _numpy_adamw(params, grad_fn, steps, adamw, decay_mask):
+    """
+    AdamW (decoupled weight decay, bias-corrected moments) with global
+    grad-norm clipping, written out in numpy. grad_fn(params) -> (loss, grads).
+    Returns (losses, final params).
+    """
+    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
+    p = params.astype(np.float64).copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    losses = []
+    for t in range(1, steps + 1):
+        loss, g = grad_fn(p)
+        losses.append(loss)
+        norm = np.sqrt((g * g).sum())
+        g = g * min(1.0, grad_clip / (norm + 1e-6))
+        p = p * np.where(decay_mask, 1.0 - lr * weight_decay, 1.0)
+        m = beta1 * m + (1.0 - beta1) * g
+        v = beta2 * v + (1.0 - beta2) * g * g
+        m_hat = m / (1.0 - beta1 ** t)
+        v_hat = v / (1.0 - beta2 ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return np.array(losses), p
+
+
+def check_scans(verbose=True):
+    """
+    selective_scan_parallel against selective_scan_sequential: outputs and
+    the gradients of all six inputs, in float64 on small random problems
+    (odd and even lengths, slow and fast decays), and the forward in float32
+    on a benchmark-sized slice. Returns (ok, worst float64 error).
+    """
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for (B, T, E, N, dt_scale) in [(2, 1, 3, 4, 1.0), (2, 2, 3, 4, 1.0), (2, 37, 8, 16, 1.0),
+                                   (1, 64, 5, 16, 0.05), (2, 100, 4, 16, 5.0), (1, 257, 3, 2, 1.0)]:
+        u = torch.randn(B, T, E, generator=gen, dtype=torch.float64)
+        dt = F.softplus(torch.randn(B, T, E, generator=gen, dtype=torch.float64)) * dt_scale
+        A = -torch.exp(torch.randn(E, N, generator=gen, dtype=torch.float64) * 0.5
+                       + torch.log(torch.arange(1, N + 1, dtype=torch.float64)))
+        Bm = torch.randn(B, T, N, generator=gen, dtype=torch.float64)
+        Cm = torch.randn(B, T, N, generator=gen, dtype=torch.float64)
+        D = torch.randn(E, generator=gen, dtype=torch.float64)
+        gy = torch.randn(B, T, E, generator=gen, dtype=torch.float64)
+        results = []
+        for fn in (selective_scan_sequential, selective_scan_parallel):
+            xs = [t.clone().requires_grad_() for t in (u, dt, A, Bm, Cm, D)]
+            y = fn(*xs)
+            y.backward(gy)
+            # (with T = 1 the parallel scan never reads the decay, so A gets no grad)
+            results.append([y.detach()] + [x.grad if x.grad is not None else torch.zeros_like(x)
+                                           for x in xs])
+        errs = [((a - b).abs().max() / b.abs().max().clamp(min=1e-300)).item()
+                for a, b in zip(results[1], results[0])]
+        worst = max(worst, max(errs))
+        if verbose:
+            print(f"check: scan parallel vs sequential, float64 B {B} T {T} E {E} N {N} dt x{dt_scale}: "
+                  f"max rel err y {errs[0]:.1e}, grads u/dt/A/B/C/D " + " ".join(f"{e:.1e}" for e in errs[1:]))
+    ok = worst < 1e-12
+
+    # float32, a slice of the benchmark's shape (C 256 -> E 512)
+    B, T, E, N = 2, 256, 512, 16
+    u = torch.randn(B, T, E, generator=gen)
+    dt = F.softplus(torch.randn(B, T, E, generator=gen) - 4.0)
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)
+    Bm, Cm = torch.randn(B, T, N, generator=gen), torch.randn(B, T, N, generator=gen)
+    D = torch.ones(E)
+    y64 = selective_scan_sequential(*(t.double() for t in (u, dt, A, Bm, Cm, D)))
+    e_seq = ((selective_scan_sequential(u, dt, A, Bm, Cm, D) - y64).abs().max() / y64.abs().max()).item()
+    e_par = ((selective_scan_parallel(u, dt, A, Bm, Cm, D) - y64).abs().max() / y64.abs().max()).item()
+    if verbose:
+        print(f"check: scan float32 B {B} T {T} E {E} N {N} vs float64: max rel err sequential {e_seq:.1e}, "
+              f"parallel {e_par:.1e}")
+    ok = ok and e_par < 1e-5
+    return ok, worst
+
+
+def check_state(path, fd_per_tensor=4, fd_scan_tensors=10, h=1e-3):
+    """
+    Reads the state back and checks it: every activation, the logits and the
+    loss against an independent numpy forward; gradient entries against
+    central differences of the float64 loss; the AdamW trajectory against a
+    numpy AdamW; the whole model with the parallel scan against the state;
+    and the two scans against each other.
+    """
+    state = formats.read_state(path)
+    c = state.config
+    cfg = MambaConfig(V=c["V"], L=c["L"], C=c["C"], N=c["N"], E=c["E"], R=c["R"])
+    params = state["params"]
+    inputs = state["inputs"].astype(np.int64)
+    targets = state["targets"].astype(np.int64)
+    expected = (["params", "inputs", "targets", "encoded"]
+                + [f"m{l}.{n}" for l in range(cfg.L) for n in ACT_NAMES]
+                + ["lnf", "logits", "loss", "grads", "adamw", "step_losses", "step_params"])
+    ok = list(state.tensors) == expected
+    print(f"check: read back {path}: kind {formats.KIND_NAMES[state.kind]}, config {c}, "
+          f"B {state.B} T {state.T}, {len(state.tensors)} tensors" + ("" if ok else " (UNEXPECTED NAMES)"))
+
+    # 1) every activation against the independent numpy forward
+    ref = _numpy_forward(params, inputs, targets, cfg)
+    worst_act = 0.0
+    for name, v in ref.items():
+        got = state[name].astype(np.float64)
+        assert got.shape == v.shape, (name, got.shape, v.shape)
+        rel = np.abs(got - v).max() / max(np.abs(v).max(), 1e-30)
+        worst_act = max(worst_act, rel)
+        if rel > 1e-6:
+            print(f"check: {name} vs numpy forward: max rel err {rel:.3e}")
+            ok = False
+    print(f"check: {len(ref)} activations (logits, loss included) vs numpy forward, "
+          f"worst rel err {worst_act:.3e} (float32 storage)")
+
+    # 2) gradient entries against central differences of the float64 loss
+    model = MambaLM(cfg, scan="sequential").double()
+    flat0 = torch.from_numpy(params.astype(np.float64))
+    t_in, t_tg = torch.from_numpy(inputs), torch.from_numpy(targets)
+    grads = state["grads"].astype(np.float64)
+    gen = torch.Generator().manual_seed(0)
+    worst_fd, off = 0.0, 0
+    for name, shape, _ in model.flat_layout():
+        n = math.prod(shape)
+        count = fd_scan_tensors if name in ("A_log", "D", "dt_proj_b", "dt_proj_w", "conv_w", "conv_b") else fd_per_tensor
+        errs = []
+        for i in torch.randint(0, n, (count,), generator=gen).tolist():
+            j = off + i
+            losses = []
+            for step in (2.0, 1.0, -1.0, -2.0):
+                flat = flat0.clone()
+                flat[j] += step * h
+                model.set_flat(flat)
+                with torch.no_grad():
+                    losses.append(model(t_in, t_tg)[1].item())
+            # fourth-order central difference: error O(h^4) + rounding O(eps/h)
+            fd = (-losses[0] + 8.0 * losses[1] - 8.0 * losses[2] + losses[3]) / (12.0 * h)
+            err = abs(fd - grads[j])
+            rel = err / max(abs(fd), abs(grads[j]), 1e-6)
+            errs.append((rel, err))
+            if rel > 1e-5:
+                print(f"check: {name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
+                ok = False
+        worst_fd = max(worst_fd, max(r for r, _ in errs))
+        print(f"check: fd {name:10s} {count:2d} entries: max abs err {max(e for _, e in errs):.2e}, "
+              f"max rel err {max(r for r, _ in errs):.2e}, |grad| up to "
+              f"{np.abs(grads[off:off + n]).max():.2e}")
+        off += n
+    print(f"check: grads vs 4th-order central differences (h {h:g}), worst rel err {worst_fd:.3e}")
+
+    # 3) the AdamW trajectory against a numpy AdamW (grads from the float64 model)
+    adamw = [float(v) for v in state["adamw"]]
+    decay_mask = np.concatenate([np.full(math.prod(s), wd) for _, s, wd in model.flat_layout()])
+
+    def grad_fn(p):
+        model.set_flat(torch.from_numpy(p))
+        model.zero_grad(set_to_none=True)
+        _, loss = model(t_in, t_tg)
+        loss.backward()
+        return loss.item(), model.get_flat_grads().numpy().copy()
+
+    steps = len(state["step_losses"])
+    losses, p_final = _numpy_adamw(params, grad_fn, steps, adamw, decay_mask)
+    e_loss = np.abs(losses - state["step_losses"]).max()
+    e_par = np.abs(p_final - state["step_params"]).max()
+    print(f"check: {steps} AdamW steps vs numpy AdamW: max abs err losses {e_loss:.2e}, params {e_par:.2e}")
+    ok = ok and e_loss < 1e-6 and e_par < 1e-6
+
+    # 4) the model with the parallel scan (what the benchmark runs) against the state
+    pmodel = MambaLM(cfg, scan="parallel").double()
+    pmodel.set_flat(flat0)
+    acts = {}
+    _, loss = pmodel(t_in, t_tg, acts=acts)
+    loss.backward()
+    e_logits = (acts["logits"] - torch.from_numpy(ref["logits"])).abs().max().item()
+    g_par = pmodel.get_flat_grads().numpy()
+    model.set_flat(flat0)
+    model.zero_grad(set_to_none=True)
+    model(t_in, t_tg)[1].backward()
+    g_seq = model.get_flat_grads().numpy()
+    e_grads = np.abs(g_par - g_seq).max() / np.abs(g_seq).max()
+    print(f"check: model with the parallel scan: logits max abs err {e_logits:.2e} vs numpy, "
+          f"grads max rel err {e_grads:.2e} vs the sequential scan (float64)")
+    ok = ok and e_logits < 1e-12 and e_grads < 1e-12
+
+    # 5) the two scans on their own
+    scans_ok, _ = check_scans()
+    ok = ok and scans_ok
+    print("check: " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/ref_mamba.bin", help="reference state file to write")
+    parser.add_argument("--B", type=int, default=2)
+    parser.add_argument("--T", type=int, default=37, help="sequence length (37: not a multiple of any chunk size)")
+    parser.add_argument("--V", type=int, default=65)
+    parser.add_argument("--L", type=int, default=2)
+    parser.add_argument("--C", type=int, default=32)
+    parser.add_argument("--N", type=int, default=16, help="state size per channel (d_state)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--check", action="store_true",
+                        help="read the state back and verify it; compare the parallel scan with the sequential one")
+    args = parser.parse_args()
+    if min(args.B, args.T, args.V, args.L, args.C, args.N) < 1:
+        parser.error("B, T, V, L, C and N must be positive")
+    if args.steps < 1:
+        parser.error("need at least one step")
+
+    cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
+    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
+    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
+    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, adamw)
+    if args.check and not check_state(args.out):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
