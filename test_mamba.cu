@@ -271,7 +271,7 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
     mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
     compare(t, ref, path, "encoded", model->acts.encoded, label);
     for (int l = 0; l < L; l++) {
-        LayerActs la = layer_acts(model, l, B, T);
+        MambaStackActs la = mamba_layer_acts(model->acts.tower, l, B, T, dims_of(model->config));
         struct { const char* name; const float* ptr; } acts[] = {
             {"xz", la.xz}, {"conv", la.conv}, {"u", la.u}, {"x_dbl", la.x_dbl}, {"dt", la.dt}, {"scan", la.y},
             {"gated", la.gated}, {"out", la.out}, {"res", la.res}, {"ln", la.ln}};

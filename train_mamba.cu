@@ -21,8 +21,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/encoder.cuh"
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
-#include "llmc/conv1d.cuh"
-#include "llmc/selective_scan.cuh"
+#include "llmc/mamba_block.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/trainer.h"
@@ -46,44 +45,44 @@ typedef struct {
 static const char* const mamba_slot_names[CONFIG_SLOTS] = {"vocab_size", "num_layers", "channels", "inner",
                                                            "d_state", "dt_rank", "num_params"};
 
-// ----------------------------------------------------------------------------
-// parameters: one flat buffer, tensors in this order (per-layer tensors stacked over L)
+static MambaDims dims_of(MambaConfig c) {
+    MambaDims d = {c.channels, c.inner, c.d_state, c.dt_rank};
+    return d;
+}
 
-#define NUM_PARAMETER_TENSORS 16
+// ----------------------------------------------------------------------------
+// parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
+
+#define NUM_PARAMETER_TENSORS (1 + MAMBA_STACK_PARAMS + 4)
 typedef struct {
-    float* wte;         // (V, C)
-    float* in_proj_w;   // (L, 2E, C)
-    float* conv_w;      // (L, E, 4)
-    float* conv_b;      // (L, E)
-    float* x_proj_w;    // (L, R+2N, E)
-    float* dt_proj_w;   // (L, E, R)
-    float* dt_proj_b;   // (L, E)
-    float* A_log;       // (L, E, N)
-    float* D;           // (L, E)
-    float* out_proj_w;  // (L, C, E)
-    float* ln_w;        // (L, C)
-    float* ln_b;        // (L, C)
-    float* lnf_w;       // (C)
-    float* lnf_b;       // (C)
-    float* head_w;      // (V, C)
-    float* head_b;      // (V)
+    float* wte;              // (V, C)
+    MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
+    float* lnf_w;            // (C)
+    float* lnf_b;            // (C)
+    float* head_w;           // (V, C)
+    float* head_b;           // (V)
 } ParameterTensors;
 
 static const char* const param_names[NUM_PARAMETER_TENSORS] = {
     "wte", "in_proj_w", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "dt_proj_b", "A_log",
     "D", "out_proj_w", "ln_w", "ln_b", "lnf_w", "lnf_b", "head_w", "head_b"};
 
-// weight decay: the embedding and the weights of in_proj, conv, x_proj,
-// dt_proj, out_proj and the head; not A_log, D, biases or LayerNorms
-static const int param_decay[NUM_PARAMETER_TENSORS] = {1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+// weight decay: the embedding, the blocks' weights (mamba_stack_param_decay) and the head's
+static int param_decay[NUM_PARAMETER_TENSORS];
 
 static void fill_in_parameter_sizes(long* sizes, MambaConfig c) {
-    long V = c.vocab_size, L = c.num_layers, C = c.channels, E = c.inner, N = c.d_state, R = c.dt_rank;
-    long s[NUM_PARAMETER_TENSORS] = {V * C, L * 2 * E * C, L * E * CONV_K, L * E, L * (R + 2 * N) * E, L * E * R,
-                                     L * E, L * E * N, L * E, L * C * E, L * C, L * C, C, C, V * C, V};
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) sizes[i] = s[i];
+    long V = c.vocab_size, C = c.channels;
+    sizes[0] = V * C;
+    mamba_stack_param_sizes(sizes + 1, c.num_layers, dims_of(c));
+    long tail[4] = {C, C, V * C, V};
+    for (int i = 0; i < 4; i++) sizes[1 + MAMBA_STACK_PARAMS + i] = tail[i];
+    int decay_tail[4] = {0, 0, 1, 0};
+    param_decay[0] = 1;
+    for (int i = 0; i < MAMBA_STACK_PARAMS; i++) param_decay[1 + i] = mamba_stack_param_decay[i];
+    for (int i = 0; i < 4; i++) param_decay[1 + MAMBA_STACK_PARAMS + i] = decay_tail[i];
 }
 
+// points the tensors of a struct of float pointers into one buffer
 static void point_tensors(float** ptrs, float* base, const long* sizes, int num) {
     for (int i = 0; i < num; i++) { ptrs[i] = base; base += sizes[i]; }
 }
@@ -91,52 +90,37 @@ static void point_tensors(float** ptrs, float* base, const long* sizes, int num)
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS 31
+#define NUM_ACTIVATION_TENSORS (1 + MAMBA_STACK_ACTS + 6 + 1 + MAMBA_SCRATCH + 3)
 typedef struct {
-    float* encoded;    // (B, T, C)
-    float* xz;         // (L, B, T, 2E)   in_proj output: x | z
-    float* conv;       // (L, B, T, E)    conv output before SiLU
-    float* u;          // (L, B, T, E)    silu(conv)
-    float* x_dbl;      // (L, B, T, R+2N) x_proj output: dt_raw | B | C
-    float* dt;         // (L, B, T, E)    after softplus
-    float* y;          // (L, B, T, E)    scan output, before gating
-    float* gated;      // (L, B, T, E)
-    float* states;     // (L, B, E, nchunks, N)  scan states at chunk ends
-    float* out;        // (L, B, T, C)    out_proj output
-    float* res;        // (L, B, T, C)    x + out
-    float* ln;         // (L, B, T, C)    block output
-    float* ln_mean;    // (L, B, T)
-    float* ln_rstd;    // (L, B, T)
-    float* lnf;        // (B, T, C)
-    float* lnf_mean;   // (B, T)
-    float* lnf_rstd;   // (B, T)
-    float* logits;     // (B, T, V)
-    float* probs;      // (B, T, V)
-    float* losses;     // (B, T)
+    float* encoded;         // (B, T, C)
+    MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
+    float* lnf;             // (B, T, C)
+    float* lnf_mean;        // (B, T)
+    float* lnf_rstd;        // (B, T)
+    float* logits;          // (B, T, V)
+    float* probs;           // (B, T, V)
+    float* losses;          // (B, T)
     // scratch
-    float* dresidual;  // (B, T, C)  gradient w.r.t. the current block's output
-    float* dres;       // (B, T, C)  ... and w.r.t. its input
-    float* dbtc;       // (B, T, C)
-    float* dgated;     // (B, T, E)
-    float* du;         // (B, T, E)
-    float* ddt;        // (B, T, E)
-    float* dxz;        // (B, T, 2E)
-    float* dx_dbl;     // (B, T, R+2N)
-    float* scan_scratch;  // selective_scan_backward's partial sums
-    float* conv_partial;  // CONV_CHUNKS * E * (K+1)
-    float* dlogits;    // (B, T, V); also the one-hot scratch of the embedding backward
+    float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
+    MambaScratch block;     // the blocks' backward scratch
+    float* dres;            // (B, T, C)  ... and w.r.t. its input
+    float* dbtc;            // (B, T, C)
+    float* dlogits;         // (B, T, V); also the one-hot scratch of the embedding backward
 } ActivationTensors;
 
 static void fill_in_activation_sizes(long* sizes, MambaConfig c, int B, int T) {
-    long L = c.num_layers, C = c.channels, E = c.inner, N = c.d_state, R = c.dt_rank, V = c.vocab_size;
-    long BT = (long)B * T, X = R + 2 * N;
-    long s[NUM_ACTIVATION_TENSORS] = {
-        BT * C, L * BT * 2 * E, L * BT * E, L * BT * E, L * BT * X, L * BT * E, L * BT * E, L * BT * E,
-        L * scan_states_size(B, T, E, N), L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT,
-        BT * C, BT, BT, BT * V, BT * V, BT,
-        BT * C, BT * C, BT * C, BT * E, BT * E, BT * E, BT * 2 * E, BT * X,
-        scan_backward_scratch_size(B, T, E, N), (long)CONV_CHUNKS * E * (CONV_K + 1), BT * V};
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) sizes[i] = s[i];
+    long C = c.channels, V = c.vocab_size, BT = (long)B * T;
+    long* s = sizes;
+    *s++ = BT * C;
+    mamba_stack_act_sizes(s, c.num_layers, B, T, dims_of(c));
+    s += MAMBA_STACK_ACTS;
+    long mid[7] = {BT * C, BT, BT, BT * V, BT * V, BT, BT * C};
+    for (long x : mid) *s++ = x;
+    mamba_scratch_sizes(s, B, T, dims_of(c));
+    s += MAMBA_SCRATCH;
+    *s++ = BT * C;
+    *s++ = BT * C;
+    *s++ = BT * V;
 }
 
 // ----------------------------------------------------------------------------
@@ -167,7 +151,8 @@ typedef struct {
 } Mamba;
 
 static MambaConfig mamba_config(int V, int L, int C, int N) {
-    MambaConfig c = {V, L, C, 2 * C, N, CEIL_DIV(C, 16)};
+    MambaDims d = mamba_dims(C, N);
+    MambaConfig c = {V, L, C, d.E, N, d.R};
     return c;
 }
 
@@ -197,40 +182,21 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     model->batch_size = model->seq_len = 0;
 }
 
-// mamba_ssm's initialization (and PyTorch defaults where it has none):
-// Linear and conv weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)), conv and head
-// biases likewise; dt_proj weight U(-R^-0.5, R^-0.5); dt_proj bias the
-// inverse softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4;
-// A_log = log(1..N); D = 1; embedding N(0, 1); LayerNorm weight 1, bias 0
+// mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
+// defaults elsewhere: embedding N(0, 1), head U(+-1/sqrt(C)), LayerNorm 1 and 0
 static void mamba_init_random(Mamba* model, uint64_t seed) {
     MambaConfig c = model->config;
     Rng rng;
     rng_seed(&rng, seed);
     std::vector<float> host(model->num_parameters);
-    ParameterTensors p;  // host-side pointers into `host`
+    ParameterTensors p;  // pointers into the host copy
     point_tensors((float**)&p, host.data(), model->param_sizes, NUM_PARAMETER_TENSORS);
-    auto uniform = [&](float* x, long n, float bound) { for (long i = 0; i < n; i++) x[i] = (2.0f * rng_uniform(&rng) - 1.0f) * bound; };
-    long L = c.num_layers, C = c.channels, E = c.inner, N = c.d_state, R = c.dt_rank, V = c.vocab_size;
+    long V = c.vocab_size, C = c.channels;
     for (long i = 0; i < V * C; i++) p.wte[i] = rng_normal(&rng);
-    uniform(p.in_proj_w, L * 2 * E * C, 1.0f / sqrtf((float)C));
-    uniform(p.conv_w, L * E * CONV_K, 1.0f / sqrtf((float)CONV_K));
-    uniform(p.conv_b, L * E, 1.0f / sqrtf((float)CONV_K));
-    uniform(p.x_proj_w, L * (R + 2 * N) * E, 1.0f / sqrtf((float)E));
-    uniform(p.dt_proj_w, L * E * R, 1.0f / sqrtf((float)R));
-    for (long i = 0; i < L * E; i++) {
-        float dt = expf(logf(1e-3f) + rng_uniform(&rng) * (logf(1e-1f) - logf(1e-3f)));
-        dt = fmaxf(dt, 1e-4f);
-        p.dt_proj_b[i] = dt + logf(-expm1f(-dt));  // inverse of softplus
-        p.D[i] = 1.0f;
-    }
-    for (long l = 0; l < L; l++)
-        for (long e = 0; e < E; e++)
-            for (long n = 0; n < N; n++) p.A_log[(l * E + e) * N + n] = logf((float)(n + 1));
-    uniform(p.out_proj_w, L * C * E, 1.0f / sqrtf((float)E));
-    for (long i = 0; i < L * C; i++) { p.ln_w[i] = 1.0f; p.ln_b[i] = 0.0f; }
+    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng);
     for (long i = 0; i < C; i++) { p.lnf_w[i] = 1.0f; p.lnf_b[i] = 0.0f; }
-    uniform(p.head_w, V * C, 1.0f / sqrtf((float)C));
-    uniform(p.head_b, V, 1.0f / sqrtf((float)C));
+    for (long i = 0; i < V * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
+    for (long i = 0; i < V; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     cudaCheck(cudaMemcpy(model->params_memory, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
 }
 
@@ -252,31 +218,15 @@ static void mamba_allocate_activations(Mamba* model, int B, int T) {
     model->seq_len = T;
 }
 
-// pointers to layer l's slice of the per-layer activations, for a B x T batch
-typedef struct {
-    float *xz, *conv, *u, *x_dbl, *dt, *y, *gated, *states, *out, *res, *ln, *ln_mean, *ln_rstd;
-} LayerActs;
-
-static LayerActs layer_acts(const Mamba* model, int l, int B, int T) {
-    MambaConfig c = model->config;
-    const ActivationTensors& a = model->acts;
-    long BT = (long)B * T, E = c.inner, C = c.channels, X = c.dt_rank + 2 * c.d_state;
-    LayerActs r = {a.xz + l * BT * 2 * E, a.conv + l * BT * E, a.u + l * BT * E, a.x_dbl + l * BT * X,
-                   a.dt + l * BT * E, a.y + l * BT * E, a.gated + l * BT * E,
-                   a.states + l * scan_states_size(B, T, E, c.d_state), a.out + l * BT * C, a.res + l * BT * C,
-                   a.ln + l * BT * C, a.ln_mean + l * BT, a.ln_rstd + l * BT};
-    return r;
-}
-
 // ----------------------------------------------------------------------------
 // forward: logits for inputs (B, T) (host array); with targets, also the mean loss
 
 static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T) {
     NVTX_RANGE("forward");
     MambaConfig c = model->config;
+    MambaDims d = dims_of(c);
     if (B > model->batch_size || T > model->seq_len) fail("mamba_forward: batch %d x %d exceeds the allocation", B, T);
-    int L = c.num_layers, C = c.channels, E = c.inner, N = c.d_state, R = c.dt_rank, V = c.vocab_size;
-    int X = R + 2 * N, BT = B * T;
+    int L = c.num_layers, C = c.channels, V = c.vocab_size, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = model->cublas;
@@ -284,38 +234,11 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     if (targets) cudaCheck(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, model->inputs, p.wte, nullptr, B, T, C); }
-    float* x = a.encoded;
+    const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
-        LayerActs la = layer_acts(model, l, B, T);
-        {
-            NVTX_RANGE("in_proj_forward");
-            matmul_forward(h, la.xz, x, p.in_proj_w + (long)l * 2 * E * C, nullptr, BT, C, 2 * E);
-        }
-        {
-            NVTX_RANGE("conv1d_forward");
-            conv1d_silu_forward(la.conv, la.u, la.xz, 2 * E, p.conv_w + (long)l * E * CONV_K, p.conv_b + l * E, B, T, E);
-        }
-        {
-            NVTX_RANGE("x_proj_dt_forward");
-            matmul_forward(h, la.x_dbl, la.u, p.x_proj_w + (long)l * X * E, nullptr, BT, E, X);
-            matmul_forward_ld(h, la.dt, la.x_dbl, X, p.dt_proj_w + (long)l * E * R, nullptr, BT, R, E);
-            dt_softplus(la.dt, p.dt_proj_b + l * E, BT, E);
-        }
-        {
-            NVTX_RANGE("selective_scan_forward");
-            selective_scan_forward(la.y, la.gated, la.states, la.u, la.dt, la.x_dbl, R, p.A_log + (long)l * E * N,
-                                   p.D + l * E, la.xz, B, T, E, N);
-        }
-        {
-            NVTX_RANGE("out_proj_forward");
-            matmul_forward(h, la.out, la.gated, p.out_proj_w + (long)l * C * E, nullptr, BT, E, C);
-            residual_forward(la.res, x, la.out, (long)BT * C);
-        }
-        {
-            NVTX_RANGE("ln_forward");
-            layernorm_forward(la.ln, la.ln_mean, la.ln_rstd, la.res, p.ln_w + l * C, p.ln_b + l * C, BT, C);
-        }
+        MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
+        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d);
         x = la.ln;
     }
     { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, p.lnf_w, p.lnf_b, BT, C); }
@@ -336,9 +259,8 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
 static void mamba_backward(Mamba* model, int B, int T) {
     NVTX_RANGE("backward");
     MambaConfig c = model->config;
-    int L = c.num_layers, C = c.channels, E = c.inner, N = c.d_state, R = c.dt_rank, V = c.vocab_size;
-    int X = R + 2 * N, BT = B * T;
-    long btc = (long)BT * C;
+    MambaDims d = dims_of(c);
+    int L = c.num_layers, C = c.channels, V = c.vocab_size, BT = B * T;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = model->cublas;
@@ -351,52 +273,17 @@ static void mamba_backward(Mamba* model, int B, int T) {
     }
     float* dout = a.dresidual;  // gradient w.r.t. the current block's output
     float* din = a.dres;        // ... and w.r.t. its input
+    auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : mamba_layer_acts(a.tower, l, B, T, d).ln; };
     {
         NVTX_RANGE("lnf_backward");
-        float* last = L > 0 ? layer_acts(model, L - 1, B, T).ln : a.encoded;
-        cudaCheck(cudaMemset(dout, 0, btc * sizeof(float)));
-        layernorm_backward(dout, g.lnf_w, g.lnf_b, a.dbtc, last, p.lnf_w, a.lnf_mean, a.lnf_rstd, BT, C);
+        cudaCheck(cudaMemset(dout, 0, (long)BT * C * sizeof(float)));
+        layernorm_backward(dout, g.lnf_w, g.lnf_b, a.dbtc, block_output(L - 1), p.lnf_w, a.lnf_mean, a.lnf_rstd, BT, C);
     }
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        LayerActs la = layer_acts(model, l, B, T);
-        float* x = l == 0 ? a.encoded : layer_acts(model, l - 1, B, T).ln;
-        {
-            NVTX_RANGE("ln_backward");  // din = d res: the residual passes it to x unchanged
-            cudaCheck(cudaMemset(din, 0, btc * sizeof(float)));
-            layernorm_backward(din, g.ln_w + l * C, g.ln_b + l * C, dout, la.res, p.ln_w + l * C, la.ln_mean,
-                               la.ln_rstd, BT, C);
-        }
-        {
-            NVTX_RANGE("out_proj_backward");
-            matmul_backward(h, a.dgated, g.out_proj_w + (long)l * C * E, nullptr, din, la.gated,
-                            p.out_proj_w + (long)l * C * E, model->ones, BT, E, C);
-        }
-        {
-            NVTX_RANGE("selective_scan_backward");
-            selective_scan_backward(a.du, a.ddt, a.dxz, a.dx_dbl, g.A_log + (long)l * E * N, g.D + l * E,
-                                    a.scan_scratch, a.dgated, la.y, la.u, la.dt, la.x_dbl, R,
-                                    p.A_log + (long)l * E * N, p.D + l * E, la.xz, la.states, B, T, E, N);
-        }
-        {
-            NVTX_RANGE("x_proj_dt_backward");
-            // dt_proj: ddt is the gradient before softplus; writes dx_dbl's dt_raw columns
-            matmul_backward_ld(h, a.dx_dbl, X, 0, g.dt_proj_w + (long)l * E * R, g.dt_proj_b + l * E, a.ddt,
-                               la.x_dbl, X, p.dt_proj_w + (long)l * E * R, model->ones, BT, R, E);
-            // x_proj: du += dx_dbl @ x_proj_w
-            matmul_backward_ld(h, a.du, E, 1, g.x_proj_w + (long)l * X * E, nullptr, a.dx_dbl, la.u, E,
-                               p.x_proj_w + (long)l * X * E, model->ones, BT, E, X);
-        }
-        {
-            NVTX_RANGE("conv1d_backward");  // writes dxz's x half
-            conv1d_silu_backward(a.dxz, 2 * E, g.conv_w + (long)l * E * CONV_K, g.conv_b + l * E, a.conv_partial,
-                                 a.du, la.conv, la.xz, 2 * E, p.conv_w + (long)l * E * CONV_K, B, T, E);
-        }
-        {
-            NVTX_RANGE("in_proj_backward");  // din += dxz @ in_proj_w
-            matmul_backward_ld(h, din, C, 1, g.in_proj_w + (long)l * 2 * E * C, nullptr, a.dxz, x, C,
-                               p.in_proj_w + (long)l * 2 * E * C, model->ones, BT, C, 2 * E);
-        }
+        mamba_block_backward(h, din, dout, block_output(l - 1), mamba_layer_params(p.tower, l, d),
+                             mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
+                             model->ones, B, T, d);
         float* t = dout; dout = din; din = t;
     }
     {
@@ -405,7 +292,6 @@ static void mamba_backward(Mamba* model, int B, int T) {
     }
 }
 
-// returns the gradient norm before clipping; t is the 1-based step
 static float mamba_update(Mamba* model, const AdamWConfig* o, float lr, int t) {
     NVTX_RANGE("update");
     return clip_and_adamw(model->params_memory, model->m_memory, model->v_memory, model->grads_memory,

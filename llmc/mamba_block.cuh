@@ -1,0 +1,223 @@
+/*
+The seed's Mamba residual block, x_out = LN(x + Mamba(x)), forward and
+backward, for a stack of L blocks whose parameters and activations are each
+stacked over layers (leading dimension L) in the model's flat buffers. The
+char LM (train_mamba.cu) and the Mamba-ViT (train_mamba_vit.cu) use it.
+
+Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=N, d_conv=4, expand=2):
+  xz = in_proj(x) (2E) -> x | z;  u = silu(causal depthwise conv1d(x))
+  x_dbl = x_proj(u) -> dt_raw (R) | B (N) | C (N);  dt = softplus(dt_proj(dt_raw))
+  y = selective_scan(u, dt, A = -exp(A_log), B, C, D);  out = out_proj(y * silu(z))
+with E = 2C and R = ceil(C/16).
+*/
+#pragma once
+#include "cuda_common.h"
+#include "encoder.cuh"  // residual_forward
+#include "layernorm.cuh"
+#include "matmul.cuh"
+#include "conv1d.cuh"
+#include "selective_scan.cuh"
+#include "utils.h"
+
+typedef struct {
+    int C;  // d_model
+    int E;  // inner width, 2C
+    int N;  // d_state
+    int R;  // dt rank, ceil(C/16)
+} MambaDims;
+
+static MambaDims mamba_dims(int C, int N) {
+    MambaDims d = {C, 2 * C, N, CEIL_DIV(C, 16)};
+    return d;
+}
+
+// parameters of all L blocks, each stacked over layers; or, from
+// mamba_layer_params, of one block
+#define MAMBA_STACK_PARAMS 11
+typedef struct {
+    float* in_proj_w;   // (L, 2E, C)
+    float* conv_w;      // (L, E, 4)
+    float* conv_b;      // (L, E)
+    float* x_proj_w;    // (L, R+2N, E)
+    float* dt_proj_w;   // (L, E, R)
+    float* dt_proj_b;   // (L, E)
+    float* A_log;       // (L, E, N)
+    float* D;           // (L, E)
+    float* out_proj_w;  // (L, C, E)
+    float* ln_w;        // (L, C)
+    float* ln_b;        // (L, C)
+} MambaStackParams;
+
+static const char* const mamba_stack_param_names[MAMBA_STACK_PARAMS] = {
+    "in_proj_w", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "dt_proj_b", "A_log", "D", "out_proj_w", "ln_w", "ln_b"};
+// weight decay on the weights of in_proj, conv, x_proj, dt_proj and out_proj;
+// not on A_log, D, biases or LayerNorms
+static const int mamba_stack_param_decay[MAMBA_STACK_PARAMS] = {1, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0};
+
+static void mamba_stack_param_sizes(long* sizes, int L, MambaDims d) {
+    long C = d.C, E = d.E, N = d.N, R = d.R;
+    long s[MAMBA_STACK_PARAMS] = {L * 2 * E * C, L * E * CONV_K, L * E, L * (R + 2 * N) * E, L * E * R, L * E,
+                                  L * E * N, L * E, L * C * E, L * C, L * C};
+    for (int i = 0; i < MAMBA_STACK_PARAMS; i++) sizes[i] = s[i];
+}
+
+static MambaStackParams mamba_layer_params(const MambaStackParams& s, int l, MambaDims d) {
+    long C = d.C, E = d.E, N = d.N, R = d.R;
+    MambaStackParams p = {s.in_proj_w + l * 2 * E * C, s.conv_w + l * E * CONV_K, s.conv_b + l * E,
+                          s.x_proj_w + l * (R + 2 * N) * E, s.dt_proj_w + l * E * R, s.dt_proj_b + l * E,
+                          s.A_log + l * E * N, s.D + l * E, s.out_proj_w + l * C * E, s.ln_w + l * C, s.ln_b + l * C};
+    return p;
+}
+
+// mamba_ssm's initialization of one stack (host memory, pointers into a host
+// copy of the parameters): Linear and conv weights U(+-1/sqrt(fan_in)), conv
+// bias likewise; dt_proj weight U(+-R^-0.5); dt_proj bias the inverse
+// softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4; A_log =
+// log(1..N); D = 1; LayerNorm weight 1, bias 0
+static void mamba_stack_init(const MambaStackParams& p, int L, MambaDims d, Rng* rng) {
+    long C = d.C, E = d.E, N = d.N, R = d.R;
+    auto uniform = [&](float* x, long n, float bound) {
+        for (long i = 0; i < n; i++) x[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+    };
+    uniform(p.in_proj_w, L * 2 * E * C, 1.0f / sqrtf((float)C));
+    uniform(p.conv_w, L * E * CONV_K, 1.0f / sqrtf((float)CONV_K));
+    uniform(p.conv_b, L * E, 1.0f / sqrtf((float)CONV_K));
+    uniform(p.x_proj_w, L * (R + 2 * N) * E, 1.0f / sqrtf((float)E));
+    uniform(p.dt_proj_w, L * E * R, 1.0f / sqrtf((float)R));
+    for (long i = 0; i < L * E; i++) {
+        float dt = expf(logf(1e-3f) + rng_uniform(rng) * (logf(1e-1f) - logf(1e-3f)));
+        dt = fmaxf(dt, 1e-4f);
+        p.dt_proj_b[i] = dt + logf(-expm1f(-dt));  // inverse of softplus
+        p.D[i] = 1.0f;
+    }
+    for (long i = 0; i < L * E * N; i++) p.A_log[i] = logf((float)(i % N + 1));
+    uniform(p.out_proj_w, L * C * E, 1.0f / sqrtf((float)E));
+    for (long i = 0; i < L * C; i++) { p.ln_w[i] = 1.0f; p.ln_b[i] = 0.0f; }
+}
+
+// activations of all L blocks kept for backward, stacked; or, from
+// mamba_layer_acts, of one block
+#define MAMBA_STACK_ACTS 13
+typedef struct {
+    float* xz;       // (L, B, T, 2E)    in_proj output: x | z
+    float* conv;     // (L, B, T, E)     conv output before SiLU
+    float* u;        // (L, B, T, E)     silu(conv)
+    float* x_dbl;    // (L, B, T, R+2N)  x_proj output: dt_raw | B | C
+    float* dt;       // (L, B, T, E)     after softplus
+    float* y;        // (L, B, T, E)     scan output, before gating
+    float* gated;    // (L, B, T, E)
+    float* states;   // (L, B, E, nchunks, N)  scan states at chunk ends
+    float* out;      // (L, B, T, C)     out_proj output
+    float* res;      // (L, B, T, C)     x + out
+    float* ln;       // (L, B, T, C)     block output
+    float* ln_mean;  // (L, B, T)
+    float* ln_rstd;  // (L, B, T)
+} MambaStackActs;
+
+static void mamba_stack_act_sizes(long* sizes, int L, int B, int T, MambaDims d) {
+    long BT = (long)B * T, C = d.C, E = d.E, X = d.R + 2 * d.N;
+    long s[MAMBA_STACK_ACTS] = {L * BT * 2 * E, L * BT * E, L * BT * E, L * BT * X, L * BT * E, L * BT * E,
+                                L * BT * E, L * scan_states_size(B, T, d.E, d.N), L * BT * C, L * BT * C,
+                                L * BT * C, L * BT, L * BT};
+    for (int i = 0; i < MAMBA_STACK_ACTS; i++) sizes[i] = s[i];
+}
+
+// layer l's slices, for a B x T batch
+static MambaStackActs mamba_layer_acts(const MambaStackActs& a, int l, int B, int T, MambaDims d) {
+    long BT = (long)B * T, C = d.C, E = d.E, X = d.R + 2 * d.N;
+    MambaStackActs r = {a.xz + l * BT * 2 * E, a.conv + l * BT * E, a.u + l * BT * E, a.x_dbl + l * BT * X,
+                        a.dt + l * BT * E, a.y + l * BT * E, a.gated + l * BT * E,
+                        a.states + l * scan_states_size(B, T, d.E, d.N), a.out + l * BT * C, a.res + l * BT * C,
+                        a.ln + l * BT * C, a.ln_mean + l * BT, a.ln_rstd + l * BT};
+    return r;
+}
+
+// the backward pass's scratch, shared by all layers
+#define MAMBA_SCRATCH 7
+typedef struct {
+    float* dgated;        // (B, T, E)
+    float* du;            // (B, T, E)
+    float* ddt;           // (B, T, E)
+    float* dxz;           // (B, T, 2E)
+    float* dx_dbl;        // (B, T, R+2N)
+    float* scan_scratch;  // selective_scan_backward's partial sums
+    float* conv_partial;  // CONV_CHUNKS * E * (K+1)
+} MambaScratch;
+
+static void mamba_scratch_sizes(long* sizes, int B, int T, MambaDims d) {
+    long BT = (long)B * T, E = d.E, X = d.R + 2 * d.N;
+    long s[MAMBA_SCRATCH] = {BT * E, BT * E, BT * E, BT * 2 * E, BT * X, scan_backward_scratch_size(B, T, d.E, d.N),
+                             (long)CONV_CHUNKS * E * (CONV_K + 1)};
+    for (int i = 0; i < MAMBA_SCRATCH; i++) sizes[i] = s[i];
+}
+
+// one block: a.ln (B,T,C) = LN(x + Mamba(x)); p and a are the layer's
+static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
+                                int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
+    {
+        NVTX_RANGE("in_proj_forward");
+        matmul_forward(h, a.xz, x, p.in_proj_w, nullptr, BT, C, 2 * E);
+    }
+    {
+        NVTX_RANGE("conv1d_forward");
+        conv1d_silu_forward(a.conv, a.u, a.xz, 2 * E, p.conv_w, p.conv_b, B, T, E);
+    }
+    {
+        NVTX_RANGE("x_proj_dt_forward");
+        matmul_forward(h, a.x_dbl, a.u, p.x_proj_w, nullptr, BT, E, X);
+        matmul_forward_ld(h, a.dt, a.x_dbl, X, p.dt_proj_w, nullptr, BT, R, E);
+        dt_softplus(a.dt, p.dt_proj_b, BT, E);
+    }
+    {
+        NVTX_RANGE("selective_scan_forward");
+        selective_scan_forward(a.y, a.gated, a.states, a.u, a.dt, a.x_dbl, R, p.A_log, p.D, a.xz, B, T, E, N);
+    }
+    {
+        NVTX_RANGE("out_proj_forward");
+        matmul_forward(h, a.out, a.gated, p.out_proj_w, nullptr, BT, E, C);
+        residual_forward(a.res, x, a.out, (long)BT * C);
+    }
+    {
+        NVTX_RANGE("ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, a.res, p.ln_w, p.ln_b, BT, C);
+    }
+}
+
+// one block backward: dx (B,T,C) = gradient w.r.t. the block's input x, from
+// dout = gradient w.r.t. its output a.ln (overwrites dx; dout is only read).
+// g: the layer's gradients (accumulated). ones: >= B*T ones on the device.
+static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout, const float* x,
+                                 const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
+                                 const MambaScratch& s, const float* ones, int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
+    {
+        NVTX_RANGE("ln_backward");  // dx = d res; the residual passes it to x unchanged
+        cudaCheck(cudaMemset(dx, 0, (long)BT * C * sizeof(float)));
+        layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
+    {
+        NVTX_RANGE("out_proj_backward");
+        matmul_backward(h, s.dgated, g.out_proj_w, nullptr, dx, a.gated, p.out_proj_w, ones, BT, E, C);
+    }
+    {
+        NVTX_RANGE("selective_scan_backward");
+        selective_scan_backward(s.du, s.ddt, s.dxz, s.dx_dbl, g.A_log, g.D, s.scan_scratch, s.dgated, a.y, a.u, a.dt,
+                                a.x_dbl, R, p.A_log, p.D, a.xz, a.states, B, T, E, N);
+    }
+    {
+        NVTX_RANGE("x_proj_dt_backward");
+        // dt_proj: ddt is the gradient before softplus; writes dx_dbl's dt_raw columns
+        matmul_backward_ld(h, s.dx_dbl, X, 0, g.dt_proj_w, g.dt_proj_b, s.ddt, a.x_dbl, X, p.dt_proj_w, ones, BT, R, E);
+        // x_proj: du += dx_dbl @ x_proj_w
+        matmul_backward_ld(h, s.du, E, 1, g.x_proj_w, nullptr, s.dx_dbl, a.u, E, p.x_proj_w, ones, BT, E, X);
+    }
+    {
+        NVTX_RANGE("conv1d_backward");  // writes dxz's x half
+        conv1d_silu_backward(s.dxz, 2 * E, g.conv_w, g.conv_b, s.conv_partial, s.du, a.conv, a.xz, 2 * E, p.conv_w, B, T, E);
+    }
+    {
+        NVTX_RANGE("in_proj_backward");  // dx += dxz @ in_proj_w
+        matmul_backward_ld(h, dx, C, 1, g.in_proj_w, nullptr, s.dxz, x, C, p.in_proj_w, ones, BT, C, 2 * E);
+    }
+}
