@@ -50,8 +50,7 @@ static void compare(Tests& t, const RefState& ref, const char* path, const char*
 // loss and gradients. label prefixes the lines (the kernel variant).
 static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, const char* path, const char* label) {
     GPTConfig c = model->config;
-    int B = ref.B, T = ref.T, L = c.num_layers, C = c.channels, F = c.ffn, NH = c.num_heads;
-    long BT = (long)B * T;
+    int B = ref.B, T = ref.T, L = c.num_layers;
     const RefTensor& inputs = ref.get("inputs", path);
     const RefTensor& targets = ref.get("targets", path);
     load_params(model, ref.get("params", path).f);
@@ -59,11 +58,11 @@ static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, co
     ActivationTensors a = model->acts;
     compare(t, ref, path, "encoded", a.encoded, label);
     for (int l = 0; l < L; l++) {
+        TransformerStackActs la = transformer_layer_acts(a.tower, l, B, T, dims_of(c));
         struct { const char* name; const float* ptr; } acts[] = {
-            {"ln1", a.ln1 + l * BT * C}, {"qkv", a.qkv + l * BT * 3 * C}, {"att", a.att + (long)l * B * NH * T * T},
-            {"atty", a.atty + l * BT * C}, {"attproj", a.attproj + l * BT * C}, {"res2", a.residual2 + l * BT * C},
-            {"ln2", a.ln2 + l * BT * C}, {"fch", a.fch + l * BT * F}, {"fch_gelu", a.fch_gelu + l * BT * F},
-            {"fcproj", a.fcproj + l * BT * C}, {"res3", a.residual3 + l * BT * C}};
+            {"ln1", la.ln1}, {"qkv", la.qkv}, {"att", la.att}, {"atty", la.atty}, {"attproj", la.attproj},
+            {"res2", la.residual2}, {"ln2", la.ln2}, {"fch", la.fch}, {"fch_gelu", la.fch_gelu},
+            {"fcproj", la.fcproj}, {"res3", la.residual3}};
         for (auto& x : acts) {
             char name[64];
             snprintf(name, sizeof(name), "h%d.%s", l, x.name);

@@ -17,8 +17,7 @@ Build with `make train_gpt` (GPU if one is visible, else the host backend).
 #include "llmc/encoder.cuh"
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
-#include "llmc/attention.cuh"
-#include "llmc/gelu.cuh"
+#include "llmc/transformer_block.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/trainer.h"
@@ -43,29 +42,23 @@ typedef struct {
 static const char* const gpt_slot_names[CONFIG_SLOTS] = {"max_seq_len", "vocab_size", "num_layers", "num_heads",
                                                          "channels", "ffn", "num_params"};
 
-// ----------------------------------------------------------------------------
-// parameters: one flat buffer, tensors in this order (per-layer tensors stacked over L)
+static TransformerDims dims_of(GPTConfig c) {
+    TransformerDims d = {c.channels, c.num_heads, c.ffn};
+    return d;
+}
 
-#define NUM_PARAMETER_TENSORS 18
+// ----------------------------------------------------------------------------
+// parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
+
+#define NUM_PARAMETER_TENSORS (2 + TRANSFORMER_STACK_PARAMS + 4)
 typedef struct {
-    float* wte;       // (V, C)
-    float* wpe;       // (maxT, C)
-    float* ln1w;      // (L, C)
-    float* ln1b;      // (L, C)
-    float* qkvw;      // (L, 3C, C)
-    float* qkvb;      // (L, 3C)
-    float* attprojw;  // (L, C, C)
-    float* attprojb;  // (L, C)
-    float* ln2w;      // (L, C)
-    float* ln2b;      // (L, C)
-    float* fcw;       // (L, F, C)
-    float* fcb;       // (L, F)
-    float* fcprojw;   // (L, C, F)
-    float* fcprojb;   // (L, C)
-    float* lnfw;      // (C)
-    float* lnfb;      // (C)
-    float* headw;     // (V, C)
-    float* headb;     // (V)
+    float* wte;                    // (V, C)
+    float* wpe;                    // (maxT, C)
+    TransformerStackParams tower;  // the L blocks: ln1w .. fcprojb, see llmc/transformer_block.cuh
+    float* lnfw;                   // (C)
+    float* lnfb;                   // (C)
+    float* headw;                  // (V, C)
+    float* headb;                  // (V)
 } ParameterTensors;
 
 static const char* const param_names[NUM_PARAMETER_TENSORS] = {
@@ -76,67 +69,51 @@ static const char* const param_names[NUM_PARAMETER_TENSORS] = {
 static const int param_decay[NUM_PARAMETER_TENSORS] = {1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0};
 
 static void fill_in_parameter_sizes(long* sizes, GPTConfig c) {
-    long V = c.vocab_size, C = c.channels, L = c.num_layers, F = c.ffn;
-    long s[NUM_PARAMETER_TENSORS] = {V * C, (long)c.max_seq_len * C, L * C, L * C, L * 3 * C * C, L * 3 * C,
-                                     L * C * C, L * C, L * C, L * C, L * F * C, L * F, L * C * F, L * C, C, C, V * C, V};
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) sizes[i] = s[i];
+    long V = c.vocab_size, C = c.channels;
+    sizes[0] = V * C;
+    sizes[1] = (long)c.max_seq_len * C;
+    transformer_stack_param_sizes(sizes + 2, c.num_layers, dims_of(c));
+    long tail[4] = {C, C, V * C, V};
+    for (int i = 0; i < 4; i++) sizes[2 + TRANSFORMER_STACK_PARAMS + i] = tail[i];
 }
 
-// points the tensors of a struct of NUM pointers into one buffer
+// points the tensors of a struct of float pointers into one buffer
 static void point_tensors(float** ptrs, float* base, const long* sizes, int num) {
     for (int i = 0; i < num; i++) { ptrs[i] = base; base += sizes[i]; }
 }
 
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for the forward activations kept for backward,
-// and the backward pass's scratch
+// and the scratch of both passes
 
-#define NUM_ACTIVATION_TENSORS 32
+#define NUM_ACTIVATION_TENSORS (1 + TRANSFORMER_STACK_ACTS + 6 + TRANSFORMER_SCRATCH + 2)
 typedef struct {
-    float* encoded;    // (B, T, C)
-    float* ln1;        // (L, B, T, C)
-    float* ln1_mean;   // (L, B, T)
-    float* ln1_rstd;   // (L, B, T)
-    float* qkv;        // (L, B, T, 3C)
-    float* qkvr;       // (L, 3, B, NH, T, hs)  q, k, v per head
-    float* att;        // (L, B, NH, T, T)      softmax probabilities
-    float* atty;       // (L, B, T, C)          attention output, heads concatenated
-    float* attproj;    // (L, B, T, C)
-    float* residual2;  // (L, B, T, C)
-    float* ln2;        // (L, B, T, C)
-    float* ln2_mean;   // (L, B, T)
-    float* ln2_rstd;   // (L, B, T)
-    float* fch;        // (L, B, T, F)
-    float* fch_gelu;   // (L, B, T, F)
-    float* fcproj;     // (L, B, T, C)
-    float* residual3;  // (L, B, T, C)
-    float* lnf;        // (B, T, C)
-    float* lnf_mean;   // (B, T)
-    float* lnf_rstd;   // (B, T)
-    float* logits;     // (B, T, V)
-    float* probs;      // (B, T, V)
-    float* losses;     // (B, T)
+    float* encoded;              // (B, T, C)
+    TransformerStackActs tower;  // the L blocks' activations, see llmc/transformer_block.cuh
+    float* lnf;                  // (B, T, C)
+    float* lnf_mean;             // (B, T)
+    float* lnf_rstd;             // (B, T)
+    float* logits;               // (B, T, V)
+    float* probs;                // (B, T, V)
+    float* losses;               // (B, T)
     // scratch
-    float* preatt;     // (B, NH, T, T)
-    float* attn_y;     // (B, NH, T, hs)
-    float* dresidual;  // (B, T, C)  gradient flowing down the residual stream
-    float* dbtc;       // (B, T, C)
-    float* dbtf;       // (B, T, F)
-    float* dqkv;       // (B, T, 3C)
-    float* dqkvr;      // (3, B, NH, T, hs)
-    float* datt;       // (B, NH, T, T)
-    float* dlogits;    // (B, T, V); also the one-hot scratch of the embedding backward
+    TransformerScratch block;    // the blocks' scratch
+    float* dresidual;            // (B, T, C)  gradient flowing down the residual stream
+    float* dlogits;              // (B, T, V); also the one-hot scratch of the embedding backward
 } ActivationTensors;
 
 static void fill_in_activation_sizes(long* sizes, GPTConfig c, int B, int T) {
-    long L = c.num_layers, C = c.channels, F = c.ffn, V = c.vocab_size, NH = c.num_heads;
-    long BT = (long)B * T;
-    long s[NUM_ACTIVATION_TENSORS] = {
-        BT * C, L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * 3 * C, L * B * NH * T * T, L * BT * C,
-        L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT, L * BT * F, L * BT * F, L * BT * C, L * BT * C,
-        BT * C, BT, BT, BT * V, BT * V, BT,
-        B * NH * T * T, BT * C, BT * C, BT * C, BT * F, BT * 3 * C, BT * 3 * C, B * NH * T * T, BT * V};
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) sizes[i] = s[i];
+    long C = c.channels, V = c.vocab_size, BT = (long)B * T;
+    long* s = sizes;
+    *s++ = BT * C;
+    transformer_stack_act_sizes(s, c.num_layers, B, T, dims_of(c));
+    s += TRANSFORMER_STACK_ACTS;
+    long mid[6] = {BT * C, BT, BT, BT * V, BT * V, BT};
+    for (long x : mid) *s++ = x;
+    transformer_scratch_sizes(s, B, T, dims_of(c));
+    s += TRANSFORMER_SCRATCH;
+    *s++ = BT * C;
+    *s++ = BT * V;
 }
 
 // ----------------------------------------------------------------------------
@@ -192,26 +169,21 @@ static void gpt_build(GPT* model, GPTConfig c) {
     model->batch_size = model->seq_len = 0;
 }
 
-// GPT-2 style init: N(0, 0.02) weights and embeddings, residual projections
-// N(0, 0.02/sqrt(2L)), zero biases, LayerNorm weight 1 and bias 0
+// GPT-2 style init: embeddings N(0, 0.02), the blocks as transformer_stack_init,
+// final LayerNorm 1 and 0, head N(0, 0.02) with zero bias
 static void gpt_init_random(GPT* model, uint64_t seed) {
+    GPTConfig c = model->config;
     Rng rng;
     rng_seed(&rng, seed);
-    std::vector<float> host(model->num_parameters);
-    long off = 0;
-    float proj_std = 0.02f / sqrtf(2.0f * model->config.num_layers);
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
-        const char* name = param_names[i];
-        bool is_ln_weight = !strcmp(name, "ln1w") || !strcmp(name, "ln2w") || !strcmp(name, "lnfw");
-        bool is_proj = !strcmp(name, "attprojw") || !strcmp(name, "fcprojw");
-        for (long j = 0; j < model->param_sizes[i]; j++) {
-            float v = 0.0f;
-            if (is_ln_weight) v = 1.0f;
-            else if (param_decay[i]) v = rng_normal(&rng) * (is_proj ? proj_std : 0.02f);
-            host[off + j] = v;
-        }
-        off += model->param_sizes[i];
-    }
+    std::vector<float> host(model->num_parameters, 0.0f);
+    ParameterTensors p;  // pointers into the host copy
+    point_tensors((float**)&p, host.data(), model->param_sizes, NUM_PARAMETER_TENSORS);
+    long V = c.vocab_size, C = c.channels;
+    for (long i = 0; i < V * C; i++) p.wte[i] = rng_normal(&rng) * 0.02f;
+    for (long i = 0; i < (long)c.max_seq_len * C; i++) p.wpe[i] = rng_normal(&rng) * 0.02f;
+    transformer_stack_init(p.tower, c.num_layers, dims_of(c), &rng);
+    for (long i = 0; i < C; i++) p.lnfw[i] = 1.0f;
+    for (long i = 0; i < V * C; i++) p.headw[i] = rng_normal(&rng) * 0.02f;
     cudaCheck(cudaMemcpy(model->params_memory, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
 }
 
@@ -240,61 +212,25 @@ static void gpt_allocate_activations(GPT* model, int B, int T) {
 static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B, int T) {
     NVTX_RANGE("forward");
     GPTConfig c = model->config;
+    TransformerDims d = dims_of(c);
     if (B > model->batch_size || T > model->seq_len || T > c.max_seq_len) fail("gpt_forward: batch %d x %d exceeds the allocation", B, T);
-    int L = c.num_layers, C = c.channels, NH = c.num_heads, F = c.ffn, V = c.vocab_size;
-    int BT = B * T;
+    int L = c.num_layers, C = c.channels, V = c.vocab_size, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
+    cublasHandle_t h = model->cublas;
     cudaCheck(cudaMemcpy(model->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
     if (targets) cudaCheck(cudaMemcpy(model->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, model->inputs, p.wte, p.wpe, B, T, C); }
-    float* residual = a.encoded;
+    const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
-        long btc = (long)BT * C;
-        float* ln1 = a.ln1 + l * btc;
-        float* ln1_mean = a.ln1_mean + l * BT;
-        float* ln1_rstd = a.ln1_rstd + l * BT;
-        float* qkv = a.qkv + l * btc * 3;
-        float* qkvr = a.qkvr + l * btc * 3;
-        float* att = a.att + (long)l * B * NH * T * T;
-        float* atty = a.atty + l * btc;
-        float* attproj = a.attproj + l * btc;
-        float* residual2 = a.residual2 + l * btc;
-        float* ln2 = a.ln2 + l * btc;
-        float* ln2_mean = a.ln2_mean + l * BT;
-        float* ln2_rstd = a.ln2_rstd + l * BT;
-        float* fch = a.fch + (long)l * BT * F;
-        float* fch_gelu = a.fch_gelu + (long)l * BT * F;
-        float* fcproj = a.fcproj + l * btc;
-        float* residual3 = a.residual3 + l * btc;
-        {
-            NVTX_RANGE("ln1_forward");
-            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p.ln1w + l * C, p.ln1b + l * C, BT, C);
-        }
-        {
-            NVTX_RANGE("attention_forward");
-            matmul_forward(model->cublas, qkv, ln1, p.qkvw + (long)l * 3 * C * C, p.qkvb + l * 3 * C, BT, C, 3 * C);
-            attention_forward(model->cublas, atty, qkvr, att, a.preatt, a.attn_y, qkv, B, T, C, NH, 1);
-            matmul_forward(model->cublas, attproj, atty, p.attprojw + (long)l * C * C, p.attprojb + l * C, BT, C, C);
-            residual_forward(residual2, residual, attproj, btc);
-        }
-        {
-            NVTX_RANGE("ln2_forward");
-            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C, BT, C);
-        }
-        {
-            NVTX_RANGE("mlp_forward");
-            matmul_forward(model->cublas, fch, ln2, p.fcw + (long)l * F * C, p.fcb + l * F, BT, C, F);
-            gelu_forward(fch_gelu, fch, (long)BT * F);
-            matmul_forward(model->cublas, fcproj, fch_gelu, p.fcprojw + (long)l * C * F, p.fcprojb + l * C, BT, F, C);
-            residual_forward(residual3, residual2, fcproj, btc);
-        }
-        residual = residual3;
+        TransformerStackActs la = transformer_layer_acts(a.tower, l, B, T, d);
+        transformer_block_forward(h, transformer_layer_params(p.tower, l, d), la, a.block, x, B, T, d, 1);
+        x = la.residual3;
     }
-    { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, BT, C); }
-    { NVTX_RANGE("head_forward"); matmul_forward(model->cublas, a.logits, a.lnf, p.headw, p.headb, BT, C, V); }
+    { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, p.lnfw, p.lnfb, BT, C); }
+    { NVTX_RANGE("head_forward"); matmul_forward(h, a.logits, a.lnf, p.headw, p.headb, BT, C, V); }
     if (targets) {
         NVTX_RANGE("crossentropy_forward");
         crossentropy_forward(a.losses, a.probs, a.logits, model->targets, BT, V);
@@ -311,62 +247,29 @@ static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B
 static void gpt_backward(GPT* model, int B, int T) {
     NVTX_RANGE("backward");
     GPTConfig c = model->config;
-    int L = c.num_layers, C = c.channels, NH = c.num_heads, F = c.ffn, V = c.vocab_size;
-    int BT = B * T;
-    long btc = (long)BT * C;
+    TransformerDims d = dims_of(c);
+    int L = c.num_layers, C = c.channels, V = c.vocab_size, BT = B * T;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = model->cublas;
     cudaCheck(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
-    cudaCheck(cudaMemset(a.dresidual, 0, btc * sizeof(float)));
-
+    cudaCheck(cudaMemset(a.dresidual, 0, (long)BT * C * sizeof(float)));
+    auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : transformer_layer_acts(a.tower, l, B, T, d).residual3; };
     {
         NVTX_RANGE("head_backward");
         crossentropy_backward(a.dlogits, a.probs, model->targets, 1.0f / BT, BT, V);
-        matmul_backward(h, a.dbtc, g.headw, g.headb, a.dlogits, a.lnf, p.headw, model->ones, BT, C, V);
+        matmul_backward(h, a.block.dbtc, g.headw, g.headb, a.dlogits, a.lnf, p.headw, model->ones, BT, C, V);
     }
-    float* last_residual = L > 0 ? a.residual3 + (L - 1) * btc : a.encoded;
     {
         NVTX_RANGE("lnf_backward");
-        layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.dbtc, last_residual, p.lnfw, a.lnf_mean, a.lnf_rstd, BT, C);
+        layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.block.dbtc, block_output(L - 1), p.lnfw, a.lnf_mean,
+                           a.lnf_rstd, BT, C);
     }
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        float* residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * btc;
-        float* ln1 = a.ln1 + l * btc;
-        float* qkvr = a.qkvr + l * btc * 3;
-        float* att = a.att + (long)l * B * NH * T * T;
-        float* atty = a.atty + l * btc;
-        float* residual2 = a.residual2 + l * btc;
-        float* ln2 = a.ln2 + l * btc;
-        float* fch = a.fch + (long)l * BT * F;
-        float* fch_gelu = a.fch_gelu + (long)l * BT * F;
-        {
-            NVTX_RANGE("mlp_backward");
-            matmul_backward(h, a.dbtf, g.fcprojw + (long)l * C * F, g.fcprojb + l * C, a.dresidual, fch_gelu,
-                            p.fcprojw + (long)l * C * F, model->ones, BT, F, C);
-            gelu_backward(a.dbtf, fch, a.dbtf, (long)BT * F);
-            matmul_backward(h, a.dbtc, g.fcw + (long)l * F * C, g.fcb + l * F, a.dbtf, ln2, p.fcw + (long)l * F * C,
-                            model->ones, BT, C, F);
-        }
-        {
-            NVTX_RANGE("ln2_backward");
-            layernorm_backward(a.dresidual, g.ln2w + l * C, g.ln2b + l * C, a.dbtc, residual2, p.ln2w + l * C,
-                               a.ln2_mean + l * BT, a.ln2_rstd + l * BT, BT, C);
-        }
-        {
-            NVTX_RANGE("attention_backward");
-            matmul_backward(h, a.dbtc, g.attprojw + (long)l * C * C, g.attprojb + l * C, a.dresidual, atty,
-                            p.attprojw + (long)l * C * C, model->ones, BT, C, C);
-            attention_backward(h, a.dqkv, a.dqkvr, a.attn_y, a.datt, a.dbtc, qkvr, att, B, T, C, NH, 1);
-            matmul_backward(h, a.dbtc, g.qkvw + (long)l * 3 * C * C, g.qkvb + l * 3 * C, a.dqkv, ln1,
-                            p.qkvw + (long)l * 3 * C * C, model->ones, BT, C, 3 * C);
-        }
-        {
-            NVTX_RANGE("ln1_backward");
-            layernorm_backward(a.dresidual, g.ln1w + l * C, g.ln1b + l * C, a.dbtc, residual, p.ln1w + l * C,
-                               a.ln1_mean + l * BT, a.ln1_rstd + l * BT, BT, C);
-        }
+        transformer_block_backward(h, a.dresidual, block_output(l - 1), transformer_layer_params(p.tower, l, d),
+                                   transformer_layer_params(g.tower, l, d), transformer_layer_acts(a.tower, l, B, T, d),
+                                   a.block, model->ones, B, T, d, 1);
     }
     {
         NVTX_RANGE("encoder_backward");
