@@ -44,7 +44,7 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit
 TESTS = test_backend test_gpt test_mamba
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
