@@ -53,7 +53,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test cuda-check data clean
+.PHONY: all test sanitize cuda-check data clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -79,13 +79,31 @@ data/tinyshakespeare_train.bin:
 test: $(TESTS) train_gpt train_mamba data/ref_gpt.bin data/ref_mamba.bin
 	@dev/run_tests.sh $(TESTS) dev/test_bad_input.sh
 
+# the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
+SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                 -fno-omit-frame-pointer -fopenmp -x c++
+sanitize: data/ref_gpt.bin data/ref_mamba.bin
+	@mkdir -p build/sanitize
+	@set -e; for t in $(TESTS); do echo "g++ -fsanitize=address,undefined $$t.cu"; \
+	  $(HOST_CXX) $(SANITIZE_FLAGS) $$t.cu -o build/sanitize/$$t $(HOST_LIBS); done
+	@dev/run_tests.sh $(addprefix build/sanitize/,$(TESTS))
+
 cuda-check:
 	@mkdir -p build/cuda-check
 	@set -e; for f in $(CUDA_SOURCES); do \
 	  echo "nvcc sm_80 sm_90: $$f"; \
 	  $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	    -x cu $$f -o build/cuda-check/$$(basename $$f .cu) $(CUDA_LIBS); \
-	done; echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
+	done; echo "# the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
+SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                 -fno-omit-frame-pointer -fopenmp -x c++
+sanitize: data/ref_gpt.bin data/ref_mamba.bin
+	@mkdir -p build/sanitize
+	@set -e; for t in $(TESTS); do echo "g++ -fsanitize=address,undefined $$t.cu"; \
+	  $(HOST_CXX) $(SANITIZE_FLAGS) $$t.cu -o build/sanitize/$$t $(HOST_LIBS); done
+	@dev/run_tests.sh $(addprefix build/sanitize/,$(TESTS))
+
+cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
 
 clean:
 	rm -rf build $(PROGRAMS)

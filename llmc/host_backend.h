@@ -48,6 +48,10 @@ still copies with cudaMemcpy.
 #include <unistd.h>
 #include <cblas.h>
 #include <boost/context/detail/fcontext.hpp>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define HOST_ASAN 1
+#endif
 
 #define BACKEND_NAME "host"
 
@@ -122,6 +126,9 @@ struct HostBlock {
     std::vector<HostWarp> warps;
     hostbk::fcontext_t sched_ctx;   // where a fiber jumps to yield
     hostbk::fcontext_t return_ctx;  // the worker's own stack, resumed when all threads are done
+    int converted;                  // the thread whose frame lives on the worker's own stack
+    const void* worker_stack;       // that stack (for AddressSanitizer's fiber annotations)
+    size_t worker_stack_size;
 };
 
 static const size_t HOST_FIBER_STACK = 64 * 1024;   // per GPU thread
@@ -165,6 +172,35 @@ inline void* host_stack_top(HostWorker* w, int i) {
     return w->stacks + (size_t)(i + 1) * w->stack_stride;  // stacks grow down
 }
 
+inline const void* host_stack_bottom(HostWorker* w, int i) {
+    return (const char*)host_stack_top(w, i) - HOST_FIBER_STACK;
+}
+
+// Every context switch goes through here, so that AddressSanitizer (when it
+// is on) knows which stack runs: `to_stack` is the target's stack, `dying`
+// says the current context is never resumed.
+inline hostbk::transfer_t host_jump(hostbk::fcontext_t to, void* data, const void* to_stack, size_t to_size, bool dying) {
+#ifdef HOST_ASAN
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(dying ? nullptr : &fake_stack, to_stack, to_size);
+    hostbk::transfer_t r = hostbk::jump_fcontext(to, data);
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+    return r;
+#else
+    (void)to_stack; (void)to_size; (void)dying;
+    return hostbk::jump_fcontext(to, data);
+#endif
+}
+
+// the first thing a new context does
+inline void host_context_started(const void** from_stack, size_t* from_size) {
+#ifdef HOST_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, from_stack, from_size);
+#else
+    (void)from_stack; (void)from_size;
+#endif
+}
+
 inline void host_set_thread(HostBlock& b, int t) {
     b.current = t;
     if (b.one_dimensional) { host_ts.thread_idx.x = t; return; }  // y = z = 0 already
@@ -176,13 +212,14 @@ inline void host_set_thread(HostBlock& b, int t) {
 
 // A fiber gives control back to the scheduler; returns when resumed.
 inline void host_yield(HostBlock& b) {
-    hostbk::transfer_t r = hostbk::jump_fcontext(b.sched_ctx, &b.ctx[b.current]);
+    hostbk::transfer_t r = host_jump(b.sched_ctx, &b.ctx[b.current], host_stack_bottom(host_worker, 1024), HOST_FIBER_STACK, false);
     b.sched_ctx = r.fctx;
 }
 
 // The scheduler: runs every runnable thread in order until all have returned.
 inline void host_scheduler_main(hostbk::transfer_t t) {
     HostBlock& b = host_worker->block;
+    host_context_started(&b.worker_stack, &b.worker_stack_size);  // entered from the worker's own stack
     *(hostbk::fcontext_t*)t.data = t.fctx;  // the thread that converted the block
     for (;;) {
         bool progressed = false;
@@ -194,6 +231,7 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
                 b.status[i] = HOST_READY;
                 b.ctx[i] = hostbk::make_fcontext(host_stack_top(host_worker, i), HOST_FIBER_STACK,
                     [](hostbk::transfer_t start) {
+                        host_context_started(nullptr, nullptr);
                         HostBlock& blk = host_worker->block;
                         blk.sched_ctx = start.fctx;
                         blk.run(blk.arg);
@@ -202,10 +240,12 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
                             host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
                         blk.status[blk.current] = HOST_DONE;
                         blk.ndone++;
-                        hostbk::jump_fcontext(blk.sched_ctx, nullptr);
+                        host_jump(blk.sched_ctx, nullptr, host_stack_bottom(host_worker, 1024), HOST_FIBER_STACK, true);
                     });
             }
-            hostbk::transfer_t r = hostbk::jump_fcontext(b.ctx[i], nullptr);
+            bool on_worker = i == b.converted;
+            hostbk::transfer_t r = host_jump(b.ctx[i], nullptr, on_worker ? b.worker_stack : host_stack_bottom(host_worker, i),
+                                             on_worker ? b.worker_stack_size : HOST_FIBER_STACK, false);
             if (r.data) *(hostbk::fcontext_t*)r.data = r.fctx;
             progressed = true;
         }
@@ -216,13 +256,14 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
                                  "that some thread never reaches");
         }
     }
-    hostbk::jump_fcontext(b.return_ctx, nullptr);  // back to the launch loop; never returns here
+    host_jump(b.return_ctx, nullptr, b.worker_stack, b.worker_stack_size, true);  // back to the launch loop; never returns
 }
 
 // Turns the running block into fibers in place (first sync point of a block).
 inline void host_convert_to_fibers(HostBlock& b) {
     b.fibers = true;
     int k = b.current;
+    b.converted = k;
     for (int i = 0; i < b.nthreads; i++) b.status[i] = i < k ? HOST_DONE : (i == k ? HOST_READY : HOST_NEW);
     b.ndone = k;
     b.block_arrived = 0;
@@ -489,7 +530,7 @@ template <typename F> inline void host_run_block(HostWorker* w, const char* name
                 host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
             b.status[t] = HOST_DONE;
             b.ndone++;
-            hostbk::jump_fcontext(b.sched_ctx, &b.return_ctx);  // resumes when all threads are done
+            host_jump(b.sched_ctx, &b.return_ctx, host_stack_bottom(w, 1024), HOST_FIBER_STACK, false);  // resumes when all are done
             break;
         }
     }
