@@ -75,9 +75,11 @@ data/tinyshakespeare_train.bin:
 	  $(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data; \
 	else $(PYTHON) dev/data/tinyshakespeare.py --out data; fi
 
-# test programs, then the bad-input cases (which use train_gpt and train_mamba)
+# test programs, then the scripts that drive the trainers: bad input, resume
+# after a kill, PyTorch interop
+TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh
 test: $(TESTS) train_gpt train_mamba data/ref_gpt.bin data/ref_mamba.bin
-	@dev/run_tests.sh $(TESTS) dev/test_bad_input.sh
+	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
 SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \

@@ -461,3 +461,30 @@ def read_state(path):
     if pos != len(data):
         _fail(path, f"file is {len(data)} bytes, but its {K} records end at {pos}")
     return State(kind, config, B, T, tensors)
+
+
+# -----------------------------------------------------------------------------
+# checkpoint (magic 20261105): written by the trainers, read here for interop
+
+MAGIC_CHECKPOINT = 20261105
+
+
+def read_checkpoint(path):
+    """
+    Returns a dict: kind, config, step, B, T, params, m, v (float32 arrays).
+    Layout: header (kind and config as a model file; [10] step; [11..12] and
+    [13..14] the data and sampling generators' uint64 states; [15] B;
+    [16] T), then P parameters, P AdamW first moments, P second moments.
+    """
+    data, header = _read_file(path, MAGIC_CHECKPOINT, "checkpoint")
+    kind, config = _read_config(path, header)
+    P = config["P"]
+    expected = HEADER_BYTES + 12 * P
+    if len(data) != expected:
+        _fail(path, f"file is {len(data)} bytes, expected {expected} for P = {P} parameters and two moments")
+    step, B, T = int(header[10]), int(header[15]), int(header[16])
+    if step < 0 or B < 1 or T < 1:
+        _fail(path, f"bad step {step} or batch {B} x {T}")
+    arrays = np.frombuffer(data, dtype="<f4", offset=HEADER_BYTES, count=3 * P).reshape(3, P)
+    return {"kind": kind, "config": config, "step": step, "B": B, "T": T,
+            "params": arrays[0], "m": arrays[1], "v": arrays[2]}

@@ -1,0 +1,139 @@
+"""
+PyTorch interop for the project's model files and checkpoints.
+
+  interop.py eval FILE --tokens PATH --B 4 --T 64 --batches 2
+      loads a model file or checkpoint (GPT or Mamba LM) into the PyTorch
+      model and prints "val loss X": the mean loss over the first `batches`
+      consecutive B x T windows of the tokens file, as the trainers'
+      validation computes it (float64).
+  interop.py export --model gpt|mamba --V 65 --L 2 --C 64 [--H 4 --F 128 --maxT 64] --seed 0 --out PATH
+                    [--train-steps 20 --tokens PATH --B 4 --T 32]
+      writes a PyTorch model (its default initialization, then optionally a
+      few AdamW steps on random windows of a tokens file, so that it predicts
+      something) as a project model file, which the trainers load with -e.
+
+dev/test_interop.sh round-trips both ways through the trainers.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import formats  # noqa: E402
+from gpt import GPT, GPTConfig  # noqa: E402
+from mamba import MambaConfig, MambaLM  # noqa: E402
+
+
+def load_params(path):
+    """(kind, config, flat float32 params) of a model file or a checkpoint."""
+    with open(path, "rb") as f:
+        magic = int.from_bytes(f.read(4), "little")
+    if magic == formats.MAGIC_CHECKPOINT:
+        c = formats.read_checkpoint(path)
+        return c["kind"], c["config"], c["params"]
+    return formats.read_model(path)
+
+
+def build(kind, config):
+    """An empty PyTorch model of the file's kind and config."""
+    if kind == formats.KIND_GPT:
+        return GPT(GPTConfig(maxT=config["maxT"], V=config["V"], L=config["L"], H=config["H"],
+                             C=config["C"], F=config["F"]))
+    if kind == formats.KIND_MAMBA:
+        return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"],
+                                   E=config["E"], R=config["R"]))
+    raise SystemExit(f"error: model kind {kind} is not a language model")
+
+
+def load_model(path):
+    kind, config, params = load_params(path)
+    model = build(kind, config)
+    if model.num_params() != config["P"]:
+        raise SystemExit(f"error: {path}: {config['P']} parameters, the PyTorch model has {model.num_params()}")
+    model.set_flat(torch.from_numpy(np.array(params, dtype=np.float32)))
+    return model.double().eval()
+
+
+def cmd_eval(args):
+    model = load_model(args.file)
+    tokens, V = formats.read_tokens(args.tokens)
+    tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    B, T = args.B, args.T
+    losses = []
+    with torch.no_grad():
+        for i in range(args.batches):
+            rows = [(i * B + b) * T for b in range(B)]
+            if rows[-1] + T + 1 > len(tokens):
+                raise SystemExit(f"error: {args.tokens}: too few tokens for {args.batches} batches of {B} x {T}")
+            x = torch.stack([tokens[o:o + T] for o in rows])
+            y = torch.stack([tokens[o + 1:o + T + 1] for o in rows])
+            _, loss = model(x, y)
+            losses.append(loss.item())
+    print(f"val loss {np.mean(losses):.7f}")
+
+
+def cmd_export(args):
+    torch.manual_seed(args.seed)
+    if args.model == "gpt":
+        model = GPT(GPTConfig(maxT=args.maxT, V=args.V, L=args.L, H=args.H, C=args.C, F=args.F or 2 * args.C))
+        kind, cfg = formats.KIND_GPT, model.cfg
+        config = {"maxT": cfg.maxT, "V": cfg.V, "L": cfg.L, "H": cfg.H, "C": cfg.C, "F": cfg.F}
+    else:
+        model = MambaLM(MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N))
+        kind, cfg = formats.KIND_MAMBA, model.cfg
+        config = {"V": cfg.V, "L": cfg.L, "C": cfg.C, "E": cfg.E, "N": cfg.N, "R": cfg.R}
+    if args.train_steps > 0:
+        tokens, _ = formats.read_tokens(args.tokens)
+        tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99))
+        for _ in range(args.train_steps):
+            starts = torch.randint(0, len(tokens) - args.T - 1, (args.B,))
+            x = torch.stack([tokens[o:o + args.T] for o in starts])
+            y = torch.stack([tokens[o + 1:o + args.T + 1] for o in starts])
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    config["P"] = model.num_params()
+    formats.write_model(args.out, kind, config, model.get_flat().detach().numpy())
+    print(f"wrote {args.out}: {args.model}, {config['P']} parameters")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("eval")
+    e.add_argument("file")
+    e.add_argument("--tokens", required=True)
+    e.add_argument("--B", type=int, required=True)
+    e.add_argument("--T", type=int, required=True)
+    e.add_argument("--batches", type=int, default=1)
+    x = sub.add_parser("export")
+    x.add_argument("--model", choices=["gpt", "mamba"], required=True)
+    x.add_argument("--V", type=int, default=65)
+    x.add_argument("--L", type=int, default=2)
+    x.add_argument("--C", type=int, default=64)
+    x.add_argument("--H", type=int, default=4)
+    x.add_argument("--F", type=int, default=0)
+    x.add_argument("--N", type=int, default=16)
+    x.add_argument("--maxT", type=int, default=64)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--out", required=True)
+    x.add_argument("--train-steps", type=int, default=0)
+    x.add_argument("--tokens", help="tokens file for --train-steps")
+    x.add_argument("--B", type=int, default=4)
+    x.add_argument("--T", type=int, default=32)
+    args = p.parse_args()
+    try:
+        cmd_eval(args) if args.cmd == "eval" else cmd_export(args)
+    except ValueError as err:  # the readers' one-line messages
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

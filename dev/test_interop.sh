@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# PyTorch interop, both ways, for the GPT and the Mamba LM:
+#  1. the trainer trains 40 steps and writes model.bin and a checkpoint;
+#     PyTorch (dev/reference/interop.py) loads each and must compute the
+#     trainer's final val loss on the same batches;
+#  2. PyTorch trains 40 steps and writes its model as a model file; the trainer
+#     loads it (-e, -x 0) and must compute PyTorch's val loss, and writes it
+#     back byte for byte.
+# Tolerance 1e-4 relative: the trainer computes in fp32, PyTorch in float64.
+# Ends with "N passed, M failed".
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/usr/bin/python3}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+pass=0; fail=0
+check() {  # name ours theirs
+  if awk -v a="$2" -v b="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-4 * (b < 0 ? -b : b)) }'; then
+    echo "ok   $1: trainer $2, PyTorch $3"; pass=$((pass + 1))
+  else
+    echo "FAIL $1: trainer '$2', PyTorch '$3'"; fail=$((fail + 1))
+  fi
+}
+$PYTHON - "$W" <<'PY'
+import sys, os
+sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
+import numpy as np, formats
+w = sys.argv[1]; rng = np.random.default_rng(1)
+formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
+# a learnable sequence: a fixed random walk over the 65 tokens, with noise
+steps = rng.integers(1, 4, 7000); seq = np.cumsum(steps) % 65
+noise = rng.random(7000) < 0.1; seq[noise] = rng.integers(0, 65, noise.sum())
+formats.write_tokens(f"{w}/train.bin", seq[:5000], 65)
+formats.write_tokens(f"{w}/val.bin", seq[5000:], 65)
+PY
+D="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -v 0 -m 2 -g 0"
+val_of() { sed -n 's/^final val loss \([0-9.eE+-]*\)$/\1/p' | tail -n 1; }
+torch_val() { $PYTHON dev/reference/interop.py eval "$1" --tokens "$W/val.bin" --B 4 --T 32 --batches 2 | sed -n 's/^val loss //p'; }
+
+for m in gpt mamba; do
+  shape="-L 2 -C 32"; [ $m = gpt ] && shape="$shape -H 4"
+  ours=$(./train_$m $D $shape -x 40 -l 3e-3 -o "$W/$m" | val_of)
+  check "$m: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/$m/model.bin")"
+  check "$m: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/$m/ckpt_00000040.bin")"
+  extra=""; [ $m = gpt ] && extra="--H 4 --maxT 32"
+  $PYTHON dev/reference/interop.py export --model $m --V 65 --L 2 --C 32 $extra --seed 3 --out "$W/$m.torch.bin" \
+    --train-steps 40 --tokens "$W/train.bin" >/dev/null
+  ours=$(./train_$m $D -x 0 -e "$W/$m.torch.bin" -o "$W/${m}_eval" | val_of)
+  check "$m: PyTorch's model file loaded by the trainer (-e)" "$ours" "$(torch_val "$W/$m.torch.bin")"
+  if cmp -s "$W/$m.torch.bin" "$W/${m}_eval/model.bin"; then
+    echo "ok   $m: the trainer writes PyTorch's model file back byte for byte"; pass=$((pass + 1))
+  else
+    echo "FAIL $m: the model file written back differs"; fail=$((fail + 1))
+  fi
+done
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
