@@ -1,0 +1,112 @@
+"""
+Draws the seed write-up's comparisons from the trainers' logs (log.jsonl in
+each run's -o directory) into one PNG:
+  - loss against step (train thin, validation bold) for the language models
+  - test accuracy against epoch for the vision models
+  - throughput (tokens/s or images/s) against step
+Panels appear for what the logs hold.
+
+  python3 dev/plot.py out/gpt out/mamba --out lm.png
+  python3 dev/plot.py out/vit out/mamba_vit --labels ViT,Mamba-ViT --out cifar.png
+
+Each argument is a run directory or a log.jsonl file; labels default to the
+directory names. Needs matplotlib (Debian: python3-matplotlib).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_log(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "log.jsonl")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise SystemExit(f"error: {path}: line {n} is not JSON")
+    if not rows:
+        raise SystemExit(f"error: {path}: no log lines")
+    return rows
+
+
+def series(rows, key, x="step"):
+    pts = [(r.get(x, r["step"]), r[key]) for r in rows if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories or log.jsonl files")
+    p.add_argument("--labels", help="comma-separated labels, one per run")
+    p.add_argument("--out", default="comparison.png")
+    p.add_argument("--title", default="")
+    args = p.parse_args()
+    labels = args.labels.split(",") if args.labels else [
+        os.path.basename(os.path.normpath(r if os.path.isdir(r) else os.path.dirname(r) or ".")) for r in args.runs]
+    if len(labels) != len(args.runs):
+        raise SystemExit(f"error: --labels: {len(labels)} labels for {len(args.runs)} runs")
+    logs = [read_log(r) for r in args.runs]
+
+    has = lambda key: any(any(key in r for r in rows) for rows in logs)
+    panels = []
+    if has("train_loss") or has("val_loss"):
+        panels.append("loss")
+    if has("test_acc"):
+        panels.append("acc")
+    if has("tokens_per_s") or has("images_per_s"):
+        panels.append("speed")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes[0], panels):
+        for i, (rows, label) in enumerate(zip(logs, labels)):
+            c = colors[i % len(colors)]
+            if panel == "loss":
+                x, y = series(rows, "train_loss")
+                if x:
+                    ax.plot(x, y, color=c, alpha=0.35, linewidth=0.8, label=f"{label} train")
+                x, y = series(rows, "val_loss")
+                if x:
+                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=f"{label} val")
+                ax.set_xlabel("step")
+                ax.set_ylabel("loss (cross-entropy, nats)")
+                ax.set_title("loss against step")
+            elif panel == "acc":
+                x, y = series(rows, "test_acc", x="epoch")
+                if x:
+                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=label)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel("test accuracy (%)")
+                ax.set_title("test accuracy against epoch")
+            else:
+                key = "tokens_per_s" if any("tokens_per_s" in r for r in rows) else "images_per_s"
+                x, y = series(rows, key)
+                if x:
+                    ax.plot(x, y, color=c, linewidth=1, label=label)
+                ax.set_xlabel("step")
+                ax.set_ylabel("tokens/s" if key == "tokens_per_s" else "images/s")
+                ax.set_title("throughput")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True
+    main()
