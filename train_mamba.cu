@@ -389,6 +389,7 @@ int main(int argc, char** argv) {
     rng_seed(&sample_rng, tc.seed + 1);
     int start_step = 0;
     if (tc.out_dir && !tc.generate_only) make_dir_or_fail(tc.out_dir);
+    check_output_dir_fresh(&tc);
     if (tc.resume)
         start_step = resume_from_checkpoint(&tc, MODEL_MAMBA, model.config_slots, mamba_slot_names, model.params_memory,
                                             model.m_memory, model.v_memory, &train_rng, &sample_rng);
@@ -421,7 +422,7 @@ int main(int argc, char** argv) {
         }
         if (tc.out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
             save_checkpoint(&tc, MODEL_MAMBA, model.config_slots, step, &train_rng, &sample_rng, model.params_memory,
-                            model.m_memory, model.v_memory);
+                            model.m_memory, model.v_memory, model.norm_buffer);
         if (last) break;
 
         NVTX_RANGE("step");
@@ -441,6 +442,7 @@ int main(int argc, char** argv) {
     logger_close(&logger);
     if (tc.out_dir) {
         std::string path = std::string(tc.out_dir) + "/model.bin";
+        check_params_finite(&tc, tc.max_steps, model.params_memory, model.num_parameters, model.norm_buffer);
         model_file_save(path.c_str(), MODEL_MAMBA, model.config_slots, model.params_memory);
         printf("wrote %s\n", path.c_str());
     }

@@ -98,5 +98,25 @@ expect "checkpoint given as a model file" "$W/gpt_truncated_ckpt.bin" ./train_gp
 expect "truncated model file" "$W/mamba_truncated_model.bin" ./train_mamba $D $small -e "$W/mamba_truncated_model.bin"
 expect "prompt outside the vocabulary" "-P" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -P "caf{}"
 
+expect "fresh run into a directory with another run's checkpoints" "$W/gpt" ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt"
+
+# a run that diverges (learning rate 10, weight decay 10: the weights grow
+# 99-fold a step) must stop at the first non-finite loss or norm, keep the
+# checkpoints written before, and write none after
+for T in train_gpt train_mamba; do
+  rm -rf "$W/nan_$T"
+  ./$T $D $small -L 1 -C 16 -x 60 -l 10 -c 10 -n 1 -o "$W/nan_$T" >/dev/null 2>"$W/err"; rc=$?
+  msg=$(head -n 1 "$W/err")
+  last=$(ls "$W/nan_$T" | grep ckpt_ | sort | tail -n 1)
+  stopped=$(echo "$msg" | sed -n 's/^error: step \([0-9]*\): .*/\1/p')
+  if [ $rc -eq 1 ] && [ "$(wc -l < "$W/err")" -eq 1 ] && [ -n "$stopped" ] && [ -n "$last" ] && \
+     [[ "$msg" == *"the last good checkpoint is $W/nan_$T/$last"* ]] && [ ! -f "$W/nan_$T/model.bin" ] && \
+     [ "$(echo "$last" | sed 's/ckpt_0*\([0-9]*\).bin/\1/')" -lt "$stopped" ]; then
+    echo "ok   $T stops on divergence: $msg"; pass=$((pass + 1))
+  else
+    echo "FAIL $T divergence: exit $rc, '$msg', newest checkpoint '$last'"; fail=$((fail + 1))
+  fi
+done
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

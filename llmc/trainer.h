@@ -216,13 +216,6 @@ static int resume_from_checkpoint(const TrainConfig* c, int kind, const int* con
     return s.step;
 }
 
-static void save_checkpoint(const TrainConfig* c, int kind, const int* config_slots, int step, const Rng* train_rng,
-                            const Rng* sample_rng, const float* params, const float* m, const float* v) {
-    CheckpointState s = {kind, {0}, step, train_rng->state, sample_rng->state, c->B, c->T};
-    memcpy(s.config, config_slots, sizeof(s.config));
-    checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
-    checkpoint_prune(c->out_dir, 3);
-}
 
 // Tokenizes a prompt by the longest vocabulary entry at each position
 // (characters, for a char-level vocabulary). An empty or absent prompt is a
@@ -257,17 +250,43 @@ static void format_duration(char* out, size_t n, double seconds) {
     else snprintf(out, n, "%lds", s);
 }
 
+// The newest checkpoint in the output directory, or "none written".
+static std::string last_checkpoint(const TrainConfig* c) {
+    if (c->out_dir) {
+        std::vector<int> steps = checkpoint_steps(c->out_dir);
+        if (!steps.empty()) return checkpoint_path(c->out_dir, steps.back());
+    }
+    return "none written";
+}
+
+// Before a checkpoint or model file is written: stops the run if the
+// parameters' norm is not finite (an update overflowed), so that every file
+// written holds finite parameters. norm_buffer as for clip_and_adamw.
+static void check_params_finite(const TrainConfig* c, int step, const float* params, long n, float* norm_buffer) {
+    global_norm(norm_buffer, params, n, 0.0f);
+    float norm;
+    cudaCheck(cudaMemcpy(&norm, norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
+    if (!std::isfinite(norm))
+        fail("step %d: the parameters' norm is %g: stopping without writing; the last good checkpoint is %s", step,
+             norm, last_checkpoint(c).c_str());
+}
+
+// A fresh run (no -y) must not write over another run's checkpoints.
+static void check_output_dir_fresh(const TrainConfig* c) {
+    if (!c->out_dir || c->resume || c->generate_only) return;
+    std::vector<int> steps = checkpoint_steps(c->out_dir);
+    if (!steps.empty())
+        fail("flag -o: %s already holds the checkpoints of a run (newest at step %d); resume it with -y 1 or choose another directory",
+             c->out_dir, steps.back());
+}
+
 // Stops the run on a non-finite loss or gradient norm. The update was not
 // applied (clip_and_adamw skips it), and no checkpoint is written after
 // this, so the newest checkpoint in -o is the last good one.
 static void check_finite(const TrainConfig* c, int step, float loss, float norm) {
     if (std::isfinite(loss) && std::isfinite(norm)) return;
-    std::string last = "none written";
-    if (c->out_dir) {
-        std::vector<int> steps = checkpoint_steps(c->out_dir);
-        if (!steps.empty()) last = checkpoint_path(c->out_dir, steps.back());
-    }
-    fail("step %d: train loss %g, gradient norm %g: stopping; the last good checkpoint is %s", step, loss, norm, last.c_str());
+    fail("step %d: train loss %g, gradient norm %g: stopping; the last good checkpoint is %s", step, loss, norm,
+         last_checkpoint(c).c_str());
 }
 
 // wall-clock seconds; host_clock() differences time a step once the device is synchronized
@@ -283,4 +302,14 @@ static void print_step(int step, int start_step, int max_steps, float loss, floa
     printf("step %4d/%d: train loss %f | lr %.2e | norm %.3f | %.1f ms | %.0f %s | ETA %s\n", step, max_steps, loss, lr,
            norm, seconds * 1e3, items / seconds, rate_unit, eta);
     fflush(stdout);
+}
+
+static void save_checkpoint(const TrainConfig* c, int kind, const int* config_slots, int step, const Rng* train_rng,
+                            const Rng* sample_rng, const float* params, const float* m, const float* v,
+                            float* norm_buffer) {
+    check_params_finite(c, step, params, config_slots[CONFIG_SLOTS - 1], norm_buffer);
+    CheckpointState s = {kind, {0}, step, train_rng->state, sample_rng->state, c->B, c->T};
+    memcpy(s.config, config_slots, sizeof(s.config));
+    checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
+    checkpoint_prune(c->out_dir, 3);
 }
