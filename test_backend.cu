@@ -10,6 +10,7 @@ fp32 whatever the order: expected and computed values must be equal.
 */
 #include "llmc/cuda_common.h"
 #include "llmc/testing.h"
+#include "llmc/adamw.cuh"
 
 #include <vector>
 #ifndef __CUDACC__
@@ -279,6 +280,26 @@ int main() {
             cudaFree(dA); cudaFree(dB); cudaFree(dC);
         }
         cublasCheck(cublasDestroy(handle));
+    }
+    {   // the global norm and clipping factor, both first-pass variants, against double. Not exact:
+        // fp32 sums of ~15,600 positive squares per partial drift by about sqrt(15600) * 6e-8 = 7.5e-6
+        // relative at most in a random walk, so 1e-5
+        long m = 1000003;
+        std::vector<float> g(m);
+        double ref = 0.0;
+        for (long i = 0; i < m; i++) { g[i] = random_uniform(&rng) - 0.5f; ref += (double)g[i] * g[i]; }
+        ref = sqrt(ref);
+        float* d_g = to_device(g);
+        float* d_norm; cudaCheck(cudaMalloc(&d_norm, (NORM_BLOCKS + 2) * sizeof(float)));
+        for (int variant = 0; variant < 2; variant++) {
+            norm_use_blocks = variant == 1;
+            global_norm(d_norm, d_g, m, 100.0f);
+            std::vector<float> h = to_host(d_norm, 2);
+            double err = fabs(h[0] - ref) / ref, scale_err = fabs(h[1] - 100.0 / (ref + 1e-6)) * ref / 100.0;
+            tests.check(err < 1e-5 && scale_err < 1e-5, "global norm (%s): %.6f vs %.6f (rel err %.1e), clip scale rel err %.1e",
+                        variant ? "blocks" : "one thread per share", h[0], ref, err, scale_err);
+        }
+        cudaFree(d_g); cudaFree(d_norm);
     }
 #ifndef __CUDACC__
     {   // an invalid launch is an error, not a crash

@@ -8,8 +8,10 @@ global-norm clipping factor:
 One thread per parameter.
 
 The global gradient norm is computed deterministically in two passes: a
-fixed grid of blocks sums squares over a grid-stride range (block_sum), then
-one thread adds the per-block partials in order. The clipping factor
+fixed number of partial sums of squares, then one thread adds the partials
+in order. Two variants of the first pass: a fixed grid of blocks, each
+summing a grid-stride range with block_sum (the GPU's), or one thread per
+partial summing a contiguous share (barrier-free, the host backend's). The clipping factor
 min(1, max_norm / (norm + 1e-6)) is that of torch.nn.utils.clip_grad_norm_.
 */
 #pragma once
@@ -41,6 +43,16 @@ __global__ void norm_squared_partial_kernel(float* partials, const float* x, lon
     if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
+// partials[i] = sum of squares of the i-th of NORM_BLOCKS contiguous shares; one thread per share
+__global__ void norm_squared_partial_rows_kernel(float* partials, const float* x, long n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= NORM_BLOCKS) return;
+    long per = CEIL_DIV(n, NORM_BLOCKS);
+    float s = 0.0f;
+    for (long j = i * per; j < n && j < (i + 1) * per; j++) s += x[j] * x[j];
+    partials[i] = s;
+}
+
 // out[0] = norm = sqrt(sum of partials); out[1] = clipping scale (1 if max_norm <= 0)
 __global__ void norm_finish_kernel(float* out, const float* partials, int nparts, float max_norm) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
@@ -53,9 +65,19 @@ __global__ void norm_finish_kernel(float* out, const float* partials, int nparts
 
 // norm_out: device buffer of NORM_BLOCKS + 2 floats; on return norm_out[0] is
 // the norm and norm_out[1] the gradient scale to pass to adamw_update
+#ifdef __CUDACC__
+static bool norm_use_blocks = true;
+#else
+static bool norm_use_blocks = false;
+#endif
+
 void global_norm(float* norm_out, const float* grads, long n, float max_norm) {
     float* partials = norm_out + 2;
-    LAUNCH(norm_squared_partial_kernel, NORM_BLOCKS, NORM_THREADS, 0)(partials, grads, n);
+    if (norm_use_blocks) {
+        LAUNCH(norm_squared_partial_kernel, NORM_BLOCKS, NORM_THREADS, 0)(partials, grads, n);
+    } else {
+        LAUNCH(norm_squared_partial_rows_kernel, 1, NORM_BLOCKS, 0)(partials, grads, n);
+    }
     LAUNCH(norm_finish_kernel, 1, 1, 0)(norm_out, partials, NORM_BLOCKS, max_norm);
     cudaCheck(cudaGetLastError());
 }
