@@ -10,10 +10,11 @@ gemv), which sums in a fixed order: deterministic.
 #pragma once
 #include "cuda_common.h"
 
-// out[n, oc] = bias[oc]; one thread per element
-__global__ void broadcast_bias_kernel(float* out, const float* bias, long N, int OC) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx < N * OC) out[idx] = bias[idx % OC];
+// out[n, oc] = bias[oc]; one block per row n, its threads striding over oc
+// (no index division, coalesced)
+__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC) {
+    float* row = out + (long)blockIdx.x * OC;
+    for (int oc = threadIdx.x; oc < OC; oc += blockDim.x) row[oc] = bias[oc];
 }
 
 __global__ void fill_kernel(float* out, float value, long n) {
@@ -28,7 +29,7 @@ void matmul_forward_ld(cublasHandle_t handle, float* out, const float* inp, int 
                        const float* bias, int N, int C, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (bias) {
-        LAUNCH(broadcast_bias_kernel, CEIL_DIV((long)N * OC, 256), 256, 0)(out, bias, N, OC);
+        LAUNCH(broadcast_bias_kernel, N, OC < 256 ? 32 * CEIL_DIV(OC, 32) : 256, 0)(out, bias, OC);
         cudaCheck(cudaGetLastError());
     }
     // column-major view: out (OC,N) = weight^T-view (OC,C) @ inp (C,N)
