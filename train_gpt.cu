@@ -21,7 +21,6 @@ Build with `make train_gpt` (GPU if one is visible, else the host backend).
 #include "llmc/crossentropy.cuh"
 #include "llmc/adamw.cuh"
 #include "llmc/trainer.h"
-#include "llmc/logger.h"
 
 #include <string>
 #include <vector>
@@ -301,44 +300,11 @@ static void gpt_free(GPT* model) {
 }
 
 // ----------------------------------------------------------------------------
-// sampling: generate text from a starting token, one token at a time
+// the hooks of the shared training loop, validation and sampling (llmc/trainer.h)
 
-// prints the prompt, then `length` sampled tokens
-static void gpt_sample(GPT* model, const Vocab* vocab, const std::vector<int>& prompt, int length, float temperature,
-                       int top_k, Rng* rng) {
-    NVTX_RANGE("sample");
-    int V = model->config.vocab_size, maxT = model->seq_len;
-    std::vector<int> tokens = prompt;
-    std::vector<float> logits(V);
-    printf("---\n");
-    for (int t : tokens) printf("%s", vocab->text[t].c_str());
-    for (int i = 0; i < length; i++) {
-        int n = (int)tokens.size();
-        int T = n < maxT ? n : maxT;  // the model sees the last T tokens
-        gpt_forward(model, tokens.data() + (n - T), nullptr, 1, T);
-        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
-        int next = sample_token(logits.data(), V, temperature, top_k, rng);
-        tokens.push_back(next);
-        printf("%s", vocab->text[next].c_str());
-        fflush(stdout);
-    }
-    printf("\n---\n");
-}
-
-// mean loss over the first max_batches validation batches
-static float gpt_validate(GPT* model, const TokenData* val, int B, int T, int max_batches) {
-    NVTX_RANGE("validate");
-    int n = token_data_num_val_batches(val, B, T);
-    if (max_batches > 0 && max_batches < n) n = max_batches;
-    std::vector<int> inputs((long)B * T), targets((long)B * T);
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
-        gpt_forward(model, inputs.data(), targets.data(), B, T);
-        sum += model->mean_loss;
-    }
-    return (float)(sum / n);
-}
+static void lm_forward(GPT* m, const int* inputs, const int* targets, int B, int T) { gpt_forward(m, inputs, targets, B, T); }
+static void lm_backward(GPT* m, int B, int T) { gpt_backward(m, B, T); }
+static float lm_update(GPT* m, const AdamWConfig* o, float lr, int t) { return gpt_update(m, o, lr, t); }
 
 // ----------------------------------------------------------------------------
 // main
@@ -354,12 +320,10 @@ int main(int argc, char** argv) {
                       "  -H <int>    heads (default 4)\n"
                       "  -F <int>    MLP hidden width (default 2*C)\n", "LCHF");
     int B = tc.B, T = tc.T;
-    AdamWConfig opt = {tc.lr, 0.9f, 0.99f, 1e-8f, tc.weight_decay, tc.grad_clip};
 
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
-    std::vector<int> prompt = tokenize_prompt(&vocab, tc.prompt);
 
     GPTConfig config = {T, vocab.size, tc.L, tc.H, tc.C, tc.F ? tc.F : 2 * tc.C};
     if (tc.init_path) {  // the model file decides the shape
@@ -377,70 +341,11 @@ int main(int argc, char** argv) {
     gpt_allocate_activations(&model, B, T);
     cublasCheck(cublasSetMathMode(model.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    Rng train_rng, sample_rng;
-    rng_seed(&train_rng, tc.seed);
-    rng_seed(&sample_rng, tc.seed + 1);
-    int start_step = 0;
-    if (tc.out_dir && !tc.generate_only) make_dir_or_fail(tc.out_dir);
-    check_output_dir_fresh(&tc);
-    if (tc.resume)
-        start_step = resume_from_checkpoint(&tc, MODEL_GPT, model.config_slots, gpt_slot_names, model.params_memory,
-                                            model.m_memory, model.v_memory, &train_rng, &sample_rng);
-    if (tc.generate_only) {
-        gpt_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
-        gpt_free(&model);
-        return 0;
-    }
-
     printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME,
            config.num_layers, config.channels, config.num_heads, config.ffn, config.vocab_size, config.max_seq_len,
            model.num_parameters);
-    printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
-           B, T, tc.max_steps, opt.lr, tc.warmup, tc.final_frac, opt.weight_decay, opt.grad_clip, train.num_tokens, val.num_tokens);
-
-    Logger logger;
-    logger_open(&logger, tc.out_dir, start_step);
-    std::vector<int> inputs((long)B * T), targets((long)B * T);
-    double run_start = host_clock(), train_seconds = 0.0;
-    float last_val = NAN;
-    for (int step = start_step; step <= tc.max_steps; step++) {
-        bool last = step == tc.max_steps;
-        if ((tc.val_every > 0 && step % tc.val_every == 0) || last) {
-            last_val = gpt_validate(&model, &val, B, T, tc.val_batches);
-            printf("val loss %f\n", last_val);
-            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
-        }
-        if ((tc.sample_every > 0 && step > 0 && step % tc.sample_every == 0) || last) {
-            if (tc.gen_tokens > 0) gpt_sample(&model, &vocab, prompt, tc.gen_tokens, tc.temperature, tc.top_k, &sample_rng);
-        }
-        if (tc.out_dir && step > start_step && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last))
-            save_checkpoint(&tc, MODEL_GPT, model.config_slots, step, &train_rng, &sample_rng, model.params_memory,
-                            model.m_memory, model.v_memory, model.norm_buffer);
-        if (last) break;
-
-        NVTX_RANGE("step");
-        double t0 = host_clock();
-        token_data_train_batch(&train, &train_rng, B, T, inputs.data(), targets.data());
-        gpt_forward(&model, inputs.data(), targets.data(), B, T);
-        gpt_backward(&model, B, T);
-        float lr = learning_rate(opt.lr, step, tc.warmup, tc.max_steps, tc.final_frac);
-        float norm = gpt_update(&model, &opt, lr, step + 1);
-        cudaCheck(cudaDeviceSynchronize());
-        check_finite(&tc, step + 1, model.mean_loss, norm);
-        double seconds = host_clock() - t0;
-        train_seconds += seconds;
-        print_step(step + 1, start_step, tc.max_steps, model.mean_loss, lr, norm, seconds, B * T, "tok/s", train_seconds);
-        log_train(&logger, step + 1, model.mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
-    }
-    logger_close(&logger);
-    if (tc.out_dir) {
-        std::string path = std::string(tc.out_dir) + "/model.bin";
-        check_params_finite(&tc, tc.max_steps, model.params_memory, model.num_parameters, model.norm_buffer);
-        model_file_save(path.c_str(), MODEL_GPT, model.config_slots, model.params_memory);
-        printf("wrote %s\n", path.c_str());
-    }
-    printf("final val loss %f\n", last_val);
+    int status = lm_run(&model, &tc, MODEL_GPT, gpt_slot_names, &train, &val, &vocab);
     gpt_free(&model);
-    return 0;
+    return status;
 }
 #endif

@@ -16,6 +16,7 @@ model and main loop, so it still reads top to bottom.
 #include "adamw.cuh"
 #include "checkpoint.h"
 #include "dataloader.h"
+#include "logger.h"
 #include "utils.h"
 
 typedef struct {
@@ -312,4 +313,121 @@ static void save_checkpoint(const TrainConfig* c, int kind, const int* config_sl
     memcpy(s.config, config_slots, sizeof(s.config));
     checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
     checkpoint_prune(c->out_dir, 3);
+}
+
+// ----------------------------------------------------------------------------
+// The language models' validation, sampling and training loop. A model type
+// M provides the hooks
+//   void  lm_forward(M*, const int* inputs, const int* targets, int B, int T)  (targets may be null)
+//   void  lm_backward(M*, int B, int T)
+//   float lm_update(M*, const AdamWConfig*, float lr, int step)  -> gradient norm
+// and the fields config.vocab_size, seq_len, acts.logits, mean_loss,
+// params_memory, m_memory, v_memory, num_parameters, config_slots, norm_buffer.
+
+// mean loss over the first max_batches validation batches
+template <typename M> static float lm_validate(M* model, const TokenData* val, int B, int T, int max_batches) {
+    NVTX_RANGE("validate");
+    int n = token_data_num_val_batches(val, B, T);
+    if (max_batches > 0 && max_batches < n) n = max_batches;
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
+        lm_forward(model, inputs.data(), targets.data(), B, T);
+        sum += model->mean_loss;
+    }
+    return (float)(sum / n);
+}
+
+// prints the prompt, then `length` sampled tokens; the model sees the last
+// seq_len tokens at each step
+template <typename M> static void lm_sample(M* model, const Vocab* vocab, const std::vector<int>& prompt, int length,
+                                            float temperature, int top_k, Rng* rng) {
+    NVTX_RANGE("sample");
+    int V = model->config.vocab_size, maxT = model->seq_len;
+    std::vector<int> tokens = prompt;
+    std::vector<float> logits(V);
+    printf("---\n");
+    for (int t : tokens) printf("%s", vocab->text[t].c_str());
+    for (int i = 0; i < length; i++) {
+        int n = (int)tokens.size();
+        int T = n < maxT ? n : maxT;
+        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T);
+        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
+        int next = sample_token(logits.data(), V, temperature, top_k, rng);
+        tokens.push_back(next);
+        printf("%s", vocab->text[next].c_str());
+        fflush(stdout);
+    }
+    printf("\n---\n");
+}
+
+// After the model is built and initialized: resumes (-y), samples only (-G),
+// or trains: validation every -v steps, samples every -s, checkpoints every
+// -n (and at the end), a step line and a log line per step, the final model
+// in -o. Returns the exit status.
+template <typename M> static int lm_run(M* model, TrainConfig* tc, int kind, const char* const* slot_names,
+                                        const TokenData* train, const TokenData* val, const Vocab* vocab) {
+    int B = tc->B, T = tc->T;
+    AdamWConfig opt = {tc->lr, 0.9f, 0.99f, 1e-8f, tc->weight_decay, tc->grad_clip};
+    std::vector<int> prompt = tokenize_prompt(vocab, tc->prompt);
+    Rng train_rng, sample_rng;
+    rng_seed(&train_rng, tc->seed);
+    rng_seed(&sample_rng, tc->seed + 1);
+    int start_step = 0;
+    if (tc->out_dir && !tc->generate_only) make_dir_or_fail(tc->out_dir);
+    check_output_dir_fresh(tc);
+    if (tc->resume)
+        start_step = resume_from_checkpoint(tc, kind, model->config_slots, slot_names, model->params_memory,
+                                            model->m_memory, model->v_memory, &train_rng, &sample_rng);
+    if (tc->generate_only) {
+        lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        return 0;
+    }
+    printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
+           B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip, train->num_tokens,
+           val->num_tokens);
+
+    Logger logger;
+    logger_open(&logger, tc->out_dir, start_step);
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    double run_start = host_clock(), train_seconds = 0.0;
+    float last_val = NAN;
+    for (int step = start_step; step <= tc->max_steps; step++) {
+        bool last = step == tc->max_steps;
+        if ((tc->val_every > 0 && step % tc->val_every == 0) || last) {
+            last_val = lm_validate(model, val, B, T, tc->val_batches);
+            printf("val loss %f\n", last_val);
+            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
+        }
+        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0)
+            lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
+            save_checkpoint(tc, kind, model->config_slots, step, &train_rng, &sample_rng, model->params_memory,
+                            model->m_memory, model->v_memory, model->norm_buffer);
+        if (last) break;
+
+        NVTX_RANGE("step");
+        double t0 = host_clock();
+        token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
+        lm_forward(model, inputs.data(), targets.data(), B, T);
+        lm_backward(model, B, T);
+        float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
+        float norm = lm_update(model, &opt, lr, step + 1);
+        cudaCheck(cudaDeviceSynchronize());
+        check_finite(tc, step + 1, model->mean_loss, norm);
+        double seconds = host_clock() - t0;
+        train_seconds += seconds;
+        print_step(step + 1, start_step, tc->max_steps, model->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);
+        log_train(&logger, step + 1, model->mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
+    }
+    logger_close(&logger);
+    if (tc->out_dir) {
+        std::string path = std::string(tc->out_dir) + "/model.bin";
+        check_params_finite(tc, tc->max_steps, model->params_memory, model->num_parameters, model->norm_buffer);
+        model_file_save(path.c_str(), kind, model->config_slots, model->params_memory);
+        printf("wrote %s\n", path.c_str());
+    }
+    printf("final val loss %f\n", last_val);
+    return 0;
 }
