@@ -44,8 +44,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit
-TESTS = test_backend test_gpt test_mamba
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment
+TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -53,7 +53,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test sanitize cuda-check data clean
+.PHONY: all test sanitize cuda-check data cifar-synthetic cifar10 clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -66,6 +66,18 @@ data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
 data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
+data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model $* --out $@
+REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin
+
+# CIFAR-10: the synthetic CIFAR-format set (no download), or the official
+# files from CIFAR10_DIR (the binary or python version; downloaded when unset)
+cifar-synthetic: data/cifar10_synthetic_train.bin
+data/cifar10_synthetic_train.bin:
+	$(PYTHON) dev/data/cifar10.py --synthetic --out data
+cifar10:
+	$(PYTHON) dev/data/cifar10.py --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
 
 # tinyshakespeare tokens: from the local copy when there is one, else downloaded
 data: data/tinyshakespeare_train.bin
@@ -77,14 +89,14 @@ data/tinyshakespeare_train.bin:
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop
-TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh
-test: $(TESTS) train_gpt train_mamba data/ref_gpt.bin data/ref_mamba.bin
+TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
+test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
 SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                  -fno-omit-frame-pointer -fopenmp -x c++
-sanitize: data/ref_gpt.bin data/ref_mamba.bin
+sanitize: $(REF_STATES)
 	@mkdir -p build/sanitize
 	@set -e; for t in $(TESTS); do echo "g++ -fsanitize=address,undefined $$t.cu"; \
 	  $(HOST_CXX) $(SANITIZE_FLAGS) $$t.cu -o build/sanitize/$$t $(HOST_LIBS); done

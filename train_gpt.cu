@@ -60,7 +60,7 @@ typedef struct {
     float* headb;                  // (V)
 } ParameterTensors;
 
-static const char* const param_names[NUM_PARAMETER_TENSORS] = {
+[[maybe_unused]] static const char* const param_names[NUM_PARAMETER_TENSORS] = {
     "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
     "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "headw", "headb"};
 

@@ -62,7 +62,7 @@ typedef struct {
     float* head_b;           // (V)
 } ParameterTensors;
 
-static const char* const param_names[NUM_PARAMETER_TENSORS] = {
+[[maybe_unused]] static const char* const param_names[NUM_PARAMETER_TENSORS] = {
     "wte", "in_proj_w", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "dt_proj_b", "A_log",
     "D", "out_proj_w", "ln_w", "ln_b", "lnf_w", "lnf_b", "head_w", "head_b"};
 

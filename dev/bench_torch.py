@@ -13,6 +13,10 @@ Models:
            --selftest first compares that scan with the sequential one.
            The scan materializes (B,T,E,N) decays and states in every layer:
            about 6 GB peak on the CPU at B 16, T 256, C 256, L 5.
+    vit    dev/reference/vit.py's ViT on random 3x32x32 images (uses --patch,
+           -H, -F, --K, --dropout; --T is ignored: T = (32/patch)^2)
+    mamba_vit  dev/reference/vit.py's Mamba-ViT with mamba.py's parallel
+           scan (uses --patch, --N, --K, --dropout). Both report images/s.
 
 The last line printed is exactly:
     torch_ms_per_step <mean milliseconds over the timed steps>
@@ -21,6 +25,8 @@ Usage:
     python dev/bench_torch.py --model gpt --B 16 --T 256 --threads 8
     python dev/bench_torch.py --model gpt --device cuda --B 64
     python dev/bench_torch.py --model mamba --B 16 --T 256 --C 256 --L 5 --threads 2
+    python dev/bench_torch.py --model vit --B 128 --C 256 --L 6 --H 4 --F 512 --threads 2
+    python dev/bench_torch.py --model mamba_vit --B 128 --C 256 --L 6 --threads 2
 """
 
 import argparse
@@ -51,8 +57,30 @@ def build_mamba(args):
     return model, model.optim_groups(args.weight_decay)
 
 
+def build_vit(args):
+    from vit import ViT, ViTConfig
+    model = ViT(ViTConfig(patch=args.patch, K=args.K, L=args.L, H=args.H, C=args.C, F=args.F))
+    model.set_dropout(args.dropout)  # torch's own dropout in train mode
+    return model, model.optim_groups(args.weight_decay)
+
+
+def build_mamba_vit(args):
+    from vit import MambaViT, MambaViTConfig
+    model = MambaViT(MambaViTConfig(patch=args.patch, K=args.K, L=args.L, C=args.C, N=args.N), scan="parallel")
+    model.set_dropout(args.dropout)
+    return model, model.optim_groups(args.weight_decay)
+
+
+# models whose input is a batch of images (B, 3, 32, 32) and labels (B)
+VISION_MODELS = ("vit", "mamba_vit")
+
+
 def describe(args):
     """The model's config for the header line."""
+    if args.model in VISION_MODELS:
+        T = (32 // args.patch) ** 2
+        shape = f"H {args.H} F {args.F}" if args.model == "vit" else f"E {2 * args.C} N {args.N}"
+        return f"patch {args.patch} (T {T}) C {args.C} L {args.L} {shape} K {args.K} dropout {args.dropout}"
     if args.model == "mamba":
         from mamba import MambaConfig
         cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
@@ -62,7 +90,7 @@ def describe(args):
 
 def selftest(args):
     """Checks the benchmarked model's fast path against its plain version."""
-    if args.model == "mamba":
+    if args.model in ("mamba", "mamba_vit"):
         from mamba import check_scans
         ok, worst = check_scans()
         print(f"selftest: parallel vs sequential scan, worst float64 rel err {worst:.1e}: "
@@ -76,6 +104,8 @@ def selftest(args):
 MODELS = {
     "gpt": build_gpt,
     "mamba": build_mamba,
+    "vit": build_vit,
+    "mamba_vit": build_mamba_vit,
 }
 
 # -----------------------------------------------------------------------------
@@ -97,6 +127,9 @@ def main():
     parser.add_argument("--F", type=int, default=512, help="MLP hidden size")
     parser.add_argument("--V", type=int, default=65, help="vocab size")
     parser.add_argument("--N", type=int, default=16, help="state size per channel (mamba's d_state)")
+    parser.add_argument("--patch", type=int, default=4, help="patch size (vision models)")
+    parser.add_argument("--K", type=int, default=10, help="classes (vision models)")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout (vision models)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -126,9 +159,13 @@ def main():
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), eps=1e-8)
     nparams = sum(p.numel() for p in model.parameters())
 
-    # random tokens: timing does not depend on the data
-    x = torch.randint(0, args.V, (args.B, args.T), device=device)
-    y = torch.randint(0, args.V, (args.B, args.T), device=device)
+    # random tokens or images: timing does not depend on the data
+    if args.model in VISION_MODELS:
+        x = torch.rand(args.B, 3, 32, 32, device=device)
+        y = torch.randint(0, args.K, (args.B,), device=device)
+    else:
+        x = torch.randint(0, args.V, (args.B, args.T), device=device)
+        y = torch.randint(0, args.V, (args.B, args.T), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -138,7 +175,8 @@ def main():
         opt.step()
         return loss
 
-    print(f"model {args.model}: {nparams:,} params, B {args.B} T {args.T} {describe(args)}")
+    print(f"model {args.model}: {nparams:,} params, B {args.B}" + ("" if args.model in VISION_MODELS else f" T {args.T}")
+          + f" {describe(args)}")
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, float32")
 
     for _ in range(args.warmup):
@@ -154,7 +192,10 @@ def main():
         print(f"step {i + 1}/{args.steps}: loss {loss.item():.4f}, {times[-1]:.2f} ms")
 
     ms = sum(times) / len(times)
-    print(f"tokens/s {args.B * args.T / (ms / 1000.0):.0f}")
+    if args.model in VISION_MODELS:
+        print(f"images/s {args.B / (ms / 1000.0):.1f}")
+    else:
+        print(f"tokens/s {args.B * args.T / (ms / 1000.0):.0f}")
     print(f"torch_ms_per_step {ms:.3f}")
 
 

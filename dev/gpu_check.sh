@@ -13,9 +13,10 @@ mk() { make -s BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; 
 
 echo "=== build (sm_$CC) and tests on the GPU"
 mk clean
-mk test_backend test_gpt train_gpt test_mamba train_mamba dev/cuda/selective_scan || exit 1
-mk data/ref_gpt.bin data/ref_mamba.bin data || exit 1
-dev/run_tests.sh test_backend test_gpt test_mamba | grep -E "FAIL|passed"
+mk test_backend test_gpt train_gpt test_mamba train_mamba test_augment test_vit test_mamba_vit train_vit train_mamba_vit \
+   dev/cuda/selective_scan || exit 1
+mk data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data || exit 1
+dev/run_tests.sh test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit | grep -E "FAIL|passed"
 ./dev/cuda/selective_scan 64 256 512 16 | grep -E "forward|FAIL|passed"
 
 echo "=== seed configs: ours beside PyTorch on this GPU"
@@ -33,3 +34,6 @@ for r in "${rows[@]}"; do
   IFS='|' read -r name ours torch <<< "$r"
   awk -v n="$name" -v a="$ours" -v b="$torch" 'BEGIN { printf "%-28s %14.2f %14.2f %12.0f %12.0f\n", n, a, b, 64*256/(a/1000), 64*256/(b/1000) }'
 done
+
+echo "=== vision, seed config (B 128, C 256, L 6): images/s beside PyTorch on this GPU"
+STEPS=20 dev/bench_vision

@@ -14,7 +14,8 @@ vocab (20261102)
 model (20261103)
     header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit),
     header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
-    mamba: V, L, C, E, N, R, P); then P float32 parameters in the
+    mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
+    mamba_vit: patch, K, L, C, E, N, P); then P float32 parameters in the
     flat-buffer order.
 reference state (20261104)
     header[2] = model kind, header[3..9] = config as in the model file,
@@ -23,13 +24,20 @@ reference state (20261104)
     (0 float32, 1 int32), ndim int32 (1..4), shape int32[4] (unused dims 0),
     then prod(shape) elements of 4 bytes. File length is exactly
     1024 + the sum of the record sizes.
+images (20261106)
+    header[2] = N images, header[3] = channels Cc, header[4] = height H,
+    header[5] = width W, header[6] = number of classes K; then N records of
+    one uint8 label (< K) followed by Cc*H*W uint8 pixels in CHW order (the
+    CIFAR-10 binary record layout). File length is exactly
+    1024 + N * (1 + Cc*H*W).
 
 Readers validate everything they can (magic, version, counts, unused slots,
 sizes against the file length) and raise ValueError with one line that names
 the file and what is wrong.
 
 The flat parameter layout of each model also lives here (gpt_param_layout,
-mamba_param_layout), because the model file and the C++ trainers depend on it.
+mamba_param_layout, vit_param_layout, mamba_vit_param_layout), because the
+model file and the C++ trainers depend on it.
 """
 
 import math
@@ -46,6 +54,7 @@ MAGIC_TOKENS = 20261101
 MAGIC_VOCAB = 20261102
 MAGIC_MODEL = 20261103
 MAGIC_STATE = 20261104
+MAGIC_IMAGES = 20261106
 
 # model kinds (header[2] of model and reference state files)
 KIND_GPT = 1
@@ -62,6 +71,10 @@ CONFIG_FIELDS = {
     KIND_GPT: ("maxT", "V", "L", "H", "C", "F", "P"),
     # E = expanded width (2C), N = state size (16), R = dt rank (ceil(C/16))
     KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
+    # images are 3 x 32 x 32: patch = patch size (T = (32/patch)^2 tokens of
+    # 3*patch^2 values), K = classes; the Mamba-ViT's dt rank is ceil(C/16)
+    KIND_VIT: ("patch", "K", "L", "H", "C", "F", "P"),
+    KIND_MAMBA_VIT: ("patch", "K", "L", "C", "E", "N", "P"),
 }
 
 # reference state records
@@ -148,6 +161,72 @@ def mamba_num_params(V, L, C, E, N, R):
     return sum(math.prod(shape) for _, shape, _ in mamba_param_layout(V, L, C, E, N, R))
 
 
+# the image geometry of the vision models (CIFAR-10's), fixed: not in the config
+VISION_CHANNELS = 3
+VISION_SIZE = 32
+
+
+def vision_tokens(patch):
+    """(T, PD): number of patches per image and values per patch."""
+    return (VISION_SIZE // patch) ** 2, VISION_CHANNELS * patch * patch
+
+
+def vit_param_layout(patch, K, L, H, C, F):
+    """
+    The ViT's flat parameter buffer, in order: a list of (name, shape,
+    weight_decay). The blocks are the GPT's (stacked over L, same names);
+    before them the patch embedding LN(PD) -> Linear(PD, C) -> LN(C) and the
+    positions wpe (T, C); after them the final LayerNorm and the head
+    Linear(C, K). Weight decay applies to the positions and the Linear
+    weights only. H does not change the layout.
+    """
+    T, PD = vision_tokens(patch)
+    blocks = [entry for entry in gpt_param_layout(1, 1, L, C, F)
+              if entry[0] not in ("wte", "wpe", "lnfw", "lnfb", "headw", "headb")]
+    return ([("patch_lnw", (PD,), False),
+             ("patch_lnb", (PD,), False),
+             ("patch_w", (C, PD), True),
+             ("patch_b", (C,), False),
+             ("embed_lnw", (C,), False),
+             ("embed_lnb", (C,), False),
+             ("wpe", (T, C), True)]
+            + blocks
+            + [("lnfw", (C,), False),
+               ("lnfb", (C,), False),
+               ("headw", (K, C), True),
+               ("headb", (K,), False)])
+
+
+def vit_num_params(patch, K, L, H, C, F):
+    return sum(math.prod(shape) for _, shape, _ in vit_param_layout(patch, K, L, H, C, F))
+
+
+def mamba_vit_param_layout(patch, K, L, C, E, N):
+    """
+    The Mamba-ViT's flat parameter buffer, in order: the patch embedding
+    (as the ViT's, with underscores in the names), the Mamba LM's blocks
+    (stacked over L, same names; R = ceil(C/16)), the head Linear(C, K).
+    No positions and no final LayerNorm.
+    """
+    R = math.ceil(C / 16)
+    _, PD = vision_tokens(patch)
+    blocks = [entry for entry in mamba_param_layout(1, L, C, E, N, R)
+              if entry[0] not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
+    return ([("patch_ln_w", (PD,), False),
+             ("patch_ln_b", (PD,), False),
+             ("patch_w", (C, PD), True),
+             ("patch_b", (C,), False),
+             ("embed_ln_w", (C,), False),
+             ("embed_ln_b", (C,), False)]
+            + blocks
+            + [("head_w", (K, C), True),
+               ("head_b", (K,), False)])
+
+
+def mamba_vit_num_params(patch, K, L, C, E, N):
+    return sum(math.prod(shape) for _, shape, _ in mamba_vit_param_layout(patch, K, L, C, E, N))
+
+
 # -----------------------------------------------------------------------------
 # shared helpers
 
@@ -230,6 +309,17 @@ def _validate_config(path, kind, config):
         P = mamba_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["R"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the mamba layout's {P} parameters")
+    elif kind in (KIND_VIT, KIND_MAMBA_VIT):
+        if VISION_SIZE % config["patch"] != 0:
+            _fail(path, f"patch = {config['patch']} does not divide the image size {VISION_SIZE}")
+        if kind == KIND_VIT:
+            if config["C"] % config["H"] != 0:
+                _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
+            P = vit_num_params(config["patch"], config["K"], config["L"], config["H"], config["C"], config["F"])
+        else:
+            P = mamba_vit_num_params(config["patch"], config["K"], config["L"], config["C"], config["E"], config["N"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the {KIND_NAMES[kind]} layout's {P} parameters")
 
 
 def _read_config(path, header):
@@ -488,3 +578,54 @@ def read_checkpoint(path):
     arrays = np.frombuffer(data, dtype="<f4", offset=HEADER_BYTES, count=3 * P).reshape(3, P)
     return {"kind": kind, "config": config, "step": step, "B": B, "T": T,
             "params": arrays[0], "m": arrays[1], "v": arrays[2]}
+
+
+# -----------------------------------------------------------------------------
+# images (the CIFAR-10 binary record layout behind a header)
+
+
+def write_images(path, labels, pixels, num_classes):
+    """
+    Writes an images file. labels: N ints in [0, num_classes); pixels: uint8
+    array of shape (N, Cc, H, W) (CHW per image).
+    """
+    labels = np.asarray(labels)
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[0] == 0 or pixels.dtype != np.uint8:
+        raise ValueError(f"{path}: pixels must be a non-empty uint8 array of shape (N, C, H, W), got "
+                         f"{pixels.dtype} {pixels.shape}")
+    N, Cc, H, W = pixels.shape
+    if labels.shape != (N,):
+        raise ValueError(f"{path}: {labels.shape} labels for {N} images")
+    if not (1 <= num_classes <= 256):
+        raise ValueError(f"{path}: {num_classes} classes do not fit uint8 labels")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"{path}: labels must be in [0, {num_classes})")
+    header = _new_header(MAGIC_IMAGES)
+    header[2:7] = [N, Cc, H, W, num_classes]
+    records = np.empty((N, 1 + Cc * H * W), dtype=np.uint8)
+    records[:, 0] = labels
+    records[:, 1:] = pixels.reshape(N, -1)
+    _write_file(path, [header.tobytes(), records.tobytes()])
+
+
+def read_images(path):
+    """Returns (labels as uint8 (N,), pixels as uint8 (N, Cc, H, W), number of classes)."""
+    data, header = _read_file(path, MAGIC_IMAGES, "images")
+    N, Cc, H, W, K = (int(v) for v in header[2:7])
+    _check_positive(path, "number of images", N)
+    _check_positive(path, "channels", Cc, 1, 64)
+    _check_positive(path, "height", H, 1, 4096)
+    _check_positive(path, "width", W, 1, 4096)
+    _check_positive(path, "number of classes", K, 1, 256)
+    _check_unused_zero(path, header, 7)
+    record = 1 + Cc * H * W
+    expected = HEADER_BYTES + N * record
+    if len(data) != expected:
+        _fail(path, f"file is {len(data)} bytes, expected {expected} for {N} images of {Cc} x {H} x {W}")
+    records = np.frombuffer(data, dtype=np.uint8, offset=HEADER_BYTES).reshape(N, record)
+    labels = records[:, 0]
+    bad = np.nonzero(labels >= K)[0]
+    if len(bad) > 0:
+        _fail(path, f"image {int(bad[0])} has label {int(labels[bad[0]])}, but there are {K} classes")
+    return labels, records[:, 1:].reshape(N, Cc, H, W), K

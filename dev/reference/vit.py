@@ -1,0 +1,650 @@
+"""
+The vision models in PyTorch, and the writer of their reference states:
+a ViT and a Mamba-ViT on 3x32x32 images cut into patches (see DESIGN.md).
+
+Common input: images (B,3,32,32) -> patches 'b c (h p1) (w p2) -> b (h w)
+(c p1 p2)' (B,T,PD), T = (32/p)^2, PD = 3p^2 -> LN(PD) -> Linear(PD,C) ->
+LN(C). LayerNorm eps 1e-5; the loss is the mean cross-entropy over the batch.
+
+  ViT        input + learned positions wpe (T,C); L pre-norm encoder blocks
+             x = x + Dropout(attn(LN1(x))); x = x + Dropout(mlp(LN2(x)))
+             (the GPT's block of gpt.py, not causal: qkv Linear(C,3C) and
+             proj Linear(C,C) with bias, H heads, MLP C -> F -> C with GELU;
+             dropout on each residual branch, after the attention projection
+             and after the MLP); final LayerNorm; mean over the T tokens;
+             head Linear(C,K).
+  Mamba-ViT  input; L blocks x = Dropout(LN(x + Mamba(x))) (mamba.py's block,
+             post-norm, dropout after it as the seed's MambaBlock); mean over
+             the T tokens; head Linear(C,K). No positions, no final norm.
+
+Dropout comes in two kinds. With a key (set_dropout(p, seed, step)) the
+masks are the C++ trainers' counter-based hash of (seed, step, site,
+element index) (llmc/vision.cuh), so a reference state can hold a dropout
+forward/backward that the C++ test reproduces exactly; without one it is
+torch's own (the benchmark's). Sites: the ViT's layer l uses 2l (attention
+branch) and 2l+1 (MLP branch), the Mamba-ViT's layer l uses l.
+
+The reference states (read by test_vit.cu and test_mamba_vit.cu) hold the
+initial flat parameters, float images (as the trainers' uint8 -> float gives
+them, no augmentation) and labels, every layer's activations of the first
+forward pass without dropout, the loss, the flat gradient, one forward and
+backward with dropout 0.1 under a given seed and step (logits, loss,
+gradient), and the losses and final parameters of 10 AdamW steps without
+dropout, all computed in float64 and stored as float32.
+
+Usage:
+    python3 dev/reference/vit.py                        # writes data/ref_vit.bin and data/ref_mamba_vit.bin
+    python3 dev/reference/vit.py --model vit --out data/ref_vit.bin --check
+"""
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import formats  # noqa: E402
+import gpt  # noqa: E402
+import mamba  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# dropout masks: the counter-based hash of llmc/vision.cuh
+
+MASK64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def mix64_int(z):
+    """splitmix64's finalizer on a Python int (mod 2^64)."""
+    z &= MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def mix64_array(z):
+    """The same on a numpy uint64 array (arithmetic wraps mod 2^64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_key(seed, step, site):
+    return mix64_int(mix64_int(mix64_int(seed + GAMMA) + step + GAMMA) + site + GAMMA)
+
+
+def dropout_keep(key, n, p):
+    """Boolean keep mask of n elements (flat index order) under key for rate p (float32)."""
+    threshold = int(float(np.float32(p)) * 16777216.0)
+    idx = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = mix64_array(np.uint64(key) + idx * np.uint64(GAMMA)) >> np.uint64(40)
+    return h >= np.uint64(threshold)
+
+
+class Dropout:
+    """What the models call on a branch: identity, torch's dropout, or the hash masks."""
+
+    def __init__(self, p=0.0, seed=None, step=None):
+        self.p, self.seed, self.step = p, seed, step
+
+    def __call__(self, x, site, training):
+        if self.p <= 0.0 or not training:
+            return x
+        if self.seed is None:
+            return F.dropout(x, self.p, training=True)
+        keep = dropout_keep(dropout_key(self.seed, self.step, site), x.numel(), self.p)
+        keep = torch.from_numpy(keep).reshape(x.shape).to(x.device)
+        scale = float(np.float32(1.0) / (np.float32(1.0) - np.float32(self.p)))  # as the C++ float
+        return torch.where(keep, x * scale, torch.zeros_like(x))
+
+
+# -----------------------------------------------------------------------------
+# the models
+
+
+def patchify(images, p):
+    """(B,Cc,H,W) -> (B,T,Cc*p*p): einops 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'."""
+    B, Cc, H, W = images.shape
+    x = images.reshape(B, Cc, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), Cc * p * p)
+
+
+@dataclass
+class ViTConfig:
+    patch: int = 4
+    K: int = 10  # classes
+    L: int = 2
+    H: int = 4
+    C: int = 32
+    F: int = 64
+
+
+@dataclass
+class MambaViTConfig:
+    patch: int = 4
+    K: int = 10
+    L: int = 2
+    C: int = 32
+    N: int = 16
+    E: int = 0  # 0: 2C
+
+    def __post_init__(self):
+        if self.E == 0:
+            self.E = 2 * self.C
+
+
+class PatchEmbed(nn.Module):
+    """patches -> LN(PD) -> Linear(PD, C) -> LN(C)."""
+
+    def __init__(self, patch, C):
+        super().__init__()
+        self.patch = patch
+        _, PD = formats.vision_tokens(patch)
+        self.ln0 = nn.LayerNorm(PD, eps=1e-5)
+        self.proj = nn.Linear(PD, C)
+        self.ln1 = nn.LayerNorm(C, eps=1e-5)
+
+    def forward(self, images, save):
+        x = patchify(images, self.patch)
+        save("patches", x)
+        x = self.ln0(x)
+        save("patch_ln", x)
+        x = self.proj(x)
+        save("embed", x)
+        x = self.ln1(x)
+        save("embed_ln", x)
+        return x
+
+
+class FlatModel(nn.Module):
+    """The flat parameter buffer of the C++ trainers: layout from formats.py, tensors from flat_tensors()."""
+
+    def _checked_pairs(self):
+        layout = self.flat_layout()
+        tensors = self.flat_tensors()
+        assert [n for n, _, _ in layout] == [n for n, _ in tensors], ([n for n, _, _ in layout], [n for n, _ in tensors])
+        for (name, shape, _), (_, ps) in zip(layout, tensors):
+            numel = sum(p.numel() for p in ps)
+            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
+        assert sum(len(ps) for _, ps in tensors) == len(list(self.parameters()))
+        return list(zip(layout, tensors))
+
+    def _flat_params_in_order(self):
+        return [p for _, (_, ps) in self._checked_pairs() for p in ps]
+
+    def get_flat(self):
+        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
+
+    def get_flat_grads(self):
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self._flat_params_in_order()])
+
+    @torch.no_grad()
+    def set_flat(self, flat):
+        ps = self._flat_params_in_order()
+        assert flat.numel() == sum(p.numel() for p in ps)
+        off = 0
+        for p in ps:
+            p.copy_(flat[off:off + p.numel()].view_as(p))
+            off += p.numel()
+
+    def optim_groups(self, weight_decay):
+        """AdamW groups: decay exactly for the tensors the flat layout marks."""
+        decay, no_decay = [], []
+        for (_, _, wd), (_, ps) in self._checked_pairs():
+            (decay if wd else no_decay).extend(ps)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def _loss(self, logits, targets):
+        loss = F.cross_entropy(logits, targets) if targets is not None else None
+        return loss
+
+
+def _saver(acts, prefix):
+    def save(name, t):
+        if acts is not None:
+            acts[prefix + name] = t.detach().clone()
+    return save
+
+
+class ViTBlock(nn.Module):
+    """gpt.py's pre-norm block, not causal, with dropout on both residual branches."""
+
+    def __init__(self, cfg, T):
+        super().__init__()
+        gcfg = gpt.GPTConfig(maxT=T, V=1, L=1, H=cfg.H, C=cfg.C, F=cfg.F)
+        self.ln1 = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.attn = gpt.CausalSelfAttention(gcfg)
+        self.attn.mask.fill_(True)  # every key visible: not causal
+        self.ln2 = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.mlp = gpt.MLP(gcfg)
+
+    def forward(self, x, save, drop, layer):
+        h = self.ln1(x)
+        save("ln1", h)
+        x = x + drop(self.attn(h, save), 2 * layer, self.training)
+        save("res2", x)
+        h = self.ln2(x)
+        save("ln2", h)
+        x = x + drop(self.mlp(h, save), 2 * layer + 1, self.training)
+        save("res3", x)
+        return x
+
+
+class ViT(FlatModel):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        T, _ = formats.vision_tokens(cfg.patch)
+        self.embed = PatchEmbed(cfg.patch, cfg.C)
+        self.wpe = nn.Parameter(torch.zeros(T, cfg.C))
+        self.blocks = nn.ModuleList([ViTBlock(cfg, T) for _ in range(cfg.L)])
+        self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
+        self.head = nn.Linear(cfg.C, cfg.K)
+        nn.init.normal_(self.wpe, std=0.02)
+        self.drop = Dropout()
+
+    def set_dropout(self, p, seed=None, step=None):
+        self.drop = Dropout(p, seed, step)
+
+    def forward(self, images, targets=None, acts=None):
+        """
+        images (B,3,32,32) float, targets (B,) int64. Returns (logits (B,K),
+        loss or None); intermediates go into acts (if a dict) under the
+        reference state's names.
+        """
+        save = _saver(acts, "")
+        x = self.embed(images, save) + self.wpe
+        save("encoded", x)
+        for l, block in enumerate(self.blocks):
+            x = block(x, _saver(acts, f"h{l}."), self.drop, l)
+        x = self.lnf(x)
+        save("lnf", x)
+        pooled = x.mean(1)
+        save("pooled", pooled)
+        logits = self.head(pooled)
+        save("logits", logits)
+        return logits, self._loss(logits, targets)
+
+    def flat_layout(self):
+        c = self.cfg
+        return formats.vit_param_layout(c.patch, c.K, c.L, c.H, c.C, c.F)
+
+    def flat_tensors(self):
+        bs = self.blocks
+        e = self.embed
+        return [
+            ("patch_lnw", [e.ln0.weight]), ("patch_lnb", [e.ln0.bias]),
+            ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
+            ("embed_lnw", [e.ln1.weight]), ("embed_lnb", [e.ln1.bias]),
+            ("wpe", [self.wpe]),
+            ("ln1w", [b.ln1.weight for b in bs]), ("ln1b", [b.ln1.bias for b in bs]),
+            ("qkvw", [b.attn.qkv.weight for b in bs]), ("qkvb", [b.attn.qkv.bias for b in bs]),
+            ("attprojw", [b.attn.proj.weight for b in bs]), ("attprojb", [b.attn.proj.bias for b in bs]),
+            ("ln2w", [b.ln2.weight for b in bs]), ("ln2b", [b.ln2.bias for b in bs]),
+            ("fcw", [b.mlp.fc.weight for b in bs]), ("fcb", [b.mlp.fc.bias for b in bs]),
+            ("fcprojw", [b.mlp.fcproj.weight for b in bs]), ("fcprojb", [b.mlp.fcproj.bias for b in bs]),
+            ("lnfw", [self.lnf.weight]), ("lnfb", [self.lnf.bias]),
+            ("headw", [self.head.weight]), ("headb", [self.head.bias]),
+        ]
+
+
+class MambaViT(FlatModel):
+
+    def __init__(self, cfg, scan="sequential"):
+        super().__init__()
+        self.cfg = cfg
+        mcfg = mamba.MambaConfig(V=1, L=1, C=cfg.C, N=cfg.N, E=cfg.E)
+        self.embed = PatchEmbed(cfg.patch, cfg.C)
+        self.blocks = nn.ModuleList([mamba.Block(mcfg, scan) for _ in range(cfg.L)])
+        self.head = nn.Linear(cfg.C, cfg.K)
+        self.drop = Dropout()
+
+    def set_dropout(self, p, seed=None, step=None):
+        self.drop = Dropout(p, seed, step)
+
+    def forward(self, images, targets=None, acts=None):
+        save = _saver(acts, "")
+        x = self.embed(images, save)
+        for l, block in enumerate(self.blocks):
+            x = self.drop(block(x, _saver(acts, f"m{l}.")), l, self.training)
+        pooled = x.mean(1)
+        save("pooled", pooled)
+        logits = self.head(pooled)
+        save("logits", logits)
+        return logits, self._loss(logits, targets)
+
+    def flat_layout(self):
+        c = self.cfg
+        return formats.mamba_vit_param_layout(c.patch, c.K, c.L, c.C, c.E, c.N)
+
+    def flat_tensors(self):
+        e = self.embed
+        ms = [b.mixer for b in self.blocks]
+        return [
+            ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
+            ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
+            ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
+            ("in_proj_w", [m.in_proj.weight for m in ms]),
+            ("conv_w", [m.conv_w for m in ms]),
+            ("conv_b", [m.conv_b for m in ms]),
+            ("x_proj_w", [m.x_proj.weight for m in ms]),
+            ("dt_proj_w", [m.dt_proj.weight for m in ms]),
+            ("dt_proj_b", [m.dt_proj.bias for m in ms]),
+            ("A_log", [m.A_log for m in ms]),
+            ("D", [m.D for m in ms]),
+            ("out_proj_w", [m.out_proj.weight for m in ms]),
+            ("ln_w", [b.ln.weight for b in self.blocks]),
+            ("ln_b", [b.ln.bias for b in self.blocks]),
+            ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
+        ]
+
+
+# -----------------------------------------------------------------------------
+# reference states
+
+VIT_ACTS = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
+MAMBA_ACTS = mamba.ACT_NAMES  # xz, conv, u, x_dbl, dt, scan, gated, out, res, ln
+LN_WEIGHTS = ("patch_lnw", "embed_lnw", "ln1w", "ln2w", "lnfw", "patch_ln_w", "embed_ln_w", "ln_w")
+
+
+def reference_init(layout, R, generator):
+    """
+    Flat float32 parameters drawn tensor by tensor in layout order, so that
+    every gradient is exercised and activations are not tiny: N(0, 0.1)
+    everywhere, plus 1 for the LayerNorm weights; the Mamba blocks' tensors
+    as mamba.py's reference_init (conv_w N(0, 0.3), dt_proj as mamba_ssm,
+    A_log log(n+1) + N(0, 0.1), D 1 + N(0, 0.1)).
+    """
+    parts = []
+    for name, shape, _ in layout:
+        if name == "conv_w":
+            t = torch.randn(shape, generator=generator) * 0.3
+        elif name == "dt_proj_w":
+            t = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * R ** -0.5
+        elif name == "dt_proj_b":
+            t = torch.stack([mamba.dt_init_bias(shape[1], generator=generator) for _ in range(shape[0])])
+        elif name == "A_log":
+            L, E, N = shape
+            t = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(L, E, 1) \
+                + torch.randn(shape, generator=generator) * 0.1
+        elif name == "D" or name in LN_WEIGHTS:
+            t = torch.randn(shape, generator=generator) * 0.1 + 1.0
+        else:
+            t = torch.randn(shape, generator=generator) * 0.1
+        assert tuple(t.shape) == tuple(shape), (name, t.shape, shape)
+        parts.append(t.float().reshape(-1))
+    return torch.cat(parts)
+
+
+def build(kind, config, scan="sequential"):
+    if kind == formats.KIND_VIT:
+        c = ViTConfig(patch=config["patch"], K=config["K"], L=config["L"], H=config["H"], C=config["C"], F=config["F"])
+        return ViT(c), c
+    c = MambaViTConfig(patch=config["patch"], K=config["K"], L=config["L"], C=config["C"], N=config["N"], E=config["E"])
+    return MambaViT(c, scan), c
+
+
+def config_dict(kind, cfg, P):
+    if kind == formats.KIND_VIT:
+        return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P)
+    return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, P=P)
+
+
+def act_names(kind, L):
+    """The activations a state holds, in order."""
+    names = ["patches", "patch_ln", "embed", "embed_ln"]
+    if kind == formats.KIND_VIT:
+        names.append("encoded")
+        names += [f"h{l}.{n}" for l in range(L) for n in VIT_ACTS]
+        names.append("lnf")
+    else:
+        names += [f"m{l}.{n}" for l in range(L) for n in MAMBA_ACTS]
+    return names + ["pooled", "logits"]
+
+
+def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
+    """Computes the reference in float64 and writes the state file."""
+    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
+    drop_p, drop_seed, drop_step = dropout
+    torch.manual_seed(seed)
+    gen = torch.default_generator
+    model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg)).double()
+    R = math.ceil(cfg.C / 16)
+    params32 = reference_init(model.flat_layout(), R, gen)
+    pixels = torch.randint(0, 256, (B, 3, 32, 32), generator=gen, dtype=torch.int32)
+    images32 = (pixels.float() * np.float32(1.0 / 255.0))  # as the trainers' uint8 -> float
+    labels = torch.randint(0, cfg.K, (B,), generator=gen)
+    images = images32.double()
+    P = params32.numel()
+
+    # first forward/backward at the initial parameters, no dropout, capturing activations
+    model.set_flat(params32.double())
+    model.train()
+    acts = {}
+    _, loss = model(images, labels, acts=acts)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = model.get_flat_grads().clone()
+
+    # one forward/backward with the hash dropout of a training step
+    model.set_dropout(drop_p, drop_seed, drop_step)
+    model.zero_grad(set_to_none=True)
+    drop_logits, drop_loss = model(images, labels)
+    drop_loss.backward()
+    drop_grads = model.get_flat_grads().clone()
+    model.set_dropout(0.0)
+
+    # a few AdamW steps on the same batch, with global grad-norm clipping, no dropout
+    model.set_flat(params32.double())
+    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2), eps=eps, foreach=False)
+    step_losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        _, l = model(images, labels)
+        step_losses.append(l.item())
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+    step_params = model.get_flat()
+    assert step_losses[0] == loss.item()
+
+    def f32(t):
+        return t.detach().float().numpy()
+
+    tensors = [("params", params32.numpy()), ("images", images32.numpy()), ("labels", labels.int().numpy())]
+    tensors += [(name, f32(acts[name])) for name in act_names(kind, cfg.L)]
+    tensors += [
+        ("loss", np.array([loss.item()], dtype=np.float32)),
+        ("grads", f32(grads)),
+        ("dropout", np.array([drop_seed, drop_step], dtype=np.int32)),
+        ("dropout_p", np.array([drop_p], dtype=np.float32)),
+        ("drop_logits", f32(drop_logits)),
+        ("drop_loss", np.array([drop_loss.item()], dtype=np.float32)),
+        ("drop_grads", f32(drop_grads)),
+        ("adamw", np.array(adamw, dtype=np.float32)),
+        ("step_losses", np.array(step_losses, dtype=np.float32)),
+        ("step_params", f32(step_params)),
+    ]
+    T, _ = formats.vision_tokens(cfg.patch)
+    formats.write_state(path, kind, config_dict(kind, cfg, P), B, T, tensors)
+    print(f"wrote {path}: {formats.KIND_NAMES[kind]} P {P}, loss {loss.item():.6f}, with dropout "
+          f"{drop_loss.item():.6f}, grad norm {grads.norm().item():.4f}, step losses {step_losses[0]:.6f} -> "
+          f"{step_losses[-1]:.6f} ({steps} steps)")
+
+
+# -----------------------------------------------------------------------------
+# self-checks of a written state (--check)
+
+
+def _unflatten(flat, layout):
+    p, off = {}, 0
+    for name, shape, _ in layout:
+        n = math.prod(shape)
+        p[name] = flat[off:off + n].view(shape)
+        off += n
+    return p
+
+
+def _independent_vit_logits(state):
+    """
+    Logits from the stored params with explicit loops for the patches and
+    PyTorch's own pre-norm TransformerEncoderLayer (no mask) for the blocks:
+    shares no code with ViT above.
+    """
+    c = state.config
+    flat = torch.from_numpy(state["params"].astype(np.float64))
+    p = _unflatten(flat, formats.vit_param_layout(c["patch"], c["K"], c["L"], c["H"], c["C"], c["F"]))
+    images = torch.from_numpy(state["images"].astype(np.float64))
+    B, P = images.shape[0], c["patch"]
+    g = 32 // P
+    x = torch.empty(B, g * g, 3 * P * P, dtype=torch.float64)
+    for hy in range(g):
+        for wx in range(g):
+            x[:, hy * g + wx] = images[:, :, hy * P:(hy + 1) * P, wx * P:(wx + 1) * P].reshape(B, -1)
+    x = F.layer_norm(x, (x.shape[-1],), p["patch_lnw"], p["patch_lnb"], 1e-5)
+    x = F.layer_norm(x @ p["patch_w"].T + p["patch_b"], (c["C"],), p["embed_lnw"], p["embed_lnb"], 1e-5) + p["wpe"]
+    for l in range(c["L"]):
+        layer = nn.TransformerEncoderLayer(c["C"], c["H"], dim_feedforward=c["F"], dropout=0.0, activation="gelu",
+                                           layer_norm_eps=1e-5, batch_first=True, norm_first=True).double()
+        pairs = [(layer.norm1.weight, "ln1w"), (layer.norm1.bias, "ln1b"),
+                 (layer.self_attn.in_proj_weight, "qkvw"), (layer.self_attn.in_proj_bias, "qkvb"),
+                 (layer.self_attn.out_proj.weight, "attprojw"), (layer.self_attn.out_proj.bias, "attprojb"),
+                 (layer.norm2.weight, "ln2w"), (layer.norm2.bias, "ln2b"),
+                 (layer.linear1.weight, "fcw"), (layer.linear1.bias, "fcb"),
+                 (layer.linear2.weight, "fcprojw"), (layer.linear2.bias, "fcprojb")]
+        with torch.no_grad():
+            for t, name in pairs:
+                t.copy_(p[name][l])
+        layer.train()  # dropout is 0; train mode avoids the inference fast path
+        x = layer(x)
+    x = F.layer_norm(x, (c["C"],), p["lnfw"], p["lnfb"], 1e-5)
+    return (x.mean(1) @ p["headw"].T + p["headb"]).detach()
+
+
+def check_state(path, fd_per_tensor=3, h=1e-4):
+    """
+    Reads a state back and checks it: names; (ViT) logits against an
+    independent implementation, (Mamba-ViT) the model with the parallel scan;
+    gradient entries with and without dropout against central differences;
+    the dropout masks' rate.
+    """
+    state = formats.read_state(path)
+    kind, c = state.kind, state.config
+    model, cfg = build(kind, c)
+    model = model.double()
+    expected = (["params", "images", "labels"] + act_names(kind, cfg.L)
+                + ["loss", "grads", "dropout", "dropout_p", "drop_logits", "drop_loss", "drop_grads", "adamw",
+                   "step_losses", "step_params"])
+    ok = list(state.tensors) == expected
+    print(f"check: read back {path}: kind {formats.KIND_NAMES[kind]}, config {c}, B {state.B} T {state.T}, "
+          f"{len(state.tensors)} tensors" + ("" if ok else " (UNEXPECTED NAMES)"))
+    flat0 = torch.from_numpy(state["params"].astype(np.float64))
+    images = torch.from_numpy(state["images"].astype(np.float64))
+    labels = torch.from_numpy(state["labels"].astype(np.int64))
+    ref_logits = torch.from_numpy(state["logits"].astype(np.float64))
+
+    if kind == formats.KIND_VIT:
+        err = (_independent_vit_logits(state) - ref_logits).abs().max().item()
+        print(f"check: logits vs explicit patches + TransformerEncoderLayer: max abs err {err:.3e}")
+    else:
+        pmodel, _ = build(kind, c, scan="parallel")
+        pmodel = pmodel.double()
+        pmodel.set_flat(flat0)
+        with torch.no_grad():
+            err = (pmodel(images)[0] - ref_logits).abs().max().item()
+        print(f"check: logits with the parallel scan: max abs err {err:.3e}")
+    ok = ok and err < 1e-5
+
+    # the hash masks drop at the rate asked for, and differently per site and step
+    keep = dropout_keep(dropout_key(1, 2, 3), 100000, 0.1)
+    other = dropout_keep(dropout_key(1, 3, 3), 100000, 0.1)
+    rate = 1.0 - keep.mean()
+    print(f"check: hash dropout p 0.1 drops {rate:.4f} of 100000, agreement with the next step's mask "
+          f"{(keep == other).mean():.3f}")
+    ok = ok and abs(rate - 0.1) < 0.005 and (keep != other).any()
+
+    # gradient entries against central differences, without and with dropout
+    gen = torch.Generator().manual_seed(0)
+    drop_seed, drop_step = (int(v) for v in state["dropout"])
+    for label, gname, dropout in (("", "grads", 0.0), ("dropout ", "drop_grads", float(state["dropout_p"][0]))):
+        model.set_dropout(dropout, drop_seed, drop_step)
+        model.train()
+        grads = state[gname]
+        worst, off = 0.0, 0
+        for name, shape, _ in model.flat_layout():
+            n = math.prod(shape)
+            for i in torch.randint(0, n, (fd_per_tensor,), generator=gen).tolist():
+                j = off + i
+                losses = []
+                for sign in (1.0, -1.0):
+                    flat = flat0.clone()
+                    flat[j] += sign * h
+                    model.set_flat(flat)
+                    with torch.no_grad():
+                        losses.append(model(images, labels)[1].item())
+                fd = (losses[0] - losses[1]) / (2 * h)
+                rel = abs(fd - grads[j]) / max(abs(fd), abs(grads[j]), 1e-6)
+                worst = max(worst, rel)
+                if rel > 1e-5:
+                    print(f"check: {label}{name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
+                    ok = False
+            off += n
+        print(f"check: {label}{fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
+    print("check: " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+# -----------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="both", choices=["vit", "mamba_vit", "both"])
+    parser.add_argument("--out", default=None,
+                        help="state file (default data/ref_vit.bin, data/ref_mamba_vit.bin; not with --model both)")
+    parser.add_argument("--B", type=int, default=3)
+    parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--K", type=int, default=10)
+    parser.add_argument("--L", type=int, default=2)
+    parser.add_argument("--C", type=int, default=32)
+    parser.add_argument("--H", type=int, default=4)
+    parser.add_argument("--F", type=int, default=64)
+    parser.add_argument("--N", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--check", action="store_true", help="read the state back and verify it")
+    args = parser.parse_args()
+    if args.model == "both" and args.out:
+        parser.error("--out needs --model vit or mamba_vit")
+    if args.C % args.H != 0 or 32 % args.patch != 0:
+        parser.error("C must be divisible by H and the patch size must divide 32")
+    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
+    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
+    dropout = (0.1, 4242, 17)  # p, seed, step
+    ok = True
+    for name in (["vit", "mamba_vit"] if args.model == "both" else [args.model]):
+        path = args.out or f"data/ref_{name}.bin"
+        if name == "vit":
+            kind, cfg = formats.KIND_VIT, ViTConfig(args.patch, args.K, args.L, args.H, args.C, args.F)
+        else:
+            kind, cfg = formats.KIND_MAMBA_VIT, MambaViTConfig(args.patch, args.K, args.L, args.C, args.N)
+        write_reference(path, kind, cfg, args.B, args.seed, args.steps, adamw, dropout)
+        if args.check:
+            ok = check_state(path) and ok
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

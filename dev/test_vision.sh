@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The vision trainers' data and files, end to end (host backend):
+#  - dev/data/cifar10.py --selftest: the official-file readers on fabricated
+#    binary, python and archived batches, bad batches refused, the synthetic set
+#  - bad input to train_vit and train_mamba_vit: each case must end with one
+#    line on stderr that starts "error:" and names the file or flag at fault, a
+#    non-zero exit that is not a crash, and no change to the output directories
+#  - resume: a run restarted from its step-4 checkpoint (augmentation and
+#    dropout on) prints the same step lines as the uninterrupted run and ends
+#    with the same model file, byte for byte
+# Needs train_vit and train_mamba_vit built. Ends with "N passed, M failed".
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/usr/bin/python3}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+pass=0; fail=0
+
+out=$($PYTHON dev/data/cifar10.py --selftest 2>&1); rc=$?
+echo "$out" | grep -E '^(ok|FAIL) '
+last=$(echo "$out" | tail -n 1)
+if [[ "$last" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]] && [ $rc -eq 0 ]; then
+  pass=$((pass + BASH_REMATCH[1])); fail=$((fail + BASH_REMATCH[2]))
+else
+  echo "FAIL cifar10.py --selftest ended with '$last' (exit $rc)"; fail=$((fail + 1))
+fi
+
+# small data: 200 train and 50 test images, and broken variants
+$PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null || { echo "FAIL cannot write test data"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+$PYTHON - "$W" <<'EOF' || { echo "FAIL cannot write test data"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+import sys
+sys.path.insert(0, "dev/reference")
+sys.dont_write_bytecode = True
+import numpy as np
+import formats
+w = sys.argv[1]
+labels, pixels, k = formats.read_images(f"{w}/s_train.bin")
+formats.write_images(f"{w}/gray.bin", labels, pixels[:, :1].copy(), k)
+formats.write_images(f"{w}/small.bin", labels, pixels[:, :, :28, :28].copy(), k)
+formats.write_images(f"{w}/classes5.bin", labels % 5, pixels, 5)
+formats.write_images(f"{w}/tiny.bin", labels[:4], pixels[:4], k)
+data = bytearray(open(f"{w}/s_train.bin", "rb").read())
+open(f"{w}/truncated.bin", "wb").write(data[:5000])
+bad = bytearray(data); bad[0:4] = (12345).to_bytes(4, "little"); open(f"{w}/badmagic.bin", "wb").write(bad)
+bad = bytearray(data); bad[1024 + 3073 * 7] = 10; open(f"{w}/badlabel.bin", "wb").write(bad)
+formats.write_tokens(f"{w}/tokens.bin", np.arange(5000) % 65, 65)
+open(f"{w}/empty.bin", "wb").close()
+EOF
+
+D="-i $W/s_train.bin -j $W/s_test.bin"
+small="-b 8 -B 16 -v 0 -s 0"
+vit="-L 1 -C 16 -H 2"
+mvit="-L 1 -C 16"
+./train_vit $D $small $vit -x 2 -o "$W/vit" >/dev/null 2>&1 || echo "setup: train_vit failed"
+./train_mamba_vit $D $small $mvit -x 2 -o "$W/mvit" >/dev/null 2>&1 || echo "setup: train_mamba_vit failed"
+mkdir -p "$W/trunc_ckpt" && head -c 5000 "$W/vit/ckpt_00000002.bin" > "$W/trunc_ckpt/ckpt_00000002.bin"
+
+# expect NAME WANT CMD...: fails with one "error:" line containing WANT; -o dirs untouched
+expect() {
+  local name=$1 want=$2; shift 2
+  local before after
+  before=$(cd "$W" && find vit mvit trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
+  "$@" >"$W/out" 2>"$W/err"; local rc=$?
+  after=$(cd "$W" && find vit mvit trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
+  local lines; lines=$(wc -l < "$W/err")
+  local msg; msg=$(head -n 1 "$W/err")
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && [[ "$msg" == error:* ]] && [[ "$msg" == *"$want"* ]] && [ "$before" == "$after" ]; then
+    echo "ok   $name: exit $rc: $msg"; pass=$((pass + 1))
+  else
+    echo "FAIL $name: exit $rc, $lines stderr lines, first: '$msg' (wanted it to name '$want'; outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no))"
+    fail=$((fail + 1))
+  fi
+}
+
+for T in train_vit train_mamba_vit; do
+  S=$([ $T == train_vit ] && echo "$vit" || echo "$mvit")
+  expect "$T missing train images" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/s_test.bin $small $S
+  expect "$T empty test images" "$W/empty.bin" ./$T -i $W/s_train.bin -j "$W/empty.bin" $small $S
+  expect "$T truncated images" "$W/truncated.bin" ./$T -i "$W/truncated.bin" -j $W/s_test.bin $small $S
+  expect "$T wrong magic" "$W/badmagic.bin" ./$T -i "$W/badmagic.bin" -j $W/s_test.bin $small $S
+  expect "$T label out of range" "$W/badlabel.bin" ./$T -i "$W/badlabel.bin" -j $W/s_test.bin $small $S
+  expect "$T tokens file as images" "$W/tokens.bin" ./$T -i "$W/tokens.bin" -j $W/s_test.bin $small $S
+  expect "$T one-channel images" "$W/gray.bin" ./$T -i "$W/gray.bin" -j $W/s_test.bin $small $S
+  expect "$T 28x28 images" "$W/small.bin" ./$T -i $W/s_train.bin -j "$W/small.bin" $small $S
+  expect "$T train and test classes differ" "$W/classes5.bin" ./$T -i $W/s_train.bin -j "$W/classes5.bin" $small $S
+  expect "$T batch larger than the train set" "-b" ./$T -i "$W/tiny.bin" -j $W/s_test.bin $small $S
+  expect "$T unknown flag" "-t" ./$T $D $small $S -t 64
+  expect "$T missing value" "-E" ./$T $D $small $S -E
+  expect "$T zero batch" "-b" ./$T $D $small $S -b 0
+  expect "$T patch size not dividing 32" "-P" ./$T $D $small $S -P 5
+  expect "$T dropout out of range" "-D" ./$T $D $small $S -D 1.5
+  expect "$T negative epochs" "-E" ./$T $D $small $S -E -1
+  expect "$T not a number" "-R" ./$T $D $small $S -R wide
+  expect "$T resume without -o" "-o" ./$T $D $small $S -y 1
+  expect "$T resume from an empty directory" "-y" ./$T $D $small $S -o "$W/emptydir_$T" -y 1
+done
+expect "train_mamba_vit has no heads" "-H" ./train_mamba_vit $D $small $mvit -H 2
+expect "ViT channels not divisible by heads" "-C" ./train_vit $D $small -L 1 -C 18 -H 4
+expect "fresh run into a directory with checkpoints" "-o" ./train_vit $D $small $vit -x 2 -o "$W/vit"
+expect "truncated checkpoint" "ckpt_00000002.bin" ./train_vit $D $small $vit -o "$W/trunc_ckpt" -y 1
+expect "vit checkpoint into train_mamba_vit" "ckpt_00000002.bin" ./train_mamba_vit $D $small $mvit -o "$W/vit" -y 1
+expect "vit checkpoint of another width" "channels" ./train_vit $D $small -L 1 -C 32 -H 2 -o "$W/vit" -y 1
+expect "checkpoint of another batch size" "-b" ./train_vit $D -b 4 -B 16 -v 0 -s 0 $vit -o "$W/vit" -y 1
+expect "mamba_vit model into train_vit" "$W/mvit/model.bin" ./train_vit $D $small -e "$W/mvit/model.bin"
+expect "model for 10 classes on 5-class data" "$W/vit/model.bin" ./train_vit -i "$W/classes5.bin" -j "$W/classes5.bin" $small -e "$W/vit/model.bin"
+expect "batch that does not fit in memory" "-b" ./train_vit $D -b 200 -B 200 -v 0 -s 0 -L 64 -C 512 -H 2
+expect "model that does not fit in memory" "-L" ./train_mamba_vit $D $small -L 70 -C 2048
+expect "model past 2^31 parameters" "-L" ./train_mamba_vit $D $small -L 1000 -C 2048
+
+# resume from a checkpoint: the same steps and the same model file as the uninterrupted run
+for m in vit mamba_vit; do
+  S=$([ $m == vit ] && echo "$vit" || echo "$mvit")
+  args="$D -b 8 -B 16 -x 12 -n 4 -v 1 -s 1 $S"
+  ./train_$m $args -o "$W/full_$m" | grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//' > "$W/full_$m.txt"
+  mkdir -p "$W/cut_$m" && cp "$W/full_$m/ckpt_00000004.bin" "$W/cut_$m/"
+  ./train_$m $args -o "$W/cut_$m" -y 1 | grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//' > "$W/resumed_$m.txt"
+  if [ "$(wc -l < "$W/resumed_$m.txt")" -eq 8 ] && diff -q <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" >/dev/null && \
+     cmp -s "$W/full_$m/model.bin" "$W/cut_$m/model.bin"; then
+    echo "ok   $m: resumed at step 4 (augmentation, dropout on): steps 5..12 print the same losses, lr and norms; model.bin byte-identical"
+    pass=$((pass + 1))
+  else
+    echo "FAIL $m: the resumed run differs from the uninterrupted one:"
+    diff <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" | head -n 4
+    fail=$((fail + 1))
+  fi
+done
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
