@@ -66,7 +66,7 @@ data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
 data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
-data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/mamba.py dev/reference/formats.py
+data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model $* --out $@
 REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes each file reader with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer for FUZZ_SECONDS (default 60) each, starting
-# from small valid files. Needs clang and libclang-rt-14-dev (Debian).
+# from small valid files (tokens, vocabulary, model, checkpoint, reference
+# state, images). Needs clang and libclang-rt-14-dev (Debian).
 # Exits non-zero if any reader crashed; crash inputs are kept in build/fuzz/.
 set -u
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ import os, struct, sys
 sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
 import numpy as np, formats
 out = sys.argv[1]
-for t in ["tokens", "vocab", "model", "checkpoint", "state"]:
+for t in ["tokens", "vocab", "model", "checkpoint", "state", "images"]:
     os.makedirs(f"{out}/corpus_{t}", exist_ok=True)
 formats.write_tokens(f"{out}/corpus_tokens/seed", np.arange(50) % 5, 5)
 formats.write_vocab(f"{out}/corpus_vocab/seed", ["a", "b", "\n", "é", "xyz"])
@@ -34,10 +35,12 @@ s = np.zeros(256, dtype="<i4"); s[:13] = [formats.MAGIC_STATE, 1, 1, 8, 5, 1, 1,
 rec = lambda name, dt, shape, data: name.encode().ljust(48, b"\0") + struct.pack("<6i", dt, len(shape), *(list(shape) + [0] * (4 - len(shape)))) + data
 open(f"{out}/corpus_state/seed", "wb").write(s.tobytes() + rec("params", 0, [10], np.ones(10, "<f4").tobytes())
                                              + rec("inputs", 1, [2, 3], np.arange(6, dtype="<i4").tobytes()))
+img = np.zeros(256, dtype="<i4"); img[:7] = [20261106, 1, 2, 3, 4, 4, 10]
+open(f"{out}/corpus_images/seed", "wb").write(img.tobytes() + bytes([3] + list(range(48)) + [7] + list(range(48))))
 PY
 
 status=0
-for t in tokens vocab model checkpoint state; do
+for t in tokens vocab model checkpoint state images; do
   echo "=== fuzzing the $t reader for $SECONDS_EACH s"
   FUZZ_TARGET=$t "$out/fuzz_readers" -max_total_time="$SECONDS_EACH" -max_len=4096 -print_final_stats=1 \
     -artifact_prefix="$out/crash_${t}_" "$out/corpus_$t" > "$out/$t.log" 2>&1

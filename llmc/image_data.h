@@ -19,9 +19,6 @@ of an epoch is dropped. Evaluation batches are the file's images in order.
 #include <vector>
 #include "utils.h"
 
-#ifndef MAGIC_IMAGES
-#define MAGIC_IMAGES 20261106
-#endif
 
 typedef struct {
     const char* path;

@@ -23,6 +23,7 @@ parsing helpers shared by the trainers.
 #define MAGIC_MODEL 20261103
 #define MAGIC_STATE 20261104
 #define MAGIC_CHECKPOINT 20261105
+#define MAGIC_IMAGES 20261106
 
 #define MODEL_GPT 1
 #define MODEL_MAMBA 2

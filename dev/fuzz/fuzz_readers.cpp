@@ -4,12 +4,13 @@ tokens, vocabulary, model, checkpoint and reference-state file, fed the
 fuzzer's bytes directly. A reader must either accept the bytes or refuse
 them through fail() (which this harness turns into an exception); a crash,
 a hang or a sanitizer report is a bug. FUZZ_TARGET picks the reader:
-tokens, vocab, model, checkpoint, state. Run by dev/fuzz.sh.
+tokens, vocab, model, checkpoint, state, images. Run by dev/fuzz.sh.
 */
 #include "../../llmc/cuda_common.h"
 #include "../../llmc/dataloader.h"
 #include "../../llmc/checkpoint.h"
 #include "../../llmc/testing.h"
+#include "../../llmc/image_data.h"
 
 #include <stdexcept>
 
@@ -45,11 +46,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             const float* p = checkpoint_parse(path, data, n, &s, slot_names);
             volatile float sum = 0.0f;
             for (int i = 0; i < 3 * expected_config[CONFIG_SLOTS - 1]; i++) sum = sum + p[i];
+        } else if (!strcmp(target, "images")) {
+            ImageData d;
+            image_data_parse(&d, path, data, n);
         } else if (!strcmp(target, "state")) {
             RefState s;
             ref_state_parse(&s, path, data, n);
         } else {
-            fprintf(stderr, "FUZZ_TARGET must be tokens, vocab, model, checkpoint or state\n");
+            fprintf(stderr, "FUZZ_TARGET must be tokens, vocab, model, checkpoint, state or images\n");
             abort();
         }
     } catch (ReaderRefused&) {
