@@ -188,17 +188,10 @@ static void vit_build(ViT* model, ViTConfig c) {
     int slots[CONFIG_SLOTS] = {c.patch, c.num_classes, c.num_layers, c.num_heads, c.channels, c.ffn,
                                (int)model->num_parameters};
     memcpy(model->config_slots, slots, sizeof(slots));
-    size_t bytes = model->num_parameters * sizeof(float);
-    float** buffers[4] = {&model->params_memory, &model->grads_memory, &model->m_memory, &model->v_memory};
-    for (float** b : buffers)
-        if (cudaMalloc(b, bytes) != cudaSuccess)
-            fail("flags -L/-C: %ld parameters need %.1f GiB with gradients and AdamW moments; allocation failed",
-                 model->num_parameters, 4.0 * bytes / (1 << 30));
-    cudaCheck(cudaMemset(model->m_memory, 0, bytes));
-    cudaCheck(cudaMemset(model->v_memory, 0, bytes));
+    allocate_parameter_buffers(model->num_parameters, &model->params_memory, &model->grads_memory, &model->m_memory,
+                               &model->v_memory, &model->norm_buffer);
     point_tensors((float**)&model->params, model->params_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
     point_tensors((float**)&model->grads, model->grads_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
-    cudaCheck(cudaMalloc(&model->norm_buffer, (NORM_BLOCKS + 2) * sizeof(float)));
     cublasCheck(cublasCreate(&model->cublas));
     model->acts_memory = nullptr;
     model->batch_size = 0;

@@ -137,6 +137,21 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char*
     if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
 }
 
+// The parameter-sized buffers every trainer keeps: parameters, gradients,
+// AdamW moments (zeroed), and the global-norm scratch. An allocation that
+// fails names the shape flags.
+static void allocate_parameter_buffers(long n, float** params, float** grads, float** m, float** v, float** norm_buffer) {
+    size_t bytes = n * sizeof(float);
+    float** buffers[4] = {params, grads, m, v};
+    for (float** b : buffers)
+        if (cudaMalloc(b, bytes) != cudaSuccess)
+            fail("flags -L/-C: %ld parameters need %.1f GiB with gradients and AdamW moments; allocation failed", n,
+                 4.0 * bytes / (1 << 30));
+    cudaCheck(cudaMemset(*m, 0, bytes));
+    cudaCheck(cudaMemset(*v, 0, bytes));
+    cudaCheck(cudaMalloc(norm_buffer, (NORM_BLOCKS + 2) * sizeof(float)));
+}
+
 // linear warmup, then cosine decay from lr to lr * final_frac at max_steps
 static float learning_rate(float lr, int step, int warmup, int max_steps, float final_frac) {
     if (step < warmup) return lr * (step + 1) / warmup;
