@@ -39,15 +39,6 @@ static const int B = 64, CH = 3, H = 32, W = 32;
 static const long N = (long)B * CH * H * W;
 static const double BILINEAR_TOL = 2e-5;
 
-static std::vector<float> device_to_vector(const float* d, long n) {
-    std::vector<float> h(n);
-    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return h;
-}
-static void upload(float* d, const std::vector<float>& h) {
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-}
-
 // a batch of images with structure (so that a wrong index shows): smooth
 // ramps plus noise, values in [0, 1]
 static std::vector<float> test_images(uint64_t seed) {

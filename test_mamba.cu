@@ -31,28 +31,6 @@ Tolerances:
 static const double TOL = 1e-4;
 static const double FD_TOL = 2e-3;
 static const double VARIANT_TOL = 1e-5;
-// which parameter tensors are stacked over layers (compared layer by layer)
-static const int param_per_layer[NUM_PARAMETER_TENSORS] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
-
-static std::vector<float> device_to_vector(const float* d, long n) {
-    std::vector<float> h(n);
-    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
-    return h;
-}
-static float* vector_to_device(const std::vector<float>& h) {
-    float* d;
-    cudaCheck(cudaMalloc(&d, h.size() * sizeof(float)));
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-    return d;
-}
-static void upload(float* d, const std::vector<float>& h) {
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-}
-static std::vector<float> random_vector(long n, float lo, float hi, uint64_t* rng) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = lo + (hi - lo) * random_uniform(rng);
-    return v;
-}
 
 // ----------------------------------------------------------------------------
 // 1-2. the selective scan on its own: inputs, one forward + backward
@@ -251,25 +229,11 @@ static void check_conv_gradients(Tests& t) {
 // ----------------------------------------------------------------------------
 // 3-4. the whole model against the PyTorch reference
 
-static void load_params(Mamba* model, const std::vector<float>& params) {
-    upload(model->params_memory, params);
-    cudaCheck(cudaMemset(model->m_memory, 0, params.size() * sizeof(float)));
-    cudaCheck(cudaMemset(model->v_memory, 0, params.size() * sizeof(float)));
-}
-
-static void compare(Tests& t, const RefState& ref, const char* path, const char* name, const float* device, const char* label) {
-    const RefTensor& r = ref.get(name, path);
-    std::vector<float> got = device_to_vector(device, r.numel());
-    char full[96];
-    snprintf(full, sizeof(full), "%s%s", label, name);
-    check_tensor(t, full, got.data(), r.f.data(), r.numel(), TOL);
-}
-
 static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, const char* path, const char* label) {
     int B = ref.B, T = ref.T, L = model->config.num_layers;
-    load_params(model, ref.get("params", path).f);
+    load_params(&model->buf, ref.get("params", path).f);
     mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
-    compare(t, ref, path, "encoded", model->acts.encoded, label);
+    compare_ref(t, ref, path, "encoded", model->acts.encoded, label, TOL);
     for (int l = 0; l < L; l++) {
         MambaStackActs la = mamba_layer_acts(model->acts.tower, l, B, T, dims_of(model->config));
         struct { const char* name; const float* ptr; } acts[] = {
@@ -278,33 +242,16 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
         for (auto& x : acts) {
             char name[64];
             snprintf(name, sizeof(name), "m%d.%s", l, x.name);
-            compare(t, ref, path, name, x.ptr, label);
+            compare_ref(t, ref, path, name, x.ptr, label, TOL);
         }
     }
-    compare(t, ref, path, "lnf", model->acts.lnf, label);
-    compare(t, ref, path, "logits", model->acts.logits, label);
-    float ref_loss = ref.get("loss", path).f[0];
-    t.check(fabsf(model->mean_loss - ref_loss) <= TOL * fabsf(ref_loss), "%sloss %.7f vs reference %.7f (abs err %.2e)",
-            label, model->mean_loss, ref_loss, fabsf(model->mean_loss - ref_loss));
+    compare_ref(t, ref, path, "lnf", model->acts.lnf, label, TOL);
+    compare_ref(t, ref, path, "logits", model->acts.logits, label, TOL);
+    check_loss(t, model->buf.mean_loss, ref.get("loss", path).f[0], label, "loss", TOL);
     mamba_backward(model, B, T);
-    std::vector<float> grads = device_to_vector(model->grads_memory, model->num_parameters);
     char prefix[64];
     snprintf(prefix, sizeof(prefix), "%sgrad ", label);
-    check_flat_tensors(t, prefix, param_names, model->param_sizes, param_per_layer, NUM_PARAMETER_TENSORS, L,
-                       grads.data(), ref.get("grads", path).f.data(), TOL);
-}
-
-static std::vector<float> run_steps(Mamba* model, const RefState& ref, const char* path, int first_step, int n) {
-    const RefTensor& h = ref.get("adamw", path);
-    AdamWConfig opt = {h.f[0], h.f[1], h.f[2], h.f[3], h.f[4], h.f[5]};
-    std::vector<float> losses;
-    for (int s = first_step; s < first_step + n; s++) {
-        mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
-        losses.push_back(model->mean_loss);
-        mamba_backward(model, ref.B, ref.T);
-        mamba_update(model, &opt, opt.lr, s + 1);
-    }
-    return losses;
+    check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
 }
 
 static void check_against_reference(Tests& t, const char* path) {
@@ -317,66 +264,26 @@ static void check_against_reference(Tests& t, const char* path) {
     Mamba model;
     mamba_build(&model, config);
     mamba_allocate_activations(&model, ref.B, ref.T);
-    t.check(model.num_parameters == ref.config[6] && model.num_parameters == ref.get("params", path).numel(),
-            "parameter count %ld (reference %d)", model.num_parameters, ref.config[6]);
+    t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel(),
+            "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
 
-    bool default_variant = scan_use_chunked;
+    bool default_variant = scan_use_chunked, default_ln = layernorm_use_warp;
     for (int variant = 0; variant < 2; variant++) {
         scan_use_chunked = layernorm_use_warp = variant == 1;
         check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
     }
     scan_use_chunked = default_variant;
-    layernorm_use_warp = default_variant;
+    layernorm_use_warp = default_ln;
 
-    {   // determinism
+    // the reference batch at every step
+    TrainStep step = [&](int) {
         mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
         mamba_backward(&model, ref.B, ref.T);
-        std::vector<float> g1 = device_to_vector(model.grads_memory, model.num_parameters);
-        mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
-        mamba_backward(&model, ref.B, ref.T);
-        std::vector<float> g2 = device_to_vector(model.grads_memory, model.num_parameters);
-        t.check(memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)) == 0, "gradients bit-identical on a re-run");
-    }
-
-    const RefTensor& ref_losses = ref.get("step_losses", path);
-    int nsteps = (int)ref_losses.numel();
-    load_params(&model, ref.get("params", path).f);
-    std::vector<float> losses = run_steps(&model, ref, path, 0, nsteps);
-    for (int s = 0; s < nsteps; s++) {
-        double err = fabs(losses[s] - ref_losses.f[s]);
-        t.check(err <= TOL * fabs(ref_losses.f[s]), "step %2d loss %.7f vs reference %.7f (abs err %.2e)", s + 1,
-                losses[s], ref_losses.f[s], err);
-    }
-    std::vector<float> after = device_to_vector(model.params_memory, model.num_parameters);
-    check_flat_tensors(t, "after steps: ", param_names, model.param_sizes, param_per_layer, NUM_PARAMETER_TENSORS,
-                       config.num_layers, after.data(), ref.get("step_params", path).f.data(), TOL);
-
-    {   // checkpoint: resume is bit-identical
-        int half = nsteps / 2;
-        char dir[] = "/tmp/test_mamba_XXXXXX";
-        if (!mkdtemp(dir)) fail("cannot create a temporary directory");
-        std::string ckpt = checkpoint_path(dir, half);
-        load_params(&model, ref.get("params", path).f);
-        run_steps(&model, ref, path, 0, half);
-        CheckpointState s = {MODEL_MAMBA, {0}, half, 7, 8, ref.B, ref.T};
-        memcpy(s.config, model.config_slots, sizeof(s.config));
-        checkpoint_save(ckpt.c_str(), &s, model.params_memory, model.m_memory, model.v_memory);
-        std::vector<float> first = run_steps(&model, ref, path, half, nsteps - half);
-        std::vector<float> first_params = device_to_vector(model.params_memory, model.num_parameters);
-        load_params(&model, std::vector<float>(model.num_parameters, 0.0f));
-        CheckpointState r;
-        r.kind = MODEL_MAMBA;
-        memcpy(r.config, model.config_slots, sizeof(r.config));
-        checkpoint_load(ckpt.c_str(), &r, mamba_slot_names, model.params_memory, model.m_memory, model.v_memory);
-        std::vector<float> second = run_steps(&model, ref, path, r.step, nsteps - half);
-        std::vector<float> second_params = device_to_vector(model.params_memory, model.num_parameters);
-        bool same = r.step == half && memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0 &&
-                    memcmp(first_params.data(), second_params.data(), first_params.size() * sizeof(float)) == 0;
-        t.check(same, "resume from checkpoint at step %d: losses and parameters bit-identical", half);
-        remove(ckpt.c_str());
-        rmdir(dir);
-    }
-    mamba_free(&model);
+    };
+    check_rerun_identical(t, &model.buf, step, 0, "");
+    check_trajectory(t, &model.buf, ref, path, step, TOL);
+    check_resume(t, &model.buf, ref, path, step, 7, 8, "");
+    model_free(&model.buf);
 }
 
 int main(int argc, char** argv) {

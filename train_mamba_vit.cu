@@ -1,10 +1,10 @@
 /*
-Mamba-ViT on CIFAR-10 from 4x4 patches: the whole trainer, top to bottom.
+Mamba-ViT on CIFAR-10 from 4x4 patches: the model, top to bottom.
 
-  config -> parameters (one flat buffer) -> activations (one flat buffer)
-  -> forward -> backward -> AdamW update -> data -> main loop
+  config -> tensor table (the parameters' flat buffer) -> activations
+  -> init -> forward -> backward -> main
 
-The model (as dev/reference/vit.py defines it, after the seed write-up):
+The model (doc/models.md; the write-up this project reproduces uses it):
 images (B, 3, 32, 32) -> patches 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'
 (B, T, PD) with T = 64, PD = 48 for patch 4 -> LN(PD) -> Linear(PD, C) ->
 LN(C); L blocks x = Dropout(LN(x + Mamba(x))) (post-norm, dropout after the
@@ -12,7 +12,9 @@ norm, as the seed's MambaBlock); the mean over the T tokens; a head
 Linear(C, K). No positions, no final LayerNorm. Loss: mean cross-entropy
 over the batch. Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=16,
 d_conv=4, expand=2), E = 2C, R = ceil(C/16) (see llmc/mamba_block.cuh).
-Kernels live in llmc/; this file only arranges them.
+Kernels live in llmc/; the buffers every model owns and their update in
+llmc/model.h; the training loop and evaluation in llmc/vision_trainer.h
+(vision_run), which calls this file's vision_forward and vision_backward.
 
 Build with `make train_mamba_vit` (GPU if one is visible, else the host backend).
 */
@@ -23,12 +25,9 @@ Build with `make train_mamba_vit` (GPU if one is visible, else the host backend)
 #include "llmc/mamba_block.cuh"
 #include "llmc/vision.cuh"
 #include "llmc/crossentropy.cuh"
-#include "llmc/adamw.cuh"
-#include "llmc/trainer.h"
+#include "llmc/model.h"
 #include "llmc/vision_trainer.h"
-#include "llmc/logger.h"
 
-#include <string>
 #include <vector>
 
 // ----------------------------------------------------------------------------
@@ -57,60 +56,30 @@ static int patch_dim_of(MambaViTConfig c) { return VISION_CHANNELS * c.patch * c
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
 
-#define NUM_PARAMETER_TENSORS (6 + MAMBA_STACK_PARAMS + 2)
+#define NUM_PARAMETER_TENSORS (PATCH_EMBED_PARAMS + MAMBA_STACK_PARAMS + 2)
 typedef struct {
-    float* patch_ln_w;       // (PD)
-    float* patch_ln_b;       // (PD)
-    float* patch_w;          // (C, PD)
-    float* patch_b;          // (C)
-    float* embed_ln_w;       // (C)
-    float* embed_ln_b;       // (C)
+    PatchEmbedParams embed;        // patch_ln_w .. embed_ln_b, see llmc/vision.cuh
     MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
     float* head_w;           // (K, C)
     float* head_b;           // (K)
 } ParameterTensors;
+static_assert(sizeof(ParameterTensors) == NUM_PARAMETER_TENSORS * sizeof(float*), "one pointer per tensor");
 
-[[maybe_unused]] static const char* const param_names[NUM_PARAMETER_TENSORS] = {
-    "patch_ln_w", "patch_ln_b", "patch_w", "patch_b", "embed_ln_w", "embed_ln_b",
-    "in_proj_w", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "dt_proj_b", "A_log", "D", "out_proj_w", "ln_w", "ln_b",
-    "head_w", "head_b"};
-
-// weight decay: the patch embedding's and the head's weights, and the blocks' (mamba_stack_param_decay)
-static int param_decay[NUM_PARAMETER_TENSORS];
-
-static void fill_in_parameter_sizes(long* sizes, MambaViTConfig c) {
+// name, size, weight decay (the patch embedding's and the head's weights, the blocks' weights), layers
+static void mamba_vit_param_table(TensorSpec* t, MambaViTConfig c) {
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
-    long head[6] = {PD, PD, C * PD, C, C, C};
-    int decay_head[6] = {0, 0, 1, 0, 0, 0};
-    for (int i = 0; i < 6; i++) { sizes[i] = head[i]; param_decay[i] = decay_head[i]; }
-    mamba_stack_param_sizes(sizes + 6, c.num_layers, dims_of(c));
-    for (int i = 0; i < MAMBA_STACK_PARAMS; i++) param_decay[6 + i] = mamba_stack_param_decay[i];
-    sizes[6 + MAMBA_STACK_PARAMS] = K * C;
-    sizes[7 + MAMBA_STACK_PARAMS] = K;
-    param_decay[6 + MAMBA_STACK_PARAMS] = 1;
-    param_decay[7 + MAMBA_STACK_PARAMS] = 0;
-}
-
-// points the tensors of a struct of float pointers into one buffer
-static void point_tensors(float** ptrs, float* base, const long* sizes, int num) {
-    for (int i = 0; i < num; i++) { ptrs[i] = base; base += sizes[i]; }
+    t = patch_embed_param_table(t, PD, C);
+    t = mamba_stack_param_table(t, c.num_layers, dims_of(c));
+    *t++ = {"head_w", K * C, 1, 1};
+    *t++ = {"head_b", K, 0, 1};
 }
 
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS (10 + MAMBA_STACK_ACTS + 5 + MAMBA_SCRATCH + 7)
+#define NUM_ACTIVATION_TENSORS (PATCH_EMBED_ACTS + MAMBA_STACK_ACTS + 5 + MAMBA_SCRATCH + 4)
 typedef struct {
-    float* images;          // (B, 3, 32, 32)  the batch, floats in [0, 1]
-    float* images_tmp;      // (B, 3, 32, 32)  augmentation's second buffer
-    float* patches;         // (B, T, PD)
-    float* patch_ln;        // (B, T, PD)
-    float* patch_ln_mean;   // (B, T)
-    float* patch_ln_rstd;   // (B, T)
-    float* embed;           // (B, T, C)
-    float* embed_ln;        // (B, T, C)  the first block's input
-    float* embed_ln_mean;   // (B, T)
-    float* embed_ln_rstd;   // (B, T)
+    PatchEmbedActs embed;        // the patch embedding's, see llmc/vision.cuh
     MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
     float* drop;            // (L, B, T, C)  the blocks' outputs after dropout (training only)
     float* pooled;          // (B, C)
@@ -121,27 +90,26 @@ typedef struct {
     MambaScratch block;     // the blocks' backward scratch
     float* dout;            // (B, T, C)  gradient w.r.t. the current block's output
     float* din;             // (B, T, C)  ... and w.r.t. its input
-    float* dembed;          // (B, T, C)
-    float* dpatch_ln;       // (B, T, PD)
-    float* dpatches;        // (B, T, PD) (unused: the images need no gradient)
     float* dpooled;         // (B, C)
     float* dlogits;         // (B, K)
 } ActivationTensors;
+static_assert(sizeof(ActivationTensors) == NUM_ACTIVATION_TENSORS * sizeof(float*), "one pointer per tensor");
 
-static void fill_in_activation_sizes(long* sizes, MambaViTConfig c, int B) {
+static void mamba_vit_act_table(TensorSpec* t, MambaViTConfig c, int B) {
     long C = c.channels, K = c.num_classes, T = tokens_of(c), PD = patch_dim_of(c), BT = (long)B * T;
-    long img = (long)B * VISION_CHANNELS * VISION_SIZE * VISION_SIZE;
-    long* s = sizes;
-    long head[10] = {img, img, BT * PD, BT * PD, BT, BT, BT * C, BT * C, BT, BT};
-    for (long x : head) *s++ = x;
-    mamba_stack_act_sizes(s, c.num_layers, B, T, dims_of(c));
-    s += MAMBA_STACK_ACTS;
-    long mid[5] = {c.num_layers * BT * C, B * C, B * K, B * K, B};
-    for (long x : mid) *s++ = x;
-    mamba_scratch_sizes(s, B, T, dims_of(c));
-    s += MAMBA_SCRATCH;
-    long tail[7] = {BT * C, BT * C, BT * C, BT * PD, BT * PD, B * C, B * K};
-    for (long x : tail) *s++ = x;
+    int L = c.num_layers;
+    t = patch_embed_act_table(t, BT, PD, C);
+    t = mamba_stack_act_table(t, L, B, T, dims_of(c));
+    *t++ = {"drop", L * BT * C, 0, L};
+    *t++ = {"pooled", B * C, 0, 1};
+    *t++ = {"logits", B * K, 0, 1};
+    *t++ = {"probs", B * K, 0, 1};
+    *t++ = {"losses", B, 0, 1};
+    t = mamba_scratch_table(t, B, T, dims_of(c));
+    *t++ = {"dout", BT * C, 0, 1};
+    *t++ = {"din", BT * C, 0, 1};
+    *t++ = {"dpooled", B * C, 0, 1};
+    *t++ = {"dlogits", B * K, 0, 1};
 }
 
 // ----------------------------------------------------------------------------
@@ -149,29 +117,11 @@ static void fill_in_activation_sizes(long* sizes, MambaViTConfig c, int B) {
 
 typedef struct {
     MambaViTConfig config;
-    int config_slots[CONFIG_SLOTS];
-    ParameterTensors params;
-    long param_sizes[NUM_PARAMETER_TENSORS];
-    long num_parameters;
-    float* params_memory;
-    ParameterTensors grads;
-    float* grads_memory;
-    float* m_memory;  // AdamW moments
-    float* v_memory;
-    ActivationTensors acts;
-    long act_sizes[NUM_ACTIVATION_TENSORS];
-    float* acts_memory;
-    int batch_size;           // what the activations were sized for
-    int* targets;             // device (B)
-    float* ones;              // device, B*T ones (bias gradients)
-    float* norm_buffer;       // device, global-norm scratch
-    std::vector<float> host_losses;
-    float mean_loss;          // of the last forward with targets
-    float dropout;            // rate at training steps
-    uint64_t dropout_seed;    // masks are a hash of (seed, step, layer, element)
-    float fwd_dropout;        // what the last forward used (0: none), for the backward
-    int fwd_step;
-    cublasHandle_t cublas;
+    ParameterTensors params;  // pointers into buf.params_memory
+    ParameterTensors grads;   // ... and into buf.grads_memory
+    ActivationTensors acts;   // ... and into buf.acts_memory
+    VisionDropout dropout;    // the rate at training steps and the masks' seed (llmc/vision.cuh)
+    ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
 } MambaViT;
 
 static MambaViTConfig mamba_vit_config(int patch, int K, int L, int C, int N) {
@@ -183,24 +133,12 @@ static MambaViTConfig mamba_vit_config(int patch, int K, int L, int C, int N) {
 static void mamba_vit_build(MambaViT* model, MambaViTConfig c) {
     scan_check_limits(c.d_state);
     model->config = c;
-    fill_in_parameter_sizes(model->param_sizes, c);
-    model->num_parameters = 0;
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
-    if (model->num_parameters > 2147483647L) fail("flags -L/-C: the model would have %ld parameters, more than 2^31 - 1", model->num_parameters);
-    int slots[CONFIG_SLOTS] = {c.patch, c.num_classes, c.num_layers, c.channels, c.inner, c.d_state,
-                               (int)model->num_parameters};
-    memcpy(model->config_slots, slots, sizeof(slots));
-    allocate_parameter_buffers(model->num_parameters, &model->params_memory, &model->grads_memory, &model->m_memory,
-                               &model->v_memory, &model->norm_buffer);
-    point_tensors((float**)&model->params, model->params_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
-    point_tensors((float**)&model->grads, model->grads_memory, model->param_sizes, NUM_PARAMETER_TENSORS);
-    cublasCheck(cublasCreate(&model->cublas));
-    model->acts_memory = nullptr;
-    model->batch_size = 0;
-    model->dropout = 0.0f;
-    model->dropout_seed = 0;
-    model->fwd_dropout = 0.0f;
-    model->fwd_step = -1;
+    TensorSpec table[NUM_PARAMETER_TENSORS];
+    mamba_vit_param_table(table, c);
+    int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.channels, c.inner, c.d_state};
+    model_build(&model->buf, MODEL_MAMBA_VIT, mamba_vit_slot_names, slots, table, NUM_PARAMETER_TENSORS,
+                &model->params, &model->grads, sizeof(model->params));
+    model->dropout = {0.0f, 0, 0.0f, -1};
 }
 
 // mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
@@ -210,46 +148,32 @@ static void mamba_vit_init_random(MambaViT* model, uint64_t seed) {
     MambaViTConfig c = model->config;
     Rng rng;
     rng_seed(&rng, seed);
-    std::vector<float> host(model->num_parameters, 0.0f);
+    std::vector<float> host(model->buf.num_parameters, 0.0f);
     ParameterTensors p;  // pointers into the host copy
-    point_tensors((float**)&p, host.data(), model->param_sizes, NUM_PARAMETER_TENSORS);
+    point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
-    float bound = 1.0f / sqrtf((float)PD);
-    for (long i = 0; i < PD; i++) p.patch_ln_w[i] = 1.0f;
-    for (long i = 0; i < C * PD; i++) p.patch_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) * bound;
-    for (long i = 0; i < C; i++) p.patch_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) * bound;
-    for (long i = 0; i < C; i++) p.embed_ln_w[i] = 1.0f;
+    patch_embed_init(p.embed, PD, C, &rng);
     mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng);
     for (long i = 0; i < K * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < K; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
-    cudaCheck(cudaMemcpy(model->params_memory, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    model_upload_params(&model->buf, host.data());
 }
 
 // sizes the activations for batches up to B images
 static void mamba_vit_allocate_activations(MambaViT* model, int B) {
-    int T = tokens_of(model->config);
-    fill_in_activation_sizes(model->act_sizes, model->config, B);
-    long total = 0;
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) total += model->act_sizes[i];
-    cudaError_t e = cudaMalloc(&model->acts_memory, total * sizeof(float));
-    if (e != cudaSuccess)
-        fail("flags -b/-B: batch %d needs %.1f GiB of activations, allocation failed (%s)", B, total * 4.0 / (1 << 30),
-             cudaGetErrorString(e));
-    point_tensors((float**)&model->acts, model->acts_memory, model->act_sizes, NUM_ACTIVATION_TENSORS);
-    cudaCheck(cudaMalloc(&model->targets, (long)B * sizeof(int)));
-    cudaCheck(cudaMalloc(&model->ones, (long)B * T * sizeof(float)));
-    fill(model->ones, 1.0f, (long)B * T);
-    model->host_losses.resize(B);
-    model->batch_size = B;
+    TensorSpec table[NUM_ACTIVATION_TENSORS];
+    mamba_vit_act_table(table, model->config, B);
+    model_allocate_activations(&model->buf, table, NUM_ACTIVATION_TENSORS, &model->acts, sizeof(model->acts), B,
+                               tokens_of(model->config), 0, B, "-b/-B");
 }
 
 // the output of block l for a B-image batch (l = -1: the embedding, the first
 // block's input): after dropout when the last forward used dropout
 static const float* block_output(const MambaViT* model, int l, int B) {
     const ActivationTensors& a = model->acts;
-    if (l < 0) return a.embed_ln;
+    if (l < 0) return a.embed.embed_ln;
     long btc = (long)B * tokens_of(model->config) * model->config.channels;
-    if (model->fwd_dropout > 0.0f) return a.drop + l * btc;
+    if (model->dropout.fwd_rate > 0.0f) return a.drop + l * btc;
     return mamba_layer_acts(a.tower, l, B, tokens_of(model->config), dims_of(model->config)).ln;
 }
 
@@ -262,42 +186,32 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
     NVTX_RANGE("forward");
     MambaViTConfig c = model->config;
     MambaDims d = dims_of(c);
-    if (B > model->batch_size) fail("mamba_vit_forward: batch %d exceeds the allocation", B);
-    int L = c.num_layers, C = c.channels, K = c.num_classes, T = tokens_of(c), PD = patch_dim_of(c), BT = B * T;
+    ModelBuffers* m = &model->buf;
+    if (B > m->batch_size) fail("mamba_vit_forward: batch %d exceeds the allocation", B);
+    int L = c.num_layers, C = c.channels, K = c.num_classes, T = tokens_of(c), BT = B * T;
     long btc = (long)BT * C;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
-    cublasHandle_t h = model->cublas;
-    float drop = train_step >= 0 ? model->dropout : 0.0f;
-    model->fwd_dropout = drop;
-    model->fwd_step = train_step;
-    if (labels) cudaCheck(cudaMemcpy(model->targets, labels, B * sizeof(int), cudaMemcpyHostToDevice));
+    cublasHandle_t h = m->cublas;
+    float drop = vision_dropout_begin(&model->dropout, train_step);
+    if (labels) cudaCheck(cudaMemcpy(m->targets, labels, B * sizeof(int), cudaMemcpyHostToDevice));
 
-    {
-        NVTX_RANGE("patch_embed_forward");
-        patchify(a.patches, images, B, VISION_CHANNELS, VISION_SIZE, VISION_SIZE, c.patch);
-        layernorm_forward(a.patch_ln, a.patch_ln_mean, a.patch_ln_rstd, a.patches, p.patch_ln_w, p.patch_ln_b, BT, PD);
-        matmul_forward(h, a.embed, a.patch_ln, p.patch_w, p.patch_b, BT, PD, C);
-        layernorm_forward(a.embed_ln, a.embed_ln_mean, a.embed_ln_rstd, a.embed, p.embed_ln_w, p.embed_ln_b, BT, C);
-    }
+    patch_embed_forward(h, p.embed, a.embed, images, B, c.patch, C);
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
         mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B), B, T, d);
         if (drop > 0.0f) {
             NVTX_RANGE("dropout_forward");
-            dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_key(model->dropout_seed, train_step, l));
+            dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_key(model->dropout.seed, train_step, l));
         }
     }
     { NVTX_RANGE("pool_forward"); mean_pool_forward(a.pooled, block_output(model, L - 1, B), B, T, C); }
     { NVTX_RANGE("head_forward"); matmul_forward(h, a.logits, a.pooled, p.head_w, p.head_b, B, C, K); }
     if (labels) {
         NVTX_RANGE("crossentropy_forward");
-        crossentropy_forward(a.losses, a.probs, a.logits, model->targets, B, K);
-        cudaCheck(cudaMemcpy(model->host_losses.data(), a.losses, B * sizeof(float), cudaMemcpyDeviceToHost));
-        double sum = 0.0;
-        for (int i = 0; i < B; i++) sum += model->host_losses[i];
-        model->mean_loss = (float)(sum / B);
+        crossentropy_forward(a.losses, a.probs, a.logits, m->targets, B, K);
+        model_mean_loss(m, a.losses, B);
     }
 }
 
@@ -308,84 +222,37 @@ static void mamba_vit_backward(MambaViT* model, int B) {
     NVTX_RANGE("backward");
     MambaViTConfig c = model->config;
     MambaDims d = dims_of(c);
-    int L = c.num_layers, C = c.channels, K = c.num_classes, T = tokens_of(c), PD = patch_dim_of(c), BT = B * T;
+    int L = c.num_layers, C = c.channels, K = c.num_classes, T = tokens_of(c), BT = B * T;
     long btc = (long)BT * C;
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
-    cublasHandle_t h = model->cublas;
-    float drop = model->fwd_dropout;
-    cudaCheck(cudaMemset(model->grads_memory, 0, model->num_parameters * sizeof(float)));
+    ModelBuffers* m = &model->buf;
+    cublasHandle_t h = m->cublas;
+    float drop = model->dropout.fwd_rate;
+    model_zero_grads(m);
 
     {
         NVTX_RANGE("head_backward");
-        crossentropy_backward(a.dlogits, a.probs, model->targets, 1.0f / B, B, K);
-        matmul_backward(h, a.dpooled, g.head_w, g.head_b, a.dlogits, a.pooled, p.head_w, model->ones, B, C, K);
+        crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / B, B, K);
+        matmul_backward(h, a.dpooled, g.head_w, g.head_b, a.dlogits, a.pooled, p.head_w, m->ones, B, C, K);
     }
     float* dout = a.dout;  // gradient w.r.t. the current block's output
     float* din = a.din;    // ... and w.r.t. its input
     { NVTX_RANGE("pool_backward"); mean_pool_backward(dout, a.dpooled, B, T, C); }
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        if (drop > 0.0f) dropout_apply(dout, dout, btc, drop, dropout_key(model->dropout_seed, model->fwd_step, l));
+        if (drop > 0.0f) dropout_apply(dout, dout, btc, drop, dropout_key(model->dropout.seed, model->dropout.fwd_step, l));
         mamba_block_backward(h, din, dout, block_output(model, l - 1, B), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
-                             model->ones, B, T, d);
+                             m->ones, B, T, d);
         float* t = dout; dout = din; din = t;
     }
-    {
-        NVTX_RANGE("patch_embed_backward");  // dout is now the gradient w.r.t. embed_ln
-        cudaCheck(cudaMemset(a.dembed, 0, btc * sizeof(float)));
-        layernorm_backward(a.dembed, g.embed_ln_w, g.embed_ln_b, dout, a.embed, p.embed_ln_w, a.embed_ln_mean,
-                           a.embed_ln_rstd, BT, C);
-        matmul_backward(h, a.dpatch_ln, g.patch_w, g.patch_b, a.dembed, a.patch_ln, p.patch_w, model->ones, BT, PD, C);
-        cudaCheck(cudaMemset(a.dpatches, 0, (long)BT * PD * sizeof(float)));
-        layernorm_backward(a.dpatches, g.patch_ln_w, g.patch_ln_b, a.dpatch_ln, a.patches, p.patch_ln_w,
-                           a.patch_ln_mean, a.patch_ln_rstd, BT, PD);
-    }
+    patch_embed_backward(h, g.embed, p.embed, a.embed, dout, m->ones, B, c.patch, C);  // dout: w.r.t. embed_ln
 }
 
-static float mamba_vit_update(MambaViT* model, const AdamWConfig* o, float lr, int t) {
-    NVTX_RANGE("update");
-    return clip_and_adamw(model->params_memory, model->m_memory, model->v_memory, model->grads_memory,
-                          model->param_sizes, param_decay, NUM_PARAMETER_TENSORS, model->norm_buffer, o, lr, t);
-}
-
-static void mamba_vit_free(MambaViT* model) {
-    cudaCheck(cudaFree(model->params_memory));
-    cudaCheck(cudaFree(model->grads_memory));
-    cudaCheck(cudaFree(model->m_memory));
-    cudaCheck(cudaFree(model->v_memory));
-    cudaCheck(cudaFree(model->acts_memory));
-    cudaCheck(cudaFree(model->targets));
-    cudaCheck(cudaFree(model->ones));
-    cudaCheck(cudaFree(model->norm_buffer));
-    cublasCheck(cublasDestroy(model->cublas));
-}
-
-// ----------------------------------------------------------------------------
-// evaluation: mean loss and accuracy (percent) over the test images (the
-// first max_batches batches of eval_B when max_batches > 0)
-
-static void mamba_vit_evaluate(MambaViT* model, VisionBatcher* vb, const ImageData* test, int eval_B, int max_batches,
-                               float* loss, float* acc) {
-    NVTX_RANGE("evaluate");
-    int n = test->count, K = model->config.num_classes;
-    if (max_batches > 0 && (long)max_batches * eval_B < n) n = max_batches * eval_B;
-    std::vector<int> labels(eval_B);
-    std::vector<float> logits((long)eval_B * K);
-    double loss_sum = 0.0;
-    long correct = 0;
-    for (int first = 0; first < n; first += eval_B) {
-        int B = n - first < eval_B ? n - first : eval_B;
-        vision_eval_batch(vb, test, first, B, model->acts.images, labels.data());
-        mamba_vit_forward(model, model->acts.images, labels.data(), B, -1);
-        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits, (long)B * K * sizeof(float), cudaMemcpyDeviceToHost));
-        correct += count_correct(logits.data(), labels.data(), B, K);
-        loss_sum += (double)model->mean_loss * B;
-    }
-    *loss = (float)(loss_sum / n);
-    *acc = (float)(100.0 * correct / n);
-}
+// the hooks of the training loop and evaluation (llmc/vision_trainer.h)
+static void vision_forward(MambaViT* m, const float* images, const int* labels, int B, int train_step) { mamba_vit_forward(m, images, labels, B, train_step); }
+static void vision_backward(MambaViT* m, int B) { mamba_vit_backward(m, B); }
 
 // ----------------------------------------------------------------------------
 // main
@@ -398,109 +265,29 @@ int main(int argc, char** argv) {
                        "  -L <int>    layers (default 6)\n"
                        "  -C <int>    channels, d_model (default 256; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                        "  -P <int>    patch size (default 4: 64 patches of 48 values)\n", "LCP");
-    AdamWConfig opt = {vc.lr, 0.9f, vc.beta2, 1e-8f, vc.weight_decay, vc.grad_clip};
-
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 
     MambaViTConfig config = mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16);
     if (vc.init_path) {  // the model file decides the shape
-        int kind, s[CONFIG_SLOTS];
-        model_file_peek(vc.init_path, &kind, s);
-        if (kind != MODEL_MAMBA_VIT) fail("%s: holds a model of kind %d, not a Mamba-ViT (kind %d)", vc.init_path, kind, MODEL_MAMBA_VIT);
+        int s[CONFIG_SLOTS];
+        read_model_file_shape(vc.init_path, MODEL_MAMBA_VIT, "Mamba-ViT", s);
         config = {s[0], s[1], s[2], s[3], s[4], s[5]};
-        if (config.patch < 1 || VISION_SIZE % config.patch != 0) fail("%s: patch size %d does not divide %d", vc.init_path, config.patch, VISION_SIZE);
-        if (config.num_classes != train.classes) fail("%s: a model for %d classes, but %s has %d", vc.init_path, config.num_classes, vc.train_path, train.classes);
+        check_model_images(&vc, config.patch, config.num_classes, &train);
     }
     MambaViT model;
     mamba_vit_build(&model, config);
-    if (vc.init_path) model_file_load(vc.init_path, MODEL_MAMBA_VIT, model.config_slots, mamba_vit_slot_names, model.params_memory);
+    if (vc.init_path) load_model_file(&model.buf, vc.init_path);
     else mamba_vit_init_random(&model, vc.seed);
-    int max_B = vc.B > vc.eval_B ? vc.B : vc.eval_B;
-    mamba_vit_allocate_activations(&model, max_B);
-    cublasCheck(cublasSetMathMode(model.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
-    int T = tokens_of(config);
+    mamba_vit_allocate_activations(&model, vc.B > vc.eval_B ? vc.B : vc.eval_B);
+    cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    int steps_per_epoch = train.count / vc.B;  // the last partial batch of an epoch is dropped
-    int max_steps = vc.max_steps >= 0 ? vc.max_steps : vc.epochs * steps_per_epoch;
-    int epochs = CEIL_DIV(max_steps, steps_per_epoch);
-    Rng aug_rng;
-    rng_seed(&aug_rng, vc.seed);
-    uint64_t seed = vc.seed;
-    int start_step = 0;
-    if (vc.out_dir) make_dir_or_fail(vc.out_dir);
-    TrainConfig guard = trainer_view(&vc);
-    check_output_dir_fresh(&guard);
-    if (vc.resume)
-        start_step = vision_resume(&vc, MODEL_MAMBA_VIT, model.config_slots, mamba_vit_slot_names, T,
-                                   model.params_memory, model.m_memory, model.v_memory, &aug_rng, &seed);
-    model.dropout = vc.dropout;
-    model.dropout_seed = seed;
-
-    MambaDims d = dims_of(config);
     printf("backend %s | Mamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | scan %s\n",
-           BACKEND_NAME, config.num_layers, config.channels, d.E, d.N, d.R, config.patch, T, patch_dim_of(config),
-           config.num_classes, model.num_parameters, scan_use_chunked ? "chunked parallel" : "sequential");
-    printf("batch %d (eval %d) | %d epochs of %d steps (%d steps) | lr %g warmup %d final x%g | betas 0.9 %g | wd %g | "
-           "clip %g | dropout %g\n", vc.B, vc.eval_B, epochs, steps_per_epoch, max_steps, opt.lr, vc.warmup,
-           vc.final_frac, opt.beta2, opt.weight_decay, opt.grad_clip, vc.dropout);
-    printf("augment: flip %d | crop pad %d | rotate %g deg | erase p %g | perspective p %g | train %d images, test %d\n",
-           vc.aug.flip, vc.aug.crop_pad, vc.aug.rotate_deg, vc.aug.erase_p, vc.aug.perspective_p, train.count, test.count);
-
-    Logger logger;
-    logger_open(&logger, vc.out_dir, start_step);
-    VisionBatcher vb;
-    vision_batcher_init(&vb, max_B);
-    std::vector<int> labels(vc.B);
-    double run_start = host_clock(), train_seconds = 0.0, window_seconds = 0.0, window_loss = 0.0;
-    int window_steps = 0;
-    float test_loss = NAN, test_acc = NAN;
-    for (int step = start_step; step <= max_steps; step++) {
-        bool last = step == max_steps;
-        int eval_interval = vc.eval_every * steps_per_epoch;
-        if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
-            mamba_vit_evaluate(&model, &vb, &test, vc.eval_B, vc.eval_batches, &test_loss, &test_acc);
-            print_epoch(step, steps_per_epoch, epochs, window_steps ? (float)(window_loss / window_steps) : NAN,
-                        test_loss, test_acc, window_steps ? window_steps * vc.B / window_seconds : NAN,
-                        host_clock() - run_start);
-            log_test(&logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - run_start);
-            window_seconds = window_loss = 0.0;
-            window_steps = 0;
-        }
-        if (vc.out_dir && step > start_step && ((vc.checkpoint_every > 0 && step % vc.checkpoint_every == 0) || last))
-            vision_save_checkpoint(&vc, MODEL_MAMBA_VIT, model.config_slots, step, T, &aug_rng, seed,
-                                   model.params_memory, model.m_memory, model.v_memory, model.norm_buffer);
-        if (last) break;
-
-        NVTX_RANGE("step");
-        double t0 = host_clock();
-        const float* images = vision_train_batch(&vb, &train, &vc.aug, seed, step, steps_per_epoch, vc.B, &aug_rng,
-                                                 model.acts.images, model.acts.images_tmp, labels.data());
-        mamba_vit_forward(&model, images, labels.data(), vc.B, step);
-        mamba_vit_backward(&model, vc.B);
-        float lr = learning_rate(opt.lr, step, vc.warmup, max_steps, vc.final_frac);
-        float norm = mamba_vit_update(&model, &opt, lr, step + 1);
-        cudaCheck(cudaDeviceSynchronize());
-        vision_check_finite(&vc, step + 1, model.mean_loss, norm);
-        double seconds = host_clock() - t0;
-        train_seconds += seconds;
-        window_seconds += seconds;
-        window_loss += model.mean_loss;
-        window_steps++;
-        if (vc.print_every > 0 && (step + 1) % vc.print_every == 0)
-            print_step(step + 1, start_step, max_steps, model.mean_loss, lr, norm, seconds, vc.B, "images/s", train_seconds);
-        log_train(&logger, step + 1, model.mean_loss, lr, norm, "images_per_s", vc.B / seconds, host_clock() - run_start);
-    }
-    logger_close(&logger);
-    if (vc.out_dir) {
-        std::string path = std::string(vc.out_dir) + "/model.bin";
-        check_params_finite(&guard, max_steps, model.params_memory, model.num_parameters, model.norm_buffer);
-        model_file_save(path.c_str(), MODEL_MAMBA_VIT, model.config_slots, model.params_memory);
-        printf("wrote %s\n", path.c_str());
-    }
-    printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - run_start);
-    vision_batcher_free(&vb);
-    mamba_vit_free(&model);
-    return 0;
+           BACKEND_NAME, config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.patch,
+           tokens_of(config), patch_dim_of(config), config.num_classes, model.buf.num_parameters,
+           scan_use_chunked ? "chunked parallel" : "sequential");
+    int status = vision_run(&model, &vc, &train, &test);
+    model_free(&model.buf);
+    return status;
 }
 #endif

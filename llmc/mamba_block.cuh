@@ -17,6 +17,7 @@ with E = 2C and R = ceil(C/16).
 #include "matmul.cuh"
 #include "conv1d.cuh"
 #include "selective_scan.cuh"
+#include "model.h"
 #include "utils.h"
 
 typedef struct {
@@ -48,17 +49,20 @@ typedef struct {
     float* ln_b;        // (L, C)
 } MambaStackParams;
 
-static const char* const mamba_stack_param_names[MAMBA_STACK_PARAMS] = {
-    "in_proj_w", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "dt_proj_b", "A_log", "D", "out_proj_w", "ln_w", "ln_b"};
-// weight decay on the weights of in_proj, conv, x_proj, dt_proj and out_proj;
-// not on A_log, D, biases or LayerNorms
-static const int mamba_stack_param_decay[MAMBA_STACK_PARAMS] = {1, 1, 0, 1, 1, 0, 0, 0, 1, 0, 0};
-
-static void mamba_stack_param_sizes(long* sizes, int L, MambaDims d) {
+// the L blocks' rows of a model's tensor table (model.h), from t; returns the
+// next row. Weight decay on the weights of in_proj, conv, x_proj, dt_proj
+// and out_proj; not on A_log, D, biases or LayerNorms.
+static TensorSpec* mamba_stack_param_table(TensorSpec* t, int L, MambaDims d) {
     long C = d.C, E = d.E, N = d.N, R = d.R;
-    long s[MAMBA_STACK_PARAMS] = {L * 2 * E * C, L * E * CONV_K, L * E, L * (R + 2 * N) * E, L * E * R, L * E,
-                                  L * E * N, L * E, L * C * E, L * C, L * C};
-    for (int i = 0; i < MAMBA_STACK_PARAMS; i++) sizes[i] = s[i];
+    TensorSpec rows[MAMBA_STACK_PARAMS] = {
+        {"in_proj_w", L * 2 * E * C, 1, L},     {"conv_w", L * E * CONV_K, 1, L},
+        {"conv_b", L * E, 0, L},                {"x_proj_w", L * (R + 2 * N) * E, 1, L},
+        {"dt_proj_w", L * E * R, 1, L},         {"dt_proj_b", L * E, 0, L},
+        {"A_log", L * E * N, 0, L},             {"D", L * E, 0, L},
+        {"out_proj_w", L * C * E, 1, L},        {"ln_w", L * C, 0, L},
+        {"ln_b", L * C, 0, L}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
 }
 
 static MambaStackParams mamba_layer_params(const MambaStackParams& s, int l, MambaDims d) {
@@ -114,12 +118,17 @@ typedef struct {
     float* ln_rstd;  // (L, B, T)
 } MambaStackActs;
 
-static void mamba_stack_act_sizes(long* sizes, int L, int B, int T, MambaDims d) {
+// the L blocks' rows of a model's activation table, from t; returns the next row
+static TensorSpec* mamba_stack_act_table(TensorSpec* t, int L, int B, int T, MambaDims d) {
     long BT = (long)B * T, C = d.C, E = d.E, X = d.R + 2 * d.N;
-    long s[MAMBA_STACK_ACTS] = {L * BT * 2 * E, L * BT * E, L * BT * E, L * BT * X, L * BT * E, L * BT * E,
-                                L * BT * E, L * scan_states_size(B, T, d.E, d.N), L * BT * C, L * BT * C,
-                                L * BT * C, L * BT, L * BT};
-    for (int i = 0; i < MAMBA_STACK_ACTS; i++) sizes[i] = s[i];
+    TensorSpec rows[MAMBA_STACK_ACTS] = {
+        {"xz", L * BT * 2 * E}, {"conv", L * BT * E},   {"u", L * BT * E},   {"x_dbl", L * BT * X},
+        {"dt", L * BT * E},     {"y", L * BT * E},      {"gated", L * BT * E},
+        {"states", L * scan_states_size(B, T, d.E, d.N)},
+        {"out", L * BT * C},    {"res", L * BT * C},    {"ln", L * BT * C},  {"ln_mean", L * BT},
+        {"ln_rstd", L * BT}};
+    for (TensorSpec r : rows) { r.layers = L; *t++ = r; }
+    return t;
 }
 
 // layer l's slices, for a B x T batch
@@ -144,11 +153,15 @@ typedef struct {
     float* conv_partial;  // CONV_CHUNKS * E * (K+1)
 } MambaScratch;
 
-static void mamba_scratch_sizes(long* sizes, int B, int T, MambaDims d) {
+// the scratch's rows of a model's activation table, from t; returns the next row
+static TensorSpec* mamba_scratch_table(TensorSpec* t, int B, int T, MambaDims d) {
     long BT = (long)B * T, E = d.E, X = d.R + 2 * d.N;
-    long s[MAMBA_SCRATCH] = {BT * E, BT * E, BT * E, BT * 2 * E, BT * X, scan_backward_scratch_size(B, T, d.E, d.N),
-                             (long)CONV_CHUNKS * E * (CONV_K + 1)};
-    for (int i = 0; i < MAMBA_SCRATCH; i++) sizes[i] = s[i];
+    TensorSpec rows[MAMBA_SCRATCH] = {
+        {"dgated", BT * E, 0, 1}, {"du", BT * E, 0, 1}, {"ddt", BT * E, 0, 1}, {"dxz", BT * 2 * E, 0, 1},
+        {"dx_dbl", BT * X, 0, 1}, {"scan_scratch", scan_backward_scratch_size(B, T, d.E, d.N), 0, 1},
+        {"conv_partial", (long)CONV_CHUNKS * E * (CONV_K + 1), 0, 1}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
 }
 
 // one block: a.ln (B,T,C) = LN(x + Mamba(x)); p and a are the layer's

@@ -64,25 +64,6 @@ inline bool check_tensor(Tests& t, const char* name, const float* got, const flo
     return t.check(e.rel <= rel_tol, "%-22s n=%-8ld max abs %.3e  rel %.3e  (tol %.0e)", name, n, e.max_abs, e.rel, rel_tol);
 }
 
-// Compares a buffer laid out like the flat parameters, tensor by tensor.
-// Tensors stacked over the L layers (per_layer[i] set) are compared layer by
-// layer, so that a layer with small values is measured against its own scale.
-inline void check_flat_tensors(Tests& t, const char* prefix, const char* const* names, const long* sizes,
-                               const int* per_layer, int count, int L, const float* got, const float* ref, double tol) {
-    long off = 0;
-    for (int i = 0; i < count; i++) {
-        int parts = per_layer[i] ? L : 1;
-        long n = sizes[i] / parts;
-        for (int l = 0; l < parts; l++) {
-            char name[96];
-            if (per_layer[i]) snprintf(name, sizeof(name), "%s%s[%d]", prefix, names[i], l);
-            else snprintf(name, sizeof(name), "%s%s", prefix, names[i]);
-            check_tensor(t, name, got + off, ref + off, n, tol);
-            off += n;
-        }
-    }
-}
-
 // ----------------------------------------------------------------------------
 // reference states written by dev/reference (format: README, "File formats")
 
@@ -151,4 +132,252 @@ inline void ref_state_load(RefState* s, const char* path) {
     std::vector<unsigned char> bytes;
     read_whole_file(path, &bytes);
     ref_state_parse(s, path, bytes.data(), (long)bytes.size());
+}
+
+// ----------------------------------------------------------------------------
+// device buffers, and the checks every model test makes (test_gpt.cu,
+// test_mamba.cu, test_vit.cu, test_mamba_vit.cu): a model's ModelBuffers
+// (model.h) against a reference state
+
+#include <functional>
+#include <cstring>
+#include <unistd.h>
+#include "model.h"
+#include "checkpoint.h"
+
+inline std::vector<float> device_to_vector(const float* d, long n) {
+    std::vector<float> h(n);
+    cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+inline void upload(float* d, const std::vector<float>& h) {
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+// a new device buffer holding h
+inline float* vector_to_device(const std::vector<float>& h) {
+    float* d;
+    cudaCheck(cudaMalloc(&d, h.size() * sizeof(float)));
+    upload(d, h);
+    return d;
+}
+
+inline std::vector<float> random_vector(long n, float lo, float hi, uint64_t* rng) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = lo + (hi - lo) * random_uniform(rng);
+    return v;
+}
+
+// Compares a buffer laid out as a model's tensor table, tensor by tensor;
+// tensors stacked over layers are compared layer by layer, so that a layer
+// with small values is measured against its own scale.
+inline void check_table_tensors(Tests& t, const char* prefix, const TensorSpec* table, int count, const float* got,
+                                const float* ref, double tol) {
+    long off = 0;
+    for (int i = 0; i < count; i++) {
+        long n = table[i].size / table[i].layers;
+        for (int l = 0; l < table[i].layers; l++) {
+            char name[96];
+            if (table[i].layers > 1) snprintf(name, sizeof(name), "%s%s[%d]", prefix, table[i].name, l);
+            else snprintf(name, sizeof(name), "%s%s", prefix, table[i].name);
+            check_tensor(t, name, got + off, ref + off, n, tol);
+            off += n;
+        }
+    }
+}
+
+// the reference's parameters, and AdamW moments zeroed
+inline void load_params(ModelBuffers* m, const std::vector<float>& params) {
+    upload(m->params_memory, params);
+    cudaCheck(cudaMemset(m->m_memory, 0, params.size() * sizeof(float)));
+    cudaCheck(cudaMemset(m->v_memory, 0, params.size() * sizeof(float)));
+}
+
+// one device tensor against the reference's tensor of that name
+inline void compare_ref(Tests& t, const RefState& ref, const char* path, const char* name, const float* device,
+                        const char* label, double tol) {
+    const RefTensor& r = ref.get(name, path);
+    std::vector<float> got = device_to_vector(device, r.numel());
+    char full[96];
+    snprintf(full, sizeof(full), "%s%s", label, name);
+    check_tensor(t, full, got.data(), r.f.data(), r.numel(), tol);
+}
+
+inline void check_loss(Tests& t, float got, float want, const char* label, const char* what, double tol) {
+    t.check(fabsf(got - want) <= tol * fabsf(want), "%s%s %.7f vs reference %.7f (abs err %.2e)", label, what, got,
+            want, fabsf(got - want));
+}
+
+// the gradients of the last backward against the reference's tensor `name`, per tensor of the table
+inline void check_grads(Tests& t, const ModelBuffers* m, const RefState& ref, const char* path, const char* name,
+                        const char* prefix, double tol) {
+    std::vector<float> grads = device_to_vector(m->grads_memory, m->num_parameters);
+    check_table_tensors(t, prefix, m->param_table, m->num_param_tensors, grads.data(), ref.get(name, path).f.data(), tol);
+}
+
+// A model's forward and backward of a training step at step s (the loss in m->mean_loss)
+typedef std::function<void(int step)> TrainStep;
+
+// n AdamW steps, steps first..first+n-1, at the reference's constant lr and
+// hyperparameters ("adamw": lr, beta1, beta2, eps, weight decay, clip); returns the losses
+inline std::vector<float> run_steps(ModelBuffers* m, const RefState& ref, const char* path, const TrainStep& step,
+                                    int first, int n) {
+    const RefTensor& h = ref.get("adamw", path);
+    AdamWConfig opt = {h.f[0], h.f[1], h.f[2], h.f[3], h.f[4], h.f[5]};
+    std::vector<float> losses;
+    for (int s = first; s < first + n; s++) {
+        step(s);
+        losses.push_back(m->mean_loss);
+        model_update(m, &opt, opt.lr, s + 1);
+    }
+    return losses;
+}
+
+// Which entries of a parameter tensor the after-steps comparison covers (all when null).
+typedef std::function<bool(const TensorSpec& tensor, long index)> ParamFilter;
+
+// From the reference parameters, the reference's trajectory ("step_losses")
+// and the parameters after it ("step_params"), per tensor of the table.
+inline void check_trajectory(Tests& t, ModelBuffers* m, const RefState& ref, const char* path, const TrainStep& step,
+                             double tol, const ParamFilter& include = nullptr, const char* filter_note = "") {
+    const RefTensor& ref_losses = ref.get("step_losses", path);
+    int nsteps = (int)ref_losses.numel();
+    load_params(m, ref.get("params", path).f);
+    std::vector<float> losses = run_steps(m, ref, path, step, 0, nsteps);
+    for (int s = 0; s < nsteps; s++) {
+        double err = fabs(losses[s] - ref_losses.f[s]);
+        t.check(err <= tol * fabs(ref_losses.f[s]), "step %2d loss %.7f vs reference %.7f (abs err %.2e)", s + 1,
+                losses[s], ref_losses.f[s], err);
+    }
+    std::vector<float> after = device_to_vector(m->params_memory, m->num_parameters);
+    const std::vector<float>& ref_after = ref.get("step_params", path).f;
+    long off = 0;
+    for (int i = 0; i < m->num_param_tensors; i++) {
+        const TensorSpec& ts = m->param_table[i];
+        long per_layer = ts.size / ts.layers;
+        for (int l = 0; l < ts.layers; l++) {  // layer by layer, as check_table_tensors
+            bool filtered = false;
+            std::vector<float> got, want;
+            for (long j = l * per_layer; j < (l + 1) * per_layer; j++) {
+                if (include && !include(ts, j)) { filtered = true; continue; }
+                got.push_back(after[off + j]);
+                want.push_back(ref_after[off + j]);
+            }
+            char name[96], layer[16] = "";
+            if (ts.layers > 1) snprintf(layer, sizeof(layer), "[%d]", l);
+            snprintf(name, sizeof(name), "after steps: %s%s%s", ts.name, layer, filtered ? filter_note : "");
+            check_tensor(t, name, got.data(), want.data(), (long)got.size(), tol);
+        }
+        off += ts.size;
+    }
+}
+
+// the same step twice from the same parameters: bit-identical loss and gradients
+inline void check_rerun_identical(Tests& t, ModelBuffers* m, const TrainStep& step, int s, const char* what) {
+    step(s);
+    std::vector<float> g1 = device_to_vector(m->grads_memory, m->num_parameters);
+    float loss1 = m->mean_loss;
+    step(s);
+    std::vector<float> g2 = device_to_vector(m->grads_memory, m->num_parameters);
+    t.check(memcmp(g1.data(), g2.data(), g1.size() * sizeof(float)) == 0 && loss1 == m->mean_loss,
+            "gradients bit-identical on a re-run%s", what);
+}
+
+// n steps, a checkpoint after n/2, the rest; then the checkpoint reloaded
+// into wiped buffers and the rest again: losses and parameters must be
+// bit-identical, and the checkpoint's step and generator slots restored.
+// on_reload (may be null) restores what the model keeps outside the
+// buffers from the checkpoint (the vision models' dropout seed).
+inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const char* path, const TrainStep& step,
+                         uint64_t train_rng, uint64_t sample_rng, const char* what,
+                         const std::function<void(const CheckpointState&)>& on_reload = nullptr) {
+    int nsteps = (int)ref.get("step_losses", path).numel(), half = nsteps / 2;
+    char dir[] = "/tmp/test_resume_XXXXXX";
+    if (!mkdtemp(dir)) fail("cannot create a temporary directory");
+    std::string ckpt = checkpoint_path(dir, half);
+    load_params(m, ref.get("params", path).f);
+    run_steps(m, ref, path, step, 0, half);
+    CheckpointState s = {m->kind, {0}, half, train_rng, sample_rng, ref.B, ref.T};
+    memcpy(s.config, m->config_slots, sizeof(s.config));
+    checkpoint_save(ckpt.c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
+    std::vector<float> first = run_steps(m, ref, path, step, half, nsteps - half);
+    std::vector<float> first_params = device_to_vector(m->params_memory, m->num_parameters);
+    load_params(m, std::vector<float>(m->num_parameters, 0.0f));  // wipe
+    CheckpointState r;
+    r.kind = m->kind;
+    memcpy(r.config, m->config_slots, sizeof(r.config));
+    checkpoint_load(ckpt.c_str(), &r, m->slot_names, m->params_memory, m->m_memory, m->v_memory);
+    if (on_reload) on_reload(r);
+    std::vector<float> second = run_steps(m, ref, path, step, r.step, nsteps - half);
+    std::vector<float> second_params = device_to_vector(m->params_memory, m->num_parameters);
+    bool same = r.step == half && r.train_rng == train_rng && r.sample_rng == sample_rng &&
+                memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0 &&
+                memcmp(first_params.data(), second_params.data(), first_params.size() * sizeof(float)) == 0;
+    t.check(same, "resume from checkpoint at step %d%s: losses and parameters bit-identical (last loss %.7f vs %.7f)",
+            half, what, first.back(), second.back());
+    remove(ckpt.c_str());
+    rmdir(dir);
+}
+
+// ----------------------------------------------------------------------------
+// the vision models' dropout checks (test_vit.cu, test_mamba_vit.cu), over
+// the hooks of vision_trainer.h (vision_forward, vision_backward) and a
+// model's fields dropout, buf, acts.logits, config.num_classes
+
+// a training step's forward + backward with the reference's dropout (rate, seed, step)
+template <typename M> void check_dropout_step(Tests& t, M* model, const RefState& ref, const char* path,
+                                              const float* images, double tol) {
+    const RefTensor& d = ref.get("dropout", path);
+    model->dropout.rate = ref.get("dropout_p", path).f[0];
+    model->dropout.seed = (uint64_t)d.i[0];
+    load_params(&model->buf, ref.get("params", path).f);
+    printf("--- a training step with dropout %g (seed %d, step %d)\n", model->dropout.rate, d.i[0], d.i[1]);
+    vision_forward(model, images, ref.get("labels", path).i.data(), ref.B, d.i[1]);
+    compare_ref(t, ref, path, "drop_logits", model->acts.logits, "", tol);
+    check_loss(t, model->buf.mean_loss, ref.get("drop_loss", path).f[0], "", "dropout loss", tol);
+    vision_backward(model, ref.B);
+    check_grads(t, &model->buf, ref, path, "drop_grads", "dropout grad ", tol);
+    model->dropout.rate = 0.0f;
+}
+
+// dropout only at training steps, its masks a function of the step
+template <typename M> void check_dropout_determinism(Tests& t, M* model, const RefState& ref, const char* path,
+                                                     const float* images) {
+    printf("--- determinism\n");
+    const int* labels = ref.get("labels", path).i.data();
+    model->dropout.rate = 0.1f;
+    model->dropout.seed = 99;
+    load_params(&model->buf, ref.get("params", path).f);
+    TrainStep step = [&](int s) { vision_forward(model, images, labels, ref.B, s); vision_backward(model, ref.B); };
+    check_rerun_identical(t, &model->buf, step, 7, " of the same training step (dropout on)");
+    float loss7 = model->buf.mean_loss;
+    vision_forward(model, images, labels, ref.B, 8);
+    t.check(model->buf.mean_loss != loss7, "the next step draws other dropout masks (loss %.7f vs %.7f)",
+            model->buf.mean_loss, loss7);
+    long n = (long)ref.B * model->config.num_classes;
+    vision_forward(model, images, labels, ref.B, -1);
+    float eval_loss = model->buf.mean_loss;
+    std::vector<float> eval_logits = device_to_vector(model->acts.logits, n);
+    model->dropout.rate = 0.0f;
+    vision_forward(model, images, labels, ref.B, 7);
+    std::vector<float> plain = device_to_vector(model->acts.logits, n);
+    t.check(eval_logits == plain && eval_loss == model->buf.mean_loss,
+            "evaluation (dropout 0.1 set) gives the logits of dropout 0, bit for bit");
+}
+
+// the 10-step trajectory without dropout, then resume with dropout on (the
+// masks resume too: the checkpoint's second generator slot is the run's seed)
+template <typename M> void check_vision_steps(Tests& t, M* model, const RefState& ref, const char* path,
+                                              const float* images, double tol, const ParamFilter& include = nullptr,
+                                              const char* filter_note = "") {
+    const int* labels = ref.get("labels", path).i.data();
+    TrainStep step = [&](int s) { vision_forward(model, images, labels, ref.B, s); vision_backward(model, ref.B); };
+    model->dropout.rate = 0.0f;
+    check_trajectory(t, &model->buf, ref, path, step, tol, include, filter_note);
+    model->dropout.rate = 0.1f;
+    model->dropout.seed = 1234;
+    check_resume(t, &model->buf, ref, path, step, 123, 1234, " (dropout on)", [&](const CheckpointState& r) {
+        model->dropout.seed = r.sample_rng;  // as vision_run restores it
+    });
 }

@@ -4,7 +4,9 @@ forward and backward, for a stack of L blocks whose parameters and
 activations are each stacked over layers (leading dimension L) in the
 model's flat buffers. Attention: qkv Linear(C, 3C) and proj Linear(C, C)
 with bias, NH heads, causal (the GPT) or not (the ViT); MLP: Linear(C, F),
-GELU, Linear(F, C).
+GELU, Linear(F, C). A dropout rate (the ViT's; 0 = none) drops each residual
+branch's output before it is added:
+  x = x + Dropout(attn_proj(attn(LN1(x)))),  x = x + Dropout(fc_proj(gelu(fc(LN2(x)))))
 */
 #pragma once
 #include "cuda_common.h"
@@ -13,6 +15,8 @@ GELU, Linear(F, C).
 #include "matmul.cuh"
 #include "attention.cuh"
 #include "gelu.cuh"
+#include "dropout.cuh"
+#include "model.h"
 #include "utils.h"
 
 typedef struct {
@@ -24,37 +28,40 @@ typedef struct {
 // parameters of all L blocks, stacked; or, from transformer_layer_params, of one
 #define TRANSFORMER_STACK_PARAMS 12
 typedef struct {
-    float* ln1w;      // (L, C)
-    float* ln1b;      // (L, C)
-    float* qkvw;      // (L, 3C, C)
-    float* qkvb;      // (L, 3C)
-    float* attprojw;  // (L, C, C)
-    float* attprojb;  // (L, C)
-    float* ln2w;      // (L, C)
-    float* ln2b;      // (L, C)
-    float* fcw;       // (L, F, C)
-    float* fcb;       // (L, F)
-    float* fcprojw;   // (L, C, F)
-    float* fcprojb;   // (L, C)
+    float* ln1_w;      // (L, C)
+    float* ln1_b;      // (L, C)
+    float* qkv_w;      // (L, 3C, C)
+    float* qkv_b;      // (L, 3C)
+    float* attn_proj_w;  // (L, C, C)
+    float* attn_proj_b;  // (L, C)
+    float* ln2_w;      // (L, C)
+    float* ln2_b;      // (L, C)
+    float* fc_w;       // (L, F, C)
+    float* fc_b;       // (L, F)
+    float* fc_proj_w;   // (L, C, F)
+    float* fc_proj_b;   // (L, C)
 } TransformerStackParams;
 
-static const char* const transformer_stack_param_names[TRANSFORMER_STACK_PARAMS] = {
-    "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw", "fcprojb"};
-// weight decay on the Linear weights only
-static const int transformer_stack_param_decay[TRANSFORMER_STACK_PARAMS] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0};
-
-static void transformer_stack_param_sizes(long* sizes, int L, TransformerDims d) {
+// the L blocks' rows of a model's tensor table (model.h), from t; returns
+// the next row. Weight decay on the Linear weights only.
+static TensorSpec* transformer_stack_param_table(TensorSpec* t, int L, TransformerDims d) {
     long C = d.C, F = d.F;
-    long s[TRANSFORMER_STACK_PARAMS] = {L * C, L * C, L * 3 * C * C, L * 3 * C, L * C * C, L * C,
-                                        L * C, L * C, L * F * C, L * F, L * C * F, L * C};
-    for (int i = 0; i < TRANSFORMER_STACK_PARAMS; i++) sizes[i] = s[i];
+    TensorSpec rows[TRANSFORMER_STACK_PARAMS] = {
+        {"ln1_w", L * C, 0, L},          {"ln1_b", L * C, 0, L},
+        {"qkv_w", L * 3 * C * C, 1, L},  {"qkv_b", L * 3 * C, 0, L},
+        {"attn_proj_w", L * C * C, 1, L}, {"attn_proj_b", L * C, 0, L},
+        {"ln2_w", L * C, 0, L},          {"ln2_b", L * C, 0, L},
+        {"fc_w", L * F * C, 1, L},       {"fc_b", L * F, 0, L},
+        {"fc_proj_w", L * C * F, 1, L},  {"fc_proj_b", L * C, 0, L}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
 }
 
 static TransformerStackParams transformer_layer_params(const TransformerStackParams& s, int l, TransformerDims d) {
     long C = d.C, F = d.F;
-    TransformerStackParams p = {s.ln1w + l * C, s.ln1b + l * C, s.qkvw + l * 3 * C * C, s.qkvb + l * 3 * C,
-                                s.attprojw + l * C * C, s.attprojb + l * C, s.ln2w + l * C, s.ln2b + l * C,
-                                s.fcw + l * F * C, s.fcb + l * F, s.fcprojw + l * C * F, s.fcprojb + l * C};
+    TransformerStackParams p = {s.ln1_w + l * C, s.ln1_b + l * C, s.qkv_w + l * 3 * C * C, s.qkv_b + l * 3 * C,
+                                s.attn_proj_w + l * C * C, s.attn_proj_b + l * C, s.ln2_w + l * C, s.ln2_b + l * C,
+                                s.fc_w + l * F * C, s.fc_b + l * F, s.fc_proj_w + l * C * F, s.fc_proj_b + l * C};
     return p;
 }
 
@@ -62,17 +69,16 @@ static TransformerStackParams transformer_layer_params(const TransformerStackPar
 // N(0, 0.02), the residual projections N(0, 0.02 / sqrt(2L)), biases 0,
 // LayerNorm weight 1 and bias 0
 static void transformer_stack_init(const TransformerStackParams& p, int L, TransformerDims d, Rng* rng) {
-    long sizes[TRANSFORMER_STACK_PARAMS];
-    transformer_stack_param_sizes(sizes, L, d);
+    TensorSpec rows[TRANSFORMER_STACK_PARAMS];
+    transformer_stack_param_table(rows, L, d);
     float* const* tensors = (float* const*)&p;
     float proj_std = 0.02f / sqrtf(2.0f * L);
     for (int i = 0; i < TRANSFORMER_STACK_PARAMS; i++) {
-        const char* name = transformer_stack_param_names[i];
-        bool ln_weight = !strcmp(name, "ln1w") || !strcmp(name, "ln2w");
-        bool proj = !strcmp(name, "attprojw") || !strcmp(name, "fcprojw");
-        for (long j = 0; j < sizes[i]; j++)
-            tensors[i][j] = ln_weight ? 1.0f
-                          : transformer_stack_param_decay[i] ? rng_normal(rng) * (proj ? proj_std : 0.02f) : 0.0f;
+        const char* name = rows[i].name;
+        bool ln_weight = !strcmp(name, "ln1_w") || !strcmp(name, "ln2_w");
+        bool proj = !strcmp(name, "attn_proj_w") || !strcmp(name, "fc_proj_w");
+        for (long j = 0; j < rows[i].size; j++)
+            tensors[i][j] = ln_weight ? 1.0f : rows[i].decay ? rng_normal(rng) * (proj ? proj_std : 0.02f) : 0.0f;
     }
 }
 
@@ -98,12 +104,18 @@ typedef struct {
     float* residual3;  // (L, B, T, C)          block output
 } TransformerStackActs;
 
-static void transformer_stack_act_sizes(long* sizes, int L, int B, int T, TransformerDims d) {
+// the L blocks' rows of a model's activation table, from t; returns the next row
+static TensorSpec* transformer_stack_act_table(TensorSpec* t, int L, int B, int T, TransformerDims d) {
     long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
-    long s[TRANSFORMER_STACK_ACTS] = {L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * 3 * C, L * B * NH * T * T,
-                                      L * BT * C, L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT, L * BT * F,
-                                      L * BT * F, L * BT * C, L * BT * C};
-    for (int i = 0; i < TRANSFORMER_STACK_ACTS; i++) sizes[i] = s[i];
+    TensorSpec rows[TRANSFORMER_STACK_ACTS] = {
+        {"ln1", L * BT * C},         {"ln1_mean", L * BT},        {"ln1_rstd", L * BT},
+        {"qkv", L * BT * 3 * C},     {"qkvr", L * BT * 3 * C},    {"att", L * B * NH * T * T},
+        {"atty", L * BT * C},        {"attproj", L * BT * C},     {"residual2", L * BT * C},
+        {"ln2", L * BT * C},         {"ln2_mean", L * BT},        {"ln2_rstd", L * BT},
+        {"fch", L * BT * F},         {"fch_gelu", L * BT * F},    {"fcproj", L * BT * C},
+        {"residual3", L * BT * C}};
+    for (TensorSpec r : rows) { r.layers = L; *t++ = r; }
+    return t;
 }
 
 static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a, int l, int B, int T, TransformerDims d) {
@@ -117,79 +129,109 @@ static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a
 }
 
 // scratch shared by all layers, forward and backward
-#define TRANSFORMER_SCRATCH 7
+#define TRANSFORMER_SCRATCH 8
 typedef struct {
-    float* preatt;  // (B, NH, T, T)
-    float* attn_y;  // (B, NH, T, hs)
-    float* dbtc;    // (B, T, C)
-    float* dbtf;    // (B, T, F)
-    float* dqkv;    // (B, T, 3C)
-    float* dqkvr;   // (3, B, NH, T, hs)
-    float* datt;    // (B, NH, T, T)
+    float* preatt;   // (B, NH, T, T)
+    float* attn_y;   // (B, NH, T, hs)
+    float* dbtc;     // (B, T, C)
+    float* dbtf;     // (B, T, F)
+    float* dqkv;     // (B, T, 3C)
+    float* dqkvr;    // (3, B, NH, T, hs)
+    float* datt;     // (B, NH, T, T)
+    float* dbranch;  // (B, T, C)  a residual branch's gradient after dropout
 } TransformerScratch;
 
-static void transformer_scratch_sizes(long* sizes, int B, int T, TransformerDims d) {
+// the scratch's rows of a model's activation table, from t; returns the next row
+static TensorSpec* transformer_scratch_table(TensorSpec* t, int B, int T, TransformerDims d) {
     long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
-    long s[TRANSFORMER_SCRATCH] = {B * NH * T * T, BT * C, BT * C, BT * F, BT * 3 * C, BT * 3 * C, B * NH * T * T};
-    for (int i = 0; i < TRANSFORMER_SCRATCH; i++) sizes[i] = s[i];
+    TensorSpec rows[TRANSFORMER_SCRATCH] = {
+        {"preatt", B * NH * T * T, 0, 1}, {"attn_y", BT * C, 0, 1}, {"dbtc", BT * C, 0, 1},
+        {"dbtf", BT * F, 0, 1},           {"dqkv", BT * 3 * C, 0, 1}, {"dqkvr", BT * 3 * C, 0, 1},
+        {"datt", B * NH * T * T, 0, 1},   {"dbranch", BT * C, 0, 1}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
 }
 
-// one block: a.residual3 (B,T,C) from x; p and a are the layer's
+// The dropout of a block's two residual branches (after the attention
+// projection and after the MLP); rate 0 is none (the GPT, evaluation).
+typedef struct {
+    float rate;
+    uint64_t key_attn, key_mlp;  // dropout.cuh's site keys
+} BlockDropout;
+
+static const BlockDropout NO_DROPOUT = {0.0f, 0, 0};
+
+// the keys of layer l at one step: sites 2l (attention branch) and 2l+1 (MLP branch)
+static BlockDropout block_dropout(float rate, uint64_t seed, uint64_t step, int layer) {
+    BlockDropout b = {rate, dropout_key(seed, step, 2 * (uint64_t)layer), dropout_key(seed, step, 2 * (uint64_t)layer + 1)};
+    return b;
+}
+
+// One block: a.residual3 (B,T,C) from x; p and a are the layer's. With
+// dropout, the branch outputs a.attproj and a.fcproj are dropped in place
+// (they hold the values after dropout) before the residual adds.
 static void transformer_block_forward(cublasHandle_t h, const TransformerStackParams& p, const TransformerStackActs& a,
                                       const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
-                                      int causal) {
+                                      int causal, BlockDropout drop) {
     int BT = B * T, C = d.C, F = d.F;
     long btc = (long)BT * C;
     {
         NVTX_RANGE("ln1_forward");
-        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1w, p.ln1b, BT, C);
+        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT, C);
     }
     {
         NVTX_RANGE("attention_forward");
-        matmul_forward(h, a.qkv, a.ln1, p.qkvw, p.qkvb, BT, C, 3 * C);
+        matmul_forward(h, a.qkv, a.ln1, p.qkv_w, p.qkv_b, BT, C, 3 * C);
         attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, causal);
-        matmul_forward(h, a.attproj, a.atty, p.attprojw, p.attprojb, BT, C, C);
+        matmul_forward(h, a.attproj, a.atty, p.attn_proj_w, p.attn_proj_b, BT, C, C);
+        if (drop.rate > 0.0f) dropout_apply(a.attproj, a.attproj, btc, drop.rate, drop.key_attn);
         residual_forward(a.residual2, x, a.attproj, btc);
     }
     {
         NVTX_RANGE("ln2_forward");
-        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, BT, C);
+        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2_w, p.ln2_b, BT, C);
     }
     {
         NVTX_RANGE("mlp_forward");
-        matmul_forward(h, a.fch, a.ln2, p.fcw, p.fcb, BT, C, F);
+        matmul_forward(h, a.fch, a.ln2, p.fc_w, p.fc_b, BT, C, F);
         gelu_forward(a.fch_gelu, a.fch, (long)BT * F);
-        matmul_forward(h, a.fcproj, a.fch_gelu, p.fcprojw, p.fcprojb, BT, F, C);
+        matmul_forward(h, a.fcproj, a.fch_gelu, p.fc_proj_w, p.fc_proj_b, BT, F, C);
+        if (drop.rate > 0.0f) dropout_apply(a.fcproj, a.fcproj, btc, drop.rate, drop.key_mlp);
         residual_forward(a.residual3, a.residual2, a.fcproj, btc);
     }
 }
 
-// one block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
+// One block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
 // block's output, on return w.r.t. its input x (the residual stream carries
-// it through; each branch adds to it). g: the layer's gradients (accumulated).
+// it through; each branch adds to it). g: the layer's gradients
+// (accumulated). drop: the forward's.
 static void transformer_block_backward(cublasHandle_t h, float* dresidual, const float* x,
                                        const TransformerStackParams& p, const TransformerStackParams& g,
                                        const TransformerStackActs& a, const TransformerScratch& s, const float* ones,
-                                       int B, int T, TransformerDims d, int causal) {
+                                       int B, int T, TransformerDims d, int causal, BlockDropout drop) {
     int BT = B * T, C = d.C, F = d.F;
+    long btc = (long)BT * C;
+    const float* dbranch = dresidual;  // a branch's output gradient: through its dropout mask, if any
     {
         NVTX_RANGE("mlp_backward");
-        matmul_backward(h, s.dbtf, g.fcprojw, g.fcprojb, dresidual, a.fch_gelu, p.fcprojw, ones, BT, F, C);
+        if (drop.rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop.rate, drop.key_mlp); dbranch = s.dbranch; }
+        matmul_backward(h, s.dbtf, g.fc_proj_w, g.fc_proj_b, dbranch, a.fch_gelu, p.fc_proj_w, ones, BT, F, C);
         gelu_backward(s.dbtf, a.fch, s.dbtf, (long)BT * F);
-        matmul_backward(h, s.dbtc, g.fcw, g.fcb, s.dbtf, a.ln2, p.fcw, ones, BT, C, F);
+        matmul_backward(h, s.dbtc, g.fc_w, g.fc_b, s.dbtf, a.ln2, p.fc_w, ones, BT, C, F);
     }
     {
         NVTX_RANGE("ln2_backward");
-        layernorm_backward(dresidual, g.ln2w, g.ln2b, s.dbtc, a.residual2, p.ln2w, a.ln2_mean, a.ln2_rstd, BT, C);
+        layernorm_backward(dresidual, g.ln2_w, g.ln2_b, s.dbtc, a.residual2, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT, C);
     }
     {
         NVTX_RANGE("attention_backward");
-        matmul_backward(h, s.dbtc, g.attprojw, g.attprojb, dresidual, a.atty, p.attprojw, ones, BT, C, C);
+        if (drop.rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop.rate, drop.key_attn); dbranch = s.dbranch; }
+        matmul_backward(h, s.dbtc, g.attn_proj_w, g.attn_proj_b, dbranch, a.atty, p.attn_proj_w, ones, BT, C, C);
         attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal);
-        matmul_backward(h, s.dbtc, g.qkvw, g.qkvb, s.dqkv, a.ln1, p.qkvw, ones, BT, C, 3 * C);
+        matmul_backward(h, s.dbtc, g.qkv_w, g.qkv_b, s.dqkv, a.ln1, p.qkv_w, ones, BT, C, 3 * C);
     }
     {
         NVTX_RANGE("ln1_backward");
-        layernorm_backward(dresidual, g.ln1w, g.ln1b, s.dbtc, x, p.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
+        layernorm_backward(dresidual, g.ln1_w, g.ln1_b, s.dbtc, x, p.ln1_w, a.ln1_mean, a.ln1_rstd, BT, C);
     }
 }

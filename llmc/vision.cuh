@@ -9,16 +9,12 @@ and Mamba blocks, cross-entropy) is shared with the language models.
               reuses encoder.cuh's position_backward_kernel (dwpe += sum over
               the batch, in order of b: deterministic)
   mean pool   over the T tokens, forward and backward
-  dropout     inverted dropout (kept values scaled by 1/(1-p)) whose mask is a
-              counter-based hash of (seed, step, site, element index): nothing
-              is stored, backward recomputes the mask, and a run resumed at
-              step k draws the same masks as the uninterrupted run
-  ViT block   the pre-norm Transformer block of transformer_block.cuh with
-              dropout on each residual branch:
-                x = x + Dropout(attproj(attn(LN1(x))))
-                x = x + Dropout(fcproj(gelu(fc(LN2(x)))))
-              without dropout (p = 0, or evaluation) it is exactly
-              transformer_block_forward/backward with causal = 0.
+  patch embedding  patches -> LN(PD) -> Linear(PD, C) -> LN(C), forward and
+              backward, with its parameter and activation table rows
+  dropout     the training-step state both vision models keep (the masks
+              themselves are dropout.cuh's)
+
+The ViT's blocks are transformer_block.cuh's with a dropout rate.
 */
 #pragma once
 #include <cstdint>
@@ -26,9 +22,13 @@ and Mamba blocks, cross-entropy) is shared with the language models.
 #include "encoder.cuh"  // residual_forward, position_backward_kernel
 #include "layernorm.cuh"
 #include "matmul.cuh"
-#include "attention.cuh"
-#include "gelu.cuh"
-#include "transformer_block.cuh"
+#include "dropout.cuh"
+#include "model.h"
+#include "utils.h"
+
+// the image geometry the vision models take (CIFAR-10's)
+#define VISION_CHANNELS 3
+#define VISION_SIZE 32
 
 // ----------------------------------------------------------------------------
 // patches, positions, pooling
@@ -76,39 +76,6 @@ __global__ void mean_pool_backward_kernel(float* dx, const float* dpooled, int B
 }
 
 // ----------------------------------------------------------------------------
-// dropout
-
-#define DROPOUT_GAMMA 0x9E3779B97F4A7C15ull
-
-// splitmix64's finalizer: a bijective mix of 64 bits
-__host__ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// the key of one dropout site (layer and branch) at one training step
-static uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t site) {
-    return mix64(mix64(mix64(seed + DROPOUT_GAMMA) + step + DROPOUT_GAMMA) + site + DROPOUT_GAMMA);
-}
-
-// an element is dropped when the top 24 bits of its hash fall below p * 2^24
-static uint32_t dropout_threshold(float p) { return (uint32_t)((double)p * 16777216.0); }
-
-__device__ __forceinline__ bool dropout_keep(uint64_t key, long idx, uint32_t threshold) {
-    return (uint32_t)(mix64(key + (uint64_t)(idx + 1) * DROPOUT_GAMMA) >> 40) >= threshold;
-}
-
-// out[i] = keep(i) ? in[i] * scale : 0, in place allowed. The forward pass
-// applies it to the activation, the backward pass to the gradient (same key:
-// same mask). One thread per element.
-__global__ void dropout_kernel(float* out, const float* in, long n, uint64_t key, uint32_t threshold, float scale) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    out[i] = dropout_keep(key, i, threshold) ? in[i] * scale : 0.0f;
-}
-
-// ----------------------------------------------------------------------------
 // launchers
 
 // images (B, Cc, H, W) -> patches (B, (H/P)(W/P), Cc*P*P)
@@ -141,85 +108,104 @@ void mean_pool_backward(float* dx, const float* dpooled, int B, int T, int C) {
     cudaCheck(cudaGetLastError());
 }
 
-// dropout with rate p in [0, 1) under `key`; the backward pass is the same call on the gradient
-void dropout_apply(float* out, const float* in, long n, float p, uint64_t key) {
-    LAUNCH(dropout_kernel, CEIL_DIV(n, 256), 256, 0)(out, in, n, key, dropout_threshold(p), 1.0f / (1.0f - p));
-    cudaCheck(cudaGetLastError());
+// ----------------------------------------------------------------------------
+// dropout at training steps
+
+// The vision models' dropout: the rate at training steps, the run's seed (the
+// masks are a hash of seed, step, site and element), and what the last
+// forward used, for the backward.
+typedef struct {
+    float rate;
+    uint64_t seed;
+    float fwd_rate;  // 0: the last forward had none (evaluation)
+    int fwd_step;
+} VisionDropout;
+
+// a forward at train_step (>= 0: training, -1: evaluation) returns its rate
+static float vision_dropout_begin(VisionDropout* d, int train_step) {
+    d->fwd_rate = train_step >= 0 ? d->rate : 0.0f;
+    d->fwd_step = train_step;
+    return d->fwd_rate;
 }
 
 // ----------------------------------------------------------------------------
-// the ViT block: transformer_block.cuh's, with dropout on the residual branches
+// the patch embedding both vision models start with:
+//   images (B, 3, 32, 32) -> patches (B, T, PD) -> LN(PD) -> Linear(PD, C) -> LN(C)
 
-// The two dropout keys of layer l: sites 2l (attention branch) and 2l+1 (MLP branch)
-static uint64_t vit_dropout_key(uint64_t seed, uint64_t step, int layer, int branch) {
-    return dropout_key(seed, step, 2 * (uint64_t)layer + branch);
+#define PATCH_EMBED_PARAMS 6
+typedef struct {
+    float* patch_ln_w;  // (PD)
+    float* patch_ln_b;  // (PD)
+    float* patch_w;     // (C, PD)
+    float* patch_b;     // (C)
+    float* embed_ln_w;  // (C)
+    float* embed_ln_b;  // (C)
+} PatchEmbedParams;
+
+// its rows of a model's tensor table, from t; returns the next row. Weight decay on the Linear weight.
+static TensorSpec* patch_embed_param_table(TensorSpec* t, long PD, long C) {
+    TensorSpec rows[PATCH_EMBED_PARAMS] = {{"patch_ln_w", PD, 0, 1}, {"patch_ln_b", PD, 0, 1}, {"patch_w", C * PD, 1, 1},
+                                           {"patch_b", C, 0, 1},     {"embed_ln_w", C, 0, 1},   {"embed_ln_b", C, 0, 1}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
 }
 
-// One block: a.residual3 (B,T,C) from x. dropout 0 (evaluation) is the plain
-// transformer block; otherwise the branch outputs a.attproj and a.fcproj are
-// dropped in place (they hold the values after dropout) before the residual adds.
-static void vit_block_forward(cublasHandle_t h, const TransformerStackParams& p, const TransformerStackActs& a,
-                              const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
-                              float dropout, uint64_t key_attn, uint64_t key_mlp) {
-    if (dropout <= 0.0f) { transformer_block_forward(h, p, a, s, x, B, T, d, 0); return; }
-    int BT = B * T, C = d.C, F = d.F;
-    long btc = (long)BT * C;
-    {
-        NVTX_RANGE("ln1_forward");
-        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1w, p.ln1b, BT, C);
-    }
-    {
-        NVTX_RANGE("attention_forward");
-        matmul_forward(h, a.qkv, a.ln1, p.qkvw, p.qkvb, BT, C, 3 * C);
-        attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, 0);
-        matmul_forward(h, a.attproj, a.atty, p.attprojw, p.attprojb, BT, C, C);
-        dropout_apply(a.attproj, a.attproj, btc, dropout, key_attn);
-        residual_forward(a.residual2, x, a.attproj, btc);
-    }
-    {
-        NVTX_RANGE("ln2_forward");
-        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2w, p.ln2b, BT, C);
-    }
-    {
-        NVTX_RANGE("mlp_forward");
-        matmul_forward(h, a.fch, a.ln2, p.fcw, p.fcb, BT, C, F);
-        gelu_forward(a.fch_gelu, a.fch, (long)BT * F);
-        matmul_forward(h, a.fcproj, a.fch_gelu, p.fcprojw, p.fcprojb, BT, F, C);
-        dropout_apply(a.fcproj, a.fcproj, btc, dropout, key_mlp);
-        residual_forward(a.residual3, a.residual2, a.fcproj, btc);
-    }
+// (host memory) LayerNorms 1 and 0; the Linear as PyTorch's default, weight
+// then bias U(+-1/sqrt(PD)). The caller zeroed the buffer.
+static void patch_embed_init(const PatchEmbedParams& p, long PD, long C, Rng* rng) {
+    float bound = 1.0f / sqrtf((float)PD);
+    for (long i = 0; i < PD; i++) p.patch_ln_w[i] = 1.0f;
+    for (long i = 0; i < C * PD; i++) p.patch_w[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+    for (long i = 0; i < C; i++) p.patch_b[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+    for (long i = 0; i < C; i++) p.embed_ln_w[i] = 1.0f;
 }
 
-// One block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
-// block's output, on return w.r.t. its input x. dbranch (B,T,C) is scratch
-// for a branch's gradient after dropout. g: the layer's gradients (accumulated).
-static void vit_block_backward(cublasHandle_t h, float* dresidual, float* dbranch, const float* x,
-                               const TransformerStackParams& p, const TransformerStackParams& g,
-                               const TransformerStackActs& a, const TransformerScratch& s, const float* ones, int B,
-                               int T, TransformerDims d, float dropout, uint64_t key_attn, uint64_t key_mlp) {
-    if (dropout <= 0.0f) { transformer_block_backward(h, dresidual, x, p, g, a, s, ones, B, T, d, 0); return; }
-    int BT = B * T, C = d.C, F = d.F;
-    long btc = (long)BT * C;
-    {
-        NVTX_RANGE("mlp_backward");
-        dropout_apply(dbranch, dresidual, btc, dropout, key_mlp);
-        matmul_backward(h, s.dbtf, g.fcprojw, g.fcprojb, dbranch, a.fch_gelu, p.fcprojw, ones, BT, F, C);
-        gelu_backward(s.dbtf, a.fch, s.dbtf, (long)BT * F);
-        matmul_backward(h, s.dbtc, g.fcw, g.fcb, s.dbtf, a.ln2, p.fcw, ones, BT, C, F);
-    }
-    {
-        NVTX_RANGE("ln2_backward");
-        layernorm_backward(dresidual, g.ln2w, g.ln2b, s.dbtc, a.residual2, p.ln2w, a.ln2_mean, a.ln2_rstd, BT, C);
-    }
-    {
-        NVTX_RANGE("attention_backward");
-        dropout_apply(dbranch, dresidual, btc, dropout, key_attn);
-        matmul_backward(h, s.dbtc, g.attprojw, g.attprojb, dbranch, a.atty, p.attprojw, ones, BT, C, C);
-        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, 0);
-        matmul_backward(h, s.dbtc, g.qkvw, g.qkvb, s.dqkv, a.ln1, p.qkvw, ones, BT, C, 3 * C);
-    }
-    {
-        NVTX_RANGE("ln1_backward");
-        layernorm_backward(dresidual, g.ln1w, g.ln1b, s.dbtc, x, p.ln1w, a.ln1_mean, a.ln1_rstd, BT, C);
-    }
+// its activations (kept for backward) and the scratch of its backward
+#define PATCH_EMBED_ACTS 11
+typedef struct {
+    float* patches;        // (B, T, PD)
+    float* patch_ln;       // (B, T, PD)
+    float* patch_ln_mean;  // (B, T)
+    float* patch_ln_rstd;  // (B, T)
+    float* embed;          // (B, T, C)
+    float* embed_ln;       // (B, T, C)  the output
+    float* embed_ln_mean;  // (B, T)
+    float* embed_ln_rstd;  // (B, T)
+    float* dembed;         // (B, T, C)
+    float* dpatch_ln;      // (B, T, PD)
+    float* dpatches;       // (B, T, PD) (unused: the images need no gradient)
+} PatchEmbedActs;
+
+static TensorSpec* patch_embed_act_table(TensorSpec* t, long BT, long PD, long C) {
+    TensorSpec rows[PATCH_EMBED_ACTS] = {
+        {"patches", BT * PD, 0, 1}, {"patch_ln", BT * PD, 0, 1}, {"patch_ln_mean", BT, 0, 1}, {"patch_ln_rstd", BT, 0, 1},
+        {"embed", BT * C, 0, 1},    {"embed_ln", BT * C, 0, 1},  {"embed_ln_mean", BT, 0, 1}, {"embed_ln_rstd", BT, 0, 1},
+        {"dembed", BT * C, 0, 1},   {"dpatch_ln", BT * PD, 0, 1}, {"dpatches", BT * PD, 0, 1}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
+}
+
+// a.embed_ln (B, T, C) from images (B, 3, 32, 32) cut into P x P patches
+static void patch_embed_forward(cublasHandle_t h, const PatchEmbedParams& p, const PatchEmbedActs& a,
+                                const float* images, int B, int P, int C) {
+    NVTX_RANGE("patch_embed_forward");
+    int T = (VISION_SIZE / P) * (VISION_SIZE / P), PD = VISION_CHANNELS * P * P, BT = B * T;
+    patchify(a.patches, images, B, VISION_CHANNELS, VISION_SIZE, VISION_SIZE, P);
+    layernorm_forward(a.patch_ln, a.patch_ln_mean, a.patch_ln_rstd, a.patches, p.patch_ln_w, p.patch_ln_b, BT, PD);
+    matmul_forward(h, a.embed, a.patch_ln, p.patch_w, p.patch_b, BT, PD, C);
+    layernorm_forward(a.embed_ln, a.embed_ln_mean, a.embed_ln_rstd, a.embed, p.embed_ln_w, p.embed_ln_b, BT, C);
+}
+
+// the parameters' gradients g (accumulated) from dout (B, T, C), the gradient w.r.t. a.embed_ln
+static void patch_embed_backward(cublasHandle_t h, const PatchEmbedParams& g, const PatchEmbedParams& p,
+                                 const PatchEmbedActs& a, const float* dout, const float* ones, int B, int P, int C) {
+    NVTX_RANGE("patch_embed_backward");
+    int T = (VISION_SIZE / P) * (VISION_SIZE / P), PD = VISION_CHANNELS * P * P, BT = B * T;
+    cudaCheck(cudaMemset(a.dembed, 0, (long)BT * C * sizeof(float)));
+    layernorm_backward(a.dembed, g.embed_ln_w, g.embed_ln_b, dout, a.embed, p.embed_ln_w, a.embed_ln_mean,
+                       a.embed_ln_rstd, BT, C);
+    matmul_backward(h, a.dpatch_ln, g.patch_w, g.patch_b, a.dembed, a.patch_ln, p.patch_w, ones, BT, PD, C);
+    cudaCheck(cudaMemset(a.dpatches, 0, (long)BT * PD * sizeof(float)));
+    layernorm_backward(a.dpatches, g.patch_ln_w, g.patch_ln_b, a.dpatch_ln, a.patches, p.patch_ln_w, a.patch_ln_mean,
+                       a.patch_ln_rstd, BT, PD);
 }

@@ -1,10 +1,11 @@
 /*
-What the image classifiers' trainers (train_vit.cu, train_mamba_vit.cu)
-share: their flags, loading and checking the image files, training batches
-(shuffled per epoch, augmented) and evaluation batches, checkpoint
-bookkeeping, and counting correct predictions. The schedule, clipping plus
-AdamW, the non-finite guard and the step line come from trainer.h. Each
-train_*.cu keeps its own model and main loop, so it still reads top to bottom.
+The image classifiers' training loop, vision_run, and what only they need:
+their flags, loading and checking the image files, training batches
+(shuffled per epoch, augmented) and evaluation batches, evaluation (loss and
+accuracy), and the epoch line. What they share with the language models
+(schedule, guards, step line, checkpoints) is in trainer.h; the update
+(clipping plus AdamW) in model.h. A model file (train_vit.cu,
+train_mamba_vit.cu) defines its model and the two hooks vision_run calls.
 
 Checkpoints are the language models' format (checkpoint.h); in a vision
 checkpoint the data generator slot holds the augmentation generator and the
@@ -21,12 +22,11 @@ patches. So a resumed run continues bit-identically (with the same flags).
 #include "checkpoint.h"
 #include "image_data.h"
 #include "logger.h"
+#include "model.h"
 #include "trainer.h"
+#include "vision.cuh"
 #include "utils.h"
 
-// the image geometry the vision models take (CIFAR-10's)
-#define VISION_CHANNELS 3
-#define VISION_SIZE 32
 
 typedef struct {
     const char* train_path;  // -i
@@ -173,11 +173,19 @@ static void load_vision_data(const VisionTrainConfig* c, ImageData* train, Image
     if (train->count < c->B) fail("flag -b: batch %d is larger than the %d images of %s", c->B, train->count, c->train_path);
 }
 
+// a model file of -e must fit the images: its patch size divides them, its classes are theirs
+static void check_model_images(const VisionTrainConfig* c, int patch, int classes, const ImageData* train) {
+    if (patch < 1 || VISION_SIZE % patch != 0) fail("%s: patch size %d does not divide %d", c->init_path, patch, VISION_SIZE);
+    if (classes != train->classes) fail("%s: a model for %d classes, but %s has %d", c->init_path, classes, c->train_path, train->classes);
+}
+
 // ----------------------------------------------------------------------------
 // batches
 
 typedef struct {
     int max_B;
+    float* images;                      // device (max_B, 3, 32, 32), floats in [0, 1]
+    float* images_tmp;                  // device, augmentation's second buffer
     unsigned char* pixels_dev;          // device (max_B, 3, 32, 32)
     std::vector<unsigned char> pixels;  // host staging
     std::vector<int> order;             // the current epoch's order
@@ -189,6 +197,8 @@ typedef struct {
 static void vision_batcher_init(VisionBatcher* vb, int max_B) {
     vb->max_B = max_B;
     long bytes = (long)max_B * VISION_CHANNELS * VISION_SIZE * VISION_SIZE;
+    cudaCheck(cudaMalloc(&vb->images, bytes * sizeof(float)));
+    cudaCheck(cudaMalloc(&vb->images_tmp, bytes * sizeof(float)));
     cudaCheck(cudaMalloc(&vb->pixels_dev, bytes));
     vb->pixels.resize(bytes);
     vb->order_epoch = -1;
@@ -196,6 +206,8 @@ static void vision_batcher_init(VisionBatcher* vb, int max_B) {
 }
 
 static void vision_batcher_free(VisionBatcher* vb) {
+    cudaCheck(cudaFree(vb->images));
+    cudaCheck(cudaFree(vb->images_tmp));
     cudaCheck(cudaFree(vb->pixels_dev));
     augment_buffers_free(&vb->aug_dev);
 }
@@ -210,11 +222,10 @@ static void vision_upload(VisionBatcher* vb, const ImageData* d, const int* indi
 
 // The training batch of a step (steps_per_epoch batches per epoch, in the
 // epoch's shuffled order), augmented with parameters drawn from aug_rng.
-// img and tmp are (B, 3, 32, 32) device buffers; returns the one that holds
-// the batch. labels: B host ints.
+// Returns the device buffer (B, 3, 32, 32) that holds the batch. labels: B host ints.
 static float* vision_train_batch(VisionBatcher* vb, const ImageData* d, const AugmentConfig* aug, uint64_t seed,
-                                 int step, int steps_per_epoch, int B, Rng* aug_rng, float* img, float* tmp,
-                                 int* labels) {
+                                 int step, int steps_per_epoch, int B, Rng* aug_rng, int* labels) {
+    float *img = vb->images, *tmp = vb->images_tmp;
     int epoch = step / steps_per_epoch, i = step % steps_per_epoch;
     if (vb->order_epoch != epoch) {
         image_data_epoch_order(seed, epoch, d->count, &vb->order);
@@ -226,11 +237,11 @@ static float* vision_train_batch(VisionBatcher* vb, const ImageData* d, const Au
     return augment_apply(aug, &vb->aug, &vb->aug_dev, img, tmp, B, d->channels, d->height, d->width);
 }
 
-// evaluation batch: images first .. first+B-1 in file order
-static void vision_eval_batch(VisionBatcher* vb, const ImageData* d, int first, int B, float* img, int* labels) {
+// evaluation batch: images first .. first+B-1 in file order, into vb->images
+static void vision_eval_batch(VisionBatcher* vb, const ImageData* d, int first, int B, int* labels) {
     std::vector<int> indices(B);
     for (int b = 0; b < B; b++) indices[b] = first + b;
-    vision_upload(vb, d, indices.data(), B, img, labels);
+    vision_upload(vb, d, indices.data(), B, vb->images, labels);
 }
 
 // the number of rows of logits (B, K) whose largest entry (first on ties) is the label
@@ -243,55 +254,6 @@ static int count_correct(const float* logits, const int* labels, int B, int K) {
         correct += best == labels[b];
     }
     return correct;
-}
-
-// ----------------------------------------------------------------------------
-// checkpoints
-
-// resumes from the newest checkpoint in c->out_dir; returns the step to continue from
-static int vision_resume(const VisionTrainConfig* c, int kind, const int* config_slots, const char* const* slot_names,
-                         int tokens, float* params, float* m, float* v, Rng* aug_rng, uint64_t* seed) {
-    std::vector<int> steps = checkpoint_steps(c->out_dir);
-    if (steps.empty()) fail("flag -y: no checkpoint in %s", c->out_dir);
-    CheckpointState s;
-    s.kind = kind;
-    memcpy(s.config, config_slots, sizeof(s.config));
-    std::string path = checkpoint_path(c->out_dir, steps.back());
-    checkpoint_load(path.c_str(), &s, slot_names, params, m, v);
-    if (s.B != c->B) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, c->B);
-    if (s.T != tokens) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, tokens);
-    aug_rng->state = s.train_rng;
-    *seed = s.sample_rng;
-    printf("resumed from %s at step %d\n", path.c_str(), s.step);
-    return s.step;
-}
-
-// the fields of trainer.h's TrainConfig that its guards read (output directory, resume)
-static TrainConfig trainer_view(const VisionTrainConfig* c) {
-    TrainConfig t;
-    memset(&t, 0, sizeof(t));
-    t.out_dir = c->out_dir;
-    t.resume = c->resume;
-    t.B = c->B;
-    return t;
-}
-
-// checks the parameters are finite (trainer.h's check_params_finite), then writes the checkpoint
-static void vision_save_checkpoint(const VisionTrainConfig* c, int kind, const int* config_slots, int step, int tokens,
-                                   const Rng* aug_rng, uint64_t seed, const float* params, const float* m, const float* v,
-                                   float* norm_buffer) {
-    TrainConfig t = trainer_view(c);
-    check_params_finite(&t, step, params, config_slots[CONFIG_SLOTS - 1], norm_buffer);
-    CheckpointState s = {kind, {0}, step, aug_rng->state, seed, c->B, tokens};
-    memcpy(s.config, config_slots, sizeof(s.config));
-    checkpoint_save(checkpoint_path(c->out_dir, step).c_str(), &s, params, m, v);
-    checkpoint_prune(c->out_dir, 3);
-}
-
-// trainer.h's guard against a non-finite loss or gradient norm
-static void vision_check_finite(const VisionTrainConfig* c, int step, float loss, float norm) {
-    TrainConfig t = trainer_view(c);
-    check_finite(&t, step, loss, norm);
 }
 
 // one evaluation line of log.jsonl, with the epoch (dev/plot.py draws test_acc against it):
@@ -314,4 +276,124 @@ static void print_epoch(int step, int steps_per_epoch, int epochs, float train_l
     printf("epoch %d/%d (step %d): train loss %s | test loss %f | test acc %.2f%% | %s images/s | %s\n",
            (step + steps_per_epoch - 1) / steps_per_epoch, epochs, step, loss, test_loss, test_acc, rate, t);
     fflush(stdout);
+}
+
+// ----------------------------------------------------------------------------
+// The image classifiers' evaluation and training loop. A model type M has
+// the fields config.num_classes, acts.logits, dropout (VisionDropout) and
+// buf (ModelBuffers, its seq_len the number of patches), and provides the hooks
+//   void vision_forward(M*, const float* images, const int* labels, int B, int train_step)
+//        images (B, 3, 32, 32) on the device, labels host (may be null);
+//        train_step >= 0: a training step (dropout on, masks keyed by the step), -1: evaluation
+//   void vision_backward(M*, int B)
+// The forward sets buf.mean_loss when given labels.
+
+// mean loss and accuracy (percent) over the test images (the first
+// max_batches batches of eval_B when max_batches > 0)
+template <typename M> static void vision_evaluate(M* model, VisionBatcher* vb, const ImageData* test, int eval_B,
+                                                  int max_batches, float* loss, float* acc) {
+    NVTX_RANGE("evaluate");
+    int n = test->count, K = model->config.num_classes;
+    if (max_batches > 0 && (long)max_batches * eval_B < n) n = max_batches * eval_B;
+    std::vector<int> labels(eval_B);
+    std::vector<float> logits((long)eval_B * K);
+    double loss_sum = 0.0;
+    long correct = 0;
+    for (int first = 0; first < n; first += eval_B) {
+        int B = n - first < eval_B ? n - first : eval_B;
+        vision_eval_batch(vb, test, first, B, labels.data());
+        vision_forward(model, vb->images, labels.data(), B, -1);
+        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits, (long)B * K * sizeof(float), cudaMemcpyDeviceToHost));
+        correct += count_correct(logits.data(), labels.data(), B, K);
+        loss_sum += (double)model->buf.mean_loss * B;
+    }
+    *loss = (float)(loss_sum / n);
+    *acc = (float)(100.0 * correct / n);
+}
+
+// After the model is built, initialized and its activations allocated for
+// max(-b, -B) images: resumes (-y), then trains: an evaluation every -v
+// epochs and at the end, checkpoints every -n (and at the end), a step line
+// every -s steps and a log line per step, the final model in -o. Returns the
+// exit status.
+template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, const ImageData* train,
+                                            const ImageData* test) {
+    ModelBuffers* m = &model->buf;
+    int T = m->seq_len;
+    AdamWConfig opt = {vc->lr, 0.9f, vc->beta2, 1e-8f, vc->weight_decay, vc->grad_clip};
+    int steps_per_epoch = train->count / vc->B;  // the last partial batch of an epoch is dropped
+    int max_steps = vc->max_steps >= 0 ? vc->max_steps : vc->epochs * steps_per_epoch;
+    int epochs = CEIL_DIV(max_steps, steps_per_epoch);
+    Rng aug_rng;
+    rng_seed(&aug_rng, vc->seed);
+    uint64_t seed = vc->seed;
+    int start_step = 0;
+    if (vc->out_dir) make_dir_or_fail(vc->out_dir);
+    if (!vc->resume) check_output_dir_fresh(vc->out_dir);
+    if (vc->resume) {
+        std::string path;
+        CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
+        if (s.B != vc->B) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
+        if (s.T != T) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, T);
+        aug_rng.state = s.train_rng;
+        seed = s.sample_rng;
+        start_step = s.step;
+    }
+    model->dropout.rate = vc->dropout;
+    model->dropout.seed = seed;
+    printf("batch %d (eval %d) | %d epochs of %d steps (%d steps) | lr %g warmup %d final x%g | betas 0.9 %g | wd %g | "
+           "clip %g | dropout %g\n", vc->B, vc->eval_B, epochs, steps_per_epoch, max_steps, opt.lr, vc->warmup,
+           vc->final_frac, opt.beta2, opt.weight_decay, opt.grad_clip, vc->dropout);
+    printf("augment: flip %d | crop pad %d | rotate %g deg | erase p %g | perspective p %g | train %d images, test %d\n",
+           vc->aug.flip, vc->aug.crop_pad, vc->aug.rotate_deg, vc->aug.erase_p, vc->aug.perspective_p, train->count,
+           test->count);
+
+    Logger logger;
+    logger_open(&logger, vc->out_dir, start_step);
+    VisionBatcher vb;
+    vision_batcher_init(&vb, m->batch_size);
+    std::vector<int> labels(vc->B);
+    double run_start = host_clock(), train_seconds = 0.0, window_seconds = 0.0, window_loss = 0.0;
+    int window_steps = 0;
+    float test_loss = NAN, test_acc = NAN;
+    for (int step = start_step; step <= max_steps; step++) {
+        bool last = step == max_steps;
+        int eval_interval = vc->eval_every * steps_per_epoch;
+        if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
+            vision_evaluate(model, &vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc);
+            print_epoch(step, steps_per_epoch, epochs, window_steps ? (float)(window_loss / window_steps) : NAN,
+                        test_loss, test_acc, window_steps ? window_steps * vc->B / window_seconds : NAN,
+                        host_clock() - run_start);
+            log_test(&logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - run_start);
+            window_seconds = window_loss = 0.0;
+            window_steps = 0;
+        }
+        if (vc->out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
+            save_checkpoint(m, vc->out_dir, step, aug_rng.state, seed, vc->B, T);
+        if (last) break;
+
+        NVTX_RANGE("step");
+        double t0 = host_clock();
+        const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
+                                                 labels.data());
+        vision_forward(model, images, labels.data(), vc->B, step);
+        vision_backward(model, vc->B);
+        float lr = learning_rate(opt.lr, step, vc->warmup, max_steps, vc->final_frac);
+        float norm = model_update(m, &opt, lr, step + 1);
+        cudaCheck(cudaDeviceSynchronize());
+        check_finite(vc->out_dir, step + 1, m->mean_loss, norm);
+        double seconds = host_clock() - t0;
+        train_seconds += seconds;
+        window_seconds += seconds;
+        window_loss += m->mean_loss;
+        window_steps++;
+        if (vc->print_every > 0 && (step + 1) % vc->print_every == 0)
+            print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, vc->B, "images/s", train_seconds);
+        log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", vc->B / seconds, host_clock() - run_start);
+    }
+    logger_close(&logger);
+    if (vc->out_dir) save_model_file(m, vc->out_dir, max_steps);
+    printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - run_start);
+    vision_batcher_free(&vb);
+    return 0;
 }

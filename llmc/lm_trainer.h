@@ -1,0 +1,314 @@
+/*
+The language models' training loop, lm_run, and what only they need: their
+flags (llm.c's letters where llm.c has one), the token data and its
+vocabulary, validation, and sampling. What the image classifiers share with
+them (schedule, guards, step line, checkpoints) is in trainer.h; the update
+(clipping plus AdamW) in model.h. A model file train_*.cu defines its model
+and the two hooks lm_run calls, then hands its main over to lm_run.
+*/
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+#include "cuda_common.h"
+#include "dataloader.h"
+#include "logger.h"
+#include "model.h"
+#include "trainer.h"
+#include "utils.h"
+
+typedef struct {
+    const char* train_path;
+    const char* val_path;
+    const char* vocab_path;
+    const char* init_path;   // -e: model file to start from
+    const char* out_dir;     // -o
+    int checkpoint_every;    // -n
+    int resume;              // -y
+    int B, T, max_steps, warmup;
+    float lr, final_frac, weight_decay, grad_clip;
+    int val_every, val_batches, sample_every, gen_tokens, seed;
+    int L, C, H, F;          // model shape flags (each model uses what it has)
+    int generate_only;       // -G: sample from the model (-e or -y) and exit
+    const char* prompt;      // -P: text to start samples from (default: a newline)
+    float temperature;       // -a
+    int top_k;               // -K: sample among the k likeliest tokens, 0 = all
+} TrainConfig;
+
+// the LM trainers' defaults: the seed configuration (model shape set by each trainer)
+static TrainConfig default_lm_config() {
+    TrainConfig c;
+    memset(&c, 0, sizeof(c));
+    c.train_path = "data/tinyshakespeare_train.bin";
+    c.val_path = "data/tinyshakespeare_val.bin";
+    c.vocab_path = "data/tinyshakespeare_vocab.bin";
+    c.B = 64; c.T = 256; c.max_steps = 5000;
+    c.lr = 1e-3f; c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.grad_clip = 1.0f;
+    c.val_every = 250; c.val_batches = 20; c.gen_tokens = 256; c.seed = 1337;
+    c.temperature = 1.0f;
+    return c;
+}
+
+static void train_usage(const char* program, const TrainConfig* d, const char* model_flags, int status) {
+    fprintf(status ? stderr : stdout,
+        "Usage: %s [options]\n"
+        "  -i <path>   train tokens          (default %s)\n"
+        "  -j <path>   val tokens            (default %s)\n"
+        "  -k <path>   vocabulary            (default %s)\n"
+        "  -e <path>   initialize from a model file instead of random\n"
+        "  -o <dir>    output directory: checkpoints and the final model.bin\n"
+        "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
+        "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
+        "  -b <int>    batch size B (default %d)\n"
+        "  -t <int>    sequence length T (default %d)\n"
+        "  -x <int>    training steps (default %d)\n"
+        "  -l <float>  learning rate (default %g)\n"
+        "  -u <int>    warmup steps (default %d)\n"
+        "  -q <float>  final learning rate as a fraction of -l, cosine decay (default %g)\n"
+        "  -c <float>  weight decay (default %g)\n"
+        "  -p <float>  gradient norm clip, 0 = none (default %g)\n"
+        "  -v <int>    validate every v steps, 0 = only at the end (default %d)\n"
+        "  -m <int>    validation batches, 0 = all (default %d)\n"
+        "  -s <int>    sample every s steps, 0 = only at the end (default %d)\n"
+        "  -g <int>    tokens to sample, 0 = none (default %d)\n"
+        "  -r <int>    random seed (default %d)\n"
+        "  -G <0|1>    only generate text from the model of -e or -y, then exit (default 0)\n"
+        "  -P <text>   prompt for samples (default a newline)\n"
+        "  -a <float>  sampling temperature (default %g)\n"
+        "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
+        "%s"
+        "  -h          this help\n",
+        program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
+        d->final_frac, d->weight_decay, d->grad_clip, d->val_every, d->val_batches, d->sample_every,
+        d->gen_tokens, d->seed, d->temperature, d->top_k, model_flags);
+    exit(status);
+}
+
+// parses "-x value" pairs over the defaults in c; model_flags is the help text
+// of -L/-C/-H/-F for this model, allowed names the shape letters it takes
+static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char* model_flags, const char* allowed) {
+    TrainConfig defaults = *c;
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) train_usage(argv[0], &defaults, model_flags, 0);
+        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
+        if (strchr("LCHF", f[1]) && !strchr(allowed, f[1])) fail("unknown flag %s for this model (see -h)", f);
+        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
+        const char* v = argv[++i];
+        switch (f[1]) {
+            case 'i': c->train_path = v; break;
+            case 'j': c->val_path = v; break;
+            case 'k': c->vocab_path = v; break;
+            case 'e': c->init_path = v; break;
+            case 'o': c->out_dir = v; break;
+            case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
+            case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
+            case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); break;
+            case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); break;
+            case 'v': c->val_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'm': c->val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
+            case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); break;
+            case 'L': c->L = parse_int_flag(f, v, 1, 1024); break;
+            case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'H': c->H = parse_int_flag(f, v, 1, 1024); break;
+            case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
+            case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
+            case 'P': c->prompt = v; break;
+            case 'a': c->temperature = parse_float_flag(f, v, 1e-3f, 100.0f); break;
+            case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
+            default: fail("unknown flag %s (see -h)", f);
+        }
+    }
+    if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
+    if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
+}
+
+// draws a token from softmax(logits / temperature), restricted to the top_k
+// likeliest tokens when top_k > 0
+static int sample_token(const float* logits, int V, float temperature, int top_k, Rng* rng) {
+    float maxv = -INFINITY;
+    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    float cutoff = -INFINITY;  // the k-th largest logit
+    if (top_k > 0 && top_k < V) {
+        std::vector<float> sorted(logits, logits + V);
+        std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+        cutoff = sorted[top_k - 1];
+    }
+    std::vector<double> p(V);
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) { p[i] = logits[i] >= cutoff ? exp((logits[i] - maxv) / temperature) : 0.0; sum += p[i]; }
+    double u = rng_uniform(rng) * sum, cdf = 0.0;
+    for (int i = 0; i < V; i++) { cdf += p[i]; if (u < cdf) return i; }
+    return V - 1;
+}
+
+// loads train and val tokens and the vocabulary, checking that they agree
+// and that one batch of each fits
+static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+    token_data_load(train, c->train_path);
+    token_data_load(val, c->val_path);
+    vocab_load(vocab, c->vocab_path);
+    if (train->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->train_path, train->vocab_size, c->vocab_path, vocab->size);
+    if (val->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->val_path, val->vocab_size, c->vocab_path, vocab->size);
+    if (train->num_tokens <= c->T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", c->train_path, train->num_tokens, c->T);
+    if (token_data_num_val_batches(val, c->B, c->T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", c->val_path, val->num_tokens, c->B, c->T);
+}
+
+
+// a model file's vocabulary must be the data's
+static void check_model_vocab(const TrainConfig* c, int model_vocab, const Vocab* vocab) {
+    if (model_vocab != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
+}
+
+// Tokenizes a prompt by the longest vocabulary entry at each position
+// (characters, for a char-level vocabulary). An empty or absent prompt is a
+// newline when the vocabulary has one.
+static std::vector<int> tokenize_prompt(const Vocab* vocab, const char* prompt) {
+    std::vector<int> tokens;
+    if (!prompt || !*prompt) {
+        int nl = vocab_find(vocab, "\n");
+        tokens.push_back(nl >= 0 ? nl : 0);
+        return tokens;
+    }
+    size_t n = strlen(prompt);
+    for (size_t i = 0; i < n;) {
+        int best = -1;
+        size_t best_len = 0;
+        for (int v = 0; v < vocab->size; v++) {
+            const std::string& t = vocab->text[v];
+            if (t.size() > best_len && t.size() <= n - i && !memcmp(prompt + i, t.data(), t.size())) { best = v; best_len = t.size(); }
+        }
+        if (best < 0) fail("flag -P: the prompt's byte %zu ('%c') starts no token of the vocabulary", i, prompt[i]);
+        tokens.push_back(best);
+        i += best_len;
+    }
+    return tokens;
+}
+
+// ----------------------------------------------------------------------------
+// The language models' validation, sampling and training loop. A model type
+// M has the fields config.vocab_size, acts.logits and buf (ModelBuffers),
+// and provides the hooks
+//   void lm_forward(M*, const int* inputs, const int* targets, int B, int T)  (host arrays; targets may be null)
+//   void lm_backward(M*, int B, int T)
+// The forward sets buf.mean_loss when given targets.
+
+// mean loss over the first max_batches validation batches
+template <typename M> static float lm_validate(M* model, const TokenData* val, int B, int T, int max_batches) {
+    NVTX_RANGE("validate");
+    int n = token_data_num_val_batches(val, B, T);
+    if (max_batches > 0 && max_batches < n) n = max_batches;
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
+        lm_forward(model, inputs.data(), targets.data(), B, T);
+        sum += model->buf.mean_loss;
+    }
+    return (float)(sum / n);
+}
+
+// prints the prompt, then `length` sampled tokens; the model sees the last
+// seq_len tokens at each step
+template <typename M> static void lm_sample(M* model, const Vocab* vocab, const std::vector<int>& prompt, int length,
+                                            float temperature, int top_k, Rng* rng) {
+    NVTX_RANGE("sample");
+    int V = model->config.vocab_size, maxT = model->buf.seq_len;
+    std::vector<int> tokens = prompt;
+    std::vector<float> logits(V);
+    printf("---\n");
+    for (int t : tokens) printf("%s", vocab->text[t].c_str());
+    for (int i = 0; i < length; i++) {
+        int n = (int)tokens.size();
+        int T = n < maxT ? n : maxT;
+        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T);
+        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
+        int next = sample_token(logits.data(), V, temperature, top_k, rng);
+        tokens.push_back(next);
+        printf("%s", vocab->text[next].c_str());
+        fflush(stdout);
+    }
+    printf("\n---\n");
+}
+
+// After the model is built and initialized: resumes (-y), samples only (-G),
+// or trains: validation every -v steps, samples every -s, checkpoints every
+// -n (and at the end), a step line and a log line per step, the final model
+// in -o. A checkpoint's generator slots hold the batch generator and the
+// sampling generator. Returns the exit status.
+template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenData* train, const TokenData* val,
+                                        const Vocab* vocab) {
+    ModelBuffers* m = &model->buf;
+    int B = tc->B, T = tc->T;
+    AdamWConfig opt = {tc->lr, 0.9f, 0.99f, 1e-8f, tc->weight_decay, tc->grad_clip};
+    std::vector<int> prompt = tokenize_prompt(vocab, tc->prompt);
+    Rng train_rng, sample_rng;
+    rng_seed(&train_rng, tc->seed);
+    rng_seed(&sample_rng, tc->seed + 1);
+    int start_step = 0;
+    if (tc->out_dir && !tc->generate_only) make_dir_or_fail(tc->out_dir);
+    if (!tc->resume && !tc->generate_only) check_output_dir_fresh(tc->out_dir);
+    if (tc->resume) {
+        std::string path;
+        CheckpointState s = load_newest_checkpoint(m, tc->out_dir, &path);
+        if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
+        train_rng.state = s.train_rng;
+        sample_rng.state = s.sample_rng;
+        start_step = s.step;
+    }
+    if (tc->generate_only) {
+        lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        return 0;
+    }
+    printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
+           B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip, train->num_tokens,
+           val->num_tokens);
+
+    Logger logger;
+    logger_open(&logger, tc->out_dir, start_step);
+    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    double run_start = host_clock(), train_seconds = 0.0;
+    float last_val = NAN;
+    for (int step = start_step; step <= tc->max_steps; step++) {
+        bool last = step == tc->max_steps;
+        if ((tc->val_every > 0 && step % tc->val_every == 0) || last) {
+            last_val = lm_validate(model, val, B, T, tc->val_batches);
+            printf("val loss %f\n", last_val);
+            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
+        }
+        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0)
+            lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
+            save_checkpoint(m, tc->out_dir, step, train_rng.state, sample_rng.state, B, T);
+        if (last) break;
+
+        NVTX_RANGE("step");
+        double t0 = host_clock();
+        token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
+        lm_forward(model, inputs.data(), targets.data(), B, T);
+        lm_backward(model, B, T);
+        float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
+        float norm = model_update(m, &opt, lr, step + 1);
+        cudaCheck(cudaDeviceSynchronize());
+        check_finite(tc->out_dir, step + 1, m->mean_loss, norm);
+        double seconds = host_clock() - t0;
+        train_seconds += seconds;
+        print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);
+        log_train(&logger, step + 1, m->mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
+    }
+    logger_close(&logger);
+    if (tc->out_dir) save_model_file(m, tc->out_dir, tc->max_steps);
+    printf("final val loss %f\n", last_val);
+    return 0;
+}
