@@ -10,7 +10,7 @@
 PYTHON ?= /usr/bin/python3
 NVCC ?= nvcc
 HOST_CXX ?= g++
-TINYSHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
+TINYSHAKESPEARE ?= dev/data/tinyshakespeare/input.txt
 
 # The GPU query must be a $(shell ...); an explicit GPU_COMPUTE_CAPABILITY wins.
 ifeq ($(origin GPU_COMPUTE_CAPABILITY), undefined)
@@ -79,13 +79,14 @@ data/cifar10_synthetic_train.bin:
 cifar10:
 	$(PYTHON) dev/data/cifar10.py --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
 
-# tinyshakespeare tokens: from the local copy when there is one, else downloaded
+# tinyshakespeare tokens, from the text that ships in dev/data (no network);
+# building a language-model trainer writes them when they are missing
 data: data/tinyshakespeare_train.bin
-data/tinyshakespeare_train.bin:
+data/tinyshakespeare_train.bin: $(TINYSHAKESPEARE) dev/data/tinyshakespeare.py
 	@mkdir -p data
-	if [ -f "$(TINYSHAKESPEARE)" ]; then \
-	  $(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data; \
-	else $(PYTHON) dev/data/tinyshakespeare.py --out data; fi
+	$(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data
+LM_TRAINERS = train_gpt train_mamba
+$(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop

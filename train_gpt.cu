@@ -236,13 +236,18 @@ static void lm_backward(GPT* m, int B, int T) { gpt_backward(m, B, T); }
 
 #ifndef TESTING
 int main(int argc, char** argv) {
+    // the write-up's configuration, and one that trains in minutes on 2 CPU cores
+    //                        L  C    B   T    steps warmup val  lr
+    LMPreset presets[2] = {{4, 256, 64, 256, 5000, 0, 250, 1e-3f},
+                           {3, 128, 16, 128, 1000, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
-    tc.L = 4; tc.C = 256; tc.H = 4;
-    parse_train_flags(argc, argv, &tc,
-                      "  -L <int>    layers (default 4)\n"
-                      "  -C <int>    channels (default 256)\n"
+    tc.H = 4;
+    parse_train_flags(argc, argv, &tc, presets,
+                      "  -L <int>    layers (seed preset 4, cpu 3)\n"
+                      "  -C <int>    channels (seed preset 256, cpu 128)\n"
                       "  -H <int>    heads (default 4)\n"
                       "  -F <int>    MLP hidden width (default 2*C)\n", "LCHF");
+    print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);

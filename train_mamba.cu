@@ -250,12 +250,16 @@ static void lm_backward(Mamba* m, int B, int T) { mamba_backward(m, B, T); }
 
 #ifndef TESTING
 int main(int argc, char** argv) {
+    // the write-up's configuration, and one that trains in minutes on 2 CPU cores
+    //                        L  C    B   T    steps warmup val  lr
+    LMPreset presets[2] = {{5, 256, 64, 256, 5000, 0, 250, 1e-3f},
+                           {3, 128, 16, 128, 1000, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
-    tc.L = 5; tc.C = 256;
-    parse_train_flags(argc, argv, &tc,
-                      "  -L <int>    layers (default 5)\n"
-                      "  -C <int>    channels, d_model (default 256; inner width 2C, d_state 16, dt rank ceil(C/16))\n",
+    parse_train_flags(argc, argv, &tc, presets,
+                      "  -L <int>    layers (seed preset 5, cpu 3)\n"
+                      "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n",
                       "LC");
+    print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);

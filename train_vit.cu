@@ -268,14 +268,19 @@ static void vision_backward(ViT* m, int B) { vit_backward(m, B); }
 
 #ifndef TESTING
 int main(int argc, char** argv) {
+    // the write-up's configuration, and one that trains in minutes on 2 CPU cores
+    //                            L  C    B    epochs steps warmup lr     clip  dropout augment
+    VisionPreset presets[2] = {{6, 256, 128, 100, -1, 0, 3e-4f, 0.0f, 0.1f, 1},
+                               {2, 64, 64, 100, 1800, 100, 4e-3f, 1.0f, 0.0f, 0}};
     VisionTrainConfig vc = default_vision_config();
-    vc.L = 6; vc.C = 256; vc.H = 4;
-    parse_vision_flags(argc, argv, &vc,
-                       "  -L <int>    layers (default 6)\n"
-                       "  -C <int>    channels (default 256)\n"
+    vc.H = 4;
+    parse_vision_flags(argc, argv, &vc, presets,
+                       "  -L <int>    layers (seed preset 6, cpu 2)\n"
+                       "  -C <int>    channels (seed preset 256, cpu 64)\n"
                        "  -H <int>    heads (default 4)\n"
                        "  -F <int>    MLP hidden width (default 2*C)\n"
                        "  -P <int>    patch size (default 4: 64 patches of 48 values)\n", "LCHFP");
+    print_preset(vc.preset);
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 

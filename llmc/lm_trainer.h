@@ -36,18 +36,25 @@ typedef struct {
     const char* prompt;      // -P: text to start samples from (default: a newline)
     float temperature;       // -a
     int top_k;               // -K: sample among the k likeliest tokens, 0 = all
+    int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
 } TrainConfig;
 
-// the LM trainers' defaults: the seed configuration (model shape set by each trainer)
+// what a preset sets (the rest of the defaults are common to both)
+typedef struct {
+    int L, C;                // model shape
+    int B, T, max_steps, warmup, val_every;
+    float lr;
+} LMPreset;
+
+// the LM trainers' defaults but for those a preset sets
 static TrainConfig default_lm_config() {
     TrainConfig c;
     memset(&c, 0, sizeof(c));
     c.train_path = "data/tinyshakespeare_train.bin";
     c.val_path = "data/tinyshakespeare_val.bin";
     c.vocab_path = "data/tinyshakespeare_vocab.bin";
-    c.B = 64; c.T = 256; c.max_steps = 5000;
-    c.lr = 1e-3f; c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.grad_clip = 1.0f;
-    c.val_every = 250; c.val_batches = 20; c.gen_tokens = 256; c.seed = 1337;
+    c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.grad_clip = 1.0f;
+    c.val_batches = 20; c.gen_tokens = 256; c.seed = 1337;
     c.temperature = 1.0f;
     return c;
 }
@@ -79,17 +86,25 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -P <text>   prompt for samples (default a newline)\n"
         "  -a <float>  sampling temperature (default %g)\n"
         "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
+        "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
         d->final_frac, d->weight_decay, d->grad_clip, d->val_every, d->val_batches, d->sample_every,
-        d->gen_tokens, d->seed, d->temperature, d->top_k, model_flags);
+        d->gen_tokens, d->seed, d->temperature, d->top_k, d->preset == PRESET_CPU ? "cpu" : "seed", model_flags);
     exit(status);
 }
 
-// parses "-x value" pairs over the defaults in c; model_flags is the help text
-// of -L/-C/-H/-F for this model, allowed names the shape letters it takes
-static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char* model_flags, const char* allowed) {
+// Sets the preset's defaults (-S, else the backend's), then parses "-x
+// value" pairs over them. presets: the model's seed and cpu presets;
+// model_flags is the help text of -L/-C/-H/-F for this model, allowed names
+// the shape letters it takes.
+static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
+                              const char* allowed) {
+    c->preset = find_preset(argc, argv);
+    const LMPreset& p = presets[c->preset];
+    c->L = p.L; c->C = p.C; c->B = p.B; c->T = p.T;
+    c->max_steps = p.max_steps; c->warmup = p.warmup; c->val_every = p.val_every; c->lr = p.lr;
     TrainConfig defaults = *c;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
@@ -127,6 +142,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const char*
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 1e-3f, 100.0f); break;
             case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
+            case 'S': break;  // find_preset
             default: fail("unknown flag %s (see -h)", f);
         }
     }
@@ -156,6 +172,10 @@ static int sample_token(const float* logits, int V, float temperature, int top_k
 // loads train and val tokens and the vocabulary, checking that they agree
 // and that one batch of each fits
 static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+    const char* make_data = "`make data` (from dev/data/tinyshakespeare/input.txt)";
+    check_data_file(c->train_path, "data/tinyshakespeare_train.bin", make_data);
+    check_data_file(c->val_path, "data/tinyshakespeare_val.bin", make_data);
+    check_data_file(c->vocab_path, "data/tinyshakespeare_vocab.bin", make_data);
     token_data_load(train, c->train_path);
     token_data_load(val, c->val_path);
     vocab_load(vocab, c->vocab_path);

@@ -9,6 +9,9 @@ a model file.
 #pragma once
 
 #include <chrono>
+#include <cerrno>
+#include <cstring>
+#include <unistd.h>
 #include <string>
 #include <vector>
 #include "cuda_common.h"
@@ -140,4 +143,47 @@ static void read_model_file_shape(const char* path, int kind, const char* kind_n
 // loads the parameters from a model file; its kind and config must match the model's
 static void load_model_file(ModelBuffers* m, const char* path) {
     model_file_load(path, m->kind, m->config_slots, m->slot_names, m->params_memory);
+}
+
+// ----------------------------------------------------------------------------
+// presets (-S): the defaults a run starts from, before the flags given. The
+// seed configuration is the write-up's (the GPU build's default); the CPU
+// configuration trains in about five minutes on two cores (the host
+// backend's default). Each trainer defines both.
+
+#define PRESET_SEED 0
+#define PRESET_CPU 1
+#ifdef __CUDACC__
+#define DEFAULT_PRESET PRESET_SEED
+#else
+#define DEFAULT_PRESET PRESET_CPU
+#endif
+
+// the preset named by -S among the arguments, else the backend's default
+static int find_preset(int argc, char** argv) {
+    int preset = DEFAULT_PRESET;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "-S")) continue;
+        if (!strcmp(argv[i + 1], "seed")) preset = PRESET_SEED;
+        else if (!strcmp(argv[i + 1], "cpu")) preset = PRESET_CPU;
+        else fail("flag -S: '%s' is not a preset (seed or cpu)", argv[i + 1]);
+    }
+    return preset;
+}
+
+// A data file that is missing: one line that names it and, for the default
+// data paths, the make target that writes it.
+static void check_data_file(const char* path, const char* default_path, const char* how) {
+    if (access(path, R_OK) == 0) return;
+    if (!strcmp(path, default_path)) fail("%s: cannot open (%s); %s writes it", path, strerror(errno), how);
+    fail("%s: cannot open (%s)", path, strerror(errno));
+}
+
+// the first line a trainer prints
+static void print_preset(int preset) {
+    if (preset == PRESET_CPU)
+        printf("preset cpu: defaults sized for a CPU (minutes on 2 cores); -S seed gives the write-up's configuration; "
+               "flags given win\n");
+    else
+        printf("preset seed: the write-up's configuration; -S cpu gives defaults sized for a CPU; flags given win\n");
 }

@@ -48,20 +48,27 @@ typedef struct {
     int L, C, H, F, patch;   // model shape (-L -C -H -F -P; each model uses what it has)
     int augment;             // -A: 0 switches every transform off
     AugmentConfig aug;       // -f -d -R -z -w
+    int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
 } VisionTrainConfig;
 
-// the seed configuration of the CIFAR-10 runs (model shape set by each trainer)
+// what a preset sets (the rest of the defaults are common to both)
+typedef struct {
+    int L, C;                // model shape
+    int B, epochs, max_steps, warmup;  // max_steps -1: epochs
+    float lr, grad_clip, dropout;
+    int augment;
+} VisionPreset;
+
+// the vision trainers' defaults but for those a preset sets
 static VisionTrainConfig default_vision_config() {
     VisionTrainConfig c;
     memset(&c, 0, sizeof(c));
     c.train_path = "data/cifar10_train.bin";
     c.test_path = "data/cifar10_test.bin";
-    c.B = 128; c.eval_B = 256; c.epochs = 100; c.max_steps = -1;
-    c.lr = 3e-4f; c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.grad_clip = 0.0f; c.beta2 = 0.999f;
-    c.dropout = 0.1f;
+    c.eval_B = 256;
+    c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.beta2 = 0.999f;
     c.eval_every = 1; c.print_every = 50; c.seed = 1337;
     c.patch = 4;
-    c.augment = 1;
     c.aug = augment_default();
     return c;
 }
@@ -96,17 +103,26 @@ static void vision_usage(const char* program, const VisionTrainConfig* d, const 
         "  -R <float>  random rotation within +-R degrees, bilinear, 0 = off (default %g)\n"
         "  -z <float>  random erasing probability, 0 = off (default %g)\n"
         "  -w <float>  random perspective probability (distortion 0.5), 0 = off (default %g)\n"
+        "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->test_path, d->B, d->eval_B, d->epochs, d->lr, d->warmup, d->final_frac,
         d->weight_decay, d->grad_clip, d->beta2, d->dropout, d->eval_every, d->eval_batches, d->print_every, d->seed,
-        d->augment, d->aug.flip, d->aug.crop_pad, d->aug.rotate_deg, d->aug.erase_p, d->aug.perspective_p, model_flags);
+        d->augment, d->aug.flip, d->aug.crop_pad, d->aug.rotate_deg, d->aug.erase_p, d->aug.perspective_p,
+        d->preset == PRESET_CPU ? "cpu" : "seed", model_flags);
     exit(status);
 }
 
-// parses "-x value" pairs over the defaults in c; model_flags is the help text
-// of the shape flags for this model, allowed the shape letters it takes
-static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, const char* model_flags, const char* allowed) {
+// Sets the preset's defaults (-S, else the backend's), then parses "-x
+// value" pairs over them. presets: the model's seed and cpu presets;
+// model_flags is the help text of the shape flags for this model, allowed
+// the shape letters it takes.
+static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, const VisionPreset* presets,
+                               const char* model_flags, const char* allowed) {
+    c->preset = find_preset(argc, argv);
+    const VisionPreset& p = presets[c->preset];
+    c->L = p.L; c->C = p.C; c->B = p.B; c->epochs = p.epochs; c->max_steps = p.max_steps; c->warmup = p.warmup;
+    c->lr = p.lr; c->grad_clip = p.grad_clip; c->dropout = p.dropout; c->augment = p.augment;
     VisionTrainConfig defaults = *c;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
@@ -148,6 +164,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
             case 'R': c->aug.rotate_deg = parse_float_flag(f, v, 0.0f, 180.0f); break;
             case 'z': c->aug.erase_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
             case 'w': c->aug.perspective_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
+            case 'S': break;  // find_preset
             default: fail("unknown flag %s (see -h)", f);
         }
     }
@@ -161,6 +178,10 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
 
 // loads the train and test images and checks that the model can take them
 static void load_vision_data(const VisionTrainConfig* c, ImageData* train, ImageData* test) {
+    const char* make_cifar = "`make cifar10 CIFAR10_DIR=<the official files>` (or `make cifar-synthetic` for a "
+                             "synthetic set, then -i data/cifar10_synthetic_train.bin -j data/cifar10_synthetic_test.bin)";
+    check_data_file(c->train_path, "data/cifar10_train.bin", make_cifar);
+    check_data_file(c->test_path, "data/cifar10_test.bin", make_cifar);
     image_data_load(train, c->train_path);
     image_data_load(test, c->test_path);
     for (const ImageData* d : {train, test}) {

@@ -9,9 +9,13 @@ Writes, into --out (default data/):
     tinyshakespeare_val.bin     tokens file
     tinyshakespeare_vocab.bin   vocab file (one UTF-8 char per token id)
 
+The text (1,115,394 characters) ships with the repository in
+dev/data/tinyshakespeare/input.txt, so no network is needed.
+
 Usage:
-    python dev/data/tinyshakespeare.py --input ../shared/data/tinyshakespeare/input.txt
-    python dev/data/tinyshakespeare.py            # downloads the text
+    python dev/data/tinyshakespeare.py                  # the shipped input.txt
+    python dev/data/tinyshakespeare.py --input FILE     # another copy
+    python dev/data/tinyshakespeare.py --download       # fetch it instead
 """
 
 import argparse
@@ -41,13 +45,15 @@ def download(url, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", default=None, help="local copy of input.txt (default: download it)")
+    shipped = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinyshakespeare", "input.txt")
+    parser.add_argument("--input", default=shipped, help="the text (default: the copy in the repository)")
+    parser.add_argument("--download", action="store_true", help="download the text instead of reading --input")
     parser.add_argument("--out", default="data/", help="output directory")
     args = parser.parse_args()
 
     os.makedirs(args.out, exist_ok=True)
     path = args.input
-    if path is None:
+    if args.download:
         # download once into the output directory, reuse afterwards
         path = os.path.join(args.out, "tinyshakespeare_input.txt")
         if not os.path.exists(path):
