@@ -18,16 +18,10 @@ The models themselves are defined in doc/models.md.
 """
 
 import math
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
-
-sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import formats  # noqa: E402
 
 # lr, beta1, beta2, eps, weight_decay, grad_clip of the reference states'
 # AdamW steps (a large weight decay so that it is tested)

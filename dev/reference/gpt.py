@@ -1,12 +1,12 @@
 """
 The char GPT in PyTorch, and the writer of its reference state.
 
-The model (defined in doc/models.md): token embedding wte (V,C) + learned positions
-wpe (maxT,C); L pre-norm blocks x = x + attn(LN1(x)); x = x + mlp(LN2(x));
-causal self-attention with qkv Linear(C,3C) and proj Linear(C,C), both with
-bias, H heads; MLP Linear(C,F) -> GELU (erf) -> Linear(F,C); final LayerNorm
-lnf; head Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the
-mean cross-entropy over all B*T positions.
+The model (defined exactly in doc/models.md): token embedding wte (V,C) +
+learned positions wpe (maxT,C); L pre-norm blocks x = x + attn(LN1(x));
+x = x + mlp(LN2(x)); causal self-attention with qkv Linear(C,3C) and proj
+Linear(C,C), both with bias, H heads; MLP Linear(C,F) -> GELU (erf) ->
+Linear(F,C); final LayerNorm lnf; head Linear(C,V) with bias (not tied).
+LayerNorm eps 1e-5. Loss is the mean cross-entropy over all B*T positions.
 
 Attention is written out explicitly (no fused kernels) so that every
 intermediate can be captured for the reference state.

@@ -1,8 +1,8 @@
 """
 The char Mamba LM in PyTorch, and the writer of its reference state.
 
-The model (defined in doc/models.md): token embedding wte (V,C), no positions; L
-post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
+The model (defined exactly in doc/models.md): token embedding wte (V,C), no
+positions; L post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
 Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the mean
 cross-entropy over all B*T positions. (The seed wraps each block in Dropout;
 the rate is 0 here and in the reference state, so it is left out.)

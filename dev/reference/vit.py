@@ -39,7 +39,6 @@ Usage:
 """
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
