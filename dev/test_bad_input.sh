@@ -4,15 +4,11 @@
 # not a crash (no signal), and no change to what was in the output directory.
 # Uses small token files made here, so it needs no prepared data.
 # Ends with "N passed, M failed".
-set -u
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-/usr/bin/python3}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-pass=0; fail=0
+source "$(dirname "$0")/testlib.sh"
+test_setup
 
 # small data: 65 characters, 4000 train tokens, 1000 val tokens
-$PYTHON - "$W" <<'EOF' || { echo "FAIL cannot write test data"; echo "0 passed, 1 failed"; exit 1; }
+$PYTHON - "$W" <<'EOF' || abort "cannot write test data"
 import sys, os
 sys.path.insert(0, "dev/reference")
 sys.dont_write_bytecode = True
@@ -44,22 +40,7 @@ head -c 5000 "$W/gpt/ckpt_00000002.bin" > "$W/gpt_truncated_ckpt.bin"
 head -c 3000 "$W/mamba/model.bin" > "$W/mamba_truncated_model.bin"
 mkdir -p "$W/trunc_ckpt" && cp "$W/gpt_truncated_ckpt.bin" "$W/trunc_ckpt/ckpt_00000002.bin"
 
-# expect NAME WANT CMD...: fails with one "error:" line containing WANT; -o dirs untouched
-expect() {
-  local name=$1 want=$2; shift 2
-  local before after
-  before=$(cd "$W" && find gpt mamba trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
-  "$@" >"$W/out" 2>"$W/err"; local rc=$?
-  after=$(cd "$W" && find gpt mamba trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
-  local lines; lines=$(wc -l < "$W/err")
-  local msg; msg=$(head -n 1 "$W/err")
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && [[ "$msg" == error:* ]] && [[ "$msg" == *"$want"* ]] && [ "$before" == "$after" ]; then
-    echo "ok   $name: exit $rc: $msg"; pass=$((pass + 1))
-  else
-    echo "FAIL $name: exit $rc, $lines stderr lines, first: '$msg' (wanted it to name '$want'; outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no))"
-    fail=$((fail + 1))
-  fi
-}
+WATCH="gpt mamba trunc_ckpt"  # expect: these run directories must not change
 
 for T in train_gpt train_mamba; do
   expect "$T missing data file" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/val.bin -k $W/vocab.bin $small
@@ -112,11 +93,10 @@ for T in train_gpt train_mamba; do
   if [ $rc -eq 1 ] && [ "$(wc -l < "$W/err")" -eq 1 ] && [ -n "$stopped" ] && [ -n "$last" ] && \
      [[ "$msg" == *"the last good checkpoint is $W/nan_$T/$last"* ]] && [ ! -f "$W/nan_$T/model.bin" ] && \
      [ "$(echo "$last" | sed 's/ckpt_0*\([0-9]*\).bin/\1/')" -lt "$stopped" ]; then
-    echo "ok   $T stops on divergence: $msg"; pass=$((pass + 1))
+    ok "$T stops on divergence: $msg"
   else
-    echo "FAIL $T divergence: exit $rc, '$msg', newest checkpoint '$last'"; fail=$((fail + 1))
+    fail "$T divergence: exit $rc, '$msg', newest checkpoint '$last'"
   fi
 done
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

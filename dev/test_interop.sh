@@ -8,20 +8,16 @@
 #     back byte for byte.
 # Tolerance 1e-4 relative: the trainer computes in fp32, PyTorch in float64.
 # Ends with "N passed, M failed".
-set -u
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-/usr/bin/python3}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-pass=0; fail=0
+source "$(dirname "$0")/testlib.sh"
+test_setup
 check() {  # name ours theirs
   if awk -v a="$2" -v b="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 1e-4 * (b < 0 ? -b : b)) }'; then
-    echo "ok   $1: trainer $2, PyTorch $3"; pass=$((pass + 1))
+    ok "$1: trainer $2, PyTorch $3"
   else
-    echo "FAIL $1: trainer '$2', PyTorch '$3'"; fail=$((fail + 1))
+    fail "$1: trainer '$2', PyTorch '$3'"
   fi
 }
-$PYTHON - "$W" <<'PY'
+$PYTHON - "$W" <<'PY' || abort "cannot write test data"
 import sys, os
 sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
 import numpy as np, formats
@@ -48,10 +44,9 @@ for m in gpt mamba; do
   ours=$(./train_$m $D -x 0 -e "$W/$m.torch.bin" -o "$W/${m}_eval" | val_of)
   check "$m: PyTorch's model file loaded by the trainer (-e)" "$ours" "$(torch_val "$W/$m.torch.bin")"
   if cmp -s "$W/$m.torch.bin" "$W/${m}_eval/model.bin"; then
-    echo "ok   $m: the trainer writes PyTorch's model file back byte for byte"; pass=$((pass + 1))
+    ok "$m: the trainer writes PyTorch's model file back byte for byte"
   else
-    echo "FAIL $m: the model file written back differs"; fail=$((fail + 1))
+    fail "$m: the model file written back differs"
   fi
 done
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

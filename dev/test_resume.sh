@@ -3,13 +3,9 @@
 # same losses as an uninterrupted run, digit for digit, and ends with the
 # same model file, byte for byte (host backend). For train_gpt and
 # train_mamba. Ends with "N passed, M failed".
-set -u
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-/usr/bin/python3}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-pass=0; fail=0
-$PYTHON - "$W" <<'PY'
+source "$(dirname "$0")/testlib.sh"
+test_setup
+$PYTHON - "$W" <<'PY' || abort "cannot write test data"
 import sys
 sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
 import numpy as np, formats
@@ -18,36 +14,32 @@ formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
 formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 20000), 65)
 formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 4000), 65)
 PY
-losses() { grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//'; }  # "step k/n: train loss X | lr .. | norm .."
 for m in gpt mamba; do
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 -L 2 -C 32 -x 100 -n 10 -v 50 -m 2 -g 20"
-  ./train_$m $args -o "$W/full_$m" | losses > "$W/full_$m.txt"
+  ./train_$m $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   ./train_$m $args -o "$W/cut_$m" > /dev/null & pid=$!
   for i in $(seq 1 2000); do [ -f "$W/cut_$m/ckpt_00000020.bin" ] && break; sleep 0.005; done
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   killed_at=$(ls "$W/cut_$m" | sed -n 's/^ckpt_0*\([0-9]*\)\.bin$/\1/p' | sort -n | tail -n 1)
-  ./train_$m $args -o "$W/cut_$m" -y 1 | losses > "$W/resumed_$m.txt"
+  ./train_$m $args -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
   n=$(wc -l < "$W/resumed_$m.txt")
   if [ "$killed_at" != "" ] && [ "$killed_at" -lt 100 ] && [ "$n" -gt 0 ] && [ "$n" -eq $((100 - killed_at)) ] && \
      diff -q <(tail -n "$n" "$W/full_$m.txt") "$W/resumed_$m.txt" >/dev/null; then
-    echo "ok   $m: killed with its newest checkpoint at step $killed_at; the $n resumed steps print the same losses, lr and norms"
-    pass=$((pass + 1))
+    ok "$m: killed with its newest checkpoint at step $killed_at; the $n resumed steps print the same losses, lr and norms"
   else
-    echo "FAIL $m: killed at checkpoint '$killed_at', $n resumed step lines; first difference:"
+    fail "$m: killed at checkpoint '$killed_at', $n resumed step lines; first difference:"
     diff <(tail -n "$n" "$W/full_$m.txt") "$W/resumed_$m.txt" | head -n 3
-    fail=$((fail + 1))
   fi
   if cmp -s "$W/full_$m/model.bin" "$W/cut_$m/model.bin"; then
-    echo "ok   $m: final model.bin byte-identical to the uninterrupted run's"; pass=$((pass + 1))
+    ok "$m: final model.bin byte-identical to the uninterrupted run's"
   else
-    echo "FAIL $m: final model.bin differs from the uninterrupted run's"; fail=$((fail + 1))
+    fail "$m: final model.bin differs from the uninterrupted run's"
   fi
   if diff -q <(sed 's/, "elapsed_s".*//; s/, "tokens_per_s": [0-9.]*//' "$W/full_$m/log.jsonl") \
              <(sed 's/, "elapsed_s".*//; s/, "tokens_per_s": [0-9.]*//' "$W/cut_$m/log.jsonl") >/dev/null; then
-    echo "ok   $m: log.jsonl after the resume reads as the uninterrupted run's (but for times)"; pass=$((pass + 1))
+    ok "$m: log.jsonl after the resume reads as the uninterrupted run's (but for times)"
   else
-    echo "FAIL $m: log.jsonl differs from the uninterrupted run's"; fail=$((fail + 1))
+    fail "$m: log.jsonl differs from the uninterrupted run's"
   fi
 done
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

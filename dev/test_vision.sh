@@ -9,25 +9,16 @@
 #    dropout on) prints the same step lines as the uninterrupted run and ends
 #    with the same model file, byte for byte
 # Needs train_vit and train_mamba_vit built. Ends with "N passed, M failed".
-set -u
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-/usr/bin/python3}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-pass=0; fail=0
+source "$(dirname "$0")/testlib.sh"
+test_setup
 
 out=$($PYTHON dev/data/cifar10.py --selftest 2>&1); rc=$?
 echo "$out" | grep -E '^(ok|FAIL) '
-last=$(echo "$out" | tail -n 1)
-if [[ "$last" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]] && [ $rc -eq 0 ]; then
-  pass=$((pass + BASH_REMATCH[1])); fail=$((fail + BASH_REMATCH[2]))
-else
-  echo "FAIL cifar10.py --selftest ended with '$last' (exit $rc)"; fail=$((fail + 1))
-fi
+add_summary "cifar10.py --selftest" $rc "$out"
 
 # small data: 200 train and 50 test images, and broken variants
-$PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null || { echo "FAIL cannot write test data"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
-$PYTHON - "$W" <<'EOF' || { echo "FAIL cannot write test data"; echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+$PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null || abort "cannot write test data"
+$PYTHON - "$W" <<'EOF' || abort "cannot write test data"
 import sys
 sys.path.insert(0, "dev/reference")
 sys.dont_write_bytecode = True
@@ -55,22 +46,7 @@ mvit="-L 1 -C 16"
 ./train_mamba_vit $D $small $mvit -x 2 -o "$W/mvit" >/dev/null 2>&1 || echo "setup: train_mamba_vit failed"
 mkdir -p "$W/trunc_ckpt" && head -c 5000 "$W/vit/ckpt_00000002.bin" > "$W/trunc_ckpt/ckpt_00000002.bin"
 
-# expect NAME WANT CMD...: fails with one "error:" line containing WANT; -o dirs untouched
-expect() {
-  local name=$1 want=$2; shift 2
-  local before after
-  before=$(cd "$W" && find vit mvit trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
-  "$@" >"$W/out" 2>"$W/err"; local rc=$?
-  after=$(cd "$W" && find vit mvit trunc_ckpt -type f -exec md5sum {} + 2>/dev/null | sort)
-  local lines; lines=$(wc -l < "$W/err")
-  local msg; msg=$(head -n 1 "$W/err")
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$lines" -eq 1 ] && [[ "$msg" == error:* ]] && [[ "$msg" == *"$want"* ]] && [ "$before" == "$after" ]; then
-    echo "ok   $name: exit $rc: $msg"; pass=$((pass + 1))
-  else
-    echo "FAIL $name: exit $rc, $lines stderr lines, first: '$msg' (wanted it to name '$want'; outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no))"
-    fail=$((fail + 1))
-  fi
-}
+WATCH="vit mvit trunc_ckpt"  # expect: these run directories must not change
 
 for T in train_vit train_mamba_vit; do
   S=$([ $T == train_vit ] && echo "$vit" || echo "$mvit")
@@ -111,19 +87,16 @@ expect "model past 2^31 parameters" "-L" ./train_mamba_vit $D $small -L 1000 -C 
 for m in vit mamba_vit; do
   S=$([ $m == vit ] && echo "$vit" || echo "$mvit")
   args="$D -b 8 -B 16 -x 12 -n 4 -v 1 -s 1 $S"
-  ./train_$m $args -o "$W/full_$m" | grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//' > "$W/full_$m.txt"
+  ./train_$m $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   mkdir -p "$W/cut_$m" && cp "$W/full_$m/ckpt_00000004.bin" "$W/cut_$m/"
-  ./train_$m $args -o "$W/cut_$m" -y 1 | grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//' > "$W/resumed_$m.txt"
+  ./train_$m $args -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
   if [ "$(wc -l < "$W/resumed_$m.txt")" -eq 8 ] && diff -q <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" >/dev/null && \
      cmp -s "$W/full_$m/model.bin" "$W/cut_$m/model.bin"; then
-    echo "ok   $m: resumed at step 4 (augmentation, dropout on): steps 5..12 print the same losses, lr and norms; model.bin byte-identical"
-    pass=$((pass + 1))
+    ok "$m: resumed at step 4 (augmentation, dropout on): steps 5..12 print the same losses, lr and norms; model.bin byte-identical"
   else
-    echo "FAIL $m: the resumed run differs from the uninterrupted one:"
+    fail "$m: the resumed run differs from the uninterrupted one:"
     diff <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" | head -n 4
-    fail=$((fail + 1))
   fi
 done
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+summary

@@ -99,22 +99,22 @@ def gpt_param_layout(maxT, V, L, C, F):
     return [
         ("wte", (V, C), True),
         ("wpe", (maxT, C), True),
-        ("ln1w", (L, C), False),
-        ("ln1b", (L, C), False),
-        ("qkvw", (L, 3 * C, C), True),
-        ("qkvb", (L, 3 * C), False),
-        ("attprojw", (L, C, C), True),
-        ("attprojb", (L, C), False),
-        ("ln2w", (L, C), False),
-        ("ln2b", (L, C), False),
-        ("fcw", (L, F, C), True),
-        ("fcb", (L, F), False),
-        ("fcprojw", (L, C, F), True),
-        ("fcprojb", (L, C), False),
-        ("lnfw", (C,), False),
-        ("lnfb", (C,), False),
-        ("headw", (V, C), True),
-        ("headb", (V,), False),
+        ("ln1_w", (L, C), False),
+        ("ln1_b", (L, C), False),
+        ("qkv_w", (L, 3 * C, C), True),
+        ("qkv_b", (L, 3 * C), False),
+        ("attn_proj_w", (L, C, C), True),
+        ("attn_proj_b", (L, C), False),
+        ("ln2_w", (L, C), False),
+        ("ln2_b", (L, C), False),
+        ("fc_w", (L, F, C), True),
+        ("fc_b", (L, F), False),
+        ("fc_proj_w", (L, C, F), True),
+        ("fc_proj_b", (L, C), False),
+        ("lnf_w", (C,), False),
+        ("lnf_b", (C,), False),
+        ("head_w", (V, C), True),
+        ("head_b", (V,), False),
     ]
 
 
@@ -182,19 +182,19 @@ def vit_param_layout(patch, K, L, H, C, F):
     """
     T, PD = vision_tokens(patch)
     blocks = [entry for entry in gpt_param_layout(1, 1, L, C, F)
-              if entry[0] not in ("wte", "wpe", "lnfw", "lnfb", "headw", "headb")]
-    return ([("patch_lnw", (PD,), False),
-             ("patch_lnb", (PD,), False),
+              if entry[0] not in ("wte", "wpe", "lnf_w", "lnf_b", "head_w", "head_b")]
+    return ([("patch_ln_w", (PD,), False),
+             ("patch_ln_b", (PD,), False),
              ("patch_w", (C, PD), True),
              ("patch_b", (C,), False),
-             ("embed_lnw", (C,), False),
-             ("embed_lnb", (C,), False),
+             ("embed_ln_w", (C,), False),
+             ("embed_ln_b", (C,), False),
              ("wpe", (T, C), True)]
             + blocks
-            + [("lnfw", (C,), False),
-               ("lnfb", (C,), False),
-               ("headw", (K, C), True),
-               ("headb", (K,), False)])
+            + [("lnf_w", (C,), False),
+               ("lnf_b", (C,), False),
+               ("head_w", (K, C), True),
+               ("head_b", (K,), False)])
 
 
 def vit_num_params(patch, K, L, H, C, F):
@@ -204,7 +204,7 @@ def vit_num_params(patch, K, L, H, C, F):
 def mamba_vit_param_layout(patch, K, L, C, E, N):
     """
     The Mamba-ViT's flat parameter buffer, in order: the patch embedding
-    (as the ViT's, with underscores in the names), the Mamba LM's blocks
+    (as the ViT's, same names), the Mamba LM's blocks
     (stacked over L, same names; R = ceil(C/16)), the head Linear(C, K).
     No positions and no final LayerNorm.
     """

@@ -1,12 +1,12 @@
 """
 The char GPT in PyTorch, and the writer of its reference state.
 
-The model (see DESIGN.md): token embedding wte (V,C) + learned positions
-wpe (maxT,C); L pre-norm blocks x = x + attn(LN1(x)); x = x + mlp(LN2(x));
-causal self-attention with qkv Linear(C,3C) and proj Linear(C,C), both with
-bias, H heads; MLP Linear(C,F) -> GELU (erf) -> Linear(F,C); final LayerNorm
-lnf; head Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the
-mean cross-entropy over all B*T positions.
+The model (defined exactly in doc/models.md): token embedding wte (V,C) +
+learned positions wpe (maxT,C); L pre-norm blocks x = x + attn(LN1(x));
+x = x + mlp(LN2(x)); causal self-attention with qkv Linear(C,3C) and proj
+Linear(C,C), both with bias, H heads; MLP Linear(C,F) -> GELU (erf) ->
+Linear(F,C); final LayerNorm lnf; head Linear(C,V) with bias (not tied).
+LayerNorm eps 1e-5. Loss is the mean cross-entropy over all B*T positions.
 
 Attention is written out explicitly (no fused kernels) so that every
 intermediate can be captured for the reference state.
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 import formats  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -124,7 +125,7 @@ class Block(nn.Module):
         return x
 
 
-class GPT(nn.Module):
+class GPT(common.FlatParams):
 
     def __init__(self, cfg):
         super().__init__()
@@ -155,22 +156,16 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         assert T <= self.cfg.maxT, f"sequence length {T} > maxT {self.cfg.maxT}"
-
-        def saver(prefix):
-            def save(name, t):
-                if acts is not None:
-                    acts[prefix + name] = t.detach().clone()
-            return save
-
+        save = common.saver(acts, "")
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B,T,C)
-        saver("")("encoded", x)
+        save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, saver(f"h{l}."))
+            x = block(x, common.saver(acts, f"h{l}."))
         x = self.lnf(x)
-        saver("")("lnf", x)
+        save("lnf", x)
         logits = self.head(x)  # (B,T,V)
-        saver("")("logits", logits)
+        save("logits", logits)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
@@ -193,119 +188,53 @@ class GPT(nn.Module):
         return [
             ("wte", [self.wte.weight]),
             ("wpe", [self.wpe.weight]),
-            ("ln1w", [b.ln1.weight for b in bs]),
-            ("ln1b", [b.ln1.bias for b in bs]),
-            ("qkvw", [b.attn.qkv.weight for b in bs]),
-            ("qkvb", [b.attn.qkv.bias for b in bs]),
-            ("attprojw", [b.attn.proj.weight for b in bs]),
-            ("attprojb", [b.attn.proj.bias for b in bs]),
-            ("ln2w", [b.ln2.weight for b in bs]),
-            ("ln2b", [b.ln2.bias for b in bs]),
-            ("fcw", [b.mlp.fc.weight for b in bs]),
-            ("fcb", [b.mlp.fc.bias for b in bs]),
-            ("fcprojw", [b.mlp.fcproj.weight for b in bs]),
-            ("fcprojb", [b.mlp.fcproj.bias for b in bs]),
-            ("lnfw", [self.lnf.weight]),
-            ("lnfb", [self.lnf.bias]),
-            ("headw", [self.head.weight]),
-            ("headb", [self.head.bias]),
+            ("ln1_w", [b.ln1.weight for b in bs]),
+            ("ln1_b", [b.ln1.bias for b in bs]),
+            ("qkv_w", [b.attn.qkv.weight for b in bs]),
+            ("qkv_b", [b.attn.qkv.bias for b in bs]),
+            ("attn_proj_w", [b.attn.proj.weight for b in bs]),
+            ("attn_proj_b", [b.attn.proj.bias for b in bs]),
+            ("ln2_w", [b.ln2.weight for b in bs]),
+            ("ln2_b", [b.ln2.bias for b in bs]),
+            ("fc_w", [b.mlp.fc.weight for b in bs]),
+            ("fc_b", [b.mlp.fc.bias for b in bs]),
+            ("fc_proj_w", [b.mlp.fcproj.weight for b in bs]),
+            ("fc_proj_b", [b.mlp.fcproj.bias for b in bs]),
+            ("lnf_w", [self.lnf.weight]),
+            ("lnf_b", [self.lnf.bias]),
+            ("head_w", [self.head.weight]),
+            ("head_b", [self.head.bias]),
         ]
-
-    def _flat_params_in_order(self):
-        layout = self.flat_layout()
-        tensors = self.flat_tensors()
-        assert [n for n, _, _ in layout] == [n for n, _ in tensors]
-        out = []
-        for (name, shape, _), (_, ps) in zip(layout, tensors):
-            numel = sum(p.numel() for p in ps)
-            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
-            out.extend(ps)
-        return out
-
-    def get_flat(self):
-        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
-
-    def get_flat_grads(self):
-        return torch.cat([p.grad.reshape(-1) for p in self._flat_params_in_order()])
-
-    @torch.no_grad()
-    def set_flat(self, flat):
-        ps = self._flat_params_in_order()
-        assert flat.numel() == sum(p.numel() for p in ps)
-        off = 0
-        for p in ps:
-            p.copy_(flat[off:off + p.numel()].view_as(p))
-            off += p.numel()
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def optim_groups(self, weight_decay):
-        """AdamW groups: decay for tensors with >= 2 dims (embeddings, Linear weights)."""
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
 
 
 # -----------------------------------------------------------------------------
 # reference state
 
-
-def reference_init(cfg, generator):
-    """
-    Flat float32 parameters drawn tensor by tensor in flat order: every tensor
-    N(0, 0.1), plus 1 for the LayerNorm weights (so every gradient is exercised
-    and activations are not tiny).
-    """
-    parts = []
-    for name, shape, _ in formats.gpt_param_layout(cfg.maxT, cfg.V, cfg.L, cfg.C, cfg.F):
-        t = torch.randn(shape, generator=generator, dtype=torch.float32) * 0.1
-        if name in ("ln1w", "ln2w", "lnfw"):
-            t = t + 1.0
-        parts.append(t.reshape(-1))
-    return torch.cat(parts)
+ACT_NAMES = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 
 
 def write_reference(path, cfg, B, T, seed, steps, adamw):
     """Computes the reference in float64 and writes the state file."""
-    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
     torch.manual_seed(seed)
     gen = torch.default_generator
-    params32 = reference_init(cfg, gen)
+    params32 = common.reference_init(formats.gpt_param_layout(cfg.maxT, cfg.V, cfg.L, cfg.C, cfg.F), gen)
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
-
-    model = GPT(cfg).double()
-    model.set_flat(params32.double())
+    model = GPT(cfg).double()  # (its init draws from the same generator, after the state's draws)
     P = params32.numel()
 
     # first forward/backward at the initial parameters, capturing activations
+    model.set_flat(params32.double())
     acts = {}
-    _, loss = model(inputs, targets, acts=acts)
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = model.get_flat_grads().clone()
+    loss, grads = common.loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
     grad_norm = grads.norm().item()
 
     # a few AdamW steps on the same batch, with global grad-norm clipping
-    model.set_flat(params32.double())
-    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2),
-                            eps=eps, foreach=False)
-    step_losses = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        _, l = model(inputs, targets)
-        step_losses.append(l.item())
-        l.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-    step_params = model.get_flat()
+    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(inputs, targets)[1],
+                                                       steps, adamw)
     assert step_losses[0] == loss.item()
 
-    def f32(t):
-        return t.detach().float().numpy()
-
+    f32 = common.f32
     tensors = [
         ("params", params32.numpy()),
         ("inputs", inputs.int().numpy()),
@@ -313,18 +242,15 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
         ("encoded", f32(acts["encoded"])),
     ]
     for l in range(cfg.L):
-        for name in ("ln1", "qkv", "att", "atty", "attproj", "res2",
-                     "ln2", "fch", "fch_gelu", "fcproj", "res3"):
+        for name in ACT_NAMES:
             tensors.append((f"h{l}.{name}", f32(acts[f"h{l}.{name}"])))
     tensors += [
         ("lnf", f32(acts["lnf"])),
         ("logits", f32(acts["logits"])),
         ("loss", np.array([loss.item()], dtype=np.float32)),
         ("grads", f32(grads)),
-        ("adamw", np.array(adamw, dtype=np.float32)),
-        ("step_losses", np.array(step_losses, dtype=np.float32)),
-        ("step_params", f32(step_params)),
     ]
+    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
     config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P)
     formats.write_state(path, formats.KIND_GPT, config, B, T, tensors)
     print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
@@ -344,35 +270,22 @@ def _independent_forward(state):
     c = state.config
     T, C, L = state.T, c["C"], c["L"]
     flat = torch.from_numpy(state["params"].astype(np.float64))
-    p, off = {}, 0
-    for name, shape, _ in formats.gpt_param_layout(c["maxT"], c["V"], L, C, c["F"]):
-        n = math.prod(shape)
-        p[name] = flat[off:off + n].view(shape)
-        off += n
+    p = common.unflatten(flat, formats.gpt_param_layout(c["maxT"], c["V"], L, C, c["F"]))
     idx = torch.from_numpy(state["inputs"].astype(np.int64))
     x = p["wte"][idx] + p["wpe"][:T]
     causal = torch.triu(torch.full((T, T), float("-inf"), dtype=torch.float64), diagonal=1)
     for l in range(L):
-        layer = nn.TransformerEncoderLayer(C, c["H"], dim_feedforward=c["F"], dropout=0.0,
-                                           activation="gelu", layer_norm_eps=1e-5,
-                                           batch_first=True, norm_first=True).double()
-        pairs = [(layer.norm1.weight, "ln1w"), (layer.norm1.bias, "ln1b"),
-                 (layer.self_attn.in_proj_weight, "qkvw"), (layer.self_attn.in_proj_bias, "qkvb"),
-                 (layer.self_attn.out_proj.weight, "attprojw"), (layer.self_attn.out_proj.bias, "attprojb"),
-                 (layer.norm2.weight, "ln2w"), (layer.norm2.bias, "ln2b"),
-                 (layer.linear1.weight, "fcw"), (layer.linear1.bias, "fcb"),
-                 (layer.linear2.weight, "fcprojw"), (layer.linear2.bias, "fcprojb")]
-        with torch.no_grad():
-            for t, name in pairs:
-                t.copy_(p[name][l])
-        layer.train()  # dropout is 0; train mode avoids the inference fast path
-        x = layer(x, src_mask=causal)
-    x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], 1e-5)
-    return (x @ p["headw"].T + p["headb"]).detach()
+        x = common.torch_encoder_layer(p, l, C, c["H"], c["F"])(x, src_mask=causal)
+    x = F.layer_norm(x, (C,), p["lnf_w"], p["lnf_b"], 1e-5)
+    return (x @ p["head_w"].T + p["head_b"]).detach()
 
 
 def check_state(path, fd_per_tensor=3, h=1e-4):
-    """Reads the state back; checks logits independently and grads by central differences."""
+    """
+    Reads the state back; checks the logits against an independent
+    implementation, gradient entries against central differences and the
+    AdamW trajectory against a numpy AdamW.
+    """
     state = formats.read_state(path)
     c = state.config
     cfg = GPTConfig(maxT=c["maxT"], V=c["V"], L=c["L"], H=c["H"], C=c["C"], F=c["F"])
@@ -388,28 +301,14 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
     flat0 = torch.from_numpy(state["params"].astype(np.float64))
     inputs = torch.from_numpy(state["inputs"].astype(np.int64))
     targets = torch.from_numpy(state["targets"].astype(np.int64))
-    grads = state["grads"]
     gen = torch.Generator().manual_seed(0)
-    worst, off = 0.0, 0
-    for name, shape, _ in model.flat_layout():
-        n = math.prod(shape)
-        for i in torch.randint(0, n, (fd_per_tensor,), generator=gen).tolist():
-            j = off + i
-            losses = []
-            for sign in (1.0, -1.0):
-                flat = flat0.clone()
-                flat[j] += sign * h
-                model.set_flat(flat)
-                with torch.no_grad():
-                    losses.append(model(inputs, targets)[1].item())
-            fd = (losses[0] - losses[1]) / (2 * h)
-            rel = abs(fd - grads[j]) / max(abs(fd), abs(grads[j]), 1e-6)
-            worst = max(worst, rel)
-            if rel > 1e-5:
-                print(f"check: {name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
-                ok = False
-        off += n
+    fd_ok, worst = common.check_grads_fd(model, flat0, lambda: model(inputs, targets)[1].item(),
+                                         state["grads"], gen, count=fd_per_tensor, h=h)
+    ok = ok and fd_ok
     print(f"check: {fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
+
+    # 3) the AdamW trajectory against a numpy AdamW (grads from the float64 model)
+    ok = common.check_adamw_trajectory(model, state, lambda: model(inputs, targets)[1]) and ok
     print("check: " + ("OK" if ok else "FAILED"))
     return ok
 
@@ -440,9 +339,7 @@ def main():
         parser.error("need at least one step")
 
     cfg = GPTConfig(maxT=args.maxT, V=args.V, L=args.L, H=args.H, C=args.C, F=args.F)
-    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
-    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
-    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, adamw)
+    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, common.REFERENCE_ADAMW)
     if args.check and not check_state(args.out):
         sys.exit(1)
 

@@ -1,8 +1,8 @@
 """
 The char Mamba LM in PyTorch, and the writer of its reference state.
 
-The model (see DESIGN.md): token embedding wte (V,C), no positions; L
-post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
+The model (defined exactly in doc/models.md): token embedding wte (V,C), no
+positions; L post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
 Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the mean
 cross-entropy over all B*T positions. (The seed wraps each block in Dropout;
 the rate is 0 here and in the reference state, so it is left out.)
@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 import formats  # noqa: E402
 
 K_CONV = formats.MAMBA_CONV_K  # 4
@@ -175,7 +176,7 @@ class Mamba(nn.Module):
         # dt_proj: weight U(-R^-0.5, R^-0.5); bias = softplus^-1(dt), dt log-uniform
         std = self.R ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        self.dt_proj.bias.copy_(dt_init_bias(self.E, dt_min, dt_max, dt_floor))
+        self.dt_proj.bias.copy_(common.dt_init_bias(self.E, dt_min, dt_max, dt_floor))
         # S4D-real: A = -(1..N) for every channel
         self.A_log.copy_(torch.log(torch.arange(1, self.N + 1, dtype=torch.float32)).repeat(self.E, 1))
         nn.init.ones_(self.D)
@@ -207,13 +208,6 @@ class Mamba(nn.Module):
         return out
 
 
-def dt_init_bias(E, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4, generator=None):
-    """dt_proj bias as mamba_ssm: softplus^-1(dt), dt = exp(U(log dt_min, log dt_max)) >= dt_floor."""
-    r = torch.rand(E, generator=generator)
-    dt = torch.exp(r * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
 class Block(nn.Module):
 
     def __init__(self, cfg, scan):
@@ -229,7 +223,7 @@ class Block(nn.Module):
         return x
 
 
-class MambaLM(nn.Module):
+class MambaLM(common.FlatParams):
 
     def __init__(self, cfg, scan="sequential"):
         super().__init__()
@@ -248,21 +242,15 @@ class MambaLM(nn.Module):
         If acts is a dict, the intermediates are stored in it (detached) under
         the reference state's names ("encoded", "m{l}.xz", ..., "logits").
         """
-
-        def saver(prefix):
-            def save(name, t):
-                if acts is not None:
-                    acts[prefix + name] = t.detach().clone()
-            return save
-
+        save = common.saver(acts, "")
         x = self.wte(idx)  # (B,T,C)
-        saver("")("encoded", x)
+        save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, saver(f"m{l}."))
+            x = block(x, common.saver(acts, f"m{l}."))
         x = self.lnf(x)
-        saver("")("lnf", x)
+        save("lnf", x)
         logits = self.head(x)  # (B,T,V)
-        saver("")("logits", logits)
+        save("logits", logits)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
@@ -301,89 +289,9 @@ class MambaLM(nn.Module):
             ("head_b", [self.head.bias]),
         ]
 
-    def _checked_pairs(self):
-        """Layout entries zipped with their parameters, sizes checked."""
-        layout = self.flat_layout()
-        tensors = self.flat_tensors()
-        assert [n for n, _, _ in layout] == [n for n, _ in tensors]
-        for (name, shape, _), (_, ps) in zip(layout, tensors):
-            numel = sum(p.numel() for p in ps)
-            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
-        assert sum(len(ps) for _, ps in tensors) == len(list(self.parameters()))
-        return list(zip(layout, tensors))
-
-    def _flat_params_in_order(self):
-        return [p for _, (_, ps) in self._checked_pairs() for p in ps]
-
-    def get_flat(self):
-        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
-
-    def get_flat_grads(self):
-        # a parameter the loss does not reach (A_log with the parallel scan at
-        # T = 1) has no .grad; its gradient is zero
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self._flat_params_in_order()])
-
-    @torch.no_grad()
-    def set_flat(self, flat):
-        ps = self._flat_params_in_order()
-        assert flat.numel() == sum(p.numel() for p in ps)
-        off = 0
-        for p in ps:
-            p.copy_(flat[off:off + p.numel()].view_as(p))
-            off += p.numel()
-
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def optim_groups(self, weight_decay):
-        """AdamW groups: decay exactly for the tensors the flat layout marks."""
-        decay, no_decay = [], []
-        for (_, _, wd), (_, ps) in self._checked_pairs():
-            (decay if wd else no_decay).extend(ps)
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
-
 
 # -----------------------------------------------------------------------------
 # reference state
-
-
-def reference_init(cfg, generator):
-    """
-    Flat float32 parameters for the reference state, drawn tensor by tensor in
-    flat order from generator: mamba_ssm's init, perturbed so that every
-    gradient is exercised and activations are not tiny:
-      wte, in_proj_w, x_proj_w, out_proj_w, head_w  N(0, 0.1)
-      conv_w N(0, 0.3); conv_b, ln_b, lnf_b, head_b N(0, 0.1)
-      dt_proj_w U(-R^-0.5, R^-0.5); dt_proj_b as mamba_ssm (softplus^-1 of dt)
-      A_log log(n+1) + N(0, 0.1); D, ln_w, lnf_w 1 + N(0, 0.1)
-    """
-    L, E, N, R = cfg.L, cfg.E, cfg.N, cfg.R
-
-    def normal(shape, std, mean=0.0):
-        return torch.randn(shape, generator=generator) * std + mean
-
-    parts = []
-    for name, shape, _ in formats.mamba_param_layout(cfg.V, L, cfg.C, E, N, R):
-        if name in ("wte", "in_proj_w", "x_proj_w", "out_proj_w", "head_w",
-                    "conv_b", "ln_b", "lnf_b", "head_b"):
-            t = normal(shape, 0.1)
-        elif name == "conv_w":
-            t = normal(shape, 0.3)
-        elif name == "dt_proj_w":
-            t = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * R ** -0.5
-        elif name == "dt_proj_b":
-            t = torch.stack([dt_init_bias(E, generator=generator) for _ in range(L)])
-        elif name == "A_log":
-            t = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(L, E, 1) + normal(shape, 0.1)
-        elif name in ("D", "ln_w", "lnf_w"):
-            t = normal(shape, 0.1, mean=1.0)
-        else:
-            raise AssertionError(f"no reference init for {name}")
-        assert t.shape == shape, (name, t.shape, shape)
-        parts.append(t.float().reshape(-1))
-    return torch.cat(parts)
 
 
 ACT_NAMES = ("xz", "conv", "u", "x_dbl", "dt", "scan", "gated", "out", "res", "ln")
@@ -391,43 +299,26 @@ ACT_NAMES = ("xz", "conv", "u", "x_dbl", "dt", "scan", "gated", "out", "res", "l
 
 def write_reference(path, cfg, B, T, seed, steps, adamw):
     """Computes the reference in float64 and writes the state file."""
-    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
     torch.manual_seed(seed)
     gen = torch.default_generator
-    params32 = reference_init(cfg, gen)
+    params32 = common.reference_init(formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, cfg.E, cfg.N, cfg.R), gen)
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
-
-    model = MambaLM(cfg, scan="sequential").double()
-    model.set_flat(params32.double())
+    model = MambaLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
     P = params32.numel()
 
     # first forward/backward at the initial parameters, capturing activations
+    model.set_flat(params32.double())
     acts = {}
-    _, loss = model(inputs, targets, acts=acts)
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = model.get_flat_grads().clone()
+    loss, grads = common.loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
     grad_norm = grads.norm().item()
 
     # a few AdamW steps on the same batch, with global grad-norm clipping
-    model.set_flat(params32.double())
-    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2),
-                            eps=eps, foreach=False)
-    step_losses = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        _, l = model(inputs, targets)
-        step_losses.append(l.item())
-        l.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-    step_params = model.get_flat()
+    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(inputs, targets)[1],
+                                                       steps, adamw)
     assert step_losses[0] == loss.item()
 
-    def f32(t):
-        return t.detach().float().numpy()
-
+    f32 = common.f32
     tensors = [
         ("params", params32.numpy()),
         ("inputs", inputs.int().numpy()),
@@ -442,10 +333,8 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
         ("logits", f32(acts["logits"])),
         ("loss", np.array([loss.item()], dtype=np.float32)),
         ("grads", f32(grads)),
-        ("adamw", np.array(adamw, dtype=np.float32)),
-        ("step_losses", np.array(step_losses, dtype=np.float32)),
-        ("step_params", f32(step_params)),
     ]
+    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
     config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=P)
     formats.write_state(path, formats.KIND_MAMBA, config, B, T, tensors)
     print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
@@ -456,17 +345,6 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
 # self-checks (--check)
 
 
-def _unflatten(flat, layout):
-    """flat numpy array -> dict name -> array view of the layout's shape."""
-    p, off = {}, 0
-    for name, shape, _ in layout:
-        n = math.prod(shape)
-        p[name] = flat[off:off + n].reshape(shape)
-        off += n
-    assert off == len(flat)
-    return p
-
-
 def _numpy_forward(params, inputs, targets, cfg):
     """
     The whole model in float64 numpy, written from the equations in the
@@ -474,7 +352,7 @@ def _numpy_forward(params, inputs, targets, cfg):
     code with MambaLM. Returns a dict of every reference activation + "loss".
     """
     E, N, R, K = cfg.E, cfg.N, cfg.R, K_CONV
-    p = _unflatten(params.astype(np.float64), formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, E, N, R))
+    p = common.unflatten(params.astype(np.float64), formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, E, N, R))
     B, T = inputs.shape
 
     def layernorm(x, w, b):
@@ -525,31 +403,6 @@ def _numpy_forward(params, inputs, targets, cfg):
     picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
     out["loss"] = np.array([(logz - picked).mean()])
     return out
-
-
-def _numpy_adamw(params, grad_fn, steps, adamw, decay_mask):
-    """
-    AdamW (decoupled weight decay, bias-corrected moments) with global
-    grad-norm clipping, written out in numpy. grad_fn(params) -> (loss, grads).
-    Returns (losses, final params).
-    """
-    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
-    p = params.astype(np.float64).copy()
-    m = np.zeros_like(p)
-    v = np.zeros_like(p)
-    losses = []
-    for t in range(1, steps + 1):
-        loss, g = grad_fn(p)
-        losses.append(loss)
-        norm = np.sqrt((g * g).sum())
-        g = g * min(1.0, grad_clip / (norm + 1e-6))
-        p = p * np.where(decay_mask, 1.0 - lr * weight_decay, 1.0)
-        m = beta1 * m + (1.0 - beta1) * g
-        v = beta2 * v + (1.0 - beta2) * g * g
-        m_hat = m / (1.0 - beta1 ** t)
-        v_hat = v / (1.0 - beta2 ** t)
-        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
-    return np.array(losses), p
 
 
 def check_scans(verbose=True):
@@ -643,54 +496,18 @@ def check_state(path, fd_per_tensor=4, fd_scan_tensors=10, h=1e-3):
     model = MambaLM(cfg, scan="sequential").double()
     flat0 = torch.from_numpy(params.astype(np.float64))
     t_in, t_tg = torch.from_numpy(inputs), torch.from_numpy(targets)
-    grads = state["grads"].astype(np.float64)
     gen = torch.Generator().manual_seed(0)
-    worst_fd, off = 0.0, 0
-    for name, shape, _ in model.flat_layout():
-        n = math.prod(shape)
-        count = fd_scan_tensors if name in ("A_log", "D", "dt_proj_b", "dt_proj_w", "conv_w", "conv_b") else fd_per_tensor
-        errs = []
-        for i in torch.randint(0, n, (count,), generator=gen).tolist():
-            j = off + i
-            losses = []
-            for step in (2.0, 1.0, -1.0, -2.0):
-                flat = flat0.clone()
-                flat[j] += step * h
-                model.set_flat(flat)
-                with torch.no_grad():
-                    losses.append(model(t_in, t_tg)[1].item())
-            # fourth-order central difference: error O(h^4) + rounding O(eps/h)
-            fd = (-losses[0] + 8.0 * losses[1] - 8.0 * losses[2] + losses[3]) / (12.0 * h)
-            err = abs(fd - grads[j])
-            rel = err / max(abs(fd), abs(grads[j]), 1e-6)
-            errs.append((rel, err))
-            if rel > 1e-5:
-                print(f"check: {name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
-                ok = False
-        worst_fd = max(worst_fd, max(r for r, _ in errs))
-        print(f"check: fd {name:10s} {count:2d} entries: max abs err {max(e for _, e in errs):.2e}, "
-              f"max rel err {max(r for r, _ in errs):.2e}, |grad| up to "
-              f"{np.abs(grads[off:off + n]).max():.2e}")
-        off += n
+    scan_tensors = ("A_log", "D", "dt_proj_b", "dt_proj_w", "conv_w", "conv_b")
+    # fourth-order central differences: error O(h^4) + rounding O(eps/h)
+    fd_ok, worst_fd = common.check_grads_fd(
+        model, flat0, lambda: model(t_in, t_tg)[1].item(), state["grads"].astype(np.float64), gen,
+        count=lambda name: fd_scan_tensors if name in scan_tensors else fd_per_tensor,
+        h=h, order=4, report_each=True)
+    ok = ok and fd_ok
     print(f"check: grads vs 4th-order central differences (h {h:g}), worst rel err {worst_fd:.3e}")
 
     # 3) the AdamW trajectory against a numpy AdamW (grads from the float64 model)
-    adamw = [float(v) for v in state["adamw"]]
-    decay_mask = np.concatenate([np.full(math.prod(s), wd) for _, s, wd in model.flat_layout()])
-
-    def grad_fn(p):
-        model.set_flat(torch.from_numpy(p))
-        model.zero_grad(set_to_none=True)
-        _, loss = model(t_in, t_tg)
-        loss.backward()
-        return loss.item(), model.get_flat_grads().numpy().copy()
-
-    steps = len(state["step_losses"])
-    losses, p_final = _numpy_adamw(params, grad_fn, steps, adamw, decay_mask)
-    e_loss = np.abs(losses - state["step_losses"]).max()
-    e_par = np.abs(p_final - state["step_params"]).max()
-    print(f"check: {steps} AdamW steps vs numpy AdamW: max abs err losses {e_loss:.2e}, params {e_par:.2e}")
-    ok = ok and e_loss < 1e-6 and e_par < 1e-6
+    ok = common.check_adamw_trajectory(model, state, lambda: model(t_in, t_tg)[1]) and ok
 
     # 4) the model with the parallel scan (what the benchmark runs) against the state
     pmodel = MambaLM(cfg, scan="parallel").double()
@@ -701,9 +518,7 @@ def check_state(path, fd_per_tensor=4, fd_scan_tensors=10, h=1e-3):
     e_logits = (acts["logits"] - torch.from_numpy(ref["logits"])).abs().max().item()
     g_par = pmodel.get_flat_grads().numpy()
     model.set_flat(flat0)
-    model.zero_grad(set_to_none=True)
-    model(t_in, t_tg)[1].backward()
-    g_seq = model.get_flat_grads().numpy()
+    g_seq = common.loss_and_grads(model, lambda: model(t_in, t_tg)[1])[1].numpy()
     e_grads = np.abs(g_par - g_seq).max() / np.abs(g_seq).max()
     print(f"check: model with the parallel scan: logits max abs err {e_logits:.2e} vs numpy, "
           f"grads max rel err {e_grads:.2e} vs the sequential scan (float64)")
@@ -739,9 +554,7 @@ def main():
         parser.error("need at least one step")
 
     cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
-    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
-    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
-    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, adamw)
+    write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, common.REFERENCE_ADAMW)
     if args.check and not check_state(args.out):
         sys.exit(1)
 

@@ -1,6 +1,7 @@
 """
 The vision models in PyTorch, and the writer of their reference states:
-a ViT and a Mamba-ViT on 3x32x32 images cut into patches (see DESIGN.md).
+a ViT and a Mamba-ViT on 3x32x32 images cut into patches (defined in
+doc/models.md).
 
 Common input: images (B,3,32,32) -> patches 'b c (h p1) (w p2) -> b (h w)
 (c p1 p2)' (B,T,PD), T = (32/p)^2, PD = 3p^2 -> LN(PD) -> Linear(PD,C) ->
@@ -38,7 +39,6 @@ Usage:
 """
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 import formats  # noqa: E402
 import gpt  # noqa: E402
 import mamba  # noqa: E402
@@ -164,56 +165,9 @@ class PatchEmbed(nn.Module):
         return x
 
 
-class FlatModel(nn.Module):
-    """The flat parameter buffer of the C++ trainers: layout from formats.py, tensors from flat_tensors()."""
-
-    def _checked_pairs(self):
-        layout = self.flat_layout()
-        tensors = self.flat_tensors()
-        assert [n for n, _, _ in layout] == [n for n, _ in tensors], ([n for n, _, _ in layout], [n for n, _ in tensors])
-        for (name, shape, _), (_, ps) in zip(layout, tensors):
-            numel = sum(p.numel() for p in ps)
-            assert numel == math.prod(shape), f"{name}: {numel} != prod{shape}"
-        assert sum(len(ps) for _, ps in tensors) == len(list(self.parameters()))
-        return list(zip(layout, tensors))
-
-    def _flat_params_in_order(self):
-        return [p for _, (_, ps) in self._checked_pairs() for p in ps]
-
-    def get_flat(self):
-        return torch.cat([p.detach().reshape(-1) for p in self._flat_params_in_order()])
-
-    def get_flat_grads(self):
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self._flat_params_in_order()])
-
-    @torch.no_grad()
-    def set_flat(self, flat):
-        ps = self._flat_params_in_order()
-        assert flat.numel() == sum(p.numel() for p in ps)
-        off = 0
-        for p in ps:
-            p.copy_(flat[off:off + p.numel()].view_as(p))
-            off += p.numel()
-
-    def optim_groups(self, weight_decay):
-        """AdamW groups: decay exactly for the tensors the flat layout marks."""
-        decay, no_decay = [], []
-        for (_, _, wd), (_, ps) in self._checked_pairs():
-            (decay if wd else no_decay).extend(ps)
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
-
-    def _loss(self, logits, targets):
-        loss = F.cross_entropy(logits, targets) if targets is not None else None
-        return loss
-
-
-def _saver(acts, prefix):
-    def save(name, t):
-        if acts is not None:
-            acts[prefix + name] = t.detach().clone()
-    return save
+def _loss(logits, targets):
+    """Mean cross-entropy over the batch, or None without targets."""
+    return F.cross_entropy(logits, targets) if targets is not None else None
 
 
 class ViTBlock(nn.Module):
@@ -240,7 +194,7 @@ class ViTBlock(nn.Module):
         return x
 
 
-class ViT(FlatModel):
+class ViT(common.FlatParams):
 
     def __init__(self, cfg):
         super().__init__()
@@ -263,18 +217,18 @@ class ViT(FlatModel):
         loss or None); intermediates go into acts (if a dict) under the
         reference state's names.
         """
-        save = _saver(acts, "")
+        save = common.saver(acts, "")
         x = self.embed(images, save) + self.wpe
         save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, _saver(acts, f"h{l}."), self.drop, l)
+            x = block(x, common.saver(acts, f"h{l}."), self.drop, l)
         x = self.lnf(x)
         save("lnf", x)
         pooled = x.mean(1)
         save("pooled", pooled)
         logits = self.head(pooled)
         save("logits", logits)
-        return logits, self._loss(logits, targets)
+        return logits, _loss(logits, targets)
 
     def flat_layout(self):
         c = self.cfg
@@ -284,22 +238,22 @@ class ViT(FlatModel):
         bs = self.blocks
         e = self.embed
         return [
-            ("patch_lnw", [e.ln0.weight]), ("patch_lnb", [e.ln0.bias]),
+            ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
             ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
-            ("embed_lnw", [e.ln1.weight]), ("embed_lnb", [e.ln1.bias]),
+            ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
             ("wpe", [self.wpe]),
-            ("ln1w", [b.ln1.weight for b in bs]), ("ln1b", [b.ln1.bias for b in bs]),
-            ("qkvw", [b.attn.qkv.weight for b in bs]), ("qkvb", [b.attn.qkv.bias for b in bs]),
-            ("attprojw", [b.attn.proj.weight for b in bs]), ("attprojb", [b.attn.proj.bias for b in bs]),
-            ("ln2w", [b.ln2.weight for b in bs]), ("ln2b", [b.ln2.bias for b in bs]),
-            ("fcw", [b.mlp.fc.weight for b in bs]), ("fcb", [b.mlp.fc.bias for b in bs]),
-            ("fcprojw", [b.mlp.fcproj.weight for b in bs]), ("fcprojb", [b.mlp.fcproj.bias for b in bs]),
-            ("lnfw", [self.lnf.weight]), ("lnfb", [self.lnf.bias]),
-            ("headw", [self.head.weight]), ("headb", [self.head.bias]),
+            ("ln1_w", [b.ln1.weight for b in bs]), ("ln1_b", [b.ln1.bias for b in bs]),
+            ("qkv_w", [b.attn.qkv.weight for b in bs]), ("qkv_b", [b.attn.qkv.bias for b in bs]),
+            ("attn_proj_w", [b.attn.proj.weight for b in bs]), ("attn_proj_b", [b.attn.proj.bias for b in bs]),
+            ("ln2_w", [b.ln2.weight for b in bs]), ("ln2_b", [b.ln2.bias for b in bs]),
+            ("fc_w", [b.mlp.fc.weight for b in bs]), ("fc_b", [b.mlp.fc.bias for b in bs]),
+            ("fc_proj_w", [b.mlp.fcproj.weight for b in bs]), ("fc_proj_b", [b.mlp.fcproj.bias for b in bs]),
+            ("lnf_w", [self.lnf.weight]), ("lnf_b", [self.lnf.bias]),
+            ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
         ]
 
 
-class MambaViT(FlatModel):
+class MambaViT(common.FlatParams):
 
     def __init__(self, cfg, scan="sequential"):
         super().__init__()
@@ -314,15 +268,15 @@ class MambaViT(FlatModel):
         self.drop = Dropout(p, seed, step)
 
     def forward(self, images, targets=None, acts=None):
-        save = _saver(acts, "")
+        save = common.saver(acts, "")
         x = self.embed(images, save)
         for l, block in enumerate(self.blocks):
-            x = self.drop(block(x, _saver(acts, f"m{l}.")), l, self.training)
+            x = self.drop(block(x, common.saver(acts, f"m{l}.")), l, self.training)
         pooled = x.mean(1)
         save("pooled", pooled)
         logits = self.head(pooled)
         save("logits", logits)
-        return logits, self._loss(logits, targets)
+        return logits, _loss(logits, targets)
 
     def flat_layout(self):
         c = self.cfg
@@ -355,36 +309,6 @@ class MambaViT(FlatModel):
 
 VIT_ACTS = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 MAMBA_ACTS = mamba.ACT_NAMES  # xz, conv, u, x_dbl, dt, scan, gated, out, res, ln
-LN_WEIGHTS = ("patch_lnw", "embed_lnw", "ln1w", "ln2w", "lnfw", "patch_ln_w", "embed_ln_w", "ln_w")
-
-
-def reference_init(layout, R, generator):
-    """
-    Flat float32 parameters drawn tensor by tensor in layout order, so that
-    every gradient is exercised and activations are not tiny: N(0, 0.1)
-    everywhere, plus 1 for the LayerNorm weights; the Mamba blocks' tensors
-    as mamba.py's reference_init (conv_w N(0, 0.3), dt_proj as mamba_ssm,
-    A_log log(n+1) + N(0, 0.1), D 1 + N(0, 0.1)).
-    """
-    parts = []
-    for name, shape, _ in layout:
-        if name == "conv_w":
-            t = torch.randn(shape, generator=generator) * 0.3
-        elif name == "dt_proj_w":
-            t = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * R ** -0.5
-        elif name == "dt_proj_b":
-            t = torch.stack([mamba.dt_init_bias(shape[1], generator=generator) for _ in range(shape[0])])
-        elif name == "A_log":
-            L, E, N = shape
-            t = torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(L, E, 1) \
-                + torch.randn(shape, generator=generator) * 0.1
-        elif name == "D" or name in LN_WEIGHTS:
-            t = torch.randn(shape, generator=generator) * 0.1 + 1.0
-        else:
-            t = torch.randn(shape, generator=generator) * 0.1
-        assert tuple(t.shape) == tuple(shape), (name, t.shape, shape)
-        parts.append(t.float().reshape(-1))
-    return torch.cat(parts)
 
 
 def build(kind, config, scan="sequential"):
@@ -415,13 +339,11 @@ def act_names(kind, L):
 
 def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
     """Computes the reference in float64 and writes the state file."""
-    lr, beta1, beta2, eps, weight_decay, grad_clip = adamw
     drop_p, drop_seed, drop_step = dropout
     torch.manual_seed(seed)
     gen = torch.default_generator
-    model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg)).double()
-    R = math.ceil(cfg.C / 16)
-    params32 = reference_init(model.flat_layout(), R, gen)
+    model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg)).double()  # (draws from gen first)
+    params32 = common.reference_init(model.flat_layout(), gen)
     pixels = torch.randint(0, 256, (B, 3, 32, 32), generator=gen, dtype=torch.int32)
     images32 = (pixels.float() * np.float32(1.0 / 255.0))  # as the trainers' uint8 -> float
     labels = torch.randint(0, cfg.K, (B,), generator=gen)
@@ -432,36 +354,25 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
     model.set_flat(params32.double())
     model.train()
     acts = {}
-    _, loss = model(images, labels, acts=acts)
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    grads = model.get_flat_grads().clone()
+    loss, grads = common.loss_and_grads(model, lambda: model(images, labels, acts=acts)[1])
 
     # one forward/backward with the hash dropout of a training step
     model.set_dropout(drop_p, drop_seed, drop_step)
-    model.zero_grad(set_to_none=True)
-    drop_logits, drop_loss = model(images, labels)
-    drop_loss.backward()
-    drop_grads = model.get_flat_grads().clone()
+    drop = {}
+
+    def run_dropout():
+        drop["logits"], drop_loss = model(images, labels)
+        return drop_loss
+
+    drop_loss, drop_grads = common.loss_and_grads(model, run_dropout)
     model.set_dropout(0.0)
 
     # a few AdamW steps on the same batch, with global grad-norm clipping, no dropout
-    model.set_flat(params32.double())
-    opt = torch.optim.AdamW(model.optim_groups(weight_decay), lr=lr, betas=(beta1, beta2), eps=eps, foreach=False)
-    step_losses = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        _, l = model(images, labels)
-        step_losses.append(l.item())
-        l.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-    step_params = model.get_flat()
+    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(images, labels)[1],
+                                                       steps, adamw)
     assert step_losses[0] == loss.item()
 
-    def f32(t):
-        return t.detach().float().numpy()
-
+    f32 = common.f32
     tensors = [("params", params32.numpy()), ("images", images32.numpy()), ("labels", labels.int().numpy())]
     tensors += [(name, f32(acts[name])) for name in act_names(kind, cfg.L)]
     tensors += [
@@ -469,13 +380,11 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
         ("grads", f32(grads)),
         ("dropout", np.array([drop_seed, drop_step], dtype=np.int32)),
         ("dropout_p", np.array([drop_p], dtype=np.float32)),
-        ("drop_logits", f32(drop_logits)),
+        ("drop_logits", f32(drop["logits"])),
         ("drop_loss", np.array([drop_loss.item()], dtype=np.float32)),
         ("drop_grads", f32(drop_grads)),
-        ("adamw", np.array(adamw, dtype=np.float32)),
-        ("step_losses", np.array(step_losses, dtype=np.float32)),
-        ("step_params", f32(step_params)),
     ]
+    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
     T, _ = formats.vision_tokens(cfg.patch)
     formats.write_state(path, kind, config_dict(kind, cfg, P), B, T, tensors)
     print(f"wrote {path}: {formats.KIND_NAMES[kind]} P {P}, loss {loss.item():.6f}, with dropout "
@@ -487,15 +396,6 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
 # self-checks of a written state (--check)
 
 
-def _unflatten(flat, layout):
-    p, off = {}, 0
-    for name, shape, _ in layout:
-        n = math.prod(shape)
-        p[name] = flat[off:off + n].view(shape)
-        off += n
-    return p
-
-
 def _independent_vit_logits(state):
     """
     Logits from the stored params with explicit loops for the patches and
@@ -504,7 +404,7 @@ def _independent_vit_logits(state):
     """
     c = state.config
     flat = torch.from_numpy(state["params"].astype(np.float64))
-    p = _unflatten(flat, formats.vit_param_layout(c["patch"], c["K"], c["L"], c["H"], c["C"], c["F"]))
+    p = common.unflatten(flat, formats.vit_param_layout(c["patch"], c["K"], c["L"], c["H"], c["C"], c["F"]))
     images = torch.from_numpy(state["images"].astype(np.float64))
     B, P = images.shape[0], c["patch"]
     g = 32 // P
@@ -512,24 +412,12 @@ def _independent_vit_logits(state):
     for hy in range(g):
         for wx in range(g):
             x[:, hy * g + wx] = images[:, :, hy * P:(hy + 1) * P, wx * P:(wx + 1) * P].reshape(B, -1)
-    x = F.layer_norm(x, (x.shape[-1],), p["patch_lnw"], p["patch_lnb"], 1e-5)
-    x = F.layer_norm(x @ p["patch_w"].T + p["patch_b"], (c["C"],), p["embed_lnw"], p["embed_lnb"], 1e-5) + p["wpe"]
+    x = F.layer_norm(x, (x.shape[-1],), p["patch_ln_w"], p["patch_ln_b"], 1e-5)
+    x = F.layer_norm(x @ p["patch_w"].T + p["patch_b"], (c["C"],), p["embed_ln_w"], p["embed_ln_b"], 1e-5) + p["wpe"]
     for l in range(c["L"]):
-        layer = nn.TransformerEncoderLayer(c["C"], c["H"], dim_feedforward=c["F"], dropout=0.0, activation="gelu",
-                                           layer_norm_eps=1e-5, batch_first=True, norm_first=True).double()
-        pairs = [(layer.norm1.weight, "ln1w"), (layer.norm1.bias, "ln1b"),
-                 (layer.self_attn.in_proj_weight, "qkvw"), (layer.self_attn.in_proj_bias, "qkvb"),
-                 (layer.self_attn.out_proj.weight, "attprojw"), (layer.self_attn.out_proj.bias, "attprojb"),
-                 (layer.norm2.weight, "ln2w"), (layer.norm2.bias, "ln2b"),
-                 (layer.linear1.weight, "fcw"), (layer.linear1.bias, "fcb"),
-                 (layer.linear2.weight, "fcprojw"), (layer.linear2.bias, "fcprojb")]
-        with torch.no_grad():
-            for t, name in pairs:
-                t.copy_(p[name][l])
-        layer.train()  # dropout is 0; train mode avoids the inference fast path
-        x = layer(x)
-    x = F.layer_norm(x, (c["C"],), p["lnfw"], p["lnfb"], 1e-5)
-    return (x.mean(1) @ p["headw"].T + p["headb"]).detach()
+        x = common.torch_encoder_layer(p, l, c["C"], c["H"], c["F"])(x)
+    x = F.layer_norm(x, (c["C"],), p["lnf_w"], p["lnf_b"], 1e-5)
+    return (x.mean(1) @ p["head_w"].T + p["head_b"]).detach()
 
 
 def check_state(path, fd_per_tensor=3, h=1e-4):
@@ -580,27 +468,14 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
     for label, gname, dropout in (("", "grads", 0.0), ("dropout ", "drop_grads", float(state["dropout_p"][0]))):
         model.set_dropout(dropout, drop_seed, drop_step)
         model.train()
-        grads = state[gname]
-        worst, off = 0.0, 0
-        for name, shape, _ in model.flat_layout():
-            n = math.prod(shape)
-            for i in torch.randint(0, n, (fd_per_tensor,), generator=gen).tolist():
-                j = off + i
-                losses = []
-                for sign in (1.0, -1.0):
-                    flat = flat0.clone()
-                    flat[j] += sign * h
-                    model.set_flat(flat)
-                    with torch.no_grad():
-                        losses.append(model(images, labels)[1].item())
-                fd = (losses[0] - losses[1]) / (2 * h)
-                rel = abs(fd - grads[j]) / max(abs(fd), abs(grads[j]), 1e-6)
-                worst = max(worst, rel)
-                if rel > 1e-5:
-                    print(f"check: {label}{name}[{i}] grad {grads[j]:.6e} vs finite difference {fd:.6e}")
-                    ok = False
-            off += n
+        fd_ok, worst = common.check_grads_fd(model, flat0, lambda: model(images, labels)[1].item(), state[gname],
+                                             gen, count=fd_per_tensor, h=h, label=label)
+        ok = ok and fd_ok
         print(f"check: {label}{fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
+
+    # the AdamW trajectory (no dropout) against a numpy AdamW (grads from the float64 model)
+    model.set_dropout(0.0)
+    ok = common.check_adamw_trajectory(model, state, lambda: model(images, labels)[1]) and ok
     print("check: " + ("OK" if ok else "FAILED"))
     return ok
 
@@ -629,8 +504,7 @@ def main():
         parser.error("--out needs --model vit or mamba_vit")
     if args.C % args.H != 0 or 32 % args.patch != 0:
         parser.error("C must be divisible by H and the patch size must divide 32")
-    # lr, beta1, beta2, eps, weight_decay, grad_clip (a large wd so it is tested)
-    adamw = [1e-3, 0.9, 0.99, 1e-8, 0.1, 1.0]
+    adamw = common.REFERENCE_ADAMW
     dropout = (0.1, 4242, 17)  # p, seed, step
     ok = True
     for name in (["vit", "mamba_vit"] if args.model == "both" else [args.model]):
