@@ -108,12 +108,10 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     TrainConfig defaults = *c;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) train_usage(argv[0], &defaults, model_flags, 0);
-        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
-        if (strchr("LCHF", f[1]) && !strchr(allowed, f[1])) fail("unknown flag %s for this model (see -h)", f);
-        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
-        const char* v = argv[++i];
-        switch (f[1]) {
+        const char* v = nullptr;
+        char letter = next_flag(argc, argv, &i, "LCHF", allowed, &v);
+        if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
+        switch (letter) {
             case 'i': c->train_path = v; break;
             case 'j': c->val_path = v; break;
             case 'k': c->vocab_path = v; break;

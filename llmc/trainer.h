@@ -179,6 +179,20 @@ static void check_data_file(const char* path, const char* default_path, const ch
     fail("%s: cannot open (%s)", path, strerror(errno));
 }
 
+// The next "-x value" pair of the arguments from argv[*i] (advancing *i):
+// returns the flag's letter and sets *value, or 'h' for -h / --help. Fails on
+// anything else than a two-letter flag, a shape letter (of shape_letters)
+// this model does not take (not in allowed), or a missing value.
+static char next_flag(int argc, char** argv, int* i, const char* shape_letters, const char* allowed, const char** value) {
+    const char* f = argv[*i];
+    if (!strcmp(f, "-h") || !strcmp(f, "--help")) return 'h';
+    if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
+    if (strchr(shape_letters, f[1]) && !strchr(allowed, f[1])) fail("unknown flag %s for this model (see -h)", f);
+    if (*i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
+    *value = argv[++*i];
+    return f[1];
+}
+
 // the first line a trainer prints
 static void print_preset(int preset) {
     if (preset == PRESET_CPU)

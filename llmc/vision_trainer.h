@@ -126,12 +126,10 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
     VisionTrainConfig defaults = *c;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) vision_usage(argv[0], &defaults, model_flags, 0);
-        if (f[0] != '-' || strlen(f) != 2) fail("unknown argument '%s' (see -h)", f);
-        if (strchr("LCHFP", f[1]) && !strchr(allowed, f[1])) fail("unknown flag %s for this model (see -h)", f);
-        if (i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
-        const char* v = argv[++i];
-        switch (f[1]) {
+        const char* v = nullptr;
+        char letter = next_flag(argc, argv, &i, "LCHFP", allowed, &v);
+        if (letter == 'h') vision_usage(argv[0], &defaults, model_flags, 0);
+        switch (letter) {
             case 'i': c->train_path = v; break;
             case 'j': c->test_path = v; break;
             case 'e': c->init_path = v; break;
