@@ -154,7 +154,10 @@ class GPTGenerator:
         return self.forward_span(prompt, 0)[:, -1]
 
     def step(self, tokens, pos):
-        """tokens (B,) -> logits (B, V); re-prefills the last T/2 tokens when the cache is full."""
+        """
+        tokens (B,) -> logits (B, V); re-prefills the last T/2 tokens when the
+        cache is full. pos is unused: the position is where the window ends.
+        """
         if len(self.window) == self.T:
             self.prefill(torch.stack(self.window[self.T - self.T // 2:], dim=1))
         p = len(self.window)
