@@ -112,6 +112,10 @@ struct MambaSetup {
     float *x_in, *x_step;
 };
 
+static void mamba_teardown(MambaSetup& s) {
+    for (float* q : {s.p.in_proj_w, s.a.xz, s.x_in, s.x_step}) cudaCheck(cudaFree(q));  // the tensors' bases
+}
+
 static MambaSetup mamba_setup(int L, int C, int N, int Tmax, uint64_t seed) {
     MambaSetup s;
     s.L = L; s.Tmax = Tmax; s.d = mamba_dims(C, N);
@@ -227,6 +231,7 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
     }
     mamba_step_use_warp = default_warp;
     mamba_step_state_free(&st);
+    mamba_teardown(s);
 }
 
 // ----------------------------------------------------------------------------
@@ -240,6 +245,10 @@ struct GPTSetup {
     TransformerScratch s;
     float *x_in, *x_step;
 };
+
+static void gpt_teardown(GPTSetup& s) {
+    for (float* q : {s.p.ln1w, s.a.ln1, s.s.preatt, s.x_in, s.x_step}) cudaCheck(cudaFree(q));  // the tensors' bases
+}
 
 static GPTSetup gpt_setup(int L, int C, int NH, int F, int Tmax, uint64_t seed) {
     GPTSetup s;
@@ -366,6 +375,7 @@ static void test_gpt(Tests& t, cublasHandle_t h, int L, int C, int NH, int F, in
     }
     attention_step_use_block = default_block;
     kv_cache_free(&cache);
+    gpt_teardown(s);
 }
 
 int main() {
