@@ -1,0 +1,269 @@
+/*
+Recurrent generation for the pre-norm Transformer block stack
+(llmc/transformer_block.cuh, causal): a KV cache per layer, and a step that
+takes one new token per batch row at position pos and returns the block
+stack's output for it.
+
+KVCache holds, in one device buffer, every layer's keys and values
+(L, B, NH, maxT, hs) each, hs = C / NH, and the scratch of one step for B
+rows (shared by the layers). A step for rows 0..B'-1 (B' <= B):
+  ln = LN1(x); qkv = ln @ qkvw^T + qkvb                 (cuBLAS, B' rows)
+  k, v of the new token -> the cache at position pos
+  per head: y = softmax(q . k_j / sqrt(hs), j = 0..pos) @ v_j
+  x2 = x + attproj(y); x_out = x2 + fcproj(gelu(fc(LN2(x2))))
+
+The position embedding of the new token (wpe[pos]) is the caller's: it is
+added to the token embedding before the first block, as in the parallel
+forward.
+
+Prefill: after transformer_block_forward over a (B, T) prompt,
+kv_cache_prefill copies that layer's qkv activation (B, T, 3C) (the qkv
+Linear's output, which the forward keeps) into positions 0..T-1; the next
+step is at pos = T.
+
+A full cache (pos == maxT): the caller keeps the last maxT/2 tokens as a
+new window: kv_cache_reset, then the parallel forward over those tokens
+(positions 0..maxT/2-1), kv_cache_prefill_stack, and steps from pos =
+maxT/2 on. (The kept keys cannot be shifted in place: with learned
+absolute positions every key depends on its position in the window.)
+Attention reads only positions 0..pos, so reset is not needed for
+correctness; it clears the stale positions so that a cache's contents
+depend only on what was written since.
+*/
+#pragma once
+#include "cuda_common.h"
+#include "transformer_block.cuh"
+
+typedef struct {
+    float* memory;  // the one device buffer below
+    float* k;       // (L, B, NH, maxT, hs)
+    float* v;       // (L, B, NH, maxT, hs)
+    // scratch of one step, B rows, shared by the layers
+    float* ln;        // (B, C)   LN1, then LN2
+    float* qkv;       // (B, 3C)
+    float* att;       // (B, NH, maxT)  scores, then probabilities
+    float* atty;      // (B, C)   attention output, heads concatenated
+    float* proj;      // (B, C)   attproj, then fcproj
+    float* res2;      // (B, C)   x + attproj
+    float* fch;       // (B, F)
+    float* fch_gelu;  // (B, F)
+    int L, B, maxT;
+    TransformerDims d;
+} KVCache;
+
+static long kv_cache_floats(int L, int B, int maxT, TransformerDims d) {
+    long C = d.C, F = d.F;
+    return 2L * L * B * maxT * C + (long)B * (C + 3 * C + (long)d.NH * maxT + C + C + C + F + F);
+}
+
+static void kv_cache_reset(KVCache* c) {
+    cudaCheck(cudaMemset(c->memory, 0, 2L * c->L * c->B * c->maxT * c->d.C * sizeof(float)));
+}
+
+// a cache of maxT positions for L layers and B rows, cleared
+static void kv_cache_alloc(KVCache* c, int L, int B, int maxT, TransformerDims d) {
+    if (L < 1 || B < 1 || maxT < 1) fail("kv_cache_alloc: %d layers x %d rows x %d positions", L, B, maxT);
+    if (d.NH < 1 || d.C % d.NH) fail("kv_cache_alloc: %d channels do not split into %d heads", d.C, d.NH);
+    long C = d.C, F = d.F;
+    cudaError_t e = cudaMalloc(&c->memory, kv_cache_floats(L, B, maxT, d) * sizeof(float));
+    if (e != cudaSuccess) fail("kv_cache_alloc: %d layers x %d rows x %d positions: %s", L, B, maxT, cudaGetErrorString(e));
+    float* p = c->memory;
+    c->k = p;        p += (long)L * B * maxT * C;
+    c->v = p;        p += (long)L * B * maxT * C;
+    c->ln = p;       p += (long)B * C;
+    c->qkv = p;      p += (long)B * 3 * C;
+    c->att = p;      p += (long)B * d.NH * maxT;
+    c->atty = p;     p += (long)B * C;
+    c->proj = p;     p += (long)B * C;
+    c->res2 = p;     p += (long)B * C;
+    c->fch = p;      p += (long)B * F;
+    c->fch_gelu = p; p += (long)B * F;
+    c->L = L; c->B = B; c->maxT = maxT; c->d = d;
+    kv_cache_reset(c);
+}
+
+static void kv_cache_free(KVCache* c) {
+    cudaCheck(cudaFree(c->memory));
+    c->memory = nullptr;
+}
+
+// layer l's keys and values (B, NH, maxT, hs)
+static float* kv_cache_k(const KVCache* c, int l) { return c->k + (long)l * c->B * c->maxT * c->d.C; }
+static float* kv_cache_v(const KVCache* c, int l) { return c->v + (long)l * c->B * c->maxT * c->d.C; }
+
+// ----------------------------------------------------------------------------
+// kernels
+
+// Writes the k and v parts of qkv (B, T, 3C) into the cache (B, NH, maxT, hs)
+// at positions t0..t0+T-1: k[b, h, t0+t, d] = qkv[b, t, C + h*hs + d], v
+// likewise from the last C columns. One thread per (b, t, channel), reading
+// coalesced.
+__global__ void kv_cache_write_kernel(float* k, float* v, const float* qkv, int B, int T, int t0, int NH, int hs,
+                                      int maxT) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int C = NH * hs;
+    if (idx >= (long)B * T * C) return;
+    int c = idx % C;
+    long bt = idx / C;
+    int t = bt % T, b = bt / T;
+    int h = c / hs, d = c % hs;
+    long dst = (((long)b * NH + h) * maxT + t0 + t) * hs + d;
+    k[dst] = qkv[bt * 3 * C + C + c];
+    v[dst] = qkv[bt * 3 * C + 2 * C + c];
+}
+
+// Attention of one new query per (b, h) over the cached positions 0..pos:
+//   s_j = (q . k_j) / sqrt(hs),  p_j = exp(s_j - max s) / sum,  y = sum_j p_j v_j
+// in the parallel forward's order of operations (scale after the dot, the
+// max subtracted inside the exp, probabilities normalized before the
+// product with v). Two passes over the cache with the scores kept in att
+// (B, NH, maxT). q is qkv's first C columns (row distance 3C); y goes to
+// out (B, C), heads concatenated.
+// Rows variant: one thread per (b, h), plain loops. Barrier-free: the host
+// backend's choice.
+__global__ void attention_step_rows_kernel(float* out, float* att, const float* qkv, const float* k, const float* v,
+                                           int B, int NH, int hs, int maxT, int pos, float scale) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * NH) return;
+    int h = idx % NH, b = idx / NH;
+    int C = NH * hs;
+    const float* q = qkv + (long)b * 3 * C + h * hs;
+    const float* kh = k + (long)idx * maxT * hs;
+    const float* vh = v + (long)idx * maxT * hs;
+    float* a = att + (long)idx * maxT;
+    float maxv = -INFINITY;
+    for (int j = 0; j <= pos; j++) {
+        float dot = 0.0f;
+        for (int d = 0; d < hs; d++) dot += q[d] * kh[(long)j * hs + d];
+        a[j] = dot * scale;
+        maxv = fmaxf(maxv, a[j]);
+    }
+    float sum = 0.0f;
+    for (int j = 0; j <= pos; j++) { a[j] = expf(a[j] - maxv); sum += a[j]; }
+    float inv = 1.0f / sum;
+    float* y = out + (long)b * C + h * hs;
+    for (int d = 0; d < hs; d++) y[d] = 0.0f;
+    for (int j = 0; j <= pos; j++) {
+        float pj = a[j] * inv;
+        for (int d = 0; d < hs; d++) y[d] += pj * vh[(long)j * hs + d];
+    }
+}
+
+// max over a block whose size is a multiple of 32 (as block_sum); scratch:
+// 32 floats of shared memory; every thread gets the result
+__device__ __forceinline__ float kv_block_max(float v, float* scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < nwarps; w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+// The same, block variant: one block per (b, h). Threads stride over the
+// positions for the scores and the exps (block max and sum by warp
+// shuffles), then over the hs output channels, each summing over the
+// positions (reads of v coalesced across threads). The GPU's choice: the
+// cache of one head is read by a whole block instead of one thread.
+__global__ void attention_step_block_kernel(float* out, float* att, const float* qkv, const float* k, const float* v,
+                                            int B, int NH, int hs, int maxT, int pos, float scale) {
+    __shared__ float scratch[32];
+    int idx = blockIdx.x;  // (b, h)
+    int h = idx % NH, b = idx / NH;
+    int C = NH * hs;
+    const float* q = qkv + (long)b * 3 * C + h * hs;
+    const float* kh = k + (long)idx * maxT * hs;
+    const float* vh = v + (long)idx * maxT * hs;
+    float* a = att + (long)idx * maxT;
+    float maxv = -INFINITY;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) {
+        float dot = 0.0f;
+        for (int d = 0; d < hs; d++) dot += q[d] * kh[(long)j * hs + d];
+        a[j] = dot * scale;
+        maxv = fmaxf(maxv, a[j]);
+    }
+    maxv = kv_block_max(maxv, scratch);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= pos; j += blockDim.x) { a[j] = expf(a[j] - maxv); sum += a[j]; }
+    sum = block_sum(sum, scratch);
+    float inv = 1.0f / sum;
+    __syncthreads();  // every thread's exps in att are visible to all
+    float* y = out + (long)b * C + h * hs;
+    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j <= pos; j++) acc += a[j] * inv * vh[(long)j * hs + d];
+        y[d] = acc;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+#ifdef __CUDACC__
+static bool attention_step_use_block = true;
+#else
+static bool attention_step_use_block = false;
+#endif
+
+static void kv_cache_check(const KVCache* c, int layer, int B, const char* what) {
+    if (layer < 0 || layer >= c->L) fail("%s: layer %d of %d", what, layer, c->L);
+    if (B < 1 || B > c->B) fail("%s: %d rows, the cache holds %d", what, B, c->B);
+}
+
+// positions 0..T-1 of layer `layer` from the parallel forward's qkv
+// activation of that layer over a (B, T) prompt, (B, T, 3C)
+static void kv_cache_prefill(KVCache* c, int layer, const float* qkv, int B, int T) {
+    kv_cache_check(c, layer, B, "kv_cache_prefill");
+    if (T < 1 || T > c->maxT) fail("kv_cache_prefill: prompt of %d tokens, the cache holds 1..%d", T, c->maxT);
+    int C = c->d.C, NH = c->d.NH;
+    long n = (long)B * T * C;
+    LAUNCH(kv_cache_write_kernel, CEIL_DIV(n, 256), 256, 0)(kv_cache_k(c, layer), kv_cache_v(c, layer), qkv, B, T, 0,
+                                                            NH, C / NH, c->maxT);
+    cudaCheck(cudaGetLastError());
+}
+
+// every layer, from the stacked activations of transformer_block_forward over (B, T)
+static void kv_cache_prefill_stack(KVCache* c, const TransformerStackActs& acts, int B, int T) {
+    for (int l = 0; l < c->L; l++) kv_cache_prefill(c, l, transformer_layer_acts(acts, l, B, T, c->d).qkv, B, T);
+}
+
+// One block, one token per row at position pos (0 <= pos < maxT; positions
+// 0..pos-1 of layer `layer` hold the earlier tokens' keys and values): x
+// (B, C) is the block's input on entry and its output on return; p = the
+// layer's parameters (transformer_layer_params).
+static void transformer_block_step(cublasHandle_t h, const TransformerStackParams& p, KVCache* c, int layer, float* x,
+                                   int pos, int B, TransformerDims d) {
+    kv_cache_check(c, layer, B, "transformer_block_step");
+    if (d.C != c->d.C || d.NH != c->d.NH || d.F != c->d.F) fail("transformer_block_step: dims differ from the cache's");
+    if (pos < 0 || pos >= c->maxT) fail("transformer_block_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
+    int C = d.C, F = d.F, NH = d.NH, hs = C / NH;
+    long bc = (long)B * C;
+    layernorm_forward(c->ln, nullptr, nullptr, x, p.ln1w, p.ln1b, B, C);
+    matmul_forward(h, c->qkv, c->ln, p.qkvw, p.qkvb, B, C, 3 * C);
+    float *k = kv_cache_k(c, layer), *v = kv_cache_v(c, layer);
+    LAUNCH(kv_cache_write_kernel, CEIL_DIV(bc, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
+    cudaCheck(cudaGetLastError());
+    float scale = 1.0f / sqrtf((float)hs);
+    if (attention_step_use_block) {
+        LAUNCH(attention_step_block_kernel, B * NH, 128, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs, c->maxT, pos, scale);
+    } else {
+        LAUNCH(attention_step_rows_kernel, CEIL_DIV(B * NH, 32), 32, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs,
+                                                                        c->maxT, pos, scale);
+    }
+    cudaCheck(cudaGetLastError());
+    matmul_forward(h, c->proj, c->atty, p.attprojw, p.attprojb, B, C, C);
+    residual_forward(c->res2, x, c->proj, bc);
+    layernorm_forward(c->ln, nullptr, nullptr, c->res2, p.ln2w, p.ln2b, B, C);
+    matmul_forward(h, c->fch, c->ln, p.fcw, p.fcb, B, C, F);
+    gelu_forward(c->fch_gelu, c->fch, (long)B * F);
+    matmul_forward(h, c->proj, c->fch_gelu, p.fcprojw, p.fcprojb, B, F, C);
+    residual_forward(x, c->res2, c->proj, bc);
+}
+
+// all L blocks of a stack (stacked parameters), x (B, C) in and out
+static void transformer_stack_step(cublasHandle_t h, const TransformerStackParams& stack, KVCache* c, float* x, int pos,
+                                   int B) {
+    for (int l = 0; l < c->L; l++) transformer_block_step(h, transformer_layer_params(stack, l, c->d), c, l, x, pos, B, c->d);
+}
