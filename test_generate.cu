@@ -54,22 +54,10 @@ static std::vector<float> download(const float* d, long n) {
     cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
     return h;
 }
-static void upload(float* d, const std::vector<float>& h) {
-    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-}
 static float* device_alloc(long n) {
     float* d;
     cudaCheck(cudaMalloc(&d, n * sizeof(float)));
     return d;
-}
-// points a struct of `count` float pointers at consecutive tensors of base
-static void point_at(float** ptrs, float* base, const long* sizes, int count) {
-    for (int i = 0; i < count; i++) { ptrs[i] = base; base += sizes[i]; }
-}
-static long sum_sizes(const long* sizes, int count) {
-    long n = 0;
-    for (int i = 0; i < count; i++) n += sizes[i];
-    return n;
 }
 static void perturb(float* x, long n, float center, float spread, Rng* rng) {
     for (long i = 0; i < n; i++) x[i] = center + spread * (2.0f * rng_uniform(rng) - 1.0f);
@@ -119,12 +107,12 @@ static void mamba_teardown(MambaSetup& s) {
 static MambaSetup mamba_setup(int L, int C, int N, int Tmax, uint64_t seed) {
     MambaSetup s;
     s.L = L; s.Tmax = Tmax; s.d = mamba_dims(C, N);
-    long psizes[MAMBA_STACK_PARAMS], asizes[MAMBA_STACK_ACTS];
-    mamba_stack_param_sizes(psizes, L, s.d);
-    mamba_stack_act_sizes(asizes, L, B, Tmax, s.d);
-    std::vector<float> host(sum_sizes(psizes, MAMBA_STACK_PARAMS));
+    TensorSpec ptable[MAMBA_STACK_PARAMS], atable[MAMBA_STACK_ACTS];
+    mamba_stack_param_table(ptable, L, s.d);
+    mamba_stack_act_table(atable, L, B, Tmax, s.d);
+    std::vector<float> host(table_total(ptable, MAMBA_STACK_PARAMS));
     MambaStackParams hp;
-    point_at((float**)&hp, host.data(), psizes, MAMBA_STACK_PARAMS);
+    point_tensors(&hp, host.data(), ptable, MAMBA_STACK_PARAMS);
     Rng rng;
     rng_seed(&rng, seed);
     mamba_stack_init(hp, L, s.d, &rng);
@@ -133,8 +121,8 @@ static MambaSetup mamba_setup(int L, int C, int N, int Tmax, uint64_t seed) {
     perturb(hp.ln_b, (long)L * C, 0.0f, 0.3f, &rng);
     float* pmem = device_alloc(host.size());
     upload(pmem, host);
-    point_at((float**)&s.p, pmem, psizes, MAMBA_STACK_PARAMS);
-    point_at((float**)&s.a, device_alloc(sum_sizes(asizes, MAMBA_STACK_ACTS)), asizes, MAMBA_STACK_ACTS);
+    point_tensors(&s.p, pmem, ptable, MAMBA_STACK_PARAMS);
+    point_tensors(&s.a, device_alloc(table_total(atable, MAMBA_STACK_ACTS)), atable, MAMBA_STACK_ACTS);
     s.x_in = device_alloc((long)B * Tmax * C);
     s.x_step = device_alloc((long)B * C);
     return s;
@@ -247,38 +235,38 @@ struct GPTSetup {
 };
 
 static void gpt_teardown(GPTSetup& s) {
-    for (float* q : {s.p.ln1w, s.a.ln1, s.s.preatt, s.x_in, s.x_step}) cudaCheck(cudaFree(q));  // the tensors' bases
+    for (float* q : {s.p.ln1_w, s.a.ln1, s.s.preatt, s.x_in, s.x_step}) cudaCheck(cudaFree(q));  // the tensors' bases
 }
 
 static GPTSetup gpt_setup(int L, int C, int NH, int F, int Tmax, uint64_t seed) {
     GPTSetup s;
     s.L = L; s.Tmax = Tmax; s.d = {C, NH, F};
-    long psizes[TRANSFORMER_STACK_PARAMS], asizes[TRANSFORMER_STACK_ACTS], ssizes[TRANSFORMER_SCRATCH];
-    transformer_stack_param_sizes(psizes, L, s.d);
-    transformer_stack_act_sizes(asizes, L, B, Tmax, s.d);
-    transformer_scratch_sizes(ssizes, B, Tmax, s.d);
-    std::vector<float> host(sum_sizes(psizes, TRANSFORMER_STACK_PARAMS));
+    TensorSpec ptable[TRANSFORMER_STACK_PARAMS], atable[TRANSFORMER_STACK_ACTS], stable[TRANSFORMER_SCRATCH];
+    transformer_stack_param_table(ptable, L, s.d);
+    transformer_stack_act_table(atable, L, B, Tmax, s.d);
+    transformer_scratch_table(stable, B, Tmax, s.d);
+    std::vector<float> host(table_total(ptable, TRANSFORMER_STACK_PARAMS));
     TransformerStackParams hp;
-    point_at((float**)&hp, host.data(), psizes, TRANSFORMER_STACK_PARAMS);
+    point_tensors(&hp, host.data(), ptable, TRANSFORMER_STACK_PARAMS);
     Rng rng;
     rng_seed(&rng, seed);
     transformer_stack_init(hp, L, s.d, &rng);
     // GPT-2's init: biases 0, LayerNorms 1 and 0; perturbed so they matter.
     // qkv weights scaled up so that attention is far from uniform.
-    perturb(hp.ln1w, (long)L * C, 1.0f, 0.3f, &rng);
-    perturb(hp.ln1b, (long)L * C, 0.0f, 0.3f, &rng);
-    perturb(hp.ln2w, (long)L * C, 1.0f, 0.3f, &rng);
-    perturb(hp.ln2b, (long)L * C, 0.0f, 0.3f, &rng);
-    perturb(hp.qkvb, (long)L * 3 * C, 0.0f, 0.1f, &rng);
-    perturb(hp.attprojb, (long)L * C, 0.0f, 0.1f, &rng);
-    perturb(hp.fcb, (long)L * F, 0.0f, 0.1f, &rng);
-    perturb(hp.fcprojb, (long)L * C, 0.0f, 0.1f, &rng);
-    for (long i = 0; i < (long)L * 3 * C * C; i++) hp.qkvw[i] *= 10.0f;
+    perturb(hp.ln1_w, (long)L * C, 1.0f, 0.3f, &rng);
+    perturb(hp.ln1_b, (long)L * C, 0.0f, 0.3f, &rng);
+    perturb(hp.ln2_w, (long)L * C, 1.0f, 0.3f, &rng);
+    perturb(hp.ln2_b, (long)L * C, 0.0f, 0.3f, &rng);
+    perturb(hp.qkv_b, (long)L * 3 * C, 0.0f, 0.1f, &rng);
+    perturb(hp.attn_proj_b, (long)L * C, 0.0f, 0.1f, &rng);
+    perturb(hp.fc_b, (long)L * F, 0.0f, 0.1f, &rng);
+    perturb(hp.fc_proj_b, (long)L * C, 0.0f, 0.1f, &rng);
+    for (long i = 0; i < (long)L * 3 * C * C; i++) hp.qkv_w[i] *= 10.0f;
     float* pmem = device_alloc(host.size());
     upload(pmem, host);
-    point_at((float**)&s.p, pmem, psizes, TRANSFORMER_STACK_PARAMS);
-    point_at((float**)&s.a, device_alloc(sum_sizes(asizes, TRANSFORMER_STACK_ACTS)), asizes, TRANSFORMER_STACK_ACTS);
-    point_at((float**)&s.s, device_alloc(sum_sizes(ssizes, TRANSFORMER_SCRATCH)), ssizes, TRANSFORMER_SCRATCH);
+    point_tensors(&s.p, pmem, ptable, TRANSFORMER_STACK_PARAMS);
+    point_tensors(&s.a, device_alloc(table_total(atable, TRANSFORMER_STACK_ACTS)), atable, TRANSFORMER_STACK_ACTS);
+    point_tensors(&s.s, device_alloc(table_total(stable, TRANSFORMER_SCRATCH)), stable, TRANSFORMER_SCRATCH);
     s.x_in = device_alloc((long)B * Tmax * C);
     s.x_step = device_alloc((long)B * C);
     return s;
@@ -289,7 +277,7 @@ static std::vector<float> gpt_forward(cublasHandle_t h, GPTSetup& s, const std::
     const float* in = s.x_in;
     for (int l = 0; l < s.L; l++) {
         TransformerStackActs la = transformer_layer_acts(s.a, l, B, T, s.d);
-        transformer_block_forward(h, transformer_layer_params(s.p, l, s.d), la, s.s, in, B, T, s.d, 1);
+        transformer_block_forward(h, transformer_layer_params(s.p, l, s.d), la, s.s, in, B, T, s.d, 1, NO_DROPOUT);
         in = la.residual3;
     }
     return download(in, (long)B * T * s.d.C);

@@ -240,8 +240,8 @@ static void transformer_block_step(cublasHandle_t h, const TransformerStackParam
     if (pos < 0 || pos >= c->maxT) fail("transformer_block_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
     int C = d.C, F = d.F, NH = d.NH, hs = C / NH;
     long bc = (long)B * C;
-    layernorm_forward(c->ln, nullptr, nullptr, x, p.ln1w, p.ln1b, B, C);
-    matmul_forward(h, c->qkv, c->ln, p.qkvw, p.qkvb, B, C, 3 * C);
+    layernorm_forward(c->ln, nullptr, nullptr, x, p.ln1_w, p.ln1_b, B, C);
+    matmul_forward(h, c->qkv, c->ln, p.qkv_w, p.qkv_b, B, C, 3 * C);
     float *k = kv_cache_k(c, layer), *v = kv_cache_v(c, layer);
     LAUNCH(kv_cache_write_kernel, CEIL_DIV(bc, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
     cudaCheck(cudaGetLastError());
@@ -253,12 +253,12 @@ static void transformer_block_step(cublasHandle_t h, const TransformerStackParam
                                                                         c->maxT, pos, scale);
     }
     cudaCheck(cudaGetLastError());
-    matmul_forward(h, c->proj, c->atty, p.attprojw, p.attprojb, B, C, C);
+    matmul_forward(h, c->proj, c->atty, p.attn_proj_w, p.attn_proj_b, B, C, C);
     residual_forward(c->res2, x, c->proj, bc);
-    layernorm_forward(c->ln, nullptr, nullptr, c->res2, p.ln2w, p.ln2b, B, C);
-    matmul_forward(h, c->fch, c->ln, p.fcw, p.fcb, B, C, F);
+    layernorm_forward(c->ln, nullptr, nullptr, c->res2, p.ln2_w, p.ln2_b, B, C);
+    matmul_forward(h, c->fch, c->ln, p.fc_w, p.fc_b, B, C, F);
     gelu_forward(c->fch_gelu, c->fch, (long)B * F);
-    matmul_forward(h, c->proj, c->fch_gelu, p.fcprojw, p.fcprojb, B, F, C);
+    matmul_forward(h, c->proj, c->fch_gelu, p.fc_proj_w, p.fc_proj_b, B, F, C);
     residual_forward(x, c->res2, c->proj, bc);
 }
 
