@@ -31,6 +31,10 @@ Tolerances:
 static const double TOL = 1e-4;
 static const double FD_TOL = 2e-3;
 static const double VARIANT_TOL = 1e-5;
+// generation (the recurrent step) against the parallel forward: the same
+// fp32 math in another summation order, ~1e-7 relative; 1e-5 bounds it (as
+// test_gpt.cu)
+static const double GEN_TOL = 1e-5;
 
 // ----------------------------------------------------------------------------
 // 1-2. the selective scan on its own: inputs, one forward + backward
@@ -283,6 +287,21 @@ static void check_against_reference(Tests& t, const char* path) {
     check_rerun_identical(t, &model.buf, step, 0, "");
     check_trajectory(t, &model.buf, ref, path, step, TOL);
     check_resume(t, &model.buf, ref, path, step, 7, 8, "");
+
+    // generation with the recurrent step, rows of different tokens, both scan variants' final states
+    printf("--- generation\n");
+    load_params(&model.buf, ref.get("params", path).f);
+    const std::vector<int>& tokens = ref.get("inputs", path).i;
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = variant == 1;
+        const char* what = variant ? "[chunked] steps vs forward" : "[seq] steps vs forward";
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, what);
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2 + 3, GEN_TOL, what);
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T - 4, GEN_TOL, what);  // past one 32-step chunk
+    }
+    scan_use_chunked = default_variant;
+    // a prompt longer than the activations: the rest is stepped
+    check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 3 * ref.T);
     model_free(&model.buf);
 }
 

@@ -20,6 +20,7 @@ Build with `make train_gpt` (GPU if one is visible, else the host backend).
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
 #include "llmc/transformer_block.cuh"
+#include "llmc/kv_cache.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
@@ -119,6 +120,10 @@ typedef struct {
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
+    KVCache cache;            // generation: every layer's keys and values (llmc/kv_cache.cuh)
+    StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
+    std::vector<int> window;  // ... and the tokens in the cache, (B, context) on the host
+    int pos;                  // ... and how many of them there are: the next token's position
 } GPT;
 
 static void gpt_build(GPT* model, GPTConfig c) {
@@ -129,6 +134,7 @@ static void gpt_build(GPT* model, GPTConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels, c.ffn};
     model_build(&model->buf, MODEL_GPT, gpt_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    model->gen.B = 0;
 }
 
 // sizes the activations for batches up to B x T
@@ -227,9 +233,85 @@ static void gpt_backward(GPT* model, int B, int T) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// generation: a KV cache per layer (llmc/kv_cache.cuh), prefilled by the
+// parallel forward; a step appends one position and attends over the cache.
+// The context is the position table (maxT, or the activations' length if
+// shorter). When it is full, the last half of it (the newest token
+// included) becomes the new window: the cache is cleared and prefilled
+// from a parallel forward over those tokens at positions 0.., as a windowed
+// forward would see them, and stepping goes on from there.
+
+static int gpt_context(const GPT* model) {
+    return model->config.max_seq_len < model->buf.seq_len ? model->config.max_seq_len : model->buf.seq_len;
+}
+
+static void gpt_generate_begin(GPT* model, int B) {
+    if (B > model->buf.batch_size) fail("flag -b: %d samples at once, more than the %d rows allocated", B, model->buf.batch_size);
+    kv_cache_alloc(&model->cache, model->config.num_layers, B, gpt_context(model), dims_of(model->config));
+    step_buffers_alloc(&model->gen, B, model->config.channels, model->config.vocab_size);
+    model->window.assign((long)B * gpt_context(model), 0);
+    model->pos = 0;
+}
+
+static void gpt_generate_end(GPT* model) {
+    kv_cache_free(&model->cache);
+    step_buffers_free(&model->gen);
+}
+
+// the cache from a parallel forward over the first T tokens of each row's window
+static void gpt_prefill_window(GPT* model, int B, int T) {
+    int W = gpt_context(model);
+    std::vector<int> rows((long)B * T);
+    for (int b = 0; b < B; b++) std::copy(&model->window[(long)b * W], &model->window[(long)b * W] + T, &rows[(long)b * T]);
+    gpt_forward(model, rows.data(), nullptr, B, T);
+    kv_cache_reset(&model->cache);
+    kv_cache_prefill_stack(&model->cache, model->acts.tower, B, T);
+    step_logits_from_forward(&model->gen, model->acts.logits, B, T, model->config.vocab_size);
+    model->pos = T;
+}
+
+// a prompt (B, T) (host): its last `context` tokens into the cache; gen.logits the next token's
+static void gpt_prefill(GPT* model, const int* tokens, int B, int T) {
+    NVTX_RANGE("prefill");
+    int W = gpt_context(model), keep = T < W ? T : W;
+    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T + (T - keep), tokens + (long)b * T + T, &model->window[(long)b * W]);
+    gpt_prefill_window(model, B, keep);
+}
+
+// one token per row (host, B) at position pos; gen.logits (B, V) the next token's
+static void gpt_step(GPT* model, const int* tokens, int B) {
+    NVTX_RANGE("step");
+    GPTConfig c = model->config;
+    int W = gpt_context(model), C = c.channels;
+    if (model->pos == W) {  // the cache is full: the newest W/2 tokens become the window
+        int keep = W / 2 > 1 ? W / 2 : 1;
+        for (int b = 0; b < B; b++) {
+            int* row = &model->window[(long)b * W];
+            std::copy(row + W - (keep - 1), row + W, row);
+            row[keep - 1] = tokens[b];
+        }
+        gpt_prefill_window(model, B, keep);
+        return;
+    }
+    for (int b = 0; b < B; b++) model->window[(long)b * W + model->pos] = tokens[b];
+    ParameterTensors p = model->params;
+    StepBuffers* g = &model->gen;
+    cublasHandle_t h = model->buf.cublas;
+    cudaCheck(cudaMemcpy(g->tokens, tokens, B * sizeof(int), cudaMemcpyHostToDevice));
+    encoder_forward(g->x, g->tokens, p.wte, p.wpe + (long)model->pos * C, B, 1, C);
+    transformer_stack_step(h, p.tower, &model->cache, g->x, model->pos, B);
+    step_head(h, g, p.lnf_w, p.lnf_b, p.head_w, p.head_b, B, C, c.vocab_size);
+    model->pos++;
+}
+
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
 static void lm_forward(GPT* m, const int* inputs, const int* targets, int B, int T) { gpt_forward(m, inputs, targets, B, T); }
 static void lm_backward(GPT* m, int B, int T) { gpt_backward(m, B, T); }
+static void lm_generate_begin(GPT* m, int B) { gpt_generate_begin(m, B); }
+static void lm_generate_end(GPT* m) { gpt_generate_end(m); }
+static void lm_prefill(GPT* m, const int* tokens, int B, int T) { gpt_prefill(m, tokens, B, T); }
+static void lm_step(GPT* m, const int* tokens, int B) { gpt_step(m, tokens, B); }
 
 // ----------------------------------------------------------------------------
 // main
@@ -264,7 +346,8 @@ int main(int argc, char** argv) {
     gpt_build(&model, config);
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
     else gpt_init_random(&model, tc.seed);
-    gpt_allocate_activations(&model, tc.B, tc.T);
+    // generating only: the activations cover the whole position table (the context)
+    gpt_allocate_activations(&model, tc.B, tc.generate_only ? config.max_seq_len : tc.T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     printf("backend %s | GPT L %d C %d H %d F %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME,

@@ -25,6 +25,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
 #include "llmc/mamba_block.cuh"
+#include "llmc/mamba_step.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
@@ -124,6 +125,8 @@ typedef struct {
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
+    MambaStepState step;      // generation: every layer's conv and SSM state (llmc/mamba_step.cuh)
+    StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
 } Mamba;
 
 static MambaConfig mamba_config(int V, int L, int C, int N) {
@@ -140,6 +143,7 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, c.dt_rank};
     model_build(&model->buf, MODEL_MAMBA, mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    model->gen.B = 0;
 }
 
 // sizes the activations for batches up to B x T
@@ -241,9 +245,60 @@ static void mamba_backward(Mamba* model, int B, int T) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// generation: the recurrent step of every block (llmc/mamba_step.cuh), its
+// states prefilled by the parallel forward. Constant time and memory per
+// token, no context limit.
+
+// the states of B rows (up to the activations' batch), cleared
+static void mamba_generate_begin(Mamba* model, int B) {
+    if (B > model->buf.batch_size) fail("flag -b: %d samples at once, more than the %d rows allocated", B, model->buf.batch_size);
+    mamba_step_state_alloc(&model->step, model->config.num_layers, B, dims_of(model->config));
+    step_buffers_alloc(&model->gen, B, model->config.channels, model->config.vocab_size);
+}
+
+static void mamba_generate_end(Mamba* model) {
+    mamba_step_state_free(&model->step);
+    step_buffers_free(&model->gen);
+}
+
+// one token per row (host, B) through every block's step; gen.logits (B, V) the next token's
+static void mamba_step(Mamba* model, const int* tokens, int B) {
+    NVTX_RANGE("step");
+    MambaConfig c = model->config;
+    ParameterTensors p = model->params;
+    StepBuffers* g = &model->gen;
+    cublasHandle_t h = model->buf.cublas;
+    cudaCheck(cudaMemcpy(g->tokens, tokens, B * sizeof(int), cudaMemcpyHostToDevice));
+    encoder_forward(g->x, g->tokens, p.wte, nullptr, B, 1, c.channels);
+    mamba_stack_step(h, p.tower, &model->step, g->x, B);
+    step_head(h, g, p.lnf_w, p.lnf_b, p.head_w, p.head_b, B, c.channels, c.vocab_size);
+}
+
+// A prompt (B, T) (host): its first tokens (as many as the activations
+// hold) through the parallel forward, whose scans end in the states after
+// them; the rest, if any, by steps. gen.logits: the next token's.
+static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
+    NVTX_RANGE("prefill");
+    int first = T < model->buf.seq_len ? T : model->buf.seq_len;
+    std::vector<int> head((long)B * first), column(B);
+    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
+    mamba_forward(model, head.data(), nullptr, B, first);
+    mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
+    step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
+    for (int t = first; t < T; t++) {
+        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
+        mamba_step(model, column.data(), B);
+    }
+}
+
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
 static void lm_forward(Mamba* m, const int* inputs, const int* targets, int B, int T) { mamba_forward(m, inputs, targets, B, T); }
 static void lm_backward(Mamba* m, int B, int T) { mamba_backward(m, B, T); }
+static void lm_generate_begin(Mamba* m, int B) { mamba_generate_begin(m, B); }
+static void lm_generate_end(Mamba* m) { mamba_generate_end(m); }
+static void lm_prefill(Mamba* m, const int* tokens, int B, int T) { mamba_prefill(m, tokens, B, T); }
+static void lm_step(Mamba* m, const int* tokens, int B) { mamba_step(m, tokens, B); }
 
 // ----------------------------------------------------------------------------
 // main

@@ -15,6 +15,8 @@ and the two hooks lm_run calls, then hands its main over to lm_run.
 #include <vector>
 #include "cuda_common.h"
 #include "dataloader.h"
+#include "layernorm.cuh"
+#include "matmul.cuh"
 #include "logger.h"
 #include "model.h"
 #include "trainer.h"
@@ -82,9 +84,9 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -s <int>    sample every s steps, 0 = only at the end (default %d)\n"
         "  -g <int>    tokens to sample, 0 = none (default %d)\n"
         "  -r <int>    random seed (default %d)\n"
-        "  -G <0|1>    only generate text from the model of -e or -y, then exit (default 0)\n"
+        "  -G <0|1>    only generate text from the model of -e or -y, then exit; -b samples at once (default 0)\n"
         "  -P <text>   prompt for samples (default a newline)\n"
-        "  -a <float>  sampling temperature (default %g)\n"
+        "  -a <float>  sampling temperature, 0 = greedy (default %g)\n"
         "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
         "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
         "%s"
@@ -138,7 +140,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
-            case 'a': c->temperature = parse_float_flag(f, v, 1e-3f, 100.0f); break;
+            case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;
             case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'S': break;  // find_preset
             default: fail("unknown flag %s (see -h)", f);
@@ -149,10 +151,13 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
 }
 
 // draws a token from softmax(logits / temperature), restricted to the top_k
-// likeliest tokens when top_k > 0
+// likeliest tokens when top_k > 0; temperature 0 is greedy (the first
+// largest logit), as top_k 1 is
 static int sample_token(const float* logits, int V, float temperature, int top_k, Rng* rng) {
-    float maxv = -INFINITY;
-    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    int best = 0;
+    for (int i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+    if (temperature <= 0.0f || top_k == 1) return best;
+    float maxv = logits[best];
     float cutoff = -INFINITY;  // the k-th largest logit
     if (top_k > 0 && top_k < V) {
         std::vector<float> sorted(logits, logits + V);
@@ -237,27 +242,88 @@ template <typename M> static float lm_validate(M* model, const TokenData* val, i
     return (float)(sum / n);
 }
 
-// prints the prompt, then `length` sampled tokens; the model sees the last
-// seq_len tokens at each step
-template <typename M> static void lm_sample(M* model, const Vocab* vocab, const std::vector<int>& prompt, int length,
-                                            float temperature, int top_k, Rng* rng) {
-    NVTX_RANGE("sample");
-    int V = model->config.vocab_size, maxT = model->buf.seq_len;
-    std::vector<int> tokens = prompt;
-    std::vector<float> logits(V);
+// ----------------------------------------------------------------------------
+// Generation, token by token from a state the model carries (the Mamba's
+// conv and SSM states, the GPT's KV cache). The model provides
+//   void lm_generate_begin(M*, int B)    the state for B rows (up to the activations' batch)
+//   void lm_prefill(M*, const int* tokens, int B, int T)   (B, T) host tokens: the parallel forward
+//   void lm_step(M*, const int* tokens, int B)              one token per row
+//   void lm_generate_end(M*)             frees the state
+// after each of which gen.logits (B, V) on the device holds the logits of
+// the next token of every row.
+
+// the device buffers of one generation step, B rows
+typedef struct {
+    int B;
+    int* tokens;    // (B)
+    float* x;       // (B, C)  the residual stream of the rows' newest tokens
+    float* lnf;     // (B, C)
+    float* logits;  // (B, V)
+} StepBuffers;
+
+static void step_buffers_alloc(StepBuffers* s, int B, int C, int V) {
+    s->B = B;
+    if (cudaMalloc(&s->tokens, B * sizeof(int)) != cudaSuccess || cudaMalloc(&s->x, (long)B * C * sizeof(float)) != cudaSuccess ||
+        cudaMalloc(&s->lnf, (long)B * C * sizeof(float)) != cudaSuccess ||
+        cudaMalloc(&s->logits, (long)B * V * sizeof(float)) != cudaSuccess)
+        fail("flag -b: %d rows of generation buffers do not fit in memory", B);
+}
+
+static void step_buffers_free(StepBuffers* s) {
+    if (!s->B) return;
+    cudaCheck(cudaFree(s->tokens));
+    for (float* p : {s->x, s->lnf, s->logits}) cudaCheck(cudaFree(p));
+    s->B = 0;
+}
+
+// the logits (B, V) of a step from the stack's output s->x: final LayerNorm and head
+static void step_head(cublasHandle_t h, StepBuffers* s, const float* lnf_w, const float* lnf_b, const float* head_w,
+                      const float* head_b, int B, int C, int V) {
+    layernorm_forward(s->lnf, nullptr, nullptr, s->x, lnf_w, lnf_b, B, C);
+    matmul_forward(h, s->logits, s->lnf, head_w, head_b, B, C, V);
+}
+
+// after a parallel forward over (B, T): the last position's logits of each row into s->logits
+static void step_logits_from_forward(StepBuffers* s, const float* logits, int B, int T, int V) {
+    for (int b = 0; b < B; b++)
+        cudaCheck(cudaMemcpy(s->logits + (long)b * V, logits + ((long)b * T + T - 1) * V, V * sizeof(float),
+                             cudaMemcpyDeviceToDevice));
+}
+
+// B samples of `length` tokens after the prompt, each row with its own
+// random stream (row 0 continues rng; the others are seeded from it). With
+// one row the text streams to stdout as it is generated; with several each
+// sample is printed when all are done. Greedy when temperature is 0.
+template <typename M> static void lm_generate(M* model, const Vocab* vocab, const std::vector<int>& prompt, int length,
+                                              float temperature, int top_k, Rng* rng, int B) {
+    NVTX_RANGE("generate");
+    int V = model->config.vocab_size, P = (int)prompt.size();
+    lm_generate_begin(model, B);
+    std::vector<Rng> rngs(B);
+    rngs[0] = *rng;
+    for (int b = 1; b < B; b++) rng_seed(&rngs[b], rng->state + 0x9E3779B97F4A7C15ull * b);
+    std::vector<int> rows((long)B * P), next(B);
+    for (int b = 0; b < B; b++) std::copy(prompt.begin(), prompt.end(), rows.begin() + (long)b * P);
+    std::vector<std::string> texts(B);
+    std::vector<float> logits((long)B * V);
     printf("---\n");
-    for (int t : tokens) printf("%s", vocab->text[t].c_str());
+    if (B == 1) for (int t : prompt) printf("%s", vocab->text[t].c_str());
+    lm_prefill(model, rows.data(), B, P);
     for (int i = 0; i < length; i++) {
-        int n = (int)tokens.size();
-        int T = n < maxT ? n : maxT;
-        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T);
-        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
-        int next = sample_token(logits.data(), V, temperature, top_k, rng);
-        tokens.push_back(next);
-        printf("%s", vocab->text[next].c_str());
-        fflush(stdout);
+        cudaCheck(cudaMemcpy(logits.data(), model->gen.logits, (long)B * V * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int b = 0; b < B; b++) {
+            next[b] = sample_token(logits.data() + (long)b * V, V, temperature, top_k, &rngs[b]);
+            if (B == 1) { printf("%s", vocab->text[next[b]].c_str()); fflush(stdout); }
+            else texts[b] += vocab->text[next[b]];
+        }
+        if (i + 1 < length) lm_step(model, next.data(), B);
     }
-    printf("\n---\n");
+    if (B == 1) printf("\n---\n");
+    std::string prompt_text;
+    for (int t : prompt) prompt_text += vocab->text[t];
+    for (int b = 0; b < B && B > 1; b++) printf("%s%s\n---\n", prompt_text.c_str(), texts[b].c_str());
+    *rng = rngs[0];
+    lm_generate_end(model);
 }
 
 // After the model is built and initialized: resumes (-y), samples only (-G),
@@ -286,7 +352,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         start_step = s.step;
     }
     if (tc->generate_only) {
-        lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, B);
         return 0;
     }
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
@@ -306,7 +372,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
             log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
         }
         if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0)
-            lm_sample(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+            lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, 1);
         if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
             save_checkpoint(m, tc->out_dir, step, train_rng.state, sample_rng.state, B, T);
         if (last) break;

@@ -139,6 +139,7 @@ inline void ref_state_load(RefState* s, const char* path) {
 // test_mamba.cu, test_vit.cu, test_mamba_vit.cu): a model's ModelBuffers
 // (model.h) against a reference state
 
+#include <algorithm>
 #include <functional>
 #include <cstring>
 #include <unistd.h>
@@ -380,4 +381,70 @@ template <typename M> void check_vision_steps(Tests& t, M* model, const RefState
     check_resume(t, &model->buf, ref, path, step, 123, 1234, " (dropout on)", [&](const CheckpointState& r) {
         model->dropout.seed = r.sample_rng;  // as vision_run restores it
     });
+}
+
+// ----------------------------------------------------------------------------
+// the language models' generation checks (test_gpt.cu, test_mamba.cu), over
+// the hooks of lm_trainer.h (lm_forward, lm_generate_begin/end, lm_prefill,
+// lm_step) and a model's fields acts.logits, gen.logits, config.vocab_size
+
+// the parallel forward's logits (B, T, V) of tokens (B, T)
+template <typename M> std::vector<float> forward_logits(M* model, const int* tokens, int B, int T) {
+    lm_forward(model, tokens, nullptr, B, T);
+    return device_to_vector(model->acts.logits, (long)B * T * model->config.vocab_size);
+}
+
+// Prefill the first P tokens of each row, then step through the rest: the
+// logits after each position, (B, T, V) with positions before P-1 zero.
+template <typename M> std::vector<float> stepped_logits(M* model, const std::vector<int>& tokens, int B, int T, int P) {
+    int V = model->config.vocab_size;
+    std::vector<float> out((long)B * T * V, 0.0f);
+    std::vector<int> prompt((long)B * P), column(B);
+    for (int b = 0; b < B; b++) std::copy(&tokens[(long)b * T], &tokens[(long)b * T] + P, &prompt[(long)b * P]);
+    lm_generate_begin(model, B);
+    lm_prefill(model, prompt.data(), B, P);
+    for (int t = P - 1; t < T; t++) {
+        if (t >= P) {
+            for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
+            lm_step(model, column.data(), B);
+        }
+        std::vector<float> l = device_to_vector(model->gen.logits, (long)B * V);
+        for (int b = 0; b < B; b++) std::copy(&l[(long)b * V], &l[(long)b * V] + V, &out[((long)b * T + t) * V]);
+    }
+    lm_generate_end(model);
+    return out;
+}
+
+// the logits at positions P-1..T-1 of stepping, against the parallel forward's
+template <typename M> void check_steps_against_forward(Tests& t, M* model, const std::vector<int>& tokens, int B, int T,
+                                                       int P, double tol, const char* what) {
+    int V = model->config.vocab_size;
+    std::vector<float> want = forward_logits(model, tokens.data(), B, T);
+    std::vector<float> got = stepped_logits(model, tokens, B, T, P);
+    std::vector<float> g, w;
+    for (int b = 0; b < B; b++)
+        for (int p = P - 1; p < T; p++)
+            for (int v = 0; v < V; v++) { g.push_back(got[((long)b * T + p) * V + v]); w.push_back(want[((long)b * T + p) * V + v]); }
+    char name[96];
+    snprintf(name, sizeof(name), "%s: prefill %d + %d steps, B %d", what, P, T - P, B);
+    check_tensor(t, name, g.data(), w.data(), (long)g.size(), tol);
+}
+
+// n greedy tokens after a prompt, twice: the same tokens and logits, bit for bit
+template <typename M> void check_greedy_repeatable(Tests& t, M* model, const std::vector<int>& prompt, int n) {
+    int V = model->config.vocab_size;
+    std::vector<int> runs[2];
+    std::vector<float> last[2];
+    for (int r = 0; r < 2; r++) {
+        lm_generate_begin(model, 1);
+        lm_prefill(model, prompt.data(), 1, (int)prompt.size());
+        for (int i = 0; i < n; i++) {
+            last[r] = device_to_vector(model->gen.logits, V);
+            int next = (int)(std::max_element(last[r].begin(), last[r].end()) - last[r].begin());
+            runs[r].push_back(next);
+            lm_step(model, &next, 1);
+        }
+        lm_generate_end(model);
+    }
+    t.check(runs[0] == runs[1] && last[0] == last[1], "greedy generation of %d tokens bit-identical run to run", n);
 }
