@@ -4,10 +4,13 @@ each run's -o directory) into one PNG:
   - loss against step (train thin, validation bold) for the language models
   - test accuracy against epoch for the vision models
   - throughput (tokens/s or images/s) against step
+  - generation time per token against position (generate.jsonl, written by
+    `-G 1 -o DIR`)
 Panels appear for what the logs hold.
 
   python3 dev/plot.py out/gpt out/mamba --out lm.png
   python3 dev/plot.py out/vit out/mamba_vit --labels ViT,Mamba-ViT --out cifar.png
+  python3 dev/plot.py gen/mamba/generate.jsonl gen/gpt/generate.jsonl --labels Mamba,GPT --out gen.png
 
 Each argument is a run directory or a log.jsonl file; labels default to the
 directory names. Needs matplotlib (Debian: python3-matplotlib).
@@ -43,7 +46,7 @@ def read_log(path):
 
 
 def series(rows, key, x="step"):
-    pts = [(r.get(x, r["step"]), r[key]) for r in rows if key in r]
+    pts = [(r.get(x, r.get("step")), r[key]) for r in rows if key in r]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -68,6 +71,8 @@ def main():
         panels.append("acc")
     if has("tokens_per_s") or has("images_per_s"):
         panels.append("speed")
+    if has("gen_ms_per_token"):
+        panels.append("generate")
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
@@ -90,6 +95,14 @@ def main():
                 ax.set_xlabel("epoch")
                 ax.set_ylabel("test accuracy (%)")
                 ax.set_title("test accuracy against epoch")
+            elif panel == "generate":
+                x, y = series(rows, "gen_ms_per_token", x="position")
+                if x:
+                    ax.plot(x, y, color=c, linewidth=1, label=label)
+                ax.set_xlabel("position (tokens so far)")
+                ax.set_ylabel("ms per generated token")
+                ax.set_title("generation: time per token against position")
+                ax.set_ylim(bottom=0)
             else:
                 key = "tokens_per_s" if any("tokens_per_s" in r for r in rows) else "images_per_s"
                 x, y = series(rows, key)

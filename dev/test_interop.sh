@@ -30,7 +30,7 @@ formats.write_tokens(f"{w}/train.bin", seq[:5000], 65)
 formats.write_tokens(f"{w}/val.bin", seq[5000:], 65)
 PY
 D="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -v 0 -m 2 -g 0"
-val_of() { sed -n 's/^final val loss \([0-9.eE+-]*\)$/\1/p' | tail -n 1; }
+val_of() { sed -n 's/^final val loss \([0-9.eE+-]*\).*$/\1/p' | tail -n 1; }
 torch_val() { $PYTHON dev/reference/interop.py eval "$1" --tokens "$W/val.bin" --B 4 --T 32 --batches 2 | sed -n 's/^val loss //p'; }
 
 for m in gpt mamba; do

@@ -39,6 +39,7 @@ typedef struct {
     float temperature;       // -a
     int top_k;               // -K: sample among the k likeliest tokens, 0 = all
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
+    int windowed;            // -W: generate by re-running the forward over the last T tokens (for comparison)
 } TrainConfig;
 
 // what a preset sets (the rest of the defaults are common to both)
@@ -89,6 +90,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -a <float>  sampling temperature, 0 = greedy (default %g)\n"
         "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
         "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
+        "  -W <0|1>    generate the old way, a forward over the last -t tokens per token (benchmarks; default 0)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
@@ -143,6 +145,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;
             case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'S': break;  // find_preset
+            case 'W': c->windowed = parse_int_flag(f, v, 0, 1); break;
             default: fail("unknown flag %s (see -h)", f);
         }
     }
@@ -290,6 +293,56 @@ static void step_logits_from_forward(StepBuffers* s, const float* logits, int B,
                              cudaMemcpyDeviceToDevice));
 }
 
+// what the last lm_generate measured: its time (prefill included) and the
+// mean time per token of each block of GENERATE_BLOCK generated tokens
+#define GENERATE_BLOCK 100
+static double generate_seconds = 0.0;
+static std::vector<double> generate_block_ms;
+
+// The old way, for comparison (-W 1): one row, each token from a parallel
+// forward over the last seq_len tokens (the cost per token grows with the
+// window, and a Mamba forgets what came before it). Prints as lm_generate.
+template <typename M> static void lm_generate_windowed(M* model, const Vocab* vocab, const std::vector<int>& prompt,
+                                                       int length, float temperature, int top_k, Rng* rng) {
+    int V = model->config.vocab_size, maxT = model->buf.seq_len;
+    std::vector<int> tokens = prompt;
+    std::vector<float> logits(V);
+    double start = host_clock();
+    printf("---\n");
+    for (int t : tokens) printf("%s", vocab->text[t].c_str());
+    for (int i = 0; i < length; i++) {
+        int n = (int)tokens.size(), T = n < maxT ? n : maxT;
+        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T);
+        cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
+        int next = sample_token(logits.data(), V, temperature, top_k, rng);
+        tokens.push_back(next);
+        printf("%s", vocab->text[next].c_str());
+    }
+    printf("\n---\n");
+    generate_seconds = host_clock() - start;
+    generate_block_ms.clear();
+}
+
+// After a generation: the time per token of the first and the last 1000
+// tokens, and with an output directory one line per block of generated
+// tokens in DIR/generate.jsonl (dev/plot.py draws it):
+//   {"position": 1100, "gen_ms_per_token": 0.61}   position: the block's last token, prompt included
+static void print_generate_timing(const char* out_dir, int prompt_len) {
+    const std::vector<double>& ms = generate_block_ms;
+    int per = 1000 / GENERATE_BLOCK, n = (int)ms.size() / per;  // whole thousands
+    auto mean = [&](int k) { double s = 0; for (int i = k * per; i < (k + 1) * per; i++) s += ms[i]; return s / per; };
+    if (n >= 2) printf("ms per token: tokens 1-1000 %.3f, tokens %d-%d %.3f\n", mean(0), n * 1000 - 999, n * 1000, mean(n - 1));
+    if (!out_dir) return;
+    make_dir_or_fail(out_dir);
+    std::string path = std::string(out_dir) + "/generate.jsonl";
+    FILE* f = fopen(path.c_str(), "w");
+    if (!f) fail("%s: cannot write (%s)", path.c_str(), strerror(errno));
+    for (size_t i = 0; i < ms.size(); i++)
+        fprintf(f, "{\"position\": %zu, \"gen_ms_per_token\": %.6f}\n", prompt_len + (i + 1) * GENERATE_BLOCK, ms[i]);
+    fclose(f);
+    printf("wrote %s\n", path.c_str());
+}
+
 // B samples of `length` tokens after the prompt, each row with its own
 // random stream (row 0 continues rng; the others are seeded from it). With
 // one row the text streams to stdout as it is generated; with several each
@@ -308,7 +361,10 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
     std::vector<float> logits((long)B * V);
     printf("---\n");
     if (B == 1) for (int t : prompt) printf("%s", vocab->text[t].c_str());
+    double start = host_clock();
     lm_prefill(model, rows.data(), B, P);
+    std::vector<double> block_ms;  // the mean time per token of each block of generated tokens
+    double block_start = host_clock();
     for (int i = 0; i < length; i++) {
         cudaCheck(cudaMemcpy(logits.data(), model->gen.logits, (long)B * V * sizeof(float), cudaMemcpyDeviceToHost));
         for (int b = 0; b < B; b++) {
@@ -317,7 +373,15 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
             else texts[b] += vocab->text[next[b]];
         }
         if (i + 1 < length) lm_step(model, next.data(), B);
+        if ((i + 1) % GENERATE_BLOCK == 0) {
+            double now = host_clock();
+            block_ms.push_back((now - block_start) * 1e3 / GENERATE_BLOCK);
+            block_start = now;
+        }
     }
+    cudaCheck(cudaDeviceSynchronize());
+    generate_seconds = host_clock() - start;
+    generate_block_ms = block_ms;
     if (B == 1) printf("\n---\n");
     std::string prompt_text;
     for (int t : prompt) prompt_text += vocab->text[t];
@@ -352,7 +416,16 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         start_step = s.step;
     }
     if (tc->generate_only) {
-        lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, B);
+        if (tc->windowed) {
+            if (B != 1) fail("flag -W: generates one row; -b %d asks for more", B);
+            lm_generate_windowed(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng);
+        } else {
+            lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, B);
+        }
+        printf("generated %d tokens x %d rows in %.2f s (%.0f tokens/s, prompt of %zu prefilled) | peak memory %.0f MiB\n",
+               tc->gen_tokens, B, generate_seconds, (double)tc->gen_tokens * B / generate_seconds, prompt.size(),
+               peak_memory_mib());
+        print_generate_timing(tc->out_dir, (int)prompt.size());
         return 0;
     }
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
@@ -393,6 +466,6 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     }
     logger_close(&logger);
     if (tc->out_dir) save_model_file(m, tc->out_dir, tc->max_steps);
-    printf("final val loss %f\n", last_val);
+    printf("final val loss %f | %.1f s | peak memory %.0f MiB\n", last_val, host_clock() - run_start, peak_memory_mib());
     return 0;
 }

@@ -12,6 +12,7 @@ a model file.
 #include <cerrno>
 #include <cstring>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <string>
 #include <vector>
 #include "cuda_common.h"
@@ -42,6 +43,21 @@ static void format_duration(char* out, size_t n, double seconds) {
 // wall-clock seconds; host_clock() differences time a step once the device is synchronized
 static double host_clock() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Peak memory of the run so far, MiB: the process's resident set on the host
+// backend (where device memory is host memory); on a GPU, the device memory
+// in use now (the buffers are allocated once, so this is the peak).
+static double peak_memory_mib() {
+#ifdef __CUDACC__
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return (total_bytes - free_bytes) / 1048576.0;
+#else
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss / 1024.0;
+#endif
 }
 
 // "step 12/500: train loss 2.310 | lr 1.00e-03 | norm 0.83 | 45.1 ms | 22700 tok/s | ETA 3m07s"
