@@ -78,6 +78,10 @@ expect "context above the model's maximum" "-t" ./train_gpt $D -b 2 -t 32 -v 0 -
 expect "checkpoint given as a model file" "$W/gpt_truncated_ckpt.bin" ./train_gpt $D $small -e "$W/gpt_truncated_ckpt.bin"
 expect "truncated model file" "$W/mamba_truncated_model.bin" ./train_mamba $D $small -e "$W/mamba_truncated_model.bin"
 expect "prompt outside the vocabulary" "-P" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -P "caf{}"
+expect "gpt model into train_mamba -G" "$W/gpt/model.bin" ./train_mamba $D -G 1 -e "$W/gpt/model.bin"
+./train_gpt $B -b 1 -t 1024 -L 1 -C 64 -H 4 -x 0 -o "$W/gpt1024" >/dev/null 2>&1 || abort "setup: a GPT with 1024 positions"
+expect "generation batch and cache that do not fit in memory" "-b" ./train_gpt $B -G 1 -e "$W/gpt1024/model.bin" -b 60000 -g 10
+expect "windowed generation of several rows" "-W" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -W 1 -b 2
 
 expect "fresh run into a directory with another run's checkpoints" "$W/gpt" ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt"
 

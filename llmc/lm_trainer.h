@@ -187,6 +187,7 @@ static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val,
     vocab_load(vocab, c->vocab_path);
     if (train->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->train_path, train->vocab_size, c->vocab_path, vocab->size);
     if (val->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->val_path, val->vocab_size, c->vocab_path, vocab->size);
+    if (c->generate_only) return;  // batches of the data are not needed
     if (train->num_tokens <= c->T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", c->train_path, train->num_tokens, c->T);
     if (token_data_num_val_batches(val, c->B, c->T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", c->val_path, val->num_tokens, c->B, c->T);
 }
