@@ -72,7 +72,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -o <dir>    output directory: checkpoints and the final model.bin\n"
         "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
         "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
-        "  -b <int>    batch size B (default %d)\n"
+        "  -b <int>    batch size B; with -G, samples generated at once (default %d; with -G 1)\n"
         "  -t <int>    sequence length T (default %d)\n"
         "  -x <int>    training steps (default %d)\n"
         "  -l <float>  learning rate (default %g)\n"
@@ -110,6 +110,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     c->L = p.L; c->C = p.C; c->B = p.B; c->T = p.T;
     c->max_steps = p.max_steps; c->warmup = p.warmup; c->val_every = p.val_every; c->lr = p.lr;
     TrainConfig defaults = *c;
+    bool batch_given = false;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
@@ -123,7 +124,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'o': c->out_dir = v; break;
             case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
-            case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); batch_given = true; break;
             case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); break;
             case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
@@ -151,6 +152,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     }
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
     if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
+    if (c->generate_only && !batch_given && !c->resume) c->B = 1;  // one sample unless -b asks for more
 }
 
 // draws a token from softmax(logits / temperature), restricted to the top_k
