@@ -147,6 +147,12 @@ __global__ void dynamic_shared_kernel(float* out, int n) {
     }
 }
 
+// out[block] = the first float of dynamic shared memory, read before any thread wrote it
+__global__ void shared_first_read_kernel(float* out) {
+    DYNAMIC_SHARED(float, buf);
+    if (threadIdx.x == 0) out[blockIdx.x] = buf[0];
+}
+
 // does nothing (launch-limit checks)
 __global__ void empty_kernel() {}
 
@@ -579,6 +585,15 @@ int main() {
                         nan_device, count + 3, last_byte, nan_host);
         else
             printf("     HOST_POISON=0: poisoned allocations not checked\n");
+        // dynamic shared memory as a block finds it, after other blocks filled it with 1s
+        float* d_s; cudaCheck(cudaMalloc(&d_s, 8 * sizeof(float)));
+        LAUNCH(dynamic_shared_kernel, 8, 64, 1024)(d_s, 256);
+        LAUNCH(shared_first_read_kernel, 8, 64, 1024)(d_s);
+        std::vector<float> first = to_host(d_s, 8);
+        if (host_poison_enabled())
+            tests.check(count_nan(first) == 8, "dynamic shared memory poisoned at every block's start: %ld of 8 blocks read NaN",
+                        count_nan(first));
+        cudaFree(d_s);
         cudaFreeHost(h_p); cudaFree(d_p);
     }
     {   // TF32: rounding to 10 mantissa bits, to nearest even, and the products that use it

@@ -40,6 +40,9 @@ show what a GPU would:
       cudaMalloc and cudaMallocHost fill new memory with 0xff bytes: a NaN
       as float, -1 as int. A GPU hands out uninitialised memory, while fresh
       host pages are zero, so a read of memory nobody wrote shows as a NaN.
+      Each block's dynamic shared memory is filled so too (a block must not
+      read what the worker's previous block left). Static __shared__
+      variables are not (they are plain thread_local variables here).
   HOST_TF32=0|1|handle  [0]
       cuBLAS products with TF32 inputs (both operands rounded to a 10-bit
       mantissa, round to nearest even, into scratch copies; fp32
@@ -790,6 +793,7 @@ inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid,
     HostScheduleKind kind = schedule.kind;
     uint64_t launch_key = kind == HOST_SCHEDULE_RANDOM ? host_mix(schedule.seed ^ host_mix(++schedule.launches)) : 0;
     HostOrder block_order = host_order(kind, nblocks, launch_key);
+    bool poison_shared = shared_bytes > 0 && host_poison_enabled();
     #pragma omp parallel for schedule(static) if (nblocks > 1)
     for (long p = 0; p < nblocks; p++) {
         long bi = host_order_at(block_order, p);
@@ -806,6 +810,7 @@ inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid,
         host_ts.thread_idx.y = host_ts.thread_idx.z = 0;
         if (w->dynamic_shared.size() < shared_bytes) w->dynamic_shared.resize(shared_bytes);
         host_ts.dynamic_shared = w->dynamic_shared.data();
+        if (poison_shared) memset(host_ts.dynamic_shared, 0xff, shared_bytes);  // as uninitialised as on a GPU
         host_ts.block_dim = block;
         host_ts.grid_dim = grid;
         host_ts.block_idx.x = bi % grid.x;
