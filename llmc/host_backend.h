@@ -261,7 +261,7 @@ struct HostBlock {
     bool one_dimensional;        // blockDim.y == blockDim.z == 1
     int current;                 // linear index of the thread now running
     HostOrder order;             // the order threads run in (HOST_SCHEDULE)
-    int position;                // fast path: position in `order` of the thread now running
+    int position;                // fast path: position in `order` of the thread now running (not natural order)
     uint64_t sweeps;             // fiber scheduler: passes over the threads so far
     bool fibers;                 // converted to fibers?
     int ndone;                   // threads that returned
@@ -411,7 +411,7 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
 // Turns the running block into fibers in place (first sync point of a block).
 inline void host_convert_to_fibers(HostBlock& b) {
     b.fibers = true;
-    int k = b.current, pos = b.position;
+    int k = b.current, pos = b.order.kind == HOST_SCHEDULE_NATURAL ? k : b.position;
     b.converted = k;
     // the threads before this one in the fast path's order have returned
     for (int p = 0; p < b.nthreads; p++)
@@ -684,6 +684,16 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
 // ----------------------------------------------------------------------------
 // kernel launch
 
+// The thread whose frame was turned into a fiber has returned on the fast
+// path: finish it, and run the block's other threads as fibers until all are done.
+inline void host_finish_converted(HostWorker* w, HostBlock& b, int t) {
+    if (b.block_arrived > 0)
+        host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
+    b.status[t] = HOST_DONE;
+    b.ndone++;
+    host_jump(b.sched_ctx, &b.return_ctx, host_stack_bottom(w, 1024), HOST_FIBER_STACK, false);  // resumes when all are done
+}
+
 // Runs one block: threads in sequence until one syncs, then fibers.
 template <typename F> inline void host_run_block(HostWorker* w, const char* name, F& thread_body) {
     HostBlock& b = w->block;
@@ -693,19 +703,19 @@ template <typename F> inline void host_run_block(HostWorker* w, const char* name
     b.fibers = false;
     b.ndone = 0;
     b.block_arrived = 0;
-    for (int p = 0; p < b.nthreads; p++) {
-        int t = (int)host_order_at(b.order, p);
-        b.position = p;
-        host_set_thread(b, t);
-        thread_body();
-        if (b.fibers) {
-            // this thread's frame was the one turned into a fiber; it has now returned
-            if (b.block_arrived > 0)
-                host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
-            b.status[t] = HOST_DONE;
-            b.ndone++;
-            host_jump(b.sched_ctx, &b.return_ctx, host_stack_bottom(w, 1024), HOST_FIBER_STACK, false);  // resumes when all are done
-            break;
+    if (b.order.kind == HOST_SCHEDULE_NATURAL) {
+        for (int t = 0; t < b.nthreads; t++) {
+            host_set_thread(b, t);
+            thread_body();
+            if (b.fibers) { host_finish_converted(w, b, t); break; }
+        }
+    } else {  // HOST_SCHEDULE: the threads in the block's order
+        for (int p = 0; p < b.nthreads; p++) {
+            int t = (int)host_order_at(b.order, p);
+            b.position = p;
+            host_set_thread(b, t);
+            thread_body();
+            if (b.fibers) { host_finish_converted(w, b, t); break; }
         }
     }
     b.fibers = false;
