@@ -40,7 +40,10 @@ show what a GPU would:
       cudaMalloc and cudaMallocHost fill new memory with 0xff bytes: a NaN
       as float, -1 as int. A GPU hands out uninitialised memory, while fresh
       host pages are zero, so a read of memory nobody wrote shows as a NaN.
-      Each block's dynamic shared memory is filled so too (a block must not
+      The pages are committed at once, so an allocation over 64 MB must also
+      fit in the memory available now (MemAvailable) less a quarter of the
+      machine's, or it fails with cudaErrorMemoryAllocation, as a full GPU's
+      would. Each block's dynamic shared memory is filled so too (a block must not
       read what the worker's previous block left). Static __shared__
       variables are not (they are plain thread_local variables here).
   HOST_TF32=0|1|handle  [0]
@@ -632,12 +635,31 @@ inline void host_poison(void* p, size_t bytes) {
     }
 }
 
+// the memory the system can still hand out (MemAvailable), 0 if unknown
+inline size_t host_available_memory() {
+    FILE* f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     size_t rounded = (bytes + 63) / 64 * 64;
     size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     if (rounded > physical - std::min(physical, host_allocated_bytes())) return host_last_error() = cudaErrorMemoryAllocation;
+    if (host_poison_enabled() && rounded > ((size_t)64 << 20)) {
+        // poisoning commits the pages at once, as a GPU's allocation is real: a large one must fit in
+        // what the system has available now, less a quarter of the memory (other processes share the
+        // machine), or it fails as on a full GPU, instead of the process being killed when memory runs out
+        size_t available = host_available_memory(), reserve = physical / 4;
+        if (available && rounded + reserve > available) return host_last_error() = cudaErrorMemoryAllocation;
+    }
     *p = aligned_alloc(64, rounded + 64);
     if (!*p) return host_last_error() = cudaErrorMemoryAllocation;
     *(size_t*)*p = rounded;  // the size, kept in front of the block for cudaFree
