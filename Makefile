@@ -99,23 +99,24 @@ test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 # threads in reversed and in random order and with the GPU build's kernel
 # variants; test_backend with TF32 products (the model tests join that run
 # once their reference tolerance is tf32_tolerance(1e-4, 2e-2)); the script
-# tests with the GPU's variants, but for dev/test_resume.sh (500 s of CPU with
-# the chunked scan in fibers, and its 10 s window to kill a run after its
-# step-20 checkpoint is too short at that speed). Allocations are poisoned
-# (NaN) in every run. Prints each program's summary and failures (full logs
-# in build/fidelity/), then one line per run.
+# tests as the trainers run on a GPU, with the GPU's variants and TF32 on the
+# handles that ask for it (HOST_TF32=handle), but for dev/test_resume.sh
+# (500 s of CPU with the chunked scan in fibers, and its 10 s window to kill a
+# run after its step-20 checkpoint is too short at that speed). Allocations
+# are poisoned (NaN) in every run. Prints each program's summary and failures
+# (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
 FIDELITY_TF32_TESTS = test_backend
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
 test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
 	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \
-	  echo "##### $$1 ($$2)"; env $$1 dev/run_tests.sh $$3 > $$log 2>&1; \
+	  echo "##### $$1 ($$2)"; env $$(echo $$1 | tr , ' ') dev/run_tests.sh $$3 > $$log 2>&1; \
 	  grep -E '^(=== |FAIL|[0-9]+ passed, [0-9]+ failed$$)' $$log; \
 	  echo "$$1 ($$2): $$(tail -n 1 $$log), $$(( $$(date +%s) - t0 )) s" >> build/fidelity/summary; }; \
 	for r in $(FIDELITY_RUNS); do run $$r programs "$(TESTS)"; done; \
 	run HOST_TF32=1 programs "$(FIDELITY_TF32_TESTS)"; \
-	run HOST_VARIANTS=gpu scripts "$(FIDELITY_SCRIPTS)"; \
+	run HOST_VARIANTS=gpu,HOST_TF32=handle scripts "$(FIDELITY_SCRIPTS)"; \
 	echo "##### test-fidelity, $$(( $$(date +%s) - start )) s:"; cat build/fidelity/summary; \
 	! grep -qv ' 0 failed, ' build/fidelity/summary
 
