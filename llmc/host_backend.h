@@ -53,7 +53,11 @@ show what a GPU would:
       them. 1: every handle; handle: the handles whose math mode is
       CUBLAS_TF32_TENSOR_OP_MATH (the trainers set it); 0: fp32 everywhere,
       whatever the math mode, so host runs compare to fp32 references.
-      host_set_tf32() sets it from code.
+      host_set_tf32() sets it from code. The test programs leave their
+      handles in the default mode, so HOST_TF32=1 is what runs them with
+      TF32 (tf32_tolerance() in cuda_common.h gives their tolerance then);
+      HOST_TF32=handle runs the trainers as on a GPU (make test-fidelity
+      runs the script tests so).
   HOST_VARIANTS=host|gpu  [host]
       The kernel variant flags (scan_use_chunked, softmax_use_warp,
       layernorm_use_warp, norm_use_blocks) start at the GPU build's choice
