@@ -3,6 +3,7 @@
 #   make train_gpt                      build (backend chosen automatically)
 #   make test                           reference states, every test, "N passed, M failed"
 #   make cuda-check                     compile every .cu with nvcc for sm_80 and sm_90
+#   make test-fidelity                  the tests under the host backend's fidelity switches
 #   BACKEND=host|cuda                   force a backend
 #   GPU_COMPUTE_CAPABILITY=90           override the GPU query (implies cuda)
 #   PYTHON=/usr/bin/python3             the interpreter that has torch (Debian's python3-torch)
@@ -53,7 +54,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test sanitize cuda-check data cifar-synthetic cifar10 clean
+.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -93,6 +94,32 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
 test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
+
+# The tests under the host backend's fidelity switches (llmc/host_backend.h),
+# which make the CPU show what a GPU would: the test programs with blocks and
+# threads in reversed and in random order and with the GPU build's kernel
+# variants; test_backend with TF32 products (the model tests join that run
+# once their reference tolerance is tf32_tolerance(1e-4, 2e-2)); the script
+# tests as the trainers run on a GPU, with the GPU's variants and TF32 on the
+# handles that ask for it (HOST_TF32=handle), but for dev/test_resume.sh
+# (500 s of CPU with the chunked scan in fibers, and its 10 s window to kill a
+# run after its step-20 checkpoint is too short at that speed). Allocations
+# are poisoned (NaN) in every run. Prints each program's summary and failures
+# (full logs in build/fidelity/), then one line per run.
+FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
+FIDELITY_TF32_TESTS = test_backend
+FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
+test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
+	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
+	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \
+	  echo "##### $$1 ($$2)"; env $$(echo $$1 | tr , ' ') dev/run_tests.sh $$3 > $$log 2>&1; \
+	  grep -E '^(=== |FAIL|[0-9]+ passed, [0-9]+ failed$$)' $$log; \
+	  echo "$$1 ($$2): $$(tail -n 1 $$log), $$(( $$(date +%s) - t0 )) s" >> build/fidelity/summary; }; \
+	for r in $(FIDELITY_RUNS); do run $$r programs "$(TESTS)"; done; \
+	run HOST_TF32=1 programs "$(FIDELITY_TF32_TESTS)"; \
+	run HOST_VARIANTS=gpu,HOST_TF32=handle scripts "$(FIDELITY_SCRIPTS)"; \
+	echo "##### test-fidelity, $$(( $$(date +%s) - start )) s:"; cat build/fidelity/summary; \
+	! grep -qv ' 0 failed, ' build/fidelity/summary
 
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
 SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \

@@ -5,12 +5,23 @@ and the cuBLAS calls, each against a plain C reference on the host. On the
 host backend it also checks that a barrier some threads never reach aborts
 with a message instead of hanging, and that an invalid launch is reported.
 
+Launch limits (threads, block and grid dimensions, dynamic shared memory
+with and without cudaFuncSetAttribute) are checked on both backends: the
+host's must be the GPU's. The deterministic kernels (LayerNorm forward and
+backward, the selective scan forward and backward, the global norm, AdamW;
+every variant) must give bitwise the same results on every run; on the host
+backend each run uses another schedule (natural, reversed, random orders of
+blocks and threads), and the schedules, the poisoned allocations and the
+TF32 rounding of the host backend are checked themselves.
+
 Inputs are small integers stored as floats, so every sum below is exact in
 fp32 whatever the order: expected and computed values must be equal.
 */
 #include "llmc/cuda_common.h"
 #include "llmc/testing.h"
 #include "llmc/adamw.cuh"
+#include "llmc/layernorm.cuh"
+#include "llmc/selective_scan.cuh"
 
 #include <vector>
 #ifndef __CUDACC__
@@ -123,6 +134,40 @@ __global__ void divergent_barrier_kernel(float* out) {
     }
 }
 
+// sum of the first n floats of dynamic shared memory, each thread filling a
+// strided share with 1s; one block (checks that the launch ran and the memory is there)
+__global__ void dynamic_shared_kernel(float* out, int n) {
+    DYNAMIC_SHARED(float, buf);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = 1.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float s = 0.0f;
+        for (int i = 0; i < n; i++) s += buf[i];
+        out[0] = s;
+    }
+}
+
+// out[block] = the first float of dynamic shared memory, read before any thread wrote it
+__global__ void shared_first_read_kernel(float* out) {
+    DYNAMIC_SHARED(float, buf);
+    if (threadIdx.x == 0) out[blockIdx.x] = buf[0];
+}
+
+// does nothing (launch-limit checks)
+__global__ void empty_kernel() {}
+
+// racy on purpose: every thread writes the one location; the last writer wins
+__global__ void last_writer_kernel(int* out) { out[0] = threadIdx.x; }
+// the same after a barrier (fiber mode on the host)
+__global__ void last_writer_after_sync_kernel(int* out) {
+    __syncthreads();
+    out[0] = threadIdx.x;
+}
+// the order blocks ran in: the k-th block to run writes its index at k
+__global__ void block_order_kernel(int* order, int* count) {
+    if (threadIdx.x == 0) order[atomicAdd(count, 1)] = blockIdx.x;
+}
+
 // ----------------------------------------------------------------------------
 
 static float* to_device(const std::vector<float>& h) {
@@ -140,6 +185,98 @@ static int count_mismatch(const std::vector<float>& a, const std::vector<float>&
     for (size_t i = 0; i < a.size(); i++) bad += a[i] != b[i];
     return bad;
 }
+static std::vector<float> random_vector(long n, uint64_t* rng, float lo, float hi) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = lo + (hi - lo) * random_uniform(rng);
+    return v;
+}
+
+// Runs the deterministic kernels on fixed inputs, with the variant flags as
+// they are, and returns every output (bitwise comparable: each buffer is
+// zeroed before the kernels write it, also where they leave parts untouched).
+static std::vector<float> run_deterministic_kernels() {
+    std::vector<float> all;
+    auto append = [&](const float* d, long n) { std::vector<float> h = to_host(d, n); all.insert(all.end(), h.begin(), h.end()); };
+    auto zeros = [](long n) { float* d; cudaCheck(cudaMalloc(&d, n * sizeof(float))); cudaCheck(cudaMemset(d, 0, n * sizeof(float))); return d; };
+    uint64_t rng = 7;
+    {   // LayerNorm forward and backward: N rows of C
+        int N = 67, C = 100;
+        float* inp = to_device(random_vector((long)N * C, &rng, -2.0f, 2.0f));
+        float* w = to_device(random_vector(C, &rng, 0.5f, 1.5f));
+        float* bias = to_device(random_vector(C, &rng, -0.5f, 0.5f));
+        float* dout = to_device(random_vector((long)N * C, &rng, -1.0f, 1.0f));
+        float *out = zeros((long)N * C), *mean = zeros(N), *rstd = zeros(N);
+        float *dinp = zeros((long)N * C), *dw = zeros(C), *db = zeros(C);
+        layernorm_forward(out, mean, rstd, inp, w, bias, N, C);
+        layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+        append(out, (long)N * C); append(mean, N); append(rstd, N); append(dinp, (long)N * C); append(dw, C); append(db, C);
+        for (float* p : {inp, w, bias, dout, out, mean, rstd, dinp, dw, db}) cudaFree(p);
+    }
+    {   // selective scan forward and backward; T not a multiple of the chunk, E not of the group
+        int B = 2, T = 70, E = 20, N = 16, R = 4;
+        long BTE = (long)B * T * E, rows = (long)B * T;
+        float* u = to_device(random_vector(BTE, &rng, -1.0f, 1.0f));
+        float* dt = to_device(random_vector(BTE, &rng, 0.01f, 0.5f));
+        float* x_dbl = to_device(random_vector(rows * (R + 2 * N), &rng, -1.0f, 1.0f));
+        float* A_log = to_device(random_vector((long)E * N, &rng, 0.0f, 2.0f));
+        float* D = to_device(random_vector(E, &rng, -1.0f, 1.0f));
+        float* xz = to_device(random_vector(2 * BTE, &rng, -2.0f, 2.0f));
+        float* dgated = to_device(random_vector(BTE, &rng, -1.0f, 1.0f));
+        long nstates = scan_states_size(B, T, E, N);
+        float *y = zeros(BTE), *gated = zeros(BTE), *states = zeros(nstates);
+        float *du = zeros(BTE), *ddt = zeros(BTE), *dxz = zeros(2 * BTE), *dx_dbl = zeros(rows * (R + 2 * N));
+        float *dA_log = zeros((long)E * N), *dD = zeros(E), *scratch = zeros(scan_backward_scratch_size(B, T, E, N));
+        selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+        selective_scan_backward(du, ddt, dxz, dx_dbl, dA_log, dD, scratch, dgated, y, u, dt, x_dbl, R, A_log, D, xz,
+                                states, B, T, E, N);
+        append(y, BTE); append(gated, BTE); append(states, nstates); append(du, BTE); append(ddt, BTE);
+        append(dxz, 2 * BTE); append(dx_dbl, rows * (R + 2 * N)); append(dA_log, (long)E * N); append(dD, E);
+        for (float* p : {u, dt, x_dbl, A_log, D, xz, dgated, y, gated, states, du, ddt, dxz, dx_dbl, dA_log, dD, scratch})
+            cudaFree(p);
+    }
+    {   // global norm with clipping, then AdamW with its scale
+        long n = 300007;
+        float* grads = to_device(random_vector(n, &rng, -1.0f, 1.0f));
+        float* params = to_device(random_vector(n, &rng, -1.0f, 1.0f));
+        float *m = zeros(n), *v = zeros(n), *norm = zeros(NORM_BLOCKS + 2);
+        global_norm(norm, grads, n, 1.0f);
+        adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, norm + 1);
+        adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 2, norm + 1);
+        append(norm, NORM_BLOCKS + 2); append(params, n); append(m, n); append(v, n);
+        for (float* p : {grads, params, m, v, norm}) cudaFree(p);
+    }
+    return all;
+}
+
+// the deterministic kernels with every variant flag at `gpu_variants`
+static std::vector<float> run_deterministic_variant(bool gpu_variants) {
+    bool ln = layernorm_use_warp, scan = scan_use_chunked, norm = norm_use_blocks;
+    layernorm_use_warp = scan_use_chunked = norm_use_blocks = gpu_variants;
+    std::vector<float> out = run_deterministic_kernels();
+    layernorm_use_warp = ln; scan_use_chunked = scan; norm_use_blocks = norm;
+    return out;
+}
+
+static long count_bit_mismatch(const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return -1;
+    long bad = 0;
+    for (size_t i = 0; i < a.size(); i++) bad += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return bad;
+}
+static long count_nan(const std::vector<float>& a) {
+    long k = 0;
+    for (float x : a) k += x != x;
+    return k;
+}
+
+// one launch's error: cudaGetLastError after it (and clears it)
+static cudaError_t launch_error() { cudaDeviceSynchronize(); return cudaGetLastError(); }
+
+#ifndef __CUDACC__
+static const char* schedule_name(HostScheduleKind kind) {
+    return kind == HOST_SCHEDULE_NATURAL ? "natural" : kind == HOST_SCHEDULE_REVERSE ? "reverse" : "random";
+}
+#endif
 
 int main() {
     Tests tests;
@@ -301,7 +438,222 @@ int main() {
         }
         cudaFree(d_g); cudaFree(d_norm);
     }
+    {   // launch limits as sm_90 has them: the host backend must refuse what the GPU refuses
+        cudaCheck(cudaGetLastError());
+        struct { dim3 grid, block; bool ok; } configs[] = {
+            {dim3(1), dim3(1024), true}, {dim3(1), dim3(1025), false}, {dim3(1), dim3(1, 1024), true},
+            {dim3(1), dim3(1, 1025), false}, {dim3(1), dim3(1, 1, 64), true}, {dim3(1), dim3(1, 1, 65), false},
+            {dim3(1), dim3(32, 32, 2), false}, {dim3(1), dim3(0), false}, {dim3(0), dim3(32), false},
+            {dim3(1, 65535), dim3(1), true}, {dim3(1, 65536), dim3(1), false}, {dim3(1, 1, 65536), dim3(1), false},
+            {dim3(2147483648u), dim3(1), false}};
+        int bad = 0;
+        for (auto& c : configs) {
+            LAUNCH(empty_kernel, c.grid, c.block, 0)();
+            cudaError_t e = launch_error();
+            bool want = c.ok ? e == cudaSuccess : e == cudaErrorInvalidConfiguration;
+            if (!want) {
+                bad++;
+                printf("     grid (%u,%u,%u) block (%u,%u,%u): %s\n", c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y,
+                       c.block.z, cudaGetErrorString(e));
+            }
+        }
+        tests.check(bad == 0, "launch limits (1024 threads, block (1024,1024,64), grid (2^31-1,65535,65535)): %d of %d "
+                    "configurations answered otherwise than on sm_90", bad, (int)(sizeof(configs) / sizeof(configs[0])));
+    }
+    {   // dynamic shared memory: 48 KB without asking, more after cudaFuncSetAttribute, at most 227 KB
+        float* d_s; cudaCheck(cudaMalloc(&d_s, sizeof(float)));
+        auto run = [&](size_t bytes) {
+            cudaCheck(cudaMemset(d_s, 0, sizeof(float)));
+            LAUNCH(dynamic_shared_kernel, 1, 256, bytes)(d_s, (int)(bytes / sizeof(float)));
+            cudaError_t e = launch_error();
+            float h; cudaCheck(cudaMemcpy(&h, d_s, sizeof(float), cudaMemcpyDeviceToHost));
+            return e == cudaSuccess && h == (float)(bytes / sizeof(float)) ? cudaSuccess : e == cudaSuccess ? cudaErrorInvalidValue : e;
+        };
+        cudaError_t at_48k = run(48 * 1024), above_48k = run(48 * 1024 + 4);
+        cudaError_t set_100k = cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024);
+        cudaError_t at_100k = run(100 * 1024), above_100k = run(100 * 1024 + 4);
+        cudaError_t set_228k = cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024);
+        cudaGetLastError();
+        tests.check(at_48k == cudaSuccess && above_48k == cudaErrorInvalidValue,
+                    "dynamic shared memory without the attribute: 48 KB %s, 48 KB + 4 %s", cudaGetErrorString(at_48k),
+                    cudaGetErrorString(above_48k));
+        tests.check(set_100k == cudaSuccess && at_100k == cudaSuccess && above_100k == cudaErrorInvalidValue &&
+                    set_228k == cudaErrorInvalidValue,
+                    "dynamic shared memory after cudaFuncSetAttribute(100 KB): 100 KB %s, 100 KB + 4 %s; attribute 228 KB %s",
+                    cudaGetErrorString(at_100k), cudaGetErrorString(above_100k), cudaGetErrorString(set_228k));
+        cudaFree(d_s);
+    }
+    {   // the deterministic kernels, every variant, give bitwise the same results every run (on the
+        // host backend: under natural, reversed and random orders of blocks and threads)
 #ifndef __CUDACC__
+        struct { HostScheduleKind kind; uint64_t seed; } schedules[] = {
+            {HOST_SCHEDULE_NATURAL, 0}, {HOST_SCHEDULE_REVERSE, 0}, {HOST_SCHEDULE_RANDOM, 1}, {HOST_SCHEDULE_RANDOM, 2}};
+        HostSchedule saved = host_schedule();
+#endif
+        for (int variant = 0; variant < 2; variant++) {
+            std::vector<float> ref;
+            for (int run = 0; run < 4; run++) {
+                const char* what = "re-run";
+#ifndef __CUDACC__
+                host_set_schedule(schedules[run].kind, schedules[run].seed);
+                what = schedule_name(schedules[run].kind);
+#endif
+                std::vector<float> out = run_deterministic_variant(variant == 1);
+                if (run == 0) {
+                    ref = out;
+                    long nans = count_nan(out);
+                    tests.check(nans == 0, "deterministic kernels (%s variants): %ld outputs, %ld NaN", variant ? "gpu" : "host",
+                                (long)out.size(), nans);
+                    continue;
+                }
+                long bad = count_bit_mismatch(out, ref);
+                tests.check(bad == 0, "deterministic kernels (%s variants), run %d (%s%s): %ld of %ld outputs differ bitwise "
+                            "from the first run", variant ? "gpu" : "host", run + 1, what, run >= 2 ? ", new seed" : "",
+                            bad, (long)ref.size());
+            }
+        }
+#ifndef __CUDACC__
+        host_schedule() = saved;
+#endif
+    }
+#ifndef __CUDACC__
+    {   // the schedules themselves: every order is a permutation, and each changes what a race gives
+        int bad_perm = 0;
+        for (int kind = 0; kind < 3; kind++) for (long n = 1; n <= 1100; n += (n < 70 ? 1 : 37)) {
+            HostOrder o = host_order((HostScheduleKind)kind, n, 12345 + n);
+            std::vector<char> seen(n, 0);
+            for (long p = 0; p < n; p++) {
+                long i = host_order_at(o, p);
+                if (i < 0 || i >= n || seen[i]) { bad_perm++; break; }
+                seen[i] = 1;
+            }
+        }
+        tests.check(bad_perm == 0, "schedule orders are permutations of 0..n-1 (n 1..1100, 3 kinds): %d wrong", bad_perm);
+        HostSchedule saved = host_schedule();
+        int* d_w; cudaCheck(cudaMalloc(&d_w, 2 * sizeof(int)));
+        const int nb = 50;
+        int* d_order; cudaCheck(cudaMalloc(&d_order, (nb + 1) * sizeof(int)));
+        int last[3], last_sync[3];
+        std::vector<int> orders[3];
+        int threads = omp_get_max_threads();
+        omp_set_num_threads(1);  // one worker: the order the blocks ran in is the schedule's
+        for (int kind = 0; kind < 3; kind++) {
+            host_set_schedule((HostScheduleKind)kind, 5);
+            LAUNCH(last_writer_kernel, 1, 64, 0)(d_w);
+            LAUNCH(last_writer_after_sync_kernel, 1, 64, 0)(d_w + 1);
+            cudaCheck(cudaMemset(d_order + nb, 0, sizeof(int)));
+            LAUNCH(block_order_kernel, nb, 32, 0)(d_order, d_order + nb);
+            cudaCheck(cudaGetLastError());
+            int h[2]; cudaCheck(cudaMemcpy(h, d_w, sizeof(h), cudaMemcpyDeviceToHost));
+            last[kind] = h[0]; last_sync[kind] = h[1];
+            orders[kind].resize(nb);
+            cudaCheck(cudaMemcpy(orders[kind].data(), d_order, nb * sizeof(int), cudaMemcpyDeviceToHost));
+        }
+        omp_set_num_threads(threads);
+        host_schedule() = saved;
+        bool natural = true, reversed = true, is_perm = true;
+        std::vector<char> seen(nb, 0);
+        for (int i = 0; i < nb; i++) {
+            natural &= orders[0][i] == i;
+            reversed &= orders[1][i] == nb - 1 - i;
+            int b = orders[2][i];
+            if (b < 0 || b >= nb || seen[b]) is_perm = false; else seen[b] = 1;
+        }
+        bool random_differs = orders[2] != orders[0] && orders[2] != orders[1];
+        tests.check(natural && reversed && is_perm && random_differs,
+                    "block order (one worker, %d blocks): natural %s, reverse %s, random a permutation %s, unlike both %s",
+                    nb, natural ? "ascending" : "WRONG", reversed ? "descending" : "WRONG", is_perm ? "yes" : "NO",
+                    random_differs ? "yes" : "NO");
+        tests.check(last[0] == 63 && last[1] == 0 && last[2] != 63 && last[2] != 0,
+                    "thread order without syncs (last writer of 64): natural %d, reverse %d, random %d", last[0], last[1], last[2]);
+        tests.check(last_sync[0] != last_sync[1] && last_sync[2] != last_sync[0] && last_sync[2] != last_sync[1],
+                    "thread order after a barrier (fibers; last writer of 64): natural %d, reverse %d, random %d",
+                    last_sync[0], last_sync[1], last_sync[2]);
+        cudaFree(d_w); cudaFree(d_order);
+    }
+    {   // poisoned allocations: new memory reads as NaN (0xff bytes), unless HOST_POISON=0
+        const long count = 3 << 20;  // 12 MB: several of the parallel fill's pieces, and a partial one
+        float* d_p; cudaCheck(cudaMalloc(&d_p, count * sizeof(float) + 12));
+        float* h_p; cudaCheck(cudaMallocHost(&h_p, 1000 * sizeof(float)));
+        std::vector<float> h = to_host(d_p, count + 3);
+        long nan_device = count_nan(h), nan_host = 0;
+        for (int i = 0; i < 1000; i++) nan_host += h_p[i] != h_p[i];
+        unsigned char last_byte; memcpy(&last_byte, (char*)d_p + count * sizeof(float) + 11, 1);
+        if (host_poison_enabled())
+            tests.check(nan_device == count + 3 && last_byte == 0xff && nan_host == 1000,
+                        "poisoned allocations: cudaMalloc %ld of %ld floats NaN, last byte 0x%02x; cudaMallocHost %ld of 1000 NaN",
+                        nan_device, count + 3, last_byte, nan_host);
+        else
+            printf("     HOST_POISON=0: poisoned allocations not checked\n");
+        // dynamic shared memory as a block finds it, after other blocks filled it with 1s
+        float* d_s; cudaCheck(cudaMalloc(&d_s, 8 * sizeof(float)));
+        LAUNCH(dynamic_shared_kernel, 8, 64, 1024)(d_s, 256);
+        LAUNCH(shared_first_read_kernel, 8, 64, 1024)(d_s);
+        std::vector<float> first = to_host(d_s, 8);
+        if (host_poison_enabled())
+            tests.check(count_nan(first) == 8, "dynamic shared memory poisoned at every block's start: %ld of 8 blocks read NaN",
+                        count_nan(first));
+        cudaFree(d_s);
+        cudaFreeHost(h_p); cudaFree(d_p);
+    }
+    {   // TF32: rounding to 10 mantissa bits, to nearest even, and the products that use it
+        const float one = 1.0f, half_ulp = ldexpf(1.0f, -11);
+        struct { float x, want; } cases[] = {
+            {one + half_ulp, one},                                         // tie, to even (down)
+            {one + 3 * half_ulp, one + 4 * half_ulp},                      // tie, to even (up)
+            {one + half_ulp + ldexpf(1.0f, -20), one + 2 * half_ulp},      // above the tie
+            {-(one + 3 * half_ulp), -(one + 4 * half_ulp)},                // sign kept
+            {ldexpf(3.0f, -130), ldexpf(3.0f, -130)},                      // subnormal, exact in TF32
+            {ldexpf(3.0f, -140), 0.0f},                                    // below half TF32's least subnormal 2^-136
+            {INFINITY, INFINITY}, {65504.0f, 65504.0f}};
+        int bad = 0;
+        for (auto& c : cases) { float got = host_round_tf32(c.x); bad += memcmp(&c.want, &got, 4) != 0; }
+        bad += host_round_tf32(NAN) == host_round_tf32(NAN);  // NaN stays NaN
+        tests.check(bad == 0, "TF32 rounding (ties to even, sign, subnormal, Inf, NaN): %d of %d cases wrong", bad,
+                    (int)(sizeof(cases) / sizeof(cases[0])) + 1);
+        // C = A B with A (m x k) ^T stored, B (k x n): TF32 products against a float64 product of the rounded inputs
+        int m = 45, nn = 33, k = 300;
+        std::vector<float> A = random_vector((long)k * m, &rng, -1.0f, 1.0f), B = random_vector((long)k * nn, &rng, -1.0f, 1.0f);
+        float* dA = to_device(A); float* dB = to_device(B);
+        float* dC; cudaCheck(cudaMalloc(&dC, m * nn * sizeof(float)));
+        cublasHandle_t handle; cublasCheck(cublasCreate(&handle));
+        HostTf32Mode saved = host_tf32_mode();
+        auto product = [&](HostTf32Mode mode) {
+            host_set_tf32(mode);
+            float alpha = 1.0f, beta = 0.0f;
+            cublasCheck(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, dA, k, dB, k, &beta, dC, m));
+            return to_host(dC, m * nn);
+        };
+        std::vector<float> fp32 = product(HOST_TF32_OFF), tf32 = product(HOST_TF32_ALL);
+        std::vector<float> handle_default = product(HOST_TF32_HANDLE);
+        cublasCheck(cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH));
+        std::vector<float> handle_tf32 = product(HOST_TF32_HANDLE), off_tf32 = product(HOST_TF32_OFF);
+        host_set_tf32(saved);
+        double err_tf32 = 0.0, err_fp32 = 0.0, scale = 0.0;
+        for (int i = 0; i < m; i++) for (int j = 0; j < nn; j++) {
+            double s = 0.0, s_exact = 0.0, mag = 0.0;
+            for (int p = 0; p < k; p++) {
+                s += (double)host_round_tf32(A[p + i * k]) * host_round_tf32(B[p + j * k]);
+                s_exact += (double)A[p + i * k] * B[p + j * k];
+                mag += fabs((double)A[p + i * k] * B[p + j * k]);
+            }
+            err_tf32 = fmax(err_tf32, fabs(tf32[i + j * m] - s) / mag);
+            err_fp32 = fmax(err_fp32, fabs(tf32[i + j * m] - s_exact) / mag);
+            scale = fmax(scale, mag);
+        }
+        // fp32 accumulation of k = 300 products: |error| <= k * 2^-24 * sum|a b| = 1.8e-5 of sum|a b| (worst case);
+        // TF32 inputs are each off by up to 2^-11 relative, so the product differs from the exact one by up to 2^-10
+        tests.check(err_tf32 < 300 * 6e-8 && err_fp32 > 1e-5 && err_fp32 < 1e-3,
+                    "TF32 sgemm (k %d): against float64 of the rounded inputs %.1e of sum|ab| (tol 1.8e-5); against the "
+                    "exact inputs %.1e (expected 1e-5..1e-3)", k, err_tf32, err_fp32);
+        long same_default = count_bit_mismatch(handle_default, fp32), same_tf32 = count_bit_mismatch(handle_tf32, tf32);
+        long same_off = count_bit_mismatch(off_tf32, fp32);
+        tests.check(same_default == 0 && same_tf32 == 0 && same_off == 0,
+                    "HOST_TF32=handle follows the math mode (default: %ld differ from fp32; TF32 mode: %ld differ from TF32); "
+                    "HOST_TF32=0 ignores it (%ld differ from fp32)", same_default, same_tf32, same_off);
+        cublasCheck(cublasDestroy(handle));
+        cudaFree(dA); cudaFree(dB); cudaFree(dC);
+    }
     {   // an invalid launch is an error, not a crash
         LAUNCH(elementwise_kernel, 1, 2048, 0)(d_out, d_a, d_b, n);
         cudaError_t e = cudaGetLastError();

@@ -68,7 +68,7 @@ __global__ void norm_finish_kernel(float* out, const float* partials, int nparts
 #ifdef __CUDACC__
 static bool norm_use_blocks = true;
 #else
-static bool norm_use_blocks = false;
+static bool norm_use_blocks = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
 void global_norm(float* norm_out, const float* grads, long n, float max_norm) {

@@ -126,7 +126,7 @@ __global__ void softmax_backward_warp_kernel(float* dpreatt, const float* datt, 
 #ifdef __CUDACC__
 static bool softmax_use_warp = true;
 #else
-static bool softmax_use_warp = false;
+static bool softmax_use_warp = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
 // out (B,T,C); qkvr (3,B,NH,T,hs) and att (B,NH,T,T) are kept for backward;

@@ -25,6 +25,50 @@ How a launch runs
   left waits on something else) aborts with a message naming the kernel.
 - Lanes do not run in lockstep, as on sm_70 and later.
 
+Fidelity switches (environment; defaults in brackets) that make the host
+show what a GPU would:
+  HOST_SCHEDULE=natural|reverse|random:SEED  [natural]
+      Order of the blocks of a launch (which worker gets which block, and in
+      what order each worker runs its blocks) and of the threads of a block,
+      on the fast path and between two sync points in fiber mode. A race or
+      a hidden dependency between threads or blocks changes results; the
+      deterministic kernels give bitwise the same results under every
+      schedule. random:SEED draws a new permutation for every launch, block
+      and sweep of the fiber scheduler, reproducibly for one seed.
+      host_set_schedule() sets it from code.
+  HOST_POISON=1|0  [1]
+      cudaMalloc and cudaMallocHost fill new memory with 0xff bytes: a NaN
+      as float, -1 as int. A GPU hands out uninitialised memory, while fresh
+      host pages are zero, so a read of memory nobody wrote shows as a NaN.
+      The pages are committed at once, so an allocation over 64 MB must also
+      fit in the memory available now (MemAvailable) less a quarter of the
+      machine's, or it fails with cudaErrorMemoryAllocation, as a full GPU's
+      would. Each block's dynamic shared memory is filled so too (a block must not
+      read what the worker's previous block left). Static __shared__
+      variables are not (they are plain thread_local variables here).
+  HOST_TF32=0|1|handle  [0]
+      cuBLAS products with TF32 inputs (both operands rounded to a 10-bit
+      mantissa, round to nearest even, into scratch copies; fp32
+      accumulation), as the GPU's CUBLAS_TF32_TENSOR_OP_MATH computes
+      them. 1: every handle; handle: the handles whose math mode is
+      CUBLAS_TF32_TENSOR_OP_MATH (the trainers set it); 0: fp32 everywhere,
+      whatever the math mode, so host runs compare to fp32 references.
+      host_set_tf32() sets it from code. The test programs leave their
+      handles in the default mode, so HOST_TF32=1 is what runs them with
+      TF32 (tf32_tolerance() in cuda_common.h gives their tolerance then);
+      HOST_TF32=handle runs the trainers as on a GPU (make test-fidelity
+      runs the script tests so).
+  HOST_VARIANTS=host|gpu  [host]
+      The kernel variant flags (scan_use_chunked, softmax_use_warp,
+      layernorm_use_warp, norm_use_blocks) start at the GPU build's choice
+      instead of the host's: host_variants_gpu().
+Launches are checked against sm_90's limits: at most 1024 threads a block,
+block dimensions (1024, 1024, 64), grid dimensions (2^31-1, 65535, 65535)
+(cudaErrorInvalidConfiguration); dynamic shared memory above 48 KB needs
+cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+bytes) first, up to 227 KB (cudaErrorInvalidValue). Static shared memory is
+not measured here: ptxas rejects more than 48 KB (make cuda-check).
+
 Runtime, cuBLAS and NVTX calls are synchronous CPU versions; cuBLAS maps onto
 the CBLAS interface of the system BLAS (OpenBLAS). Memory is ordinary host
 memory, so "device" pointers can also be read by the host; portable code
@@ -92,6 +136,111 @@ inline thread_local HostThreadState host_ts;
 #define gridDim (host_ts.grid_dim)
 
 // ----------------------------------------------------------------------------
+// fidelity switches read from the environment (see the top of this file)
+
+[[noreturn]] inline void host_bad_env(const char* name, const char* value, const char* expected) {
+    fprintf(stderr, "host backend: %s=%s: expected %s\n", name, value, expected);
+    exit(EXIT_FAILURE);
+}
+
+// HOST_VARIANTS=gpu: the kernel variant flags start at the GPU build's choice.
+// Every `static bool *_use_*` flag's host initializer calls this.
+inline bool host_variants_gpu() {
+    static const bool gpu = [] {
+        const char* e = getenv("HOST_VARIANTS");
+        if (!e || !*e || !strcmp(e, "host")) return false;
+        if (!strcmp(e, "gpu")) return true;
+        host_bad_env("HOST_VARIANTS", e, "host or gpu");
+    }();
+    return gpu;
+}
+
+// HOST_POISON: new cudaMalloc / cudaMallocHost memory filled with 0xff bytes
+inline bool host_poison_enabled() {
+    static const bool on = [] {
+        const char* e = getenv("HOST_POISON");
+        if (!e || !*e || !strcmp(e, "1")) return true;
+        if (!strcmp(e, "0")) return false;
+        host_bad_env("HOST_POISON", e, "0 or 1");
+    }();
+    return on;
+}
+
+// HOST_SCHEDULE: the order blocks and threads run in
+enum HostScheduleKind : unsigned char { HOST_SCHEDULE_NATURAL, HOST_SCHEDULE_REVERSE, HOST_SCHEDULE_RANDOM };
+struct HostSchedule {
+    HostScheduleKind kind;
+    uint64_t seed;      // random: the seed
+    uint64_t launches;  // launches so far (each draws its own permutations)
+};
+inline HostSchedule host_schedule_from_env() {
+    HostSchedule s = {HOST_SCHEDULE_NATURAL, 0, 0};
+    const char* e = getenv("HOST_SCHEDULE");
+    if (!e || !*e || !strcmp(e, "natural")) return s;
+    if (!strcmp(e, "reverse")) { s.kind = HOST_SCHEDULE_REVERSE; return s; }
+    char* end = nullptr;
+    if (!strncmp(e, "random:", 7) && e[7]) {
+        s.seed = strtoull(e + 7, &end, 10);
+        if (*end == 0) { s.kind = HOST_SCHEDULE_RANDOM; return s; }
+    }
+    host_bad_env("HOST_SCHEDULE", e, "natural, reverse or random:SEED (SEED a decimal integer)");
+}
+inline HostSchedule& host_schedule() { static HostSchedule s = host_schedule_from_env(); return s; }
+inline void host_set_schedule(HostScheduleKind kind, uint64_t seed = 0) {
+    HostSchedule& s = host_schedule();
+    s.kind = kind; s.seed = seed; s.launches = 0;
+}
+
+// splitmix64's finalizer: a well-mixed 64-bit hash
+inline uint64_t host_mix(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// An order of n items: the item at position p is host_order_at(o, p).
+// Natural: p; reverse: n-1-p; random: a keyed bijection of the k-bit numbers
+// (2^k >= n the next power of two; xor, odd multiplies and xor-shifts, each
+// invertible mod 2^k), applied again until it lands below n (cycle walking:
+// a bijection of 0..n-1, fewer than 2 steps on average).
+struct HostOrder {
+    HostScheduleKind kind;
+    int shift;        // random: k/2 rounded up, the xor-shift
+    uint64_t mask;    // random: 2^k - 1
+    uint64_t key, key2;
+    long n;
+};
+inline HostOrder host_order(HostScheduleKind kind, long n, uint64_t key) {
+    HostOrder o = {kind, 0, 0, 0, 0, n};
+    if (kind == HOST_SCHEDULE_RANDOM) {
+        int k = 0;
+        while ((1l << k) < n) k++;
+        o.mask = (1ull << k) - 1;
+        o.shift = (k + 1) / 2 > 0 ? (k + 1) / 2 : 1;
+        o.key = host_mix(key);
+        o.key2 = host_mix(o.key);
+    }
+    return o;
+}
+inline uint64_t host_order_round(const HostOrder& o, uint64_t x) {
+    x = (x ^ o.key) & o.mask;
+    x = (x * 0x9E3779B97F4A7C15ull) & o.mask;
+    x ^= x >> o.shift;
+    x = (x + o.key2) & o.mask;
+    x = (x * (o.key | 1)) & o.mask;
+    x ^= x >> o.shift;
+    return x;
+}
+inline long host_order_at(const HostOrder& o, long p) {
+    if (o.kind == HOST_SCHEDULE_NATURAL) return p;
+    if (o.kind == HOST_SCHEDULE_REVERSE) return o.n - 1 - p;
+    uint64_t x = host_order_round(o, (uint64_t)p);
+    while (x >= (uint64_t)o.n) x = host_order_round(o, x);
+    return (long)x;
+}
+
+// ----------------------------------------------------------------------------
 // block execution: fast path and fibers
 
 namespace hostbk = boost::context::detail;
@@ -118,6 +267,9 @@ struct HostBlock {
     int nthreads;
     bool one_dimensional;        // blockDim.y == blockDim.z == 1
     int current;                 // linear index of the thread now running
+    HostOrder order;             // the order threads run in (HOST_SCHEDULE)
+    int position;                // fast path: position in `order` of the thread now running (not natural order)
+    uint64_t sweeps;             // fiber scheduler: passes over the threads so far
     bool fibers;                 // converted to fibers?
     int ndone;                   // threads that returned
     int block_arrived;           // threads waiting at the current __syncthreads
@@ -223,7 +375,11 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
     *(hostbk::fcontext_t*)t.data = t.fctx;  // the thread that converted the block
     for (;;) {
         bool progressed = false;
-        for (int i = 0; i < b.nthreads; i++) {
+        // each pass runs the threads in the schedule's order (random: a new one every pass)
+        HostOrder pass = b.order;
+        if (pass.kind == HOST_SCHEDULE_RANDOM) pass = host_order(pass.kind, pass.n, pass.key + ++b.sweeps);
+        for (int p = 0; p < b.nthreads; p++) {
+            int i = (int)host_order_at(pass, p);
             unsigned char s = b.status[i];
             if (s != HOST_READY && s != HOST_NEW) continue;
             host_set_thread(b, i);
@@ -262,10 +418,13 @@ inline void host_scheduler_main(hostbk::transfer_t t) {
 // Turns the running block into fibers in place (first sync point of a block).
 inline void host_convert_to_fibers(HostBlock& b) {
     b.fibers = true;
-    int k = b.current;
+    int k = b.current, pos = b.order.kind == HOST_SCHEDULE_NATURAL ? k : b.position;
     b.converted = k;
-    for (int i = 0; i < b.nthreads; i++) b.status[i] = i < k ? HOST_DONE : (i == k ? HOST_READY : HOST_NEW);
-    b.ndone = k;
+    // the threads before this one in the fast path's order have returned
+    for (int p = 0; p < b.nthreads; p++)
+        b.status[host_order_at(b.order, p)] = p < pos ? HOST_DONE : (p == pos ? HOST_READY : HOST_NEW);
+    b.ndone = pos;
+    b.sweeps = 0;
     b.block_arrived = 0;
     int nwarps = (b.nthreads + 31) / 32;
     for (int w = 0; w < nwarps; w++) { b.warps[w].arrived = 0; b.warps[w].gen = 0; b.warps[w].mask = 0; }
@@ -413,6 +572,10 @@ inline long max(long a, long b) { return a > b ? a : b; }
 // ----------------------------------------------------------------------------
 // CUDA runtime
 
+enum cudaFuncAttribute {
+    cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+    cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
 enum cudaError_t {
     cudaSuccess = 0,
     cudaErrorInvalidValue = 1,
@@ -429,7 +592,7 @@ typedef HostEvent* cudaEvent_t;
 struct cudaDeviceProp {
     char name[256];
     int major, minor, multiProcessorCount, maxThreadsPerBlock, warpSize;
-    size_t sharedMemPerBlock, totalGlobalMem;
+    size_t sharedMemPerBlock, sharedMemPerBlockOptin, totalGlobalMem;
 };
 
 inline cudaError_t& host_last_error() { static cudaError_t e = cudaSuccess; return e; }
@@ -454,7 +617,8 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     p->major = 0; p->minor = 0;
     p->multiProcessorCount = omp_get_max_threads();
     p->maxThreadsPerBlock = 1024; p->warpSize = 32;
-    p->sharedMemPerBlock = HOST_MAX_SHARED;
+    p->sharedMemPerBlock = 48 * 1024;
+    p->sharedMemPerBlockOptin = HOST_MAX_SHARED;
     p->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     return cudaSuccess;
 }
@@ -462,20 +626,54 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
 // GPU's is at its own: an allocation past it fails with cudaErrorMemoryAllocation
 // instead of succeeding lazily and being killed when touched.
 inline size_t& host_allocated_bytes() { static size_t n = 0; return n; }
+
+// HOST_POISON: fills new memory with 0xff bytes (NaN as float, -1 as int), in
+// parallel 1 MB pieces (first touch of fresh pages costs more than the stores)
+inline void host_poison(void* p, size_t bytes) {
+    const size_t piece = (size_t)1 << 20;
+    long pieces = (long)((bytes + piece - 1) / piece);
+    #pragma omp parallel for schedule(static) if (pieces > 4)
+    for (long i = 0; i < pieces; i++) {
+        size_t off = (size_t)i * piece;
+        memset((char*)p + off, 0xff, std::min(piece, bytes - off));
+    }
+}
+
+// the memory the system can still hand out (MemAvailable), 0 if unknown
+inline size_t host_available_memory() {
+    FILE* f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     size_t rounded = (bytes + 63) / 64 * 64;
     size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     if (rounded > physical - std::min(physical, host_allocated_bytes())) return host_last_error() = cudaErrorMemoryAllocation;
+    if (host_poison_enabled() && rounded > ((size_t)64 << 20)) {
+        // poisoning commits the pages at once, as a GPU's allocation is real: a large one must fit in
+        // what the system has available now, less a quarter of the memory (other processes share the
+        // machine), or it fails as on a full GPU, instead of the process being killed when memory runs out
+        size_t available = host_available_memory(), reserve = physical / 4;
+        if (available && rounded + reserve > available) return host_last_error() = cudaErrorMemoryAllocation;
+    }
     *p = aligned_alloc(64, rounded + 64);
     if (!*p) return host_last_error() = cudaErrorMemoryAllocation;
     *(size_t*)*p = rounded;  // the size, kept in front of the block for cudaFree
     *p = (char*)*p + 64;
     host_allocated_bytes() += rounded;
+    if (host_poison_enabled()) host_poison(*p, rounded);
     return cudaSuccess;
 }
 template <typename T> inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
+// pinned host memory is host memory here; poisoned too, as it is not cleared on a GPU machine either
 inline cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
 template <typename T> inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
 inline cudaError_t cudaFree(void* p) {
@@ -512,6 +710,16 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b)
 // ----------------------------------------------------------------------------
 // kernel launch
 
+// The thread whose frame was turned into a fiber has returned on the fast
+// path: finish it, and run the block's other threads as fibers until all are done.
+inline void host_finish_converted(HostWorker* w, HostBlock& b, int t) {
+    if (b.block_arrived > 0)
+        host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
+    b.status[t] = HOST_DONE;
+    b.ndone++;
+    host_jump(b.sched_ctx, &b.return_ctx, host_stack_bottom(w, 1024), HOST_FIBER_STACK, false);  // resumes when all are done
+}
+
 // Runs one block: threads in sequence until one syncs, then fibers.
 template <typename F> inline void host_run_block(HostWorker* w, const char* name, F& thread_body) {
     HostBlock& b = w->block;
@@ -521,17 +729,19 @@ template <typename F> inline void host_run_block(HostWorker* w, const char* name
     b.fibers = false;
     b.ndone = 0;
     b.block_arrived = 0;
-    for (int t = 0; t < b.nthreads; t++) {
-        host_set_thread(b, t);
-        thread_body();
-        if (b.fibers) {
-            // this thread's frame was the one turned into a fiber; it has now returned
-            if (b.block_arrived > 0)
-                host_fatal_in_kernel("deadlock: returned while other threads wait at __syncthreads()");
-            b.status[t] = HOST_DONE;
-            b.ndone++;
-            host_jump(b.sched_ctx, &b.return_ctx, host_stack_bottom(w, 1024), HOST_FIBER_STACK, false);  // resumes when all are done
-            break;
+    if (b.order.kind == HOST_SCHEDULE_NATURAL) {
+        for (int t = 0; t < b.nthreads; t++) {
+            host_set_thread(b, t);
+            thread_body();
+            if (b.fibers) { host_finish_converted(w, b, t); break; }
+        }
+    } else {  // HOST_SCHEDULE: the threads in the block's order
+        for (int p = 0; p < b.nthreads; p++) {
+            int t = (int)host_order_at(b.order, p);
+            b.position = p;
+            host_set_thread(b, t);
+            thread_body();
+            if (b.fibers) { host_finish_converted(w, b, t); break; }
         }
     }
     b.fibers = false;
@@ -568,18 +778,61 @@ struct HostProfileScope {
     ~HostProfileScope() { if (host_profile.enabled) host_profile.add(name, host_seconds() - t0); }
 };
 
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes):
+// the dynamic shared memory a kernel may ask for beyond the default 48 KB
+static const size_t HOST_DEFAULT_SHARED = 48 * 1024;
+struct HostFuncShared { const void* kernel; size_t max_dynamic; };
+inline std::vector<HostFuncShared>& host_func_shared() { static std::vector<HostFuncShared> v; return v; }
+inline size_t host_max_dynamic_shared(const void* kernel) {
+    for (const HostFuncShared& f : host_func_shared()) if (f.kernel == kernel) return f.max_dynamic;
+    return HOST_DEFAULT_SHARED;
+}
+template <typename K> inline cudaError_t cudaFuncSetAttribute(K* kernel, cudaFuncAttribute attr, int value) {
+    const void* id = reinterpret_cast<const void*>(kernel);
+    if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) {
+        return value >= -1 && value <= 100 ? cudaSuccess : (host_last_error() = cudaErrorInvalidValue);
+    }
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > HOST_MAX_SHARED)
+        return host_last_error() = cudaErrorInvalidValue;
+    for (HostFuncShared& f : host_func_shared()) if (f.kernel == id) { f.max_dynamic = (size_t)value; return cudaSuccess; }
+    host_func_shared().push_back({id, (size_t)value});
+    return cudaSuccess;
+}
+
+// A launch configuration as sm_90 takes it; otherwise sets the launch error
+// (read by cudaGetLastError) and returns false, and the kernel does not run.
+inline bool host_launch_valid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes) {
+    long nthreads = (long)block.x * block.y * block.z;
+    if (block.x < 1 || block.y < 1 || block.z < 1 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+        nthreads > 1024 || grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.x > 2147483647u || grid.y > 65535 ||
+        grid.z > 65535) {
+        host_last_error() = cudaErrorInvalidConfiguration;
+        return false;
+    }
+    if (shared_bytes > HOST_DEFAULT_SHARED && shared_bytes > host_max_dynamic_shared(kernel)) {
+        host_last_error() = cudaErrorInvalidValue;
+        return false;
+    }
+    return true;
+}
+
 template <typename F>
-inline void host_launch_grid(const char* name, dim3 grid, dim3 block, size_t shared_bytes, F&& thread_body) {
+inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid, dim3 block, size_t shared_bytes,
+                             F&& thread_body) {
     HostProfileScope profile_scope(name);
     long nthreads = (long)block.x * block.y * block.z;
     long nblocks = (long)grid.x * grid.y * grid.z;
-    if (nthreads < 1 || nthreads > 1024 || block.z > 64 || nblocks < 1 || grid.y > 65535 || grid.z > 65535 ||
-        shared_bytes > HOST_MAX_SHARED) {
-        host_last_error() = cudaErrorInvalidConfiguration;
-        return;
-    }
+    if (!host_launch_valid(kernel_id, grid, block, shared_bytes)) return;
+    // HOST_SCHEDULE: blocks in the schedule's order (which worker gets which
+    // block, and the order on each worker), threads too (a key per block)
+    HostSchedule& schedule = host_schedule();
+    HostScheduleKind kind = schedule.kind;
+    uint64_t launch_key = kind == HOST_SCHEDULE_RANDOM ? host_mix(schedule.seed ^ host_mix(++schedule.launches)) : 0;
+    HostOrder block_order = host_order(kind, nblocks, launch_key);
+    bool poison_shared = shared_bytes > 0 && host_poison_enabled();
     #pragma omp parallel for schedule(static) if (nblocks > 1)
-    for (long bi = 0; bi < nblocks; bi++) {
+    for (long p = 0; p < nblocks; p++) {
+        long bi = host_order_at(block_order, p);
         HostWorker* w = host_worker_get();
         HostBlock& b = w->block;
         if ((long)b.status.size() < nthreads) {
@@ -588,10 +841,12 @@ inline void host_launch_grid(const char* name, dim3 grid, dim3 block, size_t sha
             b.warps.resize((nthreads + 31) / 32);
         }
         b.nthreads = (int)nthreads;
+        b.order = host_order(kind, nthreads, launch_key + (uint64_t)bi);
         b.one_dimensional = block.y == 1 && block.z == 1;
         host_ts.thread_idx.y = host_ts.thread_idx.z = 0;
         if (w->dynamic_shared.size() < shared_bytes) w->dynamic_shared.resize(shared_bytes);
         host_ts.dynamic_shared = w->dynamic_shared.data();
+        if (poison_shared) memset(host_ts.dynamic_shared, 0xff, shared_bytes);  // as uninitialised as on a GPU
         host_ts.block_dim = block;
         host_ts.grid_dim = grid;
         host_ts.block_idx.x = bi % grid.x;
@@ -606,7 +861,8 @@ inline void host_launch_grid(const char* name, dim3 grid, dim3 block, size_t sha
 template <auto Kernel> struct HostLaunch {
     const char* name; dim3 grid, block; size_t shared_bytes;
     template <typename... A> void operator()(A... args) const {
-        host_launch_grid(name, grid, block, shared_bytes, [&]() { Kernel(args...); });
+        host_launch_grid(name, reinterpret_cast<const void*>(Kernel), grid, block, shared_bytes,
+                         [&]() { Kernel(args...); });
     }
 };
 #define LAUNCH(kernel, grid, block, shared_bytes) (HostLaunch<kernel>{#kernel, dim3(grid), dim3(block), (size_t)(shared_bytes)})
@@ -615,23 +871,78 @@ template <auto Kernel> struct HostLaunch {
 // ----------------------------------------------------------------------------
 // cuBLAS (column-major, as cuBLAS) on CBLAS
 
-typedef struct HostBlasHandle* cublasHandle_t;
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3, CUBLAS_PEDANTIC_MATH = 2 };
+struct HostBlasHandle { cublasMath_t math_mode; };
+typedef HostBlasHandle* cublasHandle_t;
 
-inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = nullptr; return CUBLAS_STATUS_SUCCESS; }
-inline cublasStatus_t cublasDestroy(cublasHandle_t) { return CUBLAS_STATUS_SUCCESS; }
-inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = new HostBlasHandle{CUBLAS_DEFAULT_MATH}; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    h->math_mode = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t* mode) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    *mode = h->math_mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
 inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
 inline const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
 
-inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+// HOST_TF32: which products take TF32 inputs (see the top of this file)
+enum HostTf32Mode : unsigned char { HOST_TF32_OFF, HOST_TF32_ALL, HOST_TF32_HANDLE };
+inline HostTf32Mode host_tf32_from_env() {
+    const char* e = getenv("HOST_TF32");
+    if (!e || !*e || !strcmp(e, "0")) return HOST_TF32_OFF;
+    if (!strcmp(e, "1")) return HOST_TF32_ALL;
+    if (!strcmp(e, "handle")) return HOST_TF32_HANDLE;
+    host_bad_env("HOST_TF32", e, "0, 1 or handle");
+}
+inline HostTf32Mode& host_tf32_mode() { static HostTf32Mode m = host_tf32_from_env(); return m; }
+inline void host_set_tf32(HostTf32Mode mode) { host_tf32_mode() = mode; }
+inline bool host_tf32_for(cublasHandle_t h) {
+    HostTf32Mode m = host_tf32_mode();
+    return m == HOST_TF32_ALL || (m == HOST_TF32_HANDLE && h && h->math_mode == CUBLAS_TF32_TENSOR_OP_MATH);
+}
+
+// x rounded to TF32: 10 mantissa bits, to nearest, ties to even (Inf and NaN kept)
+inline float host_round_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) {
+        u += 0x0fffu + ((u >> 13) & 1u);
+        u &= 0xffffe000u;
+    }
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// the n floats from src rounded to TF32, in a scratch buffer of the caller's
+inline const float* host_tf32_copy(std::vector<float>& scratch, const float* src, long n) {
+    if ((long)scratch.size() < n) scratch.resize(n);
+    float* dst = scratch.data();
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (long i = 0; i < n; i++) dst[i] = host_round_tf32(src[i]);
+    return dst;
+}
+
+inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                   const float* alpha, const float* A, int lda, const float* B, int ldb,
                                   const float* beta, float* C, int ldc) {
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     HostProfileScope profile_scope("cublasSgemm");
+    if (k > 0 && host_tf32_for(handle)) {
+        // op(A) is m x k and op(B) k x n; the spans below are what column-major storage with lda, ldb covers
+        static thread_local std::vector<float> a_tf32, b_tf32;
+        long a_rows = ta == CUBLAS_OP_T ? k : m, a_cols = ta == CUBLAS_OP_T ? m : k;
+        long b_rows = tb == CUBLAS_OP_T ? n : k, b_cols = tb == CUBLAS_OP_T ? k : n;
+        A = host_tf32_copy(a_tf32, A, (long)lda * (a_cols - 1) + a_rows);
+        B = host_tf32_copy(b_tf32, B, (long)ldb * (b_cols - 1) + b_rows);
+    }
     cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
                 m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;

@@ -120,7 +120,7 @@ __global__ void layernorm_param_backward_kernel(float* dweight, float* dbias, co
 #ifdef __CUDACC__
 static bool layernorm_use_warp = true;
 #else
-static bool layernorm_use_warp = false;
+static bool layernorm_use_warp = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,

@@ -331,7 +331,7 @@ __global__ void scan_reduce_params_kernel(float* dA_log, float* dD, const float*
 #ifdef __CUDACC__
 static bool scan_use_chunked = true;
 #else
-static bool scan_use_chunked = false;
+static bool scan_use_chunked = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
 inline int scan_num_chunks(int T) { return CEIL_DIV(T, SCAN_CHUNK); }
