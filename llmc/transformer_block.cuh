@@ -85,7 +85,8 @@ typedef struct {
     float* ln1_rstd;   // (L, B, T)
     float* qkv;        // (L, B, T, 3C)
     float* qkvr;       // (L, 3, B, NH, T, hs)  q, k, v per head
-    float* att;        // (L, B, NH, T, T)      softmax probabilities
+    float* att;        // (L, attention state)  attention_act_sizes().state per layer: softmax
+                       //                       probabilities (B,NH,T,T), or the tiled variant's o, lse
     float* atty;       // (L, B, T, C)          attention output, heads concatenated
     float* attproj;    // (L, B, T, C)
     float* residual2;  // (L, B, T, C)
@@ -99,17 +100,19 @@ typedef struct {
 } TransformerStackActs;
 
 static void transformer_stack_act_sizes(long* sizes, int L, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
-    long s[TRANSFORMER_STACK_ACTS] = {L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * 3 * C, L * B * NH * T * T,
+    long BT = (long)B * T, C = d.C, F = d.F;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;  // per layer
+    long s[TRANSFORMER_STACK_ACTS] = {L * BT * C, L * BT, L * BT, L * BT * 3 * C, L * BT * 3 * C, L * att,
                                       L * BT * C, L * BT * C, L * BT * C, L * BT * C, L * BT, L * BT, L * BT * F,
                                       L * BT * F, L * BT * C, L * BT * C};
     for (int i = 0; i < TRANSFORMER_STACK_ACTS; i++) sizes[i] = s[i];
 }
 
 static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a, int l, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
+    long BT = (long)B * T, C = d.C, F = d.F;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;
     TransformerStackActs r = {a.ln1 + l * BT * C, a.ln1_mean + l * BT, a.ln1_rstd + l * BT, a.qkv + l * BT * 3 * C,
-                              a.qkvr + l * BT * 3 * C, a.att + l * B * NH * T * T, a.atty + l * BT * C,
+                              a.qkvr + l * BT * 3 * C, a.att + l * att, a.atty + l * BT * C,
                               a.attproj + l * BT * C, a.residual2 + l * BT * C, a.ln2 + l * BT * C,
                               a.ln2_mean + l * BT, a.ln2_rstd + l * BT, a.fch + l * BT * F, a.fch_gelu + l * BT * F,
                               a.fcproj + l * BT * C, a.residual3 + l * BT * C};
@@ -119,18 +122,19 @@ static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a
 // scratch shared by all layers, forward and backward
 #define TRANSFORMER_SCRATCH 7
 typedef struct {
-    float* preatt;  // (B, NH, T, T)
+    float* preatt;  // attention_act_sizes().preatt: (B, NH, T, T), or none (tiled)
     float* attn_y;  // (B, NH, T, hs)
     float* dbtc;    // (B, T, C)
     float* dbtf;    // (B, T, F)
     float* dqkv;    // (B, T, 3C)
     float* dqkvr;   // (3, B, NH, T, hs)
-    float* datt;    // (B, NH, T, T)
+    float* datt;    // attention_act_sizes().datt: (B, NH, T, T), or (B, NH, T) (tiled)
 } TransformerScratch;
 
 static void transformer_scratch_sizes(long* sizes, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
-    long s[TRANSFORMER_SCRATCH] = {B * NH * T * T, BT * C, BT * C, BT * F, BT * 3 * C, BT * 3 * C, B * NH * T * T};
+    long BT = (long)B * T, C = d.C, F = d.F;
+    AttentionSizes att = attention_act_sizes(B, T, d.C, d.NH);
+    long s[TRANSFORMER_SCRATCH] = {att.preatt, BT * C, BT * C, BT * F, BT * 3 * C, BT * 3 * C, att.datt};
     for (int i = 0; i < TRANSFORMER_SCRATCH; i++) sizes[i] = s[i];
 }
 
