@@ -181,9 +181,8 @@ int main(int argc, char** argv) {
     cublasHandle_t h;
     cublasCheck(cublasCreate(&h));
     int ncases = ref.get("cases", path).i[0];
-    printf("backend %s | reference %s: %d cases | defaults: %s softmax, %s tiled kernels, tiled from T %d\n",
-           BACKEND_NAME, path, ncases, softmax_use_warp ? "warp" : "rows", attention_tiled_use_smem ? "smem" : "rows",
-           ATTENTION_TILED_MIN_T);
+    printf("backend %s | reference %s: %d cases | defaults: %s softmax, %s tiled kernels\n", BACKEND_NAME, path,
+           ncases, softmax_use_warp ? "warp" : "rows", attention_tiled_use_smem ? "smem" : "rows");
 
     for (int ci = 0; ci < ncases; ci++) {
         char key[64];
@@ -236,8 +235,9 @@ int main(int argc, char** argv) {
         int B = 1, T = 16384, C = 256, NH = 4;
         long rows = (long)B * NH * T, hs = C / NH;
         attention_variant = ATTENTION_AUTO;
-        t.check(attention_uses_tiled(T, hs) && !attention_uses_tiled(256, hs),
-                "auto selection: tiled at T %d, materialized at T 256 (crossover T %d)", T, ATTENTION_TILED_MIN_T);
+        t.check(attention_uses_tiled(B, T, C, NH) && !attention_uses_tiled(4, 32, 64, 4),
+                "auto selection: tiled at B %d T %d C %d NH %d (the T x T buffers would not fit), materialized at "
+                "B 4 T 32 C 64 NH 4 (test_gpt's shape)", B, T, C, NH);
         attention_variant = ATTENTION_TILED;
         AttentionSizes s = attention_act_sizes(B, T, C, NH);
         t.check(s.state == rows * (hs + 1) && s.preatt == 0 && s.datt == rows,

@@ -23,7 +23,7 @@ tiled (O(T) memory per row, FlashAttention's algorithm in fp32): scores are
   "tiled attention" below.
 
 attention_forward / attention_backward dispatch between the two
-(attention_uses_tiled: by T and the backend), and attention_act_sizes says
+(attention_uses_tiled: by the shape and the backend), and attention_act_sizes says
 how large the kept state and the scratch are for the variant in use.
 */
 #pragma once
@@ -151,8 +151,9 @@ __global__ void softmax_backward_warp_kernel(float* dpreatt, const float* datt, 
 //
 // Two variants of each kernel, with the same per-row arithmetic (the __device__
 // helpers below): "rows" reads k, v (or q, dout) straight from global memory,
-// one thread per row and no barriers (the host backend's choice: barrier-free
-// kernels run as plain loops there); "smem" stages tiles of ATTN_KTILE rows in
+// one thread per ATTN_ROWS rows (each chunk of keys it reads serves all of
+// them) and no barriers (the host backend's choice: barrier-free kernels run
+// as plain loops there, and a thread's rows stay in L1); "smem" stages tiles of ATTN_KTILE rows in
 // shared memory, loaded by the whole block between __syncthreads (the GPU's
 // choice: every thread of the block reads the same staged row at once, a
 // broadcast). HS is a template parameter (8, 16, 32, 64, 128) so that the
@@ -160,7 +161,9 @@ __global__ void softmax_backward_warp_kernel(float* dpreatt, const float* datt, 
 
 #define ATTN_CHUNK 16  // keys (or queries) scored at once by one thread: one online-softmax rescale per chunk
 #define ATTN_KTILE 32  // rows of k, v (or q, dout) staged in shared memory per tile (smem variants)
-#define ATTN_BLOCK 64  // threads per block = query (or key) rows per block
+#define ATTN_BLOCK 64  // threads per block = query (or key) rows per block (smem variants)
+#define ATTN_ROWS 16   // query (or key) rows per thread (rows variants)
+#define ATTN_ROWS_BLOCK 32  // threads per block (rows variants)
 
 // a . b over HS floats in 8 interleaved partial sums (a fixed order; lets g++
 // vectorize without reassociating a single running sum)
@@ -173,6 +176,30 @@ template <int HS> __device__ __forceinline__ float attention_dot(const float* a,
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
+// exp(x) from FMAs and one exponent-bit shift, so that g++ vectorizes loops
+// of it (libm's expf is a call per element): x = n ln2 + r with n =
+// round(x / ln2), ln2 split in two for an exact r, |r| <= ln2/2; exp(r) by
+// its degree-6 Taylor polynomial (truncation < 2e-8 relative), times 2^n
+// built in the exponent bits. Relative error ~2e-7 (a few ulp) for x in
+// [-87, 88]; x below (e.g. -inf) gives ~1e-38 times the polynomial, which
+// is 0 to the sums it enters.
+__device__ __forceinline__ float attention_exp(float x) {
+    x = x > -87.0f ? x : -87.0f;  // (not fminf/fmaxf: libm calls on the host, which stop vectorization)
+    x = x < 88.0f ? x : 88.0f;
+    float n = floorf(x * 1.44269504f + 0.5f);
+    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int i; float f; } scale;
+    scale.i = ((int)n + 127) << 23;
+    return p * scale.f;
+}
+
 // Online-softmax step of one query row over n <= ATTN_CHUNK consecutive keys
 // k[jj*HS..], v[jj*HS..]: qs is the query already multiplied by scale; m, l,
 // acc are the row's running max, sum and unnormalized output.
@@ -180,14 +207,16 @@ template <int HS> __device__ __forceinline__ void attention_forward_chunk(float*
                                                                           const float* k, const float* v, int n) {
     float s[ATTN_CHUNK];
     float cmax = -INFINITY;
-    for (int jj = 0; jj < n; jj++) { s[jj] = attention_dot<HS>(qs, k + jj * HS); cmax = fmaxf(cmax, s[jj]); }
-    float mnew = fmaxf(m, cmax);
-    float corr = expf(m - mnew);  // 0 on the first chunk (m = -inf)
+    for (int jj = 0; jj < n; jj++) s[jj] = attention_dot<HS>(qs, k + jj * HS);
+    for (int jj = 0; jj < n; jj++) cmax = s[jj] > cmax ? s[jj] : cmax;
+    float mnew = m > cmax ? m : cmax;
+    float corr = m == -INFINITY ? 0.0f : attention_exp(m - mnew);  // 0 on the first chunk
     l *= corr;
 #pragma unroll
     for (int d = 0; d < HS; d++) acc[d] *= corr;
+    for (int jj = 0; jj < n; jj++) s[jj] = attention_exp(s[jj] - mnew);  // the chunk's probabilities, unnormalized
     for (int jj = 0; jj < n; jj++) {
-        float p = expf(s[jj] - mnew);
+        float p = s[jj];
         l += p;
         const float* vr = v + jj * HS;
 #pragma unroll
@@ -200,12 +229,14 @@ template <int HS> __device__ __forceinline__ void attention_forward_chunk(float*
 // ds_ij k_j to dq (the caller multiplies by scale at the end)
 template <int HS> __device__ __forceinline__ void attention_dq_chunk(float* dq, const float* qs, const float* g, float lse,
                                                                      float Di, const float* k, const float* v, int n) {
+    float ds[ATTN_CHUNK];
+    for (int jj = 0; jj < n; jj++) ds[jj] = attention_dot<HS>(qs, k + jj * HS) - lse;
+    for (int jj = 0; jj < n; jj++) ds[jj] = attention_exp(ds[jj]);  // p
+    for (int jj = 0; jj < n; jj++) ds[jj] *= attention_dot<HS>(g, v + jj * HS) - Di;
     for (int jj = 0; jj < n; jj++) {
         const float* kr = k + jj * HS;
-        float p = expf(attention_dot<HS>(qs, kr) - lse);
-        float ds = p * (attention_dot<HS>(g, v + jj * HS) - Di);
 #pragma unroll
-        for (int d = 0; d < HS; d++) dq[d] += ds * kr[d];
+        for (int d = 0; d < HS; d++) dq[d] += ds[jj] * kr[d];
     }
 }
 
@@ -215,38 +246,52 @@ template <int HS> __device__ __forceinline__ void attention_dq_chunk(float* dq, 
 template <int HS> __device__ __forceinline__ void attention_dkdv_chunk(float* dk, float* dv, const float* ks, const float* vr,
                                                                        const float* q, const float* g, const float* lse,
                                                                        const float* D, int n) {
+    float p[ATTN_CHUNK], ds[ATTN_CHUNK];
+    for (int ii = 0; ii < n; ii++) p[ii] = attention_dot<HS>(q + ii * HS, ks) - lse[ii];  // ks = scale * k_j
+    for (int ii = 0; ii < n; ii++) p[ii] = attention_exp(p[ii]);
+    for (int ii = 0; ii < n; ii++) ds[ii] = p[ii] * (attention_dot<HS>(g + ii * HS, vr) - D[ii]);
     for (int ii = 0; ii < n; ii++) {
         const float* qr = q + ii * HS;
         const float* gr = g + ii * HS;
-        float p = expf(attention_dot<HS>(qr, ks) - lse[ii]);  // ks = scale * k_j
-        float ds = p * (attention_dot<HS>(gr, vr) - D[ii]);
 #pragma unroll
-        for (int d = 0; d < HS; d++) { dv[d] += p * gr[d]; dk[d] += ds * qr[d]; }
+        for (int d = 0; d < HS; d++) { dv[d] += p[ii] * gr[d]; dk[d] += ds[ii] * qr[d]; }
     }
 }
 
 // Forward, rows variant: o (B,NH,T,HS) and lse (B,NH,T) from q, k, v. Grid
-// (ceil(T/blockDim), B*NH), one thread per query row t of head blockIdx.y; the
-// thread walks its keys (0..t causal, 0..T-1 otherwise) in chunks of
-// ATTN_CHUNK with the online softmax, reading k and v from global memory. No
+// (ceil(T/(ATTN_ROWS*blockDim)), B*NH); each thread owns ATTN_ROWS
+// consecutive query rows of head blockIdx.y and walks their keys (up to its
+// last row when causal, all otherwise) in chunks of ATTN_CHUNK, applying
+// each chunk to every row that sees it with the online softmax. The rows'
+// state (q, acc) stays in the thread's local arrays, so each k, v chunk read
+// from global memory serves ATTN_ROWS rows (on the CPU: from L1). No
 // barriers, no shared memory.
 template <int HS>
 __global__ void attention_tiled_forward_rows_kernel(float* o, float* lse, const float* q, const float* k, const float* v,
                                                     int T, float scale, int causal) {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= T) return;
-    long bh = blockIdx.y, row = bh * T + t;
+    int t0 = (blockIdx.x * blockDim.x + threadIdx.x) * ATTN_ROWS;
+    if (t0 >= T) return;
+    int nrows = min(ATTN_ROWS, T - t0);
+    long bh = blockIdx.y, row0 = bh * T + t0;
     const float* kb = k + bh * T * HS;
     const float* vb = v + bh * T * HS;
-    float qs[HS], acc[HS];
-    for (int d = 0; d < HS; d++) { qs[d] = q[row * HS + d] * scale; acc[d] = 0.0f; }
-    float m = -INFINITY, l = 0.0f;
-    int nkeys = causal ? t + 1 : T;
-    for (int j0 = 0; j0 < nkeys; j0 += ATTN_CHUNK)
-        attention_forward_chunk<HS>(acc, m, l, qs, kb + (long)j0 * HS, vb + (long)j0 * HS, min(ATTN_CHUNK, nkeys - j0));
-    float inv = 1.0f / l;
-    for (int d = 0; d < HS; d++) o[row * HS + d] = acc[d] * inv;
-    lse[row] = m + logf(l);
+    float qs[ATTN_ROWS][HS], acc[ATTN_ROWS][HS], m[ATTN_ROWS], l[ATTN_ROWS];
+    for (int r = 0; r < nrows; r++) {
+        for (int d = 0; d < HS; d++) { qs[r][d] = q[(row0 + r) * HS + d] * scale; acc[r][d] = 0.0f; }
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    int kend = causal ? t0 + nrows : T;
+    for (int j0 = 0; j0 < kend; j0 += ATTN_CHUNK)
+        for (int r = 0; r < nrows; r++) {
+            int n = min(ATTN_CHUNK, (causal ? t0 + r + 1 : T) - j0);
+            if (n > 0) attention_forward_chunk<HS>(acc[r], m[r], l[r], qs[r], kb + (long)j0 * HS, vb + (long)j0 * HS, n);
+        }
+    for (int r = 0; r < nrows; r++) {
+        float inv = 1.0f / l[r];
+        for (int d = 0; d < HS; d++) o[(row0 + r) * HS + d] = acc[r][d] * inv;
+        lse[row0 + r] = m[r] + logf(l[r]);
+    }
 }
 
 // Forward, smem variant: the same outputs. Grid (ceil(T/ATTN_BLOCK), B*NH),
@@ -300,25 +345,35 @@ __global__ void attention_row_dot_kernel(float* D, const float* dout, const floa
 }
 
 // Backward dq, rows variant: dq (B,NH,T,HS) from q, k, v, dout, lse, D. Grid
-// (ceil(T/blockDim), B*NH), one thread per query row; the thread walks its
-// keys in chunks, recomputing p and ds per key, and sums dq in registers. No
-// barriers.
+// (ceil(T/(ATTN_ROWS*blockDim)), B*NH); each thread owns ATTN_ROWS
+// consecutive query rows and walks their keys in chunks, recomputing p and
+// ds per (row, key) and summing dq in local arrays; as in the forward rows
+// kernel each k, v chunk serves all the thread's rows. No barriers.
 template <int HS>
 __global__ void attention_tiled_backward_dq_rows_kernel(float* dq, const float* q, const float* k, const float* v,
                                                         const float* dout, const float* lse, const float* D, int T,
                                                         float scale, int causal) {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= T) return;
-    long bh = blockIdx.y, row = bh * T + t;
+    int t0 = (blockIdx.x * blockDim.x + threadIdx.x) * ATTN_ROWS;
+    if (t0 >= T) return;
+    int nrows = min(ATTN_ROWS, T - t0);
+    long bh = blockIdx.y, row0 = bh * T + t0;
     const float* kb = k + bh * T * HS;
     const float* vb = v + bh * T * HS;
-    float qs[HS], g[HS], acc[HS];
-    for (int d = 0; d < HS; d++) { qs[d] = q[row * HS + d] * scale; g[d] = dout[row * HS + d]; acc[d] = 0.0f; }
-    float lr = lse[row], Dr = D[row];
-    int nkeys = causal ? t + 1 : T;
-    for (int j0 = 0; j0 < nkeys; j0 += ATTN_CHUNK)
-        attention_dq_chunk<HS>(acc, qs, g, lr, Dr, kb + (long)j0 * HS, vb + (long)j0 * HS, min(ATTN_CHUNK, nkeys - j0));
-    for (int d = 0; d < HS; d++) dq[row * HS + d] = acc[d] * scale;
+    float qs[ATTN_ROWS][HS], g[ATTN_ROWS][HS], acc[ATTN_ROWS][HS];
+    for (int r = 0; r < nrows; r++)
+        for (int d = 0; d < HS; d++) {
+            qs[r][d] = q[(row0 + r) * HS + d] * scale; g[r][d] = dout[(row0 + r) * HS + d]; acc[r][d] = 0.0f;
+        }
+    int kend = causal ? t0 + nrows : T;
+    for (int j0 = 0; j0 < kend; j0 += ATTN_CHUNK)
+        for (int r = 0; r < nrows; r++) {
+            int n = min(ATTN_CHUNK, (causal ? t0 + r + 1 : T) - j0);
+            if (n > 0)
+                attention_dq_chunk<HS>(acc[r], qs[r], g[r], lse[row0 + r], D[row0 + r], kb + (long)j0 * HS,
+                                       vb + (long)j0 * HS, n);
+        }
+    for (int r = 0; r < nrows; r++)
+        for (int d = 0; d < HS; d++) dq[(row0 + r) * HS + d] = acc[r][d] * scale;
 }
 
 // Backward dq, smem variant: the same output. Grid (ceil(T/ATTN_BLOCK), B*NH),
@@ -357,29 +412,41 @@ __global__ void attention_tiled_backward_dq_smem_kernel(float* dq, const float* 
     for (int d = 0; d < HS; d++) dq[row * HS + d] = acc[d] * scale;
 }
 
-// Backward dk, dv, rows variant: dk, dv (B,NH,T,HS) from q, k, v, dout, lse, D.
-// Grid (ceil(T/blockDim), B*NH), one thread per key row j; the thread walks
-// the queries that see key j (j..T-1 causal, all otherwise) in chunks,
-// recomputing p and ds, and sums dk and dv in registers. No barriers.
+// Backward dk, dv, rows variant: dk, dv (B,NH,T,HS) from q, k, v, dout, lse,
+// D. Grid (ceil(T/(ATTN_ROWS*blockDim)), B*NH); each thread owns ATTN_ROWS
+// consecutive key rows and walks the queries that see them (from its first
+// key when causal, all otherwise) in chunks, recomputing p and ds per (query,
+// key) and summing dk and dv in local arrays; each q, dout chunk serves all
+// the thread's keys. No barriers.
 template <int HS>
 __global__ void attention_tiled_backward_dkdv_rows_kernel(float* dk, float* dv, const float* q, const float* k,
                                                           const float* v, const float* dout, const float* lse,
                                                           const float* D, int T, float scale, int causal) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= T) return;
-    long bh = blockIdx.y, row = bh * T + j;
+    int j0 = (blockIdx.x * blockDim.x + threadIdx.x) * ATTN_ROWS;
+    if (j0 >= T) return;
+    int nkeys = min(ATTN_ROWS, T - j0);
+    long bh = blockIdx.y, row0 = bh * T + j0;
     const float* qb = q + bh * T * HS;
     const float* gb = dout + bh * T * HS;
     const float* lb = lse + bh * T;
     const float* Db = D + bh * T;
-    float ks[HS], vr[HS], dka[HS], dva[HS];
-    for (int d = 0; d < HS; d++) {
-        ks[d] = k[row * HS + d] * scale; vr[d] = v[row * HS + d]; dka[d] = 0.0f; dva[d] = 0.0f;
+    float ks[ATTN_ROWS][HS], vr[ATTN_ROWS][HS], dka[ATTN_ROWS][HS], dva[ATTN_ROWS][HS];
+    for (int r = 0; r < nkeys; r++)
+        for (int d = 0; d < HS; d++) {
+            ks[r][d] = k[(row0 + r) * HS + d] * scale; vr[r][d] = v[(row0 + r) * HS + d];
+            dka[r][d] = 0.0f; dva[r][d] = 0.0f;
+        }
+    for (int i0 = causal ? j0 : 0; i0 < T; i0 += ATTN_CHUNK) {
+        int n = min(ATTN_CHUNK, T - i0);
+        for (int r = 0; r < nkeys; r++) {
+            int skip = causal ? max(0, j0 + r - i0) : 0;  // queries of the chunk before key j0 + r
+            if (skip < n)
+                attention_dkdv_chunk<HS>(dka[r], dva[r], ks[r], vr[r], qb + (long)(i0 + skip) * HS,
+                                         gb + (long)(i0 + skip) * HS, lb + i0 + skip, Db + i0 + skip, n - skip);
+        }
     }
-    for (int i0 = causal ? j : 0; i0 < T; i0 += ATTN_CHUNK)
-        attention_dkdv_chunk<HS>(dka, dva, ks, vr, qb + (long)i0 * HS, gb + (long)i0 * HS, lb + i0, Db + i0,
-                                 min(ATTN_CHUNK, T - i0));
-    for (int d = 0; d < HS; d++) { dk[row * HS + d] = dka[d] * scale; dv[row * HS + d] = dva[d]; }
+    for (int r = 0; r < nkeys; r++)
+        for (int d = 0; d < HS; d++) { dk[(row0 + r) * HS + d] = dka[r][d] * scale; dv[(row0 + r) * HS + d] = dva[r][d]; }
 }
 
 // Backward dk, dv, smem variant: the same outputs. Grid (ceil(T/ATTN_BLOCK),
@@ -450,12 +517,20 @@ __global__ void attention_tiled_probs_kernel(float* att, const float* q, const f
 //   rows; keeps att (B,NH,T,T) per layer, scratch preatt and datt (B,NH,T,T).
 // tiled: the kernels above; keeps o (B,NH,T,hs) and lse (B,NH,T) per layer,
 //   scratch D (B,NH,T): O(B T C) memory, any T.
-// The rule (attention_uses_tiled): tiled when hs is one of its head sizes and
-// T >= ATTENTION_TILED_MIN_T, the backend's crossover: on the host the
-// measured one (dev/cuda/attention.cu: fwd+bwd of one layer at C 256, NH 4),
-// on the GPU a fixed 1024 (there the T x T buffers cost O(T^2) memory traffic
-// and, past a few thousand, more memory than the GPU has; the crossover is
-// yet to be measured on one).
+// The rule (attention_uses_tiled), when hs is one of the tiled head sizes:
+//   - tiled whenever one (B,NH,T,T) buffer would exceed
+//     ATTENTION_MATERIALIZED_MAX_FLOATS (2^26 floats, 256 MiB; the
+//     materialized variant keeps one per layer and two more as scratch), and
+//   - host: otherwise tiled for hs >= 32 and T < 4096, materialized else.
+//     Measured with dev/cuda/attention (fwd + bwd of one causal layer on 2
+//     busy cores, medians, variants taking turns; materialized / tiled time):
+//     C 256 NH 4 (hs 64): B 16 T 256 3.8x, B 64 T 256 5.6x, B 1 T 1024 1.9x,
+//     B 1 T 2048 1.0x, B 1 T 4096 0.78x (OpenBLAS's sgemm wins at long
+//     rows); C 64 NH 4 (hs 16), B 16: T 32 1.5x, T 64 0.72x, T 128 0.47x (at
+//     small hs the per-score exp and bookkeeping dominate the tiled kernels).
+//   - GPU: otherwise tiled from T 1024, materialized below: the T x T
+//     buffers cost O(T^2) memory traffic there, which the tiled kernels
+//     avoid; a guess, yet to be measured on a GPU.
 // ATTENTION_VARIANT=materialized|tiled|tiled-rows|tiled-smem|auto in the
 // environment (or attention_variant before any activations are sized, and
 // attention_tiled_use_smem) forces a variant for tests; tiled still needs a
@@ -466,11 +541,10 @@ __global__ void attention_tiled_probs_kernel(float* att, const float* q, const f
 
 #ifdef __CUDACC__
 static const bool ATTENTION_TILED_SMEM_DEFAULT = true;
-static const int ATTENTION_TILED_MIN_T = 1024;
 #else
 static const bool ATTENTION_TILED_SMEM_DEFAULT = false;
-static const int ATTENTION_TILED_MIN_T = 512;
 #endif
+static const long ATTENTION_MATERIALIZED_MAX_FLOATS = 1L << 26;
 
 enum { ATTENTION_AUTO = -1, ATTENTION_MATERIALIZED = 0, ATTENTION_TILED = 1 };
 
@@ -505,10 +579,20 @@ static bool attention_keep_probs = attention_keep_probs_from_env();
 
 static bool attention_tiled_supports(int hs) { return hs == 8 || hs == 16 || hs == 32 || hs == 64 || hs == 128; }
 
-static bool attention_uses_tiled(int T, int hs) {
-    if (!attention_tiled_supports(hs)) return false;
+// the backend's choice for a shape when no variant is forced (the rule above)
+static bool attention_auto_tiled(int B, int T, int C, int NH) {
+    if ((long)B * NH * T * T > ATTENTION_MATERIALIZED_MAX_FLOATS) return true;
+#ifdef __CUDACC__
+    return T >= 1024;
+#else
+    return C / NH >= 32 && T < 4096;
+#endif
+}
+
+static bool attention_uses_tiled(int B, int T, int C, int NH) {
+    if (!attention_tiled_supports(C / NH)) return false;
     if (attention_variant != ATTENTION_AUTO) return attention_variant == ATTENTION_TILED;
-    return T >= ATTENTION_TILED_MIN_T;
+    return attention_auto_tiled(B, T, C, NH);
 }
 
 // Buffer sizes (floats) of one attention layer: the state kept from forward
@@ -523,7 +607,7 @@ typedef struct {
 static AttentionSizes attention_act_sizes(int B, int T, int C, int NH) {
     long rows = (long)B * NH * T, hs = C / NH;
     AttentionSizes s;
-    if (attention_uses_tiled(T, (int)hs)) {
+    if (attention_uses_tiled(B, T, C, NH)) {
         s.state = (attention_keep_probs ? rows * T : 0) + rows * hs + rows;
         s.preatt = 0;
         s.datt = rows;
@@ -611,7 +695,8 @@ static void attention_tiled_forward_hs(float* o, float* lse, const float* q, con
         LAUNCH(attention_tiled_forward_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * HS * sizeof(float))(
             o, lse, q, k, v, T, scale, causal);
     } else {
-        LAUNCH(attention_tiled_forward_rows_kernel<HS>, grid, ATTN_BLOCK, 0)(o, lse, q, k, v, T, scale, causal);
+        dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), BNH);
+        LAUNCH(attention_tiled_forward_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(o, lse, q, k, v, T, scale, causal);
     }
     cudaCheck(cudaGetLastError());
 }
@@ -634,10 +719,12 @@ static void attention_tiled_backward_hs(float* dq, float* dk, float* dv, float* 
         LAUNCH(attention_tiled_backward_dkdv_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * (HS + 1) * sizeof(float))(
             dk, dv, q, k, v, dout, lse, D, T, scale, causal);
     } else {
-        LAUNCH(attention_tiled_backward_dq_rows_kernel<HS>, grid, ATTN_BLOCK, 0)(dq, q, k, v, dout, lse, D, T, scale, causal);
+        dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), BNH);
+        LAUNCH(attention_tiled_backward_dq_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(dq, q, k, v, dout, lse, D, T,
+                                                                                           scale, causal);
         cudaCheck(cudaGetLastError());
-        LAUNCH(attention_tiled_backward_dkdv_rows_kernel<HS>, grid, ATTN_BLOCK, 0)(dk, dv, q, k, v, dout, lse, D, T, scale,
-                                                                                   causal);
+        LAUNCH(attention_tiled_backward_dkdv_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(dk, dv, q, k, v, dout, lse, D,
+                                                                                             T, scale, causal);
     }
     cudaCheck(cudaGetLastError());
 }
@@ -679,7 +766,7 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
     LAUNCH(attention_permute_kernel, CEIL_DIV(n, 256), 256, 0)(q, k, v, qkv, B, T, NH, hs);
     cudaCheck(cudaGetLastError());
-    if (!attention_uses_tiled(T, hs)) {
+    if (!attention_uses_tiled(B, T, C, NH)) {
         attention_materialized_forward(handle, out, qkvr, att, preatt, y, B, T, C, NH, causal);
         return;
     }
@@ -700,7 +787,7 @@ void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float*
     long n = (long)B * NH * T * hs;
     LAUNCH(attention_unpermute_kernel, CEIL_DIV(n, 256), 256, 0)((float*)dout, dy, B, T, NH, hs, 0);
     cudaCheck(cudaGetLastError());
-    if (!attention_uses_tiled(T, hs)) {
+    if (!attention_uses_tiled(B, T, C, NH)) {
         attention_materialized_backward(handle, dqkvr, dy, datt, qkvr, att, B, T, C, NH, causal);
     } else {
         float *probs, *o, *lse;
