@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
+TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -70,7 +70,10 @@ data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model $* --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin
+data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/attention.py --out $@
+REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)

@@ -91,7 +91,8 @@ typedef struct {
     float* ln1_rstd;   // (L, B, T)
     float* qkv;        // (L, B, T, 3C)
     float* qkvr;       // (L, 3, B, NH, T, hs)  q, k, v per head
-    float* att;        // (L, B, NH, T, T)      softmax probabilities
+    float* att;        // (L, attention state)  attention_act_sizes().state per layer: softmax
+                       //                       probabilities (B,NH,T,T), or the tiled variant's o, lse
     float* atty;       // (L, B, T, C)          attention output, heads concatenated
     float* attproj;    // (L, B, T, C)
     float* residual2;  // (L, B, T, C)
@@ -104,12 +105,14 @@ typedef struct {
     float* residual3;  // (L, B, T, C)          block output
 } TransformerStackActs;
 
-// the L blocks' rows of a model's activation table, from t; returns the next row
+// the L blocks' rows of a model's activation table, from t; returns the next
+// row. att is what the attention variant keeps (attention_act_sizes).
 static TensorSpec* transformer_stack_act_table(TensorSpec* t, int L, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
+    long BT = (long)B * T, C = d.C, F = d.F;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;  // per layer
     TensorSpec rows[TRANSFORMER_STACK_ACTS] = {
         {"ln1", L * BT * C},         {"ln1_mean", L * BT},        {"ln1_rstd", L * BT},
-        {"qkv", L * BT * 3 * C},     {"qkvr", L * BT * 3 * C},    {"att", L * B * NH * T * T},
+        {"qkv", L * BT * 3 * C},     {"qkvr", L * BT * 3 * C},    {"att", L * att},
         {"atty", L * BT * C},        {"attproj", L * BT * C},     {"residual2", L * BT * C},
         {"ln2", L * BT * C},         {"ln2_mean", L * BT},        {"ln2_rstd", L * BT},
         {"fch", L * BT * F},         {"fch_gelu", L * BT * F},    {"fcproj", L * BT * C},
@@ -119,9 +122,10 @@ static TensorSpec* transformer_stack_act_table(TensorSpec* t, int L, int B, int 
 }
 
 static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a, int l, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
+    long BT = (long)B * T, C = d.C, F = d.F;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;
     TransformerStackActs r = {a.ln1 + l * BT * C, a.ln1_mean + l * BT, a.ln1_rstd + l * BT, a.qkv + l * BT * 3 * C,
-                              a.qkvr + l * BT * 3 * C, a.att + l * B * NH * T * T, a.atty + l * BT * C,
+                              a.qkvr + l * BT * 3 * C, a.att + l * att, a.atty + l * BT * C,
                               a.attproj + l * BT * C, a.residual2 + l * BT * C, a.ln2 + l * BT * C,
                               a.ln2_mean + l * BT, a.ln2_rstd + l * BT, a.fch + l * BT * F, a.fch_gelu + l * BT * F,
                               a.fcproj + l * BT * C, a.residual3 + l * BT * C};
@@ -131,23 +135,24 @@ static TransformerStackActs transformer_layer_acts(const TransformerStackActs& a
 // scratch shared by all layers, forward and backward
 #define TRANSFORMER_SCRATCH 8
 typedef struct {
-    float* preatt;   // (B, NH, T, T)
+    float* preatt;   // attention_act_sizes().preatt: (B, NH, T, T), or none (tiled)
     float* attn_y;   // (B, NH, T, hs)
     float* dbtc;     // (B, T, C)
     float* dbtf;     // (B, T, F)
     float* dqkv;     // (B, T, 3C)
     float* dqkvr;    // (3, B, NH, T, hs)
-    float* datt;     // (B, NH, T, T)
+    float* datt;     // attention_act_sizes().datt: (B, NH, T, T), or (B, NH, T) (tiled)
     float* dbranch;  // (B, T, C)  a residual branch's gradient after dropout
 } TransformerScratch;
 
 // the scratch's rows of a model's activation table, from t; returns the next row
 static TensorSpec* transformer_scratch_table(TensorSpec* t, int B, int T, TransformerDims d) {
-    long BT = (long)B * T, C = d.C, F = d.F, NH = d.NH;
+    long BT = (long)B * T, C = d.C, F = d.F;
+    AttentionSizes att = attention_act_sizes(B, T, d.C, d.NH);
     TensorSpec rows[TRANSFORMER_SCRATCH] = {
-        {"preatt", B * NH * T * T, 0, 1}, {"attn_y", BT * C, 0, 1}, {"dbtc", BT * C, 0, 1},
-        {"dbtf", BT * F, 0, 1},           {"dqkv", BT * 3 * C, 0, 1}, {"dqkvr", BT * 3 * C, 0, 1},
-        {"datt", B * NH * T * T, 0, 1},   {"dbranch", BT * C, 0, 1}};
+        {"preatt", att.preatt, 0, 1}, {"attn_y", BT * C, 0, 1},     {"dbtc", BT * C, 0, 1},
+        {"dbtf", BT * F, 0, 1},       {"dqkv", BT * 3 * C, 0, 1},   {"dqkvr", BT * 3 * C, 0, 1},
+        {"datt", att.datt, 0, 1},     {"dbranch", BT * C, 0, 1}};
     for (const TensorSpec& r : rows) *t++ = r;
     return t;
 }
