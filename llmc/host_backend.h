@@ -70,19 +70,21 @@ still copies with cudaMemcpy.
 
 struct dim3 {
     unsigned int x, y, z;
-    dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct uint3 { unsigned int x, y, z; };
 
 static const int warpSize = 32;
 
 // What the thread now running sees. The scheduler rewrites it at every switch.
+// Constant-initialized (constexpr dim3, every member initialized), so that
+// each access is a plain thread-local load, not a call to a TLS init function.
 struct HostThreadState {
-    uint3 thread_idx;
-    uint3 block_idx;
+    uint3 thread_idx = {0, 0, 0};
+    uint3 block_idx = {0, 0, 0};
     dim3 block_dim;
     dim3 grid_dim;
-    unsigned char* dynamic_shared;
+    unsigned char* dynamic_shared = nullptr;
 };
 inline thread_local HostThreadState host_ts;
 

@@ -43,6 +43,7 @@ Limits: d_state N <= MAX_DSTATE (16); any E and T.
 #pragma once
 #include "cuda_common.h"
 #include "conv1d.cuh"  // silu, silu_grad
+#include "fast_math.cuh"
 
 #define SCAN_CHUNK 32
 #define MAX_DSTATE 16
@@ -130,6 +131,68 @@ __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, fl
     }
 }
 
+// Sum of v[0..NS) (NS a power of two) by halving: v[i] += v[i + NS/2], then
+// the same on the first half. A fixed order; each level is one vector add on
+// the host (fully unrolled: every trip count is a constant).
+template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float* v) {
+    if constexpr (NS == 1) {
+        return v[0];
+    } else {
+        for (int i = 0; i < NS / 2; i++) v[i] += v[i + NS / 2];
+        return scan_tree_sum<NS / 2>(v);
+    }
+}
+
+// The sequential forward scan with the state count NS a compile-time
+// constant (the run-time N must equal it) and every loop over the states a
+// fixed-trip loop over arrays of NS: g++ keeps the states in vector
+// registers (16 states = two AVX2 or one AVX-512 register) and vectorizes
+// the decay exp (fast_expf) and the update; the sum over states is a fixed
+// tree. One thread per (b, group of SCAN_GROUP channels), barrier-free; it
+// steps the group's channels together (time outer, channel inner), so each
+// time step reads one cache line of dt, u, z and writes one of y, gated for
+// the whole group (one thread per channel would walk rows E floats apart, a
+// stride the L1 cache holds only a few of). Matches
+// selective_scan_forward_seq_kernel up to rounding (exp ~1.5 ulp, tree order).
+template <int NS>
+__global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
+                                                  const float* dt, const float* x_dbl, int R, const float* A_log,
+                                                  const float* D, const float* xz, int B, int T, int E) {
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * ngroups) return;
+    int g = idx % ngroups, b = idx / ngroups;
+    int e0 = g * SCAN_GROUP, ne = min(SCAN_GROUP, E - e0);
+    int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[SCAN_GROUP][NS], h[SCAN_GROUP][NS];
+    for (int j = 0; j < ne; j++)
+        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); h[j][n] = 0.0f; }
+    for (int t = 0; t < T; t++) {
+        long row = (long)b * T + t;
+        const float* Bt = x_dbl + row * xs + R;
+        const float* Ct = Bt + NS;
+        float Bn[NS], Cn[NS];
+        for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; }
+        bool chunk_end = t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1;
+        for (int j = 0; j < ne; j++) {
+            int e = e0 + j;
+            float dtv = dt[row * E + e], uv = u[row * E + e];
+            float hc[NS];
+            for (int n = 0; n < NS; n++) {
+                h[j][n] = fmaf(fast_expf(dtv * A[j][n]), h[j][n], dtv * Bn[n] * uv);
+                hc[n] = h[j][n] * Cn[n];
+            }
+            float yv = scan_tree_sum<NS>(hc) + D[e] * uv;
+            y[row * E + e] = yv;
+            gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+            if (chunk_end) {
+                float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * NS;
+                for (int n = 0; n < NS; n++) s[n] = h[j][n];
+            }
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------
 // backward
 //
@@ -203,6 +266,96 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
         }
         for (int n = 0; n < N; n++) dA_partial[((long)b * E + e) * N + n] = dA[n] * A[n];
         dD_partial[(long)b * E + e] = dD;
+    }
+}
+
+// The sequential backward pass with NS a compile-time constant (= the run-time
+// N), every loop over the states a fixed-trip loop over arrays of NS that
+// g++ vectorizes: the chunk's recomputed states and decays (fast_expf), the
+// adjoint g, the dB, dC rows and the dA sums are vectors over n; the sums
+// over n for du and ddt are fixed trees. One thread per (b, group of
+// SCAN_GROUP channels), like selective_scan_backward_seq_kernel, whose
+// results (and partial-sum layout) it matches up to rounding; but it steps
+// the group's channels together within each chunk (time outer, channel
+// inner), for the cache lines' sake as the forward kernel, and sums the
+// group's dB, dC of a row in registers before one store (no zeroing pass).
+template <int NS>
+__global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
+                                                   float* dA_partial, float* dD_partial, const float* dgated,
+                                                   const float* y, const float* u, const float* dt,
+                                                   const float* x_dbl, int R, const float* A_log, const float* D,
+                                                   const float* xz, const float* states, int B, int T, int E) {
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * ngroups) return;
+    int g = idx % ngroups, b = idx / ngroups;
+    int e0 = g * SCAN_GROUP, ne = min(SCAN_GROUP, E - e0);
+    int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[SCAN_GROUP][NS], gcarry[SCAN_GROUP][NS], dA[SCAN_GROUP][NS], dD[SCAN_GROUP];
+    float hs[SCAN_GROUP][SCAN_CHUNK + 1][NS];  // per channel: states h_{t0-1} .. h_{t1-1} of one chunk
+    float as[SCAN_GROUP][SCAN_CHUNK][NS];      // and the decays exp(dt A) of its steps
+    for (int j = 0; j < ne; j++) {
+        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); gcarry[j][n] = 0.0f; dA[j][n] = 0.0f; }
+        dD[j] = 0.0f;
+    }
+    for (int c = nchunks - 1; c >= 0; c--) {
+        int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
+        for (int j = 0; j < ne; j++) {
+            const float* s0 = states + ((long)(b * E + e0 + j) * nchunks + c - 1) * NS;
+            for (int n = 0; n < NS; n++) hs[j][0][n] = c > 0 ? s0[n] : 0.0f;
+        }
+        for (int t = t0; t < t1; t++) {  // recompute the chunk's states, as the forward pass
+            long row = (long)b * T + t;
+            int tl = t - t0;
+            const float* Bt = x_dbl + row * xs + R;
+            float Bn[NS];
+            for (int n = 0; n < NS; n++) Bn[n] = Bt[n];
+            for (int j = 0; j < ne; j++) {
+                float dtv = dt[row * E + e0 + j], uv = u[row * E + e0 + j];
+                for (int n = 0; n < NS; n++) {
+                    float a = fast_expf(dtv * A[j][n]);
+                    as[j][tl][n] = a;
+                    hs[j][tl + 1][n] = fmaf(a, hs[j][tl][n], dtv * Bn[n] * uv);
+                }
+            }
+        }
+        for (int t = t1 - 1; t >= t0; t--) {  // adjoint, backwards in time
+            long row = (long)b * T + t;
+            int tl = t - t0;
+            const float* Bt = x_dbl + row * xs + R;
+            const float* Ct = Bt + NS;
+            float Bn[NS], Cn[NS], dBn[NS], dCn[NS];
+            for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; dBn[n] = 0.0f; dCn[n] = 0.0f; }
+            for (int j = 0; j < ne; j++) {
+                int e = e0 + j;
+                float dtv = dt[row * E + e], uv = u[row * E + e];
+                float zv = xz[row * 2 * E + E + e];
+                float dg = dgated[row * E + e];
+                float dy = dg * silu(zv);
+                dxz[row * 2 * E + E + e] = dg * y[row * E + e] * silu_grad(zv);
+                dD[j] += dy * uv;
+                float du_terms[NS], ddt_terms[NS];
+                for (int n = 0; n < NS; n++) {
+                    float a = as[j][tl][n];
+                    float gn = fmaf(dy, Cn[n], gcarry[j][n]);
+                    float hprev = hs[j][tl][n];
+                    dBn[n] += gn * dtv * uv;
+                    dCn[n] += dy * hs[j][tl + 1][n];
+                    du_terms[n] = gn * Bn[n];
+                    ddt_terms[n] = gn * fmaf(hprev * a, A[j][n], Bn[n] * uv);
+                    dA[j][n] = fmaf(gn * hprev, a * dtv, dA[j][n]);
+                    gcarry[j][n] = a * gn;
+                }
+                du[row * E + e] = fmaf(dtv, scan_tree_sum<NS>(du_terms), D[e] * dy);
+                ddt[row * E + e] = scan_tree_sum<NS>(ddt_terms) * (1.0f - fast_expf(-dtv));
+            }
+            float* p = dbc_partial + (row * ngroups + g) * 2 * NS;
+            for (int n = 0; n < NS; n++) { p[n] = dBn[n]; p[NS + n] = dCn[n]; }
+        }
+    }
+    for (int j = 0; j < ne; j++) {
+        for (int n = 0; n < NS; n++) dA_partial[((long)b * E + e0 + j) * NS + n] = dA[j][n] * A[j][n];
+        dD_partial[(long)b * E + e0 + j] = dD[j];
     }
 }
 
@@ -333,6 +486,10 @@ static bool scan_use_chunked = true;
 #else
 static bool scan_use_chunked = false;
 #endif
+// the sequential variant with the state count fixed at compile time, used
+// for N == SCAN_VEC_N (the host's fastest); false: the plain sequential one
+#define SCAN_VEC_N 16
+static bool scan_use_vec = true;
 
 inline int scan_num_chunks(int T) { return CEIL_DIV(T, SCAN_CHUNK); }
 inline long scan_states_size(int B, int T, int E, int N) { return (long)B * E * scan_num_chunks(T) * N; }
@@ -362,6 +519,9 @@ void selective_scan_forward(float* y, float* gated, float* states, const float* 
     if (scan_use_chunked) {
         LAUNCH(selective_scan_forward_chunked_kernel, CEIL_DIV(B * E * 32, 128), 128, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    } else if (scan_use_vec && N == SCAN_VEC_N) {
+        LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
     } else {
         LAUNCH(selective_scan_forward_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
@@ -383,6 +543,9 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     if (scan_use_chunked) {
         LAUNCH(selective_scan_backward_chunked_kernel, B * ngroups, SCAN_GROUP * 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+    } else if (scan_use_vec && N == SCAN_VEC_N) {
+        LAUNCH(selective_scan_backward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * ngroups, 32), 32, 0)(
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
     } else {
         LAUNCH(selective_scan_backward_seq_kernel, CEIL_DIV(B * ngroups, 32), 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
