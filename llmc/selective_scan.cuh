@@ -43,18 +43,20 @@ Limits: d_state N <= MAX_DSTATE (16); any E and T.
 #pragma once
 #include "cuda_common.h"
 #include "conv1d.cuh"  // silu, silu_grad
+#include "elementwise.cuh"
 #include "fast_math.cuh"
 
 #define SCAN_CHUNK 32
 #define MAX_DSTATE 16
 #define SCAN_GROUP 8  // channels whose dB, dC contributions are summed together
 
-// dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x), = x above 20 (as PyTorch)
-__global__ void dt_softplus_kernel(float* dt, const float* bias, long n, int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float x = dt[i] + bias[i % E];
-    dt[i] = x > 20.0f ? x : log1pf(expf(x));
+// dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x) (=
+// x above ~17 in fp32; PyTorch: x above 20, the same values), by
+// fast_softplusf (vectorizes on the host). Row kernel (elementwise.cuh): one
+// block per row of E, its threads striding over e.
+__global__ void dt_softplus_kernel(float* dt, const float* bias, int E) {
+    float* row = dt + (long)blockIdx.x * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) row[e] = fast_softplusf(row[e] + bias[e]);
 }
 
 // ----------------------------------------------------------------------------
@@ -451,15 +453,17 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
     if (active && lane == 0) dD_partial[(long)b * E + e] = sD;
 }
 
-// dx_dbl[row, R + j] = sum over groups of dbc_partial[row, g, j]  (overwrites the B, C columns)
+// dx_dbl[row, R + j] = sum over groups of dbc_partial[row, g, j]  (overwrites
+// the B, C columns). Row kernel (elementwise.cuh): one block per row, its
+// threads over j; each j sums the groups in order (on the host the loop over
+// j is innermost: a vector of 2N sums, group by group)
 __global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)BT * 2 * N) return;
-    long row = idx / (2 * N);
-    int j = idx % (2 * N);
-    float s = 0.0f;
-    for (int g = 0; g < ngroups; g++) s += dbc_partial[(row * ngroups + g) * 2 * N + j];
-    dx_dbl[row * (R + 2 * N) + R + j] = s;
+    long row = blockIdx.x;
+    const float* part = dbc_partial + row * ngroups * 2 * N;
+    float* out = dx_dbl + row * (R + 2 * N) + R;
+    for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) out[j] = 0.0f;
+    for (int g = 0; g < ngroups; g++)
+        for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) out[j] += part[g * 2 * N + j];
 }
 
 // dA_log[e,n] += sum_b dA_partial[b,e,n]; dD[e] += sum_b dD_partial[b,e]; one thread per (e, n) and per e
@@ -506,8 +510,7 @@ inline void scan_check_limits(int N) {
 }
 
 void dt_softplus(float* dt, const float* bias, int BT, int E) {
-    long n = (long)BT * E;
-    LAUNCH(dt_softplus_kernel, CEIL_DIV(n, 256), 256, 0)(dt, bias, n, E);
+    LAUNCH(dt_softplus_kernel, BT, row_threads(E), 0)(dt, bias, E);
     cudaCheck(cudaGetLastError());
 }
 
@@ -551,7 +554,7 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
     }
     cudaCheck(cudaGetLastError());
-    LAUNCH(scan_reduce_bc_kernel, CEIL_DIV((long)B * T * 2 * N, 256), 256, 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N);
+    LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N);
     LAUNCH(scan_reduce_params_kernel, CEIL_DIV(E * (N + 1), 256), 256, 0)(dA_log, dD, dA_partial, dD_partial, B, E, N);
     cudaCheck(cudaGetLastError());
 }
