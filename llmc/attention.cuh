@@ -22,44 +22,42 @@ A row is one query: (b, h, t), of length T.
 // qkv (B,T,3,NH,hs) -> q, k, v each (B,NH,T,hs). Row kernel
 // (elementwise.cuh): one block per (b, h, t), its threads over d < hs (the
 // index arithmetic once per row, contiguous copies)
-__global__ void attention_permute_kernel(float* q, float* k, float* v, const float* qkv, int B, int T, int NH, int hs) {
+__global__ void attention_permute_kernel(float* q, float* k, float* v, const float* qkv, int B, int T, int NH, int hs,
+                                         int span) {
     int r = blockIdx.x;  // (b, h, t)
     int t = r % T, h = (r / T) % NH, b = r / (T * NH);
     int C = NH * hs;
     const float* src = qkv + ((long)b * T + t) * 3 * C + h * hs;
     long dst = (long)r * hs;
-    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
-        q[dst + d] = src[d];
-        k[dst + d] = src[C + d];
-        v[dst + d] = src[2 * C + d];
-    }
+    // one loop per output (a loop with one store vectorizes on the host)
+    ROW_FOR(d, hs, span) q[dst + d] = src[d];
+    ROW_FOR(d, hs, span) k[dst + d] = src[C + d];
+    ROW_FOR(d, hs, span) v[dst + d] = src[2 * C + d];
 }
 
 // the reverse: dq, dk, dv (B,NH,T,hs) -> dqkv (B,T,3C); same shape
 __global__ void attention_permute_backward_kernel(float* dqkv, const float* dq, const float* dk, const float* dv,
-                                                  int B, int T, int NH, int hs) {
+                                                  int B, int T, int NH, int hs, int span) {
     int r = blockIdx.x;
     int t = r % T, h = (r / T) % NH, b = r / (T * NH);
     int C = NH * hs;
     float* dst = dqkv + ((long)b * T + t) * 3 * C + h * hs;
     long src = (long)r * hs;
-    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
-        dst[d] = dq[src + d];
-        dst[C + d] = dk[src + d];
-        dst[2 * C + d] = dv[src + d];
-    }
+    ROW_FOR(d, hs, span) dst[d] = dq[src + d];
+    ROW_FOR(d, hs, span) dst[C + d] = dk[src + d];
+    ROW_FOR(d, hs, span) dst[2 * C + d] = dv[src + d];
 }
 
 // y (B,NH,T,hs) -> out (B,T,C); backward = the same map reversed (forward=0); same shape
-__global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, int NH, int hs, int forward) {
+__global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, int NH, int hs, int forward, int span) {
     int r = blockIdx.x;
     int t = r % T, h = (r / T) % NH, b = r / (T * NH);
     float* o = out + ((long)b * T + t) * NH * hs + h * hs;
     float* yr = y + (long)r * hs;
     if (forward) {
-        for (int d = threadIdx.x; d < hs; d += blockDim.x) o[d] = yr[d];
+        ROW_FOR(d, hs, span) o[d] = yr[d];
     } else {
-        for (int d = threadIdx.x; d < hs; d += blockDim.x) yr[d] = o[d];
+        ROW_FOR(d, hs, span) yr[d] = o[d];
     }
 }
 
@@ -140,7 +138,7 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
     int hs = C / NH;
     long n = (long)B * NH * T * hs;
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
-    LAUNCH(attention_permute_kernel, B * NH * T, row_threads(hs), 0)(q, k, v, qkv, B, T, NH, hs);
+    LAUNCH(attention_permute_kernel, B * NH * T, row_threads(hs), 0)(q, k, v, qkv, B, T, NH, hs, row_span(hs));
     cudaCheck(cudaGetLastError());
     const float one = 1.0f, zero = 0.0f;
     // preatt[t1, t2] = q[t1] . k[t2]   (row-major T x T per (b,h))
@@ -157,7 +155,7 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
     // y[t1] = sum_t2 att[t1, t2] v[t2]
     cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long long)T * hs,
                                           att, T, (long long)T * T, &zero, y, hs, (long long)T * hs, B * NH));
-    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1);
+    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1, row_span(hs));
     cudaCheck(cudaGetLastError());
 }
 
@@ -170,7 +168,7 @@ void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float*
     const float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
     float *dq = dqkvr, *dk = dqkvr + n, *dv = dqkvr + 2 * n;
     const float one = 1.0f, zero = 0.0f;
-    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)((float*)dout, dy, B, T, NH, hs, 0);
+    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)((float*)dout, dy, B, T, NH, hs, 0, row_span(hs));
     cudaCheck(cudaGetLastError());
     // datt[t1, t2] = dy[t1] . v[t2]
     cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, hs, (long long)T * hs,
@@ -191,6 +189,6 @@ void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float*
                                           datt, T, (long long)T * T, &zero, dq, hs, (long long)T * hs, B * NH));
     cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, hs, (long long)T * hs,
                                           datt, T, (long long)T * T, &zero, dk, hs, (long long)T * hs, B * NH));
-    LAUNCH(attention_permute_backward_kernel, B * NH * T, row_threads(hs), 0)(dqkv, dq, dk, dv, B, T, NH, hs);
+    LAUNCH(attention_permute_backward_kernel, B * NH * T, row_threads(hs), 0)(dqkv, dq, dk, dv, B, T, NH, hs, row_span(hs));
     cudaCheck(cudaGetLastError());
 }

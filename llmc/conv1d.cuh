@@ -9,7 +9,7 @@ first E channels of in_proj's output are.
 
 Forward and the input gradient: row kernels (elementwise.cuh), one block per
 (b,t), its threads striding over e; the SiLU gradient: a span kernel. SiLU's
-exp is fast_expf (vectorizes on the host; ~1.5 ulp). Weight and bias
+exp is fast_expf (vectorizes on the host; under 1 ulp). Weight and bias
 gradients: a fixed grid of row chunks writes per-chunk partial sums, then
 one thread per (e, k) adds the chunks in order: deterministic, no atomics.
 */
@@ -28,25 +28,31 @@ __device__ __forceinline__ float silu_grad(float x) {
     return s * (1.0f + x * (1.0f - s));
 }
 
-// row bt = (b, t): conv[bt, e] and u[bt, e] = silu(conv[bt, e]); the taps
-// before t = 0 are skipped (zero padding), a per-row test
+// row bt = (b, t): conv[bt, e] and u[bt, e] = silu(conv[bt, e]). The taps
+// before t = 0 (zero padding) read row (b, 0) instead, times a per-row mask
+// of 0: no test per element (w * (x * 0) adds +-0, so acc is unchanged)
 __global__ void conv1d_silu_forward_kernel(float* conv, float* u, const float* x, int x_stride, const float* w,
-                                           const float* bias, int B, int T, int E) {
+                                           const float* bias, int B, int T, int E, int span) {
     long bt = blockIdx.x;
     int t = bt % T;
     long row0 = bt - t;  // (b, 0)
+    const float* xr[CONV_K];
+    float mask[CONV_K];
+    for (int k = 0; k < CONV_K; k++) {
+        int tt = t - (CONV_K - 1) + k;
+        xr[k] = x + (row0 + (tt >= 0 ? tt : 0)) * x_stride;
+        mask[k] = tt >= 0 ? 1.0f : 0.0f;
+    }
     float* c_row = conv + bt * E;
     float* u_row = u + bt * E;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    ROW_FOR(e, E, span) {
         float acc = bias[e];
-        for (int k = 0; k < CONV_K; k++) {
-            int tt = t - (CONV_K - 1) + k;
-            float xv = tt >= 0 ? x[(row0 + (tt >= 0 ? tt : 0)) * x_stride + e] : 0.0f;
-            acc += w[e * CONV_K + k] * xv;
-        }
+        for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (xr[k][e] * mask[k]);
         c_row[e] = acc;
-        u_row[e] = silu(acc);
     }
+    // a second pass (few pointers per loop: g++ vectorizes only loops whose
+    // possible overlaps it can check in a few tests)
+    ROW_FOR(e, E, span) u_row[e] = silu(c_row[e]);
 }
 
 // dconv = du * silu'(conv), in place over du; span kernel
@@ -58,18 +64,21 @@ __global__ void silu_backward_inplace_kernel(float* du, const float* conv, long 
 
 // dx[b,t,e] = sum_k w[e,k] * dconv[b, t+(K-1)-k, e]  (overwrites; dx has row distance dx_stride)
 __global__ void conv1d_backward_input_kernel(float* dx, int dx_stride, const float* dconv, const float* w,
-                                             int B, int T, int E) {
+                                             int B, int T, int E, int span) {
     long bt = blockIdx.x;
     int t = bt % T;
     long row0 = bt - t;
+    const float* gr[CONV_K];  // taps past T - 1 read row T - 1, masked to 0, as in the forward kernel
+    float mask[CONV_K];
+    for (int k = 0; k < CONV_K; k++) {
+        int tt = t + (CONV_K - 1) - k;
+        gr[k] = dconv + (row0 + (tt < T ? tt : T - 1)) * E;
+        mask[k] = tt < T ? 1.0f : 0.0f;
+    }
     float* dx_row = dx + bt * dx_stride;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    ROW_FOR(e, E, span) {
         float acc = 0.0f;
-        for (int k = 0; k < CONV_K; k++) {
-            int tt = t + (CONV_K - 1) - k;
-            float g = tt < T ? dconv[(row0 + (tt < T ? tt : T - 1)) * E + e] : 0.0f;
-            acc += w[e * CONV_K + k] * g;
-        }
+        for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (gr[k][e] * mask[k]);
         dx_row[e] = acc;
     }
 }
@@ -111,7 +120,7 @@ __global__ void conv1d_param_reduce_kernel(float* dw, float* dbias, const float*
 
 void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, const float* w, const float* bias,
                          int B, int T, int E) {
-    LAUNCH(conv1d_silu_forward_kernel, B * T, row_threads(E), 0)(conv, u, x, x_stride, w, bias, B, T, E);
+    LAUNCH(conv1d_silu_forward_kernel, B * T, row_threads(E), 0)(conv, u, x, x_stride, w, bias, B, T, E, row_span(E));
     cudaCheck(cudaGetLastError());
 }
 
@@ -121,7 +130,7 @@ void conv1d_silu_backward(float* dx, int dx_stride, float* dw, float* dbias, flo
                           const float* conv, const float* x, int x_stride, const float* w, int B, int T, int E) {
     long n = (long)B * T * E;
     LAUNCH(silu_backward_inplace_kernel, span_blocks(n), elementwise_threads, 0)(du, conv, n, elementwise_span);
-    LAUNCH(conv1d_backward_input_kernel, B * T, row_threads(E), 0)(dx, dx_stride, du, w, B, T, E);
+    LAUNCH(conv1d_backward_input_kernel, B * T, row_threads(E), 0)(dx, dx_stride, du, w, B, T, E, row_span(E));
     LAUNCH(conv1d_param_partial_kernel, CEIL_DIV(CONV_CHUNKS * E, 64), 64, 0)(partial, du, x, x_stride, B, T, E);
     LAUNCH(conv1d_param_reduce_kernel, CEIL_DIV(E * (CONV_K + 1), 64), 64, 0)(dw, dbias, partial, E);
     cudaCheck(cudaGetLastError());

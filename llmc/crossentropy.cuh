@@ -29,12 +29,12 @@ __global__ void crossentropy_forward_kernel(float* losses, float* probs, const f
 
 // row kernel (elementwise.cuh): one block per row n, its threads over the vocabulary
 __global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, float dloss,
-                                             int N, int V) {
+                                             int N, int V, int span) {
     long n = blockIdx.x;
     int target = targets[n];
     const float* p = probs + n * V;
     float* d = dlogits + n * V;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = (p[i] - (i == target ? 1.0f : 0.0f)) * dloss;
+    ROW_FOR(i, V, span) d[i] = (p[i] - (i == target ? 1.0f : 0.0f)) * dloss;
 }
 
 void crossentropy_forward(float* losses, float* probs, const float* logits, const int* targets, int N, int V) {
@@ -43,6 +43,6 @@ void crossentropy_forward(float* losses, float* probs, const float* logits, cons
 }
 
 void crossentropy_backward(float* dlogits, const float* probs, const int* targets, float dloss, int N, int V) {
-    LAUNCH(crossentropy_backward_kernel, N, row_threads(V), 0)(dlogits, probs, targets, dloss, N, V);
+    LAUNCH(crossentropy_backward_kernel, N, row_threads(V), 0)(dlogits, probs, targets, dloss, N, V, row_span(V));
     cudaCheck(cudaGetLastError());
 }

@@ -9,10 +9,13 @@ host backend runs a block's threads one after another, so a thread's span is
 a plain loop that g++ vectorizes, and the per-thread cost (and the index
 arithmetic) is paid once per span instead of once per element.
 
-Row kernels (one block per row, its threads striding over the row): on the
-GPU a block of up to 256 threads per row (coalesced); on the host a block of
-one thread, which walks the whole row contiguously (vectorized), with the
-row's index arithmetic once per row instead of a 64-bit division per element.
+Row kernels (one block per row, its threads striding over the row in spans
+of `span` elements, ROW_FOR): on the GPU a block of up to 256 threads per row
+and span 1 (coalesced); on the host a block of one thread and span = the
+row's width, so the thread walks the whole row in one countable, unit-stride
+loop (vectorized), with the row's index arithmetic once per row instead of a
+64-bit division per element. (A plain `i += blockDim.x` stride loop is not
+countable for g++, so it stays scalar.)
 
 elementwise_span and row_threads are variables so that tests can run the
 GPU's shapes on the host (same results: every element is computed the same
@@ -39,6 +42,15 @@ inline int row_threads(int width) {
     int t = 32 * CEIL_DIV(width, 32);
     return t < row_threads_max ? t : row_threads_max;
 }
+// the span of a row kernel's threads: 1 on the GPU, the whole row on the host
+inline int row_span(int width) { return row_threads_max == 1 ? (width > 0 ? width : 1) : 1; }
+
+// for (int i ...) over this thread's elements of a row of n: spans of `span`
+// elements, blockDim.x * span apart (an outer loop over passes, an inner
+// countable loop over one span)
+#define ROW_FOR(i, n, span)                                                                   \
+    for (int i##_begin = threadIdx.x * (span); i##_begin < (n); i##_begin += blockDim.x * (span)) \
+        for (int i = i##_begin, i##_end = min(i##_begin + (span), (n)); i < i##_end; i++)
 
 // this thread's span [*begin, *end) of n elements
 __device__ __forceinline__ void span_range(long* begin, long* end, long n, int span) {

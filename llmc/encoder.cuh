@@ -8,25 +8,25 @@ Token and position embedding (GPT, ViT positions) and the residual add.
 // out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]   (wpe may be null: no positions)
 // Row kernel (elementwise.cuh): one block per (b,t), its threads striding over C.
 __global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe,
-                                       int B, int T, int C) {
+                                       int B, int T, int C, int span) {
     int bt = blockIdx.x, t = bt % T;
     const float* e = wte + (long)inp[bt] * C;
     float* o = out + (long)bt * C;
     if (wpe) {
         const float* pos = wpe + (long)t * C;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = e[c] + pos[c];
+        ROW_FOR(c, C, span) o[c] = e[c] + pos[c];
     } else {
-        for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = e[c];
+        ROW_FOR(c, C, span) o[c] = e[c];
     }
 }
 
 // onehot[bt, v] = (inp[bt] == v). Row kernel: one block per bt, threads over
 // v. The token-embedding gradient is then a deterministic matmul:
 // dwte += onehot^T @ dout.
-__global__ void onehot_kernel(float* onehot, const int* inp, int BT, int V) {
+__global__ void onehot_kernel(float* onehot, const int* inp, int BT, int V, int span) {
     int bt = blockIdx.x, token = inp[bt];
     float* o = onehot + (long)bt * V;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) o[v] = v == token ? 1.0f : 0.0f;
+    ROW_FOR(v, V, span) o[v] = v == token ? 1.0f : 0.0f;
 }
 
 // dwpe[t,c] += sum over b of dout[b,t,c], summed in order of b.
@@ -50,7 +50,7 @@ __global__ void residual_forward_kernel(float* out, const float* a, const float*
 // launchers
 
 void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
-    LAUNCH(encoder_forward_kernel, B * T, row_threads(C), 0)(out, inp, wte, wpe, B, T, C);
+    LAUNCH(encoder_forward_kernel, B * T, row_threads(C), 0)(out, inp, wte, wpe, B, T, C, row_span(C));
     cudaCheck(cudaGetLastError());
 }
 
@@ -58,7 +58,7 @@ void encoder_forward(float* out, const int* inp, const float* wte, const float* 
 void encoder_backward(cublasHandle_t handle, float* dwte, float* dwpe, float* onehot, const float* dout,
                       const int* inp, int B, int T, int C, int V) {
     int BT = B * T;
-    LAUNCH(onehot_kernel, BT, row_threads(V), 0)(onehot, inp, BT, V);
+    LAUNCH(onehot_kernel, BT, row_threads(V), 0)(onehot, inp, BT, V, row_span(V));
     cudaCheck(cudaGetLastError());
     // column-major: dwte^T (C,V) += dout^T (C,BT) @ onehot (BT,V)
     const float one = 1.0f;

@@ -14,9 +14,9 @@ gemv), which sums in a fixed order: deterministic.
 // out[n, oc] = bias[oc]; row kernel (elementwise.cuh): one block per row n,
 // its threads striding over oc (no index division; coalesced on the GPU, a
 // contiguous copy per row on the host)
-__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC) {
+__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, int span) {
     float* row = out + (long)blockIdx.x * OC;
-    for (int oc = threadIdx.x; oc < OC; oc += blockDim.x) row[oc] = bias[oc];
+    ROW_FOR(oc, OC, span) row[oc] = bias[oc];
 }
 
 // out[i] = value; span kernel (elementwise.cuh)
@@ -33,7 +33,7 @@ void matmul_forward_ld(cublasHandle_t handle, float* out, const float* inp, int 
                        const float* bias, int N, int C, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (bias) {
-        LAUNCH(broadcast_bias_kernel, N, row_threads(OC), 0)(out, bias, OC);
+        LAUNCH(broadcast_bias_kernel, N, row_threads(OC), 0)(out, bias, OC, row_span(OC));
         cudaCheck(cudaGetLastError());
     }
     // column-major view: out (OC,N) = weight^T-view (OC,C) @ inp (C,N)

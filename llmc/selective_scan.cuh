@@ -20,11 +20,17 @@ start, then runs the adjoint recurrence backwards in time:
   g_t = dy_t * C_t + exp(dt_{t+1} A) * g_{t+1}
 from which every gradient follows (du, ddt, dB, dC, dA_log, dD, dz).
 
-Two variants of each pass, interchangeable (same stored states, same
-gradients up to summation order):
+Three variants of each pass, interchangeable (same stored states, same
+gradients up to rounding and summation order):
   *_seq_kernel:     sequential in time, one thread per (b, e) forward and
                     per (b, group of 8 channels) backward. Barrier-free:
-                    plain loops on the host backend.
+                    plain loops on the host backend. Any N.
+  *_vec_kernel<NS>: the same recurrences with N a compile-time constant
+                    (SCAN_VEC_N = 16), one thread per (b, group of 8
+                    channels) in both passes, the group's channels stepped
+                    together; every loop over states is a fixed-trip loop
+                    over arrays of NS, so g++ vectorizes it (exp by
+                    fast_expf). The host's choice when N = 16.
   *_chunked_kernel: the parallel scan. One warp per (b, e); lane i holds
                     time step chunk*32 + i; each state's pairs are combined
                     across lanes by a Hillis-Steele scan with warp shuffles
@@ -54,9 +60,9 @@ Limits: d_state N <= MAX_DSTATE (16); any E and T.
 // x above ~17 in fp32; PyTorch: x above 20, the same values), by
 // fast_softplusf (vectorizes on the host). Row kernel (elementwise.cuh): one
 // block per row of E, its threads striding over e.
-__global__ void dt_softplus_kernel(float* dt, const float* bias, int E) {
+__global__ void dt_softplus_kernel(float* dt, const float* bias, int E, int span) {
     float* row = dt + (long)blockIdx.x * E;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) row[e] = fast_softplusf(row[e] + bias[e]);
+    ROW_FOR(e, E, span) row[e] = fast_softplusf(row[e] + bias[e]);
 }
 
 // ----------------------------------------------------------------------------
@@ -155,7 +161,7 @@ template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float*
 // time step reads one cache line of dt, u, z and writes one of y, gated for
 // the whole group (one thread per channel would walk rows E floats apart, a
 // stride the L1 cache holds only a few of). Matches
-// selective_scan_forward_seq_kernel up to rounding (exp ~1.5 ulp, tree order).
+// selective_scan_forward_seq_kernel up to rounding (exp under 1 ulp, tree order).
 template <int NS>
 __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
@@ -457,13 +463,14 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
 // the B, C columns). Row kernel (elementwise.cuh): one block per row, its
 // threads over j; each j sums the groups in order (on the host the loop over
 // j is innermost: a vector of 2N sums, group by group)
-__global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N) {
+__global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N,
+                                      int span) {
     long row = blockIdx.x;
     const float* part = dbc_partial + row * ngroups * 2 * N;
     float* out = dx_dbl + row * (R + 2 * N) + R;
-    for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) out[j] = 0.0f;
+    ROW_FOR(j, 2 * N, span) out[j] = 0.0f;
     for (int g = 0; g < ngroups; g++)
-        for (int j = threadIdx.x; j < 2 * N; j += blockDim.x) out[j] += part[g * 2 * N + j];
+        ROW_FOR(j, 2 * N, span) out[j] += part[g * 2 * N + j];
 }
 
 // dA_log[e,n] += sum_b dA_partial[b,e,n]; dD[e] += sum_b dD_partial[b,e]; one thread per (e, n) and per e
@@ -510,7 +517,7 @@ inline void scan_check_limits(int N) {
 }
 
 void dt_softplus(float* dt, const float* bias, int BT, int E) {
-    LAUNCH(dt_softplus_kernel, BT, row_threads(E), 0)(dt, bias, E);
+    LAUNCH(dt_softplus_kernel, BT, row_threads(E), 0)(dt, bias, E, row_span(E));
     cudaCheck(cudaGetLastError());
 }
 
@@ -554,7 +561,8 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
     }
     cudaCheck(cudaGetLastError());
-    LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N);
+    LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N,
+                                                                 row_span(2 * N));
     LAUNCH(scan_reduce_params_kernel, CEIL_DIV(E * (N + 1), 256), 256, 0)(dA_log, dD, dA_partial, dD_partial, B, E, N);
     cudaCheck(cudaGetLastError());
 }
