@@ -182,22 +182,32 @@ __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float*
         float Bn[NS], Cn[NS];
         for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; }
         bool chunk_end = t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1;
+        const float* dt_row = dt + row * E + e0;
+        const float* u_row = u + row * E + e0;
+        float ys[SCAN_GROUP];
         for (int j = 0; j < ne; j++) {
-            int e = e0 + j;
-            float dtv = dt[row * E + e], uv = u[row * E + e];
+            float dtv = dt_row[j], uv = u_row[j];
             float hc[NS];
             for (int n = 0; n < NS; n++) {
                 h[j][n] = fmaf(fast_expf(dtv * A[j][n]), h[j][n], dtv * Bn[n] * uv);
                 hc[n] = h[j][n] * Cn[n];
             }
-            float yv = scan_tree_sum<NS>(hc) + D[e] * uv;
-            y[row * E + e] = yv;
-            gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
-            if (chunk_end) {
-                float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * NS;
+            ys[j] = scan_tree_sum<NS>(hc);
+        }
+        // the per-channel rest, a loop over the group's channels (vectorized too)
+        const float* z_row = xz + row * 2 * E + E + e0;
+        float* y_row = y + row * E + e0;
+        float* g_row = gated + row * E + e0;
+        for (int j = 0; j < ne; j++) {
+            float yv = ys[j] + D[e0 + j] * u_row[j];
+            y_row[j] = yv;
+            g_row[j] = yv * silu(z_row[j]);
+        }
+        if (chunk_end)
+            for (int j = 0; j < ne; j++) {
+                float* s = states + ((long)(b * E + e0 + j) * nchunks + t / SCAN_CHUNK) * NS;
                 for (int n = 0; n < NS; n++) s[n] = h[j][n];
             }
-        }
     }
 }
 
@@ -334,14 +344,22 @@ __global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float*
             const float* Ct = Bt + NS;
             float Bn[NS], Cn[NS], dBn[NS], dCn[NS];
             for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; dBn[n] = 0.0f; dCn[n] = 0.0f; }
+            // the per-channel terms first, a loop over the group's channels (vectorized too)
+            const float* dt_row = dt + row * E + e0;
+            const float* u_row = u + row * E + e0;
+            const float* z_row = xz + row * 2 * E + E + e0;
+            const float* dg_row = dgated + row * E + e0;
+            const float* y_row = y + row * E + e0;
+            float* dz_row = dxz + row * 2 * E + E + e0;
+            float dys[SCAN_GROUP], dus[SCAN_GROUP], ddts[SCAN_GROUP];
             for (int j = 0; j < ne; j++) {
-                int e = e0 + j;
-                float dtv = dt[row * E + e], uv = u[row * E + e];
-                float zv = xz[row * 2 * E + E + e];
-                float dg = dgated[row * E + e];
-                float dy = dg * silu(zv);
-                dxz[row * 2 * E + E + e] = dg * y[row * E + e] * silu_grad(zv);
-                dD[j] += dy * uv;
+                float zv = z_row[j], dg = dg_row[j];
+                dys[j] = dg * silu(zv);
+                dz_row[j] = dg * y_row[j] * silu_grad(zv);
+                dD[j] += dys[j] * u_row[j];
+            }
+            for (int j = 0; j < ne; j++) {
+                float dtv = dt_row[j], uv = u_row[j], dy = dys[j];
                 float du_terms[NS], ddt_terms[NS];
                 for (int n = 0; n < NS; n++) {
                     float a = as[j][tl][n];
@@ -354,8 +372,14 @@ __global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float*
                     dA[j][n] = fmaf(gn * hprev, a * dtv, dA[j][n]);
                     gcarry[j][n] = a * gn;
                 }
-                du[row * E + e] = fmaf(dtv, scan_tree_sum<NS>(du_terms), D[e] * dy);
-                ddt[row * E + e] = scan_tree_sum<NS>(ddt_terms) * (1.0f - fast_expf(-dtv));
+                dus[j] = scan_tree_sum<NS>(du_terms);
+                ddts[j] = scan_tree_sum<NS>(ddt_terms);
+            }
+            float* du_row = du + row * E + e0;
+            float* ddt_row = ddt + row * E + e0;
+            for (int j = 0; j < ne; j++) {
+                du_row[j] = fmaf(dt_row[j], dus[j], D[e0 + j] * dys[j]);
+                ddt_row[j] = ddts[j] * (1.0f - fast_expf(-dt_row[j]));
             }
             float* p = dbc_partial + (row * ngroups + g) * 2 * NS;
             for (int n = 0; n < NS; n++) { p[n] = dBn[n]; p[NS + n] = dCn[n]; }
