@@ -16,11 +16,27 @@ TF32 rounding of the host backend are checked themselves.
 
 Inputs are small integers stored as floats, so every sum below is exact in
 fp32 whatever the order: expected and computed values must be equal.
+
+Then the kernels written for host speed (check_fast_kernels): the accuracy
+of fast_math.cuh's functions and of the GELU against double precision (max
+relative error printed); the span and row kernel shapes of elementwise.cuh
+against the GPU's shapes run on the same backend (bitwise equal: every
+element is computed the same way whatever the shape); LayerNorm's tiled
+parameter gradient against one channel per thread (bitwise: same order);
+and the selective scan's vec variant against seq and chunked.
 */
 #include "llmc/cuda_common.h"
 #include "llmc/testing.h"
 #include "llmc/adamw.cuh"
+#include "llmc/fast_math.cuh"
+#include "llmc/elementwise.cuh"
+#include "llmc/gelu.cuh"
+#include "llmc/encoder.cuh"
+#include "llmc/matmul.cuh"
+#include "llmc/conv1d.cuh"
+#include "llmc/crossentropy.cuh"
 #include "llmc/layernorm.cuh"
+#include "llmc/attention.cuh"
 #include "llmc/selective_scan.cuh"
 
 #include <vector>
@@ -278,6 +294,216 @@ static const char* schedule_name(HostScheduleKind kind) {
 }
 #endif
 
+// ----------------------------------------------------------------------------
+// kernels written for host speed
+
+// max relative error of f against ref over xs, |ref| >= floor (below, absolute / floor)
+template <typename F, typename R>
+static double max_rel_error(const std::vector<double>& xs, F f, R ref, double floor, double* worst_x) {
+    double worst = 0.0;
+    for (double x : xs) {
+        double r = ref(x), got = f((float)x);
+        double e = fabs(got - r) / fmax(fabs(r), floor);
+        if (e > worst || e != e) { worst = e; *worst_x = x; }
+    }
+    return worst;
+}
+
+// runs `launch` with the host's shapes and with the GPU's (span 1, 256
+// threads; row kernels 256 threads, span 1), from the same inputs (`reset`
+// restores them), and counts the floats of `out` (n) that differ
+template <typename Reset, typename Launch>
+static int shapes_mismatch(Reset reset, Launch launch, const float* out, long n) {
+    int saved_span = elementwise_span, saved_threads = elementwise_threads, saved_row = row_threads_max;
+    reset();
+    launch();
+    cudaCheck(cudaGetLastError());
+    std::vector<float> a = to_host(out, n);
+    elementwise_span = 1; elementwise_threads = 256; row_threads_max = 256;
+    reset();
+    launch();
+    cudaCheck(cudaGetLastError());
+    std::vector<float> b = to_host(out, n);
+    elementwise_span = saved_span; elementwise_threads = saved_threads; row_threads_max = saved_row;
+    int bad = 0;
+    for (long i = 0; i < n; i++) bad += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return bad;
+}
+
+static void check_fast_kernels(Tests& tests) {
+    uint64_t rng = 7;
+    {   // fast_expf over [-87, 88]: a dense grid plus random points, against exp of the same fp32 input.
+        // Measured 7.6e-8 (under 1 ulp; 1 ulp is 6e-8 to 1.2e-7 relative); tolerance 1.5e-7 (1.25 ulp)
+        std::vector<double> xs;
+        for (long i = 0; i <= 2000000; i++) xs.push_back(-87.0 + 175.0 * i / 2000000.0);
+        for (int i = 0; i < 1000000; i++) xs.push_back(-87.0 + 175.0 * random_uniform(&rng));
+        double wx = 0.0;
+        auto exp_ref = [](double x) { return exp((double)(float)x); };  // of the fp32 input the function sees
+        double e = max_rel_error(xs, [](float x) { return (double)fast_expf(x); }, exp_ref, 0.0, &wx);
+        tests.check(e <= 1.5e-7, "fast_expf on [-87, 88]: max rel err %.3e at x = %.6f (tol 1.5e-7)", e, wx);
+        // the scan's range (dt * A <= 0) separately, and the flush to 0 far below
+        std::vector<double> neg;
+        for (long i = 0; i <= 1000000; i++) neg.push_back(-87.0 * i / 1000000.0);
+        e = max_rel_error(neg, [](float x) { return (double)fast_expf(x); }, exp_ref, 0.0, &wx);
+        tests.check(e <= 1.5e-7, "fast_expf on [-87, 0]: max rel err %.3e at x = %.6f (tol 1.5e-7)", e, wx);
+        float nan = fast_expf(NAN), tiny = fast_expf(-200.0f), big = fast_expf(200.0f);
+        tests.check(nan != nan && tiny == 0.0f && big > 1e38f, "fast_expf(NaN) = %g, (-200) = %g, (200) = %g (clamped to e^88)",
+                    nan, tiny, big);
+    }
+    {   // fast_log1pf over [0, 1e30] (log-spaced) and [0, 1] (uniform), softplus over [-40, 40]: measured
+        // 2.2e-7 and 2.6e-7 (about 2 ulp: the series, the correction term and the exp add up); tolerance 3e-7
+        std::vector<double> us;
+        for (int i = 0; i <= 1000000; i++) us.push_back(i / 1000000.0);
+        for (int i = 0; i <= 1000000; i++) us.push_back(pow(10.0, -30.0 + 60.0 * i / 1000000.0));
+        double wx = 0.0;
+        double e = max_rel_error(us, [](float u) { return (double)fast_log1pf(u); }, [](double u) { return log1p((double)(float)u); },
+                                 1e-300, &wx);
+        tests.check(e <= 3e-7, "fast_log1pf on [0, 1e30]: max rel err %.3e at u = %.3e (tol 3e-7)", e, wx);
+        std::vector<double> xs;
+        for (int i = 0; i <= 1000000; i++) xs.push_back(-40.0 + 80.0 * i / 1000000.0);
+        e = max_rel_error(xs, [](float x) { return (double)fast_softplusf(x); },
+                          [](double x) { x = (float)x; return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }, 1e-300, &wx);
+        tests.check(e <= 3e-7, "fast_softplusf on [-40, 40]: max rel err %.3e at x = %.4f (tol 3e-7)", e, wx);
+    }
+    {   // GELU's Phi and phi: the fitted erfc (2.3e-7 in fp32), fast_expf, the products; measured 4.0e-7 and
+        // 2.5e-7 relative over [-12, 12] (the whole tail too); tolerance 5e-7 and 3e-7
+        std::vector<double> xs;
+        for (int i = 0; i <= 2000000; i++) xs.push_back(-12.0 + 24.0 * i / 2000000.0);
+        double wx = 0.0;
+        auto cdf_ref = [](double x) { return 0.5 * erfc(-(double)(float)x / sqrt(2.0)); };
+        double e = max_rel_error(xs, [](float x) { float c, p; gelu_phi(x, &c, &p); return (double)c; }, cdf_ref, 1e-30, &wx);
+        tests.check(e <= 5e-7, "GELU Phi(x) on [-12, 12]: max rel err %.3e at x = %.5f (tol 5e-7)", e, wx);
+        e = max_rel_error(xs, [](float x) { float c, p; gelu_phi(x, &c, &p); return (double)p; },
+                          [](double x) { x = (float)x; return exp(-0.5 * x * x) / sqrt(2.0 * M_PI); }, 1e-30, &wx);
+        tests.check(e <= 3e-7, "GELU phi(x) on [-12, 12]: max rel err %.3e at x = %.5f (tol 3e-7)", e, wx);
+        // glibc's erff form, for comparison (what the kernels computed before): its negative tail cancels
+        double e_erff = max_rel_error(xs, [](float x) { return (double)(0.5f * (1.0f + erff(x * GELU_INV_SQRT2))); }, cdf_ref,
+                                      1e-30, &wx);
+        printf("     (for comparison, 0.5 (1 + erff(x / sqrt2)): max rel err %.3e at x = %.5f)\n", e_erff, wx);
+    }
+    {   // span and row kernels: host shapes vs GPU shapes, bitwise
+        int B = 3, T = 37, C = 45, V = 13, E = 29, NH = 3, hs = 15;  // odd sizes: partial spans and rows
+        long BT = (long)B * T, n = 4 * BT * C + 5;  // room for every case's inputs and outputs
+        std::vector<float> a(n), b(n), pos(n);
+        for (long i = 0; i < n; i++) { a[i] = 8.0f * random_uniform(&rng) - 4.0f; b[i] = random_uniform(&rng) - 0.5f; pos[i] = random_uniform(&rng) + 0.1f; }
+        float *d_a = to_device(a), *d_b = to_device(b), *d_pos = to_device(pos), *d_o;
+        cudaCheck(cudaMalloc(&d_o, 3 * n * sizeof(float)));
+        std::vector<int> tok(BT);
+        for (auto& x : tok) x = random_u32(&rng) % V;
+        int* d_tok; cudaCheck(cudaMalloc(&d_tok, BT * sizeof(int)));
+        cudaCheck(cudaMemcpy(d_tok, tok.data(), BT * sizeof(int), cudaMemcpyHostToDevice));
+        auto none = []() {};
+        auto zero_out = [&]() { cudaCheck(cudaMemset(d_o, 0, 3 * n * sizeof(float))); };
+        auto copy_b = [&]() { cudaCheck(cudaMemcpy(d_o, d_b, n * sizeof(float), cudaMemcpyDeviceToDevice)); };
+        struct Case { const char* name; int bad; };
+        std::vector<Case> cases;
+        cases.push_back({"gelu_forward", shapes_mismatch(none, [&]() { gelu_forward(d_o, d_a, n); }, d_o, n)});
+        cases.push_back({"gelu_backward (in place)", shapes_mismatch(copy_b, [&]() { gelu_backward(d_o, d_a, d_o, n); }, d_o, n)});
+        cases.push_back({"residual_forward", shapes_mismatch(none, [&]() { residual_forward(d_o, d_a, d_b, n); }, d_o, n)});
+        cases.push_back({"fill", shapes_mismatch(zero_out, [&]() { fill(d_o, 3.5f, n); }, d_o, n)});
+        cases.push_back({"broadcast_bias", shapes_mismatch(zero_out, [&]() {
+            LAUNCH(broadcast_bias_kernel, BT, row_threads(C), 0)(d_o, d_b, C, row_span(C)); }, d_o, BT * C)});
+        cases.push_back({"encoder_forward", shapes_mismatch(none, [&]() { encoder_forward(d_o, d_tok, d_a, d_b, B, T, C); }, d_o, BT * C)});
+        cases.push_back({"encoder_forward, no positions", shapes_mismatch(none, [&]() { encoder_forward(d_o, d_tok, d_a, nullptr, B, T, C); }, d_o, BT * C)});
+        cases.push_back({"onehot", shapes_mismatch(none, [&]() {
+            LAUNCH(onehot_kernel, BT, row_threads(V), 0)(d_o, d_tok, (int)BT, V, row_span(V)); }, d_o, BT * V)});
+        cases.push_back({"crossentropy_backward", shapes_mismatch(none, [&]() {
+            crossentropy_backward(d_o, d_a, d_tok, 0.25f, (int)BT, V); }, d_o, BT * V)});
+        cases.push_back({"adamw (params)", shapes_mismatch(
+            [&]() { cudaCheck(cudaMemcpy(d_o, d_a, n * sizeof(float), cudaMemcpyDeviceToDevice));
+                    cudaCheck(cudaMemcpy(d_o + n, d_b, n * sizeof(float), cudaMemcpyDeviceToDevice));
+                    cudaCheck(cudaMemcpy(d_o + 2 * n, d_pos, n * sizeof(float), cudaMemcpyDeviceToDevice)); },
+            [&]() { adamw_update(d_o, d_o + n, d_o + 2 * n, d_b, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, d_pos); }, d_o, 3 * n)});
+        cases.push_back({"dt_softplus", shapes_mismatch(copy_b, [&]() { dt_softplus(d_o, d_a, (int)BT, E); }, d_o, BT * E)});
+        // conv1d + SiLU: x is a column slice (row distance 2E) of a; then the backward pass's input gradient
+        cases.push_back({"conv1d_silu_forward (conv | u)", shapes_mismatch(zero_out, [&]() {
+            conv1d_silu_forward(d_o, d_o + BT * E, d_a, 2 * E, d_b, d_pos, B, T, E); }, d_o, 2 * BT * E)});
+        cases.push_back({"conv1d_silu_backward (dx)", shapes_mismatch(
+            [&]() { zero_out(); cudaCheck(cudaMemcpy(d_o + n, d_b, BT * E * sizeof(float), cudaMemcpyDeviceToDevice)); },
+            [&]() { conv1d_silu_backward(d_o, 2 * E, d_o + 2 * n, d_o + 2 * n + E * CONV_K, d_o + 2 * n + E * (CONV_K + 1),
+                                         d_o + n, d_pos, d_a, 2 * E, d_b, B, T, E); }, d_o, BT * 2 * E)});
+        // attention permutes: qkv (B,T,3C') with C' = NH * hs
+        int Cq = NH * hs;
+        long nq = BT * Cq;
+        cases.push_back({"attention_permute (q | k | v)", shapes_mismatch(zero_out, [&]() {
+            LAUNCH(attention_permute_kernel, B * NH * T, row_threads(hs), 0)(d_o, d_o + nq, d_o + 2 * nq, d_a, B, T, NH, hs,
+                                                                              row_span(hs)); }, d_o, 3 * nq)});
+        cases.push_back({"attention_permute_backward", shapes_mismatch(zero_out, [&]() {
+            LAUNCH(attention_permute_backward_kernel, B * NH * T, row_threads(hs), 0)(d_o, d_a, d_a + nq, d_a + 2 * nq, B, T,
+                                                                                       NH, hs, row_span(hs)); }, d_o, 3 * nq)});
+        cases.push_back({"attention_unpermute", shapes_mismatch(zero_out, [&]() {
+            LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(d_o, d_a, B, T, NH, hs, 1, row_span(hs)); }, d_o, nq)});
+        cases.push_back({"attention_unpermute (reverse)", shapes_mismatch(zero_out, [&]() {
+            LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(d_a, d_o, B, T, NH, hs, 0, row_span(hs)); }, d_o, nq)});
+        for (auto& c : cases) tests.check(c.bad == 0, "host shapes vs GPU shapes, %-30s: %d floats differ", c.name, c.bad);
+        // the layernorm parameter gradient: LN_TILE channels per thread vs one (C = 45: two full tiles and a partial one)
+        float* d_mr; cudaCheck(cudaMalloc(&d_mr, 2 * BT * sizeof(float)));
+        cudaCheck(cudaMemcpy(d_mr, d_b, BT * sizeof(float), cudaMemcpyDeviceToDevice));
+        cudaCheck(cudaMemcpy(d_mr + BT, d_pos, BT * sizeof(float), cudaMemcpyDeviceToDevice));
+        std::vector<float> got[2];
+        int tiles[2] = {LN_TILE, 1};
+        for (int v = 0; v < 2; v++) {
+            zero_out();
+            int nthreads = CEIL_DIV(C, tiles[v]);
+            LAUNCH(layernorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(d_o, d_o + C, d_a, d_b, d_mr, d_mr + BT,
+                                                                                  (int)BT, C, tiles[v]);
+            got[v] = to_host(d_o, 2 * C);
+        }
+        int bad = 0;
+        for (int i = 0; i < 2 * C; i++) bad += memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0;
+        tests.check(bad == 0, "layernorm parameter gradient, %d channels per thread vs 1: %d of %d differ", LN_TILE, bad, 2 * C);
+        cudaFree(d_mr);
+        cudaFree(d_a); cudaFree(d_b); cudaFree(d_pos); cudaFree(d_o); cudaFree(d_tok);
+    }
+    {   // the selective scan's vec variant (N = 16) against seq and chunked: T = 101 (a partial chunk), E = 19
+        // (a partial group). Tolerance 1e-5 relative (test_mamba's variant tolerance): the variants differ in
+        // exp (expf vs fast_expf, ~1 ulp), fma and the order of the sums over states
+        int B = 2, T = 101, E = 19, N = 16, R = 3, X = R + 2 * N;
+        long BT = (long)B * T;
+        auto rv = [&](long cnt, float lo, float hi) { std::vector<float> v(cnt); for (auto& x : v) x = lo + (hi - lo) * random_uniform(&rng); return v; };
+        std::vector<float> u = rv(BT * E, -1, 1), dt = rv(BT * E, 1e-3f, 0.2f), xd = rv(BT * X, -1, 1), Al = rv(E * N, -0.5f, 1.5f);
+        std::vector<float> D = rv(E, 0.5f, 1.5f), xz = rv(BT * 2 * E, -2, 2), dg = rv(BT * E, -1, 1);
+        float *d_u = to_device(u), *d_dt = to_device(dt), *d_x = to_device(xd), *d_A = to_device(Al), *d_D = to_device(D);
+        float *d_xz = to_device(xz), *d_dg = to_device(dg);
+        float *d_y, *d_g, *d_s, *d_du, *d_ddt, *d_dxz, *d_dx, *d_dA, *d_dD, *d_scr;
+        long ns = scan_states_size(B, T, E, N);
+        for (auto pp : {&d_y, &d_g, &d_du, &d_ddt}) cudaCheck(cudaMalloc(pp, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_s, ns * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_dxz, BT * 2 * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_dx, BT * X * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_dA, E * N * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_dD, E * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_scr, scan_backward_scratch_size(B, T, E, N) * sizeof(float)));
+        const char* names[3] = {"seq", "vec", "chunked"};
+        std::vector<std::vector<float>> res[3];
+        bool saved_chunked = scan_use_chunked, saved_vec = scan_use_vec;
+        for (int v = 0; v < 3; v++) {
+            scan_use_chunked = v == 2;
+            scan_use_vec = v == 1;
+            cudaCheck(cudaMemset(d_dxz, 0, BT * 2 * E * sizeof(float)));
+            cudaCheck(cudaMemset(d_dx, 0, BT * X * sizeof(float)));
+            cudaCheck(cudaMemset(d_dA, 0, E * N * sizeof(float)));
+            cudaCheck(cudaMemset(d_dD, 0, E * sizeof(float)));
+            selective_scan_forward(d_y, d_g, d_s, d_u, d_dt, d_x, R, d_A, d_D, d_xz, B, T, E, N);
+            selective_scan_backward(d_du, d_ddt, d_dxz, d_dx, d_dA, d_dD, d_scr, d_dg, d_y, d_u, d_dt, d_x, R, d_A, d_D, d_xz,
+                                    d_s, B, T, E, N);
+            res[v] = {to_host(d_y, BT * E), to_host(d_g, BT * E), to_host(d_s, ns), to_host(d_du, BT * E),
+                      to_host(d_ddt, BT * E), to_host(d_dxz, BT * 2 * E), to_host(d_dx, BT * X), to_host(d_dA, E * N),
+                      to_host(d_dD, E)};
+        }
+        scan_use_chunked = saved_chunked;
+        scan_use_vec = saved_vec;
+        const char* fields[9] = {"y", "gated", "chunk states", "du", "ddt", "dxz", "dx_dbl", "dA_log", "dD"};
+        for (int v : {0, 2})
+            for (int f = 0; f < 9; f++) {
+                char label[64];
+                snprintf(label, sizeof(label), "scan vec vs %s: %s", names[v], fields[f]);
+                check_tensor(tests, label, res[1][f].data(), res[v][f].data(), (long)res[v][f].size(), 1e-5);
+            }
+        for (float* q : {d_u, d_dt, d_x, d_A, d_D, d_xz, d_dg, d_y, d_g, d_s, d_du, d_ddt, d_dxz, d_dx, d_dA, d_dD, d_scr}) cudaFree(q);
+    }
+}
+
 int main() {
     Tests tests;
     printf("backend: %s\n", BACKEND_NAME);
@@ -483,6 +709,7 @@ int main() {
                     cudaGetErrorString(at_100k), cudaGetErrorString(above_100k), cudaGetErrorString(set_228k));
         cudaFree(d_s);
     }
+    check_fast_kernels(tests);
     {   // the deterministic kernels, every variant, give bitwise the same results every run (on the
         // host backend: under natural, reversed and random orders of blocks and threads)
 #ifndef __CUDACC__

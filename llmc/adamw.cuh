@@ -5,7 +5,8 @@ global-norm clipping factor:
   p = p * (1 - lr * wd)
   m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-One thread per parameter.
+A span kernel (elementwise.cuh): one parameter per thread on the GPU, a
+contiguous span per thread on the host.
 
 The global gradient norm is computed deterministically in two passes: a
 fixed number of partial sums of squares, then one thread adds the partials
@@ -16,19 +17,23 @@ min(1, max_norm / (norm + 1e-6)) is that of torch.nn.utils.clip_grad_norm_.
 */
 #pragma once
 #include "cuda_common.h"
+#include "elementwise.cuh"
 
 __global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, long n, float lr, float beta1,
                              float beta2, float bias_correction1, float bias_correction2_sqrt, float eps, float wd,
-                             const float* grad_scale) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = grads[i] * *grad_scale;
-    float p = params[i] * (1.0f - lr * wd);
-    float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    params[i] = p - (lr / bias_correction1) * mi / (sqrtf(vi) / bias_correction2_sqrt + eps);
+                             const float* grad_scale, int span) {
+    long i0, i1;
+    span_range(&i0, &i1, n, span);
+    float scale = *grad_scale;
+    for (long i = i0; i < i1; i++) {
+        float g = grads[i] * scale;
+        float p = params[i] * (1.0f - lr * wd);
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        params[i] = p - (lr / bias_correction1) * mi / (sqrtf(vi) / bias_correction2_sqrt + eps);
+    }
 }
 
 #define NORM_BLOCKS 64
@@ -87,7 +92,7 @@ void adamw_update(float* params, float* m, float* v, const float* grads, long n,
                   float eps, float wd, int t, const float* grad_scale) {
     float bc1 = 1.0f - powf(beta1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(beta2, (float)t));
-    LAUNCH(adamw_kernel, CEIL_DIV(n, 256), 256, 0)(params, m, v, grads, n, lr, beta1, beta2, bc1, bc2_sqrt, eps, wd,
-                                                   grad_scale);
+    LAUNCH(adamw_kernel, span_blocks(n), elementwise_threads, 0)(params, m, v, grads, n, lr, beta1, beta2, bc1,
+                                                                 bc2_sqrt, eps, wd, grad_scale, elementwise_span);
     cudaCheck(cudaGetLastError());
 }

@@ -29,46 +29,48 @@ how large the kept state and the scratch are for the variant in use.
 #pragma once
 #include <cstring>
 #include "cuda_common.h"
+#include "elementwise.cuh"  // row_threads, for the permute kernels
 
-// qkv (B,T,3,NH,hs) -> q, k, v each (B,NH,T,hs); one thread per element of q
-__global__ void attention_permute_kernel(float* q, float* k, float* v, const float* qkv, int B, int T, int NH, int hs) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * NH * T * hs) return;
-    int d = idx % hs; long r = idx / hs;
-    int t = r % T; r /= T;
-    int h = r % NH; int b = r / NH;
+// qkv (B,T,3,NH,hs) -> q, k, v each (B,NH,T,hs). Row kernel
+// (elementwise.cuh): one block per (b, h, t), its threads over d < hs (the
+// index arithmetic once per row, contiguous copies)
+__global__ void attention_permute_kernel(float* q, float* k, float* v, const float* qkv, int B, int T, int NH, int hs,
+                                         int span) {
+    int r = blockIdx.x;  // (b, h, t)
+    int t = r % T, h = (r / T) % NH, b = r / (T * NH);
     int C = NH * hs;
-    long src = ((long)b * T + t) * 3 * C + h * hs + d;
-    q[idx] = qkv[src];
-    k[idx] = qkv[src + C];
-    v[idx] = qkv[src + 2 * C];
+    const float* src = qkv + ((long)b * T + t) * 3 * C + h * hs;
+    long dst = (long)r * hs;
+    // one loop per output (a loop with one store vectorizes on the host)
+    ROW_FOR(d, hs, span) q[dst + d] = src[d];
+    ROW_FOR(d, hs, span) k[dst + d] = src[C + d];
+    ROW_FOR(d, hs, span) v[dst + d] = src[2 * C + d];
 }
 
-// the reverse: dq, dk, dv (B,NH,T,hs) -> dqkv (B,T,3C)
+// the reverse: dq, dk, dv (B,NH,T,hs) -> dqkv (B,T,3C); same shape
 __global__ void attention_permute_backward_kernel(float* dqkv, const float* dq, const float* dk, const float* dv,
-                                                  int B, int T, int NH, int hs) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * NH * T * hs) return;
-    int d = idx % hs; long r = idx / hs;
-    int t = r % T; r /= T;
-    int h = r % NH; int b = r / NH;
+                                                  int B, int T, int NH, int hs, int span) {
+    int r = blockIdx.x;
+    int t = r % T, h = (r / T) % NH, b = r / (T * NH);
     int C = NH * hs;
-    long dst = ((long)b * T + t) * 3 * C + h * hs + d;
-    dqkv[dst] = dq[idx];
-    dqkv[dst + C] = dk[idx];
-    dqkv[dst + 2 * C] = dv[idx];
+    float* dst = dqkv + ((long)b * T + t) * 3 * C + h * hs;
+    long src = (long)r * hs;
+    ROW_FOR(d, hs, span) dst[d] = dq[src + d];
+    ROW_FOR(d, hs, span) dst[C + d] = dk[src + d];
+    ROW_FOR(d, hs, span) dst[2 * C + d] = dv[src + d];
 }
 
-// y (B,NH,T,hs) -> out (B,T,C); backward = the same map reversed (forward=0)
-__global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, int NH, int hs, int forward) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * NH * T * hs) return;
-    int d = idx % hs; long r = idx / hs;
-    int t = r % T; r /= T;
-    int h = r % NH; int b = r / NH;
-    long o = ((long)b * T + t) * NH * hs + h * hs + d;
-    if (forward) out[o] = y[idx];
-    else y[idx] = out[o];
+// y (B,NH,T,hs) -> out (B,T,C); backward = the same map reversed (forward=0); same shape
+__global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, int NH, int hs, int forward, int span) {
+    int r = blockIdx.x;
+    int t = r % T, h = (r / T) % NH, b = r / (T * NH);
+    float* o = out + ((long)b * T + t) * NH * hs + h * hs;
+    float* yr = y + (long)r * hs;
+    if (forward) {
+        ROW_FOR(d, hs, span) o[d] = yr[d];
+    } else {
+        ROW_FOR(d, hs, span) yr[d] = o[d];
+    }
 }
 
 // att[row, :] = softmax(scale * preatt[row, :]) over keys 0..last, zero after;
@@ -650,7 +652,7 @@ static void attention_materialized_forward(cublasHandle_t handle, float* out, fl
     // y[t1] = sum_t2 att[t1, t2] v[t2]
     cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long long)T * hs,
                                           att, T, (long long)T * T, &zero, y, hs, (long long)T * hs, B * NH));
-    LAUNCH(attention_unpermute_kernel, CEIL_DIV(n, 256), 256, 0)(out, y, B, T, NH, hs, 1);
+    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1, row_span(hs));
     cudaCheck(cudaGetLastError());
 }
 
@@ -764,7 +766,7 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
     int hs = C / NH;
     long n = (long)B * NH * T * hs;
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
-    LAUNCH(attention_permute_kernel, CEIL_DIV(n, 256), 256, 0)(q, k, v, qkv, B, T, NH, hs);
+    LAUNCH(attention_permute_kernel, B * NH * T, row_threads(hs), 0)(q, k, v, qkv, B, T, NH, hs, row_span(hs));
     cudaCheck(cudaGetLastError());
     if (!attention_uses_tiled(B, T, C, NH)) {
         attention_materialized_forward(handle, out, qkvr, att, preatt, y, B, T, C, NH, causal);
@@ -774,7 +776,7 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
     attention_tiled_state(att, B, T, C, NH, &probs, &o, &lse);
     ATTENTION_HS_DISPATCH(hs, attention_tiled_forward_hs<HS>(o, lse, q, k, v, B * NH, T, causal));
     if (probs) ATTENTION_HS_DISPATCH(hs, attention_tiled_probs_hs<HS>(probs, q, k, lse, B * NH, T, causal));
-    LAUNCH(attention_unpermute_kernel, CEIL_DIV(n, 256), 256, 0)(out, o, B, T, NH, hs, 1);
+    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(out, o, B, T, NH, hs, 1, row_span(hs));
     cudaCheck(cudaGetLastError());
 }
 
@@ -785,7 +787,7 @@ void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float*
                         const float* dout, const float* qkvr, const float* att, int B, int T, int C, int NH, int causal) {
     int hs = C / NH;
     long n = (long)B * NH * T * hs;
-    LAUNCH(attention_unpermute_kernel, CEIL_DIV(n, 256), 256, 0)((float*)dout, dy, B, T, NH, hs, 0);
+    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)((float*)dout, dy, B, T, NH, hs, 0, row_span(hs));
     cudaCheck(cudaGetLastError());
     if (!attention_uses_tiled(B, T, C, NH)) {
         attention_materialized_backward(handle, dqkvr, dy, datt, qkvr, att, B, T, C, NH, causal);
@@ -796,6 +798,6 @@ void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float*
         float *dq = dqkvr, *dk = dqkvr + n, *dv = dqkvr + 2 * n;
         ATTENTION_HS_DISPATCH(hs, attention_tiled_backward_hs<HS>(dq, dk, dv, datt, dy, q, k, v, o, lse, B * NH, T, causal));
     }
-    LAUNCH(attention_permute_backward_kernel, CEIL_DIV(n, 256), 256, 0)(dqkv, dqkvr, dqkvr + n, dqkvr + 2 * n, B, T, NH, hs);
+    LAUNCH(attention_permute_backward_kernel, B * NH * T, row_threads(hs), 0)(dqkv, dqkvr, dqkvr + n, dqkvr + 2 * n, B, T, NH, hs, row_span(hs));
     cudaCheck(cudaGetLastError());
 }

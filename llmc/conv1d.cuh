@@ -7,61 +7,80 @@ outputs):
 x is a column slice of a wider activation (row distance x_stride), as the
 first E channels of in_proj's output are.
 
-Forward and the input gradient: one thread per (b,t,e). Weight and bias
+Forward and the input gradient: row kernels (elementwise.cuh), one block per
+(b,t), its threads striding over e; the SiLU gradient: a span kernel. SiLU's
+exp is fast_expf (vectorizes on the host; under 1 ulp). Weight and bias
 gradients: a fixed grid of row chunks writes per-chunk partial sums, then
 one thread per (e, k) adds the chunks in order: deterministic, no atomics.
 */
 #pragma once
 #include "cuda_common.h"
+#include "elementwise.cuh"
+#include "fast_math.cuh"
 
 #define CONV_K 4
 #define CONV_CHUNKS 64
 
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + fast_expf(-x)); }
 // d silu / dx = s * (1 + x * (1 - s)), s = sigmoid(x)
 __device__ __forceinline__ float silu_grad(float x) {
-    float s = 1.0f / (1.0f + expf(-x));
+    float s = 1.0f / (1.0f + fast_expf(-x));
     return s * (1.0f + x * (1.0f - s));
 }
 
+// row bt = (b, t): conv[bt, e] and u[bt, e] = silu(conv[bt, e]). The taps
+// before t = 0 (zero padding) read row (b, 0) instead, times a per-row mask
+// of 0: no test per element (w * (x * 0) adds +-0, so acc is unchanged)
 __global__ void conv1d_silu_forward_kernel(float* conv, float* u, const float* x, int x_stride, const float* w,
-                                           const float* bias, int B, int T, int E) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * T * E) return;
-    int e = idx % E;
-    long bt = idx / E;
+                                           const float* bias, int B, int T, int E, int span) {
+    long bt = blockIdx.x;
     int t = bt % T;
     long row0 = bt - t;  // (b, 0)
-    float acc = bias[e];
+    const float* xr[CONV_K];
+    float mask[CONV_K];
     for (int k = 0; k < CONV_K; k++) {
         int tt = t - (CONV_K - 1) + k;
-        if (tt >= 0) acc += w[e * CONV_K + k] * x[(row0 + tt) * x_stride + e];
+        xr[k] = x + (row0 + (tt >= 0 ? tt : 0)) * x_stride;
+        mask[k] = tt >= 0 ? 1.0f : 0.0f;
     }
-    conv[idx] = acc;
-    u[idx] = silu(acc);
+    float* c_row = conv + bt * E;
+    float* u_row = u + bt * E;
+    ROW_FOR(e, E, span) {
+        float acc = bias[e];
+        for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (xr[k][e] * mask[k]);
+        c_row[e] = acc;
+    }
+    // a second pass (few pointers per loop: g++ vectorizes only loops whose
+    // possible overlaps it can check in a few tests)
+    ROW_FOR(e, E, span) u_row[e] = silu(c_row[e]);
 }
 
-// dconv = du * silu'(conv), in place over du
-__global__ void silu_backward_inplace_kernel(float* du, const float* conv, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) du[i] *= silu_grad(conv[i]);
+// dconv = du * silu'(conv), in place over du; span kernel
+__global__ void silu_backward_inplace_kernel(float* du, const float* conv, long n, int span) {
+    long i0, i1;
+    span_range(&i0, &i1, n, span);
+    for (long i = i0; i < i1; i++) du[i] *= silu_grad(conv[i]);
 }
 
 // dx[b,t,e] = sum_k w[e,k] * dconv[b, t+(K-1)-k, e]  (overwrites; dx has row distance dx_stride)
 __global__ void conv1d_backward_input_kernel(float* dx, int dx_stride, const float* dconv, const float* w,
-                                             int B, int T, int E) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * T * E) return;
-    int e = idx % E;
-    long bt = idx / E;
+                                             int B, int T, int E, int span) {
+    long bt = blockIdx.x;
     int t = bt % T;
     long row0 = bt - t;
-    float acc = 0.0f;
+    const float* gr[CONV_K];  // taps past T - 1 read row T - 1, masked to 0, as in the forward kernel
+    float mask[CONV_K];
     for (int k = 0; k < CONV_K; k++) {
         int tt = t + (CONV_K - 1) - k;
-        if (tt < T) acc += w[e * CONV_K + k] * dconv[(row0 + tt) * E + e];
+        gr[k] = dconv + (row0 + (tt < T ? tt : T - 1)) * E;
+        mask[k] = tt < T ? 1.0f : 0.0f;
     }
-    dx[bt * dx_stride + e] = acc;
+    float* dx_row = dx + bt * dx_stride;
+    ROW_FOR(e, E, span) {
+        float acc = 0.0f;
+        for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (gr[k][e] * mask[k]);
+        dx_row[e] = acc;
+    }
 }
 
 // partial[chunk, e, k] (k < K: weight, k = K: bias) over the chunk's rows;
@@ -101,8 +120,7 @@ __global__ void conv1d_param_reduce_kernel(float* dw, float* dbias, const float*
 
 void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, const float* w, const float* bias,
                          int B, int T, int E) {
-    long n = (long)B * T * E;
-    LAUNCH(conv1d_silu_forward_kernel, CEIL_DIV(n, 256), 256, 0)(conv, u, x, x_stride, w, bias, B, T, E);
+    LAUNCH(conv1d_silu_forward_kernel, B * T, row_threads(E), 0)(conv, u, x, x_stride, w, bias, B, T, E, row_span(E));
     cudaCheck(cudaGetLastError());
 }
 
@@ -111,8 +129,8 @@ void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, co
 void conv1d_silu_backward(float* dx, int dx_stride, float* dw, float* dbias, float* partial, float* du,
                           const float* conv, const float* x, int x_stride, const float* w, int B, int T, int E) {
     long n = (long)B * T * E;
-    LAUNCH(silu_backward_inplace_kernel, CEIL_DIV(n, 256), 256, 0)(du, conv, n);
-    LAUNCH(conv1d_backward_input_kernel, CEIL_DIV(n, 256), 256, 0)(dx, dx_stride, du, w, B, T, E);
+    LAUNCH(silu_backward_inplace_kernel, span_blocks(n), elementwise_threads, 0)(du, conv, n, elementwise_span);
+    LAUNCH(conv1d_backward_input_kernel, B * T, row_threads(E), 0)(dx, dx_stride, du, w, B, T, E, row_span(E));
     LAUNCH(conv1d_param_partial_kernel, CEIL_DIV(CONV_CHUNKS * E, 64), 64, 0)(partial, du, x, x_stride, B, T, E);
     LAUNCH(conv1d_param_reduce_kernel, CEIL_DIV(E * (CONV_K + 1), 64), 64, 0)(dw, dbias, partial, E);
     cudaCheck(cudaGetLastError());

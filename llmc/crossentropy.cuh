@@ -4,11 +4,12 @@ Softmax and cross-entropy over the vocabulary, fused.
 Forward: probs[n,:] = softmax(logits[n,:]), losses[n] = -log probs[n, target[n]].
 The mean loss is summed on the host in row order (deterministic).
 Backward: dlogits[n,:] = (probs[n,:] - onehot(target[n])) * dloss, with
-dloss = 1/N for the mean loss. One thread per row for both: V is small (65
-for characters) and the rows are many.
+dloss = 1/N for the mean loss. Forward: one thread per row (V is small, 65
+for characters, and the rows are many); backward: one block per row.
 */
 #pragma once
 #include "cuda_common.h"
+#include "elementwise.cuh"
 
 __global__ void crossentropy_forward_kernel(float* losses, float* probs, const float* logits, const int* targets,
                                             int N, int V) {
@@ -26,12 +27,14 @@ __global__ void crossentropy_forward_kernel(float* losses, float* probs, const f
     if (losses) losses[n] = -(x[targets[n]] - maxv - logf(sum));
 }
 
+// row kernel (elementwise.cuh): one block per row n, its threads over the vocabulary
 __global__ void crossentropy_backward_kernel(float* dlogits, const float* probs, const int* targets, float dloss,
-                                             int N, int V) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)N * V) return;
-    int n = idx / V, i = idx % V;
-    dlogits[idx] = (probs[idx] - (i == targets[n] ? 1.0f : 0.0f)) * dloss;
+                                             int N, int V, int span) {
+    long n = blockIdx.x;
+    int target = targets[n];
+    const float* p = probs + n * V;
+    float* d = dlogits + n * V;
+    ROW_FOR(i, V, span) d[i] = (p[i] - (i == target ? 1.0f : 0.0f)) * dloss;
 }
 
 void crossentropy_forward(float* losses, float* probs, const float* logits, const int* targets, int N, int V) {
@@ -40,6 +43,6 @@ void crossentropy_forward(float* losses, float* probs, const float* logits, cons
 }
 
 void crossentropy_backward(float* dlogits, const float* probs, const int* targets, float dloss, int N, int V) {
-    LAUNCH(crossentropy_backward_kernel, CEIL_DIV((long)N * V, 256), 256, 0)(dlogits, probs, targets, dloss, N, V);
+    LAUNCH(crossentropy_backward_kernel, N, row_threads(V), 0)(dlogits, probs, targets, dloss, N, V, row_span(V));
     cudaCheck(cudaGetLastError());
 }

@@ -114,19 +114,21 @@ still copies with cudaMemcpy.
 
 struct dim3 {
     unsigned int x, y, z;
-    dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct uint3 { unsigned int x, y, z; };
 
 static const int warpSize = 32;
 
 // What the thread now running sees. The scheduler rewrites it at every switch.
+// Constant-initialized (constexpr dim3, every member initialized), so that
+// each access is a plain thread-local load, not a call to a TLS init function.
 struct HostThreadState {
-    uint3 thread_idx;
-    uint3 block_idx;
+    uint3 thread_idx = {0, 0, 0};
+    uint3 block_idx = {0, 0, 0};
     dim3 block_dim;
     dim3 grid_dim;
-    unsigned char* dynamic_shared;
+    unsigned char* dynamic_shared = nullptr;
 };
 inline thread_local HostThreadState host_ts;
 
@@ -953,11 +955,21 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
                                                 const float* A, int lda, long long strideA,
                                                 const float* B, int ldb, long long strideB, const float* beta,
                                                 float* C, int ldc, long long strideC, int batch) {
-    for (int i = 0; i < batch; i++) {
-        cublasStatus_t s = cublasSgemm(h, ta, tb, m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb,
-                                       beta, C + i * strideC, ldc);
-        if (s != CUBLAS_STATUS_SUCCESS) return s;
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    if (k > 0 && host_tf32_for(h)) {  // TF32 rounds each product's inputs, as cublasSgemm does
+        for (int i = 0; i < batch; i++)
+            cublasSgemm(h, ta, tb, m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
+        return CUBLAS_STATUS_SUCCESS;
     }
+    HostProfileScope profile_scope("cublasSgemmStridedBatched");
+    // the products spread over the workers, one single-threaded BLAS call each (OpenMP OpenBLAS runs a
+    // call made inside a parallel region on its caller's thread): one fork-join per batch instead of
+    // one per product (attention: B * NH products of T x T x hs)
+    #pragma omp parallel for schedule(static) if (batch > 1)
+    for (int i = 0; i < batch; i++)
+        cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
+                    m, n, k, *alpha, A + i * strideA, lda, B + i * strideB, ldb, *beta, C + i * strideC, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -9,17 +9,21 @@ gemv), which sums in a fixed order: deterministic.
 */
 #pragma once
 #include "cuda_common.h"
+#include "elementwise.cuh"
 
-// out[n, oc] = bias[oc]; one block per row n, its threads striding over oc
-// (no index division, coalesced)
-__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC) {
+// out[n, oc] = bias[oc]; row kernel (elementwise.cuh): one block per row n,
+// its threads striding over oc (no index division; coalesced on the GPU, a
+// contiguous copy per row on the host)
+__global__ void broadcast_bias_kernel(float* out, const float* bias, int OC, int span) {
     float* row = out + (long)blockIdx.x * OC;
-    for (int oc = threadIdx.x; oc < OC; oc += blockDim.x) row[oc] = bias[oc];
+    ROW_FOR(oc, OC, span) row[oc] = bias[oc];
 }
 
-__global__ void fill_kernel(float* out, float value, long n) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = value;
+// out[i] = value; span kernel (elementwise.cuh)
+__global__ void fill_kernel(float* out, float value, long n, int span) {
+    long i0, i1;
+    span_range(&i0, &i1, n, span);
+    for (long i = i0; i < i1; i++) out[i] = value;
 }
 
 // out (N,OC) = inp (N,C) @ weight(OC,C)^T + bias (bias may be null).
@@ -29,7 +33,7 @@ void matmul_forward_ld(cublasHandle_t handle, float* out, const float* inp, int 
                        const float* bias, int N, int C, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (bias) {
-        LAUNCH(broadcast_bias_kernel, N, OC < 256 ? 32 * CEIL_DIV(OC, 32) : 256, 0)(out, bias, OC);
+        LAUNCH(broadcast_bias_kernel, N, row_threads(OC), 0)(out, bias, OC, row_span(OC));
         cudaCheck(cudaGetLastError());
     }
     // column-major view: out (OC,N) = weight^T-view (OC,C) @ inp (C,N)
@@ -67,6 +71,6 @@ void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* 
 }
 
 void fill(float* out, float value, long n) {
-    LAUNCH(fill_kernel, CEIL_DIV(n, 256), 256, 0)(out, value, n);
+    LAUNCH(fill_kernel, span_blocks(n), elementwise_threads, 0)(out, value, n, elementwise_span);
     cudaCheck(cudaGetLastError());
 }

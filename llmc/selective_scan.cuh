@@ -20,11 +20,17 @@ start, then runs the adjoint recurrence backwards in time:
   g_t = dy_t * C_t + exp(dt_{t+1} A) * g_{t+1}
 from which every gradient follows (du, ddt, dB, dC, dA_log, dD, dz).
 
-Two variants of each pass, interchangeable (same stored states, same
-gradients up to summation order):
+Three variants of each pass, interchangeable (same stored states, same
+gradients up to rounding and summation order):
   *_seq_kernel:     sequential in time, one thread per (b, e) forward and
                     per (b, group of 8 channels) backward. Barrier-free:
-                    plain loops on the host backend.
+                    plain loops on the host backend. Any N.
+  *_vec_kernel<NS>: the same recurrences with N a compile-time constant
+                    (SCAN_VEC_N = 16), one thread per (b, group of 8
+                    channels) in both passes, the group's channels stepped
+                    together; every loop over states is a fixed-trip loop
+                    over arrays of NS, so g++ vectorizes it (exp by
+                    fast_expf). The host's choice when N = 16.
   *_chunked_kernel: the parallel scan. One warp per (b, e); lane i holds
                     time step chunk*32 + i; each state's pairs are combined
                     across lanes by a Hillis-Steele scan with warp shuffles
@@ -43,17 +49,20 @@ Limits: d_state N <= MAX_DSTATE (16); any E and T.
 #pragma once
 #include "cuda_common.h"
 #include "conv1d.cuh"  // silu, silu_grad
+#include "elementwise.cuh"
+#include "fast_math.cuh"
 
 #define SCAN_CHUNK 32
 #define MAX_DSTATE 16
 #define SCAN_GROUP 8  // channels whose dB, dC contributions are summed together
 
-// dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x), = x above 20 (as PyTorch)
-__global__ void dt_softplus_kernel(float* dt, const float* bias, long n, int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float x = dt[i] + bias[i % E];
-    dt[i] = x > 20.0f ? x : log1pf(expf(x));
+// dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x) (=
+// x above ~17 in fp32; PyTorch: x above 20, the same values), by
+// fast_softplusf (vectorizes on the host). Row kernel (elementwise.cuh): one
+// block per row of E, its threads striding over e.
+__global__ void dt_softplus_kernel(float* dt, const float* bias, int E, int span) {
+    float* row = dt + (long)blockIdx.x * E;
+    ROW_FOR(e, E, span) row[e] = fast_softplusf(row[e] + bias[e]);
 }
 
 // ----------------------------------------------------------------------------
@@ -130,6 +139,78 @@ __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, fl
     }
 }
 
+// Sum of v[0..NS) (NS a power of two) by halving: v[i] += v[i + NS/2], then
+// the same on the first half. A fixed order; each level is one vector add on
+// the host (fully unrolled: every trip count is a constant).
+template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float* v) {
+    if constexpr (NS == 1) {
+        return v[0];
+    } else {
+        for (int i = 0; i < NS / 2; i++) v[i] += v[i + NS / 2];
+        return scan_tree_sum<NS / 2>(v);
+    }
+}
+
+// The sequential forward scan with the state count NS a compile-time
+// constant (the run-time N must equal it) and every loop over the states a
+// fixed-trip loop over arrays of NS: g++ keeps the states in vector
+// registers (16 states = two AVX2 or one AVX-512 register) and vectorizes
+// the decay exp (fast_expf) and the update; the sum over states is a fixed
+// tree. One thread per (b, group of SCAN_GROUP channels), barrier-free; it
+// steps the group's channels together (time outer, channel inner), so each
+// time step reads one cache line of dt, u, z and writes one of y, gated for
+// the whole group (one thread per channel would walk rows E floats apart, a
+// stride the L1 cache holds only a few of). Matches
+// selective_scan_forward_seq_kernel up to rounding (exp under 1 ulp, tree order).
+template <int NS>
+__global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
+                                                  const float* dt, const float* x_dbl, int R, const float* A_log,
+                                                  const float* D, const float* xz, int B, int T, int E) {
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * ngroups) return;
+    int g = idx % ngroups, b = idx / ngroups;
+    int e0 = g * SCAN_GROUP, ne = min(SCAN_GROUP, E - e0);
+    int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[SCAN_GROUP][NS], h[SCAN_GROUP][NS];
+    for (int j = 0; j < ne; j++)
+        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); h[j][n] = 0.0f; }
+    for (int t = 0; t < T; t++) {
+        long row = (long)b * T + t;
+        const float* Bt = x_dbl + row * xs + R;
+        const float* Ct = Bt + NS;
+        float Bn[NS], Cn[NS];
+        for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; }
+        bool chunk_end = t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1;
+        const float* dt_row = dt + row * E + e0;
+        const float* u_row = u + row * E + e0;
+        float ys[SCAN_GROUP];
+        for (int j = 0; j < ne; j++) {
+            float dtv = dt_row[j], uv = u_row[j];
+            float hc[NS];
+            for (int n = 0; n < NS; n++) {
+                h[j][n] = fmaf(fast_expf(dtv * A[j][n]), h[j][n], dtv * Bn[n] * uv);
+                hc[n] = h[j][n] * Cn[n];
+            }
+            ys[j] = scan_tree_sum<NS>(hc);
+        }
+        // the per-channel rest, a loop over the group's channels (vectorized too)
+        const float* z_row = xz + row * 2 * E + E + e0;
+        float* y_row = y + row * E + e0;
+        float* g_row = gated + row * E + e0;
+        for (int j = 0; j < ne; j++) {
+            float yv = ys[j] + D[e0 + j] * u_row[j];
+            y_row[j] = yv;
+            g_row[j] = yv * silu(z_row[j]);
+        }
+        if (chunk_end)
+            for (int j = 0; j < ne; j++) {
+                float* s = states + ((long)(b * E + e0 + j) * nchunks + t / SCAN_CHUNK) * NS;
+                for (int n = 0; n < NS; n++) s[n] = h[j][n];
+            }
+    }
+}
+
 // ----------------------------------------------------------------------------
 // backward
 //
@@ -203,6 +284,110 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
         }
         for (int n = 0; n < N; n++) dA_partial[((long)b * E + e) * N + n] = dA[n] * A[n];
         dD_partial[(long)b * E + e] = dD;
+    }
+}
+
+// The sequential backward pass with NS a compile-time constant (= the run-time
+// N), every loop over the states a fixed-trip loop over arrays of NS that
+// g++ vectorizes: the chunk's recomputed states and decays (fast_expf), the
+// adjoint g, the dB, dC rows and the dA sums are vectors over n; the sums
+// over n for du and ddt are fixed trees. One thread per (b, group of
+// SCAN_GROUP channels), like selective_scan_backward_seq_kernel, whose
+// results (and partial-sum layout) it matches up to rounding; but it steps
+// the group's channels together within each chunk (time outer, channel
+// inner), for the cache lines' sake as the forward kernel, and sums the
+// group's dB, dC of a row in registers before one store (no zeroing pass).
+template <int NS>
+__global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
+                                                   float* dA_partial, float* dD_partial, const float* dgated,
+                                                   const float* y, const float* u, const float* dt,
+                                                   const float* x_dbl, int R, const float* A_log, const float* D,
+                                                   const float* xz, const float* states, int B, int T, int E) {
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * ngroups) return;
+    int g = idx % ngroups, b = idx / ngroups;
+    int e0 = g * SCAN_GROUP, ne = min(SCAN_GROUP, E - e0);
+    int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[SCAN_GROUP][NS], gcarry[SCAN_GROUP][NS], dA[SCAN_GROUP][NS], dD[SCAN_GROUP];
+    float hs[SCAN_GROUP][SCAN_CHUNK + 1][NS];  // per channel: states h_{t0-1} .. h_{t1-1} of one chunk
+    float as[SCAN_GROUP][SCAN_CHUNK][NS];      // and the decays exp(dt A) of its steps
+    for (int j = 0; j < ne; j++) {
+        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); gcarry[j][n] = 0.0f; dA[j][n] = 0.0f; }
+        dD[j] = 0.0f;
+    }
+    for (int c = nchunks - 1; c >= 0; c--) {
+        int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
+        for (int j = 0; j < ne; j++) {
+            const float* s0 = states + ((long)(b * E + e0 + j) * nchunks + c - 1) * NS;
+            for (int n = 0; n < NS; n++) hs[j][0][n] = c > 0 ? s0[n] : 0.0f;
+        }
+        for (int t = t0; t < t1; t++) {  // recompute the chunk's states, as the forward pass
+            long row = (long)b * T + t;
+            int tl = t - t0;
+            const float* Bt = x_dbl + row * xs + R;
+            float Bn[NS];
+            for (int n = 0; n < NS; n++) Bn[n] = Bt[n];
+            for (int j = 0; j < ne; j++) {
+                float dtv = dt[row * E + e0 + j], uv = u[row * E + e0 + j];
+                for (int n = 0; n < NS; n++) {
+                    float a = fast_expf(dtv * A[j][n]);
+                    as[j][tl][n] = a;
+                    hs[j][tl + 1][n] = fmaf(a, hs[j][tl][n], dtv * Bn[n] * uv);
+                }
+            }
+        }
+        for (int t = t1 - 1; t >= t0; t--) {  // adjoint, backwards in time
+            long row = (long)b * T + t;
+            int tl = t - t0;
+            const float* Bt = x_dbl + row * xs + R;
+            const float* Ct = Bt + NS;
+            float Bn[NS], Cn[NS], dBn[NS], dCn[NS];
+            for (int n = 0; n < NS; n++) { Bn[n] = Bt[n]; Cn[n] = Ct[n]; dBn[n] = 0.0f; dCn[n] = 0.0f; }
+            // the per-channel terms first, a loop over the group's channels (vectorized too)
+            const float* dt_row = dt + row * E + e0;
+            const float* u_row = u + row * E + e0;
+            const float* z_row = xz + row * 2 * E + E + e0;
+            const float* dg_row = dgated + row * E + e0;
+            const float* y_row = y + row * E + e0;
+            float* dz_row = dxz + row * 2 * E + E + e0;
+            float dys[SCAN_GROUP], dus[SCAN_GROUP], ddts[SCAN_GROUP];
+            for (int j = 0; j < ne; j++) {
+                float zv = z_row[j], dg = dg_row[j];
+                dys[j] = dg * silu(zv);
+                dz_row[j] = dg * y_row[j] * silu_grad(zv);
+                dD[j] += dys[j] * u_row[j];
+            }
+            for (int j = 0; j < ne; j++) {
+                float dtv = dt_row[j], uv = u_row[j], dy = dys[j];
+                float du_terms[NS], ddt_terms[NS];
+                for (int n = 0; n < NS; n++) {
+                    float a = as[j][tl][n];
+                    float gn = fmaf(dy, Cn[n], gcarry[j][n]);
+                    float hprev = hs[j][tl][n];
+                    dBn[n] += gn * dtv * uv;
+                    dCn[n] += dy * hs[j][tl + 1][n];
+                    du_terms[n] = gn * Bn[n];
+                    ddt_terms[n] = gn * fmaf(hprev * a, A[j][n], Bn[n] * uv);
+                    dA[j][n] = fmaf(gn * hprev, a * dtv, dA[j][n]);
+                    gcarry[j][n] = a * gn;
+                }
+                dus[j] = scan_tree_sum<NS>(du_terms);
+                ddts[j] = scan_tree_sum<NS>(ddt_terms);
+            }
+            float* du_row = du + row * E + e0;
+            float* ddt_row = ddt + row * E + e0;
+            for (int j = 0; j < ne; j++) {
+                du_row[j] = fmaf(dt_row[j], dus[j], D[e0 + j] * dys[j]);
+                ddt_row[j] = ddts[j] * (1.0f - fast_expf(-dt_row[j]));
+            }
+            float* p = dbc_partial + (row * ngroups + g) * 2 * NS;
+            for (int n = 0; n < NS; n++) { p[n] = dBn[n]; p[NS + n] = dCn[n]; }
+        }
+    }
+    for (int j = 0; j < ne; j++) {
+        for (int n = 0; n < NS; n++) dA_partial[((long)b * E + e0 + j) * NS + n] = dA[j][n] * A[j][n];
+        dD_partial[(long)b * E + e0 + j] = dD[j];
     }
 }
 
@@ -298,15 +483,18 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
     if (active && lane == 0) dD_partial[(long)b * E + e] = sD;
 }
 
-// dx_dbl[row, R + j] = sum over groups of dbc_partial[row, g, j]  (overwrites the B, C columns)
-__global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)BT * 2 * N) return;
-    long row = idx / (2 * N);
-    int j = idx % (2 * N);
-    float s = 0.0f;
-    for (int g = 0; g < ngroups; g++) s += dbc_partial[(row * ngroups + g) * 2 * N + j];
-    dx_dbl[row * (R + 2 * N) + R + j] = s;
+// dx_dbl[row, R + j] = sum over groups of dbc_partial[row, g, j]  (overwrites
+// the B, C columns). Row kernel (elementwise.cuh): one block per row, its
+// threads over j; each j sums the groups in order (on the host the loop over
+// j is innermost: a vector of 2N sums, group by group)
+__global__ void scan_reduce_bc_kernel(float* dx_dbl, const float* dbc_partial, int R, int BT, int ngroups, int N,
+                                      int span) {
+    long row = blockIdx.x;
+    const float* part = dbc_partial + row * ngroups * 2 * N;
+    float* out = dx_dbl + row * (R + 2 * N) + R;
+    ROW_FOR(j, 2 * N, span) out[j] = 0.0f;
+    for (int g = 0; g < ngroups; g++)
+        ROW_FOR(j, 2 * N, span) out[j] += part[g * 2 * N + j];
 }
 
 // dA_log[e,n] += sum_b dA_partial[b,e,n]; dD[e] += sum_b dD_partial[b,e]; one thread per (e, n) and per e
@@ -333,6 +521,10 @@ static bool scan_use_chunked = true;
 #else
 static bool scan_use_chunked = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
+// the sequential variant with the state count fixed at compile time, used
+// for N == SCAN_VEC_N (the host's fastest); false: the plain sequential one
+#define SCAN_VEC_N 16
+static bool scan_use_vec = true;
 
 inline int scan_num_chunks(int T) { return CEIL_DIV(T, SCAN_CHUNK); }
 inline long scan_states_size(int B, int T, int E, int N) { return (long)B * E * scan_num_chunks(T) * N; }
@@ -349,8 +541,7 @@ inline void scan_check_limits(int N) {
 }
 
 void dt_softplus(float* dt, const float* bias, int BT, int E) {
-    long n = (long)BT * E;
-    LAUNCH(dt_softplus_kernel, CEIL_DIV(n, 256), 256, 0)(dt, bias, n, E);
+    LAUNCH(dt_softplus_kernel, BT, row_threads(E), 0)(dt, bias, E, row_span(E));
     cudaCheck(cudaGetLastError());
 }
 
@@ -362,6 +553,9 @@ void selective_scan_forward(float* y, float* gated, float* states, const float* 
     if (scan_use_chunked) {
         LAUNCH(selective_scan_forward_chunked_kernel, CEIL_DIV(B * E * 32, 128), 128, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    } else if (scan_use_vec && N == SCAN_VEC_N) {
+        LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
     } else {
         LAUNCH(selective_scan_forward_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
@@ -383,12 +577,16 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     if (scan_use_chunked) {
         LAUNCH(selective_scan_backward_chunked_kernel, B * ngroups, SCAN_GROUP * 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+    } else if (scan_use_vec && N == SCAN_VEC_N) {
+        LAUNCH(selective_scan_backward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * ngroups, 32), 32, 0)(
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
     } else {
         LAUNCH(selective_scan_backward_seq_kernel, CEIL_DIV(B * ngroups, 32), 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
     }
     cudaCheck(cudaGetLastError());
-    LAUNCH(scan_reduce_bc_kernel, CEIL_DIV((long)B * T * 2 * N, 256), 256, 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N);
+    LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N,
+                                                                 row_span(2 * N));
     LAUNCH(scan_reduce_params_kernel, CEIL_DIV(E * (N + 1), 256), 256, 0)(dA_log, dD, dA_partial, dD_partial, B, E, N);
     cudaCheck(cudaGetLastError());
 }
