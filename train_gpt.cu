@@ -321,7 +321,7 @@ int main(int argc, char** argv) {
     // the write-up's configuration, and one that trains in minutes on 2 CPU cores
     //                        L  C    B   T    steps warmup val  lr
     LMPreset presets[2] = {{4, 256, 64, 256, 5000, 0, 250, 1e-3f},
-                           {3, 128, 16, 128, 1000, 50, 250, 2e-3f}};
+                           {3, 128, 16, 128, 1500, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
     tc.H = 4;
     parse_train_flags(argc, argv, &tc, presets,
