@@ -58,7 +58,7 @@ __host__ __device__ __forceinline__ float fast_expf(float x) {
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);
     // 2^n in the exponent bits; n = -127 (x below about -87.7) gives the bits of 0.0f
-    return p * fast_int_bits_as_float((k + 127) << 23);
+    return p * fast_int_bits_as_float((int)((unsigned)(k + 127) << 23));  // unsigned: NaN input gives garbage k, not UB
 }
 
 // log(1 + u) for u >= 0 (u = 0 .. about 1e38). w = 1 + u rounded; log(w) by
