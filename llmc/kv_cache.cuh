@@ -7,10 +7,10 @@ stack's output for it.
 KVCache holds, in one device buffer, every layer's keys and values
 (L, B, NH, maxT, hs) each, hs = C / NH, and the scratch of one step for B
 rows (shared by the layers). A step for rows 0..B'-1 (B' <= B):
-  ln = LN1(x); qkv = ln @ qkvw^T + qkvb                 (cuBLAS, B' rows)
+  ln = LN1(x); qkv = ln @ qkv_w^T + qkv_b               (cuBLAS, B' rows)
   k, v of the new token -> the cache at position pos
   per head: y = softmax(q . k_j / sqrt(hs), j = 0..pos) @ v_j
-  x2 = x + attproj(y); x_out = x2 + fcproj(gelu(fc(LN2(x2))))
+  x2 = x + attn_proj(y); x_out = x2 + fc_proj(gelu(fc(LN2(x2))))
 
 The position embedding of the new token (wpe[pos]) is the caller's: it is
 added to the token embedding before the first block, as in the parallel
