@@ -247,7 +247,6 @@ static int gpt_context(const GPT* model) {
 }
 
 static void gpt_generate_begin(GPT* model, int B) {
-    if (B > model->buf.batch_size) fail("flag -b: %d samples at once, more than the %d rows allocated", B, model->buf.batch_size);
     kv_cache_alloc(&model->cache, model->config.num_layers, B, gpt_context(model), dims_of(model->config));
     step_buffers_alloc(&model->gen, B, model->config.channels, model->config.vocab_size);
     model->window.assign((long)B * gpt_context(model), 0);

@@ -252,7 +252,6 @@ static void mamba_backward(Mamba* model, int B, int T) {
 
 // the states of B rows (up to the activations' batch), cleared
 static void mamba_generate_begin(Mamba* model, int B) {
-    if (B > model->buf.batch_size) fail("flag -b: %d samples at once, more than the %d rows allocated", B, model->buf.batch_size);
     mamba_step_state_alloc(&model->step, model->config.num_layers, B, dims_of(model->config));
     step_buffers_alloc(&model->gen, B, model->config.channels, model->config.vocab_size);
 }

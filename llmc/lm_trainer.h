@@ -354,6 +354,8 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
                                               float temperature, int top_k, Rng* rng, int B) {
     NVTX_RANGE("generate");
     int V = model->config.vocab_size, P = (int)prompt.size();
+    // the prefill runs the parallel forward over B rows: they must fit the activations
+    if (B > model->buf.batch_size) fail("flag -b: %d samples at once, more than the %d rows allocated", B, model->buf.batch_size);
     lm_generate_begin(model, B);
     std::vector<Rng> rngs(B);
     rngs[0] = *rng;
