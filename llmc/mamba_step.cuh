@@ -9,6 +9,8 @@ carried between calls, as mamba_ssm's Mamba.step computes it:
   x_dbl = x_proj(u) -> dt_raw | B | C;  dt = softplus(dt_proj(dt_raw) + dt_bias)
   h = exp(dt A) h + dt B u;  y = <h, C> + D u;  gated = y * silu(z)
   out = out_proj(gated);  x_out = LN(x + out)    (the block is post-norm)
+(mamba_mixer_step is the mixer alone; mamba_prenorm_step the pre-norm layer
+x + Mamba(LN(x)) of mamba_prenorm_forward.)
 
 MambaStepState holds, in one device buffer, every layer's conv state
 (L, B, E, 3) and SSM state (L, B, E, N), and the scratch of one step for B
@@ -244,12 +246,12 @@ static void mamba_step_prefill_stack(MambaStepState* s, const MambaStackActs& ac
     for (int l = 0; l < s->L; l++) mamba_step_prefill(s, l, mamba_layer_acts(acts, l, B, T, s->d), B, T);
 }
 
-// One block, one token per row: x (B, C) is the block's input on entry and
-// its output LN(x + Mamba(x)) on return; p = the layer's parameters
-// (mamba_layer_params); layer `layer`'s states advance by one position.
-static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+// The mixer, one token per row: s->out (B, C) = Mamba(x) for x (B, C);
+// p = the layer's parameters (mamba_layer_params); layer `layer`'s states
+// advance by one position.
+static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, const float* x,
                              int B, MambaDims d) {
-    mamba_step_check(s, layer, B, d, "mamba_block_step");
+    mamba_step_check(s, layer, B, d, "mamba_mixer_step");
     int C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     matmul_forward(h, s->xz, x, p.in_proj_w, nullptr, B, C, 2 * E);
     LAUNCH(mamba_step_conv_kernel, CEIL_DIV(B * E, 128), 128, 0)(s->u, mamba_conv_state(s, layer), s->xz, p.conv_w,
@@ -267,8 +269,27 @@ static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaS
     }
     cudaCheck(cudaGetLastError());
     matmul_forward(h, s->out, s->gated, p.out_proj_w, nullptr, B, E, C);
+}
+
+// One block, one token per row: x (B, C) is the block's input on entry and
+// its output LN(x + Mamba(x)) on return; p = the layer's parameters
+// (mamba_layer_params); layer `layer`'s states advance by one position.
+static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+                             int B, MambaDims d) {
+    int C = d.C;
+    mamba_mixer_step(h, p, s, layer, x, B, d);
     residual_forward(s->res, x, s->out, (long)B * C);
     layernorm_forward(x, nullptr, nullptr, s->res, p.ln_w, p.ln_b, B, C);
+}
+
+// The pre-norm layer (mamba_prenorm_forward), one token per row: x (B, C)
+// in, x + Mamba(LN(x)) out (s->res holds LN(x)).
+static void mamba_prenorm_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+                               int B, MambaDims d) {
+    int C = d.C;
+    layernorm_forward(s->res, nullptr, nullptr, x, p.ln_w, p.ln_b, B, C);
+    mamba_mixer_step(h, p, s, layer, s->res, B, d);
+    residual_forward(x, x, s->out, (long)B * C);
 }
 
 // all L blocks of a stack (stacked parameters), x (B, C) in and out
