@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid
+TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -73,7 +73,10 @@ data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py de
 data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/attention.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
+data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/hybrid.py --out $@
+REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -89,13 +92,13 @@ data: data/tinyshakespeare_train.bin
 data/tinyshakespeare_train.bin: $(TINYSHAKESPEARE) dev/data/tinyshakespeare.py
 	@mkdir -p data
 	$(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data
-LM_TRAINERS = train_gpt train_mamba
+LM_TRAINERS = train_gpt train_mamba train_hybrid
 $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
-test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
+test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # The tests under the host backend's fidelity switches (llmc/host_backend.h),
@@ -110,9 +113,9 @@ test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 # are poisoned (NaN) in every run. Prints each program's summary and failures
 # (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit
+FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit test_hybrid
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
-test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
+test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
 	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \
 	  echo "##### $$1 ($$2)"; env $$(echo $$1 | tr , ' ') dev/run_tests.sh $$3 > $$log 2>&1; \
