@@ -83,7 +83,7 @@ static int hybrid_pattern_code(const char* letters) {
     int code = 0;
     for (size_t i = n; i-- > 0;) {
         const char* at = strchr(HYBRID_LETTERS + 1, letters[i]);
-        if (!letters[i] || !at) fail("flag -A: '%s' has '%c' at position %zu; give %s", letters, letters[i], i + 1, usage);
+        if (!at) fail("flag -A: '%s' has '%c' at position %zu; give %s", letters, letters[i], i + 1, usage);
         code = code * 4 + (int)(at - HYBRID_LETTERS);
     }
     return code;
@@ -211,8 +211,8 @@ static void hybrid_act_table(TensorSpec* t, const HybridConfig& c, int B, int T)
     // TransformerScratch's rows: preatt, attn_y, dbtc, dbtf, dqkv, dqkvr, datt, dbranch
     if (!nA) for (int i : {0, 1, 4, 5, 6}) scratch[i].size = 0;  // attention's alone
     if (!nF) scratch[3].size = 0;                                 // the MLP's alone
-    if (!nA && !nF) scratch[2].size = scratch[7].size = 0;
-    scratch[7].size = 0;  // dbranch: dropout's, which the hybrid has not
+    if (!nA && !nF) scratch[2].size = 0;                          // both's
+    scratch[7].size = 0;                                          // dropout's, which the hybrid has not
     TensorSpec* mscratch = t;
     t = mamba_scratch_table(t, B, T, md);
     if (!nM) for (int i = 0; i < MAMBA_SCRATCH; i++) mscratch[i].size = 0;
