@@ -130,19 +130,25 @@ test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
 SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                  -fno-omit-frame-pointer -fopenmp -x c++
-sanitize: $(REF_STATES)
+SANITIZE_PROGRAMS = $(addprefix build/sanitize/,$(TESTS))
+$(SANITIZE_PROGRAMS): build/sanitize/%: %.cu $(HEADERS)
 	@mkdir -p build/sanitize
-	@set -e; for t in $(TESTS); do echo "g++ -fsanitize=address,undefined $$t.cu"; \
-	  $(HOST_CXX) $(SANITIZE_FLAGS) $$t.cu -o build/sanitize/$$t $(HOST_LIBS); done
-	@dev/run_tests.sh $(addprefix build/sanitize/,$(TESTS))
+	@echo "g++ -fsanitize=address,undefined $<"
+	@$(HOST_CXX) $(SANITIZE_FLAGS) $< -o $@ $(HOST_LIBS)
+sanitize: $(SANITIZE_PROGRAMS) $(REF_STATES)
+	@dev/run_tests.sh $(SANITIZE_PROGRAMS)
 
-cuda-check:
-	@mkdir -p build/cuda-check
-	@set -e; for f in $(CUDA_SOURCES); do \
-	  echo "nvcc sm_80 sm_90: $$f"; \
-	  $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-	    -x cu $$f -o build/cuda-check/$$(basename $$f .cu) $(CUDA_LIBS); \
-	done; echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
+# one target per source, so that make -j compiles them in parallel
+CUDA_CHECK_PROGRAMS = $(addprefix build/cuda-check/,$(basename $(notdir $(CUDA_SOURCES))))
+CUDA_CHECK_COMPILE = $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -x cu
+build/cuda-check/%: %.cu $(HEADERS)
+	@mkdir -p build/cuda-check; echo "nvcc sm_80 sm_90: $<"
+	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)
+build/cuda-check/%: dev/cuda/%.cu $(HEADERS)
+	@mkdir -p build/cuda-check; echo "nvcc sm_80 sm_90: $<"
+	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)
+cuda-check: $(CUDA_CHECK_PROGRAMS)
+	@echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
 
 clean:
 	rm -rf build $(PROGRAMS)
