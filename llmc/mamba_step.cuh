@@ -158,6 +158,35 @@ __global__ void mamba_step_scan_seq_kernel(float* gated, float* ssm_state, const
     gated[idx] = yv * silu(xz[(long)b * 2 * E + E + e]);
 }
 
+// The same step with the state count NS a compile-time constant (the run-time
+// N must equal it), as selective_scan_forward_vec_kernel computes a time step:
+// the states in an array of NS that g++ keeps in vector registers, the decay
+// by fast_expf (vectorized with the update), y's sum over the states a fixed
+// tree. One thread per (b, e), barrier-free. The host's choice when N = 16
+// (libm's expf, called twice per state, is most of the sequential variant's
+// time).
+template <int NS>
+__global__ void mamba_step_scan_vec_kernel(float* gated, float* ssm_state, const float* u, const float* dt_lin,
+                                           const float* dt_bias, const float* x_dbl, int R, const float* A_log,
+                                           const float* D, const float* xz, int B, int E) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    float dtv = mamba_softplus(dt_lin[idx] + dt_bias[e]), uv = u[idx];
+    const float* Bt = x_dbl + (long)b * (R + 2 * NS) + R;
+    const float* Ct = Bt + NS;
+    float* h = ssm_state + (long)idx * NS;
+    float A[NS], hc[NS];
+    for (int n = 0; n < NS; n++) A[n] = -fast_expf(A_log[e * NS + n]);  // vectorized too, unlike expf
+    for (int n = 0; n < NS; n++) {
+        float hn = fmaf(fast_expf(dtv * A[n]), h[n], dtv * Bt[n] * uv);
+        h[n] = hn;
+        hc[n] = hn * Ct[n];
+    }
+    float yv = scan_tree_sum<NS>(hc) + D[e] * uv;
+    gated[idx] = yv * silu(xz[(long)b * 2 * E + E + e]);
+}
+
 // The same step, one thread per (b, e, n): a group of MAX_DSTATE = 16 lanes
 // (half a warp) per (b, e), lane n < N owning state n; y's sum over states
 // is a butterfly over the 16 lanes (4 shuffle rounds, every lane gets it).
@@ -215,10 +244,14 @@ __global__ void mamba_step_prefill_kernel(float* conv_state, float* ssm_state, c
 // ----------------------------------------------------------------------------
 // launchers
 
+// which SSM step kernel mamba_block_step launches: the warp variant on the
+// GPU, the vectorized one on the host when N = SCAN_VEC_N (else sequential)
+enum MambaStepVariant { MAMBA_STEP_SEQ, MAMBA_STEP_VEC, MAMBA_STEP_WARP };
+static const char* const MAMBA_STEP_VARIANT_NAMES[] = {"seq", "vec", "warp"};
 #ifdef __CUDACC__
-static bool mamba_step_use_warp = true;
+static MambaStepVariant mamba_step_variant = MAMBA_STEP_WARP;
 #else
-static bool mamba_step_use_warp = false;
+static MambaStepVariant mamba_step_variant = MAMBA_STEP_VEC;
 #endif
 
 static void mamba_step_check(const MambaStepState* s, int layer, int B, MambaDims d, const char* what) {
@@ -260,9 +293,12 @@ static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaS
     matmul_forward(h, s->x_dbl, s->u, p.x_proj_w, nullptr, B, E, X);
     matmul_forward_ld(h, s->dt, s->x_dbl, X, p.dt_proj_w, nullptr, B, R, E);
     float* ssm = mamba_ssm_state(s, layer);
-    if (mamba_step_use_warp) {
+    if (mamba_step_variant == MAMBA_STEP_WARP) {
         LAUNCH(mamba_step_scan_warp_kernel, CEIL_DIV((long)B * E * MAX_DSTATE, 128), 128, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E, N);
+    } else if (mamba_step_variant == MAMBA_STEP_VEC && N == SCAN_VEC_N) {
+        LAUNCH(mamba_step_scan_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * E, 64), 64, 0)(
+            s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E);
     } else {
         LAUNCH(mamba_step_scan_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E, N);
