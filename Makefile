@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
+PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
+TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -64,6 +64,9 @@ $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/gpt.py --out $@
+data/ref_gpt_plus.bin: dev/reference/gpt_plus.py dev/reference/formats.py dev/reference/common.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/gpt_plus.py --out $@
 data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
@@ -73,7 +76,7 @@ data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py de
 data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/attention.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
+REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
