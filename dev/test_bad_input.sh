@@ -40,7 +40,7 @@ head -c 5000 "$W/gpt/ckpt_00000002.bin" > "$W/gpt_truncated_ckpt.bin"
 head -c 3000 "$W/mamba/model.bin" > "$W/mamba_truncated_model.bin"
 mkdir -p "$W/trunc_ckpt" && cp "$W/gpt_truncated_ckpt.bin" "$W/trunc_ckpt/ckpt_00000002.bin"
 
-WATCH="gpt mamba trunc_ckpt"  # expect: these run directories must not change
+WATCH="gpt mamba trunc_ckpt plus"  # expect: these run directories must not change
 
 for T in train_gpt train_mamba; do
   expect "$T missing data file" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/val.bin -k $W/vocab.bin $small
@@ -83,6 +83,15 @@ expect "gpt model into train_mamba -G" "$W/gpt/model.bin" ./train_mamba $D -G 1 
 expect "generation batch and cache that do not fit in memory" "-b" ./train_gpt $B -G 1 -e "$W/gpt1024/model.bin" -b 60000 -g 10
 expect "windowed generation of several rows" "-W" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -W 1 -b 2
 
+# the model variant (-M) of train_gpt
+./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -x 2 -o "$W/plus" >/dev/null 2>&1 || echo "setup: train_gpt -M plus failed"
+expect "unknown model variant" "-M" ./train_gpt $D $small -M llama
+expect "model variant without a value" "-M" ./train_gpt $D $small -M
+expect "odd head size for rotary embeddings" "-C/-H" ./train_gpt $D $small -M plus -C 18 -H 2
+expect "plus model file with -M gpt" "$W/plus/model.bin" ./train_gpt $D $small -M gpt -e "$W/plus/model.bin"
+expect "plus checkpoint with -M gpt" "ckpt_00000002.bin" ./train_gpt $D $small -M gpt -L 1 -C 16 -H 2 -o "$W/plus" -y 1
+expect "gpt checkpoint with -M plus" "ckpt_00000002.bin" ./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -o "$W/gpt" -y 1
+expect "plus model into train_mamba" "$W/plus/model.bin" ./train_mamba $D $small -e "$W/plus/model.bin"
 expect "fresh run into a directory with another run's checkpoints" "$W/gpt" ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt"
 
 # a run that diverges (learning rate 10, weight decay 10: the weights grow
