@@ -113,7 +113,7 @@ test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 # are poisoned (NaN) in every run. Prints each program's summary and failures
 # (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit
+FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_vit test_mamba_vit
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
 test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \

@@ -12,6 +12,13 @@ llmc/; the buffers every model owns and their update in llmc/model.h; the
 training loop, validation and sampling in llmc/lm_trainer.h (lm_run), which
 calls this file's lm_forward and lm_backward.
 
+-M plus selects the Transformer++ instead (the Mamba paper's baseline,
+doc/models.md): RMSNorm, rotary embeddings on q and k (no position table),
+a SwiGLU MLP of the GPT MLP's parameter count, no biases; its block is
+llmc/plus_block.cuh, its section below the GPT's (GPTPlus). The two share
+the config, the generation (KV cache) and main; files of kind
+MODEL_GPT_PLUS hold it, and a file given with -e or -y decides the variant.
+
 Build with `make train_gpt` (GPU if one is visible, else the host backend).
 */
 #include "llmc/cuda_common.h"
