@@ -13,10 +13,10 @@ mk() { make -s BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; 
 
 echo "=== build (sm_$CC) and tests on the GPU"
 mk clean
-mk test_backend test_gpt train_gpt test_mamba train_mamba test_augment test_vit test_mamba_vit train_vit train_mamba_vit \
+mk test_backend test_gpt test_gpt_plus train_gpt test_mamba train_mamba test_augment test_vit test_mamba_vit train_vit train_mamba_vit \
    test_generate test_attention dev/cuda/selective_scan || exit 1
-mk data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data || exit 1
-dev/run_tests.sh test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention | grep -E "FAIL|passed"
+mk data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data || exit 1
+dev/run_tests.sh test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention | grep -E "FAIL|passed"
 ./dev/cuda/selective_scan 64 256 512 16 | grep -E "forward|FAIL|passed"
 
 echo "=== seed configs: ours beside PyTorch on this GPU"
