@@ -59,6 +59,8 @@ all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 	$(COMPILE) $< -o $@ $(LIBS)
+# the model tests include their trainer's source
+test_gpt test_gpt_plus: train_gpt.cu
 
 # reference states written by the PyTorch script (CPU)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
