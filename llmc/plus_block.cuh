@@ -246,12 +246,12 @@ static void plus_block_step(cublasHandle_t h, const PlusStackParams& p, KVCache*
     rope_forward(c->qkv, c->qkv, B, 1, C, d.NH, pos);
     kv_cache_attention_step(c, layer, pos, B);
     matmul_forward(h, c->proj, c->atty, p.attn_proj_w, nullptr, B, C, C);
-    residual_forward(c->res2, x, c->proj, bc);
-    rmsnorm_forward(c->ln, nullptr, c->res2, p.ln2_w, B, C);
+    residual_forward(x, x, c->proj, bc);  // in place: x2 = x + attn
+    rmsnorm_forward(c->ln, nullptr, x, p.ln2_w, B, C);
     matmul_forward(h, c->fch, c->ln, p.fc_w, nullptr, B, C, 2 * H);
     swiglu_forward(c->fch_gelu, c->fch, c->fch + H, 2 * H, B, H);
     matmul_forward(h, c->proj, c->fch_gelu, p.fc_proj_w, nullptr, B, H, C);
-    residual_forward(x, c->res2, c->proj, bc);
+    residual_forward(x, x, c->proj, bc);  // x3 = x2 + mlp
 }
 
 // all L blocks of a stack (stacked parameters), x (B, C) in and out
