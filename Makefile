@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid
+PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid
+TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -59,11 +59,16 @@ all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 	$(COMPILE) $< -o $@ $(LIBS)
+# the model tests include their trainer's source
+test_gpt test_gpt_plus: train_gpt.cu
 
 # reference states written by the PyTorch script (CPU)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/gpt.py --out $@
+data/ref_gpt_plus.bin: dev/reference/gpt_plus.py dev/reference/formats.py dev/reference/common.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/gpt_plus.py --out $@
 data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
@@ -76,7 +81,7 @@ data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/hybrid.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin
+REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -113,7 +118,7 @@ test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(RE
 # are poisoned (NaN) in every run. Prints each program's summary and failures
 # (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit test_hybrid
+FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_vit test_mamba_vit test_hybrid
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
 test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \

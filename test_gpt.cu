@@ -35,34 +35,6 @@ static const double TOL = tf32_tolerance(1e-4, 2e-2);
 // position, mask or cache slot gives (1e-2 and up).
 static const double GEN_TOL = tf32_tolerance(1e-5, 2e-2);  // TF32 as TOL
 
-// Past the context W (the position table here): each step's logits are a
-// parallel forward's over the newest tokens; the first step past it keeps
-// W/2 of them, the next W/2 + 1.
-static void check_cache_full(Tests& t, GPT* model, const std::vector<int>& inputs, int B) {
-    int W = gpt_context(model), keep = W / 2, V = model->config.vocab_size, extra = 3;
-    std::vector<int> seq((long)B * (W + extra));  // each row: its W inputs, then `extra` more tokens
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < W + extra; i++) seq[(long)b * (W + extra) + i] = i < W ? inputs[(long)b * W + i] : (b * 7 + i) % V;
-    std::vector<int> prompt((long)B * W), column(B), window;
-    for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra)], &seq[(long)b * (W + extra)] + W, &prompt[(long)b * W]);
-    gpt_generate_begin(model, B);
-    gpt_prefill(model, prompt.data(), B, W);
-    for (int j = 0; j < extra; j++) {
-        for (int b = 0; b < B; b++) column[b] = seq[(long)b * (W + extra) + W + j];
-        gpt_step(model, column.data(), B);
-        std::vector<float> got = device_to_vector(model->gen.logits, (long)B * V);
-        int n = keep + j, first = W + j + 1 - n;  // the window: tokens first .. W+j of each row
-        window.resize((long)B * n);
-        for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra) + first], &seq[(long)b * (W + extra) + first] + n, &window[(long)b * n]);
-        std::vector<float> all = forward_logits(model, window.data(), B, n), want;
-        for (int b = 0; b < B; b++) want.insert(want.end(), &all[((long)b * n + n - 1) * V], &all[((long)b * n + n) * V]);
-        char name[96];
-        snprintf(name, sizeof(name), "cache full (W %d): step %d = forward over the last %d", W, j + 1, n);
-        check_tensor(t, name, got.data(), want.data(), (long)B * V, GEN_TOL);
-    }
-    gpt_generate_end(model);
-}
-
 // forward + backward at the reference parameters; compares activations,
 // loss and gradients. label prefixes the lines (the kernel variant).
 static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, const char* path, const char* label) {
@@ -144,7 +116,7 @@ int main(int argc, char** argv) {
     const std::vector<int>& tokens = ref.get("inputs", path).i;
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, "steps vs forward");
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2, GEN_TOL, "steps vs forward");
-    check_cache_full(t, &model, tokens, ref.B);
+    check_cache_full(t, &model, tokens, ref.B, gpt_context(&model), GEN_TOL);
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 2 * ref.T);
     model_free(&model.buf);
     return t.summary();

@@ -41,7 +41,7 @@ head -c 5000 "$W/gpt/ckpt_00000002.bin" > "$W/gpt_truncated_ckpt.bin"
 head -c 3000 "$W/mamba/model.bin" > "$W/mamba_truncated_model.bin"
 mkdir -p "$W/trunc_ckpt" && cp "$W/gpt_truncated_ckpt.bin" "$W/trunc_ckpt/ckpt_00000002.bin"
 
-WATCH="gpt mamba hybrid trunc_ckpt"  # expect: these run directories must not change
+WATCH="gpt mamba hybrid trunc_ckpt plus"  # expect: these run directories must not change
 
 for T in train_gpt train_mamba; do
   expect "$T missing data file" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/val.bin -k $W/vocab.bin $small
@@ -94,6 +94,15 @@ expect "hybrid heads not dividing the width" "-H" ./train_hybrid $D $small -A MA
 expect "hybrid checkpoint of another pattern" "pattern" ./train_hybrid $D $small -A AM -C 16 -H 2 -o "$W/hybrid" -y 1
 expect "mamba model into train_hybrid" "$W/mamba/model.bin" ./train_hybrid $D $small -e "$W/mamba/model.bin"
 
+# the model variant (-M) of train_gpt
+./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -x 2 -o "$W/plus" >/dev/null 2>&1 || echo "setup: train_gpt -M plus failed"
+expect "unknown model variant" "-M" ./train_gpt $D $small -M llama
+expect "model variant without a value" "-M" ./train_gpt $D $small -M
+expect "odd head size for rotary embeddings" "-C/-H" ./train_gpt $D $small -M plus -C 18 -H 2
+expect "plus model file with -M gpt" "$W/plus/model.bin" ./train_gpt $D $small -M gpt -e "$W/plus/model.bin"
+expect "plus checkpoint with -M gpt" "ckpt_00000002.bin" ./train_gpt $D $small -M gpt -L 1 -C 16 -H 2 -o "$W/plus" -y 1
+expect "gpt checkpoint with -M plus" "ckpt_00000002.bin" ./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -o "$W/gpt" -y 1
+expect "plus model into train_mamba" "$W/plus/model.bin" ./train_mamba $D $small -e "$W/plus/model.bin"
 expect "fresh run into a directory with another run's checkpoints" "$W/gpt" ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt"
 
 # a run that diverges (learning rate 10, weight decay 10: the weights grow

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A run killed (SIGKILL) after a checkpoint and resumed with -y 1 prints the
 # same losses as an uninterrupted run, digit for digit, and ends with the
-# same model file, byte for byte (host backend). For train_gpt,
-# train_mamba and train_hybrid. Ends with "N passed, M failed".
+# same model file, byte for byte (host backend). For train_gpt (both
+# variants: gpt, and plus with -M plus), train_mamba and train_hybrid. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 $PYTHON - "$W" <<'PY' || abort "cannot write test data"
@@ -14,15 +14,16 @@ formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
 formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 20000), 65)
 formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 4000), 65)
 PY
-for m in gpt mamba hybrid; do
+for m in gpt plus mamba hybrid; do
+  prog="./train_$m"; [ $m = plus ] && prog="./train_gpt -M plus"
   shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
-  ./train_$m $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
-  ./train_$m $args -o "$W/cut_$m" > /dev/null & pid=$!
+  $prog $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
+  $prog $args -o "$W/cut_$m" > /dev/null & pid=$!
   for i in $(seq 1 2000); do [ -f "$W/cut_$m/ckpt_00000020.bin" ] && break; sleep 0.005; done
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   killed_at=$(ls "$W/cut_$m" | sed -n 's/^ckpt_0*\([0-9]*\)\.bin$/\1/p' | sort -n | tail -n 1)
-  ./train_$m $args -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
+  $prog $args -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
   n=$(wc -l < "$W/resumed_$m.txt")
   if [ "$killed_at" != "" ] && [ "$killed_at" -lt 100 ] && [ "$n" -gt 0 ] && [ "$n" -eq $((100 - killed_at)) ] && \
      diff -q <(tail -n "$n" "$W/full_$m.txt") "$W/resumed_$m.txt" >/dev/null; then

@@ -229,6 +229,28 @@ static void kv_cache_prefill_stack(KVCache* c, const TransformerStackActs& acts,
     for (int l = 0; l < c->L; l++) kv_cache_prefill(c, l, transformer_layer_acts(acts, l, B, T, c->d).qkv, B, T);
 }
 
+// The attention of one step for any block built on this cache (the
+// Transformer++ block, plus_block.cuh): c->qkv (B, 3C) holds the new
+// token's q, k, v (as the block computed them: rotated, for RoPE); its k and
+// v go to layer `layer`'s cache at position pos, and c->atty (B, C) gets the
+// attention of q over positions 0..pos, with the backend's step kernel.
+static void kv_cache_attention_step(KVCache* c, int layer, int pos, int B) {
+    kv_cache_check(c, layer, B, "kv_cache_attention_step");
+    if (pos < 0 || pos >= c->maxT) fail("kv_cache_attention_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
+    int C = c->d.C, NH = c->d.NH, hs = C / NH;
+    float *k = kv_cache_k(c, layer), *v = kv_cache_v(c, layer);
+    LAUNCH(kv_cache_write_kernel, CEIL_DIV((long)B * C, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
+    cudaCheck(cudaGetLastError());
+    float scale = 1.0f / sqrtf((float)hs);
+    if (attention_step_use_block) {
+        LAUNCH(attention_step_block_kernel, B * NH, 128, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs, c->maxT, pos, scale);
+    } else {
+        LAUNCH(attention_step_rows_kernel, CEIL_DIV(B * NH, 32), 32, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs,
+                                                                        c->maxT, pos, scale);
+    }
+    cudaCheck(cudaGetLastError());
+}
+
 // One attention sublayer, one token per row at position pos (0 <= pos <
 // maxT; positions 0..pos-1 of layer `layer` hold the earlier tokens' keys
 // and values): x (B, C) is the sublayer's input on entry and its output

@@ -430,6 +430,34 @@ template <typename M> void check_steps_against_forward(Tests& t, M* model, const
     check_tensor(t, name, g.data(), w.data(), (long)g.size(), tol);
 }
 
+// A KV-cache model past its context W (the GPTs': the cache's length): each
+// step's logits are a parallel forward's over the newest tokens; the first
+// step past it keeps W/2 of them, the next W/2 + 1. inputs: (B, W).
+template <typename M> void check_cache_full(Tests& t, M* model, const std::vector<int>& inputs, int B, int W, double tol) {
+    int keep = W / 2, V = model->config.vocab_size, extra = 3;
+    std::vector<int> seq((long)B * (W + extra));  // each row: its W inputs, then `extra` more tokens
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < W + extra; i++) seq[(long)b * (W + extra) + i] = i < W ? inputs[(long)b * W + i] : (b * 7 + i) % V;
+    std::vector<int> prompt((long)B * W), column(B), window;
+    for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra)], &seq[(long)b * (W + extra)] + W, &prompt[(long)b * W]);
+    lm_generate_begin(model, B);
+    lm_prefill(model, prompt.data(), B, W);
+    for (int j = 0; j < extra; j++) {
+        for (int b = 0; b < B; b++) column[b] = seq[(long)b * (W + extra) + W + j];
+        lm_step(model, column.data(), B);
+        std::vector<float> got = device_to_vector(model->gen.logits, (long)B * V);
+        int n = keep + j, first = W + j + 1 - n;  // the window: tokens first .. W+j of each row
+        window.resize((long)B * n);
+        for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra) + first], &seq[(long)b * (W + extra) + first] + n, &window[(long)b * n]);
+        std::vector<float> all = forward_logits(model, window.data(), B, n), want;
+        for (int b = 0; b < B; b++) want.insert(want.end(), &all[((long)b * n + n - 1) * V], &all[((long)b * n + n) * V]);
+        char name[96];
+        snprintf(name, sizeof(name), "cache full (W %d): step %d = forward over the last %d", W, j + 1, n);
+        check_tensor(t, name, got.data(), want.data(), (long)B * V, tol);
+    }
+    lm_generate_end(model);
+}
+
 // n greedy tokens after a prompt, twice: the same tokens and logits, bit for bit
 template <typename M> void check_greedy_repeatable(Tests& t, M* model, const std::vector<int>& prompt, int n) {
     int V = model->config.vocab_size;

@@ -12,8 +12,9 @@ vocab (20261102)
     header[2] = V; then for each token id in order: one uint8 length n
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
-    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid),
+    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus),
     header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
+    gpt_plus (train_gpt -M plus): the same, F the SwiGLU width;
     mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
     mamba_vit: patch, K, L, C, E, N, P; hybrid: maxT, V, C, H, F, pattern,
     P); then P float32 parameters in the flat-buffer order.
@@ -62,8 +63,9 @@ KIND_MAMBA = 2
 KIND_VIT = 3
 KIND_MAMBA_VIT = 4
 KIND_HYBRID = 5
+KIND_GPT_PLUS = 6
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
-              KIND_HYBRID: "hybrid"}
+              KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus"}
 
 # config fields stored in header[3..] for each model kind, in slot order.
 # Every kind lists "P" (the number of float parameters) among its fields.
@@ -71,6 +73,8 @@ CONFIG_SLOT0 = 3
 CONFIG_SLOTS = 7  # header[3..9]
 CONFIG_FIELDS = {
     KIND_GPT: ("maxT", "V", "L", "H", "C", "F", "P"),
+    # Transformer++: F is the SwiGLU hidden width; maxT the longest context (no position table)
+    KIND_GPT_PLUS: ("maxT", "V", "L", "H", "C", "F", "P"),
     # E = expanded width (2C), N = state size (16), R = dt rank (ceil(C/16))
     KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
     # images are 3 x 32 x 32: patch = patch size (T = (32/patch)^2 tokens of
@@ -125,6 +129,30 @@ def gpt_param_layout(maxT, V, L, C, F):
 
 def gpt_num_params(maxT, V, L, C, F):
     return sum(math.prod(shape) for _, shape, _ in gpt_param_layout(maxT, V, L, C, F))
+
+
+def gpt_plus_param_layout(V, L, C, F):
+    """
+    The Transformer++'s flat parameter buffer (train_gpt -M plus), in order.
+    F is the SwiGLU hidden width; fc_w stacks W1 (rows 0..F-1, through SiLU)
+    and W3 (rows F..2F-1); fc_proj_w is W2. No biases, no position table.
+    Weight decay on the embedding and the Linear weights.
+    """
+    return [
+        ("wte", (V, C), True),
+        ("ln1_w", (L, C), False),
+        ("qkv_w", (L, 3 * C, C), True),
+        ("attn_proj_w", (L, C, C), True),
+        ("ln2_w", (L, C), False),
+        ("fc_w", (L, 2 * F, C), True),
+        ("fc_proj_w", (L, C, F), True),
+        ("lnf_w", (C,), False),
+        ("head_w", (V, C), True),
+    ]
+
+
+def gpt_plus_num_params(V, L, C, F):
+    return sum(math.prod(shape) for _, shape, _ in gpt_plus_param_layout(V, L, C, F))
 
 
 # kernel size of the Mamba block's causal depthwise conv1d (fixed, like
@@ -371,6 +399,12 @@ def _validate_config(path, kind, config):
         P = gpt_num_params(config["maxT"], config["V"], config["L"], config["C"], config["F"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the gpt layout's {P} parameters")
+    elif kind == KIND_GPT_PLUS:
+        if config["C"] % config["H"] != 0 or (config["C"] // config["H"]) % 2 != 0:
+            _fail(path, f"C = {config['C']} does not split into H = {config['H']} heads of even size")
+        P = gpt_plus_num_params(config["V"], config["L"], config["C"], config["F"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the gpt_plus layout's {P} parameters")
     elif kind == KIND_MAMBA:
         P = mamba_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["R"])
         if config["P"] != P:

@@ -2,7 +2,7 @@
 PyTorch interop for the project's model files and checkpoints.
 
   interop.py eval FILE --tokens PATH --B 4 --T 64 --batches 2
-      loads a model file or checkpoint (GPT, Mamba or hybrid LM) into the PyTorch
+      loads a model file or checkpoint (GPT, Transformer++, Mamba or hybrid LM) into the PyTorch
       model and prints "val loss X": the mean loss over the first `batches`
       consecutive B x T windows of the tokens file, as the trainers'
       validation computes it (float64).
@@ -27,6 +27,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import formats  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
+from gpt_plus import GPTPlus, PlusConfig  # noqa: E402
 from hybrid import HybridConfig, HybridLM  # noqa: E402
 from mamba import MambaConfig, MambaLM  # noqa: E402
 
@@ -46,6 +47,9 @@ def build(kind, config):
     if kind == formats.KIND_GPT:
         return GPT(GPTConfig(maxT=config["maxT"], V=config["V"], L=config["L"], H=config["H"],
                              C=config["C"], F=config["F"]))
+    if kind == formats.KIND_GPT_PLUS:
+        return GPTPlus(PlusConfig(maxT=config["maxT"], V=config["V"], L=config["L"], H=config["H"],
+                                  C=config["C"], F=config["F"]))
     if kind == formats.KIND_MAMBA:
         return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"],
                                    E=config["E"], R=config["R"]))
