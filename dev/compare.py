@@ -10,7 +10,7 @@ parameter count for K seeds on tinyshakespeare, and writes
 
 Equal size: the GPT's parameter count at the config's width is the target;
 every other model keeps its layer count and takes the width C (a multiple
-of 8) whose count is nearest, which must be within 5% (the counts are read
+of 4, of 8 for Transformer++) whose count is nearest, which must be within 5% (the counts are read
 from the trainers themselves and printed).
 
   dev/compare                      the CPU config (minutes per run; 3 seeds)
@@ -35,13 +35,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (trainer, flags that fix the architecture but the width)
+# name: (trainer, flags that fix the architecture but the width, the step of the width search:
+# 4 heads divide C; Transformer++'s rotary embedding needs an even head size)
 MODELS = {
-    "GPT": ("./train_gpt", ["-M", "gpt", "-L", "4", "-H", "4"]),
-    "Transformer++": ("./train_gpt", ["-M", "plus", "-L", "4", "-H", "4"]),
-    "Mamba": ("./train_mamba", ["-L", "5"]),
-    "Mamba-MHA (MAMA)": ("./train_hybrid", ["-A", "MAMA", "-H", "4"]),
-    "Mamba-MLP (MFMF)": ("./train_hybrid", ["-A", "MFMF"]),
+    "GPT": ("./train_gpt", ["-M", "gpt", "-L", "4", "-H", "4"], 4),
+    "Transformer++": ("./train_gpt", ["-M", "plus", "-L", "4", "-H", "4"], 8),
+    "Mamba": ("./train_mamba", ["-L", "5"], 4),
+    "Mamba-MHA (MAMA)": ("./train_hybrid", ["-A", "MAMA", "-H", "4"], 4),
+    "Mamba-MLP (MFMF)": ("./train_hybrid", ["-A", "MFMF"], 4),
 }
 CONFIGS = {
     # a CPU config: about 2 minutes per run on 2 cores
@@ -58,7 +59,7 @@ def run(cmd):
 
 
 def width_flags(name, C, cfg):
-    trainer, arch = MODELS[name]
+    trainer, arch, _ = MODELS[name]
     # the F of MLPs scales with C: the trainers' defaults (GPT 2C, hybrid 4C)
     return trainer, ["-S", cfg["preset"], *arch, "-C", str(C), "-t", str(cfg["T"])]
 
@@ -73,9 +74,10 @@ def param_count(name, C, cfg):
 
 
 def matched_width(name, target, cfg):
-    """The width C (multiple of 8, divisible by 4 heads) whose count is nearest the target."""
+    """The width C (a multiple of the model's step) whose count is nearest the target."""
     best = None
-    for C in range(16, 4 * cfg["C"] + 1, 8):
+    step = MODELS[name][2]
+    for C in range(2 * step, 4 * cfg["C"] + 1, step):
         n = param_count(name, C, cfg)
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (C, n)
