@@ -457,6 +457,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
 
         NVTX_RANGE("step");
         double t0 = host_clock();
+        step_profile_begin();
         token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
         lm_forward(model, inputs.data(), targets.data(), B, T);
         lm_backward(model, B, T);
@@ -464,6 +465,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         float norm = model_update(m, &opt, lr, step + 1);
         cudaCheck(cudaDeviceSynchronize());
         check_finite(tc->out_dir, step + 1, m->mean_loss, norm);
+        step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
         print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);

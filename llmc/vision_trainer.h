@@ -393,6 +393,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
 
         NVTX_RANGE("step");
         double t0 = host_clock();
+        step_profile_begin();
         const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
                                                  labels.data());
         vision_forward(model, images, labels.data(), vc->B, step);
@@ -401,6 +402,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         float norm = model_update(m, &opt, lr, step + 1);
         cudaCheck(cudaDeviceSynchronize());
         check_finite(vc->out_dir, step + 1, m->mean_loss, norm);
+        step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
         window_seconds += seconds;
