@@ -664,6 +664,88 @@ int main() {
         }
         cudaFree(d_g); cudaFree(d_norm);
     }
+    {   // the one AdamW launch over a flat buffer of several tensors (decay per tensor) against one launch per
+        // tensor: bitwise, every element is computed the same way. Tensor sizes that split spans and blocks
+        // unevenly, decay flags mixed. Then a non-finite gradient: the norm is NaN, its clipping factor too,
+        // and the launch leaves parameters and moments bitwise untouched (the step's check on the device)
+        long sizes[5] = {1, 4099, 37, 70001, 3}, n = 0;
+        int decay[5] = {1, 0, 1, 1, 0};
+        AdamWDecayTable table;
+        memset(&table, 0, sizeof(table));
+        table.count = 5;
+        for (int i = 0; i < 5; i++) { n += sizes[i]; table.end[i] = n; table.decay[i] = (unsigned char)decay[i]; }
+        std::vector<float> p0 = random_vector(n, &rng, -1.0f, 1.0f), g0 = random_vector(n, &rng, -1.0f, 1.0f);
+        float* d_g = to_device(g0);
+        float* d_scale = to_device({0.7f});
+        std::vector<float> got[2];
+        for (int way = 0; way < 2; way++) {
+            float* d_p = to_device(p0);
+            float *d_m = to_device(std::vector<float>(n, 0.0f)), *d_v = to_device(std::vector<float>(n, 0.0f));
+            for (int t = 1; t <= 2; t++) {
+                if (way == 0) {
+                    adamw_update_table(d_p, d_m, d_v, d_g, n, &table, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, t, d_scale);
+                } else {
+                    long off = 0;
+                    for (int i = 0; i < 5; i++) {
+                        adamw_update(d_p + off, d_m + off, d_v + off, d_g + off, sizes[i], 1e-2f, 0.9f, 0.99f, 1e-8f,
+                                     decay[i] ? 0.1f : 0.0f, t, d_scale);
+                        off += sizes[i];
+                    }
+                }
+            }
+            got[way] = to_host(d_p, n);
+            std::vector<float> mv = to_host(d_m, n), vv = to_host(d_v, n);
+            got[way].insert(got[way].end(), mv.begin(), mv.end());
+            got[way].insert(got[way].end(), vv.begin(), vv.end());
+            cudaFree(d_p); cudaFree(d_m); cudaFree(d_v);
+        }
+        long bad = count_bit_mismatch(got[0], got[1]);
+        tests.check(bad == 0 && got[0][0] != p0[0], "AdamW: one launch over 5 tensors (decay per tensor) vs one per tensor: "
+                    "%ld of %ld parameters and moments differ bitwise", bad, (long)got[0].size());
+        std::vector<float> g_bad = g0;
+        g_bad[4100] = NAN;
+        float* d_gbad = to_device(g_bad);
+        float* d_p = to_device(p0);
+        float *d_m = to_device(std::vector<float>(n, 0.5f)), *d_v = to_device(std::vector<float>(n, 0.25f));
+        float* d_norm; cudaCheck(cudaMalloc(&d_norm, NORM_BUFFER_FLOATS * sizeof(float)));
+        long untouched = 0;
+        bool saved_norm_variant = norm_use_blocks;
+        for (int variant = 0; variant < 2; variant++) {
+            norm_use_blocks = variant == 1;
+            for (float clip : {1.0f, 0.0f}) {
+                global_norm(d_norm, d_gbad, n, clip);
+                adamw_update_table(d_p, d_m, d_v, d_gbad, n, &table, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, d_norm + 1);
+                std::vector<float> ns = to_host(d_norm, 2), p1 = to_host(d_p, n), m1 = to_host(d_m, n), v1 = to_host(d_v, n);
+                bool same = !memcmp(p1.data(), p0.data(), n * sizeof(float)) && m1 == std::vector<float>(n, 0.5f) &&
+                            v1 == std::vector<float>(n, 0.25f);
+                untouched += same && ns[0] != ns[0] && ns[1] != ns[1];
+            }
+        }
+        norm_use_blocks = saved_norm_variant;
+        tests.check(untouched == 4, "a NaN gradient: norm and clipping factor NaN, AdamW skips the update (%ld of 4 cases: "
+                    "both norm variants, clip 1 and none)", untouched);
+        for (float* q : {d_g, d_scale, d_gbad, d_p, d_m, d_v, d_norm}) cudaFree(q);
+    }
+    {   // the mean loss on the device: one thread (the host's launch) is the plain double sum in order;
+        // MEAN_LOSS_THREADS threads (the GPU's) a fixed tree; both against a double reference (the fp32
+        // rounding of the mean: 6e-8 relative, so 1e-7)
+        int n = 16411;
+        std::vector<float> losses = random_vector(n, &rng, 0.0f, 5.0f);
+        double ref = 0.0;
+        for (float x : losses) ref += x;
+        float plain = (float)(ref / n);
+        float* d_l = to_device(losses);
+        float* d_out; cudaCheck(cudaMalloc(&d_out, sizeof(float)));
+        for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, n);
+            float got = to_host(d_out, 1)[0];
+            double err = fabs(got - ref / n) / (ref / n);
+            tests.check(err < 1e-7 && (threads != 1 || got == plain),
+                        "mean loss kernel, %d threads: %.8f vs %.8f (rel err %.1e)%s", threads, got, ref / n, err,
+                        threads == 1 ? ", bitwise the host's old sum" : "");
+        }
+        cudaFree(d_l); cudaFree(d_out);
+    }
     {   // launch limits as sm_90 has them: the host backend must refuse what the GPU refuses
         cudaCheck(cudaGetLastError());
         struct { dim3 grid, block; bool ok; } configs[] = {
