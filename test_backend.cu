@@ -257,9 +257,22 @@ static std::vector<float> run_deterministic_kernels() {
         float *m = zeros(n), *v = zeros(n), *norm = zeros(NORM_BLOCKS + 2);
         global_norm(norm, grads, n, 1.0f);
         adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, norm + 1);
-        adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 2, norm + 1);
+        AdamWDecayTable table;  // then the one launch over three tensors, the middle one without decay
+        memset(&table, 0, sizeof(table));
+        table.count = 3;
+        table.end[0] = 1000; table.end[1] = 201000; table.end[2] = n;
+        table.decay[0] = table.decay[2] = 1;
+        adamw_update_table(params, m, v, grads, n, &table, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 2, norm + 1);
         append(norm, NORM_BLOCKS + 2); append(params, n); append(m, n); append(v, n);
         for (float* p : {grads, params, m, v, norm}) cudaFree(p);
+    }
+    {   // the mean loss on the device
+        int n = 5000;
+        float* losses = to_device(random_vector(n, &rng, 0.0f, 4.0f));
+        float* out = zeros(1);
+        LAUNCH(mean_loss_kernel, 1, mean_loss_threads, 0)(out, losses, n);
+        append(out, 1);
+        cudaFree(losses); cudaFree(out);
     }
     return all;
 }
@@ -267,9 +280,13 @@ static std::vector<float> run_deterministic_kernels() {
 // the deterministic kernels with every variant flag at `gpu_variants`
 static std::vector<float> run_deterministic_variant(bool gpu_variants) {
     bool ln = layernorm_use_warp, scan = scan_use_chunked, norm = norm_use_blocks;
+    int tile = layernorm_param_tile, loss_threads = mean_loss_threads;
     layernorm_use_warp = scan_use_chunked = norm_use_blocks = gpu_variants;
+    layernorm_param_tile = gpu_variants ? 1 : LN_TILE;
+    mean_loss_threads = gpu_variants ? MEAN_LOSS_THREADS : 1;
     std::vector<float> out = run_deterministic_kernels();
     layernorm_use_warp = ln; scan_use_chunked = scan; norm_use_blocks = norm;
+    layernorm_param_tile = tile; mean_loss_threads = loss_threads;
     return out;
 }
 
@@ -436,7 +453,11 @@ static void check_fast_kernels(Tests& tests) {
         cases.push_back({"attention_unpermute (reverse)", shapes_mismatch(zero_out, [&]() {
             LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(d_a, d_o, B, T, NH, hs, 0, row_span(hs)); }, d_o, nq)});
         for (auto& c : cases) tests.check(c.bad == 0, "host shapes vs GPU shapes, %-30s: %d floats differ", c.name, c.bad);
-        // the layernorm parameter gradient: LN_TILE channels per thread vs one (C = 45: two full tiles and a partial one)
+        // the layernorm parameter gradient (two stages: BT = 111 rows are two chunks, one partial): LN_TILE
+        // channels per thread vs one (C = 45: two full tiles and a partial one), bitwise; and against double
+        // sums, relative to the sum of the terms' magnitudes: a term has 3 roundings (a difference, two
+        // products), each float sum adds at most LN_PARAM_ROWS terms within a chunk, then the 2 chunks,
+        // so the error is under (3 + 64 + 2) * 2^-24 = 4.1e-6 of that
         float* d_mr; cudaCheck(cudaMalloc(&d_mr, 2 * BT * sizeof(float)));
         cudaCheck(cudaMemcpy(d_mr, d_b, BT * sizeof(float), cudaMemcpyDeviceToDevice));
         cudaCheck(cudaMemcpy(d_mr + BT, d_pos, BT * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -444,14 +465,23 @@ static void check_fast_kernels(Tests& tests) {
         int tiles[2] = {LN_TILE, 1};
         for (int v = 0; v < 2; v++) {
             zero_out();
-            int nthreads = CEIL_DIV(C, tiles[v]);
-            LAUNCH(layernorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(d_o, d_o + C, d_a, d_b, d_mr, d_mr + BT,
-                                                                                  (int)BT, C, tiles[v]);
+            layernorm_param_backward(d_o, d_o + C, d_a, d_b, d_mr, d_mr + BT, (int)BT, C, tiles[v]);
             got[v] = to_host(d_o, 2 * C);
         }
         int bad = 0;
         for (int i = 0; i < 2 * C; i++) bad += memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0;
         tests.check(bad == 0, "layernorm parameter gradient, %d channels per thread vs 1: %d of %d differ", LN_TILE, bad, 2 * C);
+        double worst = 0.0;
+        for (int c = 0; c < C; c++) {
+            double sw = 0, sb = 0, aw = 0, ab = 0;
+            for (long r = 0; r < BT; r++) {
+                double g = a[r * C + c], t = g * ((double)b[r * C + c] - b[r]) * pos[r];
+                sw += t; aw += fabs(t); sb += g; ab += fabs(g);
+            }
+            worst = std::max(worst, std::max(fabs(got[0][c] - sw) / aw, fabs(got[0][C + c] - sb) / ab));
+        }
+        tests.check(worst < 4.1e-6, "layernorm parameter gradient against double sums: max error %.1e of the terms' "
+                    "magnitude (bound 4.1e-6)", worst);
         cudaFree(d_mr);
         cudaFree(d_a); cudaFree(d_b); cudaFree(d_pos); cudaFree(d_o); cudaFree(d_tok);
     }
