@@ -6,7 +6,8 @@ Checks train_mamba.cu and its kernels:
      gradient, for both scan variants (and the sequential one at d_state 4,
      which the chunked one, compiled for 16, refuses);
   2. the two scan variants against each other (forward outputs, stored
-     states and every gradient), T not a multiple of the chunk;
+     states and every gradient), T not a multiple of the chunk nor of the
+     chunked forward's 128-step blocks;
   3. against the PyTorch reference state of dev/reference/mamba.py (make
      test writes data/ref_mamba.bin): every layer's activations, logits,
      loss, every parameter gradient (A_log, D, dt_proj bias and conv
@@ -331,9 +332,10 @@ int main(int argc, char** argv) {
     }
     check_conv_gradients(t);
 
-    // the two variants against each other on a longer sequence (3 chunks and a bit), E not a multiple of the group
+    // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
+    // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit
     {
-        ScanProblem q = make_scan_problem(3, 101, 19, 16, 2, 7);
+        ScanProblem q = make_scan_problem(3, 301, 19, 16, 2, 7);
         scan_use_chunked = false;
         ScanResult a = run_scan(q, true);
         scan_use_chunked = true;

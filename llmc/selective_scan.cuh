@@ -36,12 +36,14 @@ gradients up to rounding and summation order):
                     registers; other N are refused with an error). A block
                     holds the 8 channels of a group, one warp each, and
                     stages each chunk's B and C rows in shared memory once
-                    for all of them; lane i holds time step chunk*32 + i;
-                    each state's pairs are combined across lanes by a
-                    Hillis-Steele scan with warp shuffles (log2 32 = 5
-                    rounds), the state carried from chunk to chunk, so any
-                    T works (the last chunk may be partial). Backward: the
-                    block combines its warps' dB, dC contributions in shared
+                    for all of them; each state's pairs are combined across
+                    lanes by a Hillis-Steele scan with warp shuffles (log2
+                    32 = 5 rounds), the state carried from block of steps
+                    to block, so any T works (the last chunk may be
+                    partial). Forward: lane i owns 4 consecutive steps of
+                    128, composes them serially, then one warp scan.
+                    Backward: lane i holds step chunk*32 + i; the block
+                    combines its warps' dB, dC contributions in shared
                     memory (padded rows: no bank conflicts).
 Reductions are deterministic: dB and dC (sums over channels) are summed in a
 fixed order within a group, written per group, then added over groups in
@@ -121,17 +123,27 @@ __device__ __forceinline__ void scan_load_bc_chunk(float* bc_s, const float* x_d
 // The parallel forward scan, d_state NS a compile-time constant (SCAN_DSTATE
 // = 16; the launcher checks the run-time N), so A, the carried state and
 // every loop over states are unrolled into registers. Block = SCAN_GROUP
-// warps = channels e0 .. e0 + 7 of batch row b, one warp per channel; per
-// chunk of 32 steps the block stages the chunk's B and C rows in shared
-// memory once (scan_load_bc_chunk), then lane i takes step chunk*32 + i and
-// each state's (decay, input) pairs are combined across lanes by a
-// Hillis-Steele scan with shuffles (5 rounds), the state carried from chunk
-// to chunk. Warps past E only take part in the barriers.
+// warps = channels e0 .. e0 + 7 of batch row b, one warp per channel. The
+// warp steps through time SCAN_LANE_STEPS * 32 = 128 steps at a time, and
+// lane i owns the SCAN_LANE_STEPS consecutive steps from 4i (as mamba_ssm's
+// kernels do): per state it composes its steps' (decay, input) pairs
+// serially, the 32 lanes' composites are combined by one Hillis-Steele scan
+// with shuffles (5 rounds), and each lane then runs its steps serially from
+// the state before its first. 12 shuffles per state per 128 steps (one lane
+// per step would take 11 per 32). The state is carried between the 128-step
+// blocks, so any T works; the state at the end of every 32-step chunk (and
+// at T - 1) is stored for the backward pass. The block first stages the
+// rows' B and C in shared memory once for all its warps (step 4i + k at row
+// 32k + i: lane i reading its k-th step hits bank (i + n) mod 32, no
+// conflicts). Warps past E only take part in the barriers.
+#define SCAN_LANE_STEPS 4
+#define SCAN_FWD_STEPS (SCAN_LANE_STEPS * 32)
 template <int NS>
 __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, float* states, const float* u,
                                                       const float* dt, const float* x_dbl, int R, const float* A_log,
                                                       const float* D, const float* xz, int B, int T, int E) {
-    __shared__ float bc_s[SCAN_CHUNK * SCAN_BC_STRIDE(NS)];
+    const int K = SCAN_LANE_STEPS, xs = R + 2 * NS;
+    __shared__ float bc_s[SCAN_FWD_STEPS * SCAN_BC_STRIDE(NS)];
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int g = blockIdx.x % ngroups, b = blockIdx.x / ngroups;
     int w = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -141,42 +153,63 @@ __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, fl
     float A[NS], carry[NS];
 #pragma unroll
     for (int n = 0; n < NS; n++) { A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f; carry[n] = 0.0f; }
-    for (int c = 0; c < nchunks; c++) {
-        int t = c * SCAN_CHUNK + lane;
-        int last = min(SCAN_CHUNK - 1, T - 1 - c * SCAN_CHUNK);  // last valid lane
-        bool valid = active && t < T;
-        long row = (long)b * T + (t < T ? t : 0);
-        __syncthreads();  // every warp is done with the previous chunk's rows
-        scan_load_bc_chunk<NS>(bc_s, x_dbl, R, (long)b * T + c * SCAN_CHUNK, last + 1);
+    for (int t0 = 0; t0 < T; t0 += SCAN_FWD_STEPS) {
+        __syncthreads();  // every warp is done with the previous rows
+        for (int i = threadIdx.x; i < SCAN_FWD_STEPS * 2 * NS; i += blockDim.x) {
+            int step = i / (2 * NS), j = i % (2 * NS);
+            int r = (step % K) * 32 + step / K;
+            bc_s[r * SCAN_BC_STRIDE(NS) + j] = t0 + step < T ? x_dbl[((long)b * T + t0 + step) * xs + R + j] : 0.0f;
+        }
         __syncthreads();
-        const float* bc = bc_s + lane * SCAN_BC_STRIDE(NS);
-        float dtv = valid ? dt[row * E + e] : 0.0f, uv = valid ? u[row * E + e] : 0.0f;
-        float acc = 0.0f;
+        float dtv[K], uv[K], acc[K];
+        bool valid[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int t = t0 + lane * K + k;
+            valid[k] = active && t < T;
+            long row = (long)b * T + (valid[k] ? t : 0);
+            dtv[k] = valid[k] ? dt[row * E + e] : 0.0f;
+            uv[k] = valid[k] ? u[row * E + e] : 0.0f;
+            acc[k] = 0.0f;
+        }
 #pragma unroll
         for (int n = 0; n < NS; n++) {
-            float a = valid ? expf(dtv * A[n]) : 1.0f;
-            float bb = valid ? dtv * bc[n] * uv : 0.0f;
+            float a[K], bb[K];
+            float ac = 1.0f, bc = 0.0f;  // the lane's composite: h_out = ac * h_in + bc
 #pragma unroll
-            for (int off = 1; off < SCAN_CHUNK; off <<= 1) {  // inclusive scan over lanes
-                float ap = __shfl_up_sync(0xffffffffu, a, off);
-                float bp = __shfl_up_sync(0xffffffffu, bb, off);
-                if (lane >= off) { bb = a * bp + bb; a = a * ap; }
+            for (int k = 0; k < K; k++) {
+                a[k] = valid[k] ? expf(dtv[k] * A[n]) : 1.0f;
+                bb[k] = valid[k] ? dtv[k] * bc_s[(k * 32 + lane) * SCAN_BC_STRIDE(NS) + n] * uv[k] : 0.0f;
+                bc = a[k] * bc + bb[k];
+                ac = a[k] * ac;
             }
-            float h = a * carry[n] + bb;
-            acc += h * bc[NS + n];
-            carry[n] = __shfl_sync(0xffffffffu, h, last);
-        }
-        if (valid) {
-            float yv = acc + D[e] * uv;
-            y[row * E + e] = yv;
-            gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
-        }
-        if (active && lane < NS) {  // the chunk's last state, one state per lane (carry[] indexed by constants only)
-            float sv = 0.0f;
 #pragma unroll
-            for (int n = 0; n < NS; n++) sv = lane == n ? carry[n] : sv;
-            states[((long)(b * E + e) * nchunks + c) * NS + lane] = sv;
+            for (int off = 1; off < 32; off <<= 1) {  // inclusive scan of the composites over lanes
+                float ap = __shfl_up_sync(0xffffffffu, ac, off);
+                float bp = __shfl_up_sync(0xffffffffu, bc, off);
+                if (lane >= off) { bc = ac * bp + bc; ac = ac * ap; }
+            }
+            float h_end = ac * carry[n] + bc;  // the state after the lane's last step
+            float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+            if (lane == 0) h = carry[n];
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                int t = t0 + lane * K + k;
+                h = a[k] * h + bb[k];
+                acc[k] += h * bc_s[(k * 32 + lane) * SCAN_BC_STRIDE(NS) + NS + n];
+                if (valid[k] && (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1))
+                    states[((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * NS + n] = h;
+            }
+            carry[n] = __shfl_sync(0xffffffffu, h_end, 31);  // steps past T keep the state: lane 31 ends at T - 1's
         }
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (valid[k]) {
+                long row = (long)b * T + t0 + lane * K + k;
+                float yv = acc[k] + D[e] * uv[k];
+                y[row * E + e] = yv;
+                gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+            }
     }
 }
 
