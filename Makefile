@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid
+TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -73,7 +73,10 @@ data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py de
 data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/attention.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
+data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/hybrid.py --out $@
+REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -89,13 +92,13 @@ data: data/tinyshakespeare_train.bin
 data/tinyshakespeare_train.bin: $(TINYSHAKESPEARE) dev/data/tinyshakespeare.py
 	@mkdir -p data
 	$(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data
-LM_TRAINERS = train_gpt train_mamba
+LM_TRAINERS = train_gpt train_mamba train_hybrid
 $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
-test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
+test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # The tests under the host backend's fidelity switches (llmc/host_backend.h),
@@ -110,9 +113,9 @@ test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 # are poisoned (NaN) in every run. Prints each program's summary and failures
 # (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit
+FIDELITY_TF32_TESTS = test_backend test_gpt test_mamba test_vit test_mamba_vit test_hybrid
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
-test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
+test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
 	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \
 	  echo "##### $$1 ($$2)"; env $$(echo $$1 | tr , ' ') dev/run_tests.sh $$3 > $$log 2>&1; \
@@ -127,19 +130,25 @@ test-fidelity: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_ST
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend)
 SANITIZE_FLAGS = -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                  -fno-omit-frame-pointer -fopenmp -x c++
-sanitize: $(REF_STATES)
+SANITIZE_PROGRAMS = $(addprefix build/sanitize/,$(TESTS))
+$(SANITIZE_PROGRAMS): build/sanitize/%: %.cu $(HEADERS)
 	@mkdir -p build/sanitize
-	@set -e; for t in $(TESTS); do echo "g++ -fsanitize=address,undefined $$t.cu"; \
-	  $(HOST_CXX) $(SANITIZE_FLAGS) $$t.cu -o build/sanitize/$$t $(HOST_LIBS); done
-	@dev/run_tests.sh $(addprefix build/sanitize/,$(TESTS))
+	@echo "g++ -fsanitize=address,undefined $<"
+	@$(HOST_CXX) $(SANITIZE_FLAGS) $< -o $@ $(HOST_LIBS)
+sanitize: $(SANITIZE_PROGRAMS) $(REF_STATES)
+	@dev/run_tests.sh $(SANITIZE_PROGRAMS)
 
-cuda-check:
-	@mkdir -p build/cuda-check
-	@set -e; for f in $(CUDA_SOURCES); do \
-	  echo "nvcc sm_80 sm_90: $$f"; \
-	  $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-	    -x cu $$f -o build/cuda-check/$$(basename $$f .cu) $(CUDA_LIBS); \
-	done; echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
+# one target per source, so that make -j compiles them in parallel
+CUDA_CHECK_PROGRAMS = $(addprefix build/cuda-check/,$(basename $(notdir $(CUDA_SOURCES))))
+CUDA_CHECK_COMPILE = $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -x cu
+build/cuda-check/%: %.cu $(HEADERS)
+	@mkdir -p build/cuda-check; echo "nvcc sm_80 sm_90: $<"
+	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)
+build/cuda-check/%: dev/cuda/%.cu $(HEADERS)
+	@mkdir -p build/cuda-check; echo "nvcc sm_80 sm_90: $<"
+	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)
+cuda-check: $(CUDA_CHECK_PROGRAMS)
+	@echo "cuda-check: all $(words $(CUDA_SOURCES)) files compiled for sm_80 and sm_90"
 
 clean:
 	rm -rf build $(PROGRAMS)

@@ -624,21 +624,25 @@ int main() {
         tests.check(c == 64 * 256 && f == 64.0f * 256.0f, "atomicAdd: count %d, float sum %.1f (expected %d)", c, f, 64 * 256);
         cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_f));
     }
-    {   // cuBLAS sgemm, column-major, every transpose combination, beta accumulation
+    {   // cuBLAS sgemm, column-major, every transpose combination, beta accumulation and beta 0 over NaN
+        // (C is then not read); padded leading dimensions; one column and one row too (the host's sgemv path)
         cublasHandle_t handle; cublasCheck(cublasCreate(&handle));
-        int m = 37, nn = 29, k = 41;
-        std::vector<float> A(m * k), B(k * nn), C0(m * nn);
-        for (auto& x : A) x = (float)(random_u32(&rng) % 7) - 3;
-        for (auto& x : B) x = (float)(random_u32(&rng) % 7) - 3;
-        for (auto& x : C0) x = (float)(random_u32(&rng) % 5) - 2;
+        int k = 41;
+        const int shapes[3][2] = {{37, 29}, {37, 1}, {1, 29}};
+        for (auto& shape : shapes) for (int zero_beta = 0; zero_beta < 2; zero_beta++)
         for (int ta = 0; ta < 2; ta++) for (int tb = 0; tb < 2; tb++) {
-            // op(A) is m x k, op(B) is k x n; stored so that op() gives those shapes
-            int lda = ta ? k : m, ldb = tb ? nn : k;
+            int m = shape[0], nn = shape[1];
+            // op(A) is m x k, op(B) is k x n; stored so that op() gives those shapes, columns padded
+            int lda = (ta ? k : m) + 3, ldb = (tb ? nn : k) + 2, ldc = m + 1;
+            std::vector<float> A((long)lda * (ta ? m : k)), B((long)ldb * (tb ? k : nn)), C0((long)ldc * nn);
+            for (auto& x : A) x = (float)(random_u32(&rng) % 7) - 3;
+            for (auto& x : B) x = (float)(random_u32(&rng) % 7) - 3;
+            for (auto& x : C0) x = zero_beta ? NAN : (float)(random_u32(&rng) % 5) - 2;
             float* dA = to_device(A); float* dB = to_device(B); float* dC = to_device(C0);
-            float alpha = 2.0f, beta = 1.0f;
+            float alpha = 2.0f, beta = zero_beta ? 0.0f : 1.0f;
             cublasCheck(cublasSgemm(handle, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    m, nn, k, &alpha, dA, lda, dB, ldb, &beta, dC, m));
-            std::vector<float> C = to_host(dC, m * nn), ref(m * nn);
+                                    m, nn, k, &alpha, dA, lda, dB, ldb, &beta, dC, ldc));
+            std::vector<float> Cd = to_host(dC, ldc * nn), C(m * nn), ref(m * nn);
             for (int i = 0; i < m; i++) for (int j = 0; j < nn; j++) {
                 float s = 0.0f;
                 for (int p = 0; p < k; p++) {
@@ -646,10 +650,12 @@ int main() {
                     float bv = tb ? B[j + p * ldb] : B[p + j * ldb];
                     s += av * bv;
                 }
-                ref[i + j * m] = alpha * s + beta * C0[i + j * m];
+                ref[i + j * m] = alpha * s + (zero_beta ? 0.0f : beta * C0[i + j * ldc]);
+                C[i + j * m] = Cd[i + j * ldc];
             }
             int bad = count_mismatch(C, ref);
-            tests.check(bad == 0, "cublasSgemm op(A)=%c op(B)=%c: %d of %d differ", ta ? 'T' : 'N', tb ? 'T' : 'N', bad, m * nn);
+            tests.check(bad == 0, "cublasSgemm %dx%dx%d op(A)=%c op(B)=%c beta %g: %d of %d differ", m, nn, k,
+                        ta ? 'T' : 'N', tb ? 'T' : 'N', beta, bad, m * nn);
             cudaFree(dA); cudaFree(dB); cudaFree(dC);
         }
         {   // strided batched: 3 independent products

@@ -19,15 +19,16 @@ differ, T = 37 and T = 70 (across scan chunk boundaries at 32 and 64):
   (e) (GPT) a full cache, reset and re-prefilled with the last maxT/2
       tokens, then stepped, equals the parallel forward over that window,
       and is bit-identical to a fresh cache doing the same; reset clears.
-  Both step-kernel variants of each (Mamba: thread per (b,e) and per
-  (b,e,n); attention: thread per (b,h) and block per (b,h)) are run.
+  Every step-kernel variant of each is run (Mamba: thread per (b,e),
+  sequential and vectorized (N = 16 only), and thread per (b,e,n);
+  attention: thread per (b,h) and block per (b,h)).
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
   - step against forward: 1e-5. Same formulas, same order of operations in
     the scan, conv, softmax and LayerNorm; what differs is summation order:
     the matmuls on B rows against B*T rows (a BLAS may block the reduction
-    differently) and, for the warp scan variant, y's tree sum over the
+    differently) and, for the warp and vec scan variants, y's tree sum over the
     states, and the chunked scan's associative combination. Each is a few
     ulps (~1e-7) per sum, and LayerNorm rescales errors by its rstd; the
     measured errors are 1e-7..3e-7 on the host backend, and 1e-5 leaves
@@ -191,10 +192,11 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
     const std::vector<float>& ref_states = prefilled[default_chunked];
 
     auto step = [&](int) { mamba_stack_step(h, s.p, &st, s.x_step, B); };
-    bool default_warp = mamba_step_use_warp;
-    for (int warp = 0; warp < 2; warp++) {
-        mamba_step_use_warp = warp;
-        const char* variant = warp ? "warp" : "seq";
+    MambaStepVariant default_variant = mamba_step_variant;
+    for (int v = MAMBA_STEP_SEQ; v <= MAMBA_STEP_WARP; v++) {
+        if (v == MAMBA_STEP_VEC && N != SCAN_VEC_N) continue;  // it falls back to seq there
+        mamba_step_variant = (MambaStepVariant)v;
+        const char* variant = MAMBA_STEP_VARIANT_NAMES[v];
         // (a) from an empty state, every position
         mamba_step_state_reset(&st);
         std::vector<float> out = run_steps(x, T, C, 0, T, s.x_step, step);
@@ -222,7 +224,7 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
             check_tensor(t, name, later.data(), ref_later.data(), (long)later.size(), STEP_TOL);
         }
     }
-    mamba_step_use_warp = default_warp;
+    mamba_step_variant = default_variant;
     scan_use_chunked = saved_chunked;
     mamba_step_state_free(&st);
     mamba_teardown(s);

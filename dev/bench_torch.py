@@ -18,7 +18,8 @@ Models:
     mamba_vit  dev/reference/vit.py's Mamba-ViT with mamba.py's parallel
            scan (uses --patch, --N, --K, --dropout). Both report images/s.
 
-The last line printed is exactly:
+The last two lines printed are exactly:
+    torch_peak_memory_mb <peak memory: the process's resident set on the CPU, the allocator's peak on a GPU>
     torch_ms_per_step <mean milliseconds over the timed steps>
 
 Usage:
@@ -31,6 +32,7 @@ Usage:
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -196,6 +198,11 @@ def main():
         print(f"images/s {args.B / (ms / 1000.0):.1f}")
     else:
         print(f"tokens/s {args.B * args.T / (ms / 1000.0):.0f}")
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 1e6
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # ru_maxrss is in KiB on Linux
+    print(f"torch_peak_memory_mb {peak_mb:.0f}")
     print(f"torch_ms_per_step {ms:.3f}")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PyTorch interop, both ways, for the GPT and the Mamba LM:
+# PyTorch interop, both ways, for the GPT, the Mamba LM and the hybrid LM:
 #  1. the trainer trains 40 steps and writes model.bin and a checkpoint;
 #     PyTorch (dev/reference/interop.py) loads each and must compute the
 #     trainer's final val loss on the same batches;
@@ -33,12 +33,12 @@ D="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -v 0 -m 2 -g 0"
 val_of() { sed -n 's/^final val loss \([0-9.eE+-]*\).*$/\1/p' | tail -n 1; }
 torch_val() { $PYTHON dev/reference/interop.py eval "$1" --tokens "$W/val.bin" --B 4 --T 32 --batches 2 | sed -n 's/^val loss //p'; }
 
-for m in gpt mamba; do
-  shape="-L 2 -C 32"; [ $m = gpt ] && shape="$shape -H 4"
+for m in gpt mamba hybrid; do
+  shape="-L 2 -C 32"; [ $m = gpt ] && shape="$shape -H 4"; [ $m = hybrid ] && shape="-A MAF -C 32 -H 4"
   ours=$(./train_$m $D $shape -x 40 -l 3e-3 -o "$W/$m" | val_of)
   check "$m: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/$m/model.bin")"
   check "$m: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/$m/ckpt_00000040.bin")"
-  extra=""; [ $m = gpt ] && extra="--H 4 --maxT 32"
+  extra=""; [ $m = gpt ] && extra="--H 4 --maxT 32"; [ $m = hybrid ] && extra="--pattern MAF --H 4 --maxT 32"
   $PYTHON dev/reference/interop.py export --model $m --V 65 --L 2 --C 32 $extra --seed 3 --out "$W/$m.torch.bin" \
     --train-steps 40 --tokens "$W/train.bin" >/dev/null
   ours=$(./train_$m $D -x 0 -e "$W/$m.torch.bin" -o "$W/${m}_eval" | val_of)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A run killed (SIGKILL) after a checkpoint and resumed with -y 1 prints the
 # same losses as an uninterrupted run, digit for digit, and ends with the
-# same model file, byte for byte (host backend). For train_gpt and
-# train_mamba. Ends with "N passed, M failed".
+# same model file, byte for byte (host backend). For train_gpt,
+# train_mamba and train_hybrid. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 $PYTHON - "$W" <<'PY' || abort "cannot write test data"
@@ -14,8 +14,9 @@ formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
 formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 20000), 65)
 formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 4000), 65)
 PY
-for m in gpt mamba; do
-  args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 -L 2 -C 32 -x 100 -n 10 -v 50 -m 2 -g 20"
+for m in gpt mamba hybrid; do
+  shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"
+  args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
   ./train_$m $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   ./train_$m $args -o "$W/cut_$m" > /dev/null & pid=$!
   for i in $(seq 1 2000); do [ -f "$W/cut_$m/ckpt_00000020.bin" ] && break; sleep 0.005; done

@@ -958,6 +958,25 @@ inline const float* host_tf32_copy(std::vector<float>& scratch, const float* src
     return dst;
 }
 
+// C = alpha op(A) op(B) + beta C (column-major, cuBLAS's meaning) when n == 1 or m == 1, as one
+// sgemv. n == 1: C's column (m) = op(A) (m x k) times op(B)'s column (k; stride 1, or ldb when B is
+// transposed). m == 1: C's row (n, stride ldc) = op(B)^T (n x k) times op(A)'s row (k; stride lda, or
+// 1 when A is transposed). With beta 0, C is not read (it may hold anything, as on a GPU).
+inline void host_gemm_as_gemv(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                              const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    if (n == 1) {
+        if (beta == 0.0f) memset(C, 0, sizeof(float) * m);
+        int incx = tb == CUBLAS_OP_T ? ldb : 1;
+        if (ta == CUBLAS_OP_T) cblas_sgemv(CblasColMajor, CblasTrans, k, m, alpha, A, lda, B, incx, beta, C, 1);
+        else cblas_sgemv(CblasColMajor, CblasNoTrans, m, k, alpha, A, lda, B, incx, beta, C, 1);
+    } else {
+        if (beta == 0.0f) for (int j = 0; j < n; j++) C[(long)j * ldc] = 0.0f;
+        int incx = ta == CUBLAS_OP_T ? 1 : lda;
+        if (tb == CUBLAS_OP_T) cblas_sgemv(CblasColMajor, CblasNoTrans, n, k, alpha, B, ldb, A, incx, beta, C, ldc);
+        else cblas_sgemv(CblasColMajor, CblasTrans, k, n, alpha, B, ldb, A, incx, beta, C, ldc);
+    }
+}
+
 inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                   const float* alpha, const float* A, int lda, const float* B, int ldb,
                                   const float* beta, float* C, int ldc) {
@@ -972,6 +991,12 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, c
         long b_rows = tb == CUBLAS_OP_T ? n : k, b_cols = tb == CUBLAS_OP_T ? k : n;
         A = host_tf32_copy(a_tf32, A, (long)lda * (a_cols - 1) + a_rows);
         B = host_tf32_copy(b_tf32, B, (long)ldb * (b_cols - 1) + b_rows);
+    }
+    if (n == 1 || m == 1) {
+        // a product with one column or one row is a matrix-vector product: OpenBLAS's sgemm packs its
+        // operands first and takes several times longer than sgemv there (one token at a time in generation)
+        host_gemm_as_gemv(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+        return CUBLAS_STATUS_SUCCESS;
     }
     cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
                 m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);

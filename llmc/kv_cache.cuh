@@ -11,6 +11,8 @@ rows (shared by the layers). A step for rows 0..B'-1 (B' <= B):
   k, v of the new token -> the cache at position pos
   per head: y = softmax(q . k_j / sqrt(hs), j = 0..pos) @ v_j
   x2 = x + attn_proj(y); x_out = x2 + fc_proj(gelu(fc(LN2(x2))))
+(attention_sublayer_step, then mlp_sublayer_step; each also on its own for
+models that interleave sublayers with other layers).
 
 The position embedding of the new token (wpe[pos]) is the caller's: it is
 added to the token embedding before the first block, as in the parallel
@@ -44,7 +46,6 @@ typedef struct {
     float* att;       // (B, NH, maxT)  scores, then probabilities
     float* atty;      // (B, C)   attention output, heads concatenated
     float* proj;      // (B, C)   attproj, then fcproj
-    float* res2;      // (B, C)   x + attproj
     float* fch;       // (B, F)
     float* fch_gelu;  // (B, F)
     int L, B, maxT;
@@ -53,7 +54,7 @@ typedef struct {
 
 static long kv_cache_floats(int L, int B, int maxT, TransformerDims d) {
     long C = d.C, F = d.F;
-    return 2L * L * B * maxT * C + (long)B * (C + 3 * C + (long)d.NH * maxT + C + C + C + F + F);
+    return 2L * L * B * maxT * C + (long)B * (C + 3 * C + (long)d.NH * maxT + C + C + F + F);
 }
 
 static void kv_cache_reset(KVCache* c) {
@@ -75,7 +76,6 @@ static void kv_cache_alloc(KVCache* c, int L, int B, int maxT, TransformerDims d
     c->att = p;      p += (long)B * d.NH * maxT;
     c->atty = p;     p += (long)B * C;
     c->proj = p;     p += (long)B * C;
-    c->res2 = p;     p += (long)B * C;
     c->fch = p;      p += (long)B * F;
     c->fch_gelu = p; p += (long)B * F;
     c->L = L; c->B = B; c->maxT = maxT; c->d = d;
@@ -229,18 +229,18 @@ static void kv_cache_prefill_stack(KVCache* c, const TransformerStackActs& acts,
     for (int l = 0; l < c->L; l++) kv_cache_prefill(c, l, transformer_layer_acts(acts, l, B, T, c->d).qkv, B, T);
 }
 
-// One block, one token per row at position pos (0 <= pos < maxT; positions
-// 0..pos-1 of layer `layer` hold the earlier tokens' keys and values): x
-// (B, C) is the block's input on entry and its output on return; p = the
-// layer's parameters (transformer_layer_params).
-static void transformer_block_step(cublasHandle_t h, const TransformerStackParams& p, KVCache* c, int layer, float* x,
-                                   int pos, int B, TransformerDims d) {
-    kv_cache_check(c, layer, B, "transformer_block_step");
-    if (d.C != c->d.C || d.NH != c->d.NH || d.F != c->d.F) fail("transformer_block_step: dims differ from the cache's");
-    if (pos < 0 || pos >= c->maxT) fail("transformer_block_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
-    int C = d.C, F = d.F, NH = d.NH, hs = C / NH;
+// One attention sublayer, one token per row at position pos (0 <= pos <
+// maxT; positions 0..pos-1 of layer `layer` hold the earlier tokens' keys
+// and values): x (B, C) is the sublayer's input on entry and its output
+// x + attn(LN(x)) on return; p = the layer's parameters.
+static void attention_sublayer_step(cublasHandle_t h, const AttentionParams& p, KVCache* c, int layer, float* x,
+                                    int pos, int B, TransformerDims d) {
+    kv_cache_check(c, layer, B, "attention_sublayer_step");
+    if (d.C != c->d.C || d.NH != c->d.NH) fail("attention_sublayer_step: dims differ from the cache's");
+    if (pos < 0 || pos >= c->maxT) fail("attention_sublayer_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
+    int C = d.C, NH = d.NH, hs = C / NH;
     long bc = (long)B * C;
-    layernorm_forward(c->ln, nullptr, nullptr, x, p.ln1_w, p.ln1_b, B, C);
+    layernorm_forward(c->ln, nullptr, nullptr, x, p.ln_w, p.ln_b, B, C);
     matmul_forward(h, c->qkv, c->ln, p.qkv_w, p.qkv_b, B, C, 3 * C);
     float *k = kv_cache_k(c, layer), *v = kv_cache_v(c, layer);
     LAUNCH(kv_cache_write_kernel, CEIL_DIV(bc, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
@@ -253,13 +253,31 @@ static void transformer_block_step(cublasHandle_t h, const TransformerStackParam
                                                                         c->maxT, pos, scale);
     }
     cudaCheck(cudaGetLastError());
-    matmul_forward(h, c->proj, c->atty, p.attn_proj_w, p.attn_proj_b, B, C, C);
-    residual_forward(c->res2, x, c->proj, bc);
-    layernorm_forward(c->ln, nullptr, nullptr, c->res2, p.ln2_w, p.ln2_b, B, C);
-    matmul_forward(h, c->fch, c->ln, p.fc_w, p.fc_b, B, C, F);
-    gelu_forward(c->fch_gelu, c->fch, (long)B * F);
-    matmul_forward(h, c->proj, c->fch_gelu, p.fc_proj_w, p.fc_proj_b, B, F, C);
-    residual_forward(x, c->res2, c->proj, bc);
+    matmul_forward(h, c->proj, c->atty, p.proj_w, p.proj_b, B, C, C);
+    residual_forward(x, x, c->proj, bc);
+}
+
+// One MLP sublayer, one token per row: x (B, C) in, x + mlp(LN(x)) out.
+// Scratch: ln, proj (B, C) and fch, fch_gelu (B, F) (a KVCache's, or the
+// caller's when a model has no attention).
+static void mlp_sublayer_step(cublasHandle_t h, const MlpParams& p, float* x, float* ln, float* fch, float* fch_gelu,
+                              float* proj, int B, TransformerDims d) {
+    int C = d.C, F = d.F;
+    layernorm_forward(ln, nullptr, nullptr, x, p.ln_w, p.ln_b, B, C);
+    matmul_forward(h, fch, ln, p.fc_w, p.fc_b, B, C, F);
+    gelu_forward(fch_gelu, fch, (long)B * F);
+    matmul_forward(h, proj, fch_gelu, p.proj_w, p.proj_b, B, F, C);
+    residual_forward(x, x, proj, (long)B * C);
+}
+
+// One block, one token per row at position pos: x (B, C) is the block's
+// input on entry and its output on return, the attention sublayer's step
+// then the MLP's; p = the layer's parameters (transformer_layer_params).
+static void transformer_block_step(cublasHandle_t h, const TransformerStackParams& p, KVCache* c, int layer, float* x,
+                                   int pos, int B, TransformerDims d) {
+    if (d.F != c->d.F) fail("transformer_block_step: dims differ from the cache's");
+    attention_sublayer_step(h, block_attention_params(p), c, layer, x, pos, B, d);
+    mlp_sublayer_step(h, block_mlp_params(p), x, c->ln, c->fch, c->fch_gelu, c->proj, B, d);
 }
 
 // all L blocks of a stack (stacked parameters), x (B, C) in and out

@@ -34,6 +34,7 @@ typedef struct {
     float lr, final_frac, weight_decay, grad_clip;
     int val_every, val_batches, sample_every, gen_tokens, seed;
     int L, C, H, F;          // model shape flags (each model uses what it has)
+    const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
     int generate_only;       // -G: sample from the model (-e or -y) and exit
     const char* prompt;      // -P: text to start samples from (default: a newline)
     float temperature;       // -a
@@ -101,7 +102,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 
 // Sets the preset's defaults (-S, else the backend's), then parses "-x
 // value" pairs over them. presets: the model's seed and cpu presets;
-// model_flags is the help text of -L/-C/-H/-F for this model, allowed names
+// model_flags is the help text of -L/-C/-H/-F/-A for this model, allowed names
 // the shape letters it takes.
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
@@ -114,7 +115,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
-        char letter = next_flag(argc, argv, &i, "LCHF", allowed, &v);
+        char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
         switch (letter) {
             case 'i': c->train_path = v; break;
@@ -141,6 +142,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); break;
             case 'H': c->H = parse_int_flag(f, v, 1, 1024); break;
             case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
+            case 'A': c->pattern = v; break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;

@@ -8,7 +8,10 @@ Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=N, d_conv=4, expand=2):
   xz = in_proj(x) (2E) -> x | z;  u = silu(causal depthwise conv1d(x))
   x_dbl = x_proj(u) -> dt_raw (R) | B (N) | C (N);  dt = softplus(dt_proj(dt_raw))
   y = selective_scan(u, dt, A = -exp(A_log), B, C, D);  out = out_proj(y * silu(z))
-with E = 2C and R = ceil(C/16).
+with E = 2C and R = ceil(C/16). The mixer Mamba(x) is also a pair of
+functions on its own (mamba_mixer_forward/backward), and the pre-norm layer
+x + Mamba(LN(x)) of mamba_ssm's MixerModel is built from it
+(mamba_prenorm_forward/backward, the hybrid LM's).
 */
 #pragma once
 #include "cuda_common.h"
@@ -164,8 +167,9 @@ static TensorSpec* mamba_scratch_table(TensorSpec* t, int B, int T, MambaDims d)
     return t;
 }
 
-// one block: a.ln (B,T,C) = LN(x + Mamba(x)); p and a are the layer's
-static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
+// The mixer alone: a.out (B,T,C) = Mamba(x), keeping its activations in a
+// (xz .. states); p and a are the layer's
+static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
                                 int B, int T, MambaDims d) {
     int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     {
@@ -189,29 +193,20 @@ static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, con
     {
         NVTX_RANGE("out_proj_forward");
         matmul_forward(h, a.out, a.gated, p.out_proj_w, nullptr, BT, E, C);
-        residual_forward(a.res, x, a.out, (long)BT * C);
-    }
-    {
-        NVTX_RANGE("ln_forward");
-        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, a.res, p.ln_w, p.ln_b, BT, C);
     }
 }
 
-// one block backward: dx (B,T,C) = gradient w.r.t. the block's input x, from
-// dout = gradient w.r.t. its output a.ln (overwrites dx; dout is only read).
-// g: the layer's gradients (accumulated). ones: >= B*T ones on the device.
-static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout, const float* x,
+// The mixer backward: the gradient w.r.t. its input x (B,T,C) from dout =
+// the gradient w.r.t. a.out. Written into dx, or added to it when
+// accumulate_dx; dout is read before dx is written, so they may be the same
+// buffer. g: the layer's gradients (accumulated). ones: >= B*T ones.
+static void mamba_mixer_backward(cublasHandle_t h, float* dx, int accumulate_dx, const float* dout, const float* x,
                                  const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
                                  const MambaScratch& s, const float* ones, int B, int T, MambaDims d) {
     int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     {
-        NVTX_RANGE("ln_backward");  // dx = d res; the residual passes it to x unchanged
-        cudaCheck(cudaMemset(dx, 0, (long)BT * C * sizeof(float)));
-        layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
-    }
-    {
         NVTX_RANGE("out_proj_backward");
-        matmul_backward(h, s.dgated, g.out_proj_w, nullptr, dx, a.gated, p.out_proj_w, ones, BT, E, C);
+        matmul_backward(h, s.dgated, g.out_proj_w, nullptr, dout, a.gated, p.out_proj_w, ones, BT, E, C);
     }
     {
         NVTX_RANGE("selective_scan_backward");
@@ -230,7 +225,73 @@ static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout,
         conv1d_silu_backward(s.dxz, 2 * E, g.conv_w, g.conv_b, s.conv_partial, s.du, a.conv, a.xz, 2 * E, p.conv_w, B, T, E);
     }
     {
-        NVTX_RANGE("in_proj_backward");  // dx += dxz @ in_proj_w
-        matmul_backward_ld(h, dx, C, 1, g.in_proj_w, nullptr, s.dxz, x, C, p.in_proj_w, ones, BT, C, 2 * E);
+        NVTX_RANGE("in_proj_backward");  // dx (+)= dxz @ in_proj_w
+        matmul_backward_ld(h, dx, C, accumulate_dx, g.in_proj_w, nullptr, s.dxz, x, C, p.in_proj_w, ones, BT, C, 2 * E);
+    }
+}
+
+// one block: a.ln (B,T,C) = LN(x + Mamba(x)); p and a are the layer's
+static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
+                                int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C;
+    mamba_mixer_forward(h, p, a, x, B, T, d);
+    {
+        NVTX_RANGE("residual_forward");
+        residual_forward(a.res, x, a.out, (long)BT * C);
+    }
+    {
+        NVTX_RANGE("ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, a.res, p.ln_w, p.ln_b, BT, C);
+    }
+}
+
+// one block backward: dx (B,T,C) = gradient w.r.t. the block's input x, from
+// dout = gradient w.r.t. its output a.ln (overwrites dx; dout is only read).
+// g: the layer's gradients (accumulated). ones: >= B*T ones on the device.
+static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout, const float* x,
+                                 const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
+                                 const MambaScratch& s, const float* ones, int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C;
+    {
+        NVTX_RANGE("ln_backward");  // dx = d res; the residual passes it to x unchanged
+        cudaCheck(cudaMemset(dx, 0, (long)BT * C * sizeof(float)));
+        layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
+    mamba_mixer_backward(h, dx, 1, dx, x, p, g, a, s, ones, B, T, d);  // dx += the mixer's
+}
+
+// ----------------------------------------------------------------------------
+// The pre-norm Mamba layer, x_out = x + Mamba(LN(x)) (mamba_ssm's Block in
+// its MixerModel; the hybrid LM's M layers), with the same parameters and
+// activations: here ln_w, ln_b are the norm before the mixer, a.ln is the
+// mixer's input LN(x) and a.res the layer's output.
+
+// one layer: a.res (B,T,C) = x + Mamba(LN(x)); p and a are the layer's
+static void mamba_prenorm_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
+                                  int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C;
+    {
+        NVTX_RANGE("ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, x, p.ln_w, p.ln_b, BT, C);
+    }
+    mamba_mixer_forward(h, p, a, a.ln, B, T, d);
+    {
+        NVTX_RANGE("residual_forward");
+        residual_forward(a.res, x, a.out, (long)BT * C);
+    }
+}
+
+// One layer backward. dresidual (B,T,C): on entry the gradient w.r.t. the
+// layer's output, on return w.r.t. its input x (the residual passes it
+// through, the branch adds to it). dln (B,T,C): scratch, the gradient
+// w.r.t. the mixer's input. g: the layer's gradients (accumulated).
+static void mamba_prenorm_backward(cublasHandle_t h, float* dresidual, float* dln, const float* x,
+                                   const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
+                                   const MambaScratch& s, const float* ones, int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C;
+    mamba_mixer_backward(h, dln, 0, dresidual, a.ln, p, g, a, s, ones, B, T, d);
+    {
+        NVTX_RANGE("ln_backward");
+        layernorm_backward(dresidual, g.ln_w, g.ln_b, dln, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
     }
 }

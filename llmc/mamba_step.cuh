@@ -9,6 +9,8 @@ carried between calls, as mamba_ssm's Mamba.step computes it:
   x_dbl = x_proj(u) -> dt_raw | B | C;  dt = softplus(dt_proj(dt_raw) + dt_bias)
   h = exp(dt A) h + dt B u;  y = <h, C> + D u;  gated = y * silu(z)
   out = out_proj(gated);  x_out = LN(x + out)    (the block is post-norm)
+(mamba_mixer_step is the mixer alone; mamba_prenorm_step the pre-norm layer
+x + Mamba(LN(x)) of mamba_prenorm_forward.)
 
 MambaStepState holds, in one device buffer, every layer's conv state
 (L, B, E, 3) and SSM state (L, B, E, N), and the scratch of one step for B
@@ -156,6 +158,35 @@ __global__ void mamba_step_scan_seq_kernel(float* gated, float* ssm_state, const
     gated[idx] = yv * silu(xz[(long)b * 2 * E + E + e]);
 }
 
+// The same step with the state count NS a compile-time constant (the run-time
+// N must equal it), as selective_scan_forward_vec_kernel computes a time step:
+// the states in an array of NS that g++ keeps in vector registers, the decay
+// by fast_expf (vectorized with the update), y's sum over the states a fixed
+// tree. One thread per (b, e), barrier-free. The host's choice when N = 16
+// (libm's expf, called twice per state, is most of the sequential variant's
+// time).
+template <int NS>
+__global__ void mamba_step_scan_vec_kernel(float* gated, float* ssm_state, const float* u, const float* dt_lin,
+                                           const float* dt_bias, const float* x_dbl, int R, const float* A_log,
+                                           const float* D, const float* xz, int B, int E) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    float dtv = mamba_softplus(dt_lin[idx] + dt_bias[e]), uv = u[idx];
+    const float* Bt = x_dbl + (long)b * (R + 2 * NS) + R;
+    const float* Ct = Bt + NS;
+    float* h = ssm_state + (long)idx * NS;
+    float A[NS], hc[NS];
+    for (int n = 0; n < NS; n++) A[n] = -fast_expf(A_log[e * NS + n]);  // vectorized too, unlike expf
+    for (int n = 0; n < NS; n++) {
+        float hn = fmaf(fast_expf(dtv * A[n]), h[n], dtv * Bt[n] * uv);
+        h[n] = hn;
+        hc[n] = hn * Ct[n];
+    }
+    float yv = scan_tree_sum<NS>(hc) + D[e] * uv;
+    gated[idx] = yv * silu(xz[(long)b * 2 * E + E + e]);
+}
+
 // The same step, one thread per (b, e, n): a group of MAX_DSTATE = 16 lanes
 // (half a warp) per (b, e), lane n < N owning state n; y's sum over states
 // is a butterfly over the 16 lanes (4 shuffle rounds, every lane gets it).
@@ -213,10 +244,14 @@ __global__ void mamba_step_prefill_kernel(float* conv_state, float* ssm_state, c
 // ----------------------------------------------------------------------------
 // launchers
 
+// which SSM step kernel mamba_block_step launches: the warp variant on the
+// GPU, the vectorized one on the host when N = SCAN_VEC_N (else sequential)
+enum MambaStepVariant { MAMBA_STEP_SEQ, MAMBA_STEP_VEC, MAMBA_STEP_WARP };
+static const char* const MAMBA_STEP_VARIANT_NAMES[] = {"seq", "vec", "warp"};
 #ifdef __CUDACC__
-static bool mamba_step_use_warp = true;
+static MambaStepVariant mamba_step_variant = MAMBA_STEP_WARP;
 #else
-static bool mamba_step_use_warp = false;
+static MambaStepVariant mamba_step_variant = MAMBA_STEP_VEC;
 #endif
 
 static void mamba_step_check(const MambaStepState* s, int layer, int B, MambaDims d, const char* what) {
@@ -244,12 +279,12 @@ static void mamba_step_prefill_stack(MambaStepState* s, const MambaStackActs& ac
     for (int l = 0; l < s->L; l++) mamba_step_prefill(s, l, mamba_layer_acts(acts, l, B, T, s->d), B, T);
 }
 
-// One block, one token per row: x (B, C) is the block's input on entry and
-// its output LN(x + Mamba(x)) on return; p = the layer's parameters
-// (mamba_layer_params); layer `layer`'s states advance by one position.
-static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+// The mixer, one token per row: s->out (B, C) = Mamba(x) for x (B, C);
+// p = the layer's parameters (mamba_layer_params); layer `layer`'s states
+// advance by one position.
+static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, const float* x,
                              int B, MambaDims d) {
-    mamba_step_check(s, layer, B, d, "mamba_block_step");
+    mamba_step_check(s, layer, B, d, "mamba_mixer_step");
     int C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     matmul_forward(h, s->xz, x, p.in_proj_w, nullptr, B, C, 2 * E);
     LAUNCH(mamba_step_conv_kernel, CEIL_DIV(B * E, 128), 128, 0)(s->u, mamba_conv_state(s, layer), s->xz, p.conv_w,
@@ -258,17 +293,39 @@ static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaS
     matmul_forward(h, s->x_dbl, s->u, p.x_proj_w, nullptr, B, E, X);
     matmul_forward_ld(h, s->dt, s->x_dbl, X, p.dt_proj_w, nullptr, B, R, E);
     float* ssm = mamba_ssm_state(s, layer);
-    if (mamba_step_use_warp) {
+    if (mamba_step_variant == MAMBA_STEP_WARP) {
         LAUNCH(mamba_step_scan_warp_kernel, CEIL_DIV((long)B * E * MAX_DSTATE, 128), 128, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E, N);
+    } else if (mamba_step_variant == MAMBA_STEP_VEC && N == SCAN_VEC_N) {
+        LAUNCH(mamba_step_scan_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * E, 64), 64, 0)(
+            s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E);
     } else {
         LAUNCH(mamba_step_scan_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E, N);
     }
     cudaCheck(cudaGetLastError());
     matmul_forward(h, s->out, s->gated, p.out_proj_w, nullptr, B, E, C);
+}
+
+// One block, one token per row: x (B, C) is the block's input on entry and
+// its output LN(x + Mamba(x)) on return; p = the layer's parameters
+// (mamba_layer_params); layer `layer`'s states advance by one position.
+static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+                             int B, MambaDims d) {
+    int C = d.C;
+    mamba_mixer_step(h, p, s, layer, x, B, d);
     residual_forward(s->res, x, s->out, (long)B * C);
     layernorm_forward(x, nullptr, nullptr, s->res, p.ln_w, p.ln_b, B, C);
+}
+
+// The pre-norm layer (mamba_prenorm_forward), one token per row: x (B, C)
+// in, x + Mamba(LN(x)) out (s->res holds LN(x)).
+static void mamba_prenorm_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
+                               int B, MambaDims d) {
+    int C = d.C;
+    layernorm_forward(s->res, nullptr, nullptr, x, p.ln_w, p.ln_b, B, C);
+    mamba_mixer_step(h, p, s, layer, s->res, B, d);
+    residual_forward(x, x, s->out, (long)B * C);
 }
 
 // all L blocks of a stack (stacked parameters), x (B, C) in and out

@@ -7,6 +7,9 @@ with bias, NH heads, causal (the GPT) or not (the ViT); MLP: Linear(C, F),
 GELU, Linear(F, C). A dropout rate (the ViT's; 0 = none) drops each residual
 branch's output before it is added:
   x = x + Dropout(attn_proj(attn(LN1(x)))),  x = x + Dropout(fc_proj(gelu(fc(LN2(x)))))
+The block is two sublayers, attention then MLP, each also available on its
+own (attention_sublayer_forward, mlp_sublayer_forward, their backwards and
+stacks of either kind) for models that interleave them with other layers.
 */
 #pragma once
 #include "cuda_common.h"
@@ -172,38 +175,248 @@ static BlockDropout block_dropout(float rate, uint64_t seed, uint64_t step, int 
     return b;
 }
 
-// One block: a.residual3 (B,T,C) from x; p and a are the layer's. With
-// dropout, the branch outputs a.attproj and a.fcproj are dropped in place
-// (they hold the values after dropout) before the residual adds.
-static void transformer_block_forward(cublasHandle_t h, const TransformerStackParams& p, const TransformerStackActs& a,
-                                      const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
-                                      int causal, BlockDropout drop) {
-    int BT = B * T, C = d.C, F = d.F;
+// ----------------------------------------------------------------------------
+// The block's two sublayers on their own, each a pre-norm residual
+//   out = x + Dropout(branch(LN(x)))
+// with branch = attention (qkv Linear, NH heads, proj Linear) or the MLP
+// (Linear(C, F), GELU, Linear(F, C)). The block is the attention sublayer
+// followed by the MLP sublayer; the hybrid LM (train_hybrid.cu) stacks them
+// in any order between Mamba layers. Their parameters and activations are
+// stacked over layers (leading dimension L) like the block's, or one layer's
+// slices (attention_layer_params, ...).
+
+#define ATTENTION_PARAMS 6
+typedef struct {
+    float* ln_w;    // (L, C)
+    float* ln_b;    // (L, C)
+    float* qkv_w;   // (L, 3C, C)
+    float* qkv_b;   // (L, 3C)
+    float* proj_w;  // (L, C, C)
+    float* proj_b;  // (L, C)
+} AttentionParams;
+
+#define ATTENTION_ACTS 9
+typedef struct {
+    float* ln;       // (L, B, T, C)
+    float* ln_mean;  // (L, B, T)
+    float* ln_rstd;  // (L, B, T)
+    float* qkv;      // (L, B, T, 3C)
+    float* qkvr;     // (L, 3, B, NH, T, hs)
+    float* att;      // (L, attention state), as TransformerStackActs.att
+    float* atty;     // (L, B, T, C)  heads concatenated
+    float* proj;     // (L, B, T, C)  the branch's output (after dropout, if any)
+    float* out;      // (L, B, T, C)  x + proj
+} AttentionActs;
+
+#define MLP_PARAMS 6
+typedef struct {
+    float* ln_w;    // (L, C)
+    float* ln_b;    // (L, C)
+    float* fc_w;    // (L, F, C)
+    float* fc_b;    // (L, F)
+    float* proj_w;  // (L, C, F)
+    float* proj_b;  // (L, C)
+} MlpParams;
+
+#define MLP_ACTS 7
+typedef struct {
+    float* ln;        // (L, B, T, C)
+    float* ln_mean;   // (L, B, T)
+    float* ln_rstd;   // (L, B, T)
+    float* fch;       // (L, B, T, F)
+    float* fch_gelu;  // (L, B, T, F)
+    float* proj;      // (L, B, T, C)  the branch's output (after dropout, if any)
+    float* out;       // (L, B, T, C)  x + proj
+} MlpActs;
+
+// the block's halves as sublayers: views of its fields (no copies)
+static AttentionParams block_attention_params(const TransformerStackParams& p) {
+    AttentionParams r = {p.ln1_w, p.ln1_b, p.qkv_w, p.qkv_b, p.attn_proj_w, p.attn_proj_b};
+    return r;
+}
+static MlpParams block_mlp_params(const TransformerStackParams& p) {
+    MlpParams r = {p.ln2_w, p.ln2_b, p.fc_w, p.fc_b, p.fc_proj_w, p.fc_proj_b};
+    return r;
+}
+static AttentionActs block_attention_acts(const TransformerStackActs& a) {
+    AttentionActs r = {a.ln1, a.ln1_mean, a.ln1_rstd, a.qkv, a.qkvr, a.att, a.atty, a.attproj, a.residual2};
+    return r;
+}
+static MlpActs block_mlp_acts(const TransformerStackActs& a) {
+    MlpActs r = {a.ln2, a.ln2_mean, a.ln2_rstd, a.fch, a.fch_gelu, a.fcproj, a.residual3};
+    return r;
+}
+
+// Stacks of L sublayers of one kind (the hybrid LM's): the rows of a model's
+// parameter table, from t (returns the next row), named "attn.*" and
+// "mlp.*"; weight decay on the Linear weights only.
+static TensorSpec* attention_stack_param_table(TensorSpec* t, int L, TransformerDims d) {
+    long C = d.C;
+    TensorSpec rows[ATTENTION_PARAMS] = {
+        {"attn.ln_w", L * C, 0, L},          {"attn.ln_b", L * C, 0, L},
+        {"attn.qkv_w", L * 3 * C * C, 1, L}, {"attn.qkv_b", L * 3 * C, 0, L},
+        {"attn.proj_w", L * C * C, 1, L},    {"attn.proj_b", L * C, 0, L}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
+}
+
+static TensorSpec* mlp_stack_param_table(TensorSpec* t, int L, TransformerDims d) {
+    long C = d.C, F = d.F;
+    TensorSpec rows[MLP_PARAMS] = {
+        {"mlp.ln_w", L * C, 0, L},     {"mlp.ln_b", L * C, 0, L},
+        {"mlp.fc_w", L * F * C, 1, L}, {"mlp.fc_b", L * F, 0, L},
+        {"mlp.proj_w", L * C * F, 1, L}, {"mlp.proj_b", L * C, 0, L}};
+    for (const TensorSpec& r : rows) *t++ = r;
+    return t;
+}
+
+static AttentionParams attention_layer_params(const AttentionParams& s, int l, TransformerDims d) {
+    long C = d.C;
+    AttentionParams p = {s.ln_w + l * C, s.ln_b + l * C, s.qkv_w + l * 3 * C * C, s.qkv_b + l * 3 * C,
+                         s.proj_w + l * C * C, s.proj_b + l * C};
+    return p;
+}
+
+static MlpParams mlp_layer_params(const MlpParams& s, int l, TransformerDims d) {
+    long C = d.C, F = d.F;
+    MlpParams p = {s.ln_w + l * C, s.ln_b + l * C, s.fc_w + l * F * C, s.fc_b + l * F, s.proj_w + l * C * F,
+                   s.proj_b + l * C};
+    return p;
+}
+
+// the activations' rows of a model's activation table, from t; returns the next row
+static TensorSpec* attention_stack_act_table(TensorSpec* t, int L, int B, int T, TransformerDims d) {
+    long BT = (long)B * T, C = d.C;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;  // per layer
+    TensorSpec rows[ATTENTION_ACTS] = {
+        {"attn.ln", L * BT * C},     {"attn.ln_mean", L * BT},   {"attn.ln_rstd", L * BT},
+        {"attn.qkv", L * BT * 3 * C}, {"attn.qkvr", L * BT * 3 * C}, {"attn.att", L * att},
+        {"attn.atty", L * BT * C},   {"attn.proj", L * BT * C},  {"attn.out", L * BT * C}};
+    for (TensorSpec r : rows) { r.layers = L; *t++ = r; }
+    return t;
+}
+
+static TensorSpec* mlp_stack_act_table(TensorSpec* t, int L, int B, int T, TransformerDims d) {
+    long BT = (long)B * T, C = d.C, F = d.F;
+    TensorSpec rows[MLP_ACTS] = {
+        {"mlp.ln", L * BT * C},      {"mlp.ln_mean", L * BT},     {"mlp.ln_rstd", L * BT},
+        {"mlp.fch", L * BT * F},     {"mlp.fch_gelu", L * BT * F}, {"mlp.proj", L * BT * C},
+        {"mlp.out", L * BT * C}};
+    for (TensorSpec r : rows) { r.layers = L; *t++ = r; }
+    return t;
+}
+
+static AttentionActs attention_layer_acts(const AttentionActs& a, int l, int B, int T, TransformerDims d) {
+    long BT = (long)B * T, C = d.C;
+    long att = attention_act_sizes(B, T, d.C, d.NH).state;
+    AttentionActs r = {a.ln + l * BT * C,   a.ln_mean + l * BT,  a.ln_rstd + l * BT,
+                       a.qkv + l * BT * 3 * C, a.qkvr + l * BT * 3 * C, a.att + l * att,
+                       a.atty + l * BT * C, a.proj + l * BT * C, a.out + l * BT * C};
+    return r;
+}
+
+static MlpActs mlp_layer_acts(const MlpActs& a, int l, int B, int T, TransformerDims d) {
+    long BT = (long)B * T, C = d.C, F = d.F;
+    MlpActs r = {a.ln + l * BT * C,     a.ln_mean + l * BT,      a.ln_rstd + l * BT, a.fch + l * BT * F,
+                 a.fch_gelu + l * BT * F, a.proj + l * BT * C, a.out + l * BT * C};
+    return r;
+}
+
+// One attention sublayer: a.out (B,T,C) = x + Dropout(attn(LN(x))); p and a
+// are the layer's. With dropout (rate > 0, site key) the branch output
+// a.proj is dropped in place before the residual add.
+static void attention_sublayer_forward(cublasHandle_t h, const AttentionParams& p, const AttentionActs& a,
+                                       const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
+                                       int causal, float drop_rate, uint64_t drop_key) {
+    int BT = B * T, C = d.C;
     long btc = (long)BT * C;
     {
-        NVTX_RANGE("ln1_forward");
-        layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p.ln1_w, p.ln1_b, BT, C);
+        NVTX_RANGE("attention_ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, x, p.ln_w, p.ln_b, BT, C);
     }
     {
         NVTX_RANGE("attention_forward");
-        matmul_forward(h, a.qkv, a.ln1, p.qkv_w, p.qkv_b, BT, C, 3 * C);
+        matmul_forward(h, a.qkv, a.ln, p.qkv_w, p.qkv_b, BT, C, 3 * C);
         attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, causal);
-        matmul_forward(h, a.attproj, a.atty, p.attn_proj_w, p.attn_proj_b, BT, C, C);
-        if (drop.rate > 0.0f) dropout_apply(a.attproj, a.attproj, btc, drop.rate, drop.key_attn);
-        residual_forward(a.residual2, x, a.attproj, btc);
+        matmul_forward(h, a.proj, a.atty, p.proj_w, p.proj_b, BT, C, C);
+        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_key);
+        residual_forward(a.out, x, a.proj, btc);
     }
+}
+
+// One MLP sublayer: a.out (B,T,C) = x + Dropout(fc_proj(gelu(fc(LN(x))))), as above
+static void mlp_sublayer_forward(cublasHandle_t h, const MlpParams& p, const MlpActs& a, const float* x, int B, int T,
+                                 TransformerDims d, float drop_rate, uint64_t drop_key) {
+    int BT = B * T, C = d.C, F = d.F;
+    long btc = (long)BT * C;
     {
-        NVTX_RANGE("ln2_forward");
-        layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p.ln2_w, p.ln2_b, BT, C);
+        NVTX_RANGE("mlp_ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, x, p.ln_w, p.ln_b, BT, C);
     }
     {
         NVTX_RANGE("mlp_forward");
-        matmul_forward(h, a.fch, a.ln2, p.fc_w, p.fc_b, BT, C, F);
+        matmul_forward(h, a.fch, a.ln, p.fc_w, p.fc_b, BT, C, F);
         gelu_forward(a.fch_gelu, a.fch, (long)BT * F);
-        matmul_forward(h, a.fcproj, a.fch_gelu, p.fc_proj_w, p.fc_proj_b, BT, F, C);
-        if (drop.rate > 0.0f) dropout_apply(a.fcproj, a.fcproj, btc, drop.rate, drop.key_mlp);
-        residual_forward(a.residual3, a.residual2, a.fcproj, btc);
+        matmul_forward(h, a.proj, a.fch_gelu, p.proj_w, p.proj_b, BT, F, C);
+        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_key);
+        residual_forward(a.out, x, a.proj, btc);
     }
+}
+
+// One attention sublayer backward. dresidual (B,T,C): on entry the gradient
+// w.r.t. the sublayer's output, on return w.r.t. its input x (the residual
+// passes it through; the branch adds to it). g: the layer's gradients
+// (accumulated). drop_rate, drop_key: the forward's.
+static void attention_sublayer_backward(cublasHandle_t h, float* dresidual, const float* x, const AttentionParams& p,
+                                        const AttentionParams& g, const AttentionActs& a, const TransformerScratch& s,
+                                        const float* ones, int B, int T, TransformerDims d, int causal,
+                                        float drop_rate, uint64_t drop_key) {
+    int BT = B * T, C = d.C;
+    long btc = (long)BT * C;
+    const float* dbranch = dresidual;  // the branch's output gradient: through its dropout mask, if any
+    {
+        NVTX_RANGE("attention_backward");
+        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_key); dbranch = s.dbranch; }
+        matmul_backward(h, s.dbtc, g.proj_w, g.proj_b, dbranch, a.atty, p.proj_w, ones, BT, C, C);
+        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal);
+        matmul_backward(h, s.dbtc, g.qkv_w, g.qkv_b, s.dqkv, a.ln, p.qkv_w, ones, BT, C, 3 * C);
+    }
+    {
+        NVTX_RANGE("attention_ln_backward");
+        layernorm_backward(dresidual, g.ln_w, g.ln_b, s.dbtc, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
+}
+
+// One MLP sublayer backward, as attention_sublayer_backward
+static void mlp_sublayer_backward(cublasHandle_t h, float* dresidual, const float* x, const MlpParams& p,
+                                  const MlpParams& g, const MlpActs& a, const TransformerScratch& s, const float* ones,
+                                  int B, int T, TransformerDims d, float drop_rate, uint64_t drop_key) {
+    int BT = B * T, C = d.C, F = d.F;
+    long btc = (long)BT * C;
+    const float* dbranch = dresidual;
+    {
+        NVTX_RANGE("mlp_backward");
+        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_key); dbranch = s.dbranch; }
+        matmul_backward(h, s.dbtf, g.proj_w, g.proj_b, dbranch, a.fch_gelu, p.proj_w, ones, BT, F, C);
+        gelu_backward(s.dbtf, a.fch, s.dbtf, (long)BT * F);
+        matmul_backward(h, s.dbtc, g.fc_w, g.fc_b, s.dbtf, a.ln, p.fc_w, ones, BT, C, F);
+    }
+    {
+        NVTX_RANGE("mlp_ln_backward");
+        layernorm_backward(dresidual, g.ln_w, g.ln_b, s.dbtc, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
+}
+
+// One block: a.residual3 (B,T,C) from x, the attention sublayer then the
+// MLP sublayer; p and a are the layer's. With dropout, the branch outputs
+// a.attproj and a.fcproj are dropped in place (they hold the values after
+// dropout) before the residual adds.
+static void transformer_block_forward(cublasHandle_t h, const TransformerStackParams& p, const TransformerStackActs& a,
+                                      const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
+                                      int causal, BlockDropout drop) {
+    attention_sublayer_forward(h, block_attention_params(p), block_attention_acts(a), s, x, B, T, d, causal,
+                               drop.rate, drop.key_attn);
+    mlp_sublayer_forward(h, block_mlp_params(p), block_mlp_acts(a), a.residual2, B, T, d, drop.rate, drop.key_mlp);
 }
 
 // One block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
@@ -214,29 +427,8 @@ static void transformer_block_backward(cublasHandle_t h, float* dresidual, const
                                        const TransformerStackParams& p, const TransformerStackParams& g,
                                        const TransformerStackActs& a, const TransformerScratch& s, const float* ones,
                                        int B, int T, TransformerDims d, int causal, BlockDropout drop) {
-    int BT = B * T, C = d.C, F = d.F;
-    long btc = (long)BT * C;
-    const float* dbranch = dresidual;  // a branch's output gradient: through its dropout mask, if any
-    {
-        NVTX_RANGE("mlp_backward");
-        if (drop.rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop.rate, drop.key_mlp); dbranch = s.dbranch; }
-        matmul_backward(h, s.dbtf, g.fc_proj_w, g.fc_proj_b, dbranch, a.fch_gelu, p.fc_proj_w, ones, BT, F, C);
-        gelu_backward(s.dbtf, a.fch, s.dbtf, (long)BT * F);
-        matmul_backward(h, s.dbtc, g.fc_w, g.fc_b, s.dbtf, a.ln2, p.fc_w, ones, BT, C, F);
-    }
-    {
-        NVTX_RANGE("ln2_backward");
-        layernorm_backward(dresidual, g.ln2_w, g.ln2_b, s.dbtc, a.residual2, p.ln2_w, a.ln2_mean, a.ln2_rstd, BT, C);
-    }
-    {
-        NVTX_RANGE("attention_backward");
-        if (drop.rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop.rate, drop.key_attn); dbranch = s.dbranch; }
-        matmul_backward(h, s.dbtc, g.attn_proj_w, g.attn_proj_b, dbranch, a.atty, p.attn_proj_w, ones, BT, C, C);
-        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal);
-        matmul_backward(h, s.dbtc, g.qkv_w, g.qkv_b, s.dqkv, a.ln1, p.qkv_w, ones, BT, C, 3 * C);
-    }
-    {
-        NVTX_RANGE("ln1_backward");
-        layernorm_backward(dresidual, g.ln1_w, g.ln1_b, s.dbtc, x, p.ln1_w, a.ln1_mean, a.ln1_rstd, BT, C);
-    }
+    mlp_sublayer_backward(h, dresidual, a.residual2, block_mlp_params(p), block_mlp_params(g), block_mlp_acts(a), s,
+                          ones, B, T, d, drop.rate, drop.key_mlp);
+    attention_sublayer_backward(h, dresidual, x, block_attention_params(p), block_attention_params(g),
+                                block_attention_acts(a), s, ones, B, T, d, causal, drop.rate, drop.key_attn);
 }

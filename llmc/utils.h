@@ -29,6 +29,7 @@ parsing helpers shared by the trainers.
 #define MODEL_MAMBA 2
 #define MODEL_VIT 3
 #define MODEL_MAMBA_VIT 4
+#define MODEL_HYBRID 5
 
 // Where fail() goes: by default it prints one line "error: ..." and exits
 // with status 1. A fuzzing harness sets fail_hook to turn the failure into

@@ -12,11 +12,11 @@ vocab (20261102)
     header[2] = V; then for each token id in order: one uint8 length n
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
-    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit),
+    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid),
     header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
     mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
-    mamba_vit: patch, K, L, C, E, N, P); then P float32 parameters in the
-    flat-buffer order.
+    mamba_vit: patch, K, L, C, E, N, P; hybrid: maxT, V, C, H, F, pattern,
+    P); then P float32 parameters in the flat-buffer order.
 reference state (20261104)
     header[2] = model kind, header[3..9] = config as in the model file,
     header[10] = B, header[11] = T, header[12] = K named tensors; then K
@@ -61,7 +61,9 @@ KIND_GPT = 1
 KIND_MAMBA = 2
 KIND_VIT = 3
 KIND_MAMBA_VIT = 4
-KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit"}
+KIND_HYBRID = 5
+KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
+              KIND_HYBRID: "hybrid"}
 
 # config fields stored in header[3..] for each model kind, in slot order.
 # Every kind lists "P" (the number of float parameters) among its fields.
@@ -75,6 +77,9 @@ CONFIG_FIELDS = {
     # 3*patch^2 values), K = classes; the Mamba-ViT's dt rank is ceil(C/16)
     KIND_VIT: ("patch", "K", "L", "H", "C", "F", "P"),
     KIND_MAMBA_VIT: ("patch", "K", "L", "C", "E", "N", "P"),
+    # the hybrid LM: pattern = its layers, base 4 (hybrid_pattern_code); the
+    # Mamba layers' N is 16, E = 2C, R = ceil(C/16)
+    KIND_HYBRID: ("maxT", "V", "C", "H", "F", "pattern", "P"),
 }
 
 # reference state records
@@ -159,6 +164,67 @@ def mamba_param_layout(V, L, C, E, N, R):
 
 def mamba_num_params(V, L, C, E, N, R):
     return sum(math.prod(shape) for _, shape, _ in mamba_param_layout(V, L, C, E, N, R))
+
+
+# the hybrid LM's layers: one letter each, stored as base-4 digits (layer 0
+# lowest) in one config slot, so at most 15 layers
+HYBRID_DIGITS = {"M": 1, "A": 2, "F": 3}
+HYBRID_MAX_LAYERS = 15
+HYBRID_N = 16
+
+
+def hybrid_pattern_code(pattern):
+    """'MAFM' -> its config slot value."""
+    if not 1 <= len(pattern) <= HYBRID_MAX_LAYERS or any(ch not in HYBRID_DIGITS for ch in pattern):
+        raise ValueError(f"pattern '{pattern}' is not 1..{HYBRID_MAX_LAYERS} letters of M, A, F")
+    return sum(HYBRID_DIGITS[ch] * 4 ** i for i, ch in enumerate(pattern))
+
+
+def hybrid_pattern_letters(code):
+    """A config slot value -> its pattern; ValueError if it is none."""
+    letters = {d: ch for ch, d in HYBRID_DIGITS.items()}
+    out, c = "", code
+    while c > 0:
+        if c % 4 == 0 or len(out) == HYBRID_MAX_LAYERS:
+            raise ValueError(f"pattern code {code} is not a layer pattern")
+        out += letters[c % 4]
+        c //= 4
+    if not out:
+        raise ValueError(f"pattern code {code} is not a layer pattern")
+    return out
+
+
+def hybrid_param_layout(maxT, V, C, H, F, pattern):
+    """
+    The hybrid LM's flat parameter buffer, in order: a list of (name, shape,
+    weight_decay). The layers of each kind are stacked along a leading
+    dimension (their count, in pattern order): the Mamba layers' tensors
+    (mamba.*, the Mamba LM's, ln_w/ln_b the norm before the mixer), then the
+    attention layers' (attn.*), then the MLP layers' (mlp.*); kinds the
+    pattern lacks are left out, and so are the positions wpe without an
+    attention layer. H does not change the layout.
+    """
+    nM, nA, nF = (pattern.count(ch) for ch in "MAF")
+    E, N, R = 2 * C, HYBRID_N, math.ceil(C / 16)
+    out = [("wte", (V, C), True)]
+    if nA:
+        out.append(("wpe", (maxT, C), True))
+    if nM:
+        out += [("mamba." + name, (nM,) + shape[1:], wd) for name, shape, wd in mamba_param_layout(1, 1, C, E, N, R)
+                if name not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
+    if nA:
+        out += [("attn.ln_w", (nA, C), False), ("attn.ln_b", (nA, C), False),
+                ("attn.qkv_w", (nA, 3 * C, C), True), ("attn.qkv_b", (nA, 3 * C), False),
+                ("attn.proj_w", (nA, C, C), True), ("attn.proj_b", (nA, C), False)]
+    if nF:
+        out += [("mlp.ln_w", (nF, C), False), ("mlp.ln_b", (nF, C), False),
+                ("mlp.fc_w", (nF, F, C), True), ("mlp.fc_b", (nF, F), False),
+                ("mlp.proj_w", (nF, C, F), True), ("mlp.proj_b", (nF, C), False)]
+    return out + [("lnf_w", (C,), False), ("lnf_b", (C,), False), ("head_w", (V, C), True), ("head_b", (V,), False)]
+
+
+def hybrid_num_params(maxT, V, C, H, F, pattern):
+    return sum(math.prod(shape) for _, shape, _ in hybrid_param_layout(maxT, V, C, H, F, pattern))
 
 
 # the image geometry of the vision models (CIFAR-10's), fixed: not in the config
@@ -309,6 +375,16 @@ def _validate_config(path, kind, config):
         P = mamba_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["R"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the mamba layout's {P} parameters")
+    elif kind == KIND_HYBRID:
+        try:
+            pattern = hybrid_pattern_letters(config["pattern"])
+        except ValueError as err:
+            _fail(path, str(err))
+        if "A" in pattern and config["C"] % config["H"] != 0:
+            _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
+        P = hybrid_num_params(config["maxT"], config["V"], config["C"], config["H"], config["F"], pattern)
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the hybrid layout's {P} parameters")
     elif kind in (KIND_VIT, KIND_MAMBA_VIT):
         if VISION_SIZE % config["patch"] != 0:
             _fail(path, f"patch = {config['patch']} does not divide the image size {VISION_SIZE}")

@@ -2,11 +2,12 @@
 PyTorch interop for the project's model files and checkpoints.
 
   interop.py eval FILE --tokens PATH --B 4 --T 64 --batches 2
-      loads a model file or checkpoint (GPT or Mamba LM) into the PyTorch
+      loads a model file or checkpoint (GPT, Mamba or hybrid LM) into the PyTorch
       model and prints "val loss X": the mean loss over the first `batches`
       consecutive B x T windows of the tokens file, as the trainers'
       validation computes it (float64).
-  interop.py export --model gpt|mamba --V 65 --L 2 --C 64 [--H 4 --F 128 --maxT 64] --seed 0 --out PATH
+  interop.py export --model gpt|mamba|hybrid --V 65 --L 2 --C 64 [--H 4 --F 128 --maxT 64] [--pattern MAF]
+                    --seed 0 --out PATH
                     [--train-steps 20 --tokens PATH --B 4 --T 32]
       writes a PyTorch model (its default initialization, then optionally a
       few AdamW steps on random windows of a tokens file, so that it predicts
@@ -26,6 +27,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import formats  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
+from hybrid import HybridConfig, HybridLM  # noqa: E402
 from mamba import MambaConfig, MambaLM  # noqa: E402
 
 
@@ -47,6 +49,9 @@ def build(kind, config):
     if kind == formats.KIND_MAMBA:
         return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"],
                                    E=config["E"], R=config["R"]))
+    if kind == formats.KIND_HYBRID:
+        return HybridLM(HybridConfig(pattern=formats.hybrid_pattern_letters(config["pattern"]), maxT=config["maxT"],
+                                     V=config["V"], C=config["C"], H=config["H"], F=config["F"]))
     raise SystemExit(f"error: model kind {kind} is not a language model")
 
 
@@ -83,6 +88,12 @@ def cmd_export(args):
         model = GPT(GPTConfig(maxT=args.maxT, V=args.V, L=args.L, H=args.H, C=args.C, F=args.F or 2 * args.C))
         kind, cfg = formats.KIND_GPT, model.cfg
         config = {"maxT": cfg.maxT, "V": cfg.V, "L": cfg.L, "H": cfg.H, "C": cfg.C, "F": cfg.F}
+    elif args.model == "hybrid":
+        model = HybridLM(HybridConfig(pattern=args.pattern, maxT=args.maxT, V=args.V, C=args.C, H=args.H,
+                                      F=args.F or 4 * args.C))
+        kind, cfg = formats.KIND_HYBRID, model.cfg
+        config = {"maxT": cfg.maxT, "V": cfg.V, "C": cfg.C, "H": cfg.H, "F": cfg.F,
+                  "pattern": formats.hybrid_pattern_code(cfg.pattern)}
     else:
         model = MambaLM(MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N))
         kind, cfg = formats.KIND_MAMBA, model.cfg
@@ -114,7 +125,8 @@ def main():
     e.add_argument("--T", type=int, required=True)
     e.add_argument("--batches", type=int, default=1)
     x = sub.add_parser("export")
-    x.add_argument("--model", choices=["gpt", "mamba"], required=True)
+    x.add_argument("--model", choices=["gpt", "mamba", "hybrid"], required=True)
+    x.add_argument("--pattern", default="MAF", help="the hybrid's layers")
     x.add_argument("--V", type=int, default=65)
     x.add_argument("--L", type=int, default=2)
     x.add_argument("--C", type=int, default=64)

@@ -1,0 +1,200 @@
+/*
+Checks train_hybrid.cu against the PyTorch reference state written by
+dev/reference/hybrid.py (make test writes data/ref_hybrid.bin; its pattern,
+MAFM, has every kind of layer and two Mamba layers, so that the stacks'
+slices are exercised):
+  - the embedding, every layer's activations (its LayerNorm, the mixer's
+    intermediates, its output), the final LayerNorm, logits and loss of one
+    forward pass, and every parameter gradient of one backward pass, with
+    both scan variants and both LayerNorm and softmax variants
+  - the losses of 10 AdamW steps with gradient clipping, and the parameters
+    after them
+  - bit-identical gradients on a re-run, and bit-identical losses and
+    parameters after saving a checkpoint, reloading it and re-running steps
+  - generation: each layer's recurrent step (the Mamba layers' conv and SSM
+    states, the attention layers' KV cache) from a prefill of P tokens,
+    against the parallel forward's logits at every later position; the
+    window after a full cache against a forward over it; greedy generation
+    repeatable bit for bit
+  - the pattern flag's encoding: every pattern round-trips through its
+    config slot
+
+Errors are printed per tensor as max abs and relative error, where relative
+is max|got - ref| / max|ref| over the tensor (llmc/testing.h).
+Tolerances as test_gpt.cu and test_mamba.cu: 1e-4 against the reference
+(fp32 against a float64 reference: a few hundred terms per sum are good to
+~1e-6, 1e-4 leaves room for what 10 optimizer steps compound and is far
+below the O(1) error of a wrong index or formula); 1e-5 for stepping
+against the forward (the same fp32 math in another summation order).
+*/
+#define TESTING
+#include "train_hybrid.cu"
+#include "llmc/testing.h"
+
+// 1e-4 in fp32; 2e-2 in the host's TF32 mode (HOST_TF32=1), as test_gpt.cu
+static const double TOL = tf32_tolerance(1e-4, 2e-2);
+static const double GEN_TOL = tf32_tolerance(1e-5, 2e-2);
+
+static HybridConfig config_of(const RefState& ref, const char* path) {
+    return hybrid_config(ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5], path);
+}
+
+// forward + backward at the reference parameters; compares activations,
+// loss and gradients. label prefixes the lines (the kernel variant).
+static void check_forward_backward(Tests& t, Hybrid* model, const RefState& ref, const char* path, const char* label) {
+    const HybridConfig& c = model->config;
+    MambaDims md = mamba_dims_of(c);
+    TransformerDims td = transformer_dims_of(c);
+    int B = ref.B, T = ref.T;
+    load_params(&model->buf, ref.get("params", path).f);
+    hybrid_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    const ActivationTensors& a = model->acts;
+    compare_ref(t, ref, path, "encoded", a.encoded, label, TOL);
+    for (int l = 0; l < c.num_layers; l++) {
+        struct { const char* name; const float* ptr; } acts[12];
+        int n = 0, k = c.index[l];
+        if (c.kind[l] == LAYER_MAMBA) {
+            MambaStackActs la = mamba_layer_acts(a.mamba, k, B, T, md);
+            acts[n++] = {"ln", la.ln};   acts[n++] = {"xz", la.xz};       acts[n++] = {"conv", la.conv};
+            acts[n++] = {"u", la.u};     acts[n++] = {"x_dbl", la.x_dbl}; acts[n++] = {"dt", la.dt};
+            acts[n++] = {"scan", la.y};  acts[n++] = {"gated", la.gated}; acts[n++] = {"out", la.out};
+            acts[n++] = {"res", la.res};
+        } else if (c.kind[l] == LAYER_ATTENTION) {
+            AttentionActs la = attention_layer_acts(a.attn, k, B, T, td);
+            acts[n++] = {"ln", la.ln};     acts[n++] = {"qkv", la.qkv};      acts[n++] = {"att", la.att};
+            acts[n++] = {"atty", la.atty}; acts[n++] = {"attproj", la.proj}; acts[n++] = {"res", la.out};
+        } else {
+            MlpActs la = mlp_layer_acts(a.mlp, k, B, T, td);
+            acts[n++] = {"ln", la.ln};             acts[n++] = {"fch", la.fch};
+            acts[n++] = {"fch_gelu", la.fch_gelu}; acts[n++] = {"fcproj", la.proj};
+            acts[n++] = {"res", la.out};
+        }
+        for (int i = 0; i < n; i++) {
+            char name[64];
+            snprintf(name, sizeof(name), "l%d.%s", l, acts[i].name);
+            compare_ref(t, ref, path, name, acts[i].ptr, label, TOL);
+        }
+    }
+    compare_ref(t, ref, path, "lnf", a.lnf, label, TOL);
+    compare_ref(t, ref, path, "logits", a.logits, label, TOL);
+    check_loss(t, model->buf.mean_loss, ref.get("loss", path).f[0], label, "loss", TOL);
+    hybrid_backward(model, B, T);
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "%sgrad ", label);
+    check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
+}
+
+// Past the context W: each step's logits are a parallel forward's over the
+// newest tokens (the first step past it keeps W/2 of them, the next W/2 + 1),
+// the Mamba layers' states included
+static void check_cache_full(Tests& t, Hybrid* model, const std::vector<int>& inputs, int B, int T) {
+    int W = hybrid_context(model), keep = W / 2, V = model->config.vocab_size, extra = 3;
+    std::vector<int> seq((long)B * (W + extra));  // each row: its inputs (cycled to W), then `extra` more tokens
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < W + extra; i++) seq[(long)b * (W + extra) + i] = i < W ? inputs[(long)b * T + i % T] : (b * 7 + i) % V;
+    std::vector<int> prompt((long)B * W), column(B), window;
+    for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra)], &seq[(long)b * (W + extra)] + W, &prompt[(long)b * W]);
+    hybrid_generate_begin(model, B);
+    hybrid_prefill(model, prompt.data(), B, W);
+    for (int j = 0; j < extra; j++) {
+        for (int b = 0; b < B; b++) column[b] = seq[(long)b * (W + extra) + W + j];
+        hybrid_step(model, column.data(), B);
+        std::vector<float> got = device_to_vector(model->gen.logits, (long)B * V);
+        int n = keep + j, first = W + j + 1 - n;  // the window: tokens first .. W+j of each row
+        window.resize((long)B * n);
+        for (int b = 0; b < B; b++) std::copy(&seq[(long)b * (W + extra) + first], &seq[(long)b * (W + extra) + first] + n, &window[(long)b * n]);
+        std::vector<float> all = forward_logits(model, window.data(), B, n), want;
+        for (int b = 0; b < B; b++) want.insert(want.end(), &all[((long)b * n + n - 1) * V], &all[((long)b * n + n) * V]);
+        char name[96];
+        snprintf(name, sizeof(name), "cache full (W %d): step %d = forward over the last %d", W, j + 1, n);
+        check_tensor(t, name, got.data(), want.data(), (long)B * V, GEN_TOL);
+    }
+    hybrid_generate_end(model);
+}
+
+// every pattern of up to 3 layers, and the longest, through the config slot and back
+static void check_pattern_codes(Tests& t) {
+    int checked = 0, wrong = 0;
+    std::vector<std::string> patterns = {"MAFMAFMAFMAFMAF"};
+    for (int n = 1; n <= 3; n++)
+        for (int i = 0, total = n == 1 ? 3 : n == 2 ? 9 : 27; i < total; i++) {
+            std::string s;
+            for (int j = 0, v = i; j < n; j++, v /= 3) s += "MAF"[v % 3];
+            patterns.push_back(s);
+        }
+    for (const std::string& s : patterns) {
+        HybridConfig c = hybrid_config(32, 65, 32, 4, 64, hybrid_pattern_code(s.c_str()), "test");
+        checked++;
+        if (s != c.letters) wrong++;
+    }
+    t.check(wrong == 0, "%d patterns round-trip through their config slot (%d wrong)", checked, wrong);
+}
+
+int main(int argc, char** argv) {
+    const char* path = argc > 1 ? argv[1] : "data/ref_hybrid.bin";
+    Tests t;
+    check_pattern_codes(t);
+    RefState ref;
+    ref_state_load(&ref, path);
+    if (ref.kind != MODEL_HYBRID) fail("%s: reference state of model kind %d, expected a hybrid LM (%d)", path, ref.kind, MODEL_HYBRID);
+    HybridConfig config = config_of(ref, path);
+    printf("backend %s | reference %s: hybrid %s C %d H %d F %d V %d maxT %d | B %d T %d\n", BACKEND_NAME, path,
+           config.letters, config.channels, config.num_heads, config.ffn, config.vocab_size, config.max_seq_len,
+           ref.B, ref.T);
+    Hybrid model;
+    hybrid_build(&model, config);
+    hybrid_allocate_activations(&model, ref.B, ref.T);
+    t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel(),
+            "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
+
+    // the kernel variants: sequential scan + thread-per-row LayerNorm and
+    // softmax, then the chunked scan + warp-per-row LayerNorm and softmax
+    bool default_scan = scan_use_chunked, default_ln = layernorm_use_warp, default_sm = softmax_use_warp;
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = layernorm_use_warp = softmax_use_warp = variant == 1;
+        printf("--- kernels: %s\n", variant ? "chunked scan, warp per row" : "sequential scan, thread per row");
+        check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
+    }
+    scan_use_chunked = default_scan;
+    layernorm_use_warp = default_ln;
+    softmax_use_warp = default_sm;
+
+    // the reference batch at every step
+    TrainStep step = [&](int) {
+        hybrid_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        hybrid_backward(&model, ref.B, ref.T);
+    };
+    check_rerun_identical(t, &model.buf, step, 0, "");
+    // 10 AdamW steps; the parameters after them leave out the attention
+    // layers' key bias, whose gradient is zero in exact arithmetic (softmax
+    // is invariant to it; see test_gpt.cu). Its gradient is checked above.
+    long C = config.channels;
+    ParamFilter not_key_bias = [C](const TensorSpec& ts, long j) { return strcmp(ts.name, "attn.qkv_b") || (j % (3 * C)) / C != 1; };
+    check_trajectory(t, &model.buf, ref, path, step, TOL, not_key_bias, " (q, v)");
+    check_resume(t, &model.buf, ref, path, step, 123, 456, "");
+
+    // generation: rows of different tokens, prefills of several lengths, both scan variants' final states
+    printf("--- generation\n");
+    load_params(&model.buf, ref.get("params", path).f);
+    const std::vector<int>& tokens = ref.get("inputs", path).i;
+    for (int variant = 0; variant < 2; variant++) {
+        scan_use_chunked = variant == 1;
+        const char* what = variant ? "[chunked] steps vs forward" : "[seq] steps vs forward";
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, what);
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2, GEN_TOL, what);
+        check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T - 3, GEN_TOL, what);  // past one 32-step chunk
+    }
+    scan_use_chunked = default_scan;
+    check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 2 * ref.T);
+    model_free(&model.buf);
+
+    // the context's end: the activations as long as the position table, so
+    // that the cache fills (the reference batch is shorter; its tokens cycle)
+    Hybrid full;
+    hybrid_build(&full, config);
+    hybrid_allocate_activations(&full, ref.B, config.max_seq_len);
+    load_params(&full.buf, ref.get("params", path).f);
+    check_cache_full(t, &full, tokens, ref.B, ref.T);
+    model_free(&full.buf);
+    return t.summary();
+}
