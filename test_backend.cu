@@ -257,9 +257,22 @@ static std::vector<float> run_deterministic_kernels() {
         float *m = zeros(n), *v = zeros(n), *norm = zeros(NORM_BLOCKS + 2);
         global_norm(norm, grads, n, 1.0f);
         adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, norm + 1);
-        adamw_update(params, m, v, grads, n, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 2, norm + 1);
+        AdamWDecayTable table;  // then the one launch over three tensors, the middle one without decay
+        memset(&table, 0, sizeof(table));
+        table.count = 3;
+        table.end[0] = 1000; table.end[1] = 201000; table.end[2] = n;
+        table.decay[0] = table.decay[2] = 1;
+        adamw_update_table(params, m, v, grads, n, &table, 1e-3f, 0.9f, 0.99f, 1e-8f, 0.1f, 2, norm + 1);
         append(norm, NORM_BLOCKS + 2); append(params, n); append(m, n); append(v, n);
         for (float* p : {grads, params, m, v, norm}) cudaFree(p);
+    }
+    {   // the mean loss on the device
+        int n = 5000;
+        float* losses = to_device(random_vector(n, &rng, 0.0f, 4.0f));
+        float* out = zeros(1);
+        LAUNCH(mean_loss_kernel, 1, mean_loss_threads, 0)(out, losses, n);
+        append(out, 1);
+        cudaFree(losses); cudaFree(out);
     }
     return all;
 }
@@ -267,9 +280,13 @@ static std::vector<float> run_deterministic_kernels() {
 // the deterministic kernels with every variant flag at `gpu_variants`
 static std::vector<float> run_deterministic_variant(bool gpu_variants) {
     bool ln = layernorm_use_warp, scan = scan_use_chunked, norm = norm_use_blocks;
+    int tile = layernorm_param_tile, loss_threads = mean_loss_threads;
     layernorm_use_warp = scan_use_chunked = norm_use_blocks = gpu_variants;
+    layernorm_param_tile = gpu_variants ? 1 : LN_TILE;
+    mean_loss_threads = gpu_variants ? MEAN_LOSS_THREADS : 1;
     std::vector<float> out = run_deterministic_kernels();
     layernorm_use_warp = ln; scan_use_chunked = scan; norm_use_blocks = norm;
+    layernorm_param_tile = tile; mean_loss_threads = loss_threads;
     return out;
 }
 
@@ -436,7 +453,11 @@ static void check_fast_kernels(Tests& tests) {
         cases.push_back({"attention_unpermute (reverse)", shapes_mismatch(zero_out, [&]() {
             LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(d_a, d_o, B, T, NH, hs, 0, row_span(hs)); }, d_o, nq)});
         for (auto& c : cases) tests.check(c.bad == 0, "host shapes vs GPU shapes, %-30s: %d floats differ", c.name, c.bad);
-        // the layernorm parameter gradient: LN_TILE channels per thread vs one (C = 45: two full tiles and a partial one)
+        // the layernorm parameter gradient (two stages: BT = 111 rows are two chunks, one partial): LN_TILE
+        // channels per thread vs one (C = 45: two full tiles and a partial one), bitwise; and against double
+        // sums, relative to the sum of the terms' magnitudes: a term has 3 roundings (a difference, two
+        // products), each float sum adds at most LN_PARAM_ROWS terms within a chunk, then the 2 chunks,
+        // so the error is under (3 + 64 + 2) * 2^-24 = 4.1e-6 of that
         float* d_mr; cudaCheck(cudaMalloc(&d_mr, 2 * BT * sizeof(float)));
         cudaCheck(cudaMemcpy(d_mr, d_b, BT * sizeof(float), cudaMemcpyDeviceToDevice));
         cudaCheck(cudaMemcpy(d_mr + BT, d_pos, BT * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -444,14 +465,23 @@ static void check_fast_kernels(Tests& tests) {
         int tiles[2] = {LN_TILE, 1};
         for (int v = 0; v < 2; v++) {
             zero_out();
-            int nthreads = CEIL_DIV(C, tiles[v]);
-            LAUNCH(layernorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(d_o, d_o + C, d_a, d_b, d_mr, d_mr + BT,
-                                                                                  (int)BT, C, tiles[v]);
+            layernorm_param_backward(d_o, d_o + C, d_a, d_b, d_mr, d_mr + BT, (int)BT, C, tiles[v]);
             got[v] = to_host(d_o, 2 * C);
         }
         int bad = 0;
         for (int i = 0; i < 2 * C; i++) bad += memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0;
         tests.check(bad == 0, "layernorm parameter gradient, %d channels per thread vs 1: %d of %d differ", LN_TILE, bad, 2 * C);
+        double worst = 0.0;
+        for (int c = 0; c < C; c++) {
+            double sw = 0, sb = 0, aw = 0, ab = 0;
+            for (long r = 0; r < BT; r++) {
+                double g = a[r * C + c], t = g * ((double)b[r * C + c] - b[r]) * pos[r];
+                sw += t; aw += fabs(t); sb += g; ab += fabs(g);
+            }
+            worst = std::max(worst, std::max(fabs(got[0][c] - sw) / aw, fabs(got[0][C + c] - sb) / ab));
+        }
+        tests.check(worst < 4.1e-6, "layernorm parameter gradient against double sums: max error %.1e of the terms' "
+                    "magnitude (bound 4.1e-6)", worst);
         cudaFree(d_mr);
         cudaFree(d_a); cudaFree(d_b); cudaFree(d_pos); cudaFree(d_o); cudaFree(d_tok);
     }
@@ -669,6 +699,88 @@ int main() {
                         variant ? "blocks" : "one thread per share", h[0], ref, err, scale_err);
         }
         cudaFree(d_g); cudaFree(d_norm);
+    }
+    {   // the one AdamW launch over a flat buffer of several tensors (decay per tensor) against one launch per
+        // tensor: bitwise, every element is computed the same way. Tensor sizes that split spans and blocks
+        // unevenly, decay flags mixed. Then a non-finite gradient: the norm is NaN, its clipping factor too,
+        // and the launch leaves parameters and moments bitwise untouched (the step's check on the device)
+        long sizes[5] = {1, 4099, 37, 70001, 3}, n = 0;
+        int decay[5] = {1, 0, 1, 1, 0};
+        AdamWDecayTable table;
+        memset(&table, 0, sizeof(table));
+        table.count = 5;
+        for (int i = 0; i < 5; i++) { n += sizes[i]; table.end[i] = n; table.decay[i] = (unsigned char)decay[i]; }
+        std::vector<float> p0 = random_vector(n, &rng, -1.0f, 1.0f), g0 = random_vector(n, &rng, -1.0f, 1.0f);
+        float* d_g = to_device(g0);
+        float* d_scale = to_device({0.7f});
+        std::vector<float> got[2];
+        for (int way = 0; way < 2; way++) {
+            float* d_p = to_device(p0);
+            float *d_m = to_device(std::vector<float>(n, 0.0f)), *d_v = to_device(std::vector<float>(n, 0.0f));
+            for (int t = 1; t <= 2; t++) {
+                if (way == 0) {
+                    adamw_update_table(d_p, d_m, d_v, d_g, n, &table, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, t, d_scale);
+                } else {
+                    long off = 0;
+                    for (int i = 0; i < 5; i++) {
+                        adamw_update(d_p + off, d_m + off, d_v + off, d_g + off, sizes[i], 1e-2f, 0.9f, 0.99f, 1e-8f,
+                                     decay[i] ? 0.1f : 0.0f, t, d_scale);
+                        off += sizes[i];
+                    }
+                }
+            }
+            got[way] = to_host(d_p, n);
+            std::vector<float> mv = to_host(d_m, n), vv = to_host(d_v, n);
+            got[way].insert(got[way].end(), mv.begin(), mv.end());
+            got[way].insert(got[way].end(), vv.begin(), vv.end());
+            cudaFree(d_p); cudaFree(d_m); cudaFree(d_v);
+        }
+        long bad = count_bit_mismatch(got[0], got[1]);
+        tests.check(bad == 0 && got[0][0] != p0[0], "AdamW: one launch over 5 tensors (decay per tensor) vs one per tensor: "
+                    "%ld of %ld parameters and moments differ bitwise", bad, (long)got[0].size());
+        std::vector<float> g_bad = g0;
+        g_bad[4100] = NAN;
+        float* d_gbad = to_device(g_bad);
+        float* d_p = to_device(p0);
+        float *d_m = to_device(std::vector<float>(n, 0.5f)), *d_v = to_device(std::vector<float>(n, 0.25f));
+        float* d_norm; cudaCheck(cudaMalloc(&d_norm, NORM_BUFFER_FLOATS * sizeof(float)));
+        long untouched = 0;
+        bool saved_norm_variant = norm_use_blocks;
+        for (int variant = 0; variant < 2; variant++) {
+            norm_use_blocks = variant == 1;
+            for (float clip : {1.0f, 0.0f}) {
+                global_norm(d_norm, d_gbad, n, clip);
+                adamw_update_table(d_p, d_m, d_v, d_gbad, n, &table, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, d_norm + 1);
+                std::vector<float> ns = to_host(d_norm, 2), p1 = to_host(d_p, n), m1 = to_host(d_m, n), v1 = to_host(d_v, n);
+                bool same = !memcmp(p1.data(), p0.data(), n * sizeof(float)) && m1 == std::vector<float>(n, 0.5f) &&
+                            v1 == std::vector<float>(n, 0.25f);
+                untouched += same && ns[0] != ns[0] && ns[1] != ns[1];
+            }
+        }
+        norm_use_blocks = saved_norm_variant;
+        tests.check(untouched == 4, "a NaN gradient: norm and clipping factor NaN, AdamW skips the update (%ld of 4 cases: "
+                    "both norm variants, clip 1 and none)", untouched);
+        for (float* q : {d_g, d_scale, d_gbad, d_p, d_m, d_v, d_norm}) cudaFree(q);
+    }
+    {   // the mean loss on the device: one thread (the host's launch) is the plain double sum in order;
+        // MEAN_LOSS_THREADS threads (the GPU's) a fixed tree; both against a double reference (the fp32
+        // rounding of the mean: 6e-8 relative, so 1e-7)
+        int n = 16411;
+        std::vector<float> losses = random_vector(n, &rng, 0.0f, 5.0f);
+        double ref = 0.0;
+        for (float x : losses) ref += x;
+        float plain = (float)(ref / n);
+        float* d_l = to_device(losses);
+        float* d_out; cudaCheck(cudaMalloc(&d_out, sizeof(float)));
+        for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, n);
+            float got = to_host(d_out, 1)[0];
+            double err = fabs(got - ref / n) / (ref / n);
+            tests.check(err < 1e-7 && (threads != 1 || got == plain),
+                        "mean loss kernel, %d threads: %.8f vs %.8f (rel err %.1e)%s", threads, got, ref / n, err,
+                        threads == 1 ? ", bitwise the host's old sum" : "");
+        }
+        cudaFree(d_l); cudaFree(d_out);
     }
     {   // launch limits as sm_90 has them: the host backend must refuse what the GPU refuses
         cudaCheck(cudaGetLastError());

@@ -3,9 +3,11 @@ Checks train_mamba.cu and its kernels:
   1. finite-difference gradient checks of the selective scan (with its
      softplus and gating) and of the conv1d + SiLU kernel on tiny shapes:
      central differences along random directions against the analytic
-     gradient, for both scan variants;
+     gradient, for both scan variants (and the sequential one at d_state 4,
+     which the chunked one, compiled for 16, refuses);
   2. the two scan variants against each other (forward outputs, stored
-     states and every gradient), T not a multiple of the chunk;
+     states and every gradient), T not a multiple of the chunk nor of the
+     chunked forward's 128-step blocks;
   3. against the PyTorch reference state of dev/reference/mamba.py (make
      test writes data/ref_mamba.bin): every layer's activations, logits,
      loss, every parameter gradient (A_log, D, dt_proj bias and conv
@@ -322,11 +324,18 @@ int main(int argc, char** argv) {
         scan_use_chunked = variant == 1;
         check_scan_gradients(t, p, variant ? "chunked parallel" : "sequential");
     }
+    // d_state other than 16: the sequential variant only (the chunked one is compiled for 16)
+    {
+        ScanProblem p4 = make_scan_problem(2, 45, 11, 4, 3, 2025);
+        scan_use_chunked = false;
+        check_scan_gradients(t, p4, "sequential, N = 4");
+    }
     check_conv_gradients(t);
 
-    // the two variants against each other on a longer sequence (3 chunks and a bit) and N = 4
+    // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
+    // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit
     {
-        ScanProblem q = make_scan_problem(3, 101, 19, 4, 2, 7);
+        ScanProblem q = make_scan_problem(3, 301, 19, 16, 2, 7);
         scan_use_chunked = false;
         ScanResult a = run_scan(q, true);
         scan_use_chunked = true;

@@ -599,6 +599,16 @@ struct cudaDeviceProp {
 
 inline cudaError_t& host_last_error() { static cudaError_t e = cudaSuccess; return e; }
 
+// What the program has asked of the "device" so far, counted always (a few
+// increments) and printed per training step under HOST_PROFILE=1
+// (host_profile_step_end): kernel launches, cuBLAS calls, copies by
+// direction, memsets, and the calls that make the host wait for the device
+// on a GPU (cudaDeviceSynchronize, cudaStreamSynchronize,
+// cudaEventSynchronize; a device-to-host cudaMemcpy waits too, counted as
+// a copy). These are the proxies of a step's launch overhead and round trips.
+struct HostDeviceCounts { long kernels, blas, d2h, h2d, d2d, memsets, syncs; };
+inline HostDeviceCounts& host_counts() { static HostDeviceCounts c = {0, 0, 0, 0, 0, 0, 0}; return c; }
+
 inline const char* cudaGetErrorString(cudaError_t e) {
     switch (e) {
         case cudaSuccess: return "no error";
@@ -610,7 +620,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 }
 inline cudaError_t cudaGetLastError() { cudaError_t e = host_last_error(); host_last_error() = cudaSuccess; return e; }
 inline cudaError_t cudaPeekAtLastError() { return host_last_error(); }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { host_counts().syncs++; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
@@ -686,25 +696,29 @@ inline cudaError_t cudaFree(void* p) {
     return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+    HostDeviceCounts& c = host_counts();
+    if (kind == cudaMemcpyDeviceToHost) c.d2h++;
+    else if (kind == cudaMemcpyHostToDevice) c.h2d++;
+    else if (kind == cudaMemcpyDeviceToDevice) c.d2d++;
     if (n) memmove(dst, src, n);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k, cudaStream_t = 0) {
     return cudaMemcpy(dst, src, n, k);
 }
-inline cudaError_t cudaMemset(void* p, int v, size_t n) { if (n) memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemset(void* p, int v, size_t n) { host_counts().memsets++; if (n) memset(p, v, n); return cudaSuccess; }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { return cudaMemset(p, v, n); }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = nullptr; return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { host_counts().syncs++; return cudaSuccess; }
 inline double host_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new HostEvent{0.0}; return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0) { e->t = host_seconds(); return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { host_counts().syncs++; return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)((b->t - a->t) * 1e3); return cudaSuccess;
 }
@@ -771,6 +785,18 @@ struct HostProfile {
 };
 inline HostProfile host_profile;
 
+// HOST_PROFILE=1: one line per training step with what the step asked of the
+// device (HostDeviceCounts), between host_profile_step_begin() and _end()
+inline HostDeviceCounts& host_profile_step_start() { static HostDeviceCounts c; return c; }
+inline void host_profile_step_begin() { host_profile_step_start() = host_counts(); }
+inline void host_profile_step_end(int step) {
+    if (!host_profile.enabled) return;
+    const HostDeviceCounts &a = host_profile_step_start(), &b = host_counts();
+    fprintf(stderr, "host profile step %d: %ld kernel launches, %ld cuBLAS calls, %ld device-to-host copies, "
+            "%ld host-to-device, %ld device-to-device, %ld memsets, %ld synchronizations\n", step, b.kernels - a.kernels,
+            b.blas - a.blas, b.d2h - a.d2h, b.h2d - a.h2d, b.d2d - a.d2d, b.memsets - a.memsets, b.syncs - a.syncs);
+}
+
 inline double host_seconds();
 
 // times a scope into the profile when profiling is on
@@ -822,6 +848,7 @@ template <typename F>
 inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid, dim3 block, size_t shared_bytes,
                              F&& thread_body) {
     HostProfileScope profile_scope(name);
+    host_counts().kernels++;
     long nthreads = (long)block.x * block.y * block.z;
     long nblocks = (long)grid.x * grid.y * grid.z;
     if (!host_launch_valid(kernel_id, grid, block, shared_bytes)) return;
@@ -954,6 +981,7 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, c
                                   const float* alpha, const float* A, int lda, const float* B, int ldb,
                                   const float* beta, float* C, int ldc) {
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    host_counts().blas++;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     HostProfileScope profile_scope("cublasSgemm");
     if (k > 0 && host_tf32_for(handle)) {
@@ -981,8 +1009,10 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
                                                 const float* B, int ldb, long long strideB, const float* beta,
                                                 float* C, int ldc, long long strideC, int batch) {
     if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    host_counts().blas++;
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
     if (k > 0 && host_tf32_for(h)) {  // TF32 rounds each product's inputs, as cublasSgemm does
+        host_counts().blas -= batch;  // one call, though it runs as batch products here
         for (int i = 0; i < batch; i++)
             cublasSgemm(h, ta, tb, m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
         return CUBLAS_STATUS_SUCCESS;
@@ -1002,6 +1032,7 @@ inline cublasStatus_t cublasSgemv(cublasHandle_t, cublasOperation_t ta, int m, i
                                   const float* A, int lda, const float* x, int incx, const float* beta,
                                   float* y, int incy) {
     if (m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    host_counts().blas++;
     HostProfileScope profile_scope("cublasSgemv");
     cblas_sgemv(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, *alpha, A, lda, x, incx,
                 *beta, y, incy);

@@ -10,8 +10,16 @@ Two variants of the row kernels (forward, and backward to the input):
                  warp_sum. Coalesced; the variant for the GPU.
 Both compute the same sums in a fixed order per variant (the rows kernels in
 LN_LANES interleaved partial sums, ln_lane_sum, so that g++ vectorizes them);
-the dispatcher picks by backend. Weight and bias gradients are summed over rows per channel by one
-thread per channel, in row order (deterministic, no atomics).
+the dispatcher picks by backend.
+
+Weight and bias gradients (sums over all N rows per channel) are a
+deterministic two-stage reduction, no atomics: layernorm_param_partial_kernel
+sums each chunk of LN_PARAM_ROWS consecutive rows per channel (one thread per
+chunk and tile of channels: N / 64 * C threads, enough to fill a GPU at the
+seed shapes, 256 * 256), into a scratch of partials; then
+layernorm_param_reduce_kernel adds each channel's partials in chunk order.
+The order depends only on N, so both backends and every tile width give
+bitwise the same gradients.
 */
 #pragma once
 #include "cuda_common.h"
@@ -19,6 +27,7 @@ thread per channel, in row order (deterministic, no atomics).
 #define LN_EPS 1e-5f
 #define LN_LANES 8   // partial sums of the rows kernels (one AVX2 register)
 #define LN_TILE 16   // channels per thread of the parameter gradient on the host
+#define LN_PARAM_ROWS 64  // rows per partial sum of the parameter gradient
 
 // sum of x[0..C) in LN_LANES interleaved partial sums (lane j takes the
 // elements i = j mod LN_LANES of the first C - C % LN_LANES), added by a fixed
@@ -112,42 +121,98 @@ __global__ void layernorm_backward_warp_kernel(float* dinp, const float* dout, c
     }
 }
 
-// dweight[c] += sum_rows dout * xhat, dbias[c] += sum_rows dout, each
-// channel's rows summed in order. One thread per `tile` consecutive
-// channels: 1 on the GPU (coalesced across threads), LN_TILE on the host (a
-// row's tile is one contiguous vector, instead of a column walk per channel)
-__global__ void layernorm_param_backward_kernel(float* dweight, float* dbias, const float* dout, const float* inp,
-                                                const float* mean, const float* rstd, int N, int C, int tile) {
-    int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * tile;
-    if (c0 >= C) return;
-    int nc = min(tile, C - c0);
-    float dw[LN_TILE], db[LN_TILE];
-    for (int j = 0; j < LN_TILE; j++) { dw[j] = 0.0f; db[j] = 0.0f; }
-    if (nc == LN_TILE) {  // fixed trip counts: vectorized
-        for (int row = 0; row < N; row++) {
+// Stage 1 of the parameter gradient. partials: (2, nchunks, C), the first
+// half sum_rows dout * xhat, the second sum_rows dout, over the rows of chunk
+// k, [k * LN_PARAM_ROWS, min(N, (k + 1) * LN_PARAM_ROWS)), in row order.
+// One thread per (chunk, TILE consecutive channels): TILE 1 on the GPU
+// (consecutive threads take consecutive channels: coalesced rows), LN_TILE
+// on the host (a row's tile is one contiguous vector); barrier-free. TILE is
+// a compile-time constant and every loop over the tile has a fixed trip
+// count (a partial last tile is masked), so the sums stay in registers.
+template <int TILE>
+__global__ void layernorm_param_partial_kernel(float* partials, const float* dout, const float* inp, const float* mean,
+                                               const float* rstd, int N, int C) {
+    int ntiles = CEIL_DIV(C, TILE), nchunks = CEIL_DIV(N, LN_PARAM_ROWS);
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)nchunks * ntiles) return;
+    int chunk = (int)(idx / ntiles), c0 = (int)(idx % ntiles) * TILE;
+    int nc = min(TILE, C - c0);
+    int r0 = chunk * LN_PARAM_ROWS, r1 = min(N, r0 + LN_PARAM_ROWS);
+    float dw[TILE], db[TILE];
+#pragma unroll
+    for (int j = 0; j < TILE; j++) { dw[j] = 0.0f; db[j] = 0.0f; }
+    if (nc == TILE) {  // fixed trip counts: vectorized
+        for (int row = r0; row < r1; row++) {
             const float* g = dout + (long)row * C + c0;
             const float* x = inp + (long)row * C + c0;
             float m = mean[row], s = rstd[row];
-            for (int j = 0; j < LN_TILE; j++) {
-                dw[j] += g[j] * (x[j] - m) * s;
+#pragma unroll
+            for (int j = 0; j < TILE; j++) {
+                dw[j] = fmaf(g[j] * (x[j] - m), s, dw[j]);  // an explicit fma: the same rounding in every tile width and backend
                 db[j] += g[j];
             }
         }
     } else {
-        for (int row = 0; row < N; row++) {
+        for (int row = r0; row < r1; row++) {
             const float* g = dout + (long)row * C + c0;
             const float* x = inp + (long)row * C + c0;
             float m = mean[row], s = rstd[row];
-            for (int j = 0; j < nc; j++) {
-                dw[j] += g[j] * (x[j] - m) * s;
-                db[j] += g[j];
-            }
+#pragma unroll
+            for (int j = 0; j < TILE; j++)
+                if (j < nc) {
+                    dw[j] = fmaf(g[j] * (x[j] - m), s, dw[j]);  // an explicit fma: the same rounding in every tile width and backend
+                    db[j] += g[j];
+                }
         }
     }
-    for (int j = 0; j < nc; j++) {
-        dweight[c0 + j] += dw[j];
-        dbias[c0 + j] += db[j];
+    float* pw = partials + (long)chunk * C + c0;
+    float* pb = partials + ((long)nchunks + chunk) * C + c0;
+#pragma unroll
+    for (int j = 0; j < TILE; j++)
+        if (j < nc) { pw[j] = dw[j]; pb[j] = db[j]; }
+}
+
+// Stage 2: dweight[c] += sum_k partials[0, k, c], dbias[c] += sum_k
+// partials[1, k, c], chunks in order. One thread per TILE consecutive
+// channels, as stage 1; barrier-free.
+template <int TILE>
+__global__ void layernorm_param_reduce_kernel(float* dweight, float* dbias, const float* partials, int nchunks, int C) {
+    int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * TILE;
+    if (c0 >= C) return;
+    int nc = min(TILE, C - c0);
+    float dw[TILE], db[TILE];
+#pragma unroll
+    for (int j = 0; j < TILE; j++) { dw[j] = 0.0f; db[j] = 0.0f; }
+    for (int k = 0; k < nchunks; k++) {
+        const float* pw = partials + (long)k * C + c0;
+        const float* pb = partials + ((long)nchunks + k) * C + c0;
+#pragma unroll
+        for (int j = 0; j < TILE; j++)
+            if (j < nc) { dw[j] += pw[j]; db[j] += pb[j]; }
     }
+#pragma unroll
+    for (int j = 0; j < TILE; j++)
+        if (j < nc) {
+            dweight[c0 + j] += dw[j];
+            dbias[c0 + j] += db[j];
+        }
+}
+
+// the floats of stage 1's partials for N rows of C
+inline long layernorm_param_scratch_size(int N, int C) { return 2L * CEIL_DIV(N, LN_PARAM_ROWS) * C; }
+
+// The partials' scratch: one device buffer, grown when a call needs more
+// (in a training run on its first backward pass, so later steps allocate
+// nothing) and kept for the program's life.
+static float* layernorm_param_scratch(long floats) {
+    static float* buffer = nullptr;
+    static long capacity = 0;
+    if (floats > capacity) {
+        cudaCheck(cudaFree(buffer));
+        cudaCheck(cudaMalloc(&buffer, floats * sizeof(float)));
+        capacity = floats;
+    }
+    return buffer;
 }
 
 // ----------------------------------------------------------------------------
@@ -171,6 +236,26 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
     cudaCheck(cudaGetLastError());
 }
 
+// dweight, dbias (C) accumulate the sums over the N rows of dout * xhat and
+// dout: the two stages above, `tile` (1 or LN_TILE) channels per thread
+void layernorm_param_backward(float* dweight, float* dbias, const float* dout, const float* inp, const float* mean,
+                              const float* rstd, int N, int C, int tile) {
+    int nchunks = CEIL_DIV(N, LN_PARAM_ROWS), ntiles = CEIL_DIV(C, tile);
+    float* partials = layernorm_param_scratch(layernorm_param_scratch_size(N, C));
+    if (tile == 1) {
+        LAUNCH(layernorm_param_partial_kernel<1>, CEIL_DIV((long)nchunks * ntiles, 256), 256, 0)(partials, dout, inp,
+                                                                                                  mean, rstd, N, C);
+        LAUNCH(layernorm_param_reduce_kernel<1>, CEIL_DIV(ntiles, 256), 256, 0)(dweight, dbias, partials, nchunks, C);
+    } else if (tile == LN_TILE) {
+        LAUNCH(layernorm_param_partial_kernel<LN_TILE>, CEIL_DIV((long)nchunks * ntiles, 64), 64, 0)(partials, dout, inp,
+                                                                                                      mean, rstd, N, C);
+        LAUNCH(layernorm_param_reduce_kernel<LN_TILE>, CEIL_DIV(ntiles, 64), 64, 0)(dweight, dbias, partials, nchunks, C);
+    } else {
+        fprintf(stderr, "error: layernorm_param_backward: %d channels per thread (1 or %d)\n", tile, LN_TILE);
+        exit(EXIT_FAILURE);
+    }
+}
+
 // dinp accumulates (+=); dweight, dbias accumulate
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int N, int C) {
@@ -179,8 +264,6 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     } else {
         LAUNCH(layernorm_backward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(dinp, dout, inp, weight, mean, rstd, N, C);
     }
-    int tile = layernorm_param_tile, nthreads = CEIL_DIV(C, tile);
-    LAUNCH(layernorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(dweight, dbias, dout, inp, mean, rstd, N, C,
-                                                                          tile);
+    layernorm_param_backward(dweight, dbias, dout, inp, mean, rstd, N, C, layernorm_param_tile);
     cudaCheck(cudaGetLastError());
 }

@@ -459,13 +459,16 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
 
         NVTX_RANGE("step");
         double t0 = host_clock();
+        step_profile_begin();
+        m->in_train_step = 1;  // no round trip to the host until model_update's one copy (model.h)
         token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
         lm_forward(model, inputs.data(), targets.data(), B, T);
         lm_backward(model, B, T);
         float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
-        float norm = model_update(m, &opt, lr, step + 1);
-        cudaCheck(cudaDeviceSynchronize());
+        float norm = model_update(m, &opt, lr, step + 1);  // waits for the step: the loss and norm come back
+        m->in_train_step = 0;
         check_finite(tc->out_dir, step + 1, m->mean_loss, norm);
+        step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
         print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);

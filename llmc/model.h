@@ -13,6 +13,14 @@ with one field per table row, and calls
   model_free(&m->buf)
 
 as llm.c's malloc_and_point_parameters does for its GPT-2.
+
+A training step asks the host for nothing until its end: the forward's mean
+loss is reduced on the device (model_mean_loss), the norm, the clipping
+factor and the non-finite check too (a non-finite norm makes the one AdamW
+launch skip the update), and model_update brings back the loss and the norm
+together in one device-to-host copy, the step's only wait. The training
+loops set in_train_step around a step for this; outside a step (tests,
+validation) model_mean_loss copies the loss back at once, as before.
 */
 #pragma once
 
@@ -25,6 +33,7 @@ as llm.c's malloc_and_point_parameters does for its GPT-2.
 #include "utils.h"
 
 #define MAX_TENSORS 64
+static_assert(MAX_TENSORS <= ADAMW_MAX_TENSORS, "a parameter table must fit AdamW's decay table");
 
 // one tensor of a flat buffer
 typedef struct {
@@ -69,9 +78,11 @@ typedef struct {
     int* inputs;                      // device (B, T) token ids (language models)
     int* targets;                     // device: (B, T) tokens or (B) labels
     float* ones;                      // device, B*T ones (bias gradients)
-    float* norm_buffer;               // device, global-norm scratch: norm, scale, partials
-    std::vector<float> host_losses;
-    float mean_loss;                  // of the last forward with targets
+    float* step_scalars;              // device: the mean loss, then the global-norm scratch (norm_buffer)
+    float* norm_buffer;               // = step_scalars + 1: norm, scale, partials (adamw.cuh's global_norm)
+    AdamWDecayTable decay_table;      // the parameter tensors' ends and decay flags, for the one AdamW launch
+    int in_train_step;                // set by the training loops: the loss stays on the device until model_update
+    float mean_loss;                  // of the last forward with targets (in a training step: once model_update returned)
     cublasHandle_t cublas;
 } ModelBuffers;
 
@@ -100,7 +111,17 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
                  m->num_parameters, 4.0 * bytes / (1 << 30));
     cudaCheck(cudaMemset(m->m_memory, 0, bytes));
     cudaCheck(cudaMemset(m->v_memory, 0, bytes));
-    cudaCheck(cudaMalloc(&m->norm_buffer, (NORM_BLOCKS + 2) * sizeof(float)));
+    cudaCheck(cudaMalloc(&m->step_scalars, (1 + NORM_BUFFER_FLOATS) * sizeof(float)));
+    m->norm_buffer = m->step_scalars + 1;
+    memset(&m->decay_table, 0, sizeof(m->decay_table));
+    m->decay_table.count = n;
+    long end = 0;
+    for (int i = 0; i < n; i++) {
+        end += table[i].size;
+        m->decay_table.end[i] = end;
+        m->decay_table.decay[i] = table[i].decay != 0;
+    }
+    m->in_train_step = 0;
     point_tensors(params, m->params_memory, table, n);
     point_tensors(grads, m->grads_memory, table, n);
     cublasCheck(cublasCreate(&m->cublas));
@@ -134,37 +155,60 @@ static void model_allocate_activations(ModelBuffers* m, const TensorSpec* table,
     cudaCheck(cudaMalloc(&m->targets, num_targets * sizeof(int)));
     cudaCheck(cudaMalloc(&m->ones, BT * sizeof(float)));
     fill(m->ones, 1.0f, BT);
-    m->host_losses.resize(num_targets);
     m->batch_size = B;
     m->seq_len = T;
 }
 
-// mean_loss = the mean of n per-row losses on the device
-static void model_mean_loss(ModelBuffers* m, const float* losses, int n) {
-    cudaCheck(cudaMemcpy(m->host_losses.data(), losses, n * sizeof(float), cudaMemcpyDeviceToHost));
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += m->host_losses[i];
-    m->mean_loss = (float)(sum / n);
+// out[0] = the mean of losses[0..n), summed in double. One block: thread i
+// sums the elements i, i + blockDim, ... in order, then a fixed tree over the
+// threads' sums in shared memory (blockDim a power of two, at most
+// MEAN_LOSS_THREADS). With one thread (the host backend's launch) it is the
+// plain sum in index order; deterministic either way.
+#define MEAN_LOSS_THREADS 256
+__global__ void mean_loss_kernel(float* out, const float* losses, int n) {
+    __shared__ double sums[MEAN_LOSS_THREADS];
+    int tid = threadIdx.x;
+    double s = 0.0;
+    for (int i = tid; i < n; i += blockDim.x) s += losses[i];
+    sums[tid] = s;
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        __syncthreads();
+        if (tid < half) sums[tid] += sums[tid + half];
+    }
+    if (tid == 0) out[0] = (float)(sums[0] / n);  // thread 0 wrote sums[0] last itself
 }
 
-// Clips the gradients to a global norm and takes one AdamW step on each
-// tensor of the table, with weight decay where the table says so. t is the
-// 1-based step. Returns the gradient norm before clipping; when it is not
-// finite nothing is updated (the trainers stop on it).
+#ifdef __CUDACC__
+static int mean_loss_threads = MEAN_LOSS_THREADS;
+#else
+static int mean_loss_threads = 1;  // barrier-free on the host: a plain loop
+#endif
+
+// The mean of n per-row losses on the device, into step_scalars[0]; outside
+// a training step also copied into mean_loss now (in a step model_update
+// brings it back with the norm).
+static void model_mean_loss(ModelBuffers* m, const float* losses, int n) {
+    LAUNCH(mean_loss_kernel, 1, mean_loss_threads, 0)(m->step_scalars, losses, n);
+    cudaCheck(cudaGetLastError());
+    if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+// Clips the gradients to a global norm and takes one AdamW step over the
+// whole flat buffer, with weight decay on the tensors the table says. t is
+// the 1-based step. Returns the gradient norm before clipping; when it is
+// not finite nothing is updated (the kernel checks it on the device; the
+// trainers stop on it). Ends with the one device-to-host copy of a
+// training step: the mean loss (into mean_loss when in_train_step) and the
+// norm, which waits for the step to finish.
 static float model_update(ModelBuffers* m, const AdamWConfig* o, float lr, int t) {
     NVTX_RANGE("update");
     global_norm(m->norm_buffer, m->grads_memory, m->num_parameters, o->grad_clip);
-    float norm;
-    cudaCheck(cudaMemcpy(&norm, m->norm_buffer, sizeof(float), cudaMemcpyDeviceToHost));
-    if (!std::isfinite(norm)) return norm;
-    long off = 0;
-    for (int i = 0; i < m->num_param_tensors; i++) {
-        const TensorSpec* s = &m->param_table[i];
-        adamw_update(m->params_memory + off, m->m_memory + off, m->v_memory + off, m->grads_memory + off, s->size, lr,
-                     o->beta1, o->beta2, o->eps, s->decay ? o->weight_decay : 0.0f, t, m->norm_buffer + 1);
-        off += s->size;
-    }
-    return norm;
+    adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters, &m->decay_table,
+                       lr, o->beta1, o->beta2, o->eps, o->weight_decay, t, m->norm_buffer + 1);
+    float loss_and_norm[2];
+    cudaCheck(cudaMemcpy(loss_and_norm, m->step_scalars, sizeof(loss_and_norm), cudaMemcpyDeviceToHost));
+    if (m->in_train_step) m->mean_loss = loss_and_norm[0];
+    return loss_and_norm[1];
 }
 
 // uploads parameters from host memory (the model's flat order)
@@ -178,7 +222,7 @@ static void model_zero_grads(ModelBuffers* m) {
 
 static void model_free(ModelBuffers* m) {
     float* buffers[] = {m->params_memory, m->grads_memory, m->m_memory, m->v_memory, m->acts_memory, m->ones,
-                        m->norm_buffer};
+                        m->step_scalars};
     for (float* b : buffers) cudaCheck(cudaFree(b));
     cudaCheck(cudaFree(m->inputs));
     cudaCheck(cudaFree(m->targets));

@@ -31,20 +31,27 @@ gradients up to rounding and summation order):
                     together; every loop over states is a fixed-trip loop
                     over arrays of NS, so g++ vectorizes it (exp by
                     fast_expf). The host's choice when N = 16.
-  *_chunked_kernel: the parallel scan. One warp per (b, e); lane i holds
-                    time step chunk*32 + i; each state's pairs are combined
-                    across lanes by a Hillis-Steele scan with warp shuffles
-                    (log2 32 = 5 rounds), the state carried from chunk to
-                    chunk, so any T works (the last chunk may be partial).
-                    Backward: a block holds the 8 channels of a group, one
-                    warp each, and combines their dB, dC contributions in
-                    shared memory.
+  *_chunked_kernel<NS>: the parallel scan, N a compile-time constant
+                    (SCAN_DSTATE = 16: the arrays over states live in
+                    registers; other N are refused with an error). A block
+                    holds the 8 channels of a group, one warp each, and
+                    stages each chunk's B and C rows in shared memory once
+                    for all of them; each state's pairs are combined across
+                    lanes by a Hillis-Steele scan with warp shuffles (log2
+                    32 = 5 rounds), the state carried from block of steps
+                    to block, so any T works (the last chunk may be
+                    partial). Forward: lane i owns 4 consecutive steps of
+                    128, composes them serially, then one warp scan.
+                    Backward: lane i holds step chunk*32 + i; the block
+                    combines its warps' dB, dC contributions in shared
+                    memory (padded rows: no bank conflicts).
 Reductions are deterministic: dB and dC (sums over channels) are summed in a
 fixed order within a group, written per group, then added over groups in
 order; dA_log and dD (sums over batch and time) are written per batch row
 and added over the batch in order. No atomics.
 
-Limits: d_state N <= MAX_DSTATE (16); any E and T.
+Limits: d_state N <= MAX_DSTATE (16), and N = SCAN_DSTATE (16) for the
+chunked kernels (the GPU's); any E and T.
 */
 #pragma once
 #include "cuda_common.h"
@@ -55,6 +62,7 @@ Limits: d_state N <= MAX_DSTATE (16); any E and T.
 #define SCAN_CHUNK 32
 #define MAX_DSTATE 16
 #define SCAN_GROUP 8  // channels whose dB, dC contributions are summed together
+#define SCAN_DSTATE 16  // the d_state the chunked (GPU) kernels are compiled for
 
 // dt = softplus(dt + bias[e]) in place, softplus(x) = log(1 + e^x) (=
 // x above ~17 in fp32; PyTorch: x above 20, the same values), by
@@ -97,45 +105,111 @@ __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float*
     }
 }
 
+// A chunk's B and C rows, (SCAN_CHUNK, 2 NS) of x_dbl's columns [R, R + 2NS),
+// into shared memory, rows past T as zeros: the block's threads take
+// consecutive floats of a row (coalesced), once for all its warps. Rows are
+// SCAN_BC_STRIDE = 2NS + 1 floats apart, so that lane i reading row i, column
+// n hits bank (i + n) mod 32: no conflicts.
+#define SCAN_BC_STRIDE(NS) (2 * (NS) + 1)
+template <int NS>
+__device__ __forceinline__ void scan_load_bc_chunk(float* bc_s, const float* x_dbl, int R, long row0, int valid_rows) {
+    const int xs = R + 2 * NS;
+    for (int i = threadIdx.x; i < SCAN_CHUNK * 2 * NS; i += blockDim.x) {
+        int tl = i / (2 * NS), j = i % (2 * NS);
+        bc_s[tl * SCAN_BC_STRIDE(NS) + j] = tl < valid_rows ? x_dbl[(row0 + tl) * xs + R + j] : 0.0f;
+    }
+}
+
+// The parallel forward scan, d_state NS a compile-time constant (SCAN_DSTATE
+// = 16; the launcher checks the run-time N), so A, the carried state and
+// every loop over states are unrolled into registers. Block = SCAN_GROUP
+// warps = channels e0 .. e0 + 7 of batch row b, one warp per channel. The
+// warp steps through time SCAN_LANE_STEPS * 32 = 128 steps at a time, and
+// lane i owns the SCAN_LANE_STEPS consecutive steps from 4i (as mamba_ssm's
+// kernels do): per state it composes its steps' (decay, input) pairs
+// serially, the 32 lanes' composites are combined by one Hillis-Steele scan
+// with shuffles (5 rounds), and each lane then runs its steps serially from
+// the state before its first. 12 shuffles per state per 128 steps (one lane
+// per step would take 11 per 32). The state is carried between the 128-step
+// blocks, so any T works; the state at the end of every 32-step chunk (and
+// at T - 1) is stored for the backward pass. The block first stages the
+// rows' B and C in shared memory once for all its warps (step 4i + k at row
+// 32k + i: lane i reading its k-th step hits bank (i + n) mod 32, no
+// conflicts). Warps past E only take part in the barriers.
+#define SCAN_LANE_STEPS 4
+#define SCAN_FWD_STEPS (SCAN_LANE_STEPS * 32)
+template <int NS>
 __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, float* states, const float* u,
                                                       const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                      const float* D, const float* xz, int B, int T, int E, int N) {
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-    if (warp >= B * E) return;  // whole warps
-    int e = warp % E, b = warp / E;
-    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
-    float A[MAX_DSTATE], carry[MAX_DSTATE];
-    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); carry[n] = 0.0f; }
-    for (int c = 0; c < nchunks; c++) {
-        int t = c * SCAN_CHUNK + lane;
-        bool valid = t < T;
-        int last = min(SCAN_CHUNK - 1, T - 1 - c * SCAN_CHUNK);  // last valid lane
-        long row = (long)b * T + (valid ? t : 0);
-        float dtv = valid ? dt[row * E + e] : 0.0f, uv = valid ? u[row * E + e] : 0.0f;
-        const float* Bt = x_dbl + row * xs + R;
-        const float* Ct = Bt + N;
-        float acc = 0.0f;
-        for (int n = 0; n < N; n++) {
-            float a = valid ? expf(dtv * A[n]) : 1.0f;
-            float bb = valid ? dtv * Bt[n] * uv : 0.0f;
-            for (int off = 1; off < SCAN_CHUNK; off <<= 1) {  // inclusive scan over lanes
-                float ap = __shfl_up_sync(0xffffffffu, a, off);
-                float bp = __shfl_up_sync(0xffffffffu, bb, off);
-                if (lane >= off) { bb = a * bp + bb; a = a * ap; }
+                                                      const float* D, const float* xz, int B, int T, int E) {
+    const int K = SCAN_LANE_STEPS, xs = R + 2 * NS;
+    __shared__ float bc_s[SCAN_FWD_STEPS * SCAN_BC_STRIDE(NS)];
+    int ngroups = CEIL_DIV(E, SCAN_GROUP);
+    int g = blockIdx.x % ngroups, b = blockIdx.x / ngroups;
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int e = g * SCAN_GROUP + w;
+    bool active = e < E;
+    int nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[NS], carry[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) { A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f; carry[n] = 0.0f; }
+    for (int t0 = 0; t0 < T; t0 += SCAN_FWD_STEPS) {
+        __syncthreads();  // every warp is done with the previous rows
+        for (int i = threadIdx.x; i < SCAN_FWD_STEPS * 2 * NS; i += blockDim.x) {
+            int step = i / (2 * NS), j = i % (2 * NS);
+            int r = (step % K) * 32 + step / K;
+            bc_s[r * SCAN_BC_STRIDE(NS) + j] = t0 + step < T ? x_dbl[((long)b * T + t0 + step) * xs + R + j] : 0.0f;
+        }
+        __syncthreads();
+        float dtv[K], uv[K], acc[K];
+        bool valid[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int t = t0 + lane * K + k;
+            valid[k] = active && t < T;
+            long row = (long)b * T + (valid[k] ? t : 0);
+            dtv[k] = valid[k] ? dt[row * E + e] : 0.0f;
+            uv[k] = valid[k] ? u[row * E + e] : 0.0f;
+            acc[k] = 0.0f;
+        }
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
+            float a[K], bb[K];
+            float ac = 1.0f, bc = 0.0f;  // the lane's composite: h_out = ac * h_in + bc
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                a[k] = valid[k] ? expf(dtv[k] * A[n]) : 1.0f;
+                bb[k] = valid[k] ? dtv[k] * bc_s[(k * 32 + lane) * SCAN_BC_STRIDE(NS) + n] * uv[k] : 0.0f;
+                bc = a[k] * bc + bb[k];
+                ac = a[k] * ac;
             }
-            float h = a * carry[n] + bb;
-            if (valid) acc += h * Ct[n];
-            carry[n] = __shfl_sync(0xffffffffu, h, last);
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {  // inclusive scan of the composites over lanes
+                float ap = __shfl_up_sync(0xffffffffu, ac, off);
+                float bp = __shfl_up_sync(0xffffffffu, bc, off);
+                if (lane >= off) { bc = ac * bp + bc; ac = ac * ap; }
+            }
+            float h_end = ac * carry[n] + bc;  // the state after the lane's last step
+            float h = __shfl_up_sync(0xffffffffu, h_end, 1);
+            if (lane == 0) h = carry[n];
+#pragma unroll
+            for (int k = 0; k < K; k++) {
+                int t = t0 + lane * K + k;
+                h = a[k] * h + bb[k];
+                acc[k] += h * bc_s[(k * 32 + lane) * SCAN_BC_STRIDE(NS) + NS + n];
+                if (valid[k] && (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1))
+                    states[((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * NS + n] = h;
+            }
+            carry[n] = __shfl_sync(0xffffffffu, h_end, 31);  // steps past T keep the state: lane 31 ends at T - 1's
         }
-        if (valid) {
-            float yv = acc + D[e] * uv;
-            y[row * E + e] = yv;
-            gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
-        }
-        if (lane == 0) {
-            float* s = states + ((long)(b * E + e) * nchunks + c) * N;
-            for (int n = 0; n < N; n++) s[n] = carry[n];
-        }
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (valid[k]) {
+                long row = (long)b * T + t0 + lane * K + k;
+                float yv = acc[k] + D[e] * uv[k];
+                y[row * E + e] = yv;
+                gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+            }
     }
 }
 
@@ -391,30 +465,46 @@ __global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float*
     }
 }
 
-// block = SCAN_GROUP warps = the channels of one group g of batch row b
+// The parallel backward scan, d_state NS a compile-time constant as the
+// forward (A, the adjoint carried between chunks and the dA sums in
+// registers). Block = SCAN_GROUP warps = the channels of one group g of
+// batch row b, one warp per channel, chunks from the last: the block stages
+// the chunk's B and C rows once (scan_load_bc_chunk); each warp recomputes
+// the chunk's states from the stored one at its start (a forward scan over
+// lanes), then the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} as a suffix scan
+// over lanes, carried into the previous chunk. The warps' dB, dC of each
+// step are staged in shared memory (dbc_s[w][lane][.], rows 2NS + 1 floats
+// apart: lane i writing column n hits bank (i + n) mod 32, no conflicts) and
+// summed over the group's channels in order by the whole block.
+template <int NS>
 __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
                                                        float* dA_partial, float* dD_partial, const float* dgated,
                                                        const float* y, const float* u, const float* dt,
                                                        const float* x_dbl, int R, const float* A_log, const float* D,
-                                                       const float* xz, const float* states, int B, int T, int E, int N) {
-    __shared__ float dbc_s[SCAN_GROUP][SCAN_CHUNK][2 * MAX_DSTATE];
+                                                       const float* xz, const float* states, int B, int T, int E) {
+    __shared__ float bc_s[SCAN_CHUNK * SCAN_BC_STRIDE(NS)];
+    __shared__ float dbc_s[SCAN_GROUP][SCAN_CHUNK * SCAN_BC_STRIDE(NS)];
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int g = blockIdx.x % ngroups, b = blockIdx.x / ngroups;
     int w = threadIdx.x / 32, lane = threadIdx.x % 32;
     int e = g * SCAN_GROUP + w;
     bool active = e < E;  // inactive warps still take part in the barriers
-    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
-    float A[MAX_DSTATE], gcarry[MAX_DSTATE], dA[MAX_DSTATE];
-    for (int n = 0; n < N; n++) { A[n] = active ? -expf(A_log[e * N + n]) : 0.0f; gcarry[n] = 0.0f; dA[n] = 0.0f; }
+    int nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float A[NS], gcarry[NS], dA[NS];
+#pragma unroll
+    for (int n = 0; n < NS; n++) { A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f; gcarry[n] = 0.0f; dA[n] = 0.0f; }
     float dD = 0.0f;
     for (int c = nchunks - 1; c >= 0; c--) {
         int t = c * SCAN_CHUNK + lane;
         bool valid = active && t < T;
         int last = min(SCAN_CHUNK - 1, T - 1 - c * SCAN_CHUNK);
         long row = (long)b * T + (t < T ? t : 0);
+        // (the previous chunk's last barrier, after its dbc_s reads, also ends its bc_s reads)
+        scan_load_bc_chunk<NS>(bc_s, x_dbl, R, (long)b * T + c * SCAN_CHUNK, last + 1);
+        __syncthreads();
+        const float* bc = bc_s + lane * SCAN_BC_STRIDE(NS);
+        float* dbc = dbc_s[w] + lane * SCAN_BC_STRIDE(NS);
         float dtv = 0.0f, uv = 0.0f, dy = 0.0f;
-        const float* Bt = x_dbl + row * xs + R;
-        const float* Ct = Bt + N;
         if (valid) {
             dtv = dt[row * E + e];
             uv = u[row * E + e];
@@ -425,26 +515,30 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
         }
         float du_acc = active ? D[e] * dy : 0.0f, ddt_acc = 0.0f;
         dD += dy * uv;
-        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
-        for (int n = 0; n < N; n++) {
+        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * NS;
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
             float h0 = (active && c > 0) ? s0[n] : 0.0f;
+            float Bn = bc[n];
             // forward: this chunk's states from the stored one at its start
             float a = valid ? expf(dtv * A[n]) : 1.0f;
-            float bb = valid ? dtv * Bt[n] * uv : 0.0f;
-            float ac = a, bc = bb;
+            float bb = valid ? dtv * Bn * uv : 0.0f;
+            float ac = a, bcum = bb;
+#pragma unroll
             for (int off = 1; off < SCAN_CHUNK; off <<= 1) {
                 float ap = __shfl_up_sync(0xffffffffu, ac, off);
-                float bp = __shfl_up_sync(0xffffffffu, bc, off);
-                if (lane >= off) { bc = ac * bp + bc; ac = ac * ap; }
+                float bp = __shfl_up_sync(0xffffffffu, bcum, off);
+                if (lane >= off) { bcum = ac * bp + bcum; ac = ac * ap; }
             }
-            float h = ac * h0 + bc;
+            float h = ac * h0 + bcum;
             float hprev = __shfl_up_sync(0xffffffffu, h, 1);
             if (lane == 0) hprev = h0;
             // backward: g_t = beta_t + alpha_t * g_{t+1}, alpha_t = a_{t+1}, a suffix scan
             float anext = __shfl_down_sync(0xffffffffu, a, 1);
             float alpha = lane < last ? anext : 0.0f;
-            float beta = valid ? dy * Ct[n] : 0.0f;
+            float beta = valid ? dy * bc[NS + n] : 0.0f;
             if (lane == last) beta += gcarry[n];
+#pragma unroll
             for (int off = 1; off < SCAN_CHUNK; off <<= 1) {
                 float an = __shfl_down_sync(0xffffffffu, alpha, off);
                 float bn = __shfl_down_sync(0xffffffffu, beta, off);
@@ -452,11 +546,11 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
             }
             float gn = beta;
             gcarry[n] = __shfl_sync(0xffffffffu, a * gn, 0);  // a_{t0} g_{t0}, into the previous chunk
-            dbc_s[w][lane][n] = valid ? gn * dtv * uv : 0.0f;  // dB
-            dbc_s[w][lane][N + n] = valid ? dy * h : 0.0f;     // dC
+            dbc[n] = valid ? gn * dtv * uv : 0.0f;  // dB
+            dbc[NS + n] = valid ? dy * h : 0.0f;    // dC
             if (valid) {
-                du_acc += gn * dtv * Bt[n];
-                ddt_acc += gn * (Bt[n] * uv + hprev * a * A[n]);
+                du_acc += gn * dtv * Bn;
+                ddt_acc += gn * (Bn * uv + hprev * a * A[n]);
                 dA[n] += gn * hprev * a * dtv;
             }
         }
@@ -466,18 +560,19 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
         }
         __syncthreads();
         // this group's dB, dC per time step: the 8 channels summed in order
-        for (int i = threadIdx.x; i < SCAN_CHUNK * 2 * N; i += blockDim.x) {
-            int tl = i / (2 * N), j = i % (2 * N);
-            float s = 0.0f;
-            for (int ww = 0; ww < SCAN_GROUP; ww++) s += dbc_s[ww][tl][j];
+        for (int i = threadIdx.x; i < SCAN_CHUNK * 2 * NS; i += blockDim.x) {
+            int tl = i / (2 * NS), j = i % (2 * NS);
+            float sum = 0.0f;
+            for (int ww = 0; ww < SCAN_GROUP; ww++) sum += dbc_s[ww][tl * SCAN_BC_STRIDE(NS) + j];
             int tg = c * SCAN_CHUNK + tl;
-            if (tg < T) dbc_partial[(((long)b * T + tg) * ngroups + g) * 2 * N + j] = s;
+            if (tg < T) dbc_partial[(((long)b * T + tg) * ngroups + g) * 2 * NS + j] = sum;
         }
         __syncthreads();
     }
-    for (int n = 0; n < N; n++) {
-        float s = warp_sum(dA[n]);
-        if (active && lane == 0) dA_partial[((long)b * E + e) * N + n] = s * A[n];
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        float sum = warp_sum(dA[n]);
+        if (active && lane == 0) dA_partial[((long)b * E + e) * NS + n] = sum * A[n];
     }
     float sD = warp_sum(dD);
     if (active && lane == 0) dD_partial[(long)b * E + e] = sD;
@@ -533,9 +628,15 @@ inline long scan_backward_scratch_size(int B, int T, int E, int N) {
     return (long)B * T * CEIL_DIV(E, SCAN_GROUP) * 2 * N + (long)B * E * N + (long)B * E;
 }
 
+// d_state N must be 1..MAX_DSTATE, and SCAN_DSTATE when the chunked kernels
+// (the GPU's; HOST_VARIANTS=gpu on the host) are selected
 inline void scan_check_limits(int N) {
     if (N < 1 || N > MAX_DSTATE) {
         fprintf(stderr, "error: selective scan: d_state %d is not supported (1..%d)\n", N, MAX_DSTATE);
+        exit(EXIT_FAILURE);
+    }
+    if (scan_use_chunked && N != SCAN_DSTATE) {
+        fprintf(stderr, "error: selective scan: the chunked (GPU) scan is compiled for d_state %d, not %d\n", SCAN_DSTATE, N);
         exit(EXIT_FAILURE);
     }
 }
@@ -551,8 +652,8 @@ void selective_scan_forward(float* y, float* gated, float* states, const float* 
                             int B, int T, int E, int N) {
     scan_check_limits(N);
     if (scan_use_chunked) {
-        LAUNCH(selective_scan_forward_chunked_kernel, CEIL_DIV(B * E * 32, 128), 128, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+        LAUNCH(selective_scan_forward_chunked_kernel<SCAN_DSTATE>, B * CEIL_DIV(E, SCAN_GROUP), SCAN_GROUP * 32, 0)(
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
     } else if (scan_use_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
@@ -575,8 +676,8 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     float* dA_partial = dbc_partial + (long)B * T * ngroups * 2 * N;
     float* dD_partial = dA_partial + (long)B * E * N;
     if (scan_use_chunked) {
-        LAUNCH(selective_scan_backward_chunked_kernel, B * ngroups, SCAN_GROUP * 32, 0)(
-            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+        LAUNCH(selective_scan_backward_chunked_kernel<SCAN_DSTATE>, B * ngroups, SCAN_GROUP * 32, 0)(
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
     } else if (scan_use_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_backward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * ngroups, 32), 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);

@@ -45,6 +45,22 @@ static double host_clock() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// HOST_PROFILE=1 on the host backend: one line per training step with the
+// kernel launches, cuBLAS calls, copies and synchronizations it asked for
+// (llmc/host_backend.h), the proxies of its launch overhead on a GPU
+static void step_profile_begin() {
+#ifndef __CUDACC__
+    host_profile_step_begin();
+#endif
+}
+static void step_profile_end(int step) {
+#ifndef __CUDACC__
+    host_profile_step_end(step);
+#else
+    (void)step;
+#endif
+}
+
 // Peak memory of the run so far, MiB: the process's resident set on the host
 // backend (where device memory is host memory); on a GPU, the device memory
 // in use now (the buffers are allocated once, so this is the peak).

@@ -393,14 +393,17 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
 
         NVTX_RANGE("step");
         double t0 = host_clock();
+        step_profile_begin();
+        m->in_train_step = 1;  // no round trip to the host until model_update's one copy (model.h)
         const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
                                                  labels.data());
         vision_forward(model, images, labels.data(), vc->B, step);
         vision_backward(model, vc->B);
         float lr = learning_rate(opt.lr, step, vc->warmup, max_steps, vc->final_frac);
-        float norm = model_update(m, &opt, lr, step + 1);
-        cudaCheck(cudaDeviceSynchronize());
+        float norm = model_update(m, &opt, lr, step + 1);  // waits for the step: the loss and norm come back
+        m->in_train_step = 0;
         check_finite(vc->out_dir, step + 1, m->mean_loss, norm);
+        step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
         window_seconds += seconds;

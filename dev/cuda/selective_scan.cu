@@ -15,9 +15,10 @@ Variants:
   vec      the same with d_state fixed at compile time (N = 16 only): the
            loops over states vectorize on the host, exp is fast_expf (the
            host backend's choice for N = 16)
-  chunked  parallel scan: one warp per (b, e), lanes across a 32-step chunk,
-           Hillis-Steele with shuffles, state carried between chunks (the
-           GPU's choice)
+  chunked  parallel scan (N = 16 only): one warp per (b, e), 8 channels a
+           block sharing each chunk's B and C rows in shared memory,
+           Hillis-Steele with shuffles across lanes (forward: 4 steps a lane),
+           state carried between chunks (the GPU's choice)
 */
 #include "../../llmc/cuda_common.h"
 #include "../../llmc/selective_scan.cuh"
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
     if (argc == 5) { B = atoi(argv[1]); T = atoi(argv[2]); E = atoi(argv[3]); N = atoi(argv[4]); }
     else if (argc != 1) { fprintf(stderr, "usage: %s [B T E N]\n", argv[0]); return 1; }
     if (B < 1 || T < 1 || E < 1) { fprintf(stderr, "error: B, T, E must be positive\n"); return 1; }
+    scan_use_chunked = N == SCAN_DSTATE;  // (each variant is selected below; the chunked one needs N = 16)
     scan_check_limits(N);
     int R = CEIL_DIV(E / 2, 16), X = R + 2 * N;
     long BT = (long)B * T;
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
     const char* names[3] = {"seq", "vec", "chunked"};
     for (int variant = 0; variant < 3; variant++) {
         if (variant == 1 && N != SCAN_VEC_N) continue;
+        if (variant == 2 && N != SCAN_DSTATE) { printf("chunked  (compiled for N = %d only)\n", SCAN_DSTATE); continue; }
         if (getenv("SCAN_VARIANT") && strcmp(getenv("SCAN_VARIANT"), names[variant])) continue;
         // the host backend runs the chunked kernel's warps as fibers: minutes at the default size
         if (variant == 2 && BACKEND_NAME[0] == 'h' && BT * E > (1 << 16)) {
