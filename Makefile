@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention
-TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention
+PROGRAMS = train_gpt test_gpt test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention test_pixels
+TESTS = test_backend test_gpt test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -54,7 +54,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 clean
+.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -82,6 +82,14 @@ data/cifar10_synthetic_train.bin:
 	$(PYTHON) dev/data/cifar10.py --synthetic --out data
 cifar10:
 	$(PYTHON) dev/data/cifar10.py --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
+# pixels as tokens for the language models (-I 3072): a smaller synthetic set
+# (10,000 train, 1,000 test images, so a CPU validates every test pixel), or
+# the official files' pixels beside their images files
+cifar-synthetic-pixels: data/cifar10_synthetic_small_pixels_train.bin
+data/cifar10_synthetic_small_pixels_train.bin:
+	$(PYTHON) dev/data/cifar10.py --synthetic --pixels --train-count 10000 --test-count 1000 --prefix cifar10_synthetic_small --out data
+cifar10-pixels:
+	$(PYTHON) dev/data/cifar10.py --pixels --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
 
 # tinyshakespeare tokens, from the text that ships in dev/data (no network);
 # building a language-model trainer writes them when they are missing
