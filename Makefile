@@ -73,7 +73,12 @@ data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py de
 data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/attention.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin
+# the vision models at patch size 1 (1024 tokens of 3 values), run by dev/test_pixels.sh
+data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin: data/ref_%_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model $* --patch 1 --out $@
+REF_STATES = data/ref_gpt.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin \
+             data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -102,7 +107,7 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop
-TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
+TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh
 test: $(TESTS) train_gpt train_mamba train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
