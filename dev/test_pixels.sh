@@ -17,7 +17,7 @@
 source "$(dirname "$0")/testlib.sh"
 test_setup
 
-$PYTHON dev/data/cifar10.py --synthetic --pixels --train-count 20 --test-count 5 --out "$W" --prefix s >/dev/null \
+$PYTHON dev/data/cifar10.py --synthetic --pixels --train-count 20 --test-count 10 --out "$W" --prefix s >/dev/null \
   || abort "cannot write test data"
 P="-i $W/s_pixels_train.bin -j $W/s_pixels_test.bin -k $W/s_pixels_vocab.bin -I 3072"
 $PYTHON - "$W" <<'EOF' || abort "cannot write test data"
@@ -46,9 +46,9 @@ check_bpd() {  # NAME OUTPUT
 
 for T in train_mamba train_gpt; do
   S=$([ $T == train_gpt ] && echo "-L 1 -C 16 -H 2" || echo "-L 1 -C 16")
-  out=$(./$T $P $S -b 2 -x 3 -v 0 -m 0 -o "$W/$T" 2>&1); rc=$?
-  if [ $rc -eq 0 ] && echo "$out" | grep -q "images of 3072 tokens: 20 train, 5 val (all validated)"; then
-    ok "$T -I 3072: trains on 20 images, validates all 5 (batches of 2, 2, 1)"
+  out=$(./$T $P $S -b 3 -x 3 -v 0 -m 0 -o "$W/$T" 2>&1); rc=$?
+  if [ $rc -eq 0 ] && echo "$out" | grep -q "images of 3072 tokens: 20 train, 10 val (all validated)"; then
+    ok "$T -I 3072: trains on 20 images, validates all 10 (batches of 3, 3, 3, 1)"
   else
     fail "$T -I 3072: exit $rc: $(echo "$out" | tail -n 3)"
   fi
