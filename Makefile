@@ -45,8 +45,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
-PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid
-TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid
+PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
+TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -54,7 +54,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 clean
+.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -81,7 +81,17 @@ data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/hybrid.py --out $@
-REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin
+# the vision models at patch size 1 (1024 tokens of 3 values), run by dev/test_pixels.sh;
+# the Mamba-ViT's with 1 layer, batch 2 and 4 steps (PyTorch's reference scan is a
+# Python loop over the 1024 positions)
+data/ref_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model vit --patch 1 --out $@
+data/ref_mamba_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit --patch 1 --L 1 --B 2 --steps 4 --out $@
+REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin \
+             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -90,6 +100,14 @@ data/cifar10_synthetic_train.bin:
 	$(PYTHON) dev/data/cifar10.py --synthetic --out data
 cifar10:
 	$(PYTHON) dev/data/cifar10.py --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
+# pixels as tokens for the language models (-I 3072): a smaller synthetic set
+# (10,000 train, 1,000 test images, so a CPU validates every test pixel), or
+# the official files' pixels beside their images files
+cifar-synthetic-pixels: data/cifar10_synthetic_small_pixels_train.bin
+data/cifar10_synthetic_small_pixels_train.bin:
+	$(PYTHON) dev/data/cifar10.py --synthetic --pixels --train-count 10000 --test-count 1000 --prefix cifar10_synthetic_small --out data
+cifar10-pixels:
+	$(PYTHON) dev/data/cifar10.py --pixels --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
 
 # tinyshakespeare tokens, from the text that ships in dev/data (no network);
 # building a language-model trainer writes them when they are missing
@@ -102,7 +120,7 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop
-TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh
+TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh
 test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 

@@ -6,7 +6,15 @@ each run's -o directory) into one PNG:
   - throughput (tokens/s or images/s) against step
   - generation time per token against position (generate.jsonl, written by
     `-G 1 -o DIR`)
+  - bits per dimension against step (language models on pixels, -I)
 Panels appear for what the logs hold.
+
+With --images it draws images files instead (llmc/image_data.h's format:
+the CIFAR-format sets, and what `train_gpt/train_mamba -I 3072 -G 1 -o DIR`
+generates into DIR/generated.bin), each file as a grid, side by side:
+
+  python3 dev/plot.py --images out/gen/generated.bin data/cifar10_synthetic_small_test.bin \
+      --labels generated,test --count 64 --out grid.png
 
   python3 dev/plot.py out/gpt out/mamba --out lm.png
   python3 dev/plot.py out/vit out/mamba_vit --labels ViT,Mamba-ViT --out cifar.png
@@ -18,8 +26,11 @@ directory names. Needs matplotlib (Debian: python3-matplotlib).
 
 import argparse
 import json
+import math
 import os
 import sys
+
+import numpy as np
 
 import matplotlib
 
@@ -50,13 +61,64 @@ def series(rows, key, x="step"):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def image_grid(pixels, columns):
+    """(N, Cc, H, W) uint8 -> one (rows*(H+1)-1, columns*(W+1)-1, 3) mosaic, a 1-pixel white gap between images."""
+    n, cc, h, w = pixels.shape
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        img = pixels[i].transpose(1, 2, 0)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img if cc == 3 else img[:, :, :1]
+    return grid
+
+
+def plot_images(paths, labels, count, out, title):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+    import formats
+    grids = []
+    for path in paths:
+        try:
+            _, pixels, _ = formats.read_images(path)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: {e}")
+        if pixels.shape[1] not in (1, 3):
+            raise SystemExit(f"error: {path}: {pixels.shape[1]} channels; draws 1 or 3")
+        shown = pixels[:count]
+        grids.append((image_grid(shown, max(1, math.ceil(math.sqrt(len(shown))))), len(shown), len(pixels)))
+    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 5.4), squeeze=False)
+    for ax, (grid, shown, total), label in zip(axes[0], grids, labels):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(f"{label} ({shown} of {total})")
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories or log.jsonl files")
+    p.add_argument("runs", nargs="*", help="run directories or log.jsonl files")
+    p.add_argument("--images", nargs="+", metavar="FILE", help="images files to draw as grids instead of logs")
+    p.add_argument("--count", type=int, default=64, help="with --images: images per grid, from the start (default 64)")
     p.add_argument("--labels", help="comma-separated labels, one per run")
     p.add_argument("--out", default="comparison.png")
     p.add_argument("--title", default="")
     args = p.parse_args()
+    if args.images:
+        if args.runs:
+            raise SystemExit("error: --images draws images files; give no run directories with it")
+        if args.count < 1:
+            raise SystemExit(f"error: --count {args.count}: must be at least 1")
+        labels = args.labels.split(",") if args.labels else [os.path.basename(f) for f in args.images]
+        if len(labels) != len(args.images):
+            raise SystemExit(f"error: --labels: {len(labels)} labels for {len(args.images)} images files")
+        plot_images(args.images, labels, args.count, args.out, args.title)
+        return
+    if not args.runs:
+        raise SystemExit("error: give run directories or log.jsonl files, or --images FILE ...")
     labels = args.labels.split(",") if args.labels else [
         os.path.basename(os.path.normpath(r if os.path.isdir(r) else os.path.dirname(r) or ".")) for r in args.runs]
     if len(labels) != len(args.runs):
@@ -73,6 +135,8 @@ def main():
         panels.append("speed")
     if has("gen_ms_per_token"):
         panels.append("generate")
+    if has("val_bits_per_dim"):
+        panels.append("bpd")
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
@@ -95,6 +159,13 @@ def main():
                 ax.set_xlabel("epoch")
                 ax.set_ylabel("test accuracy (%)")
                 ax.set_title("test accuracy against epoch")
+            elif panel == "bpd":
+                x, y = series(rows, "val_bits_per_dim")
+                if x:
+                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=label)
+                ax.set_xlabel("step")
+                ax.set_ylabel("validation bits per dimension")
+                ax.set_title("bits/dim against step (8 = uniform over 256)")
             elif panel == "generate":
                 x, y = series(rows, "gen_ms_per_token", x="position")
                 if x:

@@ -73,6 +73,39 @@ inline void token_data_val_batch(const TokenData* d, int i, int B, int T, int* i
 }
 
 // ----------------------------------------------------------------------------
+// Images as token sequences (the LM trainers' -I N): the file is whole
+// images of N tokens each, one after another (dev/data/cifar10.py --pixels:
+// N = 3072 pixel values). A window is one whole image: its targets are the
+// image's N tokens, its inputs the start token (an id outside the data's
+// vocabulary) followed by the image's first N-1 tokens, so the first pixel
+// is predicted from the start token alone, never from the previous image.
+
+inline long token_data_num_images(const TokenData* d, int N) { return d->num_tokens / N; }
+
+// inputs and targets (B, N) of the images first .. first+B-1
+inline void token_data_image_batch(const TokenData* d, long first, int B, int N, int start_token, int* inputs,
+                                   int* targets) {
+    for (int b = 0; b < B; b++) {
+        const int* img = d->tokens.data() + (first + b) * N;
+        inputs[(long)b * N] = start_token;
+        for (int t = 0; t < N; t++) {
+            if (t + 1 < N) inputs[(long)b * N + t + 1] = img[t];
+            targets[(long)b * N + t] = img[t];
+        }
+    }
+}
+
+// B images drawn uniformly (with replacement) by the seeded generator
+inline void token_data_image_train_batch(const TokenData* d, Rng* rng, int B, int N, int start_token, int* inputs,
+                                         int* targets) {
+    uint64_t n = (uint64_t)token_data_num_images(d, N);
+    for (int b = 0; b < B; b++) {
+        long img = (long)((((uint64_t)rng_u32(rng) << 32) | rng_u32(rng)) % n);
+        token_data_image_batch(d, img, 1, N, start_token, inputs + (long)b * N, targets + (long)b * N);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // vocabulary: token id -> UTF-8 text
 
 typedef struct {

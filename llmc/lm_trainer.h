@@ -41,6 +41,7 @@ typedef struct {
     int top_k;               // -K: sample among the k likeliest tokens, 0 = all
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
     int windowed;            // -W: generate by re-running the forward over the last T tokens (for comparison)
+    int image_len;           // -I: the data is images of this many tokens (0: text); see "Images as token sequences"
 } TrainConfig;
 
 // what a preset sets (the rest of the defaults are common to both)
@@ -92,6 +93,8 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -K <int>    sample among the K likeliest tokens, 0 = all (default %d)\n"
         "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
         "  -W <0|1>    generate the old way, a forward over the last -t tokens per token (benchmarks; default 0)\n"
+        "  -I <int>    the data is images of this many tokens each (pixels: 3072): one whole image per window\n"
+        "              after a start token, bits/dim beside the loss, -G writes whole images (default 0: text)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
@@ -111,7 +114,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     c->L = p.L; c->C = p.C; c->B = p.B; c->T = p.T;
     c->max_steps = p.max_steps; c->warmup = p.warmup; c->val_every = p.val_every; c->lr = p.lr;
     TrainConfig defaults = *c;
-    bool batch_given = false;
+    bool batch_given = false, seq_given = false;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
@@ -126,7 +129,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
             case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); batch_given = true; break;
-            case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); seq_given = true; break;
             case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
             case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); break;
@@ -149,12 +152,20 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'K': c->top_k = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'S': break;  // find_preset
             case 'W': c->windowed = parse_int_flag(f, v, 0, 1); break;
+            case 'I': c->image_len = parse_int_flag(f, v, 1, 1 << 16); break;
             default: fail("unknown flag %s (see -h)", f);
         }
     }
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
     if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
     if (c->generate_only && !batch_given && !c->resume) c->B = 1;  // one sample unless -b asks for more
+    if (c->image_len) {  // a window is one whole image
+        if (seq_given && c->T != c->image_len)
+            fail("flag -t: with -I %d a window is one whole image of %d tokens, not %d", c->image_len, c->image_len, c->T);
+        c->T = c->image_len;
+        if (c->windowed) fail("flag -W: not with -I (images are generated whole, by the recurrent step)");
+        if (c->prompt) fail("flag -P: not with -I (an image starts from the start token)");
+    }
 }
 
 // draws a token from softmax(logits / temperature), restricted to the top_k
@@ -191,6 +202,15 @@ static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val,
     vocab_load(vocab, c->vocab_path);
     if (train->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->train_path, train->vocab_size, c->vocab_path, vocab->size);
     if (val->vocab_size != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->val_path, val->vocab_size, c->vocab_path, vocab->size);
+    if (c->image_len) {
+        // images: whole images only, and the start token after the data's vocabulary
+        for (const TokenData* d : {train, val})
+            if (d->num_tokens % c->image_len)
+                fail("%s: %ld tokens are not whole images of %d tokens (flag -I)", d->path, d->num_tokens, c->image_len);
+        vocab->text.push_back("<start>");
+        vocab->size++;
+        return;
+    }
     if (c->generate_only) return;  // batches of the data are not needed
     if (train->num_tokens <= c->T) fail("%s: %ld tokens, fewer than the sequence length %d + 1", c->train_path, train->num_tokens, c->T);
     if (token_data_num_val_batches(val, c->B, c->T) < 1) fail("%s: %ld tokens, too few for one %d x %d validation batch", c->val_path, val->num_tokens, c->B, c->T);
@@ -199,7 +219,12 @@ static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val,
 
 // a model file's vocabulary must be the data's
 static void check_model_vocab(const TrainConfig* c, int model_vocab, const Vocab* vocab) {
-    if (model_vocab != vocab->size) fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
+    if (model_vocab != vocab->size) {
+        if (c->image_len)
+            fail("%s: vocabulary of %d tokens, but %s has %d and -I adds a start token (%d)", c->init_path, model_vocab,
+                 c->vocab_path, vocab->size - 1, vocab->size);
+        fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
+    }
 }
 
 // Tokenizes a prompt by the longest vocabulary entry at each position
@@ -249,6 +274,28 @@ template <typename M> static float lm_validate(M* model, const TokenData* val, i
     }
     return (float)(sum / n);
 }
+
+// With -I: the mean loss per image token (pixel value) over the first
+// max_images images of val (0: all of them; a last batch of fewer than B
+// images included), the start token start_token; bits per dimension is
+// this / ln 2.
+template <typename M> static double lm_validate_images(M* model, const TokenData* val, int B, int N, int start_token,
+                                                       long max_images) {
+    NVTX_RANGE("validate");
+    long n = token_data_num_images(val, N);
+    if (max_images > 0 && max_images < n) n = max_images;
+    std::vector<int> inputs((long)B * N), targets((long)B * N);
+    double sum = 0.0;  // of the per-token losses
+    for (long first = 0; first < n; first += B) {
+        int rows = (int)std::min<long>(B, n - first);
+        token_data_image_batch(val, first, rows, N, start_token, inputs.data(), targets.data());
+        lm_forward(model, inputs.data(), targets.data(), rows, N);
+        sum += (double)model->buf.mean_loss * rows * N;
+    }
+    return sum / ((double)n * N);
+}
+
+static double bits_per_dim(double mean_loss) { return mean_loss / log(2.0); }
 
 // ----------------------------------------------------------------------------
 // Generation, token by token from a state the model carries (the Mamba's
@@ -351,9 +398,13 @@ static void print_generate_timing(const char* out_dir, int prompt_len) {
 // B samples of `length` tokens after the prompt, each row with its own
 // random stream (row 0 continues rng; the others are seeded from it). With
 // one row the text streams to stdout as it is generated; with several each
-// sample is printed when all are done. Greedy when temperature is 0.
+// sample is printed when all are done. Greedy when temperature is 0. With
+// `out`, nothing is printed and the samples go to *out (B, length); with
+// sample_vocab > 0 tokens are drawn among ids 0..sample_vocab-1 only (the
+// image mode's start token is never generated).
 template <typename M> static void lm_generate(M* model, const Vocab* vocab, const std::vector<int>& prompt, int length,
-                                              float temperature, int top_k, Rng* rng, int B) {
+                                              float temperature, int top_k, Rng* rng, int B,
+                                              std::vector<int>* out = nullptr, int sample_vocab = 0) {
     NVTX_RANGE("generate");
     int V = model->config.vocab_size, P = (int)prompt.size();
     // the prefill runs the parallel forward over B rows: they must fit the activations
@@ -366,8 +417,11 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
     for (int b = 0; b < B; b++) std::copy(prompt.begin(), prompt.end(), rows.begin() + (long)b * P);
     std::vector<std::string> texts(B);
     std::vector<float> logits((long)B * V);
-    printf("---\n");
-    if (B == 1) for (int t : prompt) printf("%s", vocab->text[t].c_str());
+    bool print = out == nullptr;
+    int draw_vocab = sample_vocab > 0 && sample_vocab < V ? sample_vocab : V;
+    if (out) out->assign((long)B * length, 0);
+    if (print) printf("---\n");
+    if (print && B == 1) for (int t : prompt) printf("%s", vocab->text[t].c_str());
     double start = host_clock();
     lm_prefill(model, rows.data(), B, P);
     std::vector<double> block_ms;  // the mean time per token of each block of generated tokens
@@ -375,8 +429,9 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
     for (int i = 0; i < length; i++) {
         cudaCheck(cudaMemcpy(logits.data(), model->gen.logits, (long)B * V * sizeof(float), cudaMemcpyDeviceToHost));
         for (int b = 0; b < B; b++) {
-            next[b] = sample_token(logits.data() + (long)b * V, V, temperature, top_k, &rngs[b]);
-            if (B == 1) { printf("%s", vocab->text[next[b]].c_str()); fflush(stdout); }
+            next[b] = sample_token(logits.data() + (long)b * V, draw_vocab, temperature, top_k, &rngs[b]);
+            if (out) (*out)[(long)b * length + i] = next[b];
+            else if (B == 1) { printf("%s", vocab->text[next[b]].c_str()); fflush(stdout); }
             else texts[b] += vocab->text[next[b]];
         }
         if (i + 1 < length) lm_step(model, next.data(), B);
@@ -389,12 +444,46 @@ template <typename M> static void lm_generate(M* model, const Vocab* vocab, cons
     cudaCheck(cudaDeviceSynchronize());
     generate_seconds = host_clock() - start;
     generate_block_ms = block_ms;
-    if (B == 1) printf("\n---\n");
+    if (print && B == 1) printf("\n---\n");
     std::string prompt_text;
     for (int t : prompt) prompt_text += vocab->text[t];
-    for (int b = 0; b < B && B > 1; b++) printf("%s%s\n---\n", prompt_text.c_str(), texts[b].c_str());
+    for (int b = 0; b < B && B > 1 && print; b++) printf("%s%s\n---\n", prompt_text.c_str(), texts[b].c_str());
     *rng = rngs[0];
     lm_generate_end(model);
+}
+
+// Generated images (-G 1 with -I N) go to an images file (the format of
+// llmc/image_data.h: label bytes 0, one class), whose shape follows N: 3 x S
+// x S when N = 3 S^2 (pixel tokens in raster order, R, G, B per pixel, as
+// dev/data/cifar10.py --pixels writes them, turned back into CHW records),
+// else 1 x S x S when N = S^2, else 1 x 1 x N. tokens (B, N), each < 256.
+static void image_shape_of(int N, int* channels, int* side_h, int* side_w) {
+    int s3 = (int)lround(sqrt(N / 3.0)), s1 = (int)lround(sqrt((double)N));
+    if (3 * s3 * s3 == N) { *channels = 3; *side_h = *side_w = s3; }
+    else if (s1 * s1 == N) { *channels = 1; *side_h = *side_w = s1; }
+    else { *channels = 1; *side_h = 1; *side_w = N; }
+}
+
+static void write_generated_images(const char* path, const std::vector<int>& tokens, int B, int N) {
+    int c, h, w;
+    image_shape_of(N, &c, &h, &w);
+    int header[HEADER_INTS] = {0};
+    header[0] = MAGIC_IMAGES; header[1] = FORMAT_VERSION;
+    header[2] = B; header[3] = c; header[4] = h; header[5] = w; header[6] = 1;
+    std::vector<unsigned char> records((long)B * (1 + N));
+    for (int b = 0; b < B; b++) {
+        unsigned char* r = &records[(long)b * (1 + N)];
+        r[0] = 0;  // the label: generated images have none
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int ch = 0; ch < c; ch++)  // token (y*w + x)*c + ch -> CHW position (ch, y, x)
+                    r[1 + ((long)ch * h + y) * w + x] = (unsigned char)tokens[(long)b * N + ((long)y * w + x) * c + ch];
+    }
+    std::string tmp; FILE* f;
+    write_atomically_begin(path, &tmp, &f);
+    fwrite_or_fail(header, HEADER_BYTES, f, tmp.c_str());
+    fwrite_or_fail(records.data(), records.size(), f, tmp.c_str());
+    write_atomically_end(path, tmp, f);
 }
 
 // After the model is built and initialized: resumes (-y), samples only (-G),
@@ -407,7 +496,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     ModelBuffers* m = &model->buf;
     int B = tc->B, T = tc->T;
     AdamWConfig opt = {tc->lr, 0.9f, 0.99f, 1e-8f, tc->weight_decay, tc->grad_clip};
-    std::vector<int> prompt = tokenize_prompt(vocab, tc->prompt);
+    int image_len = tc->image_len, start_token = vocab->size - 1;  // with -I: the start token follows the data's vocabulary
+    std::vector<int> prompt = image_len ? std::vector<int>(1, start_token) : tokenize_prompt(vocab, tc->prompt);
     Rng train_rng, sample_rng;
     rng_seed(&train_rng, tc->seed);
     rng_seed(&sample_rng, tc->seed + 1);
@@ -421,6 +511,22 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         train_rng.state = s.train_rng;
         sample_rng.state = s.sample_rng;
         start_step = s.step;
+    }
+    if (tc->generate_only && image_len) {  // whole images, B at once, into DIR/generated.bin
+        if (!tc->out_dir) fail("flag -G: with -I the generated images go to -o DIR (DIR/generated.bin); give -o");
+        if (start_token > 256) fail("flag -G: %s has %d tokens; images need pixel values below 256", tc->vocab_path, start_token);
+        std::vector<int> tokens;
+        lm_generate(model, vocab, prompt, image_len, tc->temperature, tc->top_k, &sample_rng, B, &tokens, start_token);
+        make_dir_or_fail(tc->out_dir);
+        std::string path = std::string(tc->out_dir) + "/generated.bin";
+        write_generated_images(path.c_str(), tokens, B, image_len);
+        int c, h, w;
+        image_shape_of(image_len, &c, &h, &w);
+        printf("generated %d images of %d tokens (%d x %d x %d) in %.2f s (%.0f tokens/s) -> %s | peak memory %.0f MiB\n",
+               B, image_len, c, h, w, generate_seconds, (double)image_len * B / generate_seconds, path.c_str(),
+               peak_memory_mib());
+        print_generate_timing(tc->out_dir, 1);
+        return 0;
     }
     if (tc->generate_only) {
         if (tc->windowed) {
@@ -438,6 +544,10 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
            B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip, train->num_tokens,
            val->num_tokens);
+    if (image_len)
+        printf("images of %d tokens: %ld train, %ld val (%s) | window = start token %d + an image | bits/dim = val loss / ln 2\n",
+               image_len, token_data_num_images(train, image_len), token_data_num_images(val, image_len),
+               tc->val_batches ? "the first -m x -b validated" : "all validated", start_token);
 
     Logger logger;
     logger_open(&logger, tc->out_dir, start_step);
@@ -447,11 +557,19 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     for (int step = start_step; step <= tc->max_steps; step++) {
         bool last = step == tc->max_steps;
         if ((tc->val_every > 0 && step % tc->val_every == 0) || last) {
-            last_val = lm_validate(model, val, B, T, tc->val_batches);
-            printf("val loss %f\n", last_val);
-            log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
+            if (image_len) {
+                last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * B);
+                printf("val loss %f | bits/dim %.4f\n", last_val, bits_per_dim(last_val));
+                log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
+                log_eval(&logger, step, "val_bits_per_dim", (float)bits_per_dim(last_val), host_clock() - run_start);
+            } else {
+                last_val = lm_validate(model, val, B, T, tc->val_batches);
+                printf("val loss %f\n", last_val);
+                log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
+            }
         }
-        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0)
+        // (images are not sampled during training: -G 1 generates them)
+        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0 && !image_len)
             lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, 1);
         if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
             save_checkpoint(m, tc->out_dir, step, train_rng.state, sample_rng.state, B, T);
@@ -461,7 +579,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         double t0 = host_clock();
         step_profile_begin();
         m->in_train_step = 1;  // no round trip to the host until model_update's one copy (model.h)
-        token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
+        if (image_len) token_data_image_train_batch(train, &train_rng, B, T, start_token, inputs.data(), targets.data());
+        else token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
         lm_forward(model, inputs.data(), targets.data(), B, T);
         lm_backward(model, B, T);
         float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
@@ -476,6 +595,10 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     }
     logger_close(&logger);
     if (tc->out_dir) save_model_file(m, tc->out_dir, tc->max_steps);
-    printf("final val loss %f | %.1f s | peak memory %.0f MiB\n", last_val, host_clock() - run_start, peak_memory_mib());
+    if (image_len)
+        printf("final val loss %f | bits/dim %.4f | %.1f s | peak memory %.0f MiB\n", last_val, bits_per_dim(last_val),
+               host_clock() - run_start, peak_memory_mib());
+    else
+        printf("final val loss %f | %.1f s | peak memory %.0f MiB\n", last_val, host_clock() - run_start, peak_memory_mib());
     return 0;
 }

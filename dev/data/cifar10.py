@@ -31,10 +31,21 @@ Gaussian classifier on each image's mean colour and prints its test
 accuracy, which stays near chance (10%). Every class looks the same after a
 horizontal flip, so the flip augmentation keeps labels right.
 
+--pixels also writes every image as a sequence of pixel tokens, for the
+language models (train_gpt, train_mamba with -I 3072): 3072 tokens per
+image in raster order, the R, G and B values of each pixel in turn
+(token index (y*32 + x)*3 + channel), token = intensity 0..255, in the
+tokens format (dev/reference/formats.py), images one after another in the
+order of the images file; labels are not kept. Beside the images files:
+    <prefix>_pixels_train.bin   tokens file, 3072 tokens per train image
+    <prefix>_pixels_test.bin    tokens file, 3072 tokens per test image
+    <prefix>_pixels_vocab.bin   vocab file of 256 tokens, token v named by its value ("0" .. "255")
+
 Usage:
     python3 dev/data/cifar10.py --input ~/cifar-10-batches-bin
     python3 dev/data/cifar10.py                       # downloads
     python3 dev/data/cifar10.py --synthetic --train-count 50000 --test-count 10000 --seed 0
+    python3 dev/data/cifar10.py --synthetic --pixels --train-count 10000 --test-count 1000 --prefix cifar10_synthetic_small
     python3 dev/data/cifar10.py --selftest            # checks the readers on fabricated files
 """
 
@@ -62,6 +73,7 @@ TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 CLASSES = 10
 RECORD = 1 + 3 * 32 * 32  # label byte + CHW pixels
+PIXEL_VOCAB = 256  # a pixel token is an intensity
 
 
 class DataError(Exception):
@@ -262,6 +274,60 @@ def mean_colour_accuracy(train, test):
 
 
 # -----------------------------------------------------------------------------
+# pixels as tokens
+
+
+def pixel_tokens(pixels):
+    """
+    uint8 images (N, 3, H, W) in CHW order -> uint16 tokens (N*H*W*3): per
+    image in raster order (rows top to bottom, pixels left to right), the R,
+    G, B intensities of each pixel in turn.
+    """
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)).reshape(-1).astype(np.uint16)
+
+
+def pixel_images(tokens, height=32, width=32):
+    """The inverse of pixel_tokens: (N*H*W*3) tokens -> uint8 (N, 3, H, W)."""
+    per = 3 * height * width
+    if len(tokens) % per:
+        raise DataError(f"{len(tokens)} tokens are not a whole number of {per}-token images")
+    return np.asarray(tokens, dtype=np.uint8).reshape(-1, height, width, 3).transpose(0, 3, 1, 2)
+
+
+def pixel_vocab():
+    """Token v is the intensity v; its text is its value."""
+    return [str(v) for v in range(PIXEL_VOCAB)]
+
+
+def write_pixels(out, prefix, train, test):
+    os.makedirs(out, exist_ok=True)
+    for split, (labels, pixels) in (("train", train), ("test", test)):
+        path = os.path.join(out, f"{prefix}_pixels_{split}.bin")
+        tokens = pixel_tokens(pixels)
+        formats.write_tokens(path, tokens, PIXEL_VOCAB)
+        print(f"{split}: {len(labels):,} images as {len(tokens):,} pixel tokens -> {path}")
+    path = os.path.join(out, f"{prefix}_pixels_vocab.bin")
+    formats.write_vocab(path, pixel_vocab())
+    print(f"vocab: {PIXEL_VOCAB} tokens (the intensities) -> {path}")
+
+
+def noise_entropy_bits(noise):
+    """
+    Entropy in bits of the synthetic set's pixel noise, a Gaussian of
+    standard deviation noise*255 rounded to integers (clipping at 0 and 255
+    ignored): about what a model that knew every image's colours and shape
+    exactly would still pay per pixel value.
+    """
+    sigma = noise * 255.0
+    k = np.arange(-int(10 * sigma) - 1, int(10 * sigma) + 2, dtype=np.float64)
+    from math import erf, sqrt
+    cdf = np.array([0.5 * (1.0 + erf((x + 0.5) / (sigma * sqrt(2.0)))) for x in k])
+    p = np.diff(np.concatenate([[0.5 * (1.0 + erf((k[0] - 0.5) / (sigma * sqrt(2.0))))], cdf]))
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+# -----------------------------------------------------------------------------
 # self-test of the readers on fabricated files
 
 
@@ -381,6 +447,34 @@ def selftest():
             except ValueError as e:
                 check(bad in str(e), f"images file ({what}) refused: {e}")
 
+        # pixel tokens: the layout against the images file, and back
+        out = os.path.join(w, "pix")
+        write_split(out, "p", want_train, want_test)
+        write_pixels(out, "p", want_train, want_test)
+        for split, (lab, pix) in (("train", want_train), ("test", want_test)):
+            ilab, ipix, _ = formats.read_images(os.path.join(out, f"p_{split}.bin"))
+            tok, V = formats.read_tokens(os.path.join(out, f"p_pixels_{split}.bin"))
+            n = len(ilab)
+            per_image = tok.reshape(n, 32, 32, 3)
+            # every token against the CHW record it came from, index by index
+            y, x, c = 5, 17, 2
+            ok = (V == 256 and len(tok) == n * 3072 and tok.dtype == np.uint16
+                  and np.array_equal(per_image[:, y, x, c], ipix[:, c, y, x])
+                  and all(int(tok[i * 3072 + (yy * 32 + xx) * 3 + cc]) == int(ipix[i, cc, yy, xx])
+                          for i in range(n) for yy in (0, 31) for xx in (0, 13, 31) for cc in range(3))
+                  and np.array_equal(pixel_images(tok), ipix))
+            check(ok, f"pixel tokens of {n} {split} images: token (i*3072 + (y*32 + x)*3 + c) is pixel (c, y, x) of "
+                      f"image i of the images file, and they convert back exactly")
+        check(formats.read_vocab(os.path.join(out, "p_pixels_vocab.bin")) == [str(v) for v in range(256)],
+              "pixel vocabulary: 256 tokens, token v named by its value")
+        first = formats.read_tokens(os.path.join(out, "p_pixels_train.bin"))[0][:6]
+        check([int(t) for t in first] == [int(want_train[1][0, c, 0, x]) for x in (0, 1) for c in range(3)],
+              "the first six tokens are R, G, B of pixel (0, 0), then of pixel (0, 1)")
+        h = noise_entropy_bits(0.08)
+        want_h = 0.5 * np.log2(2 * np.pi * np.e * (0.08 * 255) ** 2)
+        check(abs(h - want_h) < 1e-3, f"entropy of the rounded noise {h:.4f} bits, the continuous Gaussian's "
+                                      f"{want_h:.4f} (rounding a wide Gaussian changes it by < 1e-3)")
+
         # the synthetic set: balanced, deterministic, not separable by mean colour
         a = synthetic_images(2000, np.random.default_rng(1))
         b = synthetic_images(2000, np.random.default_rng(1))
@@ -409,10 +503,12 @@ def write_split(out, prefix, train, test):
         print(f"{split}: {len(labels):,} images -> {path} (per class {counts.min()}..{counts.max()})")
 
 
-def convert(root, out, prefix):
+def convert(root, out, prefix, pixels=False):
     train, test, where = load_official(root)
     print(f"read {len(train[0]):,} train and {len(test[0]):,} test images ({where})")
     write_split(out, prefix, train, test)
+    if pixels:
+        write_pixels(out, prefix, train, test)
 
 
 def main():
@@ -425,6 +521,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="synthetic set's seed")
     parser.add_argument("--prefix", default=None,
                         help="output name prefix (default cifar10, or cifar10_synthetic with --synthetic)")
+    parser.add_argument("--pixels", action="store_true",
+                        help="also write the images as pixel tokens for the language models (<prefix>_pixels_*.bin)")
     parser.add_argument("--selftest", action="store_true", help="check the readers on fabricated files and exit")
     args = parser.parse_args()
     if args.selftest:
@@ -439,6 +537,10 @@ def main():
             train = synthetic_images(args.train_count, rng)
             test = synthetic_images(args.test_count, rng)
             write_split(args.out, args.prefix or "cifar10_synthetic", train, test)
+            if args.pixels:
+                write_pixels(args.out, args.prefix or "cifar10_synthetic", train, test)
+                print(f"pixel noise alone: {noise_entropy_bits(0.08):.2f} bits/dim (rounded Gaussian noise of the "
+                      f"synthetic set, clipping ignored; what a perfect model still pays)")
             acc = mean_colour_accuracy(train, test)
             print(f"mean colour alone: {100 * acc:.1f}% test accuracy (quadratic Gaussian classifier; chance 10%)")
             return
@@ -448,7 +550,7 @@ def main():
             if not any(os.path.isfile(os.path.join(root, a)) for a in (ARCHIVE, PY_ARCHIVE)):
                 os.makedirs(root, exist_ok=True)
                 download(URL, os.path.join(root, ARCHIVE))
-        convert(root, args.out, args.prefix or "cifar10")
+        convert(root, args.out, args.prefix or "cifar10", args.pixels)
     except DataError as e:
         sys.exit(f"error: {e}")
 
