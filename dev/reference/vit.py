@@ -337,12 +337,12 @@ def act_names(kind, L):
     return names + ["pooled", "logits"]
 
 
-def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout):
-    """Computes the reference in float64 and writes the state file."""
+def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout, scan="sequential"):
+    """Computes the reference in float64 and writes the state file (the Mamba-ViT with `scan`)."""
     drop_p, drop_seed, drop_step = dropout
     torch.manual_seed(seed)
     gen = torch.default_generator
-    model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg)).double()  # (draws from gen first)
+    model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg, scan)).double()  # (draws from gen first)
     params32 = common.reference_init(model.flat_layout(), gen)
     pixels = torch.randint(0, 256, (B, 3, 32, 32), generator=gen, dtype=torch.int32)
     images32 = (pixels.float() * np.float32(1.0 / 255.0))  # as the trainers' uint8 -> float
@@ -499,6 +499,9 @@ def main():
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--check", action="store_true", help="read the state back and verify it")
+    parser.add_argument("--scan", default="sequential", choices=["sequential", "parallel"],
+                        help="the Mamba-ViT's scan: the plain loop over positions, or the log-depth one "
+                             "(the same values; much faster at patch 1, T 1024)")
     args = parser.parse_args()
     if args.model == "both" and args.out:
         parser.error("--out needs --model vit or mamba_vit")
@@ -513,7 +516,7 @@ def main():
             kind, cfg = formats.KIND_VIT, ViTConfig(args.patch, args.K, args.L, args.H, args.C, args.F)
         else:
             kind, cfg = formats.KIND_MAMBA_VIT, MambaViTConfig(args.patch, args.K, args.L, args.C, args.N)
-        write_reference(path, kind, cfg, args.B, args.seed, args.steps, adamw, dropout)
+        write_reference(path, kind, cfg, args.B, args.seed, args.steps, adamw, dropout, args.scan)
         if args.check:
             ok = check_state(path) and ok
     if not ok:
