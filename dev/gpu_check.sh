@@ -38,7 +38,7 @@ else
   DEVICE=cuda; mk() { make -s -j"$(nproc)" BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; }
   SEED_STEPS=5000; BENCH_STEPS=20
 fi
-TESTS="test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid"
+TESTS="test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels"
 
 echo "=== 1. build"
 [ "$DRY" = 1 ] || mk clean
