@@ -21,7 +21,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
-PYTHON=${PYTHON:-python3}
+# the interpreter that has torch: Debian's /usr/bin/python3 if it does, else python3 on PATH
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3; /usr/bin/python3 -c "import torch" 2>/dev/null && PYTHON=/usr/bin/python3
+fi
 DRY=${GPU_CHECK_DRY:-0}
 SANITIZE_S=${SANITIZE_S:-20}
 BUDGET_S=${BUDGET_S:-480}
@@ -98,6 +101,7 @@ for m in gpt mamba; do
   else shape=(-C 256 -L 5); tshape=(--model mamba --C 256 --L 5 --N 16); fi
   ours=$(./train_$m -S seed "${shape[@]}" -b $bench_b -t 256 -x $((BENCH_STEPS + 3)) -v 0 -m 1 -g 0 | ms_of)
   torch=$(torch_ms "${tshape[@]}" --B $bench_b --T 256)
+  [ -n "$torch" ] || { echo "$m: PyTorch's step failed ($PYTHON dev/bench_torch.py)"; torch=nan; }
   line=$(awk -v a="$ours" -v b="$torch" -v n=$((bench_b * 256)) 'BEGIN { printf "ours %.2f ms (%.0f tok/s), torch %.2f ms (%.0f tok/s), ratio %.2f", a, n/(a/1000), b, n/(b/1000), a/b }')
   echo "$m B $bench_b T 256: $line"; add "$m B$bench_b T256 step" "$line"
 done
