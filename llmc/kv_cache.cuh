@@ -204,7 +204,7 @@ __global__ void attention_step_block_kernel(float* out, float* att, const float*
 #ifdef __CUDACC__
 static bool attention_step_use_block = true;
 #else
-static bool attention_step_use_block = false;
+static bool attention_step_use_block = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
 static void kv_cache_check(const KVCache* c, int layer, int B, const char* what) {

@@ -245,13 +245,14 @@ __global__ void mamba_step_prefill_kernel(float* conv_state, float* ssm_state, c
 // launchers
 
 // which SSM step kernel mamba_block_step launches: the warp variant on the
-// GPU, the vectorized one on the host when N = SCAN_VEC_N (else sequential)
+// GPU (and on the host with HOST_VARIANTS=gpu), else the vectorized one when
+// N = SCAN_VEC_N (else sequential)
 enum MambaStepVariant { MAMBA_STEP_SEQ, MAMBA_STEP_VEC, MAMBA_STEP_WARP };
 static const char* const MAMBA_STEP_VARIANT_NAMES[] = {"seq", "vec", "warp"};
 #ifdef __CUDACC__
 static MambaStepVariant mamba_step_variant = MAMBA_STEP_WARP;
 #else
-static MambaStepVariant mamba_step_variant = MAMBA_STEP_VEC;
+static MambaStepVariant mamba_step_variant = host_variants_gpu() ? MAMBA_STEP_WARP : MAMBA_STEP_VEC;
 #endif
 
 static void mamba_step_check(const MambaStepState* s, int layer, int B, MambaDims d, const char* what) {
