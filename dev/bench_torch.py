@@ -36,10 +36,12 @@ import resource
 import sys
 import time
 
-import torch
-
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+import blas_core  # noqa: E402
+
+blas_core.use_fast_blas()  # the BLAS kernels the trainers use, before torch loads OpenBLAS
+import torch  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # model builders

@@ -70,7 +70,12 @@ bytes) first, up to 227 KB (cudaErrorInvalidValue). Static shared memory is
 not measured here: ptxas rejects more than 48 KB (make cuda-check).
 
 Runtime, cuBLAS and NVTX calls are synchronous CPU versions; cuBLAS maps onto
-the CBLAS interface of the system BLAS (OpenBLAS). Memory is ordinary host
+the CBLAS interface of the system BLAS (OpenBLAS). OpenBLAS 0.3.21 (Debian 12)
+does not recognise some newer CPUs and then runs its SSE3 kernels
+("Prescott"), 4-8x slower than its AVX-512 ones; a program that finds
+OpenBLAS so on a CPU with AVX-512 or AVX2 re-executes itself once, before
+main, with OPENBLAS_CORETYPE set to SkylakeX or Haswell (a value set in the
+environment wins; HOST_PROFILE=1 prints the core in use). Memory is ordinary host
 memory, so "device" pointers can also be read by the host; portable code
 still copies with cudaMemcpy.
 */
@@ -89,6 +94,7 @@ still copies with cudaMemcpy.
 
 #include <omp.h>
 #include <sys/mman.h>
+#include <strings.h>
 #include <unistd.h>
 #include <cblas.h>
 #include <boost/context/detail/fcontext.hpp>
@@ -136,6 +142,47 @@ inline thread_local HostThreadState host_ts;
 #define blockIdx (host_ts.block_idx)
 #define blockDim (host_ts.block_dim)
 #define gridDim (host_ts.grid_dim)
+
+// ----------------------------------------------------------------------------
+// OpenBLAS's kernel choice (see the top of this file)
+
+// The cores OpenBLAS falls back to when it does not know a CPU: none of them
+// uses AVX2 or AVX-512.
+inline bool host_blas_core_is_fallback(const char* core) {
+    static const char* const old_cores[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                                            "Sandybridge", "Katmai", "Coppermine", "Northwood", "Banias"};
+    for (const char* c : old_cores) if (!strcasecmp(core, c)) return true;
+    return false;
+}
+
+// Runs before main: when OpenBLAS picked a fallback core on a CPU that has
+// better kernels and the user did not choose one, re-execute this program
+// (same arguments, read from /proc/self/cmdline) with OPENBLAS_CORETYPE set.
+// The new process finds the variable set and goes on. Any failure leaves the
+// program running as it was.
+__attribute__((constructor)) static void host_blas_core_check() {
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char* core = openblas_get_corename();
+    if (!core || !host_blas_core_is_fallback(core)) return;
+    const char* better = nullptr;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) better = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) better = "Haswell";
+    if (!better) return;
+    FILE* f = fopen("/proc/self/cmdline", "rb");
+    if (!f) return;
+    std::vector<char> cmdline;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) cmdline.insert(cmdline.end(), buf, buf + n);
+    fclose(f);
+    if (cmdline.empty() || cmdline.back() != '\0') return;
+    std::vector<char*> argv;
+    for (size_t i = 0; i < cmdline.size(); i += strlen(&cmdline[i]) + 1) argv.push_back(&cmdline[i]);
+    argv.push_back(nullptr);
+    setenv("OPENBLAS_CORETYPE", better, 0);
+    execv("/proc/self/exe", argv.data());
+    unsetenv("OPENBLAS_CORETYPE");  // exec failed: run on as we are
+}
 
 // ----------------------------------------------------------------------------
 // fidelity switches read from the environment (see the top of this file)
@@ -774,7 +821,7 @@ struct HostProfile {
         std::sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
         double total = 0.0;
         for (auto& e : entries) total += e.second.first;
-        fprintf(stderr, "host profile: %.3f s in kernels and cuBLAS\n", total);
+        fprintf(stderr, "host profile: %.3f s in kernels and cuBLAS (OpenBLAS core %s)\n", total, openblas_get_corename());
         for (auto& e : entries)
             fprintf(stderr, "  %8.3f s %5.1f%% %8ld calls  %s\n", e.second.first, 100.0 * e.second.first / total, e.second.second, e.first);
     }

@@ -47,11 +47,14 @@ import resource
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blas_core  # noqa: E402
+
+blas_core.use_fast_blas()  # the BLAS kernels the trainers use, before torch loads OpenBLAS
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 from gpt import GPT, GPTConfig  # noqa: E402
 from mamba import MambaLM, MambaConfig  # noqa: E402
 
