@@ -523,13 +523,15 @@ __global__ void attention_tiled_probs_kernel(float* att, const float* q, const f
 //   - tiled whenever one (B,NH,T,T) buffer would exceed
 //     ATTENTION_MATERIALIZED_MAX_FLOATS (2^26 floats, 256 MiB; the
 //     materialized variant keeps one per layer and two more as scratch), and
-//   - host: otherwise tiled for hs >= 32 and T < 4096, materialized else.
-//     Measured with dev/cuda/attention (fwd + bwd of one causal layer on 2
-//     busy cores, medians, variants taking turns; materialized / tiled time):
-//     C 256 NH 4 (hs 64): B 16 T 256 3.8x, B 64 T 256 5.6x, B 1 T 1024 1.9x,
-//     B 1 T 2048 1.0x, B 1 T 4096 0.78x (OpenBLAS's sgemm wins at long
-//     rows); C 64 NH 4 (hs 16), B 16: T 32 1.5x, T 64 0.72x, T 128 0.47x (at
-//     small hs the per-score exp and bookkeeping dominate the tiled kernels).
+//   - host: otherwise materialized. Measured with dev/cuda/attention (fwd +
+//     bwd of one causal layer, medians of 7; materialized / tiled time) on a
+//     quiet 2-core Xeon with OpenBLAS's AVX-512 sgemm: C 256 NH 4 (hs 64) B
+//     16 T 256 0.56x (one thread 0.62x), B 1 T 1024 0.74x, B 1 T 2048 0.58x,
+//     B 1 T 4096 0.58x; C 128 NH 4 (hs 32) B 16 T 256 0.74x, B 4 T 1024
+//     0.55x; C 64 NH 4 (hs 16) B 16 T 64, one thread, 0.31x. (On a 2-core
+//     EPYC shared with other jobs the tiled kernels had won below T 4096:
+//     there, two threads synchronizing around each small sgemm were the
+//     cost.)
 //   - GPU: otherwise tiled from T 1024, materialized below: the T x T
 //     buffers cost O(T^2) memory traffic there, which the tiled kernels
 //     avoid; a guess, yet to be measured on a GPU.
@@ -587,7 +589,8 @@ static bool attention_auto_tiled(int B, int T, int C, int NH) {
 #ifdef __CUDACC__
     return T >= 1024;
 #else
-    return C / NH >= 32 && T < 4096;
+    (void)C;
+    return false;
 #endif
 }
 
