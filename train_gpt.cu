@@ -617,9 +617,11 @@ template <typename M> static int run_model(GPTConfig config, TrainConfig* tc, co
     setup_model(&model, config, tc);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
     bool plus = config.variant == GPT_PLUS;
-    printf("backend %s | %s L %d C %d H %d %s %d | vocab %d | max T %d | %ld parameters\n", BACKEND_NAME,
+    bool tiled = attention_uses_tiled(tc->B, tc->generate_only ? config.max_seq_len : tc->T, config.channels,
+                                      config.num_heads);  // as the activations were sized
+    printf("backend %s | %s L %d C %d H %d %s %d | vocab %d | max T %d | %ld parameters | attention %s\n", BACKEND_NAME,
            plus ? "Transformer++" : "GPT", config.num_layers, config.channels, config.num_heads, plus ? "SwiGLU" : "F",
-           config.ffn, config.vocab_size, config.max_seq_len, model.buf.num_parameters);
+           config.ffn, config.vocab_size, config.max_seq_len, model.buf.num_parameters, tiled ? "tiled" : "materialized");
     int status = lm_run(&model, tc, train, val, vocab);
     model_free(&model.buf);
     return status;

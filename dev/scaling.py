@@ -4,7 +4,10 @@ against the Mamba at the seed widths (C 256; GPT 4 layers, 4 heads, F 512;
 Mamba 5 layers, E 512, N 16), batch 1.
 
 For every T (256, 512, ..., 16384 by default; up to 131072 when a GPU is
-visible) it measures, with the trainers of this project:
+visible) it measures, with the trainers of this project (the GPT twice:
+with the attention variant the backend picks, which is the materialized
+one while its T x T buffers fit in 256 MiB, and with the memory-linear
+tiled one forced, ATTENTION_VARIANT=tiled):
   - the train-step time (forward, backward, update), tokens/s and peak memory
     (-x STEPS+1 steps; the first is warmup, the mean of the others is kept);
   - PyTorch's step time and peak memory for the same model
@@ -43,18 +46,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPT_FLAGS = ["-C", "256", "-L", "4", "-H", "4", "-F", "512"]
 MODELS = {
-    # name: (trainer, flags of the seed widths, bench_torch.py's flags, torch memory growth exponent)
-    "gpt": ("./train_gpt", ["-C", "256", "-L", "4", "-H", "4", "-F", "512"],
-            ["--model", "gpt", "--C", "256", "--L", "4", "--H", "4", "--F", "512"], 2),
+    # name: (trainer, flags of the seed widths, bench_torch.py's flags or None, torch memory growth
+    # exponent, environment); PyTorch and the generation timing for the models that have torch flags
+    "gpt": ("./train_gpt", GPT_FLAGS, ["--model", "gpt", "--C", "256", "--L", "4", "--H", "4", "--F", "512"], 2, {}),
+    "gpt_tiled": ("./train_gpt", GPT_FLAGS, None, None, {"ATTENTION_VARIANT": "tiled"}),
     "mamba": ("./train_mamba", ["-C", "256", "-L", "5"],
-              ["--model", "mamba", "--C", "256", "--L", "5", "--N", "16"], 1),
+              ["--model", "mamba", "--C", "256", "--L", "5", "--N", "16"], 1, {}),
 }
 
 
-def run(cmd):
-    """Runs cmd in the repository root; returns its stdout, exits on failure."""
-    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run(cmd, env=None):
+    """Runs cmd in the repository root (with env added to the environment); returns its stdout, exits on failure."""
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env={**os.environ, **(env or {})})
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-2000:]}")
     return p.stdout
@@ -74,15 +80,16 @@ def memory_available_mb():
 
 
 def train_step(model, T, steps):
-    """(mean ms per step after the first, peak MiB) of our trainer at batch 1."""
-    trainer, flags, _, _ = MODELS[model]
+    """(mean ms per step after the first, peak MiB, the attention variant or None) of our trainer at batch 1."""
+    trainer, flags, _, _, env = MODELS[model]
     out = run([trainer, "-S", "seed", *flags, "-b", "1", "-t", str(T), "-x", str(steps + 1),
-               "-v", "0", "-m", "1", "-g", "0", "-u", "0"])
+               "-v", "0", "-m", "1", "-g", "0", "-u", "0"], env)
     ms = [float(m) for m in re.findall(r"^step .*\| ([0-9.]+) ms \|", out, re.M)]
     peak = re.search(r"peak memory ([0-9.]+) MiB", out)
     if len(ms) < 2 or not peak:
         sys.exit(f"error: {trainer}: no step times or peak memory in its output:\n{out[-2000:]}")
-    return sum(ms[1:]) / len(ms[1:]), float(peak.group(1))
+    variant = re.search(r"\| attention (\w+)", out)
+    return sum(ms[1:]) / len(ms[1:]), float(peak.group(1)), variant.group(1) if variant else None
 
 
 def torch_step(python, model, T, steps, threads, device):
@@ -96,7 +103,7 @@ def torch_step(python, model, T, steps, threads, device):
 
 def generation_ms(model, tokens, work):
     """{position: ms per token} of one generation of `tokens` tokens from a random model."""
-    trainer, flags, _, _ = MODELS[model]
+    trainer, flags, _, _, _ = MODELS[model]
     d = os.path.join(work, model)
     # a random model whose context (the GPT's position table) holds every token
     run([trainer, "-S", "seed", *flags, "-b", "1", "-t", str(tokens), "-x", "0", "-m", "1", "-g", "0", "-o", d])
@@ -116,9 +123,10 @@ def at_position(gen, T):
 
 def plot(rows, lengths, key, ylabel, path, title):
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    styles = {"gpt": ("GPT", "tab:blue"), "mamba": ("Mamba", "tab:orange")}
-    for model, (label, color) in styles.items():
-        for source, ls, suffix in (("ours", "-", ""), ("torch", "--", " (PyTorch)")):
+    styles = {"gpt": ("GPT", "tab:blue", "-"), "gpt_tiled": ("GPT, tiled attention", "tab:green", "-."),
+              "mamba": ("Mamba", "tab:orange", "-")}
+    for model, (label, color, ours_ls) in styles.items():
+        for source, ls, suffix in (("ours", ours_ls, ""), ("torch", "--", " (PyTorch)")):
             pts = [(T, rows[model][T][source][key]) for T in lengths
                    if rows[model][T].get(source) and rows[model][T][source].get(key) is not None]
             if pts:
@@ -163,16 +171,19 @@ def main():
 
     rows = {m: {} for m in MODELS}
     for model in MODELS:
-        gen = {} if args.no_generate else generation_ms(model, lengths[-1], work)
+        has_torch = MODELS[model][2] is not None
+        gen = {} if args.no_generate or not has_torch else generation_ms(model, lengths[-1], work)
         torch_prev = None  # (T, peak MB) of PyTorch's last run
         for T in lengths:
-            ms, mib = train_step(model, T, args.steps)
+            ms, mib, variant = train_step(model, T, args.steps)
             r = {"ours": {"ms": ms, "ms_1k": ms * 1000 / T, "tok_s": T / (ms / 1000), "mem": mib,
-                          "gen_ms": at_position(gen, T)}}
+                          "gen_ms": at_position(gen, T), "variant": variant}}
             predicted = None
             if torch_prev:
                 predicted = torch_prev[1] * (T / torch_prev[0]) ** MODELS[model][3]
-            if not args.no_torch and (predicted is None or predicted < torch_budget):
+            if not has_torch:
+                pass
+            elif not args.no_torch and (predicted is None or predicted < torch_budget):
                 tms, tmb = torch_step(python, model, T, args.steps, args.threads, device)
                 r["torch"] = {"ms": tms, "ms_1k": tms * 1000 / T, "mem": tmb}
                 torch_prev = (T, tmb)
@@ -180,8 +191,9 @@ def main():
                 r["torch_skipped"] = f"predicted {predicted / 1024:.0f} GB > {torch_budget / 1024:.0f} GB"
             rows[model][T] = r
             t = r.get("torch")
-            print(f"{model:6s} T {T:6d}: {ms:10.1f} ms/step {r['ours']['tok_s']:8.0f} tok/s {mib:7.0f} MiB"
-                  f" | gen {r['ours']['gen_ms']:.3f} ms/token"
+            print(f"{model:9s} T {T:6d}: {ms:10.1f} ms/step {r['ours']['tok_s']:8.0f} tok/s {mib:7.0f} MiB"
+                  + (f" | attention {variant}" if variant else "")
+                  + f" | gen {r['ours']['gen_ms']:.3f} ms/token"
                   + (f" | torch {t['ms']:.1f} ms/step {t['mem']:.0f} MB" if t else
                      f" | torch skipped ({r['torch_skipped']})" if "torch_skipped" in r else ""), flush=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -190,33 +202,42 @@ def main():
     out = os.path.join(ROOT, args.out)
     lines = [f"Training cost against sequence length, batch 1, device {device} "
              f"({os.cpu_count()} cores), {args.steps} timed steps after one warmup.",
-             "GPT: C 256, L 4, H 4, F 512 (memory-linear attention where the variant rule picks it); "
+             "GPT: C 256, L 4, H 4, F 512, with the attention variant the backend picks (m: materialized, "
+             "t: tiled) and with the memory-linear tiled one forced; "
              "Mamba: C 256, L 5, E 512, N 16. ms/1k: step time per 1000 tokens. gen: generation time per "
              "token at that context length (KV cache / recurrent step).", "",
-             "| T | GPT ms/1k | Mamba ms/1k | GPT tok/s | Mamba tok/s | GPT MiB | Mamba MiB "
-             "| GPT gen ms/tok | Mamba gen ms/tok | PyTorch GPT ms/1k (MB) | PyTorch Mamba ms/1k (MB) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| T | GPT ms/1k | GPT tiled ms/1k | Mamba ms/1k | GPT tok/s | Mamba tok/s | GPT MiB | GPT tiled MiB "
+             "| Mamba MiB | GPT gen ms/tok | Mamba gen ms/tok | PyTorch GPT ms/1k (MB) | PyTorch Mamba ms/1k (MB) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def torch_cell(r):
         if "torch" in r:
             return f"{r['torch']['ms_1k']:.0f} ({r['torch']['mem']:.0f})"
         return "does not fit" if "torch_skipped" in r else "-"
     for T in lengths:
-        g, k = rows["gpt"][T], rows["mamba"][T]
-        lines.append(f"| {T} | {g['ours']['ms_1k']:.0f} | {k['ours']['ms_1k']:.0f} | {g['ours']['tok_s']:.0f} "
-                     f"| {k['ours']['tok_s']:.0f} | {g['ours']['mem']:.0f} | {k['ours']['mem']:.0f} "
+        g, gt, k = rows["gpt"][T], rows["gpt_tiled"][T], rows["mamba"][T]
+        v = (g["ours"]["variant"] or "?")[0]
+        lines.append(f"| {T} | {g['ours']['ms_1k']:.0f} ({v}) | {gt['ours']['ms_1k']:.0f} | {k['ours']['ms_1k']:.0f} "
+                     f"| {g['ours']['tok_s']:.0f} | {k['ours']['tok_s']:.0f} | {g['ours']['mem']:.0f} "
+                     f"| {gt['ours']['mem']:.0f} | {k['ours']['mem']:.0f} "
                      f"| {g['ours']['gen_ms']:.3f} | {k['ours']['gen_ms']:.3f} | {torch_cell(g)} | {torch_cell(k)} |")
     # where the Mamba is faster from then on
     cross = next((T for i, T in enumerate(lengths)
                   if all(rows["mamba"][U]["ours"]["ms"] < rows["gpt"][U]["ours"]["ms"] for U in lengths[i:])), None)
     k_1k = [rows["mamba"][T]["ours"]["ms_1k"] for T in lengths]
     g_mem = [rows["gpt"][T]["ours"]["mem"] for T in lengths]
+    t_mem = [rows["gpt_tiled"][T]["ours"]["mem"] for T in lengths]
+    # linear growth: the same MiB per extra 1k tokens between every two lengths
+    t_slope = [(t_mem[i + 1] - t_mem[i]) * 1000 / (lengths[i + 1] - lengths[i]) for i in range(len(lengths) - 1)]
     summary = [
         "Mamba faster than the GPT per training step " +
         (f"from T = {cross} on." if cross else "at none of these lengths."),
         f"Mamba time per 1k tokens: {min(k_1k):.0f} to {max(k_1k):.0f} ms, a spread of {max(k_1k) / min(k_1k):.2f}x "
         f"over T = {lengths[0]}..{lengths[-1]}.",
         f"GPT peak memory: {g_mem[0]:.0f} MiB at T = {lengths[0]}, {g_mem[-1]:.0f} MiB at T = {lengths[-1]}.",
+        f"GPT with the tiled attention: {t_mem[0]:.0f} MiB at T = {lengths[0]}, {t_mem[-1]:.0f} MiB at "
+        f"T = {lengths[-1]}; MiB per extra 1k tokens between successive lengths: "
+        + ", ".join(f"{x:.1f}" for x in t_slope) + " (constant: linear in T).",
     ]
     with open(os.path.join(out, "scaling.md"), "w") as f:
         f.write("\n".join(lines + [""] + summary) + "\n")
