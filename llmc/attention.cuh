@@ -30,6 +30,7 @@ how large the kept state and the scratch are for the variant in use.
 #include <cstring>
 #include "cuda_common.h"
 #include "elementwise.cuh"  // row_threads, for the permute kernels
+#include "fast_math.cuh"
 
 // qkv (B,T,3,NH,hs) -> q, k, v each (B,NH,T,hs). Row kernel
 // (elementwise.cuh): one block per (b, h, t), its threads over d < hs (the
@@ -74,19 +75,38 @@ __global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, i
 }
 
 // att[row, :] = softmax(scale * preatt[row, :]) over keys 0..last, zero after;
-// last = t (causal) or T-1. One thread per row.
+// last = t (causal) or T-1. One thread per row; the max and the sum run in
+// SOFTMAX_LANES interleaved partials (a fixed order) with fast_expf, so that
+// g++ vectorizes the row (libm's expf is a call per element).
+#define SOFTMAX_LANES 16
 __global__ void softmax_forward_rows_kernel(float* att, const float* preatt, int rows, int T, float scale, int causal) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= rows) return;
-    int t = row % T, last = causal ? t : T - 1;
+    int t = row % T, n = causal ? t + 1 : T;  // keys 0..n-1
     const float* x = preatt + (long)row * T;
     float* y = att + (long)row * T;
+    int nfull = n - n % SOFTMAX_LANES;
+    float part[SOFTMAX_LANES];
+    for (int u = 0; u < SOFTMAX_LANES; u++) part[u] = -INFINITY;
+    for (int j = 0; j < nfull; j += SOFTMAX_LANES)
+        for (int u = 0; u < SOFTMAX_LANES; u++) part[u] = x[j + u] > part[u] ? x[j + u] : part[u];
+    for (int j = nfull; j < n; j++) part[j - nfull] = x[j] > part[j - nfull] ? x[j] : part[j - nfull];
     float maxv = -INFINITY;
-    for (int j = 0; j <= last; j++) maxv = fmaxf(maxv, x[j] * scale);
+    for (int u = 0; u < SOFTMAX_LANES; u++) maxv = part[u] > maxv ? part[u] : maxv;
+    maxv *= scale;  // scale > 0: the max of the scaled row
+    for (int u = 0; u < SOFTMAX_LANES; u++) part[u] = 0.0f;
+    for (int j = 0; j < nfull; j += SOFTMAX_LANES)
+        for (int u = 0; u < SOFTMAX_LANES; u++) {
+            float e = fast_expf(x[j + u] * scale - maxv);
+            y[j + u] = e;
+            part[u] += e;
+        }
+    for (int j = nfull; j < n; j++) { float e = fast_expf(x[j] * scale - maxv); y[j] = e; part[j - nfull] += e; }
     float sum = 0.0f;
-    for (int j = 0; j <= last; j++) { float e = expf(x[j] * scale - maxv); y[j] = e; sum += e; }
+    for (int u = 0; u < SOFTMAX_LANES; u++) sum += part[u];
     float inv = 1.0f / sum;
-    for (int j = 0; j < T; j++) y[j] = j <= last ? y[j] * inv : 0.0f;
+    for (int j = 0; j < n; j++) y[j] *= inv;
+    for (int j = n; j < T; j++) y[j] = 0.0f;
 }
 
 // the same, one warp per row
@@ -106,18 +126,26 @@ __global__ void softmax_forward_warp_kernel(float* att, const float* preatt, int
 }
 
 // dpreatt[row, j] = scale * att[j] * (datt[j] - sum_i att[i] datt[i]); in place
-// allowed (dpreatt == datt). One thread per row.
+// allowed (dpreatt == datt). One thread per row; the dot product in
+// SOFTMAX_LANES interleaved partials (vectorizes).
 __global__ void softmax_backward_rows_kernel(float* dpreatt, const float* datt, const float* att, int rows, int T,
                                              float scale, int causal) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= rows) return;
-    int t = row % T, last = causal ? t : T - 1;
+    int t = row % T, n = causal ? t + 1 : T;
     const float* a = att + (long)row * T;
     const float* g = datt + (long)row * T;
     float* d = dpreatt + (long)row * T;
+    int nfull = n - n % SOFTMAX_LANES;
+    float part[SOFTMAX_LANES];
+    for (int u = 0; u < SOFTMAX_LANES; u++) part[u] = 0.0f;
+    for (int j = 0; j < nfull; j += SOFTMAX_LANES)
+        for (int u = 0; u < SOFTMAX_LANES; u++) part[u] += a[j + u] * g[j + u];
+    for (int j = nfull; j < n; j++) part[j - nfull] += a[j] * g[j];
     float dot = 0.0f;
-    for (int j = 0; j <= last; j++) dot += a[j] * g[j];
-    for (int j = 0; j < T; j++) d[j] = j <= last ? scale * a[j] * (g[j] - dot) : 0.0f;
+    for (int u = 0; u < SOFTMAX_LANES; u++) dot += part[u];
+    for (int j = 0; j < n; j++) d[j] = scale * a[j] * (g[j] - dot);
+    for (int j = n; j < T; j++) d[j] = 0.0f;
 }
 
 __global__ void softmax_backward_warp_kernel(float* dpreatt, const float* datt, const float* att, int rows, int T,
