@@ -60,8 +60,9 @@ show what a GPU would:
       runs the script tests so).
   HOST_VARIANTS=host|gpu  [host]
       The kernel variant flags (scan_use_chunked, softmax_use_warp,
-      layernorm_use_warp, norm_use_blocks) start at the GPU build's choice
-      instead of the host's: host_variants_gpu().
+      layernorm_use_warp, norm_use_blocks), and the trainers' step_use_graph
+      (the training step as a CUDA graph, llmc/trainer.h), start at the GPU
+      build's choice instead of the host's: host_variants_gpu().
 Launches are checked against sm_90's limits: at most 1024 threads a block,
 block dimensions (1024, 1024, 64), grid dimensions (2^31-1, 65535, 65535)
 (cudaErrorInvalidConfiguration); dynamic shared memory above 48 KB needs
