@@ -120,8 +120,9 @@ LM_TRAINERS = train_gpt train_mamba train_hybrid
 $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
-# after a kill, PyTorch interop
-TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh
+# after a kill, PyTorch interop, the training step as a CUDA graph
+TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
+               dev/test_graphs.sh
 test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
@@ -138,7 +139,7 @@ test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(RE
 # (full logs in build/fidelity/), then one line per run.
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
 FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_vit test_mamba_vit test_hybrid
-FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh
+FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh dev/test_graphs.sh
 test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
 	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \

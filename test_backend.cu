@@ -24,6 +24,16 @@ against the GPU's shapes run on the same backend (bitwise equal: every
 element is computed the same way whatever the shape); LayerNorm's tiled
 parameter gradient against one channel per thread (bitwise: same order);
 and the selective scan's vec variant against seq and chunked.
+
+CUDA graphs (check_graphs): a short sequence of launches (one with
+barriers, one reading a scalar from device memory), a cuBLAS sgemm and
+async copies and memsets, captured once on a stream and replayed three
+times with new inputs written to its device buffers between replays, must
+give bitwise what the same sequence gives run eagerly; the capture itself
+runs nothing; and what a capture must not contain (a synchronous copy to
+the host, a device synchronization, cudaMalloc outside relaxed mode, a
+launch on the legacy stream) is an error that invalidates the capture, on
+the host backend as on a GPU.
 */
 #include "llmc/cuda_common.h"
 #include "llmc/testing.h"
@@ -345,6 +355,174 @@ static int shapes_mismatch(Reset reset, Launch launch, const float* out, long n)
     int bad = 0;
     for (long i = 0; i < n; i++) bad += memcmp(&a[i], &b[i], sizeof(float)) != 0;
     return bad;
+}
+
+// ----------------------------------------------------------------------------
+// CUDA graphs
+
+// out[i] = in[i] * scale[0] + i % 7: a per-run scalar read from device memory
+__global__ void scale_shift_kernel(float* out, const float* in, const float* scale, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = in[i] * scale[0] + (float)(i % 7);
+}
+
+// The buffers of check_graphs' sequence: inputs x (n) and scale (1) written
+// before each run; outputs y (n), block sums (n / 256), C (m x q) = Y (m x k,
+// y's first m*k values, column-major) W (k x q), and copies of C and y
+typedef struct {
+    int n, m, k, q;
+    float *x, *scale, *y, *sums, *w, *c, *c_copy, *y_tail;
+    cublasHandle_t handle;
+} GraphBuffers;
+
+// the sequence: all device work on main_stream and the handle's stream
+static void graph_sequence(const GraphBuffers& g) {
+    const float one = 1.0f, zero = 0.0f;
+    cudaCheck(cudaMemsetAsync(g.y, 0, g.n * sizeof(float), main_stream));
+    LAUNCH(scale_shift_kernel, CEIL_DIV(g.n, 256), 256, 0)(g.y, g.x, g.scale, g.n);
+    LAUNCH(block_reduce_tree_kernel, g.n / 256, 256, 0)(g.sums, g.y, g.n);
+    cublasCheck(cublasSgemm(g.handle, CUBLAS_OP_N, CUBLAS_OP_N, g.m, g.q, g.k, &one, g.y, g.m, g.w, g.k, &zero, g.c, g.m));
+    cudaCheck(cudaMemcpyAsync(g.c_copy, g.c, (long)g.m * g.q * sizeof(float), cudaMemcpyDeviceToDevice, main_stream));
+    LAUNCH(elementwise_kernel, CEIL_DIV(g.n / 2, 128), 128, 0)(g.y_tail, g.y + g.n / 2, g.y, g.n / 2);
+    cudaCheck(cudaGetLastError());
+}
+
+// the inputs of run r: x and scale differ from run to run; the outputs are poisoned (all bits set)
+static void graph_inputs(const GraphBuffers& g, int r) {
+    std::vector<float> x(g.n);
+    for (int i = 0; i < g.n; i++) x[i] = (float)((i * 7 + r * 13) % 23) - 11.0f;
+    float scale = 0.5f + r;
+    cudaCheck(cudaMemcpy(g.x, x.data(), g.n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(g.scale, &scale, sizeof(float), cudaMemcpyHostToDevice));
+    for (float* p : {g.y, g.sums, g.c, g.c_copy, g.y_tail}) cudaCheck(cudaMemset(p, 0xff, g.n * sizeof(float)));
+}
+
+// the outputs of a run, one after another
+static std::vector<float> graph_outputs(const GraphBuffers& g) {
+    cudaCheck(cudaDeviceSynchronize());
+    std::vector<float> out;
+    const float* outputs[] = {g.y, g.sums, g.c, g.c_copy, g.y_tail};
+    long sizes[] = {g.n, g.n / 256, (long)g.m * g.q, (long)g.m * g.q, g.n / 2};
+    for (int i = 0; i < 5; i++) {
+        std::vector<float> h = to_host(outputs[i], sizes[i]);
+        out.insert(out.end(), h.begin(), h.end());
+    }
+    return out;
+}
+
+// Begins a capture on s, makes the call `what` does, and ends the capture:
+// the call must fail, and the capture end with cudaErrorStreamCaptureInvalidated
+// and no graph. mode: the capture's.
+template <typename F> static void check_refused_in_capture(Tests& tests, cudaStream_t s, cudaStreamCaptureMode mode,
+                                                         const char* what, F call) {
+    cudaCheck(cudaStreamBeginCapture(s, mode));
+    cudaError_t e = call();
+    cudaGraph_t graph = nullptr;
+    cudaError_t end = cudaStreamEndCapture(s, &graph);
+    cudaGetLastError();
+    tests.check(e != cudaSuccess && end == cudaErrorStreamCaptureInvalidated && graph == nullptr,
+                "graph: %s during a capture fails (%s); the capture ends invalidated (%s)", what, cudaGetErrorString(e),
+                cudaGetErrorString(end));
+    if (graph) cudaGraphDestroy(graph);
+}
+
+static void check_graphs(Tests& tests) {
+    GraphBuffers g;
+    g.n = 4096; g.m = 64; g.k = 48; g.q = 40;
+    float** buffers[] = {&g.x, &g.scale, &g.y, &g.sums, &g.w, &g.c, &g.c_copy, &g.y_tail};
+    for (float** b : buffers) cudaCheck(cudaMalloc(b, g.n * sizeof(float)));
+    std::vector<float> w(g.n);
+    for (int i = 0; i < g.n; i++) w[i] = (float)(i % 5) - 2.0f;
+    cudaCheck(cudaMemcpy(g.w, w.data(), g.n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    cudaCheck(cudaStreamCreate(&stream));
+    void* workspace;
+    size_t workspace_bytes = (size_t)4 << 20;
+    cudaCheck(cudaMalloc(&workspace, workspace_bytes));
+    cublasCheck(cublasCreate(&g.handle));
+    cublasCheck(cublasSetStream(g.handle, stream));
+    cublasCheck(cublasSetWorkspace(g.handle, workspace, workspace_bytes));
+    main_stream = stream;
+
+    const int runs = 3;
+    std::vector<std::vector<float>> eager(runs);
+    for (int r = 0; r < runs; r++) {
+        graph_inputs(g, r);
+        graph_sequence(g);
+        eager[r] = graph_outputs(g);
+    }
+    graph_inputs(g, 0);
+    std::vector<float> ones(g.n, 1.0f);  // y finite, so that any of the sequence's work run now would change an output
+    cudaCheck(cudaMemcpy(g.y, ones.data(), g.n * sizeof(float), cudaMemcpyHostToDevice));
+    std::vector<float> before = graph_outputs(g);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    graph_sequence(g);
+    cudaCheck(cudaStreamEndCapture(stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    std::vector<float> after = graph_outputs(g);
+    tests.check(count_bit_mismatch(before, after) == 0, "graph: the capture runs nothing (%ld of %ld outputs changed)",
+                count_bit_mismatch(before, after), (long)after.size());
+#ifndef __CUDACC__
+    HostDeviceCounts counts0 = host_counts();
+#endif
+    for (int r = 0; r < runs; r++) {
+        graph_inputs(g, r);
+        cudaCheck(cudaGraphLaunch(exec, stream));
+        std::vector<float> replay = graph_outputs(g);
+        long bad = count_bit_mismatch(replay, eager[r]), nans = count_nan(replay);
+        char changed[64] = "";
+        if (r > 0) snprintf(changed, sizeof(changed), "; %ld differ from the previous run's", count_bit_mismatch(eager[r], eager[r - 1]));
+        tests.check(bad == 0 && nans == 0, "graph: replay %d (new x and scale in device memory) equals the eager run "
+                    "bitwise (%ld of %ld outputs differ, %ld NaN%s)", r + 1, bad, (long)replay.size(), nans, changed);
+    }
+#ifndef __CUDACC__
+    HostDeviceCounts counts1 = host_counts();
+    tests.check(counts1.graph_launches - counts0.graph_launches == runs && counts1.graph_kernels - counts0.graph_kernels == 3 * runs,
+                "graph: %ld graph launches replayed %ld kernel launches (3 per replay)",
+                counts1.graph_launches - counts0.graph_launches, counts1.graph_kernels - counts0.graph_kernels);
+#endif
+    cudaCheck(cudaGraphExecDestroy(exec));
+    cudaCheck(cudaGraphDestroy(graph));
+
+    // what a capture must not contain
+    float host_value;
+    check_refused_in_capture(tests, stream, cudaStreamCaptureModeGlobal, "a synchronous device-to-host cudaMemcpy", [&]() {
+        return cudaMemcpy(&host_value, g.y, sizeof(float), cudaMemcpyDeviceToHost);
+    });
+    check_refused_in_capture(tests, stream, cudaStreamCaptureModeGlobal, "cudaStreamSynchronize of the capturing stream",
+                             [&]() { return cudaStreamSynchronize(stream); });
+    check_refused_in_capture(tests, stream, cudaStreamCaptureModeGlobal, "cudaDeviceSynchronize",
+                             [&]() { return cudaDeviceSynchronize(); });
+    check_refused_in_capture(tests, stream, cudaStreamCaptureModeGlobal, "cudaMalloc (global mode)", [&]() {
+        float* p = nullptr;
+        cudaError_t e = cudaMalloc(&p, 1024);
+        if (e == cudaSuccess) cudaFree(p);
+        return e;
+    });
+    check_refused_in_capture(tests, stream, cudaStreamCaptureModeGlobal, "a launch on the legacy stream", [&]() {
+        main_stream = 0;
+        LAUNCH(elementwise_kernel, 1, 32, 0)(g.y_tail, g.y, g.y, 32);
+        main_stream = stream;
+        return cudaGetLastError();
+    });
+    {   // relaxed mode allows cudaMalloc
+        float* p = nullptr;
+        cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+        cudaError_t e = cudaMalloc(&p, 1024);
+        cudaCheck(cudaStreamEndCapture(stream, &graph));
+        tests.check(e == cudaSuccess && graph != nullptr, "graph: cudaMalloc during a relaxed capture is allowed (%s)",
+                    cudaGetErrorString(e));
+        if (p) cudaCheck(cudaFree(p));
+        if (graph) cudaCheck(cudaGraphDestroy(graph));
+    }
+
+    main_stream = 0;
+    cublasCheck(cublasDestroy(g.handle));
+    cudaCheck(cudaFree(workspace));
+    cudaCheck(cudaStreamDestroy(stream));
+    for (float** b : buffers) cudaCheck(cudaFree(*b));
 }
 
 static void check_fast_kernels(Tests& tests) {
@@ -828,6 +1006,7 @@ int main() {
         cudaFree(d_s);
     }
     check_fast_kernels(tests);
+    check_graphs(tests);
     {   // the deterministic kernels, every variant, give bitwise the same results every run (on the
         // host backend: under natural, reversed and random orders of blocks and threads)
 #ifndef __CUDACC__

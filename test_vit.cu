@@ -85,7 +85,11 @@ static void check_dropout_kernel(Tests& t) {
     cudaCheck(cudaMalloc(&x, n * sizeof(float)));
     cudaCheck(cudaMalloc(&y, n * sizeof(float)));
     upload(x, ones);
-    uint64_t key = dropout_key(1337, 5, 3);
+    int* step;  // the training step the masks are keyed by, in device memory as the trainers keep it
+    cudaCheck(cudaMalloc(&step, sizeof(int)));
+    auto set_step = [&](int s) { cudaCheck(cudaMemcpy(step, &s, sizeof(int), cudaMemcpyHostToDevice)); };
+    set_step(5);
+    DropoutSite key = dropout_site(1337, step, 3);
     dropout_apply(y, x, n, p, key);
     std::vector<float> a = device_to_vector(y, n);
     long dropped = 0, bad = 0;
@@ -96,9 +100,11 @@ static void check_dropout_kernel(Tests& t) {
     dropout_apply(y, x, n, p, key);
     std::vector<float> b = device_to_vector(y, n);
     t.check(a == b, "the same (seed, step, site) gives the same mask");
-    dropout_apply(y, x, n, p, dropout_key(1337, 6, 3));
+    set_step(6);
+    dropout_apply(y, x, n, p, key);
     std::vector<float> c = device_to_vector(y, n);
-    dropout_apply(y, x, n, p, dropout_key(1337, 5, 4));
+    set_step(5);
+    dropout_apply(y, x, n, p, dropout_site(1337, step, 4));
     std::vector<float> e = device_to_vector(y, n);
     long same_step = 0, same_site = 0;
     for (long i = 0; i < n; i++) { same_step += (a[i] == 0) == (c[i] == 0); same_site += (a[i] == 0) == (e[i] == 0); }
@@ -118,6 +124,7 @@ static void check_dropout_kernel(Tests& t) {
     t.check(device_to_vector(y, n) == grad, "p = 0 is the identity, bit for bit");
     cudaCheck(cudaFree(x));
     cudaCheck(cudaFree(y));
+    cudaCheck(cudaFree(step));
 }
 
 int main(int argc, char** argv) {

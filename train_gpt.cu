@@ -189,8 +189,7 @@ static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    cudaCheck(cudaMemcpy(m->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, p.wpe, B, T, C); }
     const float* x = a.encoded;
@@ -222,7 +221,7 @@ static void gpt_backward(GPT* model, int B, int T) {
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     model_zero_grads(m);
-    cudaCheck(cudaMemset(a.dresidual, 0, (long)BT * C * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (long)BT * C * sizeof(float), main_stream));
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : transformer_layer_acts(a.tower, l, B, T, d).residual3; };
     {
         NVTX_RANGE("head_backward");
@@ -447,8 +446,7 @@ static void plus_forward(GPTPlus* model, const int* inputs, const int* targets, 
     PlusParameterTensors p = model->params;
     PlusActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    cudaCheck(cudaMemcpy(m->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
     const float* x = a.encoded;
@@ -477,7 +475,7 @@ static void plus_backward(GPTPlus* model, int B, int T) {
     PlusActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     model_zero_grads(m);
-    cudaCheck(cudaMemset(a.dresidual, 0, (long)BT * C * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (long)BT * C * sizeof(float), main_stream));
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : plus_layer_acts(a.tower, l, B, T, d).residual3; };
     {
         NVTX_RANGE("head_backward");

@@ -334,8 +334,7 @@ static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets,
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    cudaCheck(cudaMemcpy(m->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, positions ? p.wpe : nullptr, B, T, C); }
     for (int l = 0; l < c.num_layers; l++) {
@@ -347,10 +346,10 @@ static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets,
         } else if (c.kind[l] == LAYER_ATTENTION) {
             NVTX_RANGE("attention_layer_forward");
             attention_sublayer_forward(h, attention_layer_params(p.attn, k, td), attention_layer_acts(a.attn, k, B, T, td),
-                                       a.block, x, B, T, td, 1, 0.0f, 0);
+                                       a.block, x, B, T, td, 1, 0.0f, NO_DROPOUT_SITE);
         } else {
             NVTX_RANGE("mlp_layer_forward");
-            mlp_sublayer_forward(h, mlp_layer_params(p.mlp, k, td), mlp_layer_acts(a.mlp, k, B, T, td), x, B, T, td, 0.0f, 0);
+            mlp_sublayer_forward(h, mlp_layer_params(p.mlp, k, td), mlp_layer_acts(a.mlp, k, B, T, td), x, B, T, td, 0.0f, NO_DROPOUT_SITE);
         }
     }
     const float* x = hybrid_layer_output(model, c.num_layers - 1, B, T);
@@ -377,7 +376,7 @@ static void hybrid_backward(Hybrid* model, int B, int T) {
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     model_zero_grads(m);
-    cudaCheck(cudaMemset(a.dresidual, 0, (long)BT * C * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (long)BT * C * sizeof(float), main_stream));
     {
         NVTX_RANGE("head_backward");
         crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / BT, BT, V);
@@ -400,11 +399,11 @@ static void hybrid_backward(Hybrid* model, int B, int T) {
             NVTX_RANGE("attention_layer_backward");
             attention_sublayer_backward(h, a.dresidual, x, attention_layer_params(p.attn, k, td),
                                         attention_layer_params(g.attn, k, td), attention_layer_acts(a.attn, k, B, T, td),
-                                        a.block, m->ones, B, T, td, 1, 0.0f, 0);
+                                        a.block, m->ones, B, T, td, 1, 0.0f, NO_DROPOUT_SITE);
         } else {
             NVTX_RANGE("mlp_layer_backward");
             mlp_sublayer_backward(h, a.dresidual, x, mlp_layer_params(p.mlp, k, td), mlp_layer_params(g.mlp, k, td),
-                                  mlp_layer_acts(a.mlp, k, B, T, td), a.block, m->ones, B, T, td, 0.0f, 0);
+                                  mlp_layer_acts(a.mlp, k, B, T, td), a.block, m->ones, B, T, td, 0.0f, NO_DROPOUT_SITE);
         }
     }
     {

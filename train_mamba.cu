@@ -185,8 +185,7 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    cudaCheck(cudaMemcpy(m->inputs, inputs, BT * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) cudaCheck(cudaMemcpy(m->targets, targets, BT * sizeof(int), cudaMemcpyHostToDevice));
+    model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
     const float* x = a.encoded;
@@ -229,7 +228,7 @@ static void mamba_backward(Mamba* model, int B, int T) {
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : mamba_layer_acts(a.tower, l, B, T, d).ln; };
     {
         NVTX_RANGE("lnf_backward");
-        cudaCheck(cudaMemset(dout, 0, (long)BT * C * sizeof(float)));
+        cudaCheck(cudaMemsetAsync(dout, 0, (long)BT * C * sizeof(float), main_stream));
         layernorm_backward(dout, g.lnf_w, g.lnf_b, a.dbtc, block_output(L - 1), p.lnf_w, a.lnf_mean, a.lnf_rstd, BT, C);
     }
     for (int l = L - 1; l >= 0; l--) {

@@ -138,7 +138,7 @@ static void mamba_vit_build(MambaViT* model, MambaViTConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.channels, c.inner, c.d_state};
     model_build(&model->buf, MODEL_MAMBA_VIT, mamba_vit_slot_names, slots, table, NUM_PARAMETER_TENSORS,
                 &model->params, &model->grads, sizeof(model->params));
-    model->dropout = {0.0f, 0, 0.0f, -1};
+    model->dropout = {0.0f, 0, 0.0f};
 }
 
 // mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
@@ -193,8 +193,8 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    float drop = vision_dropout_begin(&model->dropout, train_step);
-    if (labels) cudaCheck(cudaMemcpy(m->targets, labels, B * sizeof(int), cudaMemcpyHostToDevice));
+    float drop = vision_dropout_begin(&model->dropout, m, train_step);
+    model_stage_batch(m, nullptr, 0, labels, B);
 
     patch_embed_forward(h, p.embed, a.embed, images, B, c.patch, C);
     for (int l = 0; l < L; l++) {
@@ -203,7 +203,7 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
         mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B), B, T, d);
         if (drop > 0.0f) {
             NVTX_RANGE("dropout_forward");
-            dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_key(model->dropout.seed, train_step, l));
+            dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
         }
     }
     { NVTX_RANGE("pool_forward"); mean_pool_forward(a.pooled, block_output(model, L - 1, B), B, T, C); }
@@ -241,7 +241,7 @@ static void mamba_vit_backward(MambaViT* model, int B) {
     { NVTX_RANGE("pool_backward"); mean_pool_backward(dout, a.dpooled, B, T, C); }
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        if (drop > 0.0f) dropout_apply(dout, dout, btc, drop, dropout_key(model->dropout.seed, model->dropout.fwd_step, l));
+        if (drop > 0.0f) dropout_apply(dout, dout, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
         mamba_block_backward(h, din, dout, block_output(model, l - 1, B), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
                              m->ones, B, T, d);

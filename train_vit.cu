@@ -142,7 +142,7 @@ static void vit_build(ViT* model, ViTConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.num_heads, c.channels, c.ffn};
     model_build(&model->buf, MODEL_VIT, vit_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
-    model->dropout = {0.0f, 0, 0.0f, -1};
+    model->dropout = {0.0f, 0, 0.0f};
 }
 
 // sizes the activations for batches up to B images
@@ -198,8 +198,8 @@ static void vit_forward(ViT* model, const float* images, const int* labels, int 
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    float drop = vision_dropout_begin(&model->dropout, train_step);
-    if (labels) cudaCheck(cudaMemcpy(m->targets, labels, B * sizeof(int), cudaMemcpyHostToDevice));
+    float drop = vision_dropout_begin(&model->dropout, m, train_step);
+    model_stage_batch(m, nullptr, 0, labels, B);
 
     patch_embed_forward(h, p.embed, a.embed, images, B, c.patch, C);
     { NVTX_RANGE("positions_forward"); add_positions(a.encoded, a.embed.embed_ln, p.wpe, B, T, C); }
@@ -208,7 +208,7 @@ static void vit_forward(ViT* model, const float* images, const int* labels, int 
         NVTX_RANGE("block_forward");
         TransformerStackActs la = transformer_layer_acts(a.tower, l, B, T, d);
         transformer_block_forward(h, transformer_layer_params(p.tower, l, d), la, a.block, x, B, T, d, 0,
-                                  block_dropout(drop, model->dropout.seed, train_step, l));
+                                  block_dropout(drop, model->dropout.seed, model_train_step(m), l));
         x = la.residual3;
     }
     { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, p.lnf_w, p.lnf_b, BT, C); }
@@ -244,7 +244,7 @@ static void vit_backward(ViT* model, int B) {
     { NVTX_RANGE("pool_backward"); mean_pool_backward(a.block.dbtc, a.dpooled, B, T, C); }
     {
         NVTX_RANGE("lnf_backward");
-        cudaCheck(cudaMemset(a.dresidual, 0, (long)BT * C * sizeof(float)));
+        cudaCheck(cudaMemsetAsync(a.dresidual, 0, (long)BT * C * sizeof(float), main_stream));
         layernorm_backward(a.dresidual, g.lnf_w, g.lnf_b, a.block.dbtc, block_output(L - 1), p.lnf_w, a.lnf_mean,
                            a.lnf_rstd, BT, C);
     }
@@ -252,7 +252,7 @@ static void vit_backward(ViT* model, int B) {
         NVTX_RANGE("block_backward");
         transformer_block_backward(h, a.dresidual, block_output(l - 1), transformer_layer_params(p.tower, l, d),
                                    transformer_layer_params(g.tower, l, d), transformer_layer_acts(a.tower, l, B, T, d),
-                                   a.block, m->ones, B, T, d, 0, block_dropout(drop.fwd_rate, drop.seed, drop.fwd_step, l));
+                                   a.block, m->ones, B, T, d, 0, block_dropout(drop.fwd_rate, drop.seed, model_train_step(m), l));
     }
     // a.dresidual is now the gradient w.r.t. encoded = embed_ln + wpe
     { NVTX_RANGE("positions_backward"); positions_backward(g.wpe, a.dresidual, B, T, C); }

@@ -9,9 +9,13 @@ One launch updates the whole flat parameter buffer: a span kernel
 (elementwise.cuh), one parameter per thread on the GPU, a contiguous span
 per thread on the host; the weight decay of each element is its tensor's,
 from a small table of tensor ends and decay flags passed by value
-(AdamWDecayTable, built once by the model). A grad_scale that is not finite
-(the norm was not finite) skips the update on the device: the step's
-non-finite check needs no round trip to the host.
+(AdamWDecayTable, built once by the model). What changes from step to step
+(the learning rate and the bias corrections of step t, AdamWStep) is read
+from device memory when the kernel runs, not passed as kernel arguments, so
+that a training step captured in a CUDA graph takes the new values the
+trainer writes before each replay. A grad_scale that is not finite (the norm
+was not finite) skips the update on the device: the step's non-finite check
+needs no round trip to the host.
 
 The global gradient norm is computed deterministically in two passes: a
 fixed number of partial sums of squares, then one thread adds the partials
@@ -52,15 +56,29 @@ __device__ __forceinline__ int adamw_tensor_of(const AdamWDecayTable& table, lon
     return lo;
 }
 
+// What AdamW's step t needs besides its constants, in device memory:
+// lr and the bias corrections 1 - beta1^t and sqrt(1 - beta2^t)
+typedef struct {
+    float lr, bias_correction1, bias_correction2_sqrt;
+} AdamWStep;
+
+// step t's AdamWStep at learning rate lr (computed on the host, in float, as always)
+static AdamWStep adamw_step_of(float lr, float beta1, float beta2, int t) {
+    AdamWStep s = {lr, 1.0f - powf(beta1, (float)t), sqrtf(1.0f - powf(beta2, (float)t))};
+    return s;
+}
+
 // params, m, v, grads: (n); each element decays by wd when its tensor's flag
-// is set. grad_scale: device pointer to the clipping factor; not finite: no update
-__global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, long n, float lr, float beta1,
-                             float beta2, float bias_correction1, float bias_correction2_sqrt, float eps, float wd,
-                             AdamWDecayTable table, const float* grad_scale, int span) {
+// is set. step: device pointer to the step's lr and bias corrections.
+// grad_scale: device pointer to the clipping factor; not finite: no update
+__global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, long n, const AdamWStep* step,
+                             float beta1, float beta2, float eps, float wd, AdamWDecayTable table,
+                             const float* grad_scale, int span) {
     long i0, i1;
     span_range(&i0, &i1, n, span);
     float scale = *grad_scale;
     if (!float_is_finite(scale) || i0 >= i1) return;
+    float lr = step->lr, bias_correction1 = step->bias_correction1, bias_correction2_sqrt = step->bias_correction2_sqrt;
     int k = adamw_tensor_of(table, i0);
     for (long i = i0; i < i1; i++) {
         while (i >= table.end[k]) k++;
@@ -131,20 +149,35 @@ void global_norm(float* norm_out, const float* grads, long n, float max_norm) {
 }
 
 // One AdamW launch over the n floats of a flat buffer, each tensor of the
-// table decaying by wd where its flag is set. t: the 1-based step number;
+// table decaying by wd where its flag is set. step: device pointer to the
+// step's AdamWStep (the model's, written before each training step);
 // grad_scale: device pointer to the clipping factor (global_norm's norm_out + 1)
 void adamw_update_table(float* params, float* m, float* v, const float* grads, long n, const AdamWDecayTable* table,
-                        float lr, float beta1, float beta2, float eps, float wd, int t, const float* grad_scale) {
+                        const AdamWStep* step, float beta1, float beta2, float eps, float wd, const float* grad_scale) {
     if (table->count < 1 || table->count > ADAMW_MAX_TENSORS || table->end[table->count - 1] != n) {
         fprintf(stderr, "error: adamw_update_table: a table of %d tensors ending at %ld for a buffer of %ld floats\n",
                 table->count, table->count > 0 && table->count <= ADAMW_MAX_TENSORS ? table->end[table->count - 1] : -1L, n);
         exit(EXIT_FAILURE);
     }
-    float bc1 = 1.0f - powf(beta1, (float)t);
-    float bc2_sqrt = sqrtf(1.0f - powf(beta2, (float)t));
-    LAUNCH(adamw_kernel, span_blocks(n), elementwise_threads, 0)(params, m, v, grads, n, lr, beta1, beta2, bc1,
-                                                                 bc2_sqrt, eps, wd, *table, grad_scale, elementwise_span);
+    LAUNCH(adamw_kernel, span_blocks(n), elementwise_threads, 0)(params, m, v, grads, n, step, beta1, beta2, eps, wd,
+                                                                 *table, grad_scale, elementwise_span);
     cudaCheck(cudaGetLastError());
+}
+
+// The same at learning rate lr and the 1-based step t given on the host (the
+// tests): copies step t's AdamWStep into a device scratch first (a synchronous
+// copy: not inside a stream capture; the trainers use the form above)
+static AdamWStep* adamw_step_scratch() {
+    static AdamWStep* scratch = nullptr;
+    if (!scratch) cudaCheck(cudaMalloc(&scratch, sizeof(AdamWStep)));
+    return scratch;
+}
+void adamw_update_table(float* params, float* m, float* v, const float* grads, long n, const AdamWDecayTable* table,
+                        float lr, float beta1, float beta2, float eps, float wd, int t, const float* grad_scale) {
+    AdamWStep step = adamw_step_of(lr, beta1, beta2, t);
+    AdamWStep* step_dev = adamw_step_scratch();
+    cudaCheck(cudaMemcpy(step_dev, &step, sizeof(step), cudaMemcpyHostToDevice));
+    adamw_update_table(params, m, v, grads, n, table, step_dev, beta1, beta2, eps, wd, grad_scale);
 }
 
 // AdamW on one tensor of n floats with weight decay wd

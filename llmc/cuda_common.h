@@ -4,7 +4,7 @@ Common vocabulary of every .cu file, on both backends.
 nvcc sees the CUDA runtime, cuBLAS and NVTX; g++ sees host_backend.h, which
 provides the same names on the CPU. Kernels are written once; they differ
 between backends only through two macros:
-  LAUNCH(kernel, grid, block, shared_bytes)(args...)   a kernel launch
+  LAUNCH(kernel, grid, block, shared_bytes)(args...)   a kernel launch on main_stream
   DYNAMIC_SHARED(type, name);                           the dynamic shared memory
 Plus small helpers every kernel header uses: error checks, NVTX ranges, and
 warp/block reductions built on plain intrinsics.
@@ -26,7 +26,11 @@ flags to check every variant on both backends.
 #include <cublas_v2.h>
 #include <nvtx3/nvToolsExt.h>
 #define BACKEND_NAME "cuda"
-#define LAUNCH(kernel, grid, block, shared_bytes) kernel<<<(grid), (block), (shared_bytes)>>>
+// The stream every LAUNCH goes to: the legacy default stream unless a program
+// sets it, as the trainers do (llmc/trainer.h) so that a training step can be
+// captured into a CUDA graph. host_backend.h declares the same for g++.
+inline cudaStream_t main_stream = 0;
+#define LAUNCH(kernel, grid, block, shared_bytes) kernel<<<(grid), (block), (shared_bytes), main_stream>>>
 #define DYNAMIC_SHARED(T, name) \
     extern __shared__ __align__(16) unsigned char name##_bytes[]; \
     T* name = reinterpret_cast<T*>(name##_bytes)

@@ -60,14 +60,23 @@ show what a GPU would:
       runs the script tests so).
   HOST_VARIANTS=host|gpu  [host]
       The kernel variant flags (scan_use_chunked, softmax_use_warp,
-      layernorm_use_warp, norm_use_blocks) start at the GPU build's choice
-      instead of the host's: host_variants_gpu().
+      layernorm_use_warp, norm_use_blocks), and the trainers' step_use_graph
+      (the training step as a CUDA graph, llmc/trainer.h), start at the GPU
+      build's choice instead of the host's: host_variants_gpu().
 Launches are checked against sm_90's limits: at most 1024 threads a block,
 block dimensions (1024, 1024, 64), grid dimensions (2^31-1, 65535, 65535)
 (cudaErrorInvalidConfiguration); dynamic shared memory above 48 KB needs
 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 bytes) first, up to 227 KB (cudaErrorInvalidValue). Static shared memory is
 not measured here: ptxas rejects more than 48 KB (make cuda-check).
+
+CUDA graphs: stream capture is emulated ("streams, stream capture and CUDA
+graphs" below): while a stream is captured, the launches, cuBLAS calls and
+async copies and memsets issued on it are recorded with their arguments by
+value, cudaGraphLaunch replays them in order, and what a GPU refuses during a
+capture (a synchronous copy, a device synchronization, work on the legacy
+stream, cudaMalloc outside relaxed mode) returns CUDA's error and
+invalidates the capture, so a capture bug shows on the CPU too.
 
 Runtime, cuBLAS and NVTX calls are synchronous CPU versions; cuBLAS maps onto
 the CBLAS interface of the system BLAS (OpenBLAS). OpenBLAS 0.3.21 (Debian 12)
@@ -88,6 +97,7 @@ still copies with cudaMemcpy.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -630,12 +640,16 @@ enum cudaError_t {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorIllegalState = 401,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureImplicit = 906,
 };
 enum cudaMemcpyKind {
     cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2,
     cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4
 };
-typedef struct HostStream* cudaStream_t;
+typedef struct HostStream* cudaStream_t;  // null: the legacy default stream
 struct HostEvent { double t; };
 typedef HostEvent* cudaEvent_t;
 struct cudaDeviceProp {
@@ -653,8 +667,111 @@ inline cudaError_t& host_last_error() { static cudaError_t e = cudaSuccess; retu
 // on a GPU (cudaDeviceSynchronize, cudaStreamSynchronize,
 // cudaEventSynchronize; a device-to-host cudaMemcpy waits too, counted as
 // a copy). These are the proxies of a step's launch overhead and round trips.
-struct HostDeviceCounts { long kernels, blas, d2h, h2d, d2d, memsets, syncs; };
-inline HostDeviceCounts& host_counts() { static HostDeviceCounts c = {0, 0, 0, 0, 0, 0, 0}; return c; }
+// Graph launches are counted too (graph_launches), and what their replays run
+// counts as launches, cuBLAS calls, copies and memsets as well; graph_kernels
+// is the part of `kernels` that graph replays launched.
+struct HostDeviceCounts { long kernels, blas, d2h, h2d, d2d, memsets, syncs, graph_launches, graph_kernels; };
+inline HostDeviceCounts& host_counts() { static HostDeviceCounts c = {0, 0, 0, 0, 0, 0, 0, 0, 0}; return c; }
+
+// ----------------------------------------------------------------------------
+// streams, stream capture and CUDA graphs
+//
+// Work runs at once, in program order, so a stream is only a name here but
+// during a capture. Between cudaStreamBeginCapture(s) and
+// cudaStreamEndCapture(s) the work issued on s (LAUNCH's kernels when
+// main_stream is s, the cuBLAS calls of a handle set to s, cudaMemcpyAsync,
+// cudaMemsetAsync and cudaEventRecord on s) is recorded instead of run, its
+// arguments copied by value as CUDA freezes them (pointers, sizes, scalars;
+// not the memory they point to); cudaGraphInstantiate copies the record and
+// cudaGraphLaunch replays it in order. What a GPU refuses during a capture
+// is refused here with CUDA's error, which also invalidates the capture
+// (cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated and
+// no graph):
+// - work on the legacy stream (cudaMemcpy, cudaMemset, a launch or cuBLAS
+//   call there) while the capturing stream is a blocking one, which the
+//   legacy stream would wait on: cudaErrorStreamCaptureImplicit; with a
+//   non-blocking capturing stream the legacy stream's work runs, not
+//   captured, but a synchronous cudaMemcpy is refused outside relaxed mode;
+// - waiting for the capture (cudaStreamSynchronize of the capturing stream,
+//   cudaDeviceSynchronize): cudaErrorStreamCaptureUnsupported;
+// - unless the mode is cudaStreamCaptureModeRelaxed, the potentially unsafe
+//   calls cudaMalloc, cudaMallocHost, cudaFree, cudaFreeHost and
+//   cudaEventSynchronize: cudaErrorStreamCaptureUnsupported.
+// One capture at a time (the trainers capture one stream).
+
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1, cudaStreamCaptureStatusInvalidated = 2
+};
+static const unsigned int cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
+struct HostStream { unsigned int flags; };
+
+typedef std::function<void()> HostGraphOp;  // one recorded operation, its arguments held by value
+struct HostGraph { std::vector<HostGraphOp> ops; };
+typedef HostGraph* cudaGraph_t;
+struct HostGraphExec { std::vector<HostGraphOp> ops; };
+typedef HostGraphExec* cudaGraphExec_t;
+
+struct HostCapture {
+    cudaStream_t stream;         // the capturing stream; null: no capture
+    cudaStreamCaptureMode mode;
+    HostGraph* graph;            // what it recorded so far
+    cudaError_t error;           // the first refused call, which invalidated the capture
+    int replay_depth;            // > 0 while cudaGraphLaunch replays (its kernels count as graph_kernels)
+};
+inline HostCapture& host_capture() {
+    static HostCapture c = {nullptr, cudaStreamCaptureModeGlobal, nullptr, cudaSuccess, 0};
+    return c;
+}
+
+// a call refused during a capture: returns e (also the last error) and invalidates the capture
+inline cudaError_t host_capture_refuse(cudaError_t e) {
+    HostCapture& c = host_capture();
+    if (c.error == cudaSuccess) c.error = e;
+    return host_last_error() = e;
+}
+
+// What work issued on stream s does now: runs (no capture; another stream),
+// is recorded (s is capturing), or is refused (see above; *error says why).
+// synchronous: a call that waits for the host (cudaMemcpy).
+enum HostStreamAction { HOST_RUN, HOST_RECORD, HOST_REFUSE };
+inline HostStreamAction host_stream_action(cudaStream_t s, bool synchronous, cudaError_t* error) {
+    HostCapture& c = host_capture();
+    if (!c.stream || (s && s != c.stream)) return HOST_RUN;
+    if (s) {
+        if (c.error == cudaSuccess) return HOST_RECORD;
+        *error = host_last_error() = cudaErrorStreamCaptureInvalidated;
+        return HOST_REFUSE;
+    }
+    if (!(c.stream->flags & cudaStreamNonBlocking)) { *error = host_capture_refuse(cudaErrorStreamCaptureImplicit); return HOST_REFUSE; }
+    if (synchronous && c.mode != cudaStreamCaptureModeRelaxed) { *error = host_capture_refuse(cudaErrorStreamCaptureUnsupported); return HOST_REFUSE; }
+    return HOST_RUN;
+}
+
+// Runs op, records a copy of it into the capture, or refuses it, as host_stream_action says.
+template <typename F> inline cudaError_t host_stream_op(cudaStream_t s, bool synchronous, F&& op) {
+    cudaError_t e = cudaSuccess;
+    switch (host_stream_action(s, synchronous, &e)) {
+        case HOST_RUN: op(); return cudaSuccess;
+        case HOST_RECORD: host_capture().graph->ops.emplace_back(std::forward<F>(op)); return cudaSuccess;
+        case HOST_REFUSE: break;
+    }
+    return e;
+}
+
+// A potentially unsafe call (cudaMalloc, cudaFree, ...): refused during a capture but in relaxed mode.
+inline cudaError_t host_capture_check_unsafe() {
+    HostCapture& c = host_capture();
+    if (!c.stream || c.mode == cudaStreamCaptureModeRelaxed) return cudaSuccess;
+    return host_capture_refuse(cudaErrorStreamCaptureUnsupported);
+}
+
+// The stream every LAUNCH goes to (cuda_common.h declares the same for nvcc):
+// the legacy stream unless a program sets it, as the trainers do so that a
+// training step can be captured.
+inline cudaStream_t main_stream = nullptr;
 
 inline const char* cudaGetErrorString(cudaError_t e) {
     switch (e) {
@@ -662,12 +779,20 @@ inline const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorInvalidValue: return "invalid argument";
         case cudaErrorMemoryAllocation: return "out of memory";
         case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+        case cudaErrorIllegalState: return "operation not permitted in the current state (stream capture)";
+        case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+        case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+        case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
     }
     return "unknown error";
 }
 inline cudaError_t cudaGetLastError() { cudaError_t e = host_last_error(); host_last_error() = cudaSuccess; return e; }
 inline cudaError_t cudaPeekAtLastError() { return host_last_error(); }
-inline cudaError_t cudaDeviceSynchronize() { host_counts().syncs++; return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+    if (host_capture().stream) return host_capture_refuse(cudaErrorStreamCaptureUnsupported);
+    host_counts().syncs++;
+    return cudaSuccess;
+}
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
@@ -712,6 +837,7 @@ inline size_t host_available_memory() {
 
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
+    if (cudaError_t e = host_capture_check_unsafe()) return e;
     if (bytes == 0) return cudaSuccess;
     size_t rounded = (bytes + 63) / 64 * 64;
     size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
@@ -736,6 +862,7 @@ template <typename T> inline cudaError_t cudaMalloc(T** p, size_t bytes) { retur
 inline cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
 template <typename T> inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
 inline cudaError_t cudaFree(void* p) {
+    if (cudaError_t e = host_capture_check_unsafe()) return e;
     if (!p) return cudaSuccess;
     void* block = (char*)p - 64;
     host_allocated_bytes() -= *(size_t*)block;
@@ -743,29 +870,114 @@ inline cudaError_t cudaFree(void* p) {
     return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+// a copy or memset as it runs (at once, or when a graph replays it)
+inline void host_memcpy_run(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
     HostDeviceCounts& c = host_counts();
     if (kind == cudaMemcpyDeviceToHost) c.d2h++;
     else if (kind == cudaMemcpyHostToDevice) c.h2d++;
     else if (kind == cudaMemcpyDeviceToDevice) c.d2d++;
     if (n) memmove(dst, src, n);
+}
+inline void host_memset_run(void* p, int v, size_t n) { host_counts().memsets++; if (n) memset(p, v, n); }
+
+// cudaMemcpy and cudaMemset go to the legacy stream; the Async calls to theirs (recorded there during its capture)
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+    return host_stream_op(nullptr, true, [=]() { host_memcpy_run(dst, src, n, kind); });
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s = 0) {
+    return host_stream_op(s, false, [=]() { host_memcpy_run(dst, src, n, kind); });
+}
+inline cudaError_t cudaMemset(void* p, int v, size_t n) {
+    return host_stream_op(nullptr, false, [=]() { host_memset_run(p, v, n); });
+}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s = 0) {
+    return host_stream_op(s, false, [=]() { host_memset_run(p, v, n); });
+}
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+    *s = new HostStream{flags};
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k, cudaStream_t = 0) {
-    return cudaMemcpy(dst, src, n, k);
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return host_last_error() = cudaErrorInvalidValue;
+    if (host_capture().stream == s) return host_capture_refuse(cudaErrorStreamCaptureUnsupported);
+    delete s;
+    return cudaSuccess;
 }
-inline cudaError_t cudaMemset(void* p, int v, size_t n) { host_counts().memsets++; if (n) memset(p, v, n); return cudaSuccess; }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { return cudaMemset(p, v, n); }
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = nullptr; return cudaSuccess; }
-inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { host_counts().syncs++; return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    HostCapture& c = host_capture();
+    if (c.stream && s == c.stream) return host_capture_refuse(cudaErrorStreamCaptureUnsupported);
+    if (c.stream && !s && !(c.stream->flags & cudaStreamNonBlocking)) return host_capture_refuse(cudaErrorStreamCaptureImplicit);
+    host_counts().syncs++;
+    return cudaSuccess;
+}
+
+// Capture (see "streams, stream capture and CUDA graphs" above). The legacy
+// stream cannot be captured; one capture at a time.
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+    HostCapture& c = host_capture();
+    if (!s) return host_last_error() = cudaErrorStreamCaptureUnsupported;
+    if (c.stream) return host_last_error() = cudaErrorIllegalState;
+    c.stream = s;
+    c.mode = mode;
+    c.graph = new HostGraph();
+    c.error = cudaSuccess;
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+    HostCapture& c = host_capture();
+    *graph = nullptr;
+    if (!s || c.stream != s) return host_last_error() = cudaErrorIllegalState;
+    c.stream = nullptr;
+    if (c.error != cudaSuccess) {
+        delete c.graph;
+        c.graph = nullptr;
+        return host_last_error() = cudaErrorStreamCaptureInvalidated;
+    }
+    *graph = c.graph;
+    c.graph = nullptr;
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+    HostCapture& c = host_capture();
+    if (!c.stream || (s && s != c.stream)) *status = cudaStreamCaptureStatusNone;
+    else if (!s && !(c.stream->flags & cudaStreamNonBlocking)) return host_capture_refuse(cudaErrorStreamCaptureImplicit);
+    else if (!s) *status = cudaStreamCaptureStatusNone;
+    else *status = c.error == cudaSuccess ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusInvalidated;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0) {
+    *exec = nullptr;
+    if (!graph || flags != 0) return host_last_error() = cudaErrorInvalidValue;
+    *exec = new HostGraphExec{graph->ops};
+    return cudaSuccess;
+}
+// replays the graph's operations in order (recorded as one operation when s is capturing)
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    if (!exec) return host_last_error() = cudaErrorInvalidValue;
+    return host_stream_op(s, false, [exec]() {
+        HostCapture& c = host_capture();
+        host_counts().graph_launches++;
+        c.replay_depth++;
+        for (const HostGraphOp& op : exec->ops) op();
+        c.replay_depth--;
+    });
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
+inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cudaSuccess; }
 inline double host_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new HostEvent{0.0}; return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = 0) { e->t = host_seconds(); return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { host_counts().syncs++; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0) {
+    return host_stream_op(s, false, [e]() { e->t = host_seconds(); });
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) {
+    if (cudaError_t e = host_capture_check_unsafe()) return e;
+    host_counts().syncs++;
+    return cudaSuccess;
+}
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
     *ms = (float)((b->t - a->t) * 1e3); return cudaSuccess;
 }
@@ -839,8 +1051,9 @@ inline void host_profile_step_begin() { host_profile_step_start() = host_counts(
 inline void host_profile_step_end(int step) {
     if (!host_profile.enabled) return;
     const HostDeviceCounts &a = host_profile_step_start(), &b = host_counts();
-    fprintf(stderr, "host profile step %d: %ld kernel launches, %ld cuBLAS calls, %ld device-to-host copies, "
-            "%ld host-to-device, %ld device-to-device, %ld memsets, %ld synchronizations\n", step, b.kernels - a.kernels,
+    fprintf(stderr, "host profile step %d: %ld kernel launches (%ld of them by %ld graph launches), %ld cuBLAS calls, "
+            "%ld device-to-host copies, %ld host-to-device, %ld device-to-device, %ld memsets, %ld synchronizations\n",
+            step, b.kernels - a.kernels, b.graph_kernels - a.graph_kernels, b.graph_launches - a.graph_launches,
             b.blas - a.blas, b.d2h - a.d2h, b.h2d - a.h2d, b.d2d - a.d2d, b.memsets - a.memsets, b.syncs - a.syncs);
 }
 
@@ -896,6 +1109,7 @@ inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid,
                              F&& thread_body) {
     HostProfileScope profile_scope(name);
     host_counts().kernels++;
+    if (host_capture().replay_depth > 0) host_counts().graph_kernels++;
     long nthreads = (long)block.x * block.y * block.z;
     long nblocks = (long)grid.x * grid.y * grid.z;
     if (!host_launch_valid(kernel_id, grid, block, shared_bytes)) return;
@@ -933,12 +1147,31 @@ inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid,
 }
 
 // LAUNCH(kernel, grid, block, shared_bytes)(args...): the kernel is a template
-// argument so that the per-thread call inlines on the fast path.
+// argument so that the per-thread call inlines on the fast path. The launch
+// goes to main_stream: while that stream is captured, the launch (its
+// configuration checked now, as a GPU checks it) is recorded with a copy of
+// its arguments and runs when the graph is replayed.
 template <auto Kernel> struct HostLaunch {
     const char* name; dim3 grid, block; size_t shared_bytes;
-    template <typename... A> void operator()(A... args) const {
+    template <typename... A> void run(A... args) const {
         host_launch_grid(name, reinterpret_cast<const void*>(Kernel), grid, block, shared_bytes,
                          [&]() { Kernel(args...); });
+    }
+    template <typename... A> void operator()(A... args) const {
+        cudaError_t e = cudaSuccess;
+        switch (host_stream_action(main_stream, false, &e)) {
+            case HOST_RUN: run(args...); return;
+            case HOST_RECORD: {
+                if (!host_launch_valid(reinterpret_cast<const void*>(Kernel), grid, block, shared_bytes)) {
+                    host_capture_refuse(host_last_error());
+                    return;
+                }
+                HostLaunch self = *this;
+                host_capture().graph->ops.emplace_back([self, args...]() { self.run(args...); });
+                return;
+            }
+            case HOST_REFUSE: return;  // the error is the last error
+        }
     }
 };
 #define LAUNCH(kernel, grid, block, shared_bytes) (HostLaunch<kernel>{#kernel, dim3(grid), dim3(block), (size_t)(shared_bytes)})
@@ -947,13 +1180,24 @@ template <auto Kernel> struct HostLaunch {
 // ----------------------------------------------------------------------------
 // cuBLAS (column-major, as cuBLAS) on CBLAS
 
-enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
+enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7, CUBLAS_STATUS_EXECUTION_FAILED = 13 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3, CUBLAS_PEDANTIC_MATH = 2 };
-struct HostBlasHandle { cublasMath_t math_mode; };
+// A handle's products go to its stream (cublasSetStream; recorded while that
+// stream is captured, refused on the legacy stream during a capture) with the
+// workspace of cublasSetWorkspace, which cublasSetStream resets as cuBLAS does.
+struct HostBlasHandle {
+    cublasMath_t math_mode;
+    cudaStream_t stream;
+    void* workspace;
+    size_t workspace_bytes;
+};
 typedef HostBlasHandle* cublasHandle_t;
 
-inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = new HostBlasHandle{CUBLAS_DEFAULT_MATH}; return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) {
+    *h = new HostBlasHandle{CUBLAS_DEFAULT_MATH, nullptr, nullptr, 0};
+    return CUBLAS_STATUS_SUCCESS;
+}
 inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
 inline cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
     if (!h) return CUBLAS_STATUS_INVALID_VALUE;
@@ -965,8 +1209,33 @@ inline cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t* mode) {
     *mode = h->math_mode;
     return CUBLAS_STATUS_SUCCESS;
 }
-inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
-inline const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
+inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    h->stream = s;
+    h->workspace = nullptr;
+    h->workspace_bytes = 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasGetStream(cublasHandle_t h, cudaStream_t* s) {
+    if (!h) return CUBLAS_STATUS_INVALID_VALUE;
+    *s = h->stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void* workspace, size_t bytes) {
+    if (!h || (bytes && !workspace)) return CUBLAS_STATUS_INVALID_VALUE;
+    h->workspace = workspace;
+    h->workspace_bytes = bytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline const char* cublasGetStatusString(cublasStatus_t s) {
+    return s == CUBLAS_STATUS_SUCCESS ? "success" : s == CUBLAS_STATUS_INVALID_VALUE ? "invalid value" : "execution failed";
+}
+
+// a product runs on the handle's stream: now, recorded into its capture, or refused
+template <typename F> inline cublasStatus_t host_blas_op(cublasHandle_t h, F&& op) {
+    return host_stream_op(h->stream, false, std::forward<F>(op)) == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                                                                                : CUBLAS_STATUS_EXECUTION_FAILED;
+}
 
 // HOST_TF32: which products take TF32 inputs (see the top of this file)
 enum HostTf32Mode : unsigned char { HOST_TF32_OFF, HOST_TF32_ALL, HOST_TF32_HANDLE };
@@ -1024,14 +1293,12 @@ inline void host_gemm_as_gemv(cublasOperation_t ta, cublasOperation_t tb, int m,
     }
 }
 
-inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                  const float* alpha, const float* A, int lda, const float* B, int ldb,
-                                  const float* beta, float* C, int ldc) {
-    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    host_counts().blas++;
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+// C = alpha op(A) op(B) + beta C as cublasSgemm computes it (tf32: with TF32 inputs); not counted
+inline void host_sgemm_run(bool tf32, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                           const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+    if (m == 0 || n == 0) return;
     HostProfileScope profile_scope("cublasSgemm");
-    if (k > 0 && host_tf32_for(handle)) {
+    if (k > 0 && tf32) {
         // op(A) is m x k and op(B) k x n; the spans below are what column-major storage with lda, ldb covers
         static thread_local std::vector<float> a_tf32, b_tf32;
         long a_rows = ta == CUBLAS_OP_T ? k : m, a_cols = ta == CUBLAS_OP_T ? m : k;
@@ -1042,27 +1309,37 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, c
     if (n == 1 || m == 1) {
         // a product with one column or one row is a matrix-vector product: OpenBLAS's sgemm packs its
         // operands first and takes several times longer than sgemv there (one token at a time in generation)
-        host_gemm_as_gemv(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-        return CUBLAS_STATUS_SUCCESS;
+        host_gemm_as_gemv(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
     }
     cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-    return CUBLAS_STATUS_SUCCESS;
+                m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                                                int m, int n, int k, const float* alpha,
-                                                const float* A, int lda, long long strideA,
-                                                const float* B, int ldb, long long strideB, const float* beta,
-                                                float* C, int ldc, long long strideC, int batch) {
-    if (m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    host_counts().blas++;
-    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
-    if (k > 0 && host_tf32_for(h)) {  // TF32 rounds each product's inputs, as cublasSgemm does
-        host_counts().blas -= batch;  // one call, though it runs as batch products here
+// The host's cuBLAS calls: the arguments are checked and the scalars read
+// now (host pointer mode, as cuBLAS reads them when called, so a captured
+// call keeps the values of capture time), the TF32 choice too; the product
+// runs on the handle's stream (host_blas_op).
+inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                  const float* alpha, const float* A, int lda, const float* B, int ldb,
+                                  const float* beta, float* C, int ldc) {
+    if (!handle || m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    bool tf32 = host_tf32_for(handle);
+    float a = *alpha, b = *beta;
+    return host_blas_op(handle, [=]() {
+        host_counts().blas++;
+        host_sgemm_run(tf32, ta, tb, m, n, k, a, A, lda, B, ldb, b, C, ldc);
+    });
+}
+
+inline void host_sgemm_batched_run(bool tf32, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                   float alpha, const float* A, int lda, long long strideA, const float* B, int ldb,
+                                   long long strideB, float beta, float* C, int ldc, long long strideC, int batch) {
+    if (m == 0 || n == 0 || batch == 0) return;
+    if (k > 0 && tf32) {  // TF32 rounds each product's inputs, as cublasSgemm does
         for (int i = 0; i < batch; i++)
-            cublasSgemm(h, ta, tb, m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
-        return CUBLAS_STATUS_SUCCESS;
+            host_sgemm_run(true, ta, tb, m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
+        return;
     }
     HostProfileScope profile_scope("cublasSgemmStridedBatched");
     // the products spread over the workers, one single-threaded BLAS call each (OpenMP OpenBLAS runs a
@@ -1071,19 +1348,33 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
     #pragma omp parallel for schedule(static) if (batch > 1)
     for (int i = 0; i < batch; i++)
         cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, tb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                    m, n, k, *alpha, A + i * strideA, lda, B + i * strideB, ldb, *beta, C + i * strideC, ldc);
-    return CUBLAS_STATUS_SUCCESS;
+                    m, n, k, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
 }
 
-inline cublasStatus_t cublasSgemv(cublasHandle_t, cublasOperation_t ta, int m, int n, const float* alpha,
+inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                                int m, int n, int k, const float* alpha,
+                                                const float* A, int lda, long long strideA,
+                                                const float* B, int ldb, long long strideB, const float* beta,
+                                                float* C, int ldc, long long strideC, int batch) {
+    if (!h || m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    bool tf32 = host_tf32_for(h);
+    float a = *alpha, b = *beta;
+    return host_blas_op(h, [=]() {
+        host_counts().blas++;
+        host_sgemm_batched_run(tf32, ta, tb, m, n, k, a, A, lda, strideA, B, ldb, strideB, b, C, ldc, strideC, batch);
+    });
+}
+
+inline cublasStatus_t cublasSgemv(cublasHandle_t h, cublasOperation_t ta, int m, int n, const float* alpha,
                                   const float* A, int lda, const float* x, int incx, const float* beta,
                                   float* y, int incy) {
-    if (m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    host_counts().blas++;
-    HostProfileScope profile_scope("cublasSgemv");
-    cblas_sgemv(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, *alpha, A, lda, x, incx,
-                *beta, y, incy);
-    return CUBLAS_STATUS_SUCCESS;
+    if (!h || m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    float a = *alpha, b = *beta;
+    return host_blas_op(h, [=]() {
+        host_counts().blas++;
+        HostProfileScope profile_scope("cublasSgemv");
+        cblas_sgemv(CblasColMajor, ta == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, a, A, lda, x, incx, b, y, incy);
+    });
 }
 
 // ----------------------------------------------------------------------------

@@ -551,6 +551,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
 
     Logger logger;
     logger_open(&logger, tc->out_dir, start_step);
+    StepRunner runner;
+    step_runner_init(&runner, m);
     std::vector<int> inputs((long)B * T), targets((long)B * T);
     double run_start = host_clock(), train_seconds = 0.0;
     float last_val = NAN;
@@ -578,13 +580,15 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         NVTX_RANGE("step");
         double t0 = host_clock();
         step_profile_begin();
-        m->in_train_step = 1;  // no round trip to the host until model_update's one copy (model.h)
         if (image_len) token_data_image_train_batch(train, &train_rng, B, T, start_token, inputs.data(), targets.data());
         else token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
-        lm_forward(model, inputs.data(), targets.data(), B, T);
-        lm_backward(model, B, T);
+        model_upload_batch(m, inputs.data(), (long)B * T, targets.data(), (long)B * T);
+        m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
         float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
-        float norm = model_update(m, &opt, lr, step + 1);  // waits for the step: the loss and norm come back
+        float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
+            lm_forward(model, inputs.data(), targets.data(), B, T);
+            lm_backward(model, B, T);
+        });
         m->in_train_step = 0;
         check_finite(tc->out_dir, step + 1, m->mean_loss, norm);
         step_profile_end(step + 1);
@@ -593,6 +597,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);
         log_train(&logger, step + 1, m->mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
     }
+    step_runner_free(&runner, m);
     logger_close(&logger);
     if (tc->out_dir) save_model_file(m, tc->out_dir, tc->max_steps);
     if (image_len)

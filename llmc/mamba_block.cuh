@@ -254,7 +254,7 @@ static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout,
     int BT = B * T, C = d.C;
     {
         NVTX_RANGE("ln_backward");  // dx = d res; the residual passes it to x unchanged
-        cudaCheck(cudaMemset(dx, 0, (long)BT * C * sizeof(float)));
+        cudaCheck(cudaMemsetAsync(dx, 0, (long)BT * C * sizeof(float), main_stream));
         layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
     }
     mamba_mixer_backward(h, dx, 1, dx, x, p, g, a, s, ones, B, T, d);  // dx += the mixer's

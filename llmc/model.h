@@ -11,6 +11,7 @@ with one field per table row, and calls
   model_allocate_activations(&m->buf, act_table, n, &m->acts, sizeof(m->acts), B, T, ...)
   model_update(&m->buf, &opt, lr, step)       global-norm clip + AdamW, decay per the table
   model_free(&m->buf)
+  model_stage_batch(&m->buf, inputs, n, targets, n)   a forward's host inputs and targets to the device
 
 as llm.c's malloc_and_point_parameters does for its GPT-2.
 
@@ -21,6 +22,17 @@ launch skip the update), and model_update brings back the loss and the norm
 together in one device-to-host copy, the step's only wait. The training
 loops set in_train_step around a step for this; outside a step (tests,
 validation) model_mean_loss copies the loss back at once, as before.
+
+What changes from one training step to the next lives in device memory
+(StepParams: AdamW's learning rate and bias corrections, the training step
+that keys the dropout masks), as do the batch's inputs and targets; no
+kernel takes them as arguments. In a training step the loop writes all of
+them before the step (model_upload_batch, model_upload_step_params), and the
+forward and the update copy nothing from the host (model_stage_batch and
+model_stage_train_step do nothing then), so that the step's device work,
+model_update_device included, can be captured once into a CUDA graph and
+replayed (trainer.h). Outside a step the forward and model_update copy what
+they are given, as before.
 */
 #pragma once
 
@@ -59,6 +71,12 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay, grad_clip;
 } AdamWConfig;
 
+// A training step's scalars, in device memory (ModelBuffers.step_params)
+typedef struct {
+    AdamWStep adamw;  // the learning rate and bias corrections of step t
+    int train_step;   // the 0-based step (t - 1): the dropout masks' key
+} StepParams;
+
 typedef struct {
     int kind;                         // MODEL_* (utils.h), as in model files and checkpoints
     const char* const* slot_names;    // the seven config slots' names
@@ -80,8 +98,10 @@ typedef struct {
     float* ones;                      // device, B*T ones (bias gradients)
     float* step_scalars;              // device: the mean loss, then the global-norm scratch (norm_buffer)
     float* norm_buffer;               // = step_scalars + 1: norm, scale, partials (adamw.cuh's global_norm)
+    StepParams* step_params;          // device: this step's learning rate, bias corrections and step
     AdamWDecayTable decay_table;      // the parameter tensors' ends and decay flags, for the one AdamW launch
-    int in_train_step;                // set by the training loops: the loss stays on the device until model_update
+    int in_train_step;                // set by the training loops: the batch and StepParams are on the device
+                                      // before the step, the loss stays there until model_step_result
     float mean_loss;                  // of the last forward with targets (in a training step: once model_update returned)
     cublasHandle_t cublas;
 } ModelBuffers;
@@ -113,6 +133,9 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     cudaCheck(cudaMemset(m->v_memory, 0, bytes));
     cudaCheck(cudaMalloc(&m->step_scalars, (1 + NORM_BUFFER_FLOATS) * sizeof(float)));
     m->norm_buffer = m->step_scalars + 1;
+    cudaCheck(cudaMalloc(&m->step_params, sizeof(StepParams)));
+    StepParams first = {adamw_step_of(0.0f, 0.0f, 0.0f, 1), 0};
+    cudaCheck(cudaMemcpy(m->step_params, &first, sizeof(first), cudaMemcpyHostToDevice));
     memset(&m->decay_table, 0, sizeof(m->decay_table));
     m->decay_table.count = n;
     long end = 0;
@@ -193,22 +216,77 @@ static void model_mean_loss(ModelBuffers* m, const float* losses, int n) {
     if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
 }
 
+// ----------------------------------------------------------------------------
+// the step's inputs on the device
+
+// Copies a batch's host inputs and targets (either may be null) into the
+// device buffers the forward reads, on main_stream
+static void model_upload_batch(ModelBuffers* m, const int* inputs, long n_inputs, const int* targets, long n_targets) {
+    if (inputs) cudaCheck(cudaMemcpyAsync(m->inputs, inputs, n_inputs * sizeof(int), cudaMemcpyHostToDevice, main_stream));
+    if (targets) cudaCheck(cudaMemcpyAsync(m->targets, targets, n_targets * sizeof(int), cudaMemcpyHostToDevice, main_stream));
+}
+
+// What a forward does with its host inputs: uploads them, but in a training
+// step, where the loop uploaded the batch before the step
+static void model_stage_batch(ModelBuffers* m, const int* inputs, long n_inputs, const int* targets, long n_targets) {
+    if (!m->in_train_step) model_upload_batch(m, inputs, n_inputs, targets, n_targets);
+}
+
+// a training step's scalars: AdamW's at lr and the 1-based step t, and the step t - 1 for dropout
+static StepParams model_step_params(const AdamWConfig* o, float lr, int t) {
+    StepParams p = {adamw_step_of(lr, o->beta1, o->beta2, t), t - 1};
+    return p;
+}
+
+static void model_upload_step_params(ModelBuffers* m, const StepParams* p) {
+    cudaCheck(cudaMemcpyAsync(m->step_params, p, sizeof(StepParams), cudaMemcpyHostToDevice, main_stream));
+}
+
+// A forward at training step train_step (the vision models' dropout): writes
+// it to the device, but in a training step, where the loop wrote it
+static void model_stage_train_step(ModelBuffers* m, int train_step) {
+    if (!m->in_train_step)
+        cudaCheck(cudaMemcpyAsync(&m->step_params->train_step, &train_step, sizeof(int), cudaMemcpyHostToDevice, main_stream));
+}
+
+// the training step in device memory, for the dropout sites
+static const int* model_train_step(const ModelBuffers* m) { return &m->step_params->train_step; }
+
+// ----------------------------------------------------------------------------
+// the update
+
 // Clips the gradients to a global norm and takes one AdamW step over the
-// whole flat buffer, with weight decay on the tensors the table says. t is
-// the 1-based step. Returns the gradient norm before clipping; when it is
-// not finite nothing is updated (the kernel checks it on the device; the
-// trainers stop on it). Ends with the one device-to-host copy of a
-// training step: the mean loss (into mean_loss when in_train_step) and the
-// norm, which waits for the step to finish.
-static float model_update(ModelBuffers* m, const AdamWConfig* o, float lr, int t) {
+// whole flat buffer, with weight decay on the tensors the table says, at
+// the learning rate and step of m->step_params: device work only (what a
+// captured step ends with).
+static void model_update_device(ModelBuffers* m, const AdamWConfig* o) {
     NVTX_RANGE("update");
     global_norm(m->norm_buffer, m->grads_memory, m->num_parameters, o->grad_clip);
     adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters, &m->decay_table,
-                       lr, o->beta1, o->beta2, o->eps, o->weight_decay, t, m->norm_buffer + 1);
+                       &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay, m->norm_buffer + 1);
+}
+
+// The one device-to-host copy of a training step, which waits for it: the
+// mean loss (into mean_loss when in_train_step) and the gradient norm
+// before clipping, returned. When the norm is not finite nothing was updated
+// (the kernel checks it on the device; the trainers stop on it).
+static float model_step_result(ModelBuffers* m) {
     float loss_and_norm[2];
     cudaCheck(cudaMemcpy(loss_and_norm, m->step_scalars, sizeof(loss_and_norm), cudaMemcpyDeviceToHost));
     if (m->in_train_step) m->mean_loss = loss_and_norm[0];
     return loss_and_norm[1];
+}
+
+// The update at learning rate lr and the 1-based step t: writes them to the
+// device (but in a training step, where the loop did), model_update_device,
+// model_step_result. Returns the gradient norm before clipping.
+static float model_update(ModelBuffers* m, const AdamWConfig* o, float lr, int t) {
+    if (!m->in_train_step) {
+        AdamWStep s = adamw_step_of(lr, o->beta1, o->beta2, t);
+        cudaCheck(cudaMemcpyAsync(&m->step_params->adamw, &s, sizeof(s), cudaMemcpyHostToDevice, main_stream));
+    }
+    model_update_device(m, o);
+    return model_step_result(m);
 }
 
 // uploads parameters from host memory (the model's flat order)
@@ -217,13 +295,14 @@ static void model_upload_params(ModelBuffers* m, const float* host) {
 }
 
 static void model_zero_grads(ModelBuffers* m) {
-    cudaCheck(cudaMemset(m->grads_memory, 0, m->num_parameters * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(m->grads_memory, 0, m->num_parameters * sizeof(float), main_stream));
 }
 
 static void model_free(ModelBuffers* m) {
     float* buffers[] = {m->params_memory, m->grads_memory, m->m_memory, m->v_memory, m->acts_memory, m->ones,
                         m->step_scalars};
     for (float* b : buffers) cudaCheck(cudaFree(b));
+    cudaCheck(cudaFree(m->step_params));
     cudaCheck(cudaFree(m->inputs));
     cudaCheck(cudaFree(m->targets));
     cublasCheck(cublasDestroy(m->cublas));

@@ -1,7 +1,8 @@
 /*
 What both training loops share (the language models' lm_run in
 lm_trainer.h, the image classifiers' vision_run in vision_trainer.h): the
-learning-rate schedule, the guards against non-finite values and against
+learning-rate schedule, the training step itself (eagerly or as a CUDA
+graph, StepRunner), the guards against non-finite values and against
 overwriting another run, the step line, checkpoint and model-file
 bookkeeping over a model's ModelBuffers (model.h), and reading the shape of
 a model file.
@@ -59,6 +60,108 @@ static void step_profile_end(int step) {
 #else
     (void)step;
 #endif
+}
+
+// ----------------------------------------------------------------------------
+// the training step, eagerly or as a CUDA graph
+//
+// A trainer runs its work on one stream of its own (main_stream, and the
+// cuBLAS handle's, with a workspace of its own as cuBLAS needs for capture).
+// A training step is: the loop uploads the batch (model_upload_batch) and
+// runs step_run, which writes the step's scalars (model.h's StepParams:
+// learning rate, bias corrections, step) to the device, runs the model's
+// forward and backward and model_update_device, and brings back the loss
+// and the norm in one device-to-host copy. With step_use_graph, the forward,
+// backward, clipping and AdamW of the second step are captured into a CUDA
+// graph once (the first step runs eagerly: lazily grown scratch buffers,
+// such as LayerNorm's, are allocated then, not during the capture), and
+// every later step replays it with one cudaGraphLaunch; nothing that changes
+// between steps is a kernel argument, so the replays compute what eager
+// steps compute, bit for bit. Validation, sampling and checkpoints run
+// outside the graph, on the same stream. On the host backend the capture and
+// the replays are emulated (llmc/host_backend.h), with the GPU's refusals
+// of what a capture must not contain.
+//
+// step_use_graph follows the variant convention (cuda_common.h): on under
+// nvcc, on the host with HOST_VARIANTS=gpu; STEP_GRAPH=0|1 in the
+// environment overrides it for a run.
+
+#ifdef __CUDACC__
+static bool step_use_graph = true;
+#define STEP_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)  // cuBLAS's recommendation for Hopper (4 MiB before)
+#else
+static bool step_use_graph = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
+#define STEP_CUBLAS_WORKSPACE_BYTES ((size_t)4096)     // the host's BLAS takes none; a token buffer
+#endif
+
+typedef struct {
+    bool use_graph;
+    cudaStream_t stream;       // the trainer's stream (main_stream)
+    void* cublas_workspace;
+    cudaGraphExec_t graph;     // the captured step; null until captured
+    int steps_run;             // steps this run has taken so far (the first is eager)
+} StepRunner;
+
+// step_use_graph, unless STEP_GRAPH=0|1 says otherwise
+static bool step_graph_enabled() {
+    const char* e = getenv("STEP_GRAPH");
+    if (!e || !*e) return step_use_graph;
+    if (!strcmp(e, "0") || !strcmp(e, "1")) return e[0] == '1';
+    fail("STEP_GRAPH=%s: expected 0 (eager steps) or 1 (the step as a CUDA graph)", e);
+}
+
+// the trainer's stream for every launch and cuBLAS call of the model, and the handle's workspace
+static void step_runner_init(StepRunner* r, ModelBuffers* m) {
+    r->use_graph = step_graph_enabled();
+    cudaCheck(cudaStreamCreate(&r->stream));
+    main_stream = r->stream;
+    cublasCheck(cublasSetStream(m->cublas, r->stream));  // resets the workspace: set it after
+    cudaCheck(cudaMalloc(&r->cublas_workspace, STEP_CUBLAS_WORKSPACE_BYTES));
+    cublasCheck(cublasSetWorkspace(m->cublas, r->cublas_workspace, STEP_CUBLAS_WORKSPACE_BYTES));
+    r->graph = nullptr;
+    r->steps_run = 0;
+}
+
+static void step_runner_free(StepRunner* r, ModelBuffers* m) {
+    cudaCheck(cudaStreamSynchronize(r->stream));
+    if (r->graph) cudaCheck(cudaGraphExecDestroy(r->graph));
+    cublasCheck(cublasSetStream(m->cublas, 0));
+    main_stream = 0;
+    cudaCheck(cudaFree(r->cublas_workspace));
+    cudaCheck(cudaStreamDestroy(r->stream));
+}
+
+// Captures forward_backward() and the update into r->graph (device work
+// only: anything that copies from or waits for the host fails the capture,
+// loudly, on both backends)
+template <typename F> static void step_capture(StepRunner* r, ModelBuffers* m, const AdamWConfig* o, F& forward_backward) {
+    cudaGraph_t graph;
+    cudaCheck(cudaStreamBeginCapture(r->stream, cudaStreamCaptureModeGlobal));
+    forward_backward();
+    model_update_device(m, o);
+    cudaCheck(cudaStreamEndCapture(r->stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&r->graph, graph, 0));
+    cudaCheck(cudaGraphDestroy(graph));
+}
+
+// One training step at learning rate lr and the 1-based step t, the batch
+// already on the device and m->in_train_step set: the step's scalars to the
+// device, forward_backward() and the update (eagerly, or the captured graph's
+// replay), then the one copy back. Returns the gradient norm; m->mean_loss
+// holds the loss.
+template <typename F> static float step_run(StepRunner* r, ModelBuffers* m, const AdamWConfig* o, float lr, int t,
+                                            F forward_backward) {
+    StepParams params = model_step_params(o, lr, t);
+    model_upload_step_params(m, &params);
+    if (r->use_graph && r->steps_run > 0) {
+        if (!r->graph) step_capture(r, m, o, forward_backward);
+        cudaCheck(cudaGraphLaunch(r->graph, r->stream));
+    } else {
+        forward_backward();
+        model_update_device(m, o);
+    }
+    r->steps_run++;
+    return model_step_result(m);
 }
 
 // Peak memory of the run so far, MiB: the process's resident set on the host

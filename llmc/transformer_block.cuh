@@ -164,14 +164,14 @@ static TensorSpec* transformer_scratch_table(TensorSpec* t, int B, int T, Transf
 // projection and after the MLP); rate 0 is none (the GPT, evaluation).
 typedef struct {
     float rate;
-    uint64_t key_attn, key_mlp;  // dropout.cuh's site keys
+    DropoutSite attn, mlp;  // dropout.cuh's sites
 } BlockDropout;
 
-static const BlockDropout NO_DROPOUT = {0.0f, 0, 0};
+static const BlockDropout NO_DROPOUT = {0.0f, NO_DROPOUT_SITE, NO_DROPOUT_SITE};
 
-// the keys of layer l at one step: sites 2l (attention branch) and 2l+1 (MLP branch)
-static BlockDropout block_dropout(float rate, uint64_t seed, uint64_t step, int layer) {
-    BlockDropout b = {rate, dropout_key(seed, step, 2 * (uint64_t)layer), dropout_key(seed, step, 2 * (uint64_t)layer + 1)};
+// the sites of layer l at the training step in device memory: 2l (attention branch) and 2l+1 (MLP branch)
+static BlockDropout block_dropout(float rate, uint64_t seed, const int* step, int layer) {
+    BlockDropout b = {rate, dropout_site(seed, step, 2 * (uint64_t)layer), dropout_site(seed, step, 2 * (uint64_t)layer + 1)};
     return b;
 }
 
@@ -323,11 +323,11 @@ static MlpActs mlp_layer_acts(const MlpActs& a, int l, int B, int T, Transformer
 }
 
 // One attention sublayer: a.out (B,T,C) = x + Dropout(attn(LN(x))); p and a
-// are the layer's. With dropout (rate > 0, site key) the branch output
+// are the layer's. With dropout (rate > 0, at drop_site) the branch output
 // a.proj is dropped in place before the residual add.
 static void attention_sublayer_forward(cublasHandle_t h, const AttentionParams& p, const AttentionActs& a,
                                        const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
-                                       int causal, float drop_rate, uint64_t drop_key) {
+                                       int causal, float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C;
     long btc = (long)BT * C;
     {
@@ -339,14 +339,14 @@ static void attention_sublayer_forward(cublasHandle_t h, const AttentionParams& 
         matmul_forward(h, a.qkv, a.ln, p.qkv_w, p.qkv_b, BT, C, 3 * C);
         attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, causal);
         matmul_forward(h, a.proj, a.atty, p.proj_w, p.proj_b, BT, C, C);
-        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_key);
+        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_site);
         residual_forward(a.out, x, a.proj, btc);
     }
 }
 
 // One MLP sublayer: a.out (B,T,C) = x + Dropout(fc_proj(gelu(fc(LN(x))))), as above
 static void mlp_sublayer_forward(cublasHandle_t h, const MlpParams& p, const MlpActs& a, const float* x, int B, int T,
-                                 TransformerDims d, float drop_rate, uint64_t drop_key) {
+                                 TransformerDims d, float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C, F = d.F;
     long btc = (long)BT * C;
     {
@@ -358,7 +358,7 @@ static void mlp_sublayer_forward(cublasHandle_t h, const MlpParams& p, const Mlp
         matmul_forward(h, a.fch, a.ln, p.fc_w, p.fc_b, BT, C, F);
         gelu_forward(a.fch_gelu, a.fch, (long)BT * F);
         matmul_forward(h, a.proj, a.fch_gelu, p.proj_w, p.proj_b, BT, F, C);
-        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_key);
+        if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_site);
         residual_forward(a.out, x, a.proj, btc);
     }
 }
@@ -366,17 +366,17 @@ static void mlp_sublayer_forward(cublasHandle_t h, const MlpParams& p, const Mlp
 // One attention sublayer backward. dresidual (B,T,C): on entry the gradient
 // w.r.t. the sublayer's output, on return w.r.t. its input x (the residual
 // passes it through; the branch adds to it). g: the layer's gradients
-// (accumulated). drop_rate, drop_key: the forward's.
+// (accumulated). drop_rate, drop_site: the forward's.
 static void attention_sublayer_backward(cublasHandle_t h, float* dresidual, const float* x, const AttentionParams& p,
                                         const AttentionParams& g, const AttentionActs& a, const TransformerScratch& s,
                                         const float* ones, int B, int T, TransformerDims d, int causal,
-                                        float drop_rate, uint64_t drop_key) {
+                                        float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C;
     long btc = (long)BT * C;
     const float* dbranch = dresidual;  // the branch's output gradient: through its dropout mask, if any
     {
         NVTX_RANGE("attention_backward");
-        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_key); dbranch = s.dbranch; }
+        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_site); dbranch = s.dbranch; }
         matmul_backward(h, s.dbtc, g.proj_w, g.proj_b, dbranch, a.atty, p.proj_w, ones, BT, C, C);
         attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal);
         matmul_backward(h, s.dbtc, g.qkv_w, g.qkv_b, s.dqkv, a.ln, p.qkv_w, ones, BT, C, 3 * C);
@@ -390,13 +390,13 @@ static void attention_sublayer_backward(cublasHandle_t h, float* dresidual, cons
 // One MLP sublayer backward, as attention_sublayer_backward
 static void mlp_sublayer_backward(cublasHandle_t h, float* dresidual, const float* x, const MlpParams& p,
                                   const MlpParams& g, const MlpActs& a, const TransformerScratch& s, const float* ones,
-                                  int B, int T, TransformerDims d, float drop_rate, uint64_t drop_key) {
+                                  int B, int T, TransformerDims d, float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C, F = d.F;
     long btc = (long)BT * C;
     const float* dbranch = dresidual;
     {
         NVTX_RANGE("mlp_backward");
-        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_key); dbranch = s.dbranch; }
+        if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_site); dbranch = s.dbranch; }
         matmul_backward(h, s.dbtf, g.proj_w, g.proj_b, dbranch, a.fch_gelu, p.proj_w, ones, BT, F, C);
         gelu_backward(s.dbtf, a.fch, s.dbtf, (long)BT * F);
         matmul_backward(h, s.dbtc, g.fc_w, g.fc_b, s.dbtf, a.ln, p.fc_w, ones, BT, C, F);
@@ -415,8 +415,8 @@ static void transformer_block_forward(cublasHandle_t h, const TransformerStackPa
                                       const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
                                       int causal, BlockDropout drop) {
     attention_sublayer_forward(h, block_attention_params(p), block_attention_acts(a), s, x, B, T, d, causal,
-                               drop.rate, drop.key_attn);
-    mlp_sublayer_forward(h, block_mlp_params(p), block_mlp_acts(a), a.residual2, B, T, d, drop.rate, drop.key_mlp);
+                               drop.rate, drop.attn);
+    mlp_sublayer_forward(h, block_mlp_params(p), block_mlp_acts(a), a.residual2, B, T, d, drop.rate, drop.mlp);
 }
 
 // One block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
@@ -428,7 +428,7 @@ static void transformer_block_backward(cublasHandle_t h, float* dresidual, const
                                        const TransformerStackActs& a, const TransformerScratch& s, const float* ones,
                                        int B, int T, TransformerDims d, int causal, BlockDropout drop) {
     mlp_sublayer_backward(h, dresidual, a.residual2, block_mlp_params(p), block_mlp_params(g), block_mlp_acts(a), s,
-                          ones, B, T, d, drop.rate, drop.key_mlp);
+                          ones, B, T, d, drop.rate, drop.mlp);
     attention_sublayer_backward(h, dresidual, x, block_attention_params(p), block_attention_params(g),
-                                block_attention_acts(a), s, ones, B, T, d, causal, drop.rate, drop.key_attn);
+                                block_attention_acts(a), s, ones, B, T, d, causal, drop.rate, drop.attn);
 }

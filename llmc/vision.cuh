@@ -112,19 +112,21 @@ void mean_pool_backward(float* dx, const float* dpooled, int B, int T, int C) {
 // dropout at training steps
 
 // The vision models' dropout: the rate at training steps, the run's seed (the
-// masks are a hash of seed, step, site and element), and what the last
-// forward used, for the backward.
+// masks are a hash of seed, step, site and element), and the rate the last
+// forward used, for the backward. The step is the model's StepParams
+// train_step in device memory (model_train_step), which the backward reads
+// as the forward did.
 typedef struct {
     float rate;
     uint64_t seed;
     float fwd_rate;  // 0: the last forward had none (evaluation)
-    int fwd_step;
 } VisionDropout;
 
-// a forward at train_step (>= 0: training, -1: evaluation) returns its rate
-static float vision_dropout_begin(VisionDropout* d, int train_step) {
+// A forward at train_step (>= 0: training, -1: evaluation) returns its rate;
+// at a training step the step goes to the device (model_stage_train_step).
+static float vision_dropout_begin(VisionDropout* d, ModelBuffers* m, int train_step) {
     d->fwd_rate = train_step >= 0 ? d->rate : 0.0f;
-    d->fwd_step = train_step;
+    if (train_step >= 0) model_stage_train_step(m, train_step);
     return d->fwd_rate;
 }
 
@@ -201,11 +203,11 @@ static void patch_embed_backward(cublasHandle_t h, const PatchEmbedParams& g, co
                                  const PatchEmbedActs& a, const float* dout, const float* ones, int B, int P, int C) {
     NVTX_RANGE("patch_embed_backward");
     int T = (VISION_SIZE / P) * (VISION_SIZE / P), PD = VISION_CHANNELS * P * P, BT = B * T;
-    cudaCheck(cudaMemset(a.dembed, 0, (long)BT * C * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(a.dembed, 0, (long)BT * C * sizeof(float), main_stream));
     layernorm_backward(a.dembed, g.embed_ln_w, g.embed_ln_b, dout, a.embed, p.embed_ln_w, a.embed_ln_mean,
                        a.embed_ln_rstd, BT, C);
     matmul_backward(h, a.dpatch_ln, g.patch_w, g.patch_b, a.dembed, a.patch_ln, p.patch_w, ones, BT, PD, C);
-    cudaCheck(cudaMemset(a.dpatches, 0, (long)BT * PD * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(a.dpatches, 0, (long)BT * PD * sizeof(float), main_stream));
     layernorm_backward(a.dpatches, g.patch_ln_w, g.patch_ln_b, a.dpatch_ln, a.patches, p.patch_ln_w, a.patch_ln_mean,
                        a.patch_ln_rstd, BT, PD);
 }

@@ -371,6 +371,9 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     logger_open(&logger, vc->out_dir, start_step);
     VisionBatcher vb;
     vision_batcher_init(&vb, m->batch_size);
+    StepRunner runner;
+    step_runner_init(&runner, m);
+    const float* step_images = nullptr;  // where the training batches are (the captured step reads them there)
     std::vector<int> labels(vc->B);
     double run_start = host_clock(), train_seconds = 0.0, window_seconds = 0.0, window_loss = 0.0;
     int window_steps = 0;
@@ -394,13 +397,18 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         NVTX_RANGE("step");
         double t0 = host_clock();
         step_profile_begin();
-        m->in_train_step = 1;  // no round trip to the host until model_update's one copy (model.h)
+        // the batch, augmented on the device, then its labels (outside the captured step)
         const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
                                                  labels.data());
-        vision_forward(model, images, labels.data(), vc->B, step);
-        vision_backward(model, vc->B);
+        if (step_images && images != step_images) fail("vision_run: the training batch moved between buffers");
+        step_images = images;  // the same buffer every step: which one follows from the augmentation's settings
+        model_upload_batch(m, nullptr, 0, labels.data(), vc->B);
+        m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
         float lr = learning_rate(opt.lr, step, vc->warmup, max_steps, vc->final_frac);
-        float norm = model_update(m, &opt, lr, step + 1);  // waits for the step: the loss and norm come back
+        float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
+            vision_forward(model, images, labels.data(), vc->B, step);
+            vision_backward(model, vc->B);
+        });
         m->in_train_step = 0;
         check_finite(vc->out_dir, step + 1, m->mean_loss, norm);
         step_profile_end(step + 1);
@@ -413,6 +421,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
             print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, vc->B, "images/s", train_seconds);
         log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", vc->B / seconds, host_clock() - run_start);
     }
+    step_runner_free(&runner, m);
     logger_close(&logger);
     if (vc->out_dir) save_model_file(m, vc->out_dir, max_steps);
     printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - run_start);
