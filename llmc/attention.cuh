@@ -74,17 +74,13 @@ __global__ void attention_unpermute_kernel(float* out, float* y, int B, int T, i
     }
 }
 
-// att[row, :] = softmax(scale * preatt[row, :]) over keys 0..last, zero after;
-// last = t (causal) or T-1. One thread per row; the max and the sum run in
-// SOFTMAX_LANES interleaved partials (a fixed order) with fast_expf, so that
-// g++ vectorizes the row (libm's expf is a call per element).
+// y[j] = exp(scale * x[j] - max_k scale * x[k]) for j < n (scale > 0), the
+// unnormalized softmax of one row; returns the sum of the y[j]. y == x is
+// allowed. The max and the sum run in SOFTMAX_LANES interleaved partials (a
+// fixed order) with fast_expf, so that g++ vectorizes the row (libm's expf
+// is a call per element).
 #define SOFTMAX_LANES 16
-__global__ void softmax_forward_rows_kernel(float* att, const float* preatt, int rows, int T, float scale, int causal) {
-    int row = blockIdx.x * blockDim.x + threadIdx.x;
-    if (row >= rows) return;
-    int t = row % T, n = causal ? t + 1 : T;  // keys 0..n-1
-    const float* x = preatt + (long)row * T;
-    float* y = att + (long)row * T;
+__device__ __forceinline__ float softmax_row_exp(float* y, const float* x, int n, float scale) {
     int nfull = n - n % SOFTMAX_LANES;
     float part[SOFTMAX_LANES];
     for (int u = 0; u < SOFTMAX_LANES; u++) part[u] = -INFINITY;
@@ -104,7 +100,17 @@ __global__ void softmax_forward_rows_kernel(float* att, const float* preatt, int
     for (int j = nfull; j < n; j++) { float e = fast_expf(x[j] * scale - maxv); y[j] = e; part[j - nfull] += e; }
     float sum = 0.0f;
     for (int u = 0; u < SOFTMAX_LANES; u++) sum += part[u];
-    float inv = 1.0f / sum;
+    return sum;
+}
+
+// att[row, :] = softmax(scale * preatt[row, :]) over keys 0..last, zero after;
+// last = t (causal) or T-1. One thread per row (softmax_row_exp).
+__global__ void softmax_forward_rows_kernel(float* att, const float* preatt, int rows, int T, float scale, int causal) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= rows) return;
+    int t = row % T, n = causal ? t + 1 : T;  // keys 0..n-1
+    float* y = att + (long)row * T;
+    float inv = 1.0f / softmax_row_exp(y, preatt + (long)row * T, n, scale);
     for (int j = 0; j < n; j++) y[j] *= inv;
     for (int j = n; j < T; j++) y[j] = 0.0f;
 }

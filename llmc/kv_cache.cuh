@@ -34,7 +34,6 @@ depend only on what was written since.
 */
 #pragma once
 #include "cuda_common.h"
-#include "fast_math.cuh"
 #include "transformer_block.cuh"
 
 typedef struct {
@@ -121,8 +120,9 @@ __global__ void kv_cache_write_kernel(float* k, float* v, const float* qkv, int 
 // (B, NH, maxT). q is qkv's first C columns (row distance 3C); y goes to
 // out (B, C), heads concatenated.
 // Rows variant: one thread per (b, h). Barrier-free: the host backend's
-// choice. The dot products run in 8 interleaved partials and the max and sum
-// in 16, with fast_expf (a fixed order each), so that g++ vectorizes them.
+// choice. The dot products run in 8 interleaved partials and the softmax in
+// softmax_row_exp (attention.cuh), a fixed order each, so that g++
+// vectorizes them.
 __device__ __forceinline__ float step_dot(const float* a, const float* b, int n) {
     float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     int nfull = n - n % 8;
@@ -137,26 +137,13 @@ __global__ void attention_step_rows_kernel(float* out, float* att, const float* 
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * NH) return;
     int h = idx % NH, b = idx / NH;
-    int C = NH * hs, n = pos + 1, nfull = n - n % 16;
+    int C = NH * hs, n = pos + 1;
     const float* q = qkv + (long)b * 3 * C + h * hs;
     const float* kh = k + (long)idx * maxT * hs;
     const float* vh = v + (long)idx * maxT * hs;
     float* a = att + (long)idx * maxT;
     for (int j = 0; j < n; j++) a[j] = step_dot(q, kh + (long)j * hs, hs) * scale;
-    float part[16];
-    for (int u = 0; u < 16; u++) part[u] = -INFINITY;
-    for (int j = 0; j < nfull; j += 16)
-        for (int u = 0; u < 16; u++) part[u] = a[j + u] > part[u] ? a[j + u] : part[u];
-    for (int j = nfull; j < n; j++) part[j - nfull] = a[j] > part[j - nfull] ? a[j] : part[j - nfull];
-    float maxv = -INFINITY;
-    for (int u = 0; u < 16; u++) maxv = part[u] > maxv ? part[u] : maxv;
-    for (int u = 0; u < 16; u++) part[u] = 0.0f;
-    for (int j = 0; j < nfull; j += 16)
-        for (int u = 0; u < 16; u++) { a[j + u] = fast_expf(a[j + u] - maxv); part[u] += a[j + u]; }
-    for (int j = nfull; j < n; j++) { a[j] = fast_expf(a[j] - maxv); part[j - nfull] += a[j]; }
-    float sum = 0.0f;
-    for (int u = 0; u < 16; u++) sum += part[u];
-    float inv = 1.0f / sum;
+    float inv = 1.0f / softmax_row_exp(a, a, n, 1.0f);  // the scores are scaled already
     float* y = out + (long)b * C + h * hs;
     for (int d = 0; d < hs; d++) y[d] = 0.0f;
     for (int j = 0; j < n; j++) {
