@@ -667,19 +667,60 @@ static bool softmax_use_warp = true;
 static bool softmax_use_warp = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #endif
 
+// The materialized variant's products, per (b,h), on T x T matrices stored
+// row-major (row = query t1, column = key t2), as strided batched GEMMs over
+// the B*NH heads. Causal attention needs only keys t2 <= t1: the query rows go
+// in blocks [r0, r1) (attention_query_blocks), each multiplied against keys
+// [0, r1) only, which skips nearly half the work at 8 blocks (none is skipped
+// at 1 block, the non-causal case). Entries above the diagonal inside a block
+// are computed or read as the zeros the softmax writes there; entries right of
+// a block's last key are never written by the products nor read by the softmax.
+static int attention_query_blocks(int T, int causal) { return causal ? (T + 63) / 64 < 8 ? (T + 63) / 64 : 8 : 1; }
+
+// S[t1, t2] = x[t1] . y[t2] for queries t1 in [r0, r1), keys t2 in [0, r1); x, y (BNH, T, hs)
+static void attention_scores_gemm(cublasHandle_t handle, float* S, const float* x, const float* y, int BNH, int T,
+                                  int hs, int r0, int r1) {
+    const float one = 1.0f, zero = 0.0f;
+    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hs, &one, y, hs,
+                                          (long long)T * hs, x + (long)r0 * hs, hs, (long long)T * hs, &zero,
+                                          S + (long)r0 * T, T, (long long)T * T, BNH));
+}
+
+// z[t1] = sum_t2 P[t1, t2] w[t2] for queries t1 in [r0, r1), keys t2 in [0, r1); w, z (BNH, T, hs)
+static void attention_rows_gemm(cublasHandle_t handle, float* z, const float* P, const float* w, int BNH, int T,
+                                int hs, int r0, int r1) {
+    const float one = 1.0f, zero = 0.0f;
+    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, r1 - r0, r1, &one, w, hs,
+                                          (long long)T * hs, P + (long)r0 * T, T, (long long)T * T, &zero,
+                                          z + (long)r0 * hs, hs, (long long)T * hs, BNH));
+}
+
+// z[t2] = sum_t1 P[t1, t2] x[t1] for keys t2 in [c0, c1), queries t1 in [c0, T); x, z (BNH, T, hs)
+static void attention_cols_gemm(cublasHandle_t handle, float* z, const float* P, const float* x, int BNH, int T,
+                                int hs, int c0, int c1) {
+    const float one = 1.0f, zero = 0.0f;
+    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, c1 - c0, T - c0, &one,
+                                          x + (long)c0 * hs, hs, (long long)T * hs, P + (long)c0 * T + c0, T,
+                                          (long long)T * T, &zero, z + (long)c0 * hs, hs, (long long)T * hs, BNH));
+}
+
+// query block i of nblk over T rows is [start(i), start(i + 1)); one block is [0, T)
+static int attention_block_start(int i, int nblk, int T) { return (int)((long)i * T / nblk); }
+
 // materialized: out (B,T,C); qkvr (3,B,NH,T,hs) and att (B,NH,T,T) are kept
 // for backward; preatt (B,NH,T,T) and y (B,NH,T,hs) are scratch
 static void attention_materialized_forward(cublasHandle_t handle, float* out, float* qkvr, float* att, float* preatt,
                                            float* y, int B, int T, int C, int NH, int causal) {
-    int hs = C / NH;
-    long n = (long)B * NH * T * hs;
+    int hs = C / NH, BNH = B * NH, nblk = attention_query_blocks(T, causal);
+    long n = (long)BNH * T * hs;
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
-    const float one = 1.0f, zero = 0.0f;
-    // preatt[t1, t2] = q[t1] . k[t2]   (row-major T x T per (b,h))
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, k, hs, (long long)T * hs,
-                                          q, hs, (long long)T * hs, &zero, preatt, T, (long long)T * T, B * NH));
+    // preatt[t1, t2] = q[t1] . k[t2]
+    for (int i = 0; i < nblk; i++) {
+        int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+        attention_scores_gemm(handle, preatt, q, k, BNH, T, hs, r0, r1);
+    }
     float scale = 1.0f / sqrtf((float)hs);
-    int rows = B * NH * T;
+    int rows = BNH * T;
     if (softmax_use_warp) {
         LAUNCH(softmax_forward_warp_kernel, CEIL_DIV(rows * 32, 256), 256, 0)(att, preatt, rows, T, scale, causal);
     } else {
@@ -687,9 +728,11 @@ static void attention_materialized_forward(cublasHandle_t handle, float* out, fl
     }
     cudaCheck(cudaGetLastError());
     // y[t1] = sum_t2 att[t1, t2] v[t2]
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long long)T * hs,
-                                          att, T, (long long)T * T, &zero, y, hs, (long long)T * hs, B * NH));
-    LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1, row_span(hs));
+    for (int i = 0; i < nblk; i++) {
+        int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+        attention_rows_gemm(handle, y, att, v, BNH, T, hs, r0, r1);
+    }
+    LAUNCH(attention_unpermute_kernel, BNH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1, row_span(hs));
     cudaCheck(cudaGetLastError());
 }
 
@@ -698,19 +741,18 @@ static void attention_materialized_forward(cublasHandle_t handle, float* out, fl
 static void attention_materialized_backward(cublasHandle_t handle, float* dqkvr, const float* dy, float* datt,
                                             const float* qkvr, const float* att, int B, int T, int C, int NH,
                                             int causal) {
-    int hs = C / NH;
-    long n = (long)B * NH * T * hs;
+    int hs = C / NH, BNH = B * NH, nblk = attention_query_blocks(T, causal);
+    long n = (long)BNH * T * hs;
     const float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
     float *dq = dqkvr, *dk = dqkvr + n, *dv = dqkvr + 2 * n;
-    const float one = 1.0f, zero = 0.0f;
-    // datt[t1, t2] = dy[t1] . v[t2]
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, hs, (long long)T * hs,
-                                          dy, hs, (long long)T * hs, &zero, datt, T, (long long)T * T, B * NH));
-    // dv[t2] = sum_t1 att[t1, t2] dy[t1]
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, dy, hs, (long long)T * hs,
-                                          att, T, (long long)T * T, &zero, dv, hs, (long long)T * hs, B * NH));
+    // datt[t1, t2] = dy[t1] . v[t2];  dv[t2] = sum_t1 att[t1, t2] dy[t1]
+    for (int i = 0; i < nblk; i++) {
+        int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+        attention_scores_gemm(handle, datt, dy, v, BNH, T, hs, r0, r1);
+        attention_cols_gemm(handle, dv, att, dy, BNH, T, hs, r0, r1);
+    }
     float scale = 1.0f / sqrtf((float)hs);
-    int rows = B * NH * T;
+    int rows = BNH * T;
     if (softmax_use_warp) {
         LAUNCH(softmax_backward_warp_kernel, CEIL_DIV(rows * 32, 256), 256, 0)(datt, datt, att, rows, T, scale, causal);
     } else {
@@ -718,10 +760,11 @@ static void attention_materialized_backward(cublasHandle_t handle, float* dqkvr,
     }
     cudaCheck(cudaGetLastError());
     // dq[t1] = sum_t2 dpreatt[t1, t2] k[t2];  dk[t2] = sum_t1 dpreatt[t1, t2] q[t1]
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, k, hs, (long long)T * hs,
-                                          datt, T, (long long)T * T, &zero, dq, hs, (long long)T * hs, B * NH));
-    cublasCheck(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, hs, (long long)T * hs,
-                                          datt, T, (long long)T * T, &zero, dk, hs, (long long)T * hs, B * NH));
+    for (int i = 0; i < nblk; i++) {
+        int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+        attention_rows_gemm(handle, dq, datt, k, BNH, T, hs, r0, r1);
+        attention_cols_gemm(handle, dk, datt, q, BNH, T, hs, r0, r1);
+    }
 }
 
 // tiled forward at head size HS: o, lse from q, k, v (each (B,NH,T,HS))

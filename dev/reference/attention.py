@@ -46,6 +46,7 @@ CASES = [
     (3, 4, 17, 8, 0),
     (1, 2, 129, 32, 1),
     (1, 2, 200, 16, 0),
+    (1, 1, 530, 16, 1),  # causal with 8 query blocks in the materialized products
 ]
 
 
