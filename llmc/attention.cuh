@@ -675,7 +675,11 @@ static bool softmax_use_warp = host_variants_gpu();  // HOST_VARIANTS=gpu: the G
 // at 1 block, the non-causal case). Entries above the diagonal inside a block
 // are computed or read as the zeros the softmax writes there; entries right of
 // a block's last key are never written by the products nor read by the softmax.
-static int attention_query_blocks(int T, int causal) { return causal ? (T + 63) / 64 < 8 ? (T + 63) / 64 : 8 : 1; }
+static int attention_query_blocks(int T, int causal) {
+    if (!causal) return 1;
+    int blocks = CEIL_DIV(T, 64);  // at least 64 query rows a block, at most 8 blocks
+    return blocks < 8 ? blocks : 8;
+}
 
 // S[t1, t2] = x[t1] . y[t2] for queries t1 in [r0, r1), keys t2 in [0, r1); x, y (BNH, T, hs)
 static void attention_scores_gemm(cublasHandle_t handle, float* S, const float* x, const float* y, int BNH, int T,
