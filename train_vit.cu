@@ -153,9 +153,34 @@ static void vit_allocate_activations(ViT* model, int B) {
                                tokens_of(model->config), 0, B, "-b/-B");
 }
 
+// The positions' starting values wpe (G*G, C) for a G x G grid of patches
+// (learned from there): a 2D sin-cos table, so that from the first step a
+// query can find the patches at a given offset (the dot product of two rows
+// depends on their offset only). With K = C/4 frequencies w_k falling
+// geometrically from 1 to pi/G radians per patch (the slowest is half a
+// period across the grid), the token at row y, column x gets sin(w_k y),
+// cos(w_k y), sin(w_k x), cos(w_k x) in channels [0,K), [K,2K), [2K,3K),
+// [3K,4K); channels from 4K on (C not a multiple of 4) are 0.
+static void sincos_positions(float* wpe, int G, int C) {
+    int K = C / 4;
+    for (int y = 0; y < G; y++) {
+        for (int x = 0; x < G; x++) {
+            float* row = wpe + (long)(y * G + x) * C;
+            for (int c = 0; c < C; c++) row[c] = 0.0f;
+            for (int k = 0; k < K; k++) {
+                double w = K > 1 ? pow(3.14159265358979 / G, (double)k / (K - 1)) : 1.0;
+                row[k] = (float)sin(w * y);
+                row[K + k] = (float)cos(w * y);
+                row[2 * K + k] = (float)sin(w * x);
+                row[3 * K + k] = (float)cos(w * x);
+            }
+        }
+    }
+}
+
 // LayerNorms 1 and 0; the patch embedding, the blocks' Linear layers and
 // the head as PyTorch's Linear default (the seed's), U(+-1/sqrt(fan_in)) for
-// weight and bias; positions N(0, 0.02)
+// weight and bias; positions the 2D sin-cos table (not drawn)
 static void vit_init_random(ViT* model, uint64_t seed) {
     ViTConfig c = model->config;
     Rng rng;
@@ -163,9 +188,9 @@ static void vit_init_random(ViT* model, uint64_t seed) {
     std::vector<float> host(model->buf.num_parameters, 0.0f);
     ParameterTensors p;  // pointers into the host copy
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
-    long C = c.channels, K = c.num_classes, T = tokens_of(c), PD = patch_dim_of(c);
+    long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     patch_embed_init(p.embed, PD, C, &rng);
-    for (long i = 0; i < T * C; i++) p.wpe[i] = rng_normal(&rng) * 0.02f;
+    sincos_positions(p.wpe, VISION_SIZE / c.patch, (int)C);
     long F = c.ffn, L = c.num_layers;
     TransformerStackParams& w = p.tower;
     struct { float* weight; float* bias; long n_weight, n_bias, fan_in; } linears[4] = {

@@ -83,6 +83,35 @@ expect "batch that does not fit in memory" "-b" ./train_vit $D -b 200 -B 200 -v 
 expect "model that does not fit in memory" "-L" ./train_mamba_vit $D $small -L 70 -C 2048
 expect "model past 2^31 parameters" "-L" ./train_mamba_vit $D $small -L 1000 -C 2048
 
+# the ViT's starting positions: the 2D sin-cos table of dev/reference/vit.py
+# (float32 sin and cos of the same double angles; 1e-6 allows one rounding
+# of a value of magnitude <= 1), at patch 4 and at patch 1 with C = 18 (not a
+# multiple of 4: its last two channels are 0)
+for P in 4 1; do
+  ./train_vit $D $small -L 1 -C 18 -H 2 -P $P -x 0 -o "$W/init_p$P" >/dev/null 2>&1 || echo "setup: train_vit -x 0 failed"
+  out=$($PYTHON - "$W/init_p$P/model.bin" <<'EOF2' 2>&1
+import sys
+sys.path.insert(0, "dev/reference")
+sys.dont_write_bytecode = True
+import numpy as np
+import formats, vit
+kind, cfg, params = formats.read_model(sys.argv[1])
+offset = 0
+for name, shape, _ in formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"]):
+    n = int(np.prod(shape))
+    if name == "wpe":
+        got = params[offset:offset + n].reshape(shape)
+        want = vit.sincos_positions(formats.VISION_SIZE // cfg["patch"], cfg["C"])
+        err = float(np.abs(got - want).max())
+        print(f"wpe {shape}: max |train_vit - sincos_positions| {err:.1e}, last two channels max {float(np.abs(got[:, 16:]).max()):.1e}")
+        sys.exit(0 if err <= 1e-6 and not got[:, 16:].any() and got[:, :16].std() > 0.5 else 1)
+    offset += n
+sys.exit("no wpe in the layout")
+EOF2
+  ); rc=$?
+  [ $rc -eq 0 ] && ok "train_vit -P $P starts from the sin-cos positions: $out" || fail "train_vit -P $P starting positions: $out"
+done
+
 # resume from a checkpoint: the same steps and the same model file as the uninterrupted run
 for m in vit mamba_vit; do
   S=$([ $m == vit ] && echo "$vit" || echo "$mvit")

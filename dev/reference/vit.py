@@ -111,6 +111,23 @@ class Dropout:
 # the models
 
 
+def sincos_positions(G, C):
+    """
+    The ViT's starting positions (G*G, C) for a G x G grid of patches, as
+    train_vit.cu's sincos_positions: K = C // 4 frequencies w_k from 1 down
+    to pi / G radians per patch (geometric); row y, column x gets
+    sin(w y), cos(w y), sin(w x), cos(w x) in channel blocks of K; the
+    channels from 4K on are 0.
+    """
+    K = C // 4
+    w = np.array([(np.pi / G) ** (k / (K - 1)) if K > 1 else 1.0 for k in range(K)])
+    y, x = np.divmod(np.arange(G * G), G)
+    out = np.zeros((G * G, C))
+    for block, (f, v) in enumerate(((np.sin, y), (np.cos, y), (np.sin, x), (np.cos, x))):
+        out[:, block * K:(block + 1) * K] = f(v[:, None] * w[None, :])
+    return out.astype(np.float32)
+
+
 def patchify(images, p):
     """(B,Cc,H,W) -> (B,T,Cc*p*p): einops 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'."""
     B, Cc, H, W = images.shape
@@ -205,7 +222,8 @@ class ViT(common.FlatParams):
         self.blocks = nn.ModuleList([ViTBlock(cfg, T) for _ in range(cfg.L)])
         self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
         self.head = nn.Linear(cfg.C, cfg.K)
-        nn.init.normal_(self.wpe, std=0.02)
+        with torch.no_grad():
+            self.wpe.copy_(torch.from_numpy(sincos_positions(formats.VISION_SIZE // cfg.patch, cfg.C)))
         self.drop = Dropout()
 
     def set_dropout(self, p, seed=None, step=None):
