@@ -599,14 +599,18 @@ static void setup_model(GPT* m, GPTConfig config, const TrainConfig* tc) {
     if (tc->init_path) load_model_file(&m->buf, tc->init_path);
     else gpt_init_random(m, tc->seed);
     // generating only: the activations cover the whole position table (the context)
-    gpt_allocate_activations(m, tc->B, tc->generate_only ? config.max_seq_len : tc->T);
+    int T = tc->generate_only ? config.max_seq_len : tc->T;
+    attention_pin_variant(tc->B, T, config.channels, config.num_heads);
+    gpt_allocate_activations(m, tc->B, T);
 }
 
 static void setup_model(GPTPlus* m, GPTConfig config, const TrainConfig* tc) {
     plus_build(m, config);
     if (tc->init_path) load_model_file(&m->buf, tc->init_path);
     else plus_init_random(m, tc->seed);
-    plus_allocate_activations(m, tc->B, tc->generate_only ? config.max_seq_len : tc->T);
+    int T = tc->generate_only ? config.max_seq_len : tc->T;
+    attention_pin_variant(tc->B, T, config.channels, config.num_heads);
+    plus_allocate_activations(m, tc->B, T);
 }
 
 template <typename M> static int run_model(GPTConfig config, TrainConfig* tc, const TokenData* train,

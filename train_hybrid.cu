@@ -593,7 +593,9 @@ int main(int argc, char** argv) {
     else hybrid_init_random(&model, tc.seed);
     // generating only, with attention: the activations cover the whole position table (the context)
     bool attention = config.count[LAYER_ATTENTION] > 0;
-    hybrid_allocate_activations(&model, tc.B, tc.generate_only && attention ? config.max_seq_len : tc.T);
+    int T = tc.generate_only && attention ? config.max_seq_len : tc.T;
+    attention_pin_variant(tc.B, T, config.channels, config.num_heads);
+    hybrid_allocate_activations(&model, tc.B, T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     printf("backend %s | hybrid %s (%d Mamba, %d attention, %d MLP) C %d H %d F %d | vocab %d | %s | %ld parameters | scan %s\n",

@@ -320,7 +320,9 @@ int main(int argc, char** argv) {
     vit_build(&model, config);
     if (vc.init_path) load_model_file(&model.buf, vc.init_path);
     else vit_init_random(&model, vc.seed);
-    vit_allocate_activations(&model, vc.B > vc.eval_B ? vc.B : vc.eval_B);
+    int max_B = vc.B > vc.eval_B ? vc.B : vc.eval_B;
+    attention_pin_variant(max_B, tokens_of(config), config.channels, config.num_heads);
+    vit_allocate_activations(&model, max_B);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     printf("backend %s | ViT L %d C %d H %d F %d | patch %d (%d x %d) | %d classes | %ld parameters\n", BACKEND_NAME,

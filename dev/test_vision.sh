@@ -112,6 +112,18 @@ EOF2
   [ $rc -eq 0 ] && ok "train_vit -P $P starts from the sin-cos positions: $out" || fail "train_vit -P $P starting positions: $out"
 done
 
+# the attention variant is fixed for the largest batch the activations are
+# sized for: at patch 1 (T 1024) with 4 heads, the eval batch of 20 needs the
+# tiled variant (20 x 4 x 1024^2 floats are over the materialized cap) while
+# the training batch of 1 alone would pick the materialized one, whose
+# (B,NH,T,T) buffers were never allocated (a heap overrun before the fix)
+out=$(./train_vit -i $W/s_train.bin -j $W/s_test.bin -b 1 -B 20 -m 1 -v 0 -s 0 -P 1 -L 1 -C 64 -H 4 -x 1 2>&1); rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q "^final test acc"; then
+  ok "train_vit -P 1 -H 4 -b 1 -B 20: one attention variant for training and eval: $(echo "$out" | grep '^final')"
+else
+  fail "train_vit -P 1 -H 4 -b 1 -B 20: exit $rc: $(echo "$out" | tail -n 1)"
+fi
+
 # resume from a checkpoint: the same steps and the same model file as the uninterrupted run
 for m in vit mamba_vit; do
   S=$([ $m == vit ] && echo "$vit" || echo "$mvit")

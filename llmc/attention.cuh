@@ -634,6 +634,16 @@ static bool attention_uses_tiled(int B, int T, int C, int NH) {
     return attention_auto_tiled(B, T, C, NH);
 }
 
+// Fixes the automatic choice (when none is forced) to the one for a
+// trainer's model at the batch and length its activations are sized for.
+// Without it a call with a smaller batch (an eval batch below the training
+// one, a last partial batch) could make the other choice, whose buffers were
+// never allocated. For a program's one model, before sizing its activations.
+static void attention_pin_variant(int B, int T, int C, int NH) {
+    if (attention_variant == ATTENTION_AUTO)
+        attention_variant = attention_auto_tiled(B, T, C, NH) ? ATTENTION_TILED : ATTENTION_MATERIALIZED;
+}
+
 // Buffer sizes (floats) of one attention layer: the state kept from forward
 // to backward (the `att` argument), and the two scratch buffers (`preatt`
 // of the forward, `datt` of the backward).
