@@ -232,9 +232,11 @@ template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float*
 // the decay exp (fast_expf) and the update; the sum over states is a fixed
 // tree. One thread per (b, group of SCAN_GROUP channels), barrier-free; it
 // steps the group's channels together (time outer, channel inner), so each
-// time step reads one cache line of dt, u, z and writes one of y, gated for
-// the whole group (one thread per channel would walk rows E floats apart, a
-// stride the L1 cache holds only a few of). Matches
+// time step reads 32 contiguous bytes (half a 64-byte cache line) of dt, u,
+// z and writes as much of y, gated for the whole group (one thread per
+// channel would walk rows E floats apart, a stride the L1 cache holds only a
+// few of; the neighbouring group reads the other half later, from the cache
+// while a layer's rows fit there). Matches
 // selective_scan_forward_seq_kernel up to rounding (exp under 1 ulp, tree order).
 template <int NS>
 __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
