@@ -163,17 +163,18 @@ static void vit_allocate_activations(ViT* model, int B) {
 // [3K,4K); channels from 4K on (C not a multiple of 4) are 0.
 static void sincos_positions(float* wpe, int G, int C) {
     int K = C / 4;
+    std::vector<double> w(K);
+    for (int k = 0; k < K; k++) w[k] = K > 1 ? pow(3.14159265358979 / G, (double)k / (K - 1)) : 1.0;
     for (int y = 0; y < G; y++) {
         for (int x = 0; x < G; x++) {
             float* row = wpe + (long)(y * G + x) * C;
-            for (int c = 0; c < C; c++) row[c] = 0.0f;
             for (int k = 0; k < K; k++) {
-                double w = K > 1 ? pow(3.14159265358979 / G, (double)k / (K - 1)) : 1.0;
-                row[k] = (float)sin(w * y);
-                row[K + k] = (float)cos(w * y);
-                row[2 * K + k] = (float)sin(w * x);
-                row[3 * K + k] = (float)cos(w * x);
+                row[k] = (float)sin(w[k] * y);
+                row[K + k] = (float)cos(w[k] * y);
+                row[2 * K + k] = (float)sin(w[k] * x);
+                row[3 * K + k] = (float)cos(w[k] * x);
             }
+            for (int c = 4 * K; c < C; c++) row[c] = 0.0f;
         }
     }
 }

@@ -94,19 +94,14 @@ import sys
 sys.path.insert(0, "dev/reference")
 sys.dont_write_bytecode = True
 import numpy as np
-import formats, vit
+import common, formats, vit
 kind, cfg, params = formats.read_model(sys.argv[1])
-offset = 0
-for name, shape, _ in formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"]):
-    n = int(np.prod(shape))
-    if name == "wpe":
-        got = params[offset:offset + n].reshape(shape)
-        want = vit.sincos_positions(formats.VISION_SIZE // cfg["patch"], cfg["C"])
-        err = float(np.abs(got - want).max())
-        print(f"wpe {shape}: max |train_vit - sincos_positions| {err:.1e}, last two channels max {float(np.abs(got[:, 16:]).max()):.1e}")
-        sys.exit(0 if err <= 1e-6 and not got[:, 16:].any() and got[:, :16].std() > 0.5 else 1)
-    offset += n
-sys.exit("no wpe in the layout")
+layout = formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"])
+got = common.unflatten(params, layout)["wpe"]
+want = vit.sincos_positions(formats.VISION_SIZE // cfg["patch"], cfg["C"])
+err = float(np.abs(got - want).max())
+print(f"wpe {got.shape}: max |train_vit - sincos_positions| {err:.1e}, last two channels max {float(np.abs(got[:, 16:]).max()):.1e}")
+sys.exit(0 if err <= 1e-6 and not got[:, 16:].any() and got[:, :16].std() > 0.5 else 1)
 EOF2
   ); rc=$?
   [ $rc -eq 0 ] && ok "train_vit -P $P starts from the sin-cos positions: $out" || fail "train_vit -P $P starting positions: $out"
