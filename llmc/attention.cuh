@@ -212,30 +212,6 @@ template <int HS> __device__ __forceinline__ float attention_dot(const float* a,
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
-// exp(x) from FMAs and one exponent-bit shift, so that g++ vectorizes loops
-// of it (libm's expf is a call per element): x = n ln2 + r with n =
-// round(x / ln2), ln2 split in two for an exact r, |r| <= ln2/2; exp(r) by
-// its degree-6 Taylor polynomial (truncation < 2e-8 relative), times 2^n
-// built in the exponent bits. Relative error ~2e-7 (a few ulp) for x in
-// [-87, 88]; x below (e.g. -inf) gives ~1e-38 times the polynomial, which
-// is 0 to the sums it enters.
-__device__ __forceinline__ float attention_exp(float x) {
-    x = x > -87.0f ? x : -87.0f;  // (not fminf/fmaxf: libm calls on the host, which stop vectorization)
-    x = x < 88.0f ? x : 88.0f;
-    float n = floorf(x * 1.44269504f + 0.5f);
-    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int i; float f; } scale;
-    scale.i = ((int)n + 127) << 23;
-    return p * scale.f;
-}
-
 // Online-softmax step of one query row over n <= ATTN_CHUNK consecutive keys
 // k[jj*HS..], v[jj*HS..]: qs is the query already multiplied by scale; m, l,
 // acc are the row's running max, sum and unnormalized output.
@@ -246,11 +222,11 @@ template <int HS> __device__ __forceinline__ void attention_forward_chunk(float*
     for (int jj = 0; jj < n; jj++) s[jj] = attention_dot<HS>(qs, k + jj * HS);
     for (int jj = 0; jj < n; jj++) cmax = s[jj] > cmax ? s[jj] : cmax;
     float mnew = m > cmax ? m : cmax;
-    float corr = m == -INFINITY ? 0.0f : attention_exp(m - mnew);  // 0 on the first chunk
+    float corr = m == -INFINITY ? 0.0f : fast_expf(m - mnew);  // 0 on the first chunk
     l *= corr;
 #pragma unroll
     for (int d = 0; d < HS; d++) acc[d] *= corr;
-    for (int jj = 0; jj < n; jj++) s[jj] = attention_exp(s[jj] - mnew);  // the chunk's probabilities, unnormalized
+    for (int jj = 0; jj < n; jj++) s[jj] = fast_expf(s[jj] - mnew);  // the chunk's probabilities, unnormalized
     for (int jj = 0; jj < n; jj++) {
         float p = s[jj];
         l += p;
@@ -267,7 +243,7 @@ template <int HS> __device__ __forceinline__ void attention_dq_chunk(float* dq, 
                                                                      float Di, const float* k, const float* v, int n) {
     float ds[ATTN_CHUNK];
     for (int jj = 0; jj < n; jj++) ds[jj] = attention_dot<HS>(qs, k + jj * HS) - lse;
-    for (int jj = 0; jj < n; jj++) ds[jj] = attention_exp(ds[jj]);  // p
+    for (int jj = 0; jj < n; jj++) ds[jj] = fast_expf(ds[jj]);  // p
     for (int jj = 0; jj < n; jj++) ds[jj] *= attention_dot<HS>(g, v + jj * HS) - Di;
     for (int jj = 0; jj < n; jj++) {
         const float* kr = k + jj * HS;
@@ -284,7 +260,7 @@ template <int HS> __device__ __forceinline__ void attention_dkdv_chunk(float* dk
                                                                        const float* D, int n) {
     float p[ATTN_CHUNK], ds[ATTN_CHUNK];
     for (int ii = 0; ii < n; ii++) p[ii] = attention_dot<HS>(q + ii * HS, ks) - lse[ii];  // ks = scale * k_j
-    for (int ii = 0; ii < n; ii++) p[ii] = attention_exp(p[ii]);
+    for (int ii = 0; ii < n; ii++) p[ii] = fast_expf(p[ii]);
     for (int ii = 0; ii < n; ii++) ds[ii] = p[ii] * (attention_dot<HS>(g + ii * HS, vr) - D[ii]);
     for (int ii = 0; ii < n; ii++) {
         const float* qr = q + ii * HS;

@@ -51,6 +51,7 @@ Usage:
 
 import argparse
 import io
+import math
 import os
 import pickle
 import shutil
@@ -227,10 +228,15 @@ def random_colours(rng, min_distance=0.4):
             return fg, bg
 
 
-def synthetic_images(n, rng, noise=0.08):
-    """n images (uint8 (n, 3, 32, 32)) and labels; classes balanced, in random order."""
+def synthetic_images(n, rng, noise=0.08, keep_clean=False):
+    """
+    n images (uint8 (n, 3, 32, 32)) and labels; classes balanced, in random
+    order. keep_clean adds a third result: the images before the noise, in
+    intensity units (float64, unclipped, unrounded).
+    """
     labels = rng.permutation(np.arange(n) % CLASSES).astype(np.uint8)
     pixels = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    clean = np.empty((n, 3, 32, 32), dtype=np.float64) if keep_clean else None
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float64) + 0.5
     for i in range(n):
         s = rng.uniform(6.0, 11.0)
@@ -247,9 +253,11 @@ def synthetic_images(n, rng, noise=0.08):
         ramp = (g[0] * (xx - 16) + g[1] * (yy - 16)) / 16.0
         img = bg[:, None, None] + ramp[None]
         img = np.where(mask[None], fg[:, None, None], img)
+        if keep_clean:
+            clean[i] = img * 255.0
         img = img + rng.normal(0.0, noise, img.shape)
         pixels[i] = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    return labels, pixels
+    return (labels, pixels, clean) if keep_clean else (labels, pixels)
 
 
 def mean_colour_accuracy(train, test):
@@ -309,6 +317,26 @@ def write_pixels(out, prefix, train, test):
     path = os.path.join(out, f"{prefix}_pixels_vocab.bin")
     formats.write_vocab(path, pixel_vocab())
     print(f"vocab: {PIXEL_VOCAB} tokens (the intensities) -> {path}")
+
+
+def noise_floor_bits(pixels, clean, noise):
+    """
+    What a model that knew every image's colours and shape exactly would
+    pay for these noisy images, in bits per value: the mean of -log2 P(value
+    | clean) under the generator's noise, a Gaussian of standard deviation
+    noise*255 around the clean intensity, rounded to integers and clipped to
+    0..255 (so value 0 takes all the mass below 0.5, value 255 all above
+    254.5). Lower than noise_entropy_bits where colours saturate.
+    """
+    from math import erfc, sqrt
+    z = np.frompyfunc(lambda x: 0.5 * erfc(-x / sqrt(2.0)), 1, 1)  # the standard normal's CDF
+    sigma = noise * 255.0
+    v = pixels.astype(np.float64).reshape(-1)
+    c = np.asarray(clean, dtype=np.float64).reshape(-1)
+    hi = np.where(v >= 255, np.inf, (v + 0.5 - c) / sigma)
+    lo = np.where(v <= 0, -np.inf, (v - 0.5 - c) / sigma)
+    p = (z(hi) - z(lo)).astype(np.float64)
+    return float(-np.log2(np.maximum(p, 1e-300)).mean())
 
 
 def noise_entropy_bits(noise):
@@ -475,6 +503,23 @@ def selftest():
         check(abs(h - want_h) < 1e-3, f"entropy of the rounded noise {h:.4f} bits, the continuous Gaussian's "
                                       f"{want_h:.4f} (rounding a wide Gaussian changes it by < 1e-3)")
 
+        # the noise floor: the rounded noise's entropy where nothing clips, near 0 where all clips
+        grey = np.full((10, 3, 32, 32), 127.3)
+        noisy = np.clip(np.rint(grey + rng.normal(0.0, 0.08 * 255, grey.shape)), 0, 255)
+        f = noise_floor_bits(noisy, grey, 0.08)
+        check(abs(f - h) < 0.03, f"noise floor of mid-grey images {f:.4f} bits, the rounded noise's entropy {h:.4f} "
+                                 f"(30,720 samples: standard error 0.006, bound 0.03)")
+        f = noise_floor_bits(np.full(grey.shape, 255.0), np.full(grey.shape, 320.0), 0.08)
+        want_f = -np.log2(0.5 * (1.0 + math.erf((320.0 - 254.5) / (0.08 * 255 * np.sqrt(2.0)))))
+        check(abs(f - want_f) < 1e-9, f"noise floor of values clipped at 255 from 320: {f:.6f} bits, by hand "
+                                      f"{want_f:.6f}")
+        lab_c, pix_c, clean_c = synthetic_images(50, np.random.default_rng(4), keep_clean=True)
+        lab_n, pix_n = synthetic_images(50, np.random.default_rng(4))
+        f = noise_floor_bits(pix_c, clean_c, 0.08)
+        check(np.array_equal(lab_c, lab_n) and np.array_equal(pix_c, pix_n) and 3.0 < f < h,
+              f"keep_clean leaves the images as they were; their noise floor {f:.3f} bits is below {h:.3f} "
+              f"(clipped colours cost less)")
+
         # the synthetic set: balanced, deterministic, not separable by mean colour
         a = synthetic_images(2000, np.random.default_rng(1))
         b = synthetic_images(2000, np.random.default_rng(1))
@@ -535,12 +580,14 @@ def main():
                 parser.error("--synthetic and --input exclude each other")
             rng = np.random.default_rng(args.seed)
             train = synthetic_images(args.train_count, rng)
-            test = synthetic_images(args.test_count, rng)
+            test_labels, test_pixels, test_clean = synthetic_images(args.test_count, rng, keep_clean=True)
+            test = (test_labels, test_pixels)
             write_split(args.out, args.prefix or "cifar10_synthetic", train, test)
             if args.pixels:
                 write_pixels(args.out, args.prefix or "cifar10_synthetic", train, test)
-                print(f"pixel noise alone: {noise_entropy_bits(0.08):.2f} bits/dim (rounded Gaussian noise of the "
-                      f"synthetic set, clipping ignored; what a perfect model still pays)")
+                print(f"noise floor of the test images: {noise_floor_bits(test[1], test_clean, 0.08):.3f} bits/dim "
+                      f"(what a model that knew each image's colours and shape would still pay; "
+                      f"{noise_entropy_bits(0.08):.2f} for the rounded noise without clipping)")
             acc = mean_colour_accuracy(train, test)
             print(f"mean colour alone: {100 * acc:.1f}% test accuracy (quadratic Gaussian classifier; chance 10%)")
             return
