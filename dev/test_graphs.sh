@@ -12,15 +12,7 @@
 # built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
-$PYTHON - "$W" <<'PY' || abort "cannot write test data"
-import sys
-sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
-import numpy as np, formats
-w = sys.argv[1]; rng = np.random.default_rng(3)
-formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
-formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 20000), 65)
-formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 4000), 65)
-PY
+random_lm_data 3 20000 4000
 $PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null ||
   abort "cannot write test data"
 

@@ -5,15 +5,7 @@
 # variants: gpt, and plus with -M plus), train_mamba and train_hybrid. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
-$PYTHON - "$W" <<'PY' || abort "cannot write test data"
-import sys
-sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
-import numpy as np, formats
-w = sys.argv[1]; rng = np.random.default_rng(2)
-formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
-formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, 20000), 65)
-formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, 4000), 65)
-PY
+random_lm_data 2 20000 4000
 for m in gpt plus mamba hybrid; do
   prog="./train_$m"; [ $m = plus ] && prog="./train_gpt -M plus"
   shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"

@@ -13,6 +13,9 @@
 #                           (names relative to $W)
 #   step_lines              filters a trainer's output to its "step k/n: train loss X | lr ..
 #                           | norm .." lines, without the times
+#   random_lm_data SEED NT NV
+#                           writes $W/vocab.bin (65 one-byte tokens) and $W/train.bin,
+#                           $W/val.bin of NT and NV uniform random tokens (numpy seed SEED)
 set -u
 n_pass=0
 n_fail=0
@@ -60,3 +63,16 @@ expect() {
 }
 
 step_lines() { grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//'; }
+
+random_lm_data() {
+  $PYTHON - "$W" "$@" <<'PY' || abort "cannot write test data"
+import sys
+sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
+import numpy as np, formats
+w, (seed, n_train, n_val) = sys.argv[1], map(int, sys.argv[2:5])
+rng = np.random.default_rng(seed)
+formats.write_vocab(f"{w}/vocab.bin", [chr(c) for c in range(32, 97)])
+formats.write_tokens(f"{w}/train.bin", rng.integers(0, 65, n_train), 65)
+formats.write_tokens(f"{w}/val.bin", rng.integers(0, 65, n_val), 65)
+PY
+}
