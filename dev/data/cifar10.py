@@ -328,8 +328,7 @@ def noise_floor_bits(pixels, clean, noise):
     0..255 (so value 0 takes all the mass below 0.5, value 255 all above
     254.5). Lower than noise_entropy_bits where colours saturate.
     """
-    from math import erfc, sqrt
-    z = np.frompyfunc(lambda x: 0.5 * erfc(-x / sqrt(2.0)), 1, 1)  # the standard normal's CDF
+    z = np.frompyfunc(lambda x: 0.5 * math.erfc(-x / math.sqrt(2.0)), 1, 1)  # the standard normal's CDF
     sigma = noise * 255.0
     v = pixels.astype(np.float64).reshape(-1)
     c = np.asarray(clean, dtype=np.float64).reshape(-1)
