@@ -319,6 +319,10 @@ def write_pixels(out, prefix, train, test):
     print(f"vocab: {PIXEL_VOCAB} tokens (the intensities) -> {path}")
 
 
+# the standard normal's CDF, elementwise over numpy arrays (erfc: accurate in the lower tail too)
+normal_cdf = np.frompyfunc(lambda x: 0.5 * math.erfc(-x / math.sqrt(2.0)), 1, 1)
+
+
 def noise_floor_bits(pixels, clean, noise):
     """
     What a model that knew every image's colours and shape exactly would
@@ -328,13 +332,12 @@ def noise_floor_bits(pixels, clean, noise):
     0..255 (so value 0 takes all the mass below 0.5, value 255 all above
     254.5). Lower than noise_entropy_bits where colours saturate.
     """
-    z = np.frompyfunc(lambda x: 0.5 * math.erfc(-x / math.sqrt(2.0)), 1, 1)  # the standard normal's CDF
     sigma = noise * 255.0
     v = pixels.astype(np.float64).reshape(-1)
     c = np.asarray(clean, dtype=np.float64).reshape(-1)
     hi = np.where(v >= 255, np.inf, (v + 0.5 - c) / sigma)
     lo = np.where(v <= 0, -np.inf, (v - 0.5 - c) / sigma)
-    p = (z(hi) - z(lo)).astype(np.float64)
+    p = (normal_cdf(hi) - normal_cdf(lo)).astype(np.float64)
     return float(-np.log2(np.maximum(p, 1e-300)).mean())
 
 
@@ -347,9 +350,8 @@ def noise_entropy_bits(noise):
     """
     sigma = noise * 255.0
     k = np.arange(-int(10 * sigma) - 1, int(10 * sigma) + 2, dtype=np.float64)
-    from math import erf, sqrt
-    cdf = np.array([0.5 * (1.0 + erf((x + 0.5) / (sigma * sqrt(2.0)))) for x in k])
-    p = np.diff(np.concatenate([[0.5 * (1.0 + erf((k[0] - 0.5) / (sigma * sqrt(2.0))))], cdf]))
+    p = normal_cdf((k + 0.5) / sigma) - normal_cdf((k - 0.5) / sigma)  # P(rounds to k)
+    p = p.astype(np.float64)
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum())
 
