@@ -45,7 +45,7 @@ else
   $(error BACKEND must be host or cuda, not '$(BACKEND)')
 endif
 
-HEADERS = $(wildcard llmc/*.h llmc/*.cuh)
+HEADERS = $(wildcard llmc/*.h llmc/*.cuh llmc/host/*.h)
 PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
 TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)

@@ -69,12 +69,12 @@ typedef struct {
 // (unless dout is empty) attention_backward once; restores the defaults.
 static AttentionRun run_attention(cublasHandle_t h, const Variant& var, bool keep_probs, const std::vector<float>& qkv,
                                   const std::vector<float>& dout, int B, int T, int C, int NH, int causal) {
-    int saved_variant = attention_variant;
-    bool saved_smem = attention_tiled_use_smem, saved_warp = softmax_use_warp, saved_keep = attention_keep_probs;
-    attention_variant = var.variant;
-    attention_tiled_use_smem = var.smem;
-    softmax_use_warp = var.warp_softmax;
-    attention_keep_probs = keep_probs;
+    int saved_variant = kernel_choices.attention_variant;
+    bool saved_smem = kernel_choices.attention_tiled_smem, saved_warp = kernel_choices.softmax_warp, saved_keep = kernel_choices.attention_keep_probs;
+    kernel_choices.attention_variant = var.variant;
+    kernel_choices.attention_tiled_smem = var.smem;
+    kernel_choices.softmax_warp = var.warp_softmax;
+    kernel_choices.attention_keep_probs = keep_probs;
     AttentionSizes s = attention_act_sizes(B, T, C, NH);
     long btc = (long)B * T * C;
     float* d_qkv = upload(qkv);
@@ -101,10 +101,10 @@ static AttentionRun run_attention(cublasHandle_t h, const Variant& var, bool kee
         for (float* p : {d_dout, dqkv, dqkvr, dy, datt}) cudaCheck(cudaFree(p));
     }
     for (float* p : {d_qkv, out, qkvr, att, preatt, y}) cudaCheck(cudaFree(p));
-    attention_variant = saved_variant;
-    attention_tiled_use_smem = saved_smem;
-    softmax_use_warp = saved_warp;
-    attention_keep_probs = saved_keep;
+    kernel_choices.attention_variant = saved_variant;
+    kernel_choices.attention_tiled_smem = saved_smem;
+    kernel_choices.softmax_warp = saved_warp;
+    kernel_choices.attention_keep_probs = saved_keep;
     return r;
 }
 
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
     cublasCheck(cublasCreate(&h));
     int ncases = ref.get("cases", path).i[0];
     printf("backend %s | reference %s: %d cases | defaults: %s softmax, %s tiled kernels\n", BACKEND_NAME, path,
-           ncases, softmax_use_warp ? "warp" : "rows", attention_tiled_use_smem ? "smem" : "rows");
+           ncases, kernel_choices.softmax_warp ? "warp" : "rows", kernel_choices.attention_tiled_smem ? "smem" : "rows");
 
     for (int ci = 0; ci < ncases; ci++) {
         char key[64];
@@ -231,23 +231,23 @@ int main(int argc, char** argv) {
     // memory: the tiled variant keeps o and lse, scratch D; no T x T buffer
     {
         printf("--- sizes\n");
-        int saved = attention_variant;
+        int saved = kernel_choices.attention_variant;
         int B = 1, T = 16384, C = 256, NH = 4;
         long rows = (long)B * NH * T, hs = C / NH;
-        attention_variant = ATTENTION_AUTO;
+        kernel_choices.attention_variant = ATTENTION_AUTO;
         t.check(attention_uses_tiled(B, T, C, NH) && !attention_uses_tiled(4, 32, 64, 4),
                 "auto selection: tiled at B %d T %d C %d NH %d (the T x T buffers would not fit), materialized at "
                 "B 4 T 32 C 64 NH 4 (test_gpt's shape)", B, T, C, NH);
-        attention_variant = ATTENTION_TILED;
+        kernel_choices.attention_variant = ATTENTION_TILED;
         AttentionSizes s = attention_act_sizes(B, T, C, NH);
         t.check(s.state == rows * (hs + 1) && s.preatt == 0 && s.datt == rows,
                 "tiled sizes at B %d T %d C %d NH %d: state %ld (o, lse), preatt %ld, datt %ld floats", B, T, C, NH,
                 s.state, s.preatt, s.datt);
-        attention_variant = ATTENTION_MATERIALIZED;
+        kernel_choices.attention_variant = ATTENTION_MATERIALIZED;
         AttentionSizes m = attention_act_sizes(B, T, C, NH);
         t.check(m.state == rows * T && m.preatt == rows * T && m.datt == rows * T,
                 "materialized sizes: state, preatt, datt %ld floats each (B NH T T)", m.state);
-        attention_variant = saved;
+        kernel_choices.attention_variant = saved;
     }
     cublasCheck(cublasDestroy(h));
     return t.summary();

@@ -280,7 +280,7 @@ static std::vector<float> run_deterministic_kernels() {
         int n = 5000;
         float* losses = to_device(random_vector(n, &rng, 0.0f, 4.0f));
         float* out = zeros(1);
-        LAUNCH(mean_loss_kernel, 1, mean_loss_threads, 0)(out, losses, n);
+        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, n);
         append(out, 1);
         cudaFree(losses); cudaFree(out);
     }
@@ -289,14 +289,14 @@ static std::vector<float> run_deterministic_kernels() {
 
 // the deterministic kernels with every variant flag at `gpu_variants`
 static std::vector<float> run_deterministic_variant(bool gpu_variants) {
-    bool ln = layernorm_use_warp, scan = scan_use_chunked, norm = norm_use_blocks;
-    int tile = layernorm_param_tile, loss_threads = mean_loss_threads;
-    layernorm_use_warp = scan_use_chunked = norm_use_blocks = gpu_variants;
-    layernorm_param_tile = gpu_variants ? 1 : LN_TILE;
-    mean_loss_threads = gpu_variants ? MEAN_LOSS_THREADS : 1;
+    bool ln = kernel_choices.layernorm_warp, scan = kernel_choices.scan_chunked, norm = kernel_choices.norm_blocks;
+    int tile = kernel_choices.layernorm_param_tile, loss_threads = kernel_choices.mean_loss_threads;
+    kernel_choices.layernorm_warp = kernel_choices.scan_chunked = kernel_choices.norm_blocks = gpu_variants;
+    kernel_choices.layernorm_param_tile = gpu_variants ? 1 : LN_TILE;
+    kernel_choices.mean_loss_threads = gpu_variants ? MEAN_LOSS_THREADS : 1;
     std::vector<float> out = run_deterministic_kernels();
-    layernorm_use_warp = ln; scan_use_chunked = scan; norm_use_blocks = norm;
-    layernorm_param_tile = tile; mean_loss_threads = loss_threads;
+    kernel_choices.layernorm_warp = ln; kernel_choices.scan_chunked = scan; kernel_choices.norm_blocks = norm;
+    kernel_choices.layernorm_param_tile = tile; kernel_choices.mean_loss_threads = loss_threads;
     return out;
 }
 
@@ -341,17 +341,17 @@ static double max_rel_error(const std::vector<double>& xs, F f, R ref, double fl
 // restores them), and counts the floats of `out` (n) that differ
 template <typename Reset, typename Launch>
 static int shapes_mismatch(Reset reset, Launch launch, const float* out, long n) {
-    int saved_span = elementwise_span, saved_threads = elementwise_threads, saved_row = row_threads_max;
+    int saved_span = kernel_choices.elementwise_span, saved_threads = kernel_choices.elementwise_threads, saved_row = kernel_choices.row_threads_max;
     reset();
     launch();
     cudaCheck(cudaGetLastError());
     std::vector<float> a = to_host(out, n);
-    elementwise_span = 1; elementwise_threads = 256; row_threads_max = 256;
+    kernel_choices.elementwise_span = 1; kernel_choices.elementwise_threads = 256; kernel_choices.row_threads_max = 256;
     reset();
     launch();
     cudaCheck(cudaGetLastError());
     std::vector<float> b = to_host(out, n);
-    elementwise_span = saved_span; elementwise_threads = saved_threads; row_threads_max = saved_row;
+    kernel_choices.elementwise_span = saved_span; kernel_choices.elementwise_threads = saved_threads; kernel_choices.row_threads_max = saved_row;
     int bad = 0;
     for (long i = 0; i < n; i++) bad += memcmp(&a[i], &b[i], sizeof(float)) != 0;
     return bad;
@@ -684,10 +684,10 @@ static void check_fast_kernels(Tests& tests) {
         cudaCheck(cudaMalloc(&d_scr, scan_backward_scratch_size(B, T, E, N) * sizeof(float)));
         const char* names[3] = {"seq", "vec", "chunked"};
         std::vector<std::vector<float>> res[3];
-        bool saved_chunked = scan_use_chunked, saved_vec = scan_use_vec;
+        bool saved_chunked = kernel_choices.scan_chunked, saved_vec = kernel_choices.scan_vec;
         for (int v = 0; v < 3; v++) {
-            scan_use_chunked = v == 2;
-            scan_use_vec = v == 1;
+            kernel_choices.scan_chunked = v == 2;
+            kernel_choices.scan_vec = v == 1;
             cudaCheck(cudaMemset(d_dxz, 0, BT * 2 * E * sizeof(float)));
             cudaCheck(cudaMemset(d_dx, 0, BT * X * sizeof(float)));
             cudaCheck(cudaMemset(d_dA, 0, E * N * sizeof(float)));
@@ -699,8 +699,8 @@ static void check_fast_kernels(Tests& tests) {
                       to_host(d_ddt, BT * E), to_host(d_dxz, BT * 2 * E), to_host(d_dx, BT * X), to_host(d_dA, E * N),
                       to_host(d_dD, E)};
         }
-        scan_use_chunked = saved_chunked;
-        scan_use_vec = saved_vec;
+        kernel_choices.scan_chunked = saved_chunked;
+        kernel_choices.scan_vec = saved_vec;
         const char* fields[9] = {"y", "gated", "chunk states", "du", "ddt", "dxz", "dx_dbl", "dA_log", "dD"};
         for (int v : {0, 2})
             for (int f = 0; f < 9; f++) {
@@ -869,7 +869,7 @@ int main() {
         float* d_g = to_device(g);
         float* d_norm; cudaCheck(cudaMalloc(&d_norm, (NORM_BLOCKS + 2) * sizeof(float)));
         for (int variant = 0; variant < 2; variant++) {
-            norm_use_blocks = variant == 1;
+            kernel_choices.norm_blocks = variant == 1;
             global_norm(d_norm, d_g, m, 100.0f);
             std::vector<float> h = to_host(d_norm, 2);
             double err = fabs(h[0] - ref) / ref, scale_err = fabs(h[1] - 100.0 / (ref + 1e-6)) * ref / 100.0;
@@ -923,9 +923,9 @@ int main() {
         float *d_m = to_device(std::vector<float>(n, 0.5f)), *d_v = to_device(std::vector<float>(n, 0.25f));
         float* d_norm; cudaCheck(cudaMalloc(&d_norm, NORM_BUFFER_FLOATS * sizeof(float)));
         long untouched = 0;
-        bool saved_norm_variant = norm_use_blocks;
+        bool saved_norm_variant = kernel_choices.norm_blocks;
         for (int variant = 0; variant < 2; variant++) {
-            norm_use_blocks = variant == 1;
+            kernel_choices.norm_blocks = variant == 1;
             for (float clip : {1.0f, 0.0f}) {
                 global_norm(d_norm, d_gbad, n, clip);
                 adamw_update_table(d_p, d_m, d_v, d_gbad, n, &table, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1, d_norm + 1);
@@ -935,7 +935,7 @@ int main() {
                 untouched += same && ns[0] != ns[0] && ns[1] != ns[1];
             }
         }
-        norm_use_blocks = saved_norm_variant;
+        kernel_choices.norm_blocks = saved_norm_variant;
         tests.check(untouched == 4, "a NaN gradient: norm and clipping factor NaN, AdamW skips the update (%ld of 4 cases: "
                     "both norm variants, clip 1 and none)", untouched);
         for (float* q : {d_g, d_scale, d_gbad, d_p, d_m, d_v, d_norm}) cudaFree(q);
@@ -1103,7 +1103,7 @@ int main() {
         long nan_device = count_nan(h), nan_host = 0;
         for (int i = 0; i < 1000; i++) nan_host += h_p[i] != h_p[i];
         unsigned char last_byte; memcpy(&last_byte, (char*)d_p + count * sizeof(float) + 11, 1);
-        if (host_poison_enabled())
+        if (host_settings.poison)
             tests.check(nan_device == count + 3 && last_byte == 0xff && nan_host == 1000,
                         "poisoned allocations: cudaMalloc %ld of %ld floats NaN, last byte 0x%02x; cudaMallocHost %ld of 1000 NaN",
                         nan_device, count + 3, last_byte, nan_host);
@@ -1114,7 +1114,7 @@ int main() {
         LAUNCH(dynamic_shared_kernel, 8, 64, 1024)(d_s, 256);
         LAUNCH(shared_first_read_kernel, 8, 64, 1024)(d_s);
         std::vector<float> first = to_host(d_s, 8);
-        if (host_poison_enabled())
+        if (host_settings.poison)
             tests.check(count_nan(first) == 8, "dynamic shared memory poisoned at every block's start: %ld of 8 blocks read NaN",
                         count_nan(first));
         cudaFree(d_s);
@@ -1141,9 +1141,9 @@ int main() {
         float* dA = to_device(A); float* dB = to_device(B);
         float* dC; cudaCheck(cudaMalloc(&dC, m * nn * sizeof(float)));
         cublasHandle_t handle; cublasCheck(cublasCreate(&handle));
-        HostTf32Mode saved = host_tf32_mode();
+        HostTf32Mode saved = host_settings.tf32;
         auto product = [&](HostTf32Mode mode) {
-            host_set_tf32(mode);
+            host_settings.tf32 = mode;
             float alpha = 1.0f, beta = 0.0f;
             cublasCheck(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, dA, k, dB, k, &beta, dC, m));
             return to_host(dC, m * nn);
@@ -1152,7 +1152,7 @@ int main() {
         std::vector<float> handle_default = product(HOST_TF32_HANDLE);
         cublasCheck(cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH));
         std::vector<float> handle_tf32 = product(HOST_TF32_HANDLE), off_tf32 = product(HOST_TF32_OFF);
-        host_set_tf32(saved);
+        host_settings.tf32 = saved;
         double err_tf32 = 0.0, err_fp32 = 0.0, scale = 0.0;
         for (int i = 0; i < m; i++) for (int j = 0; j < nn; j++) {
             double s = 0.0, s_exact = 0.0, mag = 0.0;

@@ -164,8 +164,8 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
     printf("--- Mamba stack: L %d C %d N %d, B %d T %d\n", L, C, N, B, T);
     // the chunked scan only at d_state 16, what it is compiled for; other N run the sequential one throughout
     bool chunked_ok = N == SCAN_DSTATE;
-    bool saved_chunked = scan_use_chunked, default_chunked = chunked_ok && scan_use_chunked;
-    scan_use_chunked = default_chunked;
+    bool saved_chunked = kernel_choices.scan_chunked, default_chunked = chunked_ok && kernel_choices.scan_chunked;
+    kernel_choices.scan_chunked = default_chunked;
     MambaSetup s = mamba_setup(L, C, N, T, seed);
     MambaStepState st;
     mamba_step_state_alloc(&st, L, B, s.d);
@@ -177,13 +177,13 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
     // (c) both scan variants (where the chunked one applies): the final states after prefill
     std::vector<float> ref_out[2], prefilled[2];
     for (int chunked = 0; chunked < (chunked_ok ? 2 : 1); chunked++) {
-        scan_use_chunked = chunked;
+        kernel_choices.scan_chunked = chunked;
         ref_out[chunked] = mamba_forward(h, s, x, T);
         mamba_step_state_reset(&st);
         mamba_step_prefill_stack(&st, s.a, B, T);
         prefilled[chunked] = mamba_states(st);
     }
-    scan_use_chunked = default_chunked;
+    kernel_choices.scan_chunked = default_chunked;
     if (chunked_ok) {
         check_tensor(t, "(c) forward chunked vs seq", ref_out[1].data(), ref_out[0].data(), (long)ref_out[0].size(), STEP_TOL);
         compare_mamba_states(t, "(c) prefill chunked vs seq", st, prefilled[1], prefilled[0], STATE_TOL);
@@ -192,10 +192,10 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
     const std::vector<float>& ref_states = prefilled[default_chunked];
 
     auto step = [&](int) { mamba_stack_step(h, s.p, &st, s.x_step, B); };
-    MambaStepVariant default_variant = mamba_step_variant;
+    MambaStepVariant default_variant = kernel_choices.mamba_step;
     for (int v = MAMBA_STEP_SEQ; v <= MAMBA_STEP_WARP; v++) {
         if (v == MAMBA_STEP_VEC && N != SCAN_VEC_N) continue;  // it falls back to seq there
-        mamba_step_variant = (MambaStepVariant)v;
+        kernel_choices.mamba_step = (MambaStepVariant)v;
         const char* variant = MAMBA_STEP_VARIANT_NAMES[v];
         // (a) from an empty state, every position
         mamba_step_state_reset(&st);
@@ -224,8 +224,8 @@ static void test_mamba(Tests& t, cublasHandle_t h, int L, int C, int N, int T, c
             check_tensor(t, name, later.data(), ref_later.data(), (long)later.size(), STEP_TOL);
         }
     }
-    mamba_step_variant = default_variant;
-    scan_use_chunked = saved_chunked;
+    kernel_choices.mamba_step = default_variant;
+    kernel_choices.scan_chunked = saved_chunked;
     mamba_step_state_free(&st);
     mamba_teardown(s);
 }
@@ -303,9 +303,9 @@ static void test_gpt(Tests& t, cublasHandle_t h, int L, int C, int NH, int F, in
     std::vector<float> ref = gpt_forward(h, s, x, T);
     char name[96];
     auto step = [&](int pos) { transformer_stack_step(h, s.p, &cache, s.x_step, pos, B); };
-    bool default_block = attention_step_use_block;
+    bool default_block = kernel_choices.attention_step_block;
     for (int block = 0; block < 2; block++) {
-        attention_step_use_block = block;
+        kernel_choices.attention_step_block = block;
         const char* variant = block ? "block" : "rows";
         // (a) from an empty cache, every position
         kv_cache_reset(&cache);
@@ -369,7 +369,7 @@ static void test_gpt(Tests& t, cublasHandle_t h, int L, int C, int NH, int F, in
         kv_cache_free(&small);
         kv_cache_free(&fresh);
     }
-    attention_step_use_block = default_block;
+    kernel_choices.attention_step_block = default_block;
     kv_cache_free(&cache);
     gpt_teardown(s);
 }

@@ -82,14 +82,14 @@ int main(int argc, char** argv) {
             "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
 
     // both kernel variants of LayerNorm and softmax, each against the reference
-    bool default_ln = layernorm_use_warp, default_sm = softmax_use_warp;
+    bool default_ln = kernel_choices.layernorm_warp, default_sm = kernel_choices.softmax_warp;
     for (int variant = 0; variant < 2; variant++) {
-        layernorm_use_warp = softmax_use_warp = variant == 1;
+        kernel_choices.layernorm_warp = kernel_choices.softmax_warp = variant == 1;
         printf("--- kernels: %s\n", variant ? "warp per row" : "thread per row");
         check_forward_backward(t, &model, ref, path, variant ? "[warp] " : "[rows] ");
     }
-    layernorm_use_warp = default_ln;
-    softmax_use_warp = default_sm;
+    kernel_choices.layernorm_warp = default_ln;
+    kernel_choices.softmax_warp = default_sm;
 
     // the reference batch at every step
     TrainStep step = [&](int) {

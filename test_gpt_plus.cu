@@ -73,11 +73,11 @@ static void check_rmsnorm(Tests& t, int N, int C, uint64_t* rng) {
     for (int c = 0; c < C; c++) want_dw[c] = (float)(dw[c] + 0.25);  // the weight gradient accumulates onto 0.25
     float *dx_ = vector_to_device(x), *dw_ = vector_to_device(w), *dg = vector_to_device(g);
     float *dout = vector_to_device(std::vector<float>((long)N * C)), *drstd = vector_to_device(std::vector<float>(N));
-    bool saved = layernorm_use_warp;
-    int saved_tile = layernorm_param_tile;
+    bool saved = kernel_choices.layernorm_warp;
+    int saved_tile = kernel_choices.layernorm_param_tile;
     for (int variant = 0; variant < 2; variant++) {
-        layernorm_use_warp = variant == 1;
-        layernorm_param_tile = variant == 1 ? 1 : LN_TILE;
+        kernel_choices.layernorm_warp = variant == 1;
+        kernel_choices.layernorm_param_tile = variant == 1 ? 1 : LN_TILE;
         const char* v = variant ? "warp" : "rows";
         rmsnorm_forward(dout, drstd, dx_, dw_, N, C);
         char name[96];
@@ -95,8 +95,8 @@ static void check_rmsnorm(Tests& t, int N, int C, uint64_t* rng) {
         cudaCheck(cudaFree(ddx));
         cudaCheck(cudaFree(ddw));
     }
-    layernorm_use_warp = saved;
-    layernorm_param_tile = saved_tile;
+    kernel_choices.layernorm_warp = saved;
+    kernel_choices.layernorm_param_tile = saved_tile;
     for (float* p : {dx_, dw_, dg, dout, drstd}) cudaCheck(cudaFree(p));
 }
 
@@ -186,9 +186,9 @@ static void check_gpu_shapes(Tests& t, uint64_t* rng) {
     long n = (long)B * T * 3 * C;
     std::vector<float> x = random_vector(n, -1.0f, 1.0f, rng), ab = random_vector((long)N * 2 * H, -4.0f, 4.0f, rng);
     std::vector<float> outs[2];
-    int saved = row_threads_max;
+    int saved = kernel_choices.row_threads_max;
     for (int shape = 0; shape < 2; shape++) {
-        row_threads_max = shape ? 256 : saved;
+        kernel_choices.row_threads_max = shape ? 256 : saved;
         float *dx = vector_to_device(x), *dab = vector_to_device(ab);
         float* dout = vector_to_device(std::vector<float>((long)N * H, 0.0f));
         float* dd = vector_to_device(std::vector<float>((long)N * 2 * H, 0.0f));
@@ -200,7 +200,7 @@ static void check_gpu_shapes(Tests& t, uint64_t* rng) {
         for (float v : download(dd, (long)N * 2 * H)) outs[shape].push_back(v);
         for (float* p : {dx, dab, dout, dd}) cudaCheck(cudaFree(p));
     }
-    row_threads_max = saved;
+    kernel_choices.row_threads_max = saved;
     t.check(outs[0] == outs[1], "rope and swiglu: the GPU's launch shapes give the host's results bit for bit (%zu floats)",
             outs[0].size());
 }
@@ -262,31 +262,31 @@ int main(int argc, char** argv) {
             config.ffn, 2 * config.channels);
 
     // every attention variant (the layout depends on it: one model each), both RMSNorm row variants
-    int default_variant = attention_variant;
-    bool default_smem = attention_tiled_use_smem, default_keep = attention_keep_probs, default_ln = layernorm_use_warp;
+    int default_variant = kernel_choices.attention_variant;
+    bool default_smem = kernel_choices.attention_tiled_smem, default_keep = kernel_choices.attention_keep_probs, default_ln = kernel_choices.layernorm_warp;
     struct { const char* label; int variant; bool smem; } variants[] = {
         {"[materialized] ", ATTENTION_MATERIALIZED, false}, {"[tiled rows] ", ATTENTION_TILED, false},
         {"[tiled smem] ", ATTENTION_TILED, true}};
     for (auto& v : variants) {
-        attention_variant = v.variant;
-        attention_tiled_use_smem = v.smem;
-        attention_keep_probs = true;  // the tiled variant keeps the probabilities it used, to compare att
+        kernel_choices.attention_variant = v.variant;
+        kernel_choices.attention_tiled_smem = v.smem;
+        kernel_choices.attention_keep_probs = true;  // the tiled variant keeps the probabilities it used, to compare att
         GPTPlus model;
         plus_build(&model, config);
         plus_allocate_activations(&model, ref.B, ref.T);
         for (int ln = 0; ln < (v.variant == ATTENTION_MATERIALIZED ? 2 : 1); ln++) {
-            layernorm_use_warp = ln == 1;
+            kernel_choices.layernorm_warp = ln == 1;
             char label[64];
             snprintf(label, sizeof(label), "%s%s", v.label, ln ? "[warp] " : "[rows] ");
             printf("--- attention %s, RMSNorm %s\n", v.label, ln ? "warp per row" : "thread per row");
             check_forward_backward(t, &model, ref, path, label);
         }
-        layernorm_use_warp = default_ln;
+        kernel_choices.layernorm_warp = default_ln;
         model_free(&model.buf);
     }
-    attention_variant = default_variant;
-    attention_tiled_use_smem = default_smem;
-    attention_keep_probs = default_keep;
+    kernel_choices.attention_variant = default_variant;
+    kernel_choices.attention_tiled_smem = default_smem;
+    kernel_choices.attention_keep_probs = default_keep;
 
     // the backend's own choices from here on
     GPTPlus model;

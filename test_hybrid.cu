@@ -149,15 +149,15 @@ int main(int argc, char** argv) {
 
     // the kernel variants: sequential scan + thread-per-row LayerNorm and
     // softmax, then the chunked scan + warp-per-row LayerNorm and softmax
-    bool default_scan = scan_use_chunked, default_ln = layernorm_use_warp, default_sm = softmax_use_warp;
+    bool default_scan = kernel_choices.scan_chunked, default_ln = kernel_choices.layernorm_warp, default_sm = kernel_choices.softmax_warp;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = layernorm_use_warp = softmax_use_warp = variant == 1;
+        kernel_choices.scan_chunked = kernel_choices.layernorm_warp = kernel_choices.softmax_warp = variant == 1;
         printf("--- kernels: %s\n", variant ? "chunked scan, warp per row" : "sequential scan, thread per row");
         check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
     }
-    scan_use_chunked = default_scan;
-    layernorm_use_warp = default_ln;
-    softmax_use_warp = default_sm;
+    kernel_choices.scan_chunked = default_scan;
+    kernel_choices.layernorm_warp = default_ln;
+    kernel_choices.softmax_warp = default_sm;
 
     // the reference batch at every step
     TrainStep step = [&](int) {
@@ -178,13 +178,13 @@ int main(int argc, char** argv) {
     load_params(&model.buf, ref.get("params", path).f);
     const std::vector<int>& tokens = ref.get("inputs", path).i;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = variant == 1;
+        kernel_choices.scan_chunked = variant == 1;
         const char* what = variant ? "[chunked] steps vs forward" : "[seq] steps vs forward";
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, what);
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2, GEN_TOL, what);
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T - 3, GEN_TOL, what);  // past one 32-step chunk
     }
-    scan_use_chunked = default_scan;
+    kernel_choices.scan_chunked = default_scan;
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 2 * ref.T);
     model_free(&model.buf);
 

@@ -278,13 +278,13 @@ static void check_against_reference(Tests& t, const char* path) {
     t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel(),
             "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
 
-    bool default_variant = scan_use_chunked, default_ln = layernorm_use_warp;
+    bool default_variant = kernel_choices.scan_chunked, default_ln = kernel_choices.layernorm_warp;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = layernorm_use_warp = variant == 1;
+        kernel_choices.scan_chunked = kernel_choices.layernorm_warp = variant == 1;
         check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
     }
-    scan_use_chunked = default_variant;
-    layernorm_use_warp = default_ln;
+    kernel_choices.scan_chunked = default_variant;
+    kernel_choices.layernorm_warp = default_ln;
 
     // the reference batch at every step
     TrainStep step = [&](int) {
@@ -300,13 +300,13 @@ static void check_against_reference(Tests& t, const char* path) {
     load_params(&model.buf, ref.get("params", path).f);
     const std::vector<int>& tokens = ref.get("inputs", path).i;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = variant == 1;
+        kernel_choices.scan_chunked = variant == 1;
         const char* what = variant ? "[chunked] steps vs forward" : "[seq] steps vs forward";
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, what);
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2 + 3, GEN_TOL, what);
         check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T - 4, GEN_TOL, what);  // past one 32-step chunk
     }
-    scan_use_chunked = default_variant;
+    kernel_choices.scan_chunked = default_variant;
     // a prompt longer than the activations: the rest is stepped
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 3 * ref.T);
     model_free(&model.buf);
@@ -319,15 +319,15 @@ int main(int argc, char** argv) {
 
     // finite differences of both scan variants, T = 45: one full chunk and a partial one
     ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 2024);
-    bool default_variant = scan_use_chunked;
+    bool default_variant = kernel_choices.scan_chunked;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = variant == 1;
+        kernel_choices.scan_chunked = variant == 1;
         check_scan_gradients(t, p, variant ? "chunked parallel" : "sequential");
     }
     // d_state other than 16: the sequential variant only (the chunked one is compiled for 16)
     {
         ScanProblem p4 = make_scan_problem(2, 45, 11, 4, 3, 2025);
-        scan_use_chunked = false;
+        kernel_choices.scan_chunked = false;
         check_scan_gradients(t, p4, "sequential, N = 4");
     }
     check_conv_gradients(t);
@@ -336,9 +336,9 @@ int main(int argc, char** argv) {
     // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit
     {
         ScanProblem q = make_scan_problem(3, 301, 19, 16, 2, 7);
-        scan_use_chunked = false;
+        kernel_choices.scan_chunked = false;
         ScanResult a = run_scan(q, true);
-        scan_use_chunked = true;
+        kernel_choices.scan_chunked = true;
         ScanResult b = run_scan(q, true);
         printf("--- sequential vs chunked scan, B %d T %d E %d N %d\n", q.B, q.T, q.E, q.N);
         compare_vectors(t, "y", b.y, a.y, VARIANT_TOL);
@@ -351,7 +351,7 @@ int main(int argc, char** argv) {
         compare_vectors(t, "dA_log", b.dA_log, a.dA_log, VARIANT_TOL);
         compare_vectors(t, "dD", b.dD, a.dD, VARIANT_TOL);
     }
-    scan_use_chunked = default_variant;
+    kernel_choices.scan_chunked = default_variant;
 
     check_against_reference(t, path);
     return t.summary();

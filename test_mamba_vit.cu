@@ -88,14 +88,14 @@ int main(int argc, char** argv) {
             model.buf.num_parameters, ref.config[6], tokens_of(config), ref.T);
 
     // both scan variants (with both LayerNorm variants), each against the reference
-    bool default_scan = scan_use_chunked, default_ln = layernorm_use_warp;
+    bool default_scan = kernel_choices.scan_chunked, default_ln = kernel_choices.layernorm_warp;
     for (int variant = 0; variant < 2; variant++) {
-        scan_use_chunked = layernorm_use_warp = variant == 1;
+        kernel_choices.scan_chunked = kernel_choices.layernorm_warp = variant == 1;
         printf("--- kernels: %s\n", variant ? "chunked parallel scan, warp-per-row LayerNorm" : "sequential scan, thread-per-row LayerNorm");
         check_forward_backward(t, &model, ref, path, variant ? "[chunked] " : "[seq] ");
     }
-    scan_use_chunked = default_scan;
-    layernorm_use_warp = default_ln;
+    kernel_choices.scan_chunked = default_scan;
+    kernel_choices.layernorm_warp = default_ln;
 
     const float* images = reference_images(ref, path);
     check_dropout_step(t, &model, ref, path, images, TOL);

@@ -602,7 +602,7 @@ int main(int argc, char** argv) {
            BACKEND_NAME, config.letters, config.count[LAYER_MAMBA], config.count[LAYER_ATTENTION],
            config.count[LAYER_MLP], config.channels, config.num_heads, config.ffn, config.vocab_size,
            attention ? ("max T " + std::to_string(config.max_seq_len)).c_str() : "no positions",
-           model.buf.num_parameters, scan_use_chunked ? "chunked parallel" : "sequential");
+           model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
     model_free(&model.buf);
     return status;

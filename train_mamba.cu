@@ -333,7 +333,7 @@ int main(int argc, char** argv) {
 
     printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
            config.num_layers, config.channels, config.inner, config.d_state, config.dt_rank, config.vocab_size,
-           model.buf.num_parameters, scan_use_chunked ? "chunked parallel" : "sequential");
+           model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
     model_free(&model.buf);
     return status;

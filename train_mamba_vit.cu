@@ -289,7 +289,7 @@ int main(int argc, char** argv) {
     printf("backend %s | Mamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | scan %s\n",
            BACKEND_NAME, config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.patch,
            tokens_of(config), patch_dim_of(config), config.num_classes, model.buf.num_parameters,
-           scan_use_chunked ? "chunked parallel" : "sequential");
+           kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = vision_run(&model, &vc, &train, &test);
     model_free(&model.buf);
     return status;

@@ -131,20 +131,15 @@ __global__ void norm_finish_kernel(float* out, const float* partials, int nparts
 // norm_out: device buffer of NORM_BLOCKS + 2 floats (NORM_BUFFER_FLOATS); on return norm_out[0] is
 // the norm and norm_out[1] the gradient scale to pass to adamw_update
 #define NORM_BUFFER_FLOATS (NORM_BLOCKS + 2)
-#ifdef __CUDACC__
-static bool norm_use_blocks = true;
-#else
-static bool norm_use_blocks = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
-#endif
 
 void global_norm(float* norm_out, const float* grads, long n, float max_norm) {
     float* partials = norm_out + 2;
-    if (norm_use_blocks) {
+    if (kernel_choices.norm_blocks) {
         LAUNCH(norm_squared_partial_kernel, NORM_BLOCKS, NORM_THREADS, 0)(partials, grads, n);
     } else {
         LAUNCH(norm_squared_partial_rows_kernel, 1, NORM_BLOCKS, 0)(partials, grads, n);
     }
-    LAUNCH(norm_finish_kernel, 1, 1, 0)(norm_out, partials, norm_use_blocks ? NORM_BLOCKS : NORM_ROWS_PARTS, max_norm);
+    LAUNCH(norm_finish_kernel, 1, 1, 0)(norm_out, partials, kernel_choices.norm_blocks ? NORM_BLOCKS : NORM_ROWS_PARTS, max_norm);
     cudaCheck(cudaGetLastError());
 }
 
@@ -159,8 +154,8 @@ void adamw_update_table(float* params, float* m, float* v, const float* grads, l
                 table->count, table->count > 0 && table->count <= ADAMW_MAX_TENSORS ? table->end[table->count - 1] : -1L, n);
         exit(EXIT_FAILURE);
     }
-    LAUNCH(adamw_kernel, span_blocks(n), elementwise_threads, 0)(params, m, v, grads, n, step, beta1, beta2, eps, wd,
-                                                                 *table, grad_scale, elementwise_span);
+    LAUNCH(adamw_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(params, m, v, grads, n, step, beta1, beta2, eps, wd,
+                                                                 *table, grad_scale, kernel_choices.elementwise_span);
     cudaCheck(cudaGetLastError());
 }
 

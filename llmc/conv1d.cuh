@@ -129,7 +129,7 @@ void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, co
 void conv1d_silu_backward(float* dx, int dx_stride, float* dw, float* dbias, float* partial, float* du,
                           const float* conv, const float* x, int x_stride, const float* w, int B, int T, int E) {
     long n = (long)B * T * E;
-    LAUNCH(silu_backward_inplace_kernel, span_blocks(n), elementwise_threads, 0)(du, conv, n, elementwise_span);
+    LAUNCH(silu_backward_inplace_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(du, conv, n, kernel_choices.elementwise_span);
     LAUNCH(conv1d_backward_input_kernel, B * T, row_threads(E), 0)(dx, dx_stride, du, w, B, T, E, row_span(E));
     LAUNCH(conv1d_param_partial_kernel, CEIL_DIV(CONV_CHUNKS * E, 64), 64, 0)(partial, du, x, x_stride, B, T, E);
     LAUNCH(conv1d_param_reduce_kernel, CEIL_DIV(E * (CONV_K + 1), 64), 64, 0)(dw, dbias, partial, E);

@@ -10,16 +10,15 @@ Plus small helpers every kernel header uses: error checks, NVTX ranges, and
 warp/block reductions built on plain intrinsics.
 
 Kernel variants: a launcher picks between a host-friendly and a GPU-friendly
-kernel by a flag `static bool <layer>_use_<variant>`, initialised to true
-under nvcc and to host_variants_gpu() on the host (false unless the
-environment has HOST_VARIANTS=gpu, which runs the GPU's choices on the CPU;
-see host_backend.h for that and the other fidelity switches). Tests set the
-flags to check every variant on both backends.
+kernel by a field of `kernel_choices` (llmc/kernel_choices.h, the one place
+where those choices and the environment variables are decided). Tests set
+the fields to check every variant on both backends.
 */
 #pragma once
 
 #include <cstdio>
 #include <cstdlib>
+#include "kernel_choices.h"
 
 #ifdef __CUDACC__
 #include <cuda_runtime.h>
@@ -64,14 +63,14 @@ inline void cublas_check(cublasStatus_t s, const char* file, int line) {
 // tolerance of a comparison with an fp32 (or float64) reference that follows.
 // Tests leave their handles in the default (fp32) math mode, so this is
 // false under nvcc; on the host, HOST_TF32=1 rounds every product's inputs
-// to TF32 (llmc/host_backend.h), so that the suite runs the arithmetic the
+// to TF32 (llmc/host/cublas.h), so that the suite runs the arithmetic the
 // trainers use on a GPU, with its own, stated tolerance.
 
 inline bool tf32_products() {
 #ifdef __CUDACC__
     return false;
 #else
-    return host_tf32_mode() == HOST_TF32_ALL;
+    return host_settings.tf32 == HOST_TF32_ALL;
 #endif
 }
 inline double tf32_tolerance(double fp32_tol, double tf32_tol) { return tf32_products() ? tf32_tol : fp32_tol; }

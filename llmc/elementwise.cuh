@@ -24,26 +24,16 @@ way whatever the shape).
 #pragma once
 #include "cuda_common.h"
 
-#define ELEMENTWISE_HOST_SPAN 2048
-#ifdef __CUDACC__
-static int elementwise_span = 1;
-static int elementwise_threads = 256;
-static int row_threads_max = 256;
-#else
-static int elementwise_span = ELEMENTWISE_HOST_SPAN;
-static int elementwise_threads = 4;  // several blocks even for small n: the workers share them
-static int row_threads_max = 1;
-#endif
 
-// blocks of elementwise_threads threads for n elements, elementwise_span each
-inline unsigned int span_blocks(long n) { return (unsigned int)CEIL_DIV(CEIL_DIV(n, (long)elementwise_span), (long)elementwise_threads); }
+// blocks of kernel_choices.elementwise_threads threads for n elements, kernel_choices.elementwise_span each
+inline unsigned int span_blocks(long n) { return (unsigned int)CEIL_DIV(CEIL_DIV(n, (long)kernel_choices.elementwise_span), (long)kernel_choices.elementwise_threads); }
 // threads per block of a row kernel whose rows are `width` long: a multiple of 32 up to the maximum
 inline int row_threads(int width) {
     int t = 32 * CEIL_DIV(width, 32);
-    return t < row_threads_max ? t : row_threads_max;
+    return t < kernel_choices.row_threads_max ? t : kernel_choices.row_threads_max;
 }
 // the span of a row kernel's threads: 1 on the GPU, the whole row on the host
-inline int row_span(int width) { return row_threads_max == 1 ? (width > 0 ? width : 1) : 1; }
+inline int row_span(int width) { return kernel_choices.row_threads_max == 1 ? (width > 0 ? width : 1) : 1; }
 
 // for (int i ...) over this thread's elements of a row of n: spans of `span`
 // elements, blockDim.x * span apart (an outer loop over passes, an inner

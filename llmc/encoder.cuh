@@ -70,6 +70,6 @@ void encoder_backward(cublasHandle_t handle, float* dwte, float* dwpe, float* on
 }
 
 void residual_forward(float* out, const float* a, const float* b, long n) {
-    LAUNCH(residual_forward_kernel, span_blocks(n), elementwise_threads, 0)(out, a, b, n, elementwise_span);
+    LAUNCH(residual_forward_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(out, a, b, n, kernel_choices.elementwise_span);
     cudaCheck(cudaGetLastError());
 }

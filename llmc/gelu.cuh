@@ -70,11 +70,11 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 }
 
 void gelu_forward(float* out, const float* inp, long n) {
-    LAUNCH(gelu_forward_kernel, span_blocks(n), elementwise_threads, 0)(out, inp, n, elementwise_span);
+    LAUNCH(gelu_forward_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(out, inp, n, kernel_choices.elementwise_span);
     cudaCheck(cudaGetLastError());
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, long n) {
-    LAUNCH(gelu_backward_kernel, span_blocks(n), elementwise_threads, 0)(dinp, inp, dout, n, elementwise_span);
+    LAUNCH(gelu_backward_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(dinp, inp, dout, n, kernel_choices.elementwise_span);
     cudaCheck(cudaGetLastError());
 }

@@ -204,11 +204,6 @@ __global__ void attention_step_block_kernel(float* out, float* att, const float*
 // ----------------------------------------------------------------------------
 // launchers
 
-#ifdef __CUDACC__
-static bool attention_step_use_block = true;
-#else
-static bool attention_step_use_block = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
-#endif
 
 static void kv_cache_check(const KVCache* c, int layer, int B, const char* what) {
     if (layer < 0 || layer >= c->L) fail("%s: layer %d of %d", what, layer, c->L);
@@ -245,7 +240,7 @@ static void kv_cache_attention_step(KVCache* c, int layer, int pos, int B) {
     LAUNCH(kv_cache_write_kernel, CEIL_DIV((long)B * C, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
     cudaCheck(cudaGetLastError());
     float scale = 1.0f / sqrtf((float)hs);
-    if (attention_step_use_block) {
+    if (kernel_choices.attention_step_block) {
         LAUNCH(attention_step_block_kernel, B * NH, 128, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs, c->maxT, pos, scale);
     } else {
         LAUNCH(attention_step_rows_kernel, CEIL_DIV(B * NH, 32), 32, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs,
@@ -271,7 +266,7 @@ static void attention_sublayer_step(cublasHandle_t h, const AttentionParams& p, 
     LAUNCH(kv_cache_write_kernel, CEIL_DIV(bc, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
     cudaCheck(cudaGetLastError());
     float scale = 1.0f / sqrtf((float)hs);
-    if (attention_step_use_block) {
+    if (kernel_choices.attention_step_block) {
         LAUNCH(attention_step_block_kernel, B * NH, 128, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs, c->maxT, pos, scale);
     } else {
         LAUNCH(attention_step_rows_kernel, CEIL_DIV(B * NH, 32), 32, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs,

@@ -26,7 +26,6 @@ bitwise the same gradients.
 
 #define LN_EPS 1e-5f
 #define LN_LANES 8   // partial sums of the rows kernels (one AVX2 register)
-#define LN_TILE 16   // channels per thread of the parameter gradient on the host
 #define LN_PARAM_ROWS 64  // rows per partial sum of the parameter gradient
 
 // sum of x[0..C) in LN_LANES interleaved partial sums (lane j takes the
@@ -218,17 +217,10 @@ static float* layernorm_param_scratch(long floats) {
 // ----------------------------------------------------------------------------
 // launchers; use_warp selects the variant (default: the backend's fastest)
 
-#ifdef __CUDACC__
-static bool layernorm_use_warp = true;
-static int layernorm_param_tile = 1;
-#else
-static bool layernorm_use_warp = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
-static int layernorm_param_tile = host_variants_gpu() ? 1 : LN_TILE;
-#endif
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int N, int C) {
-    if (layernorm_use_warp) {
+    if (kernel_choices.layernorm_warp) {
         LAUNCH(layernorm_forward_warp_kernel, CEIL_DIV(N * 32, 256), 256, 0)(out, mean, rstd, inp, weight, bias, N, C);
     } else {
         LAUNCH(layernorm_forward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(out, mean, rstd, inp, weight, bias, N, C);
@@ -259,11 +251,11 @@ void layernorm_param_backward(float* dweight, float* dbias, const float* dout, c
 // dinp accumulates (+=); dweight, dbias accumulate
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int N, int C) {
-    if (layernorm_use_warp) {
+    if (kernel_choices.layernorm_warp) {
         LAUNCH(layernorm_backward_warp_kernel, CEIL_DIV(N * 32, 256), 256, 0)(dinp, dout, inp, weight, mean, rstd, N, C);
     } else {
         LAUNCH(layernorm_backward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(dinp, dout, inp, weight, mean, rstd, N, C);
     }
-    layernorm_param_backward(dweight, dbias, dout, inp, mean, rstd, N, C, layernorm_param_tile);
+    layernorm_param_backward(dweight, dbias, dout, inp, mean, rstd, N, C, kernel_choices.layernorm_param_tile);
     cudaCheck(cudaGetLastError());
 }

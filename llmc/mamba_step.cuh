@@ -247,13 +247,7 @@ __global__ void mamba_step_prefill_kernel(float* conv_state, float* ssm_state, c
 // which SSM step kernel mamba_block_step launches: the warp variant on the
 // GPU (and on the host with HOST_VARIANTS=gpu), else the vectorized one when
 // N = SCAN_VEC_N (else sequential)
-enum MambaStepVariant { MAMBA_STEP_SEQ, MAMBA_STEP_VEC, MAMBA_STEP_WARP };
 static const char* const MAMBA_STEP_VARIANT_NAMES[] = {"seq", "vec", "warp"};
-#ifdef __CUDACC__
-static MambaStepVariant mamba_step_variant = MAMBA_STEP_WARP;
-#else
-static MambaStepVariant mamba_step_variant = host_variants_gpu() ? MAMBA_STEP_WARP : MAMBA_STEP_VEC;
-#endif
 
 static void mamba_step_check(const MambaStepState* s, int layer, int B, MambaDims d, const char* what) {
     if (layer < 0 || layer >= s->L) fail("%s: layer %d of %d", what, layer, s->L);
@@ -294,10 +288,10 @@ static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaS
     matmul_forward(h, s->x_dbl, s->u, p.x_proj_w, nullptr, B, E, X);
     matmul_forward_ld(h, s->dt, s->x_dbl, X, p.dt_proj_w, nullptr, B, R, E);
     float* ssm = mamba_ssm_state(s, layer);
-    if (mamba_step_variant == MAMBA_STEP_WARP) {
+    if (kernel_choices.mamba_step == MAMBA_STEP_WARP) {
         LAUNCH(mamba_step_scan_warp_kernel, CEIL_DIV((long)B * E * MAX_DSTATE, 128), 128, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E, N);
-    } else if (mamba_step_variant == MAMBA_STEP_VEC && N == SCAN_VEC_N) {
+    } else if (kernel_choices.mamba_step == MAMBA_STEP_VEC && N == SCAN_VEC_N) {
         LAUNCH(mamba_step_scan_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * E, 64), 64, 0)(
             s->gated, ssm, s->u, s->dt, p.dt_proj_b, s->x_dbl, R, p.A_log, p.D, s->xz, B, E);
     } else {

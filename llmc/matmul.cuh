@@ -71,6 +71,6 @@ void matmul_backward(cublasHandle_t handle, float* dinp, float* dweight, float* 
 }
 
 void fill(float* out, float value, long n) {
-    LAUNCH(fill_kernel, span_blocks(n), elementwise_threads, 0)(out, value, n, elementwise_span);
+    LAUNCH(fill_kernel, span_blocks(n), kernel_choices.elementwise_threads, 0)(out, value, n, kernel_choices.elementwise_span);
     cudaCheck(cudaGetLastError());
 }

@@ -187,7 +187,6 @@ static void model_allocate_activations(ModelBuffers* m, const TensorSpec* table,
 // threads' sums in shared memory (blockDim a power of two, at most
 // MEAN_LOSS_THREADS). With one thread (the host backend's launch) it is the
 // plain sum in index order; deterministic either way.
-#define MEAN_LOSS_THREADS 256
 __global__ void mean_loss_kernel(float* out, const float* losses, int n) {
     __shared__ double sums[MEAN_LOSS_THREADS];
     int tid = threadIdx.x;
@@ -201,17 +200,12 @@ __global__ void mean_loss_kernel(float* out, const float* losses, int n) {
     if (tid == 0) out[0] = (float)(sums[0] / n);  // thread 0 wrote sums[0] last itself
 }
 
-#ifdef __CUDACC__
-static int mean_loss_threads = MEAN_LOSS_THREADS;
-#else
-static int mean_loss_threads = 1;  // barrier-free on the host: a plain loop
-#endif
 
 // The mean of n per-row losses on the device, into step_scalars[0]; outside
 // a training step also copied into mean_loss now (in a step model_update
 // brings it back with the norm).
 static void model_mean_loss(ModelBuffers* m, const float* losses, int n) {
-    LAUNCH(mean_loss_kernel, 1, mean_loss_threads, 0)(m->step_scalars, losses, n);
+    LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, n);
     cudaCheck(cudaGetLastError());
     if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
 }

@@ -105,12 +105,12 @@ __global__ void rmsnorm_param_backward_kernel(float* dweight, const float* dout,
 }
 
 // ----------------------------------------------------------------------------
-// launchers; the variant follows layernorm_use_warp and layernorm_param_tile
+// launchers; the variant follows kernel_choices.layernorm_warp and kernel_choices.layernorm_param_tile
 // (layernorm.cuh: the backend's fastest, switchable by tests)
 
 // out (N, C), rstd (N) (may be null) from inp (N, C)
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C) {
-    if (layernorm_use_warp) {
+    if (kernel_choices.layernorm_warp) {
         LAUNCH(rmsnorm_forward_warp_kernel, CEIL_DIV(N * 32, 256), 256, 0)(out, rstd, inp, weight, N, C);
     } else {
         LAUNCH(rmsnorm_forward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(out, rstd, inp, weight, N, C);
@@ -121,12 +121,12 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
 // dinp accumulates (+=); dweight accumulates
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                       const float* rstd, int N, int C) {
-    if (layernorm_use_warp) {
+    if (kernel_choices.layernorm_warp) {
         LAUNCH(rmsnorm_backward_warp_kernel, CEIL_DIV(N * 32, 256), 256, 0)(dinp, dout, inp, weight, rstd, N, C);
     } else {
         LAUNCH(rmsnorm_backward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(dinp, dout, inp, weight, rstd, N, C);
     }
-    int tile = layernorm_param_tile, nthreads = CEIL_DIV(C, tile);
+    int tile = kernel_choices.layernorm_param_tile, nthreads = CEIL_DIV(C, tile);
     LAUNCH(rmsnorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(dweight, dout, inp, rstd, N, C, tile);
     cudaCheck(cudaGetLastError());
 }

@@ -613,15 +613,9 @@ __global__ void scan_reduce_params_kernel(float* dA_log, float* dD, const float*
 // ----------------------------------------------------------------------------
 // launchers
 
-#ifdef __CUDACC__
-static bool scan_use_chunked = true;
-#else
-static bool scan_use_chunked = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
-#endif
 // the sequential variant with the state count fixed at compile time, used
 // for N == SCAN_VEC_N (the host's fastest); false: the plain sequential one
 #define SCAN_VEC_N 16
-static bool scan_use_vec = true;
 
 inline int scan_num_chunks(int T) { return CEIL_DIV(T, SCAN_CHUNK); }
 inline long scan_states_size(int B, int T, int E, int N) { return (long)B * E * scan_num_chunks(T) * N; }
@@ -637,7 +631,7 @@ inline void scan_check_limits(int N) {
         fprintf(stderr, "error: selective scan: d_state %d is not supported (1..%d)\n", N, MAX_DSTATE);
         exit(EXIT_FAILURE);
     }
-    if (scan_use_chunked && N != SCAN_DSTATE) {
+    if (kernel_choices.scan_chunked && N != SCAN_DSTATE) {
         fprintf(stderr, "error: selective scan: the chunked (GPU) scan is compiled for d_state %d, not %d\n", SCAN_DSTATE, N);
         exit(EXIT_FAILURE);
     }
@@ -653,10 +647,10 @@ void selective_scan_forward(float* y, float* gated, float* states, const float* 
                             const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
                             int B, int T, int E, int N) {
     scan_check_limits(N);
-    if (scan_use_chunked) {
+    if (kernel_choices.scan_chunked) {
         LAUNCH(selective_scan_forward_chunked_kernel<SCAN_DSTATE>, B * CEIL_DIV(E, SCAN_GROUP), SCAN_GROUP * 32, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
-    } else if (scan_use_vec && N == SCAN_VEC_N) {
+    } else if (kernel_choices.scan_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
             y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
     } else {
@@ -677,10 +671,10 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     float* dbc_partial = scratch;
     float* dA_partial = dbc_partial + (long)B * T * ngroups * 2 * N;
     float* dD_partial = dA_partial + (long)B * E * N;
-    if (scan_use_chunked) {
+    if (kernel_choices.scan_chunked) {
         LAUNCH(selective_scan_backward_chunked_kernel<SCAN_DSTATE>, B * ngroups, SCAN_GROUP * 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
-    } else if (scan_use_vec && N == SCAN_VEC_N) {
+    } else if (kernel_choices.scan_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_backward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * ngroups, 32), 32, 0)(
             du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
     } else {

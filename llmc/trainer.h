@@ -71,7 +71,7 @@ static void step_profile_end(int step) {
 // runs step_run, which writes the step's scalars (model.h's StepParams:
 // learning rate, bias corrections, step) to the device, runs the model's
 // forward and backward and model_update_device, and brings back the loss
-// and the norm in one device-to-host copy. With step_use_graph, the forward,
+// and the norm in one device-to-host copy. With kernel_choices.step_graph, the forward,
 // backward, clipping and AdamW of the second step are captured into a CUDA
 // graph once (the first step runs eagerly: lazily grown scratch buffers,
 // such as LayerNorm's, are allocated then, not during the capture), and
@@ -82,15 +82,12 @@ static void step_profile_end(int step) {
 // the replays are emulated (llmc/host_backend.h), with the GPU's refusals
 // of what a capture must not contain.
 //
-// step_use_graph follows the variant convention (cuda_common.h): on under
-// nvcc, on the host with HOST_VARIANTS=gpu; STEP_GRAPH=0|1 in the
-// environment overrides it for a run.
+// kernel_choices.step_graph (llmc/kernel_choices.h) says whether: on under
+// nvcc, on the host with HOST_VARIANTS=gpu; STEP_GRAPH=0|1 overrides it.
 
 #ifdef __CUDACC__
-static bool step_use_graph = true;
-#define STEP_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)  // cuBLAS's recommendation for Hopper (4 MiB before)
+#define STEP_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)  // cuBLAS's recommendation for Hopper
 #else
-static bool step_use_graph = host_variants_gpu();  // HOST_VARIANTS=gpu: the GPU's choice
 #define STEP_CUBLAS_WORKSPACE_BYTES ((size_t)4096)     // the host's BLAS takes none; a token buffer
 #endif
 
@@ -102,17 +99,9 @@ typedef struct {
     int steps_run;             // steps this run has taken so far (the first is eager)
 } StepRunner;
 
-// step_use_graph, unless STEP_GRAPH=0|1 says otherwise
-static bool step_graph_enabled() {
-    const char* e = getenv("STEP_GRAPH");
-    if (!e || !*e) return step_use_graph;
-    if (!strcmp(e, "0") || !strcmp(e, "1")) return e[0] == '1';
-    fail("STEP_GRAPH=%s: expected 0 (eager steps) or 1 (the step as a CUDA graph)", e);
-}
-
 // the trainer's stream for every launch and cuBLAS call of the model, and the handle's workspace
 static void step_runner_init(StepRunner* r, ModelBuffers* m) {
-    r->use_graph = step_graph_enabled();
+    r->use_graph = kernel_choices.step_graph;
     cudaCheck(cudaStreamCreate(&r->stream));
     main_stream = r->stream;
     cublasCheck(cublasSetStream(m->cublas, r->stream));  // resets the workspace: set it after

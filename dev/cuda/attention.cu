@@ -68,8 +68,8 @@ typedef struct {
 } BenchRun;
 
 static void select_variant(const BenchVariant* v) {
-    attention_variant = v->variant;
-    attention_tiled_use_smem = v->smem;
+    kernel_choices.attention_variant = v->variant;
+    kernel_choices.attention_tiled_smem = v->smem;
 }
 
 static void bench_shape(cublasHandle_t h, int B, int T, int C, int NH, int causal, const std::vector<std::string>& names) {
@@ -126,8 +126,8 @@ static void bench_shape(cublasHandle_t h, int B, int T, int C, int NH, int causa
     }
     cudaCheck(cudaFree(d_qkv));
     cudaCheck(cudaFree(d_dout));
-    attention_variant = ATTENTION_AUTO;
-    attention_tiled_use_smem = ATTENTION_TILED_SMEM_DEFAULT;
+    kernel_choices.attention_variant = ATTENTION_AUTO;
+    kernel_choices.attention_tiled_smem = ATTENTION_TILED_SMEM_DEFAULT;
 }
 
 static std::vector<std::string> split(const char* s) {

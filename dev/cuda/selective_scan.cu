@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     if (argc == 5) { B = atoi(argv[1]); T = atoi(argv[2]); E = atoi(argv[3]); N = atoi(argv[4]); }
     else if (argc != 1) { fprintf(stderr, "usage: %s [B T E N]\n", argv[0]); return 1; }
     if (B < 1 || T < 1 || E < 1) { fprintf(stderr, "error: B, T, E must be positive\n"); return 1; }
-    scan_use_chunked = N == SCAN_DSTATE;  // (each variant is selected below; the chunked one needs N = 16)
+    kernel_choices.scan_chunked = N == SCAN_DSTATE;  // (each variant is selected below; the chunked one needs N = 16)
     scan_check_limits(N);
     int R = CEIL_DIV(E / 2, 16), X = R + 2 * N;
     long BT = (long)B * T;
@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
             printf("chunked  (skipped on the host at this size: run with a small B T E N)\n");
             continue;
         }
-        scan_use_chunked = variant == 2;
-        scan_use_vec = variant == 1;
+        kernel_choices.scan_chunked = variant == 2;
+        kernel_choices.scan_vec = variant == 1;
         const char* name = names[variant];
         auto forward = [&]() { selective_scan_forward(d_y, d_gated, d_states, d_u, d_dt, d_x, R, d_A, d_D, d_xz, B, T, E, N); };
         auto backward = [&]() {
