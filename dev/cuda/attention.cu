@@ -73,6 +73,7 @@ static void select_variant(const BenchVariant* v) {
 }
 
 static void bench_shape(cublasHandle_t h, int B, int T, int C, int NH, int causal, const std::vector<std::string>& names) {
+    KernelChoices saved = kernel_choices;
     long btc = (long)B * T * C;
     uint64_t rng = 1234;
     std::vector<float> qkv(3 * btc), dout(btc);
@@ -126,8 +127,7 @@ static void bench_shape(cublasHandle_t h, int B, int T, int C, int NH, int causa
     }
     cudaCheck(cudaFree(d_qkv));
     cudaCheck(cudaFree(d_dout));
-    kernel_choices.attention_variant = ATTENTION_AUTO;
-    kernel_choices.attention_tiled_smem = ATTENTION_TILED_SMEM_DEFAULT;
+    kernel_choices = saved;
 }
 
 static std::vector<std::string> split(const char* s) {
