@@ -1204,6 +1204,61 @@ int main() {
         bool aborted = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         tests.check(aborted && strstr(msg, "deadlock") != nullptr, "divergent barrier aborts: \"%s\"", msg);
     }
+    {   // the memory checks that stand in for a GPU's faults, each shown on a planted mistake (the
+        // "host backend: ..." lines on stderr are theirs) beside the correct call
+        std::vector<float> host(64, 1.0f);
+        float *d_x, *d_freed, *pinned;
+        cudaCheck(cudaMalloc(&d_x, 64 * sizeof(float)));
+        cudaCheck(cudaMallocHost(&pinned, 64 * sizeof(float)));
+        cudaCheck(cudaMalloc(&d_freed, 64 * sizeof(float)));
+        cudaCheck(cudaFree(d_freed));
+        LAUNCH(elementwise_kernel, 1, 64, 0)(d_x, pinned, d_x, 64);
+        cudaError_t ok_launch = cudaGetLastError();
+        LAUNCH(elementwise_kernel, 1, 64, 0)(host.data(), d_x, d_x, 64);
+        cudaError_t host_arg = cudaGetLastError();
+        LAUNCH(elementwise_kernel, 1, 64, 0)(d_x, d_freed, d_x, 64);
+        cudaError_t freed_arg = cudaGetLastError();
+        tests.check(ok_launch == cudaSuccess && host_arg == cudaErrorIllegalAddress && freed_arg == cudaErrorIllegalAddress,
+                    "kernel pointer arguments: device and pinned %s; host pointer: %s; freed pointer: %s",
+                    cudaGetErrorString(ok_launch), cudaGetErrorString(host_arg), cudaGetErrorString(freed_arg));
+        size_t bytes = 64 * sizeof(float);
+        cudaError_t ok_copy = cudaMemcpy(d_x, host.data(), bytes, cudaMemcpyHostToDevice);
+        cudaError_t wrong_way = cudaMemcpy(host.data(), d_x, bytes, cudaMemcpyHostToDevice);
+        cudaError_t past_end = cudaMemcpy(d_x, host.data(), bytes + 4, cudaMemcpyHostToDevice);
+        cudaError_t host_memset = cudaMemset(host.data(), 0, bytes);
+        cudaGetLastError();
+        tests.check(ok_copy == cudaSuccess && wrong_way == cudaErrorInvalidValue && past_end == cudaErrorInvalidValue &&
+                        host_memset == cudaErrorInvalidValue,
+                    "copies: host to device %s; the kind against its pointers: %s; past the allocation: %s; "
+                    "cudaMemset of host memory: %s", cudaGetErrorString(ok_copy), cudaGetErrorString(wrong_way),
+                    cudaGetErrorString(past_end), cudaGetErrorString(host_memset));
+        cublasHandle_t handle; cublasCheck(cublasCreate(&handle));
+        const float one = 1.0f, zero = 0.0f;
+        float* d_one; cudaCheck(cudaMalloc(&d_one, sizeof(float)));
+        cudaCheck(cudaMemcpy(d_one, &one, sizeof(float), cudaMemcpyHostToDevice));
+        // C (8 x 8) = A (8 x 8) B (8 x 8), column-major, every operand in d_x
+        cublasStatus_t ok_gemm = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, d_x, 8, d_x, 8, &zero, d_x, 8);
+        cublasStatus_t short_lda = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, d_x, 4, d_x, 8, &zero, d_x, 8);
+        cublasStatus_t short_ldb = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, 8, 8, 4, &one, d_x, 8, d_x, 4, &zero, d_x, 8);
+        cublasStatus_t host_matrix = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, host.data(), 8, d_x, 8, &zero, d_x, 8);
+        cublasStatus_t past_matrix = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 8, 9, 8, &one, d_x, 8, d_x, 8, &zero, d_x, 8);
+        cublasStatus_t device_alpha = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, d_one, d_x, 8, d_x, 8, &zero, d_x, 8);
+        cublasStatus_t batched_past = cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, d_x, 4, 16, d_x,
+                                                                4, 16, &zero, d_x, 4, 16, 5);
+        cublasStatus_t ok_gemv = cublasSgemv(handle, CUBLAS_OP_N, 8, 8, &one, d_x, 8, d_x, 1, &zero, d_x + 8, 1);
+        cublasStatus_t zero_inc = cublasSgemv(handle, CUBLAS_OP_N, 8, 8, &one, d_x, 8, d_x, 0, &zero, d_x + 8, 1);
+        cublasStatus_t host_vector = cublasSgemv(handle, CUBLAS_OP_N, 8, 8, &one, d_x, 8, host.data(), 1, &zero, d_x + 8, 1);
+        const cublasStatus_t invalid = CUBLAS_STATUS_INVALID_VALUE;
+        tests.check(ok_gemm == CUBLAS_STATUS_SUCCESS && short_lda == invalid && short_ldb == invalid && host_matrix == invalid &&
+                        past_matrix == invalid && device_alpha == invalid && batched_past == invalid &&
+                        ok_gemv == CUBLAS_STATUS_SUCCESS && zero_inc == invalid && host_vector == invalid,
+                    "cuBLAS checks (status; 7 is invalid value): gemm %d; lda below m %d; ldb below n (transposed) %d; "
+                    "host matrix %d; C past its allocation %d; alpha in device memory %d; batch past the allocation %d; "
+                    "gemv %d; incx 0 %d; host vector %d", ok_gemm, short_lda, short_ldb, host_matrix, past_matrix,
+                    device_alpha, batched_past, ok_gemv, zero_inc, host_vector);
+        cublasCheck(cublasDestroy(handle));
+        cudaFree(d_one); cudaFree(d_x); cudaFreeHost(pinned);
+    }
 #endif
     cudaFree(d_a); cudaFree(d_b); cudaFree(d_out); cudaFree(d_out2);
     return tests.summary();

@@ -139,6 +139,45 @@ inline void host_sgemm_run(bool tf32, cublasOperation_t ta, cublasOperation_t tb
                 m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// cuBLAS's argument checks (CUBLAS_STATUS_INVALID_VALUE): sizes not
+// negative, each leading dimension at least the rows of its matrix as stored
+// (column-major), strides not negative; and where the operands are, which a
+// GPU faults on: the matrices in device (or pinned) memory, spanning no more
+// than their allocation, the scalars on the host (host pointer mode).
+
+// the floats a column-major rows x cols matrix with leading dimension ld spans
+inline size_t host_matrix_span(long rows, long cols, long ld) { return rows > 0 && cols > 0 ? (size_t)(ld * (cols - 1) + rows) : 0; }
+
+inline bool host_blas_operand_valid(const char* call, const char* name, const float* p, size_t floats) {
+    if (floats == 0 || host_device_accessible(p, floats * sizeof(float))) return true;
+    fprintf(stderr, "host backend: %s: %s (%zu floats from %p) is not in device memory\n", call, name, floats, (const void*)p);
+    return false;
+}
+inline bool host_blas_scalars_valid(const char* call, const float* alpha, const float* beta) {
+    if (alpha && beta && host_accessible(alpha, sizeof(float)) && host_accessible(beta, sizeof(float))) return true;
+    fprintf(stderr, "host backend: %s: alpha and beta must be host pointers (host pointer mode)\n", call);
+    return false;
+}
+inline bool host_gemm_valid(const char* call, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                            int k, const float* alpha, const float* A, int lda, long long strideA, const float* B,
+                            int ldb, long long strideB, const float* beta, const float* C, int ldc, long long strideC,
+                            int batch) {
+    long a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+    long b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+    if (!h || m < 0 || n < 0 || k < 0 || batch < 0 || strideA < 0 || strideB < 0 || strideC < 0 ||
+        lda < std::max(1l, a_rows) || ldb < std::max(1l, b_rows) || ldc < std::max(1, m)) {
+        fprintf(stderr, "host backend: %s: invalid sizes or leading dimensions (m %d n %d k %d lda %d ldb %d ldc %d batch %d)\n",
+                call, m, n, k, lda, ldb, ldc, batch);
+        return false;
+    }
+    if (batch == 0 || m == 0 || n == 0) return true;
+    size_t last = (size_t)(batch - 1);
+    return host_blas_scalars_valid(call, alpha, beta) &&
+           host_blas_operand_valid(call, "A", A, k ? last * strideA + host_matrix_span(a_rows, a_cols, lda) : 0) &&
+           host_blas_operand_valid(call, "B", B, k ? last * strideB + host_matrix_span(b_rows, b_cols, ldb) : 0) &&
+           host_blas_operand_valid(call, "C", C, last * strideC + host_matrix_span(m, n, ldc));
+}
+
 // The host's cuBLAS calls: the arguments are checked and the scalars read
 // now (host pointer mode, as cuBLAS reads them when called, so a captured
 // call keeps the values of capture time), the TF32 choice too; the product
@@ -146,7 +185,8 @@ inline void host_sgemm_run(bool tf32, cublasOperation_t ta, cublasOperation_t tb
 inline cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                   const float* alpha, const float* A, int lda, const float* B, int ldb,
                                   const float* beta, float* C, int ldc) {
-    if (!handle || m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!host_gemm_valid("cublasSgemm", handle, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1))
+        return CUBLAS_STATUS_INVALID_VALUE;
     bool tf32 = host_tf32_for(handle);
     float a = *alpha, b = *beta;
     return host_blas_op(handle, [=]() {
@@ -179,7 +219,9 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
                                                 const float* A, int lda, long long strideA,
                                                 const float* B, int ldb, long long strideB, const float* beta,
                                                 float* C, int ldc, long long strideC, int batch) {
-    if (!h || m < 0 || n < 0 || k < 0 || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!host_gemm_valid("cublasSgemmStridedBatched", h, ta, tb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta,
+                         C, ldc, strideC, batch))
+        return CUBLAS_STATUS_INVALID_VALUE;
     bool tf32 = host_tf32_for(h);
     float a = *alpha, b = *beta;
     return host_blas_op(h, [=]() {
@@ -191,7 +233,18 @@ inline cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperatio
 inline cublasStatus_t cublasSgemv(cublasHandle_t h, cublasOperation_t ta, int m, int n, const float* alpha,
                                   const float* A, int lda, const float* x, int incx, const float* beta,
                                   float* y, int incy) {
-    if (!h || m < 0 || n < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    long x_len = ta == CUBLAS_OP_N ? n : m, y_len = ta == CUBLAS_OP_N ? m : n;
+    if (!h || m < 0 || n < 0 || lda < std::max(1, m) || incx == 0 || incy == 0) {
+        fprintf(stderr, "host backend: cublasSgemv: invalid sizes, leading dimension or increments (m %d n %d lda %d incx %d incy %d)\n",
+                m, n, lda, incx, incy);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (m > 0 && n > 0 &&
+        !(host_blas_scalars_valid("cublasSgemv", alpha, beta) &&
+          host_blas_operand_valid("cublasSgemv", "A", A, host_matrix_span(m, n, lda)) &&
+          host_blas_operand_valid("cublasSgemv", "x", x, host_matrix_span(1, x_len, std::abs(incx))) &&
+          host_blas_operand_valid("cublasSgemv", "y", y, host_matrix_span(1, y_len, std::abs(incy)))))
+        return CUBLAS_STATUS_INVALID_VALUE;
     float a = *alpha, b = *beta;
     return host_blas_op(h, [=]() {
         host_counts().blas++;

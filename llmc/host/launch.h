@@ -6,6 +6,7 @@ DYNAMIC_SHARED, the two macros that differ between backends.
 */
 #pragma once
 
+#include <type_traits>
 #include "language.h"
 #include "profile.h"
 #include "runtime.h"
@@ -89,6 +90,18 @@ inline void host_launch_grid(const char* name, const void* kernel_id, dim3 grid,
     }
 }
 
+// A kernel's pointer argument must point into device or pinned memory, or be
+// null: a GPU faults on a host pointer or a freed one (cudaErrorIllegalAddress).
+template <typename A> inline bool host_argument_valid(const char* kernel, int i, A a) {
+    if constexpr (std::is_pointer_v<A>) {
+        if (!host_device_accessible((const void*)a)) {
+            fprintf(stderr, "host backend: kernel %s, argument %d: %p is not device memory\n", kernel, i, (const void*)a);
+            return false;
+        }
+    }
+    return true;
+}
+
 // LAUNCH(kernel, grid, block, shared_bytes)(args...): the kernel is a template
 // argument so that the per-thread call inlines on the fast path. The launch
 // goes to main_stream: while that stream is captured, the launch (its
@@ -101,6 +114,13 @@ template <auto Kernel> struct HostLaunch {
                          [&]() { Kernel(args...); });
     }
     template <typename... A> void operator()(A... args) const {
+        bool pointers_valid = true;
+        int i = 0;
+        ((pointers_valid = host_argument_valid(name, i++, args) && pointers_valid), ...);
+        if (!pointers_valid) {
+            host_last_error() = cudaErrorIllegalAddress;
+            return;
+        }
         cudaError_t e = cudaSuccess;
         switch (host_stream_action(main_stream, false, &e)) {
             case HOST_RUN: run(args...); return;

@@ -8,6 +8,7 @@ but during a capture.
 #pragma once
 
 #include <chrono>
+#include <map>
 #include "language.h"
 
 // ----------------------------------------------------------------------------
@@ -22,6 +23,7 @@ enum cudaError_t {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorIllegalAddress = 700,
     cudaErrorIllegalState = 401,
     cudaErrorStreamCaptureUnsupported = 900,
     cudaErrorStreamCaptureInvalidated = 901,
@@ -161,6 +163,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorInvalidValue: return "invalid argument";
         case cudaErrorMemoryAllocation: return "out of memory";
         case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
         case cudaErrorIllegalState: return "operation not permitted in the current state (stream capture)";
         case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
         case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
@@ -217,7 +220,36 @@ inline size_t host_available_memory() {
     return kb * 1024;
 }
 
-inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+// Every live allocation, by its first byte: device memory (cudaMalloc) or
+// pinned host memory (cudaMallocHost). A GPU faults on a host pointer handed
+// to a kernel or to cuBLAS, and on a copy whose direction does not match its
+// pointers; host memory is all one here, so these checks make such a mistake
+// fail on the CPU too.
+enum HostMemoryKind : unsigned char { HOST_MEMORY_UNKNOWN, HOST_MEMORY_DEVICE, HOST_MEMORY_PINNED };
+struct HostAllocation { size_t bytes; HostMemoryKind kind; };
+inline std::map<uintptr_t, HostAllocation>& host_allocations() { static std::map<uintptr_t, HostAllocation> m; return m; }
+
+// the allocation [p, p + bytes) lies in (its end may be p + bytes, an empty
+// view at the end), or HOST_MEMORY_UNKNOWN: ordinary host memory or freed
+// (access none: only the address is looked at, never the memory)
+__attribute__((access(none, 1))) inline HostMemoryKind host_memory_kind(const void* p, size_t bytes = 0) {
+    std::map<uintptr_t, HostAllocation>& m = host_allocations();
+    uintptr_t a = (uintptr_t)p;
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) return HOST_MEMORY_UNKNOWN;
+    --it;
+    return a + bytes <= it->first + it->second.bytes ? it->second.kind : HOST_MEMORY_UNKNOWN;
+}
+// what a kernel or cuBLAS may read and write: device or pinned (mapped) memory
+__attribute__((access(none, 1))) inline bool host_device_accessible(const void* p, size_t bytes = 0) {
+    return !p || host_memory_kind(p, bytes) != HOST_MEMORY_UNKNOWN;
+}
+// memory the host may read directly: anything but device memory
+__attribute__((access(none, 1))) inline bool host_accessible(const void* p, size_t bytes = 0) {
+    return host_memory_kind(p, bytes) != HOST_MEMORY_DEVICE;
+}
+
+inline cudaError_t host_allocate(void** p, size_t bytes, HostMemoryKind kind) {
     *p = nullptr;
     if (cudaError_t e = host_capture_check_unsafe()) return e;
     if (bytes == 0) return cudaSuccess;
@@ -236,22 +268,51 @@ inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *(size_t*)*p = rounded;  // the size, kept in front of the block for cudaFree
     *p = (char*)*p + 64;
     host_allocated_bytes() += rounded;
+    host_allocations()[(uintptr_t)*p] = {bytes, kind};
     if (host_settings.poison) host_poison(*p, rounded);
     return cudaSuccess;
 }
-template <typename T> inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
-// pinned host memory is host memory here; poisoned too, as it is not cleared on a GPU machine either
-inline cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-template <typename T> inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
-inline cudaError_t cudaFree(void* p) {
+inline cudaError_t host_release(void* p, HostMemoryKind kind) {
     if (cudaError_t e = host_capture_check_unsafe()) return e;
     if (!p) return cudaSuccess;
+    auto it = host_allocations().find((uintptr_t)p);
+    if (it == host_allocations().end() || it->second.kind != kind) return host_last_error() = cudaErrorInvalidValue;
+    host_allocations().erase(it);
     void* block = (char*)p - 64;
     host_allocated_bytes() -= *(size_t*)block;
     free(block);
     return cudaSuccess;
 }
-inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+inline cudaError_t cudaMalloc(void** p, size_t bytes) { return host_allocate(p, bytes, HOST_MEMORY_DEVICE); }
+template <typename T> inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
+// pinned host memory: host memory that kernels may use too; poisoned, as it is not cleared on a GPU machine either
+inline cudaError_t cudaMallocHost(void** p, size_t bytes) { return host_allocate(p, bytes, HOST_MEMORY_PINNED); }
+template <typename T> inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMallocHost((void**)p, bytes); }
+inline cudaError_t cudaFree(void* p) { return host_release(p, HOST_MEMORY_DEVICE); }
+inline cudaError_t cudaFreeHost(void* p) { return host_release(p, HOST_MEMORY_PINNED); }
+
+// A copy's pointers against its direction, and the device side inside one
+// allocation: otherwise cudaErrorInvalidValue, with a line saying why.
+inline bool host_copy_valid(const char* call, void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+    if (n == 0 || kind == cudaMemcpyDefault) return true;  // Default: the pointers say the direction
+    bool ok = true;
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice) ok = ok && host_memory_kind(dst, n) == HOST_MEMORY_DEVICE;
+    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice) ok = ok && host_memory_kind(src, n) == HOST_MEMORY_DEVICE;
+    if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyHostToHost) ok = ok && host_accessible(src, n);
+    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost) ok = ok && host_accessible(dst, n);
+    if (!ok) {
+        fprintf(stderr, "host backend: %s of %zu bytes, kind %d: a pointer is not where the kind says, or the copy "
+                "runs past its allocation\n", call, n, (int)kind);
+        host_last_error() = cudaErrorInvalidValue;
+    }
+    return ok;
+}
+inline bool host_memset_valid(const char* call, void* p, size_t n) {
+    if (n == 0 || host_memory_kind(p, n) == HOST_MEMORY_DEVICE) return true;
+    fprintf(stderr, "host backend: %s of %zu bytes: not inside one cudaMalloc allocation\n", call, n);
+    host_last_error() = cudaErrorInvalidValue;
+    return false;
+}
 // a copy or memset as it runs (at once, or when a graph replays it)
 inline void host_memcpy_run(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
     HostDeviceCounts& c = host_counts();
@@ -264,15 +325,19 @@ inline void host_memset_run(void* p, int v, size_t n) { host_counts().memsets++;
 
 // cudaMemcpy and cudaMemset go to the legacy stream; the Async calls to theirs (recorded there during its capture)
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+    if (!host_copy_valid("cudaMemcpy", dst, src, n, kind)) return cudaErrorInvalidValue;
     return host_stream_op(nullptr, true, [=]() { host_memcpy_run(dst, src, n, kind); });
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s = 0) {
+    if (!host_copy_valid("cudaMemcpyAsync", dst, src, n, kind)) return cudaErrorInvalidValue;
     return host_stream_op(s, false, [=]() { host_memcpy_run(dst, src, n, kind); });
 }
 inline cudaError_t cudaMemset(void* p, int v, size_t n) {
+    if (!host_memset_valid("cudaMemset", p, n)) return cudaErrorInvalidValue;
     return host_stream_op(nullptr, false, [=]() { host_memset_run(p, v, n); });
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s = 0) {
+    if (!host_memset_valid("cudaMemsetAsync", p, n)) return cudaErrorInvalidValue;
     return host_stream_op(s, false, [=]() { host_memset_run(p, v, n); });
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
