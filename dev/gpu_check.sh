@@ -1,130 +1,208 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with a GPU, sized to finish in about 8
-# minutes on an H200 (each part has its own time limit, and the long runs
-# are skipped when the time is running out):
-#   1. build every program with nvcc for that GPU (make -j);
-#   2. every test program on the GPU;
-#   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck on the
-#      four model test programs (their shapes are small already; each run is
-#      cut off after SANITIZE_S seconds and reported as such);
-#   4. time per kernel for a few steps of each trainer (nsys when present:
-#      its CUDA kernel summary and the NVTX ranges);
-#   5. tokens/s and images/s at the seed configs beside PyTorch eager on the
-#      same GPU, and generation speed;
-#   6. the full seed runs ./train_mamba and ./train_gpt (5000 steps, B 64,
-#      T 256) with their final val loss and wall time (the seed: 1.463);
-# then one summary table.
-#   dev/gpu_check.sh                  on the GPU machine
-#   GPU_CHECK_DRY=1 dev/gpu_check.sh  a rehearsal on a machine without a GPU:
-#                                     the host backend, tiny step counts, no
-#                                     sanitizer or nsys (tests the script)
+# The one prepared check for a borrowed GPU machine. Such a machine gives
+# about 15 minutes in all (its start included), at most 10 minutes a command;
+# what comes back is the end of the output and the files under $OUT. So the
+# check runs under one deadline that every stage respects, the most valuable
+# results first, and writes its summary to $OUT as each result arrives.
+#
+# 1. Here, on a machine without a GPU (reference states, token data and a
+#    small synthetic image set; prints the size to send, at most 64 MiB):
+#      dev/gpu_check.sh --prepare
+# 2. On the GPU machine, from the repository root, sending build/gpu_carry
+#    along (the device tool: carry ["build/gpu_carry"], timeout_s 600):
+#      dev/gpu_check.sh
+#    Stages, each cut off by the deadline (GPU_CHECK_DEADLINE_S, default 540):
+#      build      every program with nvcc for the GPU it finds (make -j)
+#      tests      every test program on the GPU
+#      bench      ms and tokens/s (images/s) per step of every trainer at the
+#                 seed configuration, beside PyTorch on the same GPU
+#      seed runs  train_mamba and train_gpt at the seed configuration for as
+#                 long as the time left allows: val loss and ms per step
+#      sanitizer  compute-sanitizer memcheck on test_gpt and test_mamba, when
+#                 the device accepts it
+#    $OUT/summary.txt has one line per result, appended as it comes, and is
+#    printed last; $OUT/<stage>.log holds each stage's full output.
+# 3. Optional, a second command for what does not fit the first:
+#      GPU_CHECK_LONG=1 dev/gpu_check.sh
+#    the full 5000-step seed runs of train_mamba and train_gpt, and ncu's
+#    kernel times for two training steps of each.
+#
+# GPU_CHECK_DRY=1 rehearses the same stages on the host backend (CPU presets,
+# few steps, no sanitizer), with the same deadline logic and $OUT files (a
+# temporary folder when OUT is unset); dev/test_gpu_check.sh runs it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
-# the interpreter that has torch: Debian's /usr/bin/python3 if it does, else python3 on PATH
-if [ -z "${PYTHON:-}" ]; then
-  PYTHON=python3; /usr/bin/python3 -c "import torch" 2>/dev/null && PYTHON=/usr/bin/python3
+CARRY=build/gpu_carry
+REF_STATES="ref_gpt ref_gpt_plus ref_mamba ref_vit ref_mamba_vit ref_attention ref_hybrid ref_vit_p1 ref_mamba_vit_p1"
+TESTS="test_backend test_gpt test_gpt_plus test_mamba test_hybrid test_vit test_mamba_vit test_generate test_attention test_augment test_pixels"
+TRAINERS="train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit"
+IMAGES=gpu_check_synthetic  # the small synthetic image set: 4096 train, 1024 test images
+
+# the interpreter that has torch: $PYTHON, else python3 on PATH, else Debian's
+for p in "${PYTHON:-}" python3 /usr/bin/python3; do
+  if [ -n "$p" ] && "$p" -c "import torch" 2>/dev/null; then PYTHON=$p; break; fi
+done
+export PYTHON=${PYTHON:-python3}
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  make -s $(for r in $REF_STATES; do echo data/$r.bin; done) data/tinyshakespeare_train.bin
+  mkdir -p "$CARRY"
+  [ -f "$CARRY/${IMAGES}_train.bin" ] ||
+    "$PYTHON" dev/data/cifar10.py --synthetic --train-count 4096 --test-count 1024 --prefix $IMAGES --out "$CARRY" > /dev/null
+  for r in $REF_STATES; do cp data/$r.bin "$CARRY/"; done
+  cp data/tinyshakespeare_train.bin data/tinyshakespeare_val.bin data/tinyshakespeare_vocab.bin "$CARRY/"
+  kib=$(du -sk "$CARRY" | cut -f1)
+  echo "prepared $CARRY: $(ls "$CARRY" | wc -l) files, $((kib / 1024)) MiB (the limit is 64 MiB)"
+  [ "$kib" -le $((64 * 1024)) ] || { echo "error: $CARRY is over 64 MiB"; exit 1; }
+  echo "send it with: carry [\"$CARRY\"], command: dev/gpu_check.sh, timeout_s 600"
+  exit 0
 fi
+
 DRY=${GPU_CHECK_DRY:-0}
-SANITIZE_S=${SANITIZE_S:-20}
-BUDGET_S=${BUDGET_S:-480}
+LONG=${GPU_CHECK_LONG:-0}
+DEADLINE_S=${GPU_CHECK_DEADLINE_S:-540}
+RESERVE_S=5   # kept for the summary at the end
+if [ -z "${OUT:-}" ]; then
+  if [ "$DRY" = 1 ]; then OUT=$(mktemp -d); else OUT=build/gpu_check; fi
+fi
+mkdir -p "$OUT"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
-summary=()
-add() { summary+=("$1|$2"); }
+left() { echo $(( DEADLINE_S - RESERVE_S - $(elapsed) )); }
+# one summary line, in the file at once
+note() { printf '%-30s %s\n' "$1" "$2" | tee -a "$SUMMARY"; }
+# limited LIMIT LOG CMD...: CMD with at most LIMIT seconds and never past the
+# deadline, its output appended to LOG; status 124 when cut off, 200 when no
+# time was left to start it
+limited() {
+  local limit=$1 log=$2 l
+  shift 2
+  l=$(left)
+  [ "$l" -lt "$limit" ] && limit=$l
+  if [ "$limit" -lt 3 ]; then echo "(not started: $(left) s left) $*" >> "$log"; return 200; fi
+  echo "\$ $*" >> "$log"
+  timeout -k 5 "$limit" "$@" >> "$log" 2>&1
+}
+status_word() { case $1 in 0) echo ok;; 124) echo "cut off";; 200) echo "not started, no time left";; *) echo "exit $1";; esac; }
+# the mean ms of a trainer's step lines after the first three (warmup); nan when none
+mean_step_ms() {
+  awk '/^step .*ms \|/ { for (i = 1; i <= NF; i++) if ($(i+1) == "ms") v = $i; n++; if (n > 3) { s += v; c++ } }
+       END { if (c) printf "%.2f", s / c; else printf "nan" }' "$1"
+}
 
+echo "=== gpu_check: deadline ${DEADLINE_S} s, results in $OUT"
 if [ "$DRY" = 1 ]; then
-  DEVICE=cpu; mk() { make -s "$@"; }; SEED_STEPS=3; BENCH_STEPS=2
+  note "machine" "dry run on the host backend ($(nproc) cores); python $PYTHON"
+  mk() { make -s -j"$(nproc)" "$@"; }
+  PRESET=cpu; BENCH_STEPS=2; SEED_STEPS=300
 else
-  nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader || { echo "no GPU visible"; exit 1; }
-  CC=${GPU_COMPUTE_CAPABILITY:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d .)}
-  DEVICE=cuda; mk() { make -s -j"$(nproc)" BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; }
-  SEED_STEPS=5000; BENCH_STEPS=20
-fi
-TESTS="test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels"
-
-echo "=== 1. build"
-[ "$DRY" = 1 ] || mk clean
-mk $TESTS train_gpt train_mamba train_hybrid train_vit train_mamba_vit dev/cuda/selective_scan || { echo "build failed"; exit 1; }
-mk data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin data cifar-synthetic || exit 1
-add "build" "ok, $(elapsed) s"
-
-echo "=== 2. tests"
-TEST_JOBS=1 dev/run_tests.sh $TESTS > build/gpu_check_tests.log 2>&1
-grep -E "^FAIL" build/gpu_check_tests.log | head -20
-add "tests" "$(tail -n 1 build/gpu_check_tests.log)"
-./dev/cuda/selective_scan 64 256 512 16 | grep -E "forward|backward|FAIL|passed"
-
-echo "=== 3. compute-sanitizer"
-if [ "$DRY" = 0 ] && command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck initcheck synccheck; do
-    for t in test_gpt test_mamba test_vit test_mamba_vit; do
-      log=build/sanitizer_${tool}_$t.log
-      timeout "$SANITIZE_S" compute-sanitizer --tool "$tool" --error-exitcode 99 ./"$t" > "$log" 2>&1; rc=$?
-      errs=$(grep -E "ERROR SUMMARY: [0-9]+" "$log" | tail -n 1 | sed 's/.*ERROR SUMMARY: \([0-9]*\).*/\1/')
-      case $rc in
-        124) res="cut off after ${SANITIZE_S} s, no error before (${errs:-?} in summary)";;
-        0) res="0 errors";;
-        *) res="exit $rc, ${errs:-?} errors: $(grep -m1 -E '=========  ?(Invalid|Race|Uninit|Barrier|.*error)' "$log" | cut -c1-100)";;
-      esac
-      echo "$tool $t: $res"; add "sanitizer $tool $t" "$res"
-    done
-  done
-else
-  echo "skipped (dry run or no compute-sanitizer)"; add "sanitizer" "skipped"
+  gpu=$(nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
+  [ -n "$gpu" ] || { note "machine" "no GPU visible (nvidia-smi); GPU_CHECK_DRY=1 rehearses on the CPU"; exit 1; }
+  CC=${GPU_COMPUTE_CAPABILITY:-$(echo "$gpu" | cut -d, -f2 | tr -d ' .')}
+  note "machine" "$gpu; $(nproc) cores; python $PYTHON ($("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null))"
+  mk() { make -s -j"$(nproc)" BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; }
+  PRESET=seed; BENCH_STEPS=20; SEED_STEPS=5000
 fi
 
-echo "=== 4. time per kernel"
-if [ "$DRY" = 0 ] && command -v nsys >/dev/null; then
-  for m in gpt mamba; do
-    nsys profile -o build/nsys_$m --force-overwrite true --trace cuda,nvtx ./train_$m -S seed -x 6 -v 0 -m 1 -g 0 > /dev/null 2>&1
-    echo "--- train_$m, 6 steps: kernels by total time"
-    nsys stats --report cuda_gpu_kern_sum --format csv build/nsys_$m.nsys-rep 2>/dev/null |
-      awk -F, 'NR > 1 && n < 15 { gsub(/"/, ""); printf "%6.1f%% %10.0f us total %6s calls  %s\n", $1, $2 / 1000, $3, substr($9, 1, 60); n++ }'
-    echo "--- train_$m: NVTX ranges"
-    nsys stats --report nvtx_sum --format csv build/nsys_$m.nsys-rep 2>/dev/null |
-      awk -F, 'NR > 1 && n < 15 { gsub(/"/, ""); printf "%6.1f%% %10.0f us total %6s calls  %s\n", $1, $2 / 1000, $3, $NF; n++ }'
-  done
-  add "kernel times" "nsys: build/nsys_gpt, build/nsys_mamba"
-else
-  echo "skipped (dry run or no nsys)"; add "kernel times" "skipped"
-fi
+echo "=== data"
+mkdir -p data
+[ -d "$CARRY" ] && cp -n "$CARRY"/*.bin data/ 2>/dev/null
+limited 120 "$OUT/build.log" mk $(for r in $REF_STATES; do echo data/$r.bin; done) data/tinyshakespeare_train.bin
+rc=$?; note "data" "$(status_word $rc)$([ -d "$CARRY" ] && echo ", from $CARRY")"
+if [ -f data/${IMAGES}_train.bin ]; then IMG=data/$IMAGES; else IMG=data/cifar10_synthetic; fi
 
-echo "=== 5. seed configs beside PyTorch eager on this device"
-# mean ms of the step lines after the first three (warmup)
-ms_of() { awk '/^step .*ms \|/ { for (i = 1; i <= NF; i++) if ($(i+1) == "ms") v = $i; n++; if (n > 3) { s += v; c++ } }
-               END { if (c) printf "%.2f", s / c; else printf "nan" }'; }
-torch_ms() { $PYTHON dev/bench_torch.py --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 3 "$@" | awk '/^torch_ms_per_step/ {print $2}'; }
-bench_b=64; [ "$DRY" = 1 ] && bench_b=4
-for m in gpt mamba; do
-  if [ $m = gpt ]; then shape=(-C 256 -L 4 -H 4 -F 512); tshape=(--model gpt --C 256 --L 4 --H 4 --F 512)
-  else shape=(-C 256 -L 5); tshape=(--model mamba --C 256 --L 5 --N 16); fi
-  ours=$(./train_$m -S seed "${shape[@]}" -b $bench_b -t 256 -x $((BENCH_STEPS + 3)) -v 0 -m 1 -g 0 | ms_of)
-  torch=$(torch_ms "${tshape[@]}" --B $bench_b --T 256)
-  [ -n "$torch" ] || { echo "$m: PyTorch's step failed ($PYTHON dev/bench_torch.py)"; torch=nan; }
-  line=$(awk -v a="$ours" -v b="$torch" -v n=$((bench_b * 256)) 'BEGIN { printf "ours %.2f ms (%.0f tok/s), torch %.2f ms (%.0f tok/s), ratio %.2f", a, n/(a/1000), b, n/(b/1000), a/b }')
-  echo "$m B $bench_b T 256: $line"; add "$m B$bench_b T256 step" "$line"
+echo "=== build"
+t0=$(date +%s)
+limited 300 "$OUT/build.log" mk $TESTS $TRAINERS
+rc=$?; note "build" "$(status_word $rc), $(( $(date +%s) - t0 )) s"
+[ $rc = 0 ] || tail -n 20 "$OUT/build.log"
+
+echo "=== tests"
+for t in $TESTS; do
+  t0=$(date +%s)
+  limited 90 "$OUT/tests.log" ./$t
+  rc=$?
+  res=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$OUT/tests.log" | tail -n 1)
+  [ $rc = 0 ] || res="$(status_word $rc)"
+  note "$t" "$res ($(( $(date +%s) - t0 )) s)"
+  [ $rc = 200 ] && break
 done
-if [ "$DRY" = 0 ]; then
-  echo "--- generation"
-  LENGTHS="256 4096" MAMBA_EXTRA="" BATCHES="1 16" WINDOW_MAX=256 dev/bench_generate
-  echo "--- vision"
-  STEPS=$BENCH_STEPS dev/bench_vision
-fi
+grep -E '^FAIL' "$OUT/tests.log" | head -n 20
 
-echo "=== 6. full seed runs"
-for m in mamba gpt; do
-  left=$(( BUDGET_S - $(elapsed) ))
-  if [ "$DRY" = 0 ] && [ "$left" -lt 120 ]; then
-    echo "train_$m: skipped, $left s of the budget left"; add "seed run $m" "skipped ($left s left)"; continue
+echo "=== bench (preset $PRESET beside PyTorch on the same device)"
+device=cpu; [ "$DRY" = 1 ] || device=cuda
+for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
+  case $m in
+    gpt) flags="-t 256 -g 0 -m 1"; torch_args="--model gpt --C 256 --L 4 --H 4 --F 512 --T 256"; unit=tok;;
+    gpt_plus) flags="-t 256 -g 0 -m 1"; torch_args=""; unit=tok;;
+    mamba) flags="-t 256 -g 0 -m 1"; torch_args="--model mamba --C 256 --L 5 --N 16 --T 256"; unit=tok;;
+    hybrid) flags="-t 256 -g 0 -m 1"; torch_args=""; unit=tok;;
+    vit|mamba_vit) flags="-i ${IMG}_train.bin -j ${IMG}_test.bin -s 1 -m 1"; torch_args="--model $m --C 256 --L 6 --dropout 0.1"; unit=images;;
+  esac
+  if [ "$DRY" = 1 ]; then b=4; else b=64; [ $unit = images ] && b=128; fi
+  one=$OUT/.bench_one
+  : > "$one"
+  limited 60 "$one" ./train_$m -S $PRESET -b $b -x $((BENCH_STEPS + 3)) -v 0 $flags
+  rc=$?
+  ours=$(mean_step_ms "$one")
+  cat "$one" >> "$OUT/bench.log"
+  per_step=$b; [ $unit = tok ] && per_step=$((b * 256))
+  line="ours $(status_word $rc) $ours ms"
+  [ "$ours" != nan ] && line="$line ($(awk -v a="$ours" -v n=$per_step 'BEGIN { printf "%.0f", n / (a / 1000) }') $unit/s)"
+  if [ -n "$torch_args" ] && [ "$ours" != nan ]; then
+    [ "$DRY" = 1 ] && torch_args=$(echo "$torch_args" | sed 's/--C 256/--C 64/; s/--L [0-9]/--L 2/; s/--T 256/--T 64/')
+    : > "$one"
+    limited 90 "$one" "$PYTHON" dev/bench_torch.py --device $device --B $b --steps $BENCH_STEPS --warmup 3 $torch_args
+    torch=$(awk '/^torch_ms_per_step/ { print $2 }' "$one")
+    cat "$one" >> "$OUT/bench.log"
+    [ -n "$torch" ] && line="$line, torch $torch ms, ratio $(awk -v a="$ours" -v t="$torch" 'BEGIN { printf "%.2f", a / t }')"
   fi
-  # the run is cut off when the budget is spent; its last step line says how far it got
-  timeout $(( left > 60 ? left : 60 )) ./train_$m -S seed -x $SEED_STEPS -g 64 > build/gpu_check_seed_$m.log 2>&1
-  final=$(grep -E "^final val loss" build/gpu_check_seed_$m.log)
-  [ -n "$final" ] || final="cut off: $(grep -E '^step ' build/gpu_check_seed_$m.log | tail -n 1 | cut -c1-90)"
-  echo "train_$m: $final"; add "seed run $m ($SEED_STEPS steps)" "$final"
+  note "bench $m B$b" "$line"
 done
+rm -f "$OUT/.bench_one"
+
+echo "=== seed runs"
+for m in mamba gpt; do
+  log=$OUT/seed_$m.log
+  : > "$log"
+  # half of what is left for the first, all but the sanitizer's minute for the second
+  budget=$(( $(left) - 60 ))
+  [ $m = mamba ] && budget=$(( budget / 2 ))
+  [ "$LONG" = 1 ] && budget=$(left)
+  t0=$(date +%s)
+  limited $budget "$log" ./train_$m -S $PRESET -x $SEED_STEPS -v 250 -m 20 -g 0
+  rc=$?
+  val=$(grep -E '^val loss' "$log" | tail -n 1)
+  step=$(grep -E '^step ' "$log" | tail -n 1 | sed -E 's/^step +([0-9]+\/[0-9]+).*/\1/')
+  note "seed run $m" "$(status_word $rc) after $(( $(date +%s) - t0 )) s at step ${step:-0}: ${val:-no val loss yet}, $(mean_step_ms "$log") ms/step"
+done
+
+echo "=== sanitizer"
+if [ "$DRY" = 1 ] || ! command -v compute-sanitizer > /dev/null; then
+  note "sanitizer" "skipped ($([ "$DRY" = 1 ] && echo "dry run" || echo "no compute-sanitizer"))"
+else
+  for t in test_gpt test_mamba; do
+    log=$OUT/sanitizer.log
+    limited 60 "$log" compute-sanitizer --tool memcheck --error-exitcode 99 ./$t
+    rc=$?
+    if tail -n 30 "$log" | grep -qiE 'not supported|unable to|refused'; then res="the device refuses compute-sanitizer"
+    else res="$(status_word $rc), $(grep -E 'ERROR SUMMARY' "$log" | tail -n 1)"; fi
+    note "memcheck $t" "$res"
+  done
+fi
+
+if [ "$LONG" = 1 ] && [ "$DRY" = 0 ] && command -v ncu > /dev/null; then
+  echo "=== ncu"
+  for m in mamba gpt; do
+    limited 120 "$OUT/ncu.log" ncu --csv --metrics gpu__time_duration.sum ./train_$m -S seed -x 2 -v 0 -m 1 -g 0
+    note "ncu $m" "$(status_word $?), kernel times in ncu.log"
+  done
+fi
 
 echo
-echo "=== summary ($(elapsed) s)"
-for r in "${summary[@]}"; do IFS='|' read -r k v <<< "$r"; printf "%-34s %s\n" "$k" "$v"; done
+echo "=== summary ($(elapsed) s of ${DEADLINE_S})"
+cat "$SUMMARY"

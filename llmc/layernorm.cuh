@@ -144,7 +144,7 @@ __global__ void layernorm_param_partial_kernel(float* partials, const float* dou
         for (int row = r0; row < r1; row++) {
             const float* g = dout + (long)row * C + c0;
             const float* x = inp + (long)row * C + c0;
-            float m = mean[row], s = rstd[row];
+            float m = mean ? mean[row] : 0.0f, s = rstd[row];
 #pragma unroll
             for (int j = 0; j < TILE; j++) {
                 dw[j] = fmaf(g[j] * (x[j] - m), s, dw[j]);  // an explicit fma: the same rounding in every tile width and backend
@@ -155,7 +155,7 @@ __global__ void layernorm_param_partial_kernel(float* partials, const float* dou
         for (int row = r0; row < r1; row++) {
             const float* g = dout + (long)row * C + c0;
             const float* x = inp + (long)row * C + c0;
-            float m = mean[row], s = rstd[row];
+            float m = mean ? mean[row] : 0.0f, s = rstd[row];
 #pragma unroll
             for (int j = 0; j < TILE; j++)
                 if (j < nc) {
@@ -172,7 +172,7 @@ __global__ void layernorm_param_partial_kernel(float* partials, const float* dou
 }
 
 // Stage 2: dweight[c] += sum_k partials[0, k, c], dbias[c] += sum_k
-// partials[1, k, c], chunks in order. One thread per TILE consecutive
+// partials[1, k, c] (when dbias is not null), chunks in order. One thread per TILE consecutive
 // channels, as stage 1; barrier-free.
 template <int TILE>
 __global__ void layernorm_param_reduce_kernel(float* dweight, float* dbias, const float* partials, int nchunks, int C) {
@@ -193,7 +193,7 @@ __global__ void layernorm_param_reduce_kernel(float* dweight, float* dbias, cons
     for (int j = 0; j < TILE; j++)
         if (j < nc) {
             dweight[c0 + j] += dw[j];
-            dbias[c0 + j] += db[j];
+            if (dbias) dbias[c0 + j] += db[j];
         }
 }
 
@@ -229,7 +229,9 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 }
 
 // dweight, dbias (C) accumulate the sums over the N rows of dout * xhat and
-// dout: the two stages above, `tile` (1 or LN_TILE) channels per thread
+// dout: the two stages above, `tile` (1 or LN_TILE) channels per thread.
+// RMSNorm's weight gradient is the same sum with xhat = x * rstd: mean and
+// dbias null.
 void layernorm_param_backward(float* dweight, float* dbias, const float* dout, const float* inp, const float* mean,
                               const float* rstd, int N, int C, int tile) {
     int nchunks = CEIL_DIV(N, LN_PARAM_ROWS), ntiles = CEIL_DIV(C, tile);

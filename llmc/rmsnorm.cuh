@@ -13,12 +13,14 @@ layernorm.cuh:
                  host backend runs it as vectorized C loops.
   *_warp_kernel: one warp per row, lanes stride over C and combine with
                  warp_sum. Coalesced; the variant for the GPU.
-The weight gradient is summed over rows per channel by one thread per tile
-of consecutive channels, rows in order: deterministic, no atomics.
+The weight gradient is LayerNorm's two-stage parameter reduction with a zero
+mean and no bias (layernorm_param_backward): chunks of rows per channel,
+then the chunks in order; deterministic, no atomics, and enough threads to
+fill a GPU.
 */
 #pragma once
 #include "cuda_common.h"
-#include "layernorm.cuh"  // ln_lane_sum, LN_LANES, LN_TILE
+#include "layernorm.cuh"  // ln_lane_sum, LN_LANES, layernorm_param_backward
 
 #define RMS_EPS 1e-5f
 
@@ -75,35 +77,6 @@ __global__ void rmsnorm_backward_warp_kernel(float* dinp, const float* dout, con
     for (int i = lane; i < C; i += 32) d[i] += (g[i] * weight[i] - x[i] * s * dxsum) * s;
 }
 
-// dweight[c] += sum_rows dout[row, c] * inp[row, c] * rstd[row], each
-// channel's rows summed in order. One thread per `tile` consecutive
-// channels: 1 on the GPU (coalesced across threads), LN_TILE on the host (a
-// row's tile is one contiguous vector)
-__global__ void rmsnorm_param_backward_kernel(float* dweight, const float* dout, const float* inp, const float* rstd,
-                                              int N, int C, int tile) {
-    int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * tile;
-    if (c0 >= C) return;
-    int nc = min(tile, C - c0);
-    float dw[LN_TILE];
-    for (int j = 0; j < LN_TILE; j++) dw[j] = 0.0f;
-    if (nc == LN_TILE) {  // fixed trip count: vectorized
-        for (int row = 0; row < N; row++) {
-            const float* g = dout + (long)row * C + c0;
-            const float* x = inp + (long)row * C + c0;
-            float s = rstd[row];
-            for (int j = 0; j < LN_TILE; j++) dw[j] += g[j] * x[j] * s;
-        }
-    } else {
-        for (int row = 0; row < N; row++) {
-            const float* g = dout + (long)row * C + c0;
-            const float* x = inp + (long)row * C + c0;
-            float s = rstd[row];
-            for (int j = 0; j < nc; j++) dw[j] += g[j] * x[j] * s;
-        }
-    }
-    for (int j = 0; j < nc; j++) dweight[c0 + j] += dw[j];
-}
-
 // ----------------------------------------------------------------------------
 // launchers; the variant follows kernel_choices.layernorm_warp and kernel_choices.layernorm_param_tile
 // (layernorm.cuh: the backend's fastest, switchable by tests)
@@ -126,7 +99,7 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
     } else {
         LAUNCH(rmsnorm_backward_rows_kernel, CEIL_DIV(N, 64), 64, 0)(dinp, dout, inp, weight, rstd, N, C);
     }
-    int tile = kernel_choices.layernorm_param_tile, nthreads = CEIL_DIV(C, tile);
-    LAUNCH(rmsnorm_param_backward_kernel, CEIL_DIV(nthreads, 64), 64, 0)(dweight, dout, inp, rstd, N, C, tile);
+    cudaCheck(cudaGetLastError());
+    layernorm_param_backward(dweight, nullptr, dout, inp, nullptr, rstd, N, C, kernel_choices.layernorm_param_tile);
     cudaCheck(cudaGetLastError());
 }
