@@ -97,27 +97,27 @@ mean_step_ms() {
 echo "=== gpu_check: deadline ${DEADLINE_S} s, results in $OUT"
 if [ "$DRY" = 1 ]; then
   note "machine" "dry run on the host backend ($(nproc) cores); python $PYTHON"
-  mk() { make -s -j"$(nproc)" "$@"; }
+  MAKE=(make -s -j"$(nproc)")
   PRESET=cpu; BENCH_STEPS=2; SEED_STEPS=300
 else
   gpu=$(nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
   [ -n "$gpu" ] || { note "machine" "no GPU visible (nvidia-smi); GPU_CHECK_DRY=1 rehearses on the CPU"; exit 1; }
   CC=${GPU_COMPUTE_CAPABILITY:-$(echo "$gpu" | cut -d, -f2 | tr -d ' .')}
   note "machine" "$gpu; $(nproc) cores; python $PYTHON ($("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null))"
-  mk() { make -s -j"$(nproc)" BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON" "$@"; }
+  MAKE=(make -s -j"$(nproc)" BACKEND=cuda GPU_COMPUTE_CAPABILITY="$CC" PYTHON="$PYTHON")
   PRESET=seed; BENCH_STEPS=20; SEED_STEPS=5000
 fi
 
 echo "=== data"
 mkdir -p data
 [ -d "$CARRY" ] && cp -n "$CARRY"/*.bin data/ 2>/dev/null
-limited 120 "$OUT/build.log" mk $(for r in $REF_STATES; do echo data/$r.bin; done) data/tinyshakespeare_train.bin
+limited 120 "$OUT/build.log" "${MAKE[@]}" $(for r in $REF_STATES; do echo data/$r.bin; done) data/tinyshakespeare_train.bin
 rc=$?; note "data" "$(status_word $rc)$([ -d "$CARRY" ] && echo ", from $CARRY")"
 if [ -f data/${IMAGES}_train.bin ]; then IMG=data/$IMAGES; else IMG=data/cifar10_synthetic; fi
 
 echo "=== build"
 t0=$(date +%s)
-limited 300 "$OUT/build.log" mk $TESTS $TRAINERS
+limited 300 "$OUT/build.log" "${MAKE[@]}" $TESTS $TRAINERS
 rc=$?; note "build" "$(status_word $rc), $(( $(date +%s) - t0 )) s"
 [ $rc = 0 ] || tail -n 20 "$OUT/build.log"
 
@@ -135,13 +135,17 @@ grep -E '^FAIL' "$OUT/tests.log" | head -n 20
 
 echo "=== bench (preset $PRESET beside PyTorch on the same device)"
 device=cpu; [ "$DRY" = 1 ] || device=cuda
+# the seed configuration's shapes on a GPU; a small one in the rehearsal (the same on both sides)
+if [ "$DRY" = 1 ]; then C=64; LM_L=2; VIS_L=2; T=64; else C=256; LM_L=4; VIS_L=6; T=256; fi
 for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
+  lm="-C $C -t $T -g 0 -m 1"
   case $m in
-    gpt) flags="-t 256 -g 0 -m 1"; torch_args="--model gpt --C 256 --L 4 --H 4 --F 512 --T 256"; unit=tok;;
-    gpt_plus) flags="-t 256 -g 0 -m 1"; torch_args=""; unit=tok;;
-    mamba) flags="-t 256 -g 0 -m 1"; torch_args="--model mamba --C 256 --L 5 --N 16 --T 256"; unit=tok;;
-    hybrid) flags="-t 256 -g 0 -m 1"; torch_args=""; unit=tok;;
-    vit|mamba_vit) flags="-i ${IMG}_train.bin -j ${IMG}_test.bin -s 1 -m 1"; torch_args="--model $m --C 256 --L 6 --dropout 0.1"; unit=images;;
+    gpt) flags="$lm -L $LM_L -H 4 -F $((2 * C))"; torch_args="--model gpt --C $C --L $LM_L --H 4 --F $((2 * C)) --T $T"; unit=tok;;
+    gpt_plus) flags="$lm -L $LM_L -H 4"; torch_args=""; unit=tok;;
+    mamba) flags="$lm -L $((LM_L + 1))"; torch_args="--model mamba --C $C --L $((LM_L + 1)) --N 16 --T $T"; unit=tok;;
+    hybrid) flags="$lm -A MAMA"; torch_args=""; unit=tok;;
+    vit|mamba_vit) flags="-i ${IMG}_train.bin -j ${IMG}_test.bin -s 1 -m 1 -C $C -L $VIS_L"
+                   torch_args="--model $m --C $C --L $VIS_L --dropout 0.1"; unit=images;;
   esac
   if [ "$DRY" = 1 ]; then b=4; else b=64; [ $unit = images ] && b=128; fi
   one=$OUT/.bench_one
@@ -150,11 +154,10 @@ for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
   rc=$?
   ours=$(mean_step_ms "$one")
   cat "$one" >> "$OUT/bench.log"
-  per_step=$b; [ $unit = tok ] && per_step=$((b * 256))
+  per_step=$b; [ $unit = tok ] && per_step=$((b * T))
   line="ours $(status_word $rc) $ours ms"
   [ "$ours" != nan ] && line="$line ($(awk -v a="$ours" -v n=$per_step 'BEGIN { printf "%.0f", n / (a / 1000) }') $unit/s)"
   if [ -n "$torch_args" ] && [ "$ours" != nan ]; then
-    [ "$DRY" = 1 ] && torch_args=$(echo "$torch_args" | sed 's/--C 256/--C 64/; s/--L [0-9]/--L 2/; s/--T 256/--T 64/')
     : > "$one"
     limited 90 "$one" "$PYTHON" dev/bench_torch.py --device $device --B $b --steps $BENCH_STEPS --warmup 3 $torch_args
     torch=$(awk '/^torch_ms_per_step/ { print $2 }' "$one")
