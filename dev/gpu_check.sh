@@ -45,7 +45,7 @@ TESTS="test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test
 
 echo "=== 1. build"
 [ "$DRY" = 1 ] || mk clean
-mk $TESTS train_gpt train_mamba train_hybrid train_vit train_mamba_vit dev/cuda/selective_scan || { echo "build failed"; exit 1; }
+mk $TESTS train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit dev/cuda/selective_scan || { echo "build failed"; exit 1; }
 mk data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin data/ref_attention.bin data/ref_hybrid.bin data cifar-synthetic || exit 1
 add "build" "ok, $(elapsed) s"
 

@@ -1,5 +1,5 @@
 """
-The Transformer++ (train_gpt -M plus) in PyTorch, and the writer of its
+The Transformer++ (train_gpt_plus) in PyTorch, and the writer of its
 reference state.
 
 The model (defined exactly in doc/models.md): token embedding wte (V,C), no
