@@ -510,15 +510,11 @@ static void hybrid_prefill(Hybrid* model, const int* tokens, int B, int T) {
         hybrid_prefill_window(model, B);
         return;
     }
-    int first = T < model->buf.seq_len ? T : model->buf.seq_len;
-    std::vector<int> head((long)B * first), column(B);
-    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
-    hybrid_forward(model, head.data(), nullptr, B, first);
-    hybrid_states_from_forward(model, B, first);
-    for (int t = first; t < T; t++) {
-        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
-        hybrid_step(model, column.data(), B);
-    }
+    auto prefill = [&](const int* rows, int first) {
+        hybrid_forward(model, rows, nullptr, B, first);
+        hybrid_states_from_forward(model, B, first);
+    };
+    lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { hybrid_step(model, column, B); });
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)

@@ -262,16 +262,12 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
 // them; the rest, if any, by steps. gen.logits: the next token's.
 static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
     NVTX_RANGE("prefill");
-    int first = T < model->buf.seq_len ? T : model->buf.seq_len;
-    std::vector<int> head((long)B * first), column(B);
-    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
-    mamba_forward(model, head.data(), nullptr, B, first);
-    mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
-    step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
-    for (int t = first; t < T; t++) {
-        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
-        mamba_step(model, column.data(), B);
-    }
+    auto prefill = [&](const int* rows, int first) {
+        mamba_forward(model, rows, nullptr, B, first);
+        mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
+        step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
+    };
+    lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { mamba_step(model, column, B); });
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)

@@ -314,6 +314,23 @@ static void step_buffers_free(StepBuffers* s) {
     s->B = 0;
 }
 
+// A prompt (B, T) (host) into a model that carries a recurrent state (no
+// context limit, the Mamba's): its first tokens, as many as the activations
+// hold (max_T), through prefill(rows, first), the parallel forward over rows
+// (B, first) that leaves every state after them; the rest one position at a
+// time through step(column), column the B rows' tokens at that position.
+template <typename Prefill, typename Step>
+static void lm_prefill_recurrent(const int* tokens, int B, int T, int max_T, Prefill prefill, Step step) {
+    int first = T < max_T ? T : max_T;
+    std::vector<int> head((long)B * first), column(B);
+    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
+    prefill(head.data(), first);
+    for (int t = first; t < T; t++) {
+        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
+        step(column.data());
+    }
+}
+
 // after a parallel forward over (B, T): the last position's logits of each row into s->logits
 static void step_logits_from_forward(StepBuffers* s, const float* logits, int B, int T, int V) {
     for (int b = 0; b < B; b++)
