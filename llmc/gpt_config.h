@@ -34,6 +34,7 @@ static void gpt_config_slots(GPTConfig c, int* slots) {
     for (int i = 0; i < CONFIG_SLOTS - 1; i++) slots[i] = s[i];
 }
 
+// the heads must split the channels (the flags -C/-H, or a model file's slots)
 static void gpt_check_heads(GPTConfig c) {
     if (c.channels % c.num_heads != 0) fail("flag -C/-H: channels %d are not divisible by heads %d", c.channels, c.num_heads);
 }
