@@ -46,7 +46,7 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh llmc/host/*.h)
-PROGRAMS = train_gpt test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
+PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
 TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
@@ -60,8 +60,15 @@ all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 	$(COMPILE) $< -o $@ $(LIBS)
-# the model tests include their trainer's source
-test_gpt test_gpt_plus: train_gpt.cu
+# The model tests include their trainer's source: every build of such a test
+# (the program, its sanitizer build, its cuda-check build) depends on it.
+builds_of = $(1) build/sanitize/$(1) build/cuda-check/$(1)
+$(call builds_of,test_gpt): train_gpt.cu
+$(call builds_of,test_gpt_plus): train_gpt_plus.cu
+$(call builds_of,test_mamba) $(call builds_of,test_pixels): train_mamba.cu
+$(call builds_of,test_hybrid): train_hybrid.cu
+$(call builds_of,test_vit): train_vit.cu
+$(call builds_of,test_mamba_vit): train_mamba_vit.cu
 
 # reference states written by the PyTorch script (CPU)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
@@ -117,41 +124,29 @@ data: data/tinyshakespeare_train.bin
 data/tinyshakespeare_train.bin: $(TINYSHAKESPEARE) dev/data/tinyshakespeare.py
 	@mkdir -p data
 	$(PYTHON) dev/data/tinyshakespeare.py --input "$(TINYSHAKESPEARE)" --out data
-LM_TRAINERS = train_gpt train_mamba train_hybrid
+LM_TRAINERS = train_gpt train_gpt_plus train_mamba train_hybrid
 $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
-# after a kill, PyTorch interop, the training step as a CUDA graph
+# after a kill, PyTorch interop, the training step as a CUDA graph, the GPU
+# check's rehearsal
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
-               dev/test_graphs.sh
-test: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
+               dev/test_graphs.sh dev/test_gpu_check.sh
+test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # The tests under the host backend's fidelity switches (llmc/host_backend.h),
-# which make the CPU show what a GPU would: the test programs with blocks and
-# threads in reversed and in random order and with the GPU build's kernel
-# variants; test_backend with TF32 products (the model tests join that run
-# once their reference tolerance is tf32_tolerance(1e-4, 2e-2)); the script
-# tests as the trainers run on a GPU, with the GPU's variants and TF32 on the
-# handles that ask for it (HOST_TF32=handle), but for dev/test_resume.sh
-# (500 s of CPU with the chunked scan in fibers, and its 10 s window to kill a
-# run after its step-20 checkpoint is too short at that speed). Allocations
-# are poisoned (NaN) in every run. Prints each program's summary and failures
-# (full logs in build/fidelity/), then one line per run.
+# which make the CPU show what a GPU would; dev/test_fidelity.sh says which
+# runs and prints their summaries. The lists it runs:
+#   FIDELITY_RUNS        each a run of the test programs under that setting
+#   FIDELITY_TF32_TESTS  the programs run once more with TF32 products
+#   FIDELITY_SCRIPTS     the script tests, run as the trainers run on a GPU
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
 FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_vit test_mamba_vit test_hybrid
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh dev/test_graphs.sh
-test-fidelity: $(TESTS) train_gpt train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
-	@mkdir -p build/fidelity; rm -f build/fidelity/summary; start=$$(date +%s); \
-	run() { log=build/fidelity/$$(echo "$$1-$$2" | tr -c 'a-zA-Z0-9_\n-' _).log; t0=$$(date +%s); \
-	  echo "##### $$1 ($$2)"; env $$(echo $$1 | tr , ' ') dev/run_tests.sh $$3 > $$log 2>&1; \
-	  grep -E '^(=== |FAIL|[0-9]+ passed, [0-9]+ failed$$)' $$log; \
-	  echo "$$1 ($$2): $$(tail -n 1 $$log), $$(( $$(date +%s) - t0 )) s" >> build/fidelity/summary; }; \
-	for r in $(FIDELITY_RUNS); do run $$r programs "$(TESTS)"; done; \
-	run HOST_TF32=1 programs "$(FIDELITY_TF32_TESTS)"; \
-	run HOST_VARIANTS=gpu,HOST_TF32=handle scripts "$(FIDELITY_SCRIPTS)"; \
-	echo "##### test-fidelity, $$(( $$(date +%s) - start )) s:"; cat build/fidelity/summary; \
-	! grep -qv ' 0 failed, ' build/fidelity/summary
+test-fidelity: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
+	@TESTS="$(TESTS)" FIDELITY_RUNS="$(FIDELITY_RUNS)" FIDELITY_TF32_TESTS="$(FIDELITY_TF32_TESTS)" \
+	  FIDELITY_SCRIPTS="$(FIDELITY_SCRIPTS)" dev/test_fidelity.sh
 
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend);
 # -g1 keeps the line tables for the reports at a third less compile time than -g

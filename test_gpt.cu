@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
     const std::vector<int>& tokens = ref.get("inputs", path).i;
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, "steps vs forward");
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2, GEN_TOL, "steps vs forward");
-    check_cache_full(t, &model, tokens, ref.B, gpt_context(&model), GEN_TOL);
+    check_cache_full(t, &model, tokens, ref.B, gpt_context(model.config, &model.buf), GEN_TOL);
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 2 * ref.T);
     model_free(&model.buf);
     return t.summary();

@@ -1,5 +1,5 @@
 /*
-Checks train_gpt.cu's Transformer++ (-M plus) against the PyTorch reference
+Checks train_gpt_plus.cu, the Transformer++, against the PyTorch reference
 state written by dev/reference/gpt_plus.py (make test writes
 data/ref_gpt_plus.bin), and its three new kernels against plain loops:
   - kernels: RMSNorm forward (rstd too), backward to the input and the
@@ -37,7 +37,7 @@ Tolerances:
     O(1). Its round trip and adjoint: 1e-5 (rounding only).
 */
 #define TESTING
-#include "train_gpt.cu"
+#include "train_gpt_plus.cu"
 #include "llmc/testing.h"
 
 static const double TOL = tf32_tolerance(1e-4, 2e-2);
@@ -213,10 +213,10 @@ static void check_forward_backward(Tests& t, GPTPlus* model, const RefState& ref
     int B = ref.B, T = ref.T, L = c.num_layers;
     load_params(&model->buf, ref.get("params", path).f);
     plus_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
-    PlusActivationTensors a = model->acts;
+    ActivationTensors a = model->acts;
     compare_ref(t, ref, path, "encoded", a.encoded, label, TOL);
     for (int l = 0; l < L; l++) {
-        PlusStackActs la = plus_layer_acts(a.tower, l, B, T, plus_dims_of(c));
+        PlusStackActs la = plus_layer_acts(a.tower, l, B, T, dims_of(c));
         struct { const char* name; const float* ptr; } acts[] = {
             {"ln1", la.ln1}, {"qkv_rot", la.qkv}, {"att", la.att}, {"atty", la.atty}, {"attproj", la.attproj},
             {"res2", la.residual2}, {"ln2", la.ln2}, {"fch", la.fch}, {"fch_swiglu", la.fch_swiglu},
@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
     ref_state_load(&ref, path);
     if (ref.kind != MODEL_GPT_PLUS)
         fail("%s: reference state of model kind %d, expected a Transformer++ (%d)", path, ref.kind, MODEL_GPT_PLUS);
-    GPTConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5], GPT_PLUS};
+    GPTConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5]};
     printf("backend %s | reference %s: Transformer++ L %d C %d H %d SwiGLU %d V %d maxT %d | B %d T %d\n", BACKEND_NAME,
            path, config.num_layers, config.channels, config.num_heads, config.ffn, config.vocab_size,
            config.max_seq_len, ref.B, ref.T);
@@ -308,7 +308,7 @@ int main(int argc, char** argv) {
     const std::vector<int>& tokens = ref.get("inputs", path).i;
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, 1, GEN_TOL, "steps vs forward");
     check_steps_against_forward(t, &model, tokens, ref.B, ref.T, ref.T / 2, GEN_TOL, "steps vs forward");
-    check_cache_full(t, &model, tokens, ref.B, gpt_context(&model), GEN_TOL);
+    check_cache_full(t, &model, tokens, ref.B, gpt_context(model.config, &model.buf), GEN_TOL);
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 2 * ref.T);
     model_free(&model.buf);
     return t.summary();

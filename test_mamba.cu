@@ -269,9 +269,10 @@ static void check_against_reference(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
     if (ref.kind != MODEL_MAMBA) fail("%s: reference state of model kind %d, expected a Mamba LM (%d)", path, ref.kind, MODEL_MAMBA);
-    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5]};
+    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4]};
     printf("--- reference %s: Mamba L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, config.num_layers,
-           config.channels, config.inner, config.d_state, config.dt_rank, config.vocab_size, ref.B, ref.T);
+           config.channels, config.inner, config.d_state, ref.config[5], config.vocab_size, ref.B, ref.T);
+    t.check(ref.config[5] == dims_of(config).R, "dt rank %d = ceil(C/16) = %d", ref.config[5], dims_of(config).R);
     Mamba model;
     mamba_build(&model, config);
     mamba_allocate_activations(&model, ref.B, ref.T);

@@ -33,16 +33,15 @@ Build with `make train_hybrid` (GPU if one is visible, else the host backend).
 #include "llmc/cuda_common.h"
 #include "llmc/utils.h"
 #include "llmc/encoder.cuh"
-#include "llmc/layernorm.cuh"
-#include "llmc/matmul.cuh"
 #include "llmc/mamba_block.cuh"
 #include "llmc/mamba_step.cuh"
 #include "llmc/transformer_block.cuh"
 #include "llmc/kv_cache.cuh"
-#include "llmc/crossentropy.cuh"
+#include "llmc/lm_head.cuh"
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -122,6 +121,16 @@ static int compact_table(TensorSpec* out, const TensorSpec* full, int n) {
     for (int i = 0; i < n; i++)
         if (full[i].size > 0) out[k++] = full[i];
     return k;
+}
+
+// sets the rows of these names among rows[0..n) to size 0 (what compact_table drops)
+static void drop_rows(TensorSpec* rows, int n, std::initializer_list<const char*> names) {
+    for (const char* name : names) {
+        int i = 0;
+        while (i < n && strcmp(rows[i].name, name)) i++;
+        if (i == n) fail("drop_rows: no row named %s", name);
+        rows[i].size = 0;
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -208,14 +217,13 @@ static void hybrid_act_table(TensorSpec* t, const HybridConfig& c, int B, int T)
     *t++ = {"losses", BT, 0, 1};
     TensorSpec* scratch = t;
     t = transformer_scratch_table(t, B, T, td);
-    // TransformerScratch's rows: preatt, attn_y, dbtc, dbtf, dqkv, dqkvr, datt, dbranch
-    if (!nA) for (int i : {0, 1, 4, 5, 6}) scratch[i].size = 0;  // attention's alone
-    if (!nF) scratch[3].size = 0;                                 // the MLP's alone
-    if (!nA && !nF) scratch[2].size = 0;                          // both's
-    scratch[7].size = 0;                                          // dropout's, which the hybrid has not
+    if (!nA) drop_rows(scratch, TRANSFORMER_SCRATCH, {"preatt", "attn_y", "dqkv", "dqkvr", "datt"});  // attention's alone
+    if (!nF) drop_rows(scratch, TRANSFORMER_SCRATCH, {"dbtf"});                                     // the MLP's alone
+    if (!nA && !nF) drop_rows(scratch, TRANSFORMER_SCRATCH, {"dbtc"});                              // both's
+    drop_rows(scratch, TRANSFORMER_SCRATCH, {"dbranch"});  // dropout's, which the hybrid has not
     TensorSpec* mscratch = t;
     t = mamba_scratch_table(t, B, T, md);
-    if (!nM) for (int i = 0; i < MAMBA_SCRATCH; i++) mscratch[i].size = 0;
+    if (!nM) for (TensorSpec* r = mscratch; r < t; r++) r->size = 0;
     *t++ = {"dresidual", BT * C, 0, 1};
     *t++ = {"dnorm", BT * C, 0, 1};
     *t++ = {"dlogits", BT * V, 0, 1};
@@ -241,10 +249,9 @@ typedef struct {
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     MambaStepState step;      // generation: the M layers' conv and SSM states (llmc/mamba_step.cuh)
     KVCache cache;            // ... the A layers' keys and values (llmc/kv_cache.cuh)
+    KVWindow window;          // ... with attention: the tokens they hold and the next position
     MlpStepScratch mlp_step;  // ... the F layers' scratch
     StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
-    std::vector<int> window;  // ... with attention: the tokens in the cache, (B, context) on the host
-    int pos;                  // ... and how many of them there are: the next token's position
 } Hybrid;
 
 static void hybrid_build(Hybrid* model, const HybridConfig& c) {
@@ -330,7 +337,7 @@ static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets,
     bool positions = c.count[LAYER_ATTENTION] > 0;
     if (B > m->batch_size || T > m->seq_len || (positions && T > c.max_seq_len))
         fail("hybrid_forward: batch %d x %d exceeds the allocation", B, T);
-    int C = c.channels, V = c.vocab_size, BT = B * T;
+    int C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
@@ -352,14 +359,8 @@ static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets,
             mlp_sublayer_forward(h, mlp_layer_params(p.mlp, k, td), mlp_layer_acts(a.mlp, k, B, T, td), x, B, T, td, 0.0f, NO_DROPOUT_SITE);
         }
     }
-    const float* x = hybrid_layer_output(model, c.num_layers - 1, B, T);
-    { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, p.lnf_w, p.lnf_b, BT, C); }
-    { NVTX_RANGE("head_forward"); matmul_forward(h, a.logits, a.lnf, p.head_w, p.head_b, BT, C, V); }
-    if (targets) {
-        NVTX_RANGE("crossentropy_forward");
-        crossentropy_forward(a.losses, a.probs, a.logits, m->targets, BT, V);
-        model_mean_loss(m, a.losses, BT);
-    }
+    lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), hybrid_layer_output(model, c.num_layers - 1, B, T), BT, C,
+                    c.vocab_size, targets != nullptr);
 }
 
 // ----------------------------------------------------------------------------
@@ -376,17 +377,8 @@ static void hybrid_backward(Hybrid* model, int B, int T) {
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     model_zero_grads(m);
-    cudaCheck(cudaMemsetAsync(a.dresidual, 0, (long)BT * C * sizeof(float), main_stream));
-    {
-        NVTX_RANGE("head_backward");
-        crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / BT, BT, V);
-        matmul_backward(h, a.dnorm, g.head_w, g.head_b, a.dlogits, a.lnf, p.head_w, m->ones, BT, C, V);
-    }
-    {
-        NVTX_RANGE("lnf_backward");
-        layernorm_backward(a.dresidual, g.lnf_w, g.lnf_b, a.dnorm, hybrid_layer_output(model, L - 1, B, T), p.lnf_w,
-                           a.lnf_mean, a.lnf_rstd, BT, C);
-    }
+    lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), hybrid_layer_output(model, L - 1, B, T),
+                     a.dresidual, a.dlogits, a.dnorm, BT, C, V);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = hybrid_layer_output(model, l - 1, B, T);
         int k = c.index[l];
@@ -434,7 +426,7 @@ static void hybrid_generate_begin(Hybrid* model, int B) {
     if (c.count[LAYER_MAMBA]) mamba_step_state_alloc(&model->step, c.count[LAYER_MAMBA], B, mamba_dims_of(c));
     if (c.count[LAYER_ATTENTION]) {
         kv_cache_alloc(&model->cache, c.count[LAYER_ATTENTION], B, hybrid_context(model), transformer_dims_of(c));
-        model->window.assign((long)B * hybrid_context(model), 0);
+        kv_window_init(&model->window, B, hybrid_context(model));
     }
     if (c.count[LAYER_MLP]) {
         MlpStepScratch* s = &model->mlp_step;
@@ -447,7 +439,6 @@ static void hybrid_generate_begin(Hybrid* model, int B) {
         s->proj = s->fch_gelu + B * F;
     }
     step_buffers_alloc(&model->gen, B, c.channels, c.vocab_size);
-    model->pos = 0;
 }
 
 static void hybrid_generate_end(Hybrid* model) {
@@ -467,37 +458,25 @@ static void hybrid_states_from_forward(Hybrid* model, int B, int T) {
     for (int k = 0; k < c.count[LAYER_ATTENTION]; k++)
         kv_cache_prefill(&model->cache, k, attention_layer_acts(model->acts.attn, k, B, T, transformer_dims_of(c)).qkv, B, T);
     step_logits_from_forward(&model->gen, model->acts.logits, B, T, c.vocab_size);
-    model->pos = T;
 }
 
-// with attention: the states from a parallel forward over the first T tokens of each row's window
-static void hybrid_prefill_window(Hybrid* model, int B, int T) {
-    int W = hybrid_context(model);
-    std::vector<int> rows((long)B * T);
-    for (int b = 0; b < B; b++) std::copy(&model->window[(long)b * W], &model->window[(long)b * W] + T, &rows[(long)b * T]);
-    hybrid_forward(model, rows.data(), nullptr, B, T);
+// with attention: the states from a parallel forward over the window's tokens
+static void hybrid_prefill_window(Hybrid* model, int B) {
+    int T = model->window.pos;
+    hybrid_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T);
     hybrid_states_from_forward(model, B, T);
 }
 
-// one token per row (host, B) through every layer's step at position pos; gen.logits (B, V) the next token's
+// one token per row (host, B) through every layer's step; gen.logits (B, V) the next token's
 static void hybrid_step(Hybrid* model, const int* tokens, int B) {
     NVTX_RANGE("step");
     const HybridConfig& c = model->config;
     int C = c.channels;
     bool attention = hybrid_has_attention(model);
+    int pos = 0;  // with attention, the tokens' position (the window's next); without, positions play no part
     if (attention) {
-        int W = hybrid_context(model);
-        if (model->pos == W) {  // the cache is full: the newest W/2 tokens become the window
-            int keep = W / 2 > 1 ? W / 2 : 1;
-            for (int b = 0; b < B; b++) {
-                int* row = &model->window[(long)b * W];
-                std::copy(row + W - (keep - 1), row + W, row);
-                row[keep - 1] = tokens[b];
-            }
-            hybrid_prefill_window(model, B, keep);
-            return;
-        }
-        for (int b = 0; b < B; b++) model->window[(long)b * W + model->pos] = tokens[b];
+        pos = kv_window_push(&model->window, tokens, B);
+        if (pos < 0) { hybrid_prefill_window(model, B); return; }  // the caches were full
     }
     ParameterTensors p = model->params;
     StepBuffers* g = &model->gen;
@@ -505,20 +484,19 @@ static void hybrid_step(Hybrid* model, const int* tokens, int B) {
     MambaDims md = mamba_dims_of(c);
     TransformerDims td = transformer_dims_of(c);
     cudaCheck(cudaMemcpy(g->tokens, tokens, B * sizeof(int), cudaMemcpyHostToDevice));
-    encoder_forward(g->x, g->tokens, p.wte, attention ? p.wpe + (long)model->pos * C : nullptr, B, 1, C);
+    encoder_forward(g->x, g->tokens, p.wte, attention ? p.wpe + (long)pos * C : nullptr, B, 1, C);
     for (int l = 0; l < c.num_layers; l++) {
         int k = c.index[l];
         if (c.kind[l] == LAYER_MAMBA) {
             mamba_prenorm_step(h, mamba_layer_params(p.mamba, k, md), &model->step, k, g->x, B, md);
         } else if (c.kind[l] == LAYER_ATTENTION) {
-            attention_sublayer_step(h, attention_layer_params(p.attn, k, td), &model->cache, k, g->x, model->pos, B, td);
+            attention_sublayer_step(h, attention_layer_params(p.attn, k, td), &model->cache, k, g->x, pos, B, td);
         } else {
             const MlpStepScratch& s = model->mlp_step;
             mlp_sublayer_step(h, mlp_layer_params(p.mlp, k, td), g->x, s.ln, s.fch, s.fch_gelu, s.proj, B, td);
         }
     }
-    step_head(h, g, p.lnf_w, p.lnf_b, p.head_w, p.head_b, B, C, c.vocab_size);
-    model->pos++;
+    lm_head_step(h, lm_head_params(p), g->logits, g->lnf, g->x, B, C, c.vocab_size);
 }
 
 // A prompt (B, T) (host). With attention: its last `context` tokens through
@@ -528,20 +506,15 @@ static void hybrid_step(Hybrid* model, const int* tokens, int B) {
 static void hybrid_prefill(Hybrid* model, const int* tokens, int B, int T) {
     NVTX_RANGE("prefill");
     if (hybrid_has_attention(model)) {
-        int W = hybrid_context(model), keep = T < W ? T : W;
-        for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T + (T - keep), tokens + (long)b * T + T, &model->window[(long)b * W]);
-        hybrid_prefill_window(model, B, keep);
+        kv_window_prompt(&model->window, tokens, B, T);
+        hybrid_prefill_window(model, B);
         return;
     }
-    int first = T < model->buf.seq_len ? T : model->buf.seq_len;
-    std::vector<int> head((long)B * first), column(B);
-    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
-    hybrid_forward(model, head.data(), nullptr, B, first);
-    hybrid_states_from_forward(model, B, first);
-    for (int t = first; t < T; t++) {
-        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
-        hybrid_step(model, column.data(), B);
-    }
+    auto prefill = [&](const int* rows, int first) {
+        hybrid_forward(model, rows, nullptr, B, first);
+        hybrid_states_from_forward(model, B, first);
+    };
+    lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { hybrid_step(model, column, B); });
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
@@ -579,7 +552,7 @@ int main(int argc, char** argv) {
     HybridConfig config;
     if (tc.init_path) {  // the model file decides the shape
         int s[CONFIG_SLOTS];
-        read_model_file_shape(tc.init_path, MODEL_HYBRID, "hybrid LM", s);
+        model_file_config(tc.init_path, MODEL_HYBRID, s);
         config = hybrid_config(s[0], s[1], s[2], s[3], s[4], s[5], tc.init_path);
         check_model_vocab(&tc, config.vocab_size, &vocab);
         if (config.count[LAYER_ATTENTION] && tc.T > config.max_seq_len)

@@ -22,11 +22,9 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/cuda_common.h"
 #include "llmc/utils.h"
 #include "llmc/encoder.cuh"
-#include "llmc/layernorm.cuh"
-#include "llmc/matmul.cuh"
 #include "llmc/mamba_block.cuh"
 #include "llmc/mamba_step.cuh"
-#include "llmc/crossentropy.cuh"
+#include "llmc/lm_head.cuh"
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
 
@@ -41,14 +39,15 @@ typedef struct {
     int channels;    // C (d_model)
     int inner;       // E = expand * C
     int d_state;     // N
-    int dt_rank;     // R = ceil(C / 16)
 } MambaConfig;
 
+// the seven config slots of model files and checkpoints; dt_rank is R =
+// mamba_dt_rank(C), derived from C and stored so that a file says its shape
 static const char* const mamba_slot_names[CONFIG_SLOTS] = {"vocab_size", "num_layers", "channels", "inner",
                                                            "d_state", "dt_rank", "num_params"};
 
 static MambaDims dims_of(MambaConfig c) {
-    MambaDims d = {c.channels, c.inner, c.d_state, c.dt_rank};
+    MambaDims d = {c.channels, c.inner, c.d_state, mamba_dt_rank(c.channels)};
     return d;
 }
 
@@ -93,8 +92,8 @@ typedef struct {
     // scratch
     float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
     MambaScratch block;     // the blocks' backward scratch
-    float* dres;            // (B, T, C)  ... and w.r.t. its input
-    float* dbtc;            // (B, T, C)
+    float* dresidual_in;    // (B, T, C)  ... and w.r.t. its input (the two swap roles block by block)
+    float* dnorm;           // (B, T, C)  gradient w.r.t. the final LayerNorm's output
     float* dlogits;         // (B, T, V); also the one-hot scratch of the embedding backward
 } ActivationTensors;
 static_assert(sizeof(ActivationTensors) == NUM_ACTIVATION_TENSORS * sizeof(float*), "one pointer per tensor");
@@ -111,8 +110,8 @@ static void mamba_act_table(TensorSpec* t, MambaConfig c, int B, int T) {
     *t++ = {"losses", BT, 0, 1};
     *t++ = {"dresidual", BT * C, 0, 1};
     t = mamba_scratch_table(t, B, T, dims_of(c));
-    *t++ = {"dres", BT * C, 0, 1};
-    *t++ = {"dbtc", BT * C, 0, 1};
+    *t++ = {"dresidual_in", BT * C, 0, 1};
+    *t++ = {"dnorm", BT * C, 0, 1};
     *t++ = {"dlogits", BT * V, 0, 1};
 }
 
@@ -131,7 +130,7 @@ typedef struct {
 
 static MambaConfig mamba_config(int V, int L, int C, int N) {
     MambaDims d = mamba_dims(C, N);
-    MambaConfig c = {V, L, C, d.E, N, d.R};
+    MambaConfig c = {V, L, C, d.E, N};
     return c;
 }
 
@@ -140,7 +139,7 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     model->config = c;
     TensorSpec table[NUM_PARAMETER_TENSORS];
     mamba_param_table(table, c);
-    int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, c.dt_rank};
+    int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, dims_of(c).R};
     model_build(&model->buf, MODEL_MAMBA, mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
     model->gen.B = 0;
@@ -181,7 +180,7 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     MambaDims d = dims_of(c);
     ModelBuffers* m = &model->buf;
     if (B > m->batch_size || T > m->seq_len) fail("mamba_forward: batch %d x %d exceeds the allocation", B, T);
-    int L = c.num_layers, C = c.channels, V = c.vocab_size, BT = B * T;
+    int L = c.num_layers, C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
@@ -195,13 +194,7 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
         mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d);
         x = la.ln;
     }
-    { NVTX_RANGE("lnf_forward"); layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x, p.lnf_w, p.lnf_b, BT, C); }
-    { NVTX_RANGE("head_forward"); matmul_forward(h, a.logits, a.lnf, p.head_w, p.head_b, BT, C, V); }
-    if (targets) {
-        NVTX_RANGE("crossentropy_forward");
-        crossentropy_forward(a.losses, a.probs, a.logits, m->targets, BT, V);
-        model_mean_loss(m, a.losses, BT);
-    }
+    lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
 }
 
 // ----------------------------------------------------------------------------
@@ -217,30 +210,21 @@ static void mamba_backward(Mamba* model, int B, int T) {
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     model_zero_grads(m);
-
-    {
-        NVTX_RANGE("head_backward");
-        crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / BT, BT, V);
-        matmul_backward(h, a.dbtc, g.head_w, g.head_b, a.dlogits, a.lnf, p.head_w, m->ones, BT, C, V);
-    }
-    float* dout = a.dresidual;  // gradient w.r.t. the current block's output
-    float* din = a.dres;        // ... and w.r.t. its input
+    float* dresidual = a.dresidual;        // gradient w.r.t. the current block's output
+    float* dresidual_in = a.dresidual_in;  // ... and w.r.t. its input
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : mamba_layer_acts(a.tower, l, B, T, d).ln; };
-    {
-        NVTX_RANGE("lnf_backward");
-        cudaCheck(cudaMemsetAsync(dout, 0, (long)BT * C * sizeof(float), main_stream));
-        layernorm_backward(dout, g.lnf_w, g.lnf_b, a.dbtc, block_output(L - 1), p.lnf_w, a.lnf_mean, a.lnf_rstd, BT, C);
-    }
+    lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), block_output(L - 1), dresidual,
+                     a.dlogits, a.dnorm, BT, C, V);
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        mamba_block_backward(h, din, dout, block_output(l - 1), mamba_layer_params(p.tower, l, d),
+        mamba_block_backward(h, dresidual_in, dresidual, block_output(l - 1), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
                              m->ones, B, T, d);
-        float* t = dout; dout = din; din = t;
+        std::swap(dresidual, dresidual_in);
     }
     {
         NVTX_RANGE("encoder_backward");
-        encoder_backward(h, g.wte, nullptr, a.dlogits, dout, m->inputs, B, T, C, V);
+        encoder_backward(h, g.wte, nullptr, a.dlogits, dresidual, m->inputs, B, T, C, V);
     }
 }
 
@@ -270,7 +254,7 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
     cudaCheck(cudaMemcpy(g->tokens, tokens, B * sizeof(int), cudaMemcpyHostToDevice));
     encoder_forward(g->x, g->tokens, p.wte, nullptr, B, 1, c.channels);
     mamba_stack_step(h, p.tower, &model->step, g->x, B);
-    step_head(h, g, p.lnf_w, p.lnf_b, p.head_w, p.head_b, B, c.channels, c.vocab_size);
+    lm_head_step(h, lm_head_params(p), g->logits, g->lnf, g->x, B, c.channels, c.vocab_size);
 }
 
 // A prompt (B, T) (host): its first tokens (as many as the activations
@@ -278,16 +262,12 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
 // them; the rest, if any, by steps. gen.logits: the next token's.
 static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
     NVTX_RANGE("prefill");
-    int first = T < model->buf.seq_len ? T : model->buf.seq_len;
-    std::vector<int> head((long)B * first), column(B);
-    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
-    mamba_forward(model, head.data(), nullptr, B, first);
-    mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
-    step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
-    for (int t = first; t < T; t++) {
-        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
-        mamba_step(model, column.data(), B);
-    }
+    auto prefill = [&](const int* rows, int first) {
+        mamba_forward(model, rows, nullptr, B, first);
+        mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
+        step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
+    };
+    lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { mamba_step(model, column, B); });
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
@@ -320,8 +300,8 @@ int main(int argc, char** argv) {
     MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16);
     if (tc.init_path) {  // the model file decides the shape
         int s[CONFIG_SLOTS];
-        read_model_file_shape(tc.init_path, MODEL_MAMBA, "Mamba LM", s);
-        config = {s[0], s[1], s[2], s[3], s[4], s[5]};
+        model_file_config(tc.init_path, MODEL_MAMBA, s);
+        config = {s[0], s[1], s[2], s[3], s[4]};  // s[5], the dt rank, must be mamba_dt_rank(C) (load_model_file checks it)
         check_model_vocab(&tc, config.vocab_size, &vocab);
     }
     Mamba model;
@@ -332,7 +312,7 @@ int main(int argc, char** argv) {
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
-           config.num_layers, config.channels, config.inner, config.d_state, config.dt_rank, config.vocab_size,
+           config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.vocab_size,
            model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
     model_free(&model.buf);

@@ -42,12 +42,12 @@ typedef struct {
     int d_state;      // N
 } MambaViTConfig;
 
-// the seven config slots of model files and checkpoints (the dt rank is ceil(C/16))
+// the seven config slots of model files and checkpoints (the dt rank is mamba_dt_rank(C), ceil(C/16))
 static const char* const mamba_vit_slot_names[CONFIG_SLOTS] = {"patch_size", "num_classes", "num_layers", "channels",
                                                                "inner", "d_state", "num_params"};
 
 static MambaDims dims_of(MambaViTConfig c) {
-    MambaDims d = {c.channels, c.inner, c.d_state, CEIL_DIV(c.channels, 16)};
+    MambaDims d = {c.channels, c.inner, c.d_state, mamba_dt_rank(c.channels)};
     return d;
 }
 static int tokens_of(MambaViTConfig c) { return (VISION_SIZE / c.patch) * (VISION_SIZE / c.patch); }  // T
@@ -88,8 +88,8 @@ typedef struct {
     float* losses;          // (B)
     // scratch
     MambaScratch block;     // the blocks' backward scratch
-    float* dout;            // (B, T, C)  gradient w.r.t. the current block's output
-    float* din;             // (B, T, C)  ... and w.r.t. its input
+    float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
+    float* dresidual_in;    // (B, T, C)  ... and w.r.t. its input (the two swap roles block by block)
     float* dpooled;         // (B, C)
     float* dlogits;         // (B, K)
 } ActivationTensors;
@@ -106,8 +106,8 @@ static void mamba_vit_act_table(TensorSpec* t, MambaViTConfig c, int B) {
     *t++ = {"probs", B * K, 0, 1};
     *t++ = {"losses", B, 0, 1};
     t = mamba_scratch_table(t, B, T, dims_of(c));
-    *t++ = {"dout", BT * C, 0, 1};
-    *t++ = {"din", BT * C, 0, 1};
+    *t++ = {"dresidual", BT * C, 0, 1};
+    *t++ = {"dresidual_in", BT * C, 0, 1};
     *t++ = {"dpooled", B * C, 0, 1};
     *t++ = {"dlogits", B * K, 0, 1};
 }
@@ -236,18 +236,19 @@ static void mamba_vit_backward(MambaViT* model, int B) {
         crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / B, B, K);
         matmul_backward(h, a.dpooled, g.head_w, g.head_b, a.dlogits, a.pooled, p.head_w, m->ones, B, C, K);
     }
-    float* dout = a.dout;  // gradient w.r.t. the current block's output
-    float* din = a.din;    // ... and w.r.t. its input
-    { NVTX_RANGE("pool_backward"); mean_pool_backward(dout, a.dpooled, B, T, C); }
+    float* dresidual = a.dresidual;        // gradient w.r.t. the current block's output
+    float* dresidual_in = a.dresidual_in;  // ... and w.r.t. its input
+    { NVTX_RANGE("pool_backward"); mean_pool_backward(dresidual, a.dpooled, B, T, C); }
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
-        if (drop > 0.0f) dropout_apply(dout, dout, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
-        mamba_block_backward(h, din, dout, block_output(model, l - 1, B), mamba_layer_params(p.tower, l, d),
+        if (drop > 0.0f)
+            dropout_apply(dresidual, dresidual, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
+        mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
                              m->ones, B, T, d);
-        float* t = dout; dout = din; din = t;
+        std::swap(dresidual, dresidual_in);
     }
-    patch_embed_backward(h, g.embed, p.embed, a.embed, dout, m->ones, B, c.patch, C);  // dout: w.r.t. embed_ln
+    patch_embed_backward(h, g.embed, p.embed, a.embed, dresidual, m->ones, B, c.patch, C);  // w.r.t. embed_ln
 }
 
 // the hooks of the training loop and evaluation (llmc/vision_trainer.h)
@@ -275,7 +276,7 @@ int main(int argc, char** argv) {
     MambaViTConfig config = mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16);
     if (vc.init_path) {  // the model file decides the shape
         int s[CONFIG_SLOTS];
-        read_model_file_shape(vc.init_path, MODEL_MAMBA_VIT, "Mamba-ViT", s);
+        model_file_config(vc.init_path, MODEL_MAMBA_VIT, s);
         config = {s[0], s[1], s[2], s[3], s[4], s[5]};
         check_model_images(&vc, config.patch, config.num_classes, &train);
     }

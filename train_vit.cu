@@ -313,7 +313,7 @@ int main(int argc, char** argv) {
     ViTConfig config = {vc.patch, train.classes, vc.L, vc.H, vc.C, vc.F ? vc.F : 2 * vc.C};
     if (vc.init_path) {  // the model file decides the shape
         int s[CONFIG_SLOTS];
-        read_model_file_shape(vc.init_path, MODEL_VIT, "ViT", s);
+        model_file_config(vc.init_path, MODEL_VIT, s);
         config = {s[0], s[1], s[2], s[3], s[4], s[5]};
         check_model_images(&vc, config.patch, config.num_classes, &train);
     }

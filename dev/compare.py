@@ -1,5 +1,5 @@
 """
-The results report: trains the GPT, Transformer++ (train_gpt -M plus), the
+The results report: trains the GPT, Transformer++ (train_gpt_plus), the
 Mamba and two hybrids (Mamba-MHA, -A MAMA, and Mamba-MLP, -A MFMF) at equal
 parameter count for K seeds on tinyshakespeare, and writes
 
@@ -38,8 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name: (trainer, flags that fix the architecture but the width, the step of the width search:
 # 4 heads divide C; Transformer++'s rotary embedding needs an even head size)
 MODELS = {
-    "GPT": ("./train_gpt", ["-M", "gpt", "-L", "4", "-H", "4"], 4),
-    "Transformer++": ("./train_gpt", ["-M", "plus", "-L", "4", "-H", "4"], 8),
+    "GPT": ("./train_gpt", ["-L", "4", "-H", "4"], 4),
+    "Transformer++": ("./train_gpt_plus", ["-L", "4", "-H", "4"], 8),
     "Mamba": ("./train_mamba", ["-L", "5"], 4),
     "Mamba-MHA (MAMA)": ("./train_hybrid", ["-A", "MAMA", "-H", "4"], 4),
     "Mamba-MLP (MFMF)": ("./train_hybrid", ["-A", "MFMF"], 4),
@@ -119,7 +119,7 @@ def main():
             sys.exit(f"error: --models: unknown {', '.join(bad)} (known: {', '.join(MODELS)})")
     out = os.path.join(ROOT, args.out)
     os.makedirs(out, exist_ok=True)
-    run(["make", "-s", "train_gpt", "train_mamba", "train_hybrid", "data"])
+    run(["make", "-s", "train_gpt", "train_gpt_plus", "train_mamba", "train_hybrid", "data"])
 
     # equal size: the GPT at the config's width sets the target
     target = param_count("GPT", cfg["C"], cfg)

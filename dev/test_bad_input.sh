@@ -94,14 +94,13 @@ expect "hybrid heads not dividing the width" "-H" ./train_hybrid $D $small -A MA
 expect "hybrid checkpoint of another pattern" "pattern" ./train_hybrid $D $small -A AM -C 16 -H 2 -o "$W/hybrid" -y 1
 expect "mamba model into train_hybrid" "$W/mamba/model.bin" ./train_hybrid $D $small -e "$W/mamba/model.bin"
 
-# the model variant (-M) of train_gpt
-./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -x 2 -o "$W/plus" >/dev/null 2>&1 || echo "setup: train_gpt -M plus failed"
-expect "unknown model variant" "-M" ./train_gpt $D $small -M llama
-expect "model variant without a value" "-M" ./train_gpt $D $small -M
-expect "odd head size for rotary embeddings" "-C/-H" ./train_gpt $D $small -M plus -C 18 -H 2
-expect "plus model file with -M gpt" "$W/plus/model.bin" ./train_gpt $D $small -M gpt -e "$W/plus/model.bin"
-expect "plus checkpoint with -M gpt" "ckpt_00000002.bin" ./train_gpt $D $small -M gpt -L 1 -C 16 -H 2 -o "$W/plus" -y 1
-expect "gpt checkpoint with -M plus" "ckpt_00000002.bin" ./train_gpt $D $small -M plus -L 1 -C 16 -H 2 -o "$W/gpt" -y 1
+# the GPT and the Transformer++ (train_gpt_plus): the same config slots, files of their own kind
+./train_gpt_plus $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/plus" >/dev/null 2>&1 || echo "setup: train_gpt_plus failed"
+expect "odd head size for rotary embeddings" "-C/-H" ./train_gpt_plus $D $small -C 18 -H 2
+expect "plus model file into train_gpt" "$W/plus/model.bin" ./train_gpt $D $small -e "$W/plus/model.bin"
+expect "plus checkpoint into train_gpt" "ckpt_00000002.bin" ./train_gpt $D $small -L 1 -C 16 -H 2 -o "$W/plus" -y 1
+expect "gpt model file into train_gpt_plus" "$W/gpt/model.bin" ./train_gpt_plus $D $small -e "$W/gpt/model.bin"
+expect "gpt checkpoint into train_gpt_plus" "ckpt_00000002.bin" ./train_gpt_plus $D $small -L 1 -C 16 -H 2 -o "$W/gpt" -y 1
 expect "plus model into train_mamba" "$W/plus/model.bin" ./train_mamba $D $small -e "$W/plus/model.bin"
 expect "fresh run into a directory with another run's checkpoints" "$W/gpt" ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training step as a CUDA graph (llmc/trainer.h): for every trainer
-# (train_gpt, train_gpt -M plus, train_mamba, train_hybrid, train_vit,
+# (train_gpt, train_gpt_plus, train_mamba, train_hybrid, train_vit,
 # train_mamba_vit), 5 training steps with the step captured once and
 # replayed (STEP_GRAPH=1) print the same losses, learning rates and norms as
 # 5 eager steps (STEP_GRAPH=0), write the same log.jsonl (but for times) and
@@ -8,7 +8,7 @@
 # (warmup) and the vision runs have dropout and augmentation on, so a value
 # frozen into the graph at capture shows. On the host backend HOST_PROFILE=1
 # shows that the graph run's steps 2..5 each were one graph launch (the
-# first step runs eagerly) and the eager run's none. Needs the five trainers
+# first step runs eagerly) and the eager run's none. Needs the six trainers
 # built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
@@ -23,7 +23,7 @@ graph_launches() { sed -n 's/^host profile step [0-9]*: .* by \([0-9]*\) graph l
 for m in gpt plus mamba hybrid vit mamba_vit; do
   case $m in
     gpt) prog="./train_gpt"; args="$lm -L 2 -C 32" ;;
-    plus) prog="./train_gpt -M plus"; args="$lm -L 2 -C 32" ;;
+    plus) prog="./train_gpt_plus"; args="$lm -L 2 -C 32" ;;
     mamba) prog="./train_mamba"; args="$lm -L 2 -C 32" ;;
     hybrid) prog="./train_hybrid"; args="$lm -A MAF -C 32" ;;
     vit) prog="./train_vit"; args="$vision -L 1 -C 16 -H 2" ;;

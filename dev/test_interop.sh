@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PyTorch interop, both ways, for the GPT, the Mamba LM and the hybrid LM (the
-# Transformer++, train_gpt -M plus, the first way):
+# Transformer++, train_gpt_plus, the first way):
 #  1. the trainer trains 40 steps and writes model.bin and a checkpoint;
 #     PyTorch (dev/reference/interop.py) loads each and must compute the
 #     trainer's final val loss on the same batches;
@@ -50,7 +50,7 @@ for m in gpt mamba hybrid; do
     fail "$m: the model file written back differs"
   fi
 done
-ours=$(./train_gpt -M plus $D -L 2 -C 32 -H 4 -x 40 -l 3e-3 -o "$W/plus" | val_of)
+ours=$(./train_gpt_plus $D -L 2 -C 32 -H 4 -x 40 -l 3e-3 -o "$W/plus" | val_of)
 check "plus: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/model.bin")"
 check "plus: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/ckpt_00000040.bin")"
 summary

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A run killed (SIGKILL) after a checkpoint and resumed with -y 1 prints the
 # same losses as an uninterrupted run, digit for digit, and ends with the
-# same model file, byte for byte (host backend). For train_gpt (both
-# variants: gpt, and plus with -M plus), train_mamba and train_hybrid. Ends with "N passed, M failed".
+# same model file, byte for byte (host backend). For train_gpt,
+# train_gpt_plus, train_mamba and train_hybrid. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 random_lm_data 2 20000 4000
-for m in gpt plus mamba hybrid; do
-  prog="./train_$m"; [ $m = plus ] && prog="./train_gpt -M plus"
+for m in gpt gpt_plus mamba hybrid; do
+  prog="./train_$m"
   shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
   $prog $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"

@@ -44,9 +44,29 @@ static void copy_device_to_file(FILE* f, const char* path, const float* device, 
 static void header_put_u64(int* h, int slot, uint64_t v) { h[slot] = (int)(uint32_t)v; h[slot + 1] = (int)(uint32_t)(v >> 32); }
 static uint64_t header_get_u64(const int* h, int slot) { return (uint64_t)(uint32_t)h[slot] | (uint64_t)(uint32_t)h[slot + 1] << 32; }
 
+// a model kind (MODEL_*, utils.h) and the program that trains it, for messages
+static const char* model_kind_name(int kind) {
+    switch (kind) {
+        case MODEL_GPT: return "GPT (train_gpt)";
+        case MODEL_MAMBA: return "Mamba LM (train_mamba)";
+        case MODEL_VIT: return "ViT (train_vit)";
+        case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
+        case MODEL_HYBRID: return "hybrid LM (train_hybrid)";
+        case MODEL_GPT_PLUS: return "Transformer++ (train_gpt_plus)";
+        default: return "model of no known kind";
+    }
+}
+
+// a file (model file or checkpoint) whose header says kind file_kind must hold a model of kind `kind`
+static void check_kind(const char* path, int file_kind, int kind) {
+    if (file_kind != kind)
+        fail("%s: holds a %s, kind %d; this program's model is a %s, kind %d", path, model_kind_name(file_kind),
+             file_kind, model_kind_name(kind), kind);
+}
+
 // checks the kind and config of a file against the model's; names the first difference
 static void check_config(const char* path, const int* header, int kind, const int* config, const char* const* slot_names) {
-    if (header[2] != kind) fail("%s: holds a model of kind %d, this program's model is kind %d", path, header[2], kind);
+    check_kind(path, header[2], kind);
     for (int i = 0; i < CONFIG_SLOTS; i++) {
         if (header[3 + i] != config[i])
             fail("%s: %s is %d in the file but %d in this model", path, slot_names[i], header[3 + i], config[i]);
@@ -69,11 +89,14 @@ static const float* model_file_parse(const char* path, const unsigned char* data
     return (const float*)(data + HEADER_BYTES);
 }
 
-// reads the kind and config of a model file without loading it
-static void model_file_peek(const char* path, int* kind, int* config) {
+// The config slots of a model file without loading it (what decides the
+// shape of a model started from it); the file must hold a model of this kind.
+static void model_file_config(const char* path, int kind, int* config) {
     std::vector<unsigned char> bytes;
     read_whole_file(path, &bytes);
-    model_file_parse(path, bytes.data(), (long)bytes.size(), kind, config, 0, nullptr, nullptr);
+    int file_kind;
+    model_file_parse(path, bytes.data(), (long)bytes.size(), &file_kind, config, 0, nullptr, nullptr);
+    check_kind(path, file_kind, kind);
 }
 
 static void model_file_load(const char* path, int kind, const int* config, const char* const* slot_names, float* params) {

@@ -30,9 +30,12 @@ maxT/2 on. (The kept keys cannot be shifted in place: with learned
 absolute positions every key depends on its position in the window.)
 Attention reads only positions 0..pos, so reset is not needed for
 correctness; it clears the stale positions so that a cache's contents
-depend only on what was written since.
+depend only on what was written since. KVWindow (at the end) keeps the
+tokens each row holds in the cache, for that re-prefill.
 */
 #pragma once
+#include <algorithm>
+#include <vector>
 #include "cuda_common.h"
 #include "transformer_block.cuh"
 
@@ -304,4 +307,63 @@ static void transformer_block_step(cublasHandle_t h, const TransformerStackParam
 static void transformer_stack_step(cublasHandle_t h, const TransformerStackParams& stack, KVCache* c, float* x, int pos,
                                    int B) {
     for (int l = 0; l < c->L; l++) transformer_block_step(h, transformer_layer_params(stack, l, c->d), c, l, x, pos, B, c->d);
+}
+
+// ----------------------------------------------------------------------------
+// The tokens a model's KV caches hold, per row on the host, and the next
+// token's position; what a model with caches (the GPT, the Transformer++,
+// the hybrid LM) re-prefills its caches from when they are full. The
+// context W is the caches' length. A generation starts with
+// kv_window_prompt, then takes a token per row with kv_window_push before
+// each step; when that says the window slid, the model runs its parallel
+// forward over kv_window_rows (positions 0 .. pos-1) into cleared caches
+// instead of the step, as a windowed forward would see those tokens.
+
+typedef struct {
+    std::vector<int> tokens;  // (B, W)
+    int W;                    // the context: positions per row
+    int pos;                  // tokens held per row: the next token's position
+} KVWindow;
+
+// an empty window of W positions for B rows
+static void kv_window_init(KVWindow* w, int B, int W) {
+    w->tokens.assign((long)B * W, 0);
+    w->W = W;
+    w->pos = 0;
+}
+
+// A prompt (B, T) (host): its last min(T, W) tokens of each row become the
+// window (pos = their count); the caller prefills the caches from them.
+static void kv_window_prompt(KVWindow* w, const int* tokens, int B, int T) {
+    int W = w->W, keep = T < W ? T : W;
+    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T + (T - keep), tokens + (long)b * T + T, &w->tokens[(long)b * W]);
+    w->pos = keep;
+}
+
+// One token per row (host, B) into the window before a step. Returns the
+// position the step computes them at (pos moves past it); or, when the
+// window was full, -1: the newest W/2 tokens (the new ones last) became the
+// window, and the caller re-prefills the caches from them instead of stepping.
+static int kv_window_push(KVWindow* w, const int* tokens, int B) {
+    int W = w->W;
+    if (w->pos == W) {
+        int keep = W / 2 > 1 ? W / 2 : 1;
+        for (int b = 0; b < B; b++) {
+            int* row = &w->tokens[(long)b * W];
+            std::copy(row + W - (keep - 1), row + W, row);
+            row[keep - 1] = tokens[b];
+        }
+        w->pos = keep;
+        return -1;
+    }
+    for (int b = 0; b < B; b++) w->tokens[(long)b * W + w->pos] = tokens[b];
+    return w->pos++;
+}
+
+// the window's tokens as rows (B, pos), the input of the forward that prefills the caches
+static std::vector<int> kv_window_rows(const KVWindow* w, int B) {
+    int T = w->pos;
+    std::vector<int> rows((long)B * T);
+    for (int b = 0; b < B; b++) std::copy(&w->tokens[(long)b * w->W], &w->tokens[(long)b * w->W] + T, &rows[(long)b * T]);
+    return rows;
 }

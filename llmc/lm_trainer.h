@@ -15,8 +15,6 @@ and the two hooks lm_run calls, then hands its main over to lm_run.
 #include <vector>
 #include "cuda_common.h"
 #include "dataloader.h"
-#include "layernorm.cuh"
-#include "matmul.cuh"
 #include "logger.h"
 #include "model.h"
 #include "trainer.h"
@@ -120,31 +118,16 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
         const char* v = nullptr;
         char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
+        if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
-            case 'i': c->train_path = v; break;
             case 'j': c->val_path = v; break;
             case 'k': c->vocab_path = v; break;
-            case 'e': c->init_path = v; break;
-            case 'o': c->out_dir = v; break;
-            case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'y': c->resume = parse_int_flag(f, v, 0, 1); break;
             case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); batch_given = true; break;
             case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); seq_given = true; break;
-            case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); break;
-            case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); break;
-            case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); break;
-            case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); break;
             case 'v': c->val_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'm': c->val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
             case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
-            case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); break;
-            case 'L': c->L = parse_int_flag(f, v, 1, 1024); break;
-            case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); break;
-            case 'H': c->H = parse_int_flag(f, v, 1, 1024); break;
-            case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); break;
             case 'A': c->pattern = v; break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
@@ -331,11 +314,21 @@ static void step_buffers_free(StepBuffers* s) {
     s->B = 0;
 }
 
-// the logits (B, V) of a step from the stack's output s->x: final LayerNorm and head
-static void step_head(cublasHandle_t h, StepBuffers* s, const float* lnf_w, const float* lnf_b, const float* head_w,
-                      const float* head_b, int B, int C, int V) {
-    layernorm_forward(s->lnf, nullptr, nullptr, s->x, lnf_w, lnf_b, B, C);
-    matmul_forward(h, s->logits, s->lnf, head_w, head_b, B, C, V);
+// A prompt (B, T) (host) into a model that carries a recurrent state (no
+// context limit, the Mamba's): its first tokens, as many as the activations
+// hold (max_T), through prefill(rows, first), the parallel forward over rows
+// (B, first) that leaves every state after them; the rest one position at a
+// time through step(column), column the B rows' tokens at that position.
+template <typename Prefill, typename Step>
+static void lm_prefill_recurrent(const int* tokens, int B, int T, int max_T, Prefill prefill, Step step) {
+    int first = T < max_T ? T : max_T;
+    std::vector<int> head((long)B * first), column(B);
+    for (int b = 0; b < B; b++) std::copy(tokens + (long)b * T, tokens + (long)b * T + first, head.begin() + (long)b * first);
+    prefill(head.data(), first);
+    for (int t = first; t < T; t++) {
+        for (int b = 0; b < B; b++) column[b] = tokens[(long)b * T + t];
+        step(column.data());
+    }
 }
 
 // after a parallel forward over (B, T): the last position's logits of each row into s->logits

@@ -30,8 +30,12 @@ typedef struct {
     int R;  // dt rank, ceil(C/16)
 } MambaDims;
 
+// dt_proj's rank R for d_model C: ceil(C/16), mamba_ssm's dt_rank="auto"
+static int mamba_dt_rank(int C) { return CEIL_DIV(C, 16); }
+
+// mamba_ssm's Mamba(d_model=C, d_state=N, expand=2)
 static MambaDims mamba_dims(int C, int N) {
-    MambaDims d = {C, 2 * C, N, CEIL_DIV(C, 16)};
+    MambaDims d = {C, 2 * C, N, mamba_dt_rank(C)};
     return d;
 }
 

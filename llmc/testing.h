@@ -384,9 +384,10 @@ template <typename M> void check_vision_steps(Tests& t, M* model, const RefState
 }
 
 // ----------------------------------------------------------------------------
-// the language models' generation checks (test_gpt.cu, test_mamba.cu), over
-// the hooks of lm_trainer.h (lm_forward, lm_generate_begin/end, lm_prefill,
-// lm_step) and a model's fields acts.logits, gen.logits, config.vocab_size
+// the language models' generation checks (test_gpt.cu, test_gpt_plus.cu,
+// test_mamba.cu, test_hybrid.cu), over the hooks of lm_trainer.h
+// (lm_forward, lm_generate_begin/end, lm_prefill, lm_step) and a model's
+// fields acts.logits, gen.logits, config.vocab_size
 
 // the parallel forward's logits (B, T, V) of tokens (B, T)
 template <typename M> std::vector<float> forward_logits(M* model, const int* tokens, int B, int T) {
@@ -430,9 +431,10 @@ template <typename M> void check_steps_against_forward(Tests& t, M* model, const
     check_tensor(t, name, g.data(), w.data(), (long)g.size(), tol);
 }
 
-// A KV-cache model past its context W (the GPTs': the cache's length): each
-// step's logits are a parallel forward's over the newest tokens; the first
-// step past it keeps W/2 of them, the next W/2 + 1. inputs: (B, W).
+// A KV-cache model past its context W (the GPTs' and the hybrid LM's: the
+// cache's length): each step's logits are a parallel forward's over the
+// newest tokens; the first step past it keeps W/2 of them, the next W/2 + 1.
+// inputs: (B, W).
 template <typename M> void check_cache_full(Tests& t, M* model, const std::vector<int>& inputs, int B, int W, double tol) {
     int keep = W / 2, V = model->config.vocab_size, extra = 3;
     std::vector<int> seq((long)B * (W + extra));  // each row: its W inputs, then `extra` more tokens

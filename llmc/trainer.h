@@ -4,8 +4,8 @@ lm_trainer.h, the image classifiers' vision_run in vision_trainer.h): the
 learning-rate schedule, the training step itself (eagerly or as a CUDA
 graph, StepRunner), the guards against non-finite values and against
 overwriting another run, the step line, checkpoint and model-file
-bookkeeping over a model's ModelBuffers (model.h), and reading the shape of
-a model file.
+bookkeeping over a model's ModelBuffers (model.h), and the flags both
+parse.
 */
 #pragma once
 
@@ -256,14 +256,6 @@ static void save_model_file(ModelBuffers* m, const char* out_dir, int step) {
     printf("wrote %s\n", path.c_str());
 }
 
-// The config slots of the model file of -e, which decide the model's shape;
-// the file must hold a model of this kind.
-static void read_model_file_shape(const char* path, int kind, const char* kind_name, int* slots) {
-    int file_kind;
-    model_file_peek(path, &file_kind, slots);
-    if (file_kind != kind) fail("%s: holds a model of kind %d, not a %s (kind %d)", path, file_kind, kind_name, kind);
-}
-
 // loads the parameters from a model file; its kind and config must match the model's
 static void load_model_file(ModelBuffers* m, const char* path) {
     model_file_load(path, m->kind, m->config_slots, m->slot_names, m->params_memory);
@@ -315,6 +307,32 @@ static char next_flag(int argc, char** argv, int* i, const char* shape_letters, 
     if (*i + 1 >= argc) fail("flag %s needs a value (see -h)", f);
     *value = argv[++*i];
     return f[1];
+}
+
+// The flags both kinds of trainer take in the same sense (lm_trainer.h's
+// parse_train_flags, vision_trainer.h's parse_vision_flags), from the letter
+// and value of next_flag into the fields of these names of either config
+// (TrainConfig, VisionTrainConfig). Returns whether the letter was one of them.
+template <typename Config> static bool parse_shared_flag(Config* c, char letter, const char* f, const char* v) {
+    switch (letter) {
+        case 'i': c->train_path = v; return true;
+        case 'e': c->init_path = v; return true;
+        case 'o': c->out_dir = v; return true;
+        case 'n': c->checkpoint_every = parse_int_flag(f, v, 0, 1 << 30); return true;
+        case 'y': c->resume = parse_int_flag(f, v, 0, 1); return true;
+        case 'x': c->max_steps = parse_int_flag(f, v, 0, 1 << 30); return true;
+        case 'l': c->lr = parse_float_flag(f, v, 0.0f, 10.0f); return true;
+        case 'u': c->warmup = parse_int_flag(f, v, 0, 1 << 30); return true;
+        case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); return true;
+        case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); return true;
+        case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); return true;
+        case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); return true;
+        case 'L': c->L = parse_int_flag(f, v, 1, 1024); return true;
+        case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); return true;
+        case 'H': c->H = parse_int_flag(f, v, 1, 1024); return true;
+        case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); return true;
+        default: return false;
+    }
 }
 
 // the first line a trainer prints

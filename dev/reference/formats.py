@@ -14,7 +14,7 @@ vocab (20261102)
 model (20261103)
     header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus),
     header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
-    gpt_plus (train_gpt -M plus): the same, F the SwiGLU width;
+    gpt_plus (train_gpt_plus): the same, F the SwiGLU width;
     mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
     mamba_vit: patch, K, L, C, E, N, P; hybrid: maxT, V, C, H, F, pattern,
     P); then P float32 parameters in the flat-buffer order.
@@ -133,7 +133,7 @@ def gpt_num_params(maxT, V, L, C, F):
 
 def gpt_plus_param_layout(V, L, C, F):
     """
-    The Transformer++'s flat parameter buffer (train_gpt -M plus), in order.
+    The Transformer++'s flat parameter buffer (train_gpt_plus), in order.
     F is the SwiGLU hidden width; fc_w stacks W1 (rows 0..F-1, through SiLU)
     and W3 (rows F..2F-1); fc_proj_w is W2. No biases, no position table.
     Weight decay on the embedding and the Linear weights.

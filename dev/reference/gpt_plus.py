@@ -1,5 +1,5 @@
 """
-The Transformer++ (train_gpt -M plus) in PyTorch, and the writer of its
+The Transformer++ (train_gpt_plus) in PyTorch, and the writer of its
 reference state.
 
 The model (defined exactly in doc/models.md): token embedding wte (V,C), no
@@ -10,7 +10,7 @@ proj Linear(C,C), no biases, H heads, rotary embeddings on q and k (base
 GPT-NeoX and Hugging Face's LLaMA); SwiGLU MLP W2(silu(W1 x) * W3 x) with
 W1, W3 Linear(C,F) and W2 Linear(F,C), no biases; final RMSNorm lnf; head
 Linear(C,V) without bias. RMSNorm: x / sqrt(mean(x^2) + 1e-5) * weight.
-F is the SwiGLU width; train_gpt derives it from the GPT's MLP width as
+F is the SwiGLU width; train_gpt_plus derives it from the GPT's MLP width as
 2F_gpt/3 to the nearest multiple of 8 (hidden_width below).
 
 The reference state holds what gpt.py's does (initial flat parameters, a
@@ -105,7 +105,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope_cos_sin(T, hs, x.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        # the qkv buffer after the rotation, (B,T,3C) as train_gpt keeps it
+        # the qkv buffer after the rotation, (B,T,3C) as train_gpt_plus keeps it
         save("qkv_rot", torch.cat([t.transpose(1, 2).reshape(B, T, C) for t in (q, k, v)], dim=2))
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
         scores = scores.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
@@ -128,7 +128,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x, save):
         a, b = self.w1(x), self.w3(x)
-        save("fch", torch.cat([a, b], dim=-1))  # (B,T,2F), as train_gpt's one Linear
+        save("fch", torch.cat([a, b], dim=-1))  # (B,T,2F), as train_gpt_plus's one Linear
         h = F.silu(a) * b
         save("fch_swiglu", h)
         h = self.w2(h)
