@@ -228,6 +228,25 @@ int main(int argc, char** argv) {
     check_finite_differences(t, h, 1);
     check_finite_differences(t, h, 0);
 
+    // more heads than CUDA's grid.y takes (65535): the tiled launchers split them over several launches
+    {
+        printf("--- 70000 heads (B 17500, NH 4, T 3, hs 8)\n");
+        int B = 17500, NH = 4, T = 3, C = 32;
+        long BT = (long)B * T;
+        uint64_t rng = 7;
+        std::vector<float> qkv = random_vector(BT * 3 * C, &rng, 1.0f), dout = random_vector(BT * C, &rng, 1.0f);
+        AttentionRun want = run_attention(h, VARIANTS[0], false, qkv, dout, B, T, C, NH, 1);
+        for (int vi = 2; vi < NUM_VARIANTS; vi++) {
+            AttentionRun got = run_attention(h, VARIANTS[vi], false, qkv, dout, B, T, C, NH, 1);
+            char label[96];
+            snprintf(label, sizeof(label), "%s vs materialized, 70000 heads", VARIANTS[vi].name);
+            compare_run(t, label, got, want.out, want.dqkv, BT, C);
+        }
+        AttentionRun kept = run_attention(h, VARIANTS[2], true, qkv, {}, B, T, C, NH, 1);
+        check_tensor(t, "tiled probs vs materialized att, 70000 heads", kept.state.data(), want.state.data(),
+                     (long)B * NH * T * T, TOL);
+    }
+
     // memory: the tiled variant keeps o and lse, scratch D; no T x T buffer
     {
         printf("--- sizes\n");

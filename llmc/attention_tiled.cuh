@@ -368,20 +368,30 @@ __global__ void attention_tiled_probs_kernel(float* att, const float* q, const f
 
 static bool attention_tiled_supports(int hs) { return hs == 8 || hs == 16 || hs == 32 || hs == 64 || hs == 128; }
 
+// The heads go on grid.y (blockIdx.y), which CUDA limits to 65535 blocks: a
+// launcher covers more heads in several launches of at most that many, each
+// with its pointers moved to its first head.
+#define ATTN_MAX_GRID_Y 65535
+
 // tiled forward at head size HS: o, lse from q, k, v (each (B,NH,T,HS))
 template <int HS>
 static void attention_tiled_forward_hs(float* o, float* lse, const float* q, const float* k, const float* v, int BNH,
                                        int T, int causal) {
     float scale = 1.0f / sqrtf((float)HS);
-    dim3 grid(CEIL_DIV(T, ATTN_BLOCK), BNH);
-    if (kernel_choices.attention_tiled_smem) {
-        LAUNCH(attention_tiled_forward_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * HS * sizeof(float))(
-            o, lse, q, k, v, T, scale, causal);
-    } else {
-        dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), BNH);
-        LAUNCH(attention_tiled_forward_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(o, lse, q, k, v, T, scale, causal);
+    for (int h0 = 0; h0 < BNH; h0 += ATTN_MAX_GRID_Y) {
+        int heads = BNH - h0 < ATTN_MAX_GRID_Y ? BNH - h0 : ATTN_MAX_GRID_Y;
+        long r = (long)h0 * T, e = r * HS;  // the first head's first row, and its first element
+        if (kernel_choices.attention_tiled_smem) {
+            dim3 grid(CEIL_DIV(T, ATTN_BLOCK), heads);
+            LAUNCH(attention_tiled_forward_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * HS * sizeof(float))(
+                o + e, lse + r, q + e, k + e, v + e, T, scale, causal);
+        } else {
+            dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), heads);
+            LAUNCH(attention_tiled_forward_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(o + e, lse + r, q + e, k + e,
+                                                                                          v + e, T, scale, causal);
+        }
+        cudaCheck(cudaGetLastError());
     }
-    cudaCheck(cudaGetLastError());
 }
 
 // tiled backward at head size HS: dq, dk, dv from dout and the forward's
@@ -394,30 +404,39 @@ static void attention_tiled_backward_hs(float* dq, float* dk, float* dv, float* 
     long rows = (long)BNH * T;
     LAUNCH(attention_row_dot_kernel, CEIL_DIV(rows, 256), 256, 0)(D, dout, o, rows, HS);
     cudaCheck(cudaGetLastError());
-    dim3 grid(CEIL_DIV(T, ATTN_BLOCK), BNH);
-    if (kernel_choices.attention_tiled_smem) {
-        LAUNCH(attention_tiled_backward_dq_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * HS * sizeof(float))(
-            dq, q, k, v, dout, lse, D, T, scale, causal);
+    for (int h0 = 0; h0 < BNH; h0 += ATTN_MAX_GRID_Y) {
+        int heads = BNH - h0 < ATTN_MAX_GRID_Y ? BNH - h0 : ATTN_MAX_GRID_Y;
+        long r = (long)h0 * T, e = r * HS;
+        if (kernel_choices.attention_tiled_smem) {
+            dim3 grid(CEIL_DIV(T, ATTN_BLOCK), heads);
+            LAUNCH(attention_tiled_backward_dq_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * HS * sizeof(float))(
+                dq + e, q + e, k + e, v + e, dout + e, lse + r, D + r, T, scale, causal);
+            cudaCheck(cudaGetLastError());
+            LAUNCH(attention_tiled_backward_dkdv_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * (HS + 1) * sizeof(float))(
+                dk + e, dv + e, q + e, k + e, v + e, dout + e, lse + r, D + r, T, scale, causal);
+        } else {
+            dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), heads);
+            LAUNCH(attention_tiled_backward_dq_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(
+                dq + e, q + e, k + e, v + e, dout + e, lse + r, D + r, T, scale, causal);
+            cudaCheck(cudaGetLastError());
+            LAUNCH(attention_tiled_backward_dkdv_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(
+                dk + e, dv + e, q + e, k + e, v + e, dout + e, lse + r, D + r, T, scale, causal);
+        }
         cudaCheck(cudaGetLastError());
-        LAUNCH(attention_tiled_backward_dkdv_smem_kernel<HS>, grid, ATTN_BLOCK, 2 * ATTN_KTILE * (HS + 1) * sizeof(float))(
-            dk, dv, q, k, v, dout, lse, D, T, scale, causal);
-    } else {
-        dim3 rows_grid(CEIL_DIV(T, ATTN_ROWS * ATTN_ROWS_BLOCK), BNH);
-        LAUNCH(attention_tiled_backward_dq_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(dq, q, k, v, dout, lse, D, T,
-                                                                                           scale, causal);
-        cudaCheck(cudaGetLastError());
-        LAUNCH(attention_tiled_backward_dkdv_rows_kernel<HS>, rows_grid, ATTN_ROWS_BLOCK, 0)(dk, dv, q, k, v, dout, lse, D,
-                                                                                             T, scale, causal);
     }
-    cudaCheck(cudaGetLastError());
 }
 
 template <int HS>
 static void attention_tiled_probs_hs(float* att, const float* q, const float* k, const float* lse, int BNH, int T,
                                      int causal) {
-    dim3 grid(CEIL_DIV(T, ATTN_BLOCK), BNH);
-    LAUNCH(attention_tiled_probs_kernel<HS>, grid, ATTN_BLOCK, 0)(att, q, k, lse, T, 1.0f / sqrtf((float)HS), causal);
-    cudaCheck(cudaGetLastError());
+    for (int h0 = 0; h0 < BNH; h0 += ATTN_MAX_GRID_Y) {
+        int heads = BNH - h0 < ATTN_MAX_GRID_Y ? BNH - h0 : ATTN_MAX_GRID_Y;
+        long r = (long)h0 * T, e = r * HS;
+        dim3 grid(CEIL_DIV(T, ATTN_BLOCK), heads);
+        LAUNCH(attention_tiled_probs_kernel<HS>, grid, ATTN_BLOCK, 0)(att + r * T, q + e, k + e, lse + r, T,
+                                                                      1.0f / sqrtf((float)HS), causal);
+        cudaCheck(cudaGetLastError());
+    }
 }
 
 // the tiled state in `att`: [probs (B,NH,T,T) if kept] o (B,NH,T,hs), lse (B,NH,T)
