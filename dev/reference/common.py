@@ -9,6 +9,8 @@ What the reference scripts (gpt.py, mamba.py, vit.py) share:
   loss_and_grads      one forward/backward -> (loss, flat gradient)
   adamw_trajectory    the AdamW steps a reference state records
   check_grads_fd      gradient entries against central finite differences
+  check_lm_grads_and_steps  the LMs' finite differences and AdamW trajectory checks
+  lm_reference_state  a language model's reference state tensors
   numpy_adamw         AdamW written out in numpy, and the check of a state's
                       trajectory against it (check_adamw_trajectory)
   unflatten           a flat vector -> dict of named views (layout order)
@@ -213,6 +215,30 @@ FD_STENCILS = {
 }
 
 
+def lm_reference_state(model, params32, inputs, targets, act_names, steps, adamw):
+    """
+    A language model's reference state: the first forward and backward at
+    params32 (the float64 model capturing its activations), then `steps`
+    AdamW steps on the same batch. Returns the state's tensors in the file's
+    order (params, inputs, targets, encoded, act_names in order, lnf, logits,
+    loss, grads, the trajectory) and the line that describes them.
+    """
+    model.set_flat(params32.double())
+    acts = {}
+    loss, grads = loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
+    step_losses, step_params = adamw_trajectory(model, params32, lambda: model(inputs, targets)[1], steps, adamw)
+    assert step_losses[0] == loss.item()
+    tensors = [("params", params32.numpy()), ("inputs", inputs.int().numpy()), ("targets", targets.int().numpy()),
+               ("encoded", f32(acts["encoded"]))]
+    tensors += [(name, f32(acts[name])) for name in act_names]
+    tensors += [("lnf", f32(acts["lnf"])), ("logits", f32(acts["logits"])),
+                ("loss", np.array([loss.item()], dtype=np.float32)), ("grads", f32(grads))]
+    tensors += trajectory_tensors(adamw, step_losses, step_params)
+    summary = (f"P {params32.numel()}, loss {loss.item():.6f}, grad norm {grads.norm().item():.4f}, "
+               f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+    return tensors, summary
+
+
 def check_grads_fd(model, flat0, loss_at, grads, gen, count=3, h=1e-4, order=2, tol=1e-5,
                    label="", report_each=False):
     """
@@ -256,6 +282,23 @@ def check_grads_fd(model, flat0, loss_at, grads, gen, count=3, h=1e-4, order=2, 
                   f"{np.abs(grads[off:off + n]).max():.2e}")
         off += n
     return ok, worst
+
+
+def check_lm_grads_and_steps(model, state, fd_per_tensor, h, order=2):
+    """
+    The language models' last two checks of a reference state: gradient
+    entries against central differences of the float64 loss (model: the
+    float64 reference model), and the AdamW trajectory against a numpy AdamW.
+    Prints both and returns whether both passed.
+    """
+    flat0 = torch.from_numpy(state["params"].astype(np.float64))
+    inputs = torch.from_numpy(state["inputs"].astype(np.int64))
+    targets = torch.from_numpy(state["targets"].astype(np.int64))
+    gen = torch.Generator().manual_seed(0)
+    fd_ok, worst = check_grads_fd(model, flat0, lambda: model(inputs, targets)[1].item(),
+                                  state["grads"].astype(np.float64), gen, count=fd_per_tensor, h=h, order=order)
+    print(f"check: {fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
+    return check_adamw_trajectory(model, state, lambda: model(inputs, targets)[1]) and fd_ok
 
 
 def numpy_adamw(params, grad_fn, steps, adamw, decay_mask):

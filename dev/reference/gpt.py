@@ -221,40 +221,11 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = GPT(cfg).double()  # (its init draws from the same generator, after the state's draws)
-    P = params32.numel()
-
-    # first forward/backward at the initial parameters, capturing activations
-    model.set_flat(params32.double())
-    acts = {}
-    loss, grads = common.loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
-    grad_norm = grads.norm().item()
-
-    # a few AdamW steps on the same batch, with global grad-norm clipping
-    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(inputs, targets)[1],
-                                                       steps, adamw)
-    assert step_losses[0] == loss.item()
-
-    f32 = common.f32
-    tensors = [
-        ("params", params32.numpy()),
-        ("inputs", inputs.int().numpy()),
-        ("targets", targets.int().numpy()),
-        ("encoded", f32(acts["encoded"])),
-    ]
-    for l in range(cfg.L):
-        for name in ACT_NAMES:
-            tensors.append((f"h{l}.{name}", f32(acts[f"h{l}.{name}"])))
-    tensors += [
-        ("lnf", f32(acts["lnf"])),
-        ("logits", f32(acts["logits"])),
-        ("loss", np.array([loss.item()], dtype=np.float32)),
-        ("grads", f32(grads)),
-    ]
-    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
-    config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P)
+    names = [f"h{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=params32.numel())
     formats.write_state(path, formats.KIND_GPT, config, B, T, tensors)
-    print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
-          f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+    print(f"wrote {path}: {summary}")
 
 
 # -----------------------------------------------------------------------------
@@ -296,19 +267,9 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
     print(f"check: logits vs TransformerEncoderLayer max abs err {err:.3e}")
     ok = err < 1e-5
 
-    # 2) gradient entries against central differences of the float64 loss
-    model = GPT(cfg).double()
-    flat0 = torch.from_numpy(state["params"].astype(np.float64))
-    inputs = torch.from_numpy(state["inputs"].astype(np.int64))
-    targets = torch.from_numpy(state["targets"].astype(np.int64))
-    gen = torch.Generator().manual_seed(0)
-    fd_ok, worst = common.check_grads_fd(model, flat0, lambda: model(inputs, targets)[1].item(),
-                                         state["grads"], gen, count=fd_per_tensor, h=h)
-    ok = ok and fd_ok
-    print(f"check: {fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
-
+    # 2) gradient entries against central differences of the float64 loss, and
     # 3) the AdamW trajectory against a numpy AdamW (grads from the float64 model)
-    ok = common.check_adamw_trajectory(model, state, lambda: model(inputs, targets)[1]) and ok
+    ok = common.check_lm_grads_and_steps(GPT(cfg).double(), state, fd_per_tensor, h) and ok
     print("check: " + ("OK" if ok else "FAILED"))
     return ok
 

@@ -177,30 +177,12 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = HybridLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
-    P = params32.numel()
-
-    model.set_flat(params32.double())
-    acts = {}
-    loss, grads = common.loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
-    grad_norm = grads.norm().item()
-    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(inputs, targets)[1],
-                                                       steps, adamw)
-    assert step_losses[0] == loss.item()
-
-    f32 = common.f32
-    tensors = [("params", params32.numpy()), ("inputs", inputs.int().numpy()),
-               ("targets", targets.int().numpy()), ("encoded", f32(acts["encoded"]))]
-    for l, ch in enumerate(cfg.pattern):
-        for name in ACT_NAMES[ch]:
-            tensors.append((f"l{l}.{name}", f32(acts[f"l{l}.{name}"])))
-    tensors += [("lnf", f32(acts["lnf"])), ("logits", f32(acts["logits"])),
-                ("loss", np.array([loss.item()], dtype=np.float32)), ("grads", f32(grads))]
-    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
+    names = [f"l{l}.{name}" for l, ch in enumerate(cfg.pattern) for name in ACT_NAMES[ch]]
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
     config = dict(maxT=cfg.maxT, V=cfg.V, C=cfg.C, H=cfg.H, F=cfg.F,
-                  pattern=formats.hybrid_pattern_code(cfg.pattern), P=P)
+                  pattern=formats.hybrid_pattern_code(cfg.pattern), P=params32.numel())
     formats.write_state(path, formats.KIND_HYBRID, config, B, T, tensors)
-    print(f"wrote {path}: pattern {cfg.pattern}, P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
-          f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+    print(f"wrote {path}: pattern {cfg.pattern}, {summary}")
 
 
 # -----------------------------------------------------------------------------
@@ -230,13 +212,7 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
     ok = err < 1e-5
 
     model = HybridLM(cfg, scan="sequential").double()
-    gen = torch.Generator().manual_seed(0)
-    fd_ok, worst = common.check_grads_fd(model, flat0, lambda: model(inputs, targets)[1].item(),
-                                         state["grads"].astype(np.float64), gen, count=fd_per_tensor, h=h,
-                                         order=4)
-    ok = ok and fd_ok
-    print(f"check: {fd_per_tensor} grad entries per tensor vs central differences, worst rel err {worst:.3e}")
-    ok = common.check_adamw_trajectory(model, state, lambda: model(inputs, targets)[1]) and ok
+    ok = common.check_lm_grads_and_steps(model, state, fd_per_tensor, h, order=4) and ok
     print("check: " + ("OK" if ok else "FAILED"))
     return ok
 

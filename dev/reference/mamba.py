@@ -305,40 +305,11 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = MambaLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
-    P = params32.numel()
-
-    # first forward/backward at the initial parameters, capturing activations
-    model.set_flat(params32.double())
-    acts = {}
-    loss, grads = common.loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
-    grad_norm = grads.norm().item()
-
-    # a few AdamW steps on the same batch, with global grad-norm clipping
-    step_losses, step_params = common.adamw_trajectory(model, params32, lambda: model(inputs, targets)[1],
-                                                       steps, adamw)
-    assert step_losses[0] == loss.item()
-
-    f32 = common.f32
-    tensors = [
-        ("params", params32.numpy()),
-        ("inputs", inputs.int().numpy()),
-        ("targets", targets.int().numpy()),
-        ("encoded", f32(acts["encoded"])),
-    ]
-    for l in range(cfg.L):
-        for name in ACT_NAMES:
-            tensors.append((f"m{l}.{name}", f32(acts[f"m{l}.{name}"])))
-    tensors += [
-        ("lnf", f32(acts["lnf"])),
-        ("logits", f32(acts["logits"])),
-        ("loss", np.array([loss.item()], dtype=np.float32)),
-        ("grads", f32(grads)),
-    ]
-    tensors += common.trajectory_tensors(adamw, step_losses, step_params)
-    config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=P)
+    names = [f"m{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=params32.numel())
     formats.write_state(path, formats.KIND_MAMBA, config, B, T, tensors)
-    print(f"wrote {path}: P {P}, loss {loss.item():.6f}, grad norm {grad_norm:.4f}, "
-          f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
+    print(f"wrote {path}: {summary}")
 
 
 # -----------------------------------------------------------------------------
