@@ -1253,7 +1253,7 @@ int main() {
                         past_matrix == invalid && device_alpha == invalid && batched_past == invalid &&
                         ok_gemv == CUBLAS_STATUS_SUCCESS && zero_inc == invalid && host_vector == invalid,
                     "cuBLAS checks (status; 7 is invalid value): gemm %d; lda below m %d; ldb below n (transposed) %d; "
-                    "host matrix %d; C past its allocation %d; alpha in device memory %d; batch past the allocation %d; "
+                    "host matrix %d; B and C past their allocation %d; alpha in device memory %d; batch past the allocation %d; "
                     "gemv %d; incx 0 %d; host vector %d", ok_gemm, short_lda, short_ldb, host_matrix, past_matrix,
                     device_alpha, batched_past, ok_gemv, zero_inc, host_vector);
         cublasCheck(cublasDestroy(handle));

@@ -56,6 +56,17 @@ def read_log(path):
     return rows
 
 
+# the panels that draw one series per run: key, its x key, line style, x label, y label, title
+MARKED = dict(linewidth=2, marker="o", markersize=3)
+ONE_SERIES_PANELS = {
+    "acc": ("test_acc", "epoch", MARKED, "epoch", "test accuracy (%)", "test accuracy against epoch"),
+    "bpd": ("val_bits_per_dim", "step", MARKED, "step", "validation bits per dimension",
+            "bits/dim against step (8 = uniform over 256)"),
+    "generate": ("gen_ms_per_token", "position", dict(linewidth=1), "position (tokens so far)",
+                 "ms per generated token", "generation: time per token against position"),
+}
+
+
 def series(rows, key, x="step"):
     pts = [(r.get(x, r.get("step")), r[key]) for r in rows if key in r]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -152,28 +163,16 @@ def main():
                 ax.set_xlabel("step")
                 ax.set_ylabel("loss (cross-entropy, nats)")
                 ax.set_title("loss against step")
-            elif panel == "acc":
-                x, y = series(rows, "test_acc", x="epoch")
+            elif panel in ONE_SERIES_PANELS:
+                key, x_key, style, xlabel, ylabel, title = ONE_SERIES_PANELS[panel]
+                x, y = series(rows, key, x=x_key)
                 if x:
-                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=label)
-                ax.set_xlabel("epoch")
-                ax.set_ylabel("test accuracy (%)")
-                ax.set_title("test accuracy against epoch")
-            elif panel == "bpd":
-                x, y = series(rows, "val_bits_per_dim")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=label)
-                ax.set_xlabel("step")
-                ax.set_ylabel("validation bits per dimension")
-                ax.set_title("bits/dim against step (8 = uniform over 256)")
-            elif panel == "generate":
-                x, y = series(rows, "gen_ms_per_token", x="position")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=1, label=label)
-                ax.set_xlabel("position (tokens so far)")
-                ax.set_ylabel("ms per generated token")
-                ax.set_title("generation: time per token against position")
-                ax.set_ylim(bottom=0)
+                    ax.plot(x, y, color=c, label=label, **style)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                ax.set_title(title)
+                if panel == "generate":
+                    ax.set_ylim(bottom=0)
             else:
                 key = "tokens_per_s" if any("tokens_per_s" in r for r in rows) else "images_per_s"
                 x, y = series(rows, key)

@@ -8,9 +8,9 @@ shuffles, shared memory). Every variant is valid CUDA and tested on both
 backends. `kernel_choices` says which one runs; every launcher reads it, and
 tests set its fields directly to run each variant.
 
-It is filled once, before main: from the backend's defaults (the GPU's under
-nvcc, the host's on the host backend, the GPU's on the host with
-HOST_VARIANTS=gpu), then from the environment. `host_settings` holds the
+It is filled once, before main: from the backend's defaults
+(kernel_choices_for: the GPU's under nvcc, the host's on the host backend,
+the GPU's on the host with HOST_VARIANTS=gpu), then from the environment. `host_settings` holds the
 host backend's fidelity switches, read here too. doc/testing.md has the one
 table of these variables; OPENBLAS_CORETYPE, OpenBLAS's own, is read by
 llmc/host/openblas_core.h.
@@ -61,44 +61,27 @@ typedef struct {
     bool step_graph;            // trainer.h: the training step captured once and replayed as a CUDA graph
 } KernelChoices;
 
-// the GPU build's choices (also the host's with HOST_VARIANTS=gpu)
-inline KernelChoices kernel_choices_gpu() {
+// The backend's choices: gpu, the GPU build's (also the host's with
+// HOST_VARIANTS=gpu); else the host backend's, the fastest variants on a CPU
+// (doc/benchmarks.md): plain loops that g++ vectorizes, no barriers.
+inline KernelChoices kernel_choices_for(bool gpu) {
     KernelChoices c;
-    c.scan_chunked = true;
+    c.scan_chunked = gpu;
     c.scan_vec = true;
-    c.mamba_step = MAMBA_STEP_WARP;
-    c.softmax_warp = true;
+    c.mamba_step = gpu ? MAMBA_STEP_WARP : MAMBA_STEP_VEC;
+    c.softmax_warp = gpu;
     c.attention_variant = ATTENTION_AUTO;
-    c.attention_tiled_smem = true;
+    c.attention_tiled_smem = gpu;
     c.attention_keep_probs = false;
-    c.attention_step_block = true;
-    c.layernorm_warp = true;
-    c.layernorm_param_tile = 1;
-    c.norm_blocks = true;
-    c.elementwise_span = 1;
-    c.elementwise_threads = 256;
-    c.row_threads_max = 256;
-    c.mean_loss_threads = MEAN_LOSS_THREADS;
-    c.step_graph = true;
-    return c;
-}
-
-// the host backend's choices: the fastest variants on a CPU (doc/benchmarks.md)
-inline KernelChoices kernel_choices_host() {
-    KernelChoices c = kernel_choices_gpu();
-    c.scan_chunked = false;
-    c.mamba_step = MAMBA_STEP_VEC;
-    c.softmax_warp = false;
-    c.attention_tiled_smem = false;
-    c.attention_step_block = false;
-    c.layernorm_warp = false;
-    c.layernorm_param_tile = LN_TILE;
-    c.norm_blocks = false;
-    c.elementwise_span = ELEMENTWISE_HOST_SPAN;
-    c.elementwise_threads = 4;  // several blocks even for small n: the workers share them
-    c.row_threads_max = 1;
-    c.mean_loss_threads = 1;    // barrier-free on the host: a plain loop
-    c.step_graph = false;
+    c.attention_step_block = gpu;
+    c.layernorm_warp = gpu;
+    c.layernorm_param_tile = gpu ? 1 : LN_TILE;
+    c.norm_blocks = gpu;
+    c.elementwise_span = gpu ? 1 : ELEMENTWISE_HOST_SPAN;
+    c.elementwise_threads = gpu ? 256 : 4;  // host: several blocks even for small n, the workers share them
+    c.row_threads_max = gpu ? 256 : 1;      // host: a thread walks the whole row
+    c.mean_loss_threads = gpu ? MEAN_LOSS_THREADS : 1;
+    c.step_graph = gpu;
     return c;
 }
 
@@ -171,9 +154,9 @@ inline HostSettings host_settings = host_settings_from_env();
 
 inline KernelChoices kernel_choices_from_env() {
 #ifdef __CUDACC__
-    KernelChoices c = kernel_choices_gpu();
+    KernelChoices c = kernel_choices_for(true);
 #else
-    KernelChoices c = host_settings.variants_gpu ? kernel_choices_gpu() : kernel_choices_host();
+    KernelChoices c = kernel_choices_for(host_settings.variants_gpu);
 #endif
     if (const char* e = environment_value("ATTENTION_VARIANT")) {
         if (!strcmp(e, "materialized")) c.attention_variant = ATTENTION_MATERIALIZED;

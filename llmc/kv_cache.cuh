@@ -230,8 +230,8 @@ static void kv_cache_prefill_stack(KVCache* c, const TransformerStackActs& acts,
     for (int l = 0; l < c->L; l++) kv_cache_prefill(c, l, transformer_layer_acts(acts, l, B, T, c->d).qkv, B, T);
 }
 
-// The attention of one step for any block built on this cache (the
-// Transformer++ block, plus_block.cuh): c->qkv (B, 3C) holds the new
+// The attention of one step for any block built on this cache (the GPT's
+// attention sublayer below, the Transformer++ block): c->qkv (B, 3C) holds the new
 // token's q, k, v (as the block computed them: rotated, for RoPE); its k and
 // v go to layer `layer`'s cache at position pos, and c->atty (B, C) gets the
 // attention of q over positions 0..pos, with the backend's step kernel.
@@ -258,26 +258,13 @@ static void kv_cache_attention_step(KVCache* c, int layer, int pos, int B) {
 // x + attn(LN(x)) on return; p = the layer's parameters.
 static void attention_sublayer_step(cublasHandle_t h, const AttentionParams& p, KVCache* c, int layer, float* x,
                                     int pos, int B, TransformerDims d) {
-    kv_cache_check(c, layer, B, "attention_sublayer_step");
     if (d.C != c->d.C || d.NH != c->d.NH) fail("attention_sublayer_step: dims differ from the cache's");
-    if (pos < 0 || pos >= c->maxT) fail("attention_sublayer_step: position %d, the cache holds 0..%d", pos, c->maxT - 1);
-    int C = d.C, NH = d.NH, hs = C / NH;
-    long bc = (long)B * C;
+    int C = d.C;
     layernorm_forward(c->ln, nullptr, nullptr, x, p.ln_w, p.ln_b, B, C);
     matmul_forward(h, c->qkv, c->ln, p.qkv_w, p.qkv_b, B, C, 3 * C);
-    float *k = kv_cache_k(c, layer), *v = kv_cache_v(c, layer);
-    LAUNCH(kv_cache_write_kernel, CEIL_DIV(bc, 256), 256, 0)(k, v, c->qkv, B, 1, pos, NH, hs, c->maxT);
-    cudaCheck(cudaGetLastError());
-    float scale = 1.0f / sqrtf((float)hs);
-    if (kernel_choices.attention_step_block) {
-        LAUNCH(attention_step_block_kernel, B * NH, 128, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs, c->maxT, pos, scale);
-    } else {
-        LAUNCH(attention_step_rows_kernel, CEIL_DIV(B * NH, 32), 32, 0)(c->atty, c->att, c->qkv, k, v, B, NH, hs,
-                                                                        c->maxT, pos, scale);
-    }
-    cudaCheck(cudaGetLastError());
+    kv_cache_attention_step(c, layer, pos, B);
     matmul_forward(h, c->proj, c->atty, p.proj_w, p.proj_b, B, C, C);
-    residual_forward(x, x, c->proj, bc);
+    residual_forward(x, x, c->proj, (long)B * C);
 }
 
 // One MLP sublayer, one token per row: x (B, C) in, x + mlp(LN(x)) out.

@@ -142,22 +142,22 @@ int main(int argc, char** argv) {
         }
 
         int reps = BACKEND_NAME[0] == 'c' ? 20 : 2;
-        float ms_f, ms_b;
+        // ms per call of run over reps calls, by events
+        auto time_reps = [&](auto&& run) {
+            float ms;
+            cudaCheck(cudaEventRecord(t0));
+            for (int i = 0; i < reps; i++) run();
+            cudaCheck(cudaEventRecord(t1));
+            cudaCheck(cudaEventSynchronize(t1));
+            cudaCheck(cudaEventElapsedTime(&ms, t0, t1));
+            return ms / reps;
+        };
         // on the host also the process CPU time (robust when other jobs share the cores)
         clock_t c0 = clock();
-        cudaCheck(cudaEventRecord(t0));
-        for (int i = 0; i < reps; i++) forward();
-        cudaCheck(cudaEventRecord(t1));
-        cudaCheck(cudaEventSynchronize(t1));
-        cudaCheck(cudaEventElapsedTime(&ms_f, t0, t1));
+        float ms_f = time_reps(forward);
         clock_t c1 = clock();
-        cudaCheck(cudaEventRecord(t0));
-        for (int i = 0; i < reps; i++) backward();
-        cudaCheck(cudaEventRecord(t1));
-        cudaCheck(cudaEventSynchronize(t1));
-        cudaCheck(cudaEventElapsedTime(&ms_b, t0, t1));
+        float ms_b = time_reps(backward);
         clock_t c2 = clock();
-        ms_f /= reps; ms_b /= reps;
         printf("%-8s forward %9.3f ms (%7.1f GB/s)   backward %9.3f ms (%7.1f GB/s)", name, ms_f,
                fwd_bytes / ms_f / 1e6, ms_b, bwd_bytes / ms_b / 1e6);
         if (BACKEND_NAME[0] == 'h')
