@@ -58,14 +58,13 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 
 import numpy as np
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
 import formats  # noqa: E402
+from fetch import fetch  # noqa: E402
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -171,17 +170,10 @@ def load_official(root):
 
 
 def download(url, path):
-    print(f"downloading {url}")
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            data = r.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"could not download {url} ({e}); pass --input DIR with a local copy of the CIFAR-10 files, "
-                        f"or use --synthetic")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        fetch(url, path, "pass --input DIR with a local copy of the CIFAR-10 files, or use --synthetic")
+    except OSError as e:
+        raise DataError(str(e))
 
 
 # -----------------------------------------------------------------------------

@@ -21,26 +21,20 @@ Usage:
 import argparse
 import os
 import sys
-import urllib.error
-import urllib.request
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
 import formats  # noqa: E402
+from fetch import fetch  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 def download(url, path):
-    print(f"downloading {url}")
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            data = r.read()
-    except (urllib.error.URLError, OSError) as e:
-        sys.exit(f"error: could not download {url} ({e}); "
-                 f"pass --input PATH with a local copy of tinyshakespeare's input.txt")
-    with open(path, "wb") as f:
-        f.write(data)
+        fetch(url, path, "pass --input PATH with a local copy of tinyshakespeare's input.txt")
+    except OSError as e:
+        sys.exit(f"error: {e}")
 
 
 def main():
