@@ -55,7 +55,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
+.PHONY: all test test-fidelity sanitize cuda-check data synthetic-tasks cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -118,6 +118,14 @@ data/cifar10_synthetic_small_pixels_train.bin:
 cifar10-pixels:
 	$(PYTHON) dev/data/cifar10.py --pixels --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
 
+# the Mamba paper's synthetic tasks as task files (dev/data/synthetic.py):
+# selective copying (T 256, K 16) and induction heads (T 256, test sets at 2^6 .. 2^20)
+synthetic-tasks: data/copy_train.bin data/induction_train.bin
+data/copy_train.bin: dev/data/synthetic.py
+	$(PYTHON) dev/data/synthetic.py --task copy --out data
+data/induction_train.bin: dev/data/synthetic.py
+	$(PYTHON) dev/data/synthetic.py --task induction --out data
+
 # tinyshakespeare tokens, from the text that ships in dev/data (no network);
 # building a language-model trainer writes them when they are missing
 data: data/tinyshakespeare_train.bin
@@ -131,7 +139,7 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 # after a kill, PyTorch interop, the training step as a CUDA graph, the GPU
 # check's rehearsal
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
-               dev/test_graphs.sh dev/test_gpu_check.sh
+               dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh
 test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
