@@ -8,6 +8,7 @@
 #   BACKEND=host|cuda                   force a backend
 #   GPU_COMPUTE_CAPABILITY=90           override the GPU query (implies cuda)
 #   PYTHON=/usr/bin/python3             the interpreter that has torch (Debian's python3-torch)
+#   make fashion-mnist                  data/fashion_mnist_{train,test}.bin (FASHION_MNIST_DIR=<the IDX files>)
 
 PYTHON ?= /usr/bin/python3
 NVCC ?= nvcc
@@ -55,7 +56,8 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
+.PHONY: all test test-fidelity sanitize cuda-check data cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels \
+        fashion-mnist fashion-mnist-pixels clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -117,6 +119,15 @@ data/cifar10_synthetic_small_pixels_train.bin:
 	$(PYTHON) dev/data/cifar10.py --synthetic --pixels --train-count 10000 --test-count 1000 --prefix cifar10_synthetic_small --out data
 cifar10-pixels:
 	$(PYTHON) dev/data/cifar10.py --pixels --out data $(if $(CIFAR10_DIR),--input $(CIFAR10_DIR))
+
+# Fashion-MNIST (1 x 28 x 28, 10 classes) from the IDX files of Debian's package
+# dataset-fashion-mnist, or from FASHION_MNIST_DIR; -pixels also writes the
+# 784-token pixel sequences for the language models (-I 784)
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	$(PYTHON) dev/data/fashion_mnist.py --input $(FASHION_MNIST_DIR) --out data
+fashion-mnist-pixels:
+	$(PYTHON) dev/data/fashion_mnist.py --input $(FASHION_MNIST_DIR) --pixels --out data
 
 # tinyshakespeare tokens, from the text that ships in dev/data (no network);
 # building a language-model trainer writes them when they are missing
