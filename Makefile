@@ -101,8 +101,24 @@ data/ref_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mam
 data/ref_mamba_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit --patch 1 --L 1 --B 2 --steps 4 --scan parallel --out $@
+# the vision models on one-channel 28 x 28 images (Fashion-MNIST's shape) at patch 4 (49
+# tokens) and 7 (16 tokens), and the bidirectional Mamba-ViT (-M bi) at patch 4; run by
+# test_vit and test_mamba_vit
+VISION_REF_DEPS = dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py \
+                  dev/reference/common.py
+data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin: data/ref_vit_1x28x28_p%.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model vit --image 1,28,28 --patch $* --out $@
+data/ref_mamba_vit_1x28x28_p4.bin data/ref_mamba_vit_1x28x28_p7.bin: data/ref_mamba_vit_1x28x28_p%.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit --image 1,28,28 --patch $* --out $@
+data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin \
-             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin
+             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
+             data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
+             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)

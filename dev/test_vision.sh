@@ -96,9 +96,10 @@ sys.dont_write_bytecode = True
 import numpy as np
 import common, formats, vit
 kind, cfg, params = formats.read_model(sys.argv[1])
-layout = formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"])
+layout = formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"], cfg["image"])
 got = common.unflatten(params, layout)["wpe"]
-want = vit.sincos_positions(formats.VISION_SIZE // cfg["patch"], cfg["C"])
+_, H, W = cfg["image"]
+want = vit.sincos_positions(H // cfg["patch"], W // cfg["patch"], cfg["C"])
 err = float(np.abs(got - want).max())
 print(f"wpe {got.shape}: max |train_vit - sincos_positions| {err:.1e}, last two channels max {float(np.abs(got[:, 16:]).max()):.1e}")
 sys.exit(0 if err <= 1e-6 and not got[:, 16:].any() and got[:, :16].std() > 0.5 else 1)
