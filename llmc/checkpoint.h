@@ -11,9 +11,10 @@ float32 parameters in flat-buffer order.
 Checkpoint (magic 20261105): the same kind and config slots, then
 header[10] = completed steps, header[11..12] = training-data generator state,
 header[13..14] = sampling generator state (each uint64 as two int32, low
-first), header[15] = batch size B, header[16] = sequence length T, header[20..22] the image shape as in a model
-file; then P parameters, P AdamW first moments, P second moments (float32).
-Enough to resume bit-identically.
+first), header[15] = batch size B, header[16] = sequence length T,
+header[20..22] the image shape as in a model file; then P parameters, P
+AdamW first moments, P second moments (float32). Enough to resume
+bit-identically.
 
 Checkpoints are written atomically: to PATH.tmp, flushed and synced, then
 renamed over PATH, so a killed process never leaves a file that loads wrong.
