@@ -8,6 +8,7 @@
 #   BACKEND=host|cuda                   force a backend
 #   GPU_COMPUTE_CAPABILITY=90           override the GPU query (implies cuda)
 #   PYTHON=/usr/bin/python3             the interpreter that has torch (Debian's python3-torch)
+#   make fashion-mnist                  data/fashion_mnist_{train,test}.bin (FASHION_MNIST_DIR=<the IDX files>)
 
 PYTHON ?= /usr/bin/python3
 NVCC ?= nvcc
@@ -55,7 +56,8 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data synthetic-tasks cifar-synthetic cifar10 cifar-synthetic-pixels cifar10-pixels clean
+.PHONY: all test test-fidelity sanitize cuda-check data synthetic-tasks cifar-synthetic cifar10 cifar-synthetic-pixels \
+        cifar10-pixels fashion-mnist fashion-mnist-pixels clean
 all: $(PROGRAMS)
 
 $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
@@ -99,8 +101,24 @@ data/ref_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mam
 data/ref_mamba_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit --patch 1 --L 1 --B 2 --steps 4 --scan parallel --out $@
+# the vision models on one-channel 28 x 28 images (Fashion-MNIST's shape) at patch 4 (49
+# tokens) and 7 (16 tokens), and the bidirectional Mamba-ViT (-M bi) at patch 4; run by
+# test_vit and test_mamba_vit
+VISION_REF_DEPS = dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py \
+                  dev/reference/common.py
+data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin: data/ref_vit_1x28x28_p%.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model vit --image 1,28,28 --patch $* --out $@
+data/ref_mamba_vit_1x28x28_p4.bin data/ref_mamba_vit_1x28x28_p7.bin: data/ref_mamba_vit_1x28x28_p%.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit --image 1,28,28 --patch $* --out $@
+data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin \
-             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin
+             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
+             data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
+             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)
@@ -125,6 +143,15 @@ data/copy_train.bin: dev/data/synthetic.py
 	$(PYTHON) dev/data/synthetic.py --task copy --out data
 data/induction_train.bin: dev/data/synthetic.py
 	$(PYTHON) dev/data/synthetic.py --task induction --out data
+
+# Fashion-MNIST (1 x 28 x 28, 10 classes) from the IDX files of Debian's package
+# dataset-fashion-mnist, or from FASHION_MNIST_DIR; -pixels also writes the
+# 784-token pixel sequences for the language models (-I 784)
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	$(PYTHON) dev/data/fashion_mnist.py --input $(FASHION_MNIST_DIR) --out data
+fashion-mnist-pixels:
+	$(PYTHON) dev/data/fashion_mnist.py --input $(FASHION_MNIST_DIR) --pixels --out data
 
 # tinyshakespeare tokens, from the text that ships in dev/data (no network);
 # building a language-model trainer writes them when they are missing

@@ -3,7 +3,10 @@ Checks the vision models' data path: the augmentation kernels of
 llmc/augment.cuh, the patch and pooling kernels of llmc/vision.cuh, and the
 images file reader and batch order of llmc/image_data.h.
 
-  - uint8 -> float, flip, crop and erasing: exact against plain C loops
+  - uint8 -> float, flip, crop and erasing: exact against plain C loops,
+    on batches of 3 x 32 x 32 (CIFAR-10's), 1 x 28 x 28 (Fashion-MNIST's)
+    and 2 x 20 x 28 images (not square), as the rotation, perspective and
+    whole-pipeline checks below
   - rotation and perspective: against plain C with bilinear sampling in
     double (tolerance 2e-5 absolute on values in [0, 1]: float coordinates
     of pixels up to 32 away carry ~4e-6 rounding, which moves a bilinear
@@ -16,7 +19,8 @@ images file reader and batch order of llmc/image_data.h.
     erased areas and aspect ratios, corners inward by at most 8), the same
     draws from the same seed, and the whole pipeline against the plain C
     chain, bit-identical on a re-run
-  - patchify and mean pooling against plain C (exact)
+  - patchify against plain C (exact) on the three shapes at every patch
+    size tried that divides them, and mean pooling
   - the images file: a good file read back exactly; truncated, wrong magic,
     bad label, bad shape refused with one line naming the file; the epoch
     order a permutation, the same for the same (seed, epoch), another for
@@ -35,9 +39,16 @@ Ends with "N passed, M failed".
 #include <string>
 #include <vector>
 
-static const int B = 64, CH = 3, H = 32, W = 32;
-static const long N = (long)B * CH * H * W;
+// the batch's shape: B images of CH x H x W (set_shape), N values
+static const int B = 64;
+static int CH = 3, H = 32, W = 32;
+static long N = (long)B * CH * H * W;
 static const double BILINEAR_TOL = 2e-5;
+
+static void set_shape(int channels, int height, int width) {
+    CH = channels; H = height; W = width;
+    N = (long)B * CH * H * W;
+}
 
 // a batch of images with structure (so that a wrong index shows): smooth
 // ramps plus noise, values in [0, 1]
@@ -194,8 +205,9 @@ static void check_kernels(Tests& t) {
         LAUNCH(rotate_kernel, grid, 256, 0)(out, in, floats, B, CH, H, W);
         double err = max_abs_diff(device_to_vector(out, N), ref_rotate(img, rot));
         t.check(err <= BILINEAR_TOL, "rotation within +-15 deg: bilinear against plain C, max abs err %.2e (tol %.0e)", err, BILINEAR_TOL);
-        // exact cases: angle 0 is the identity; 90 degrees permutes pixels: out[y][x] = in[x][W-1-y]
-        for (int b = 0; b < B; b++) { rot[2 * b] = b % 2 ? 0.0f : 1.0f; rot[2 * b + 1] = b % 2 ? 1.0f : 0.0f; }
+        // exact cases: angle 0 is the identity; 90 degrees (square images) permutes pixels: out[y][x] = in[x][W-1-y]
+        int quarter = H == W;
+        for (int b = 0; b < B; b++) { rot[2 * b] = b % 2 && quarter ? 0.0f : 1.0f; rot[2 * b + 1] = b % 2 && quarter ? 1.0f : 0.0f; }
         upload(floats, rot);
         LAUNCH(rotate_kernel, grid, 256, 0)(out, in, floats, B, CH, H, W);
         std::vector<float> got = device_to_vector(out, N);
@@ -205,10 +217,11 @@ static void check_kernels(Tests& t) {
                 for (int y = 0; y < H; y++)
                     for (int x = 0; x < W; x++) {
                         long plane = ((long)b * CH + c) * H * W;
-                        float want = b % 2 ? img[plane + (long)x * W + (W - 1 - y)] : img[plane + (long)y * W + x];
+                        float want = b % 2 && quarter ? img[plane + (long)x * W + (W - 1 - y)] : img[plane + (long)y * W + x];
                         wrong += got[plane + (long)y * W + x] != want;
                     }
-        t.check(wrong == 0, "rotation by 0 is the identity and by 90 deg a pixel permutation, exactly (%ld wrong)", wrong);
+        t.check(wrong == 0, "rotation by 0 is the identity%s, exactly (%ld wrong)",
+                quarter ? " and by 90 deg a pixel permutation" : "", wrong);
     }
     {   // erasing: rectangles from the drawing code, and one touching each border
         AugmentConfig cfg = {0, 0, 0.0f, 1.0f, 0.0f, 0.5f};
@@ -216,9 +229,9 @@ static void check_kernels(Tests& t) {
         Rng r;
         rng_seed(&r, 11);
         augment_draw(&cfg, &r, B, H, W, &p);
-        int border[4] = {0, 0, 5, 31};
+        int border[4] = {0, 0, 5, W - 1};
         memcpy(&p.erase[0], border, sizeof(border));
-        int corner[4] = {20, 25, 12, 7};
+        int corner[4] = {H - 12, W - 7, 12, 7};
         memcpy(&p.erase[4], corner, sizeof(corner));
         cudaCheck(cudaMemcpy(ints, p.erase.data(), 4 * B * sizeof(int), cudaMemcpyHostToDevice));
         upload(out, img);
@@ -322,7 +335,7 @@ static void check_draws(Tests& t) {
 
 // the whole pipeline: against the plain C chain, and bit-identical on a re-run
 static void check_pipeline(Tests& t) {
-    printf("--- the whole pipeline (flip, crop, rotation, erasing, perspective)\n");
+    printf("--- the whole pipeline (flip, crop, rotation, erasing, perspective), %d x %d x %d\n", CH, H, W);
     std::vector<float> img = test_images(3);
     AugmentConfig cfg = augment_default();
     AugmentBuffers d;
@@ -359,29 +372,44 @@ static void check_pipeline(Tests& t) {
 // ----------------------------------------------------------------------------
 // patches and pooling
 
-static void check_patches_and_pooling(Tests& t) {
-    printf("--- patchify and mean pooling\n");
+// patchify of the current shape at each patch size of `patches` that divides it
+static void check_patches(Tests& t, std::vector<int> patches) {
+    printf("--- patchify, %d x %d x %d\n", CH, H, W);
     std::vector<float> img = test_images(4);
     float *in, *out;
     cudaCheck(cudaMalloc(&in, N * sizeof(float)));
     cudaCheck(cudaMalloc(&out, N * sizeof(float)));
     upload(in, img);
-    for (int P : {4, 8, 2}) {
-        int g = W / P, T = g * g, PD = CH * P * P;
+    for (int P : patches) {
+        if (H % P || W % P) continue;
+        int gy = H / P, gx = W / P, T = gy * gx, PD = CH * P * P;
         patchify(out, in, B, CH, H, W, P);
         std::vector<float> got = device_to_vector(out, N);
         long wrong = 0;
         for (int b = 0; b < B; b++)
-            for (int hy = 0; hy < g; hy++)
-                for (int wx = 0; wx < g; wx++)
+            for (int hy = 0; hy < gy; hy++)
+                for (int wx = 0; wx < gx; wx++)
                     for (int c = 0; c < CH; c++)
                         for (int p1 = 0; p1 < P; p1++)
                             for (int p2 = 0; p2 < P; p2++) {
-                                long o = ((long)b * T + hy * g + wx) * PD + (c * P + p1) * P + p2;
+                                long o = ((long)b * T + hy * gx + wx) * PD + (c * P + p1) * P + p2;
                                 wrong += got[o] != img[(((long)b * CH + c) * H + hy * P + p1) * W + wx * P + p2];
                             }
-        t.check(wrong == 0, "patchify 'b c (h p1) (w p2) -> b (h w) (c p1 p2)', patch %d (%d x %d): exact (%ld wrong)", P, T, PD, wrong);
+        t.check(wrong == 0, "patchify 'b c (h p1) (w p2) -> b (h w) (c p1 p2)', %d x %d x %d at patch %d (%d x %d): exact (%ld wrong)",
+                CH, H, W, P, T, PD, wrong);
     }
+    cudaCheck(cudaFree(in));
+    cudaCheck(cudaFree(out));
+}
+
+// mean pooling over (B, 64, 48): the patches of 3 x 32 x 32 images at patch size 4
+static void check_pooling(Tests& t) {
+    printf("--- mean pooling\n");
+    std::vector<float> img = test_images(4);
+    float *in, *out;
+    cudaCheck(cudaMalloc(&in, N * sizeof(float)));
+    cudaCheck(cudaMalloc(&out, N * sizeof(float)));
+    upload(in, img);
     int T = 64, C = 48;  // the patches of patch size 4 as (B, T, C)
     mean_pool_forward(out, in, B, T, C);
     std::vector<float> pooled = device_to_vector(out, (long)B * C);
@@ -477,10 +505,16 @@ static void check_images_file(Tests& t) {
 int main() {
     Tests t;
     printf("backend %s\n", BACKEND_NAME);
-    check_kernels(t);
-    check_draws(t);
-    check_pipeline(t);
-    check_patches_and_pooling(t);
+    check_draws(t);  // at 3 x 32 x 32
+    check_pooling(t);
+    int shapes[3][3] = {{3, 32, 32}, {1, 28, 28}, {2, 20, 28}};
+    for (auto& s : shapes) {
+        set_shape(s[0], s[1], s[2]);
+        check_kernels(t);
+        check_pipeline(t);
+        check_patches(t, {1, 2, 4, 7, 8, 14});
+    }
+    set_shape(3, 32, 32);
     check_images_file(t);
     return t.summary();
 }

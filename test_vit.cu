@@ -1,6 +1,9 @@
 /*
-Checks train_vit.cu against the PyTorch reference state written by
-dev/reference/vit.py (make test writes data/ref_vit.bin):
+Checks train_vit.cu against the PyTorch reference states written by
+dev/reference/vit.py (make test writes them): data/ref_vit.bin (3 x 32 x 32
+images, patch 4), data/ref_vit_1x28x28_p4.bin and data/ref_vit_1x28x28_p7.bin
+(one channel, 28 x 28: 49 and 16 patches), or the states given as arguments.
+For each:
   - every layer's activations (patches, patch LayerNorm, embedding and its
     LayerNorm, + positions, each block's, final LayerNorm, pooled), logits
     and loss of one forward pass, and every parameter gradient, with both
@@ -31,19 +34,14 @@ is max|got - ref| / max|ref| over the tensor (llmc/testing.h). Tolerance:
 // the parameters after 10 steps (worst measured 8.5e-3); a wrong index or
 // formula is O(1).
 static const double TOL = tf32_tolerance(1e-4, 2e-2);
-// the reference images, on the device
-static const float* reference_images(const RefState& ref, const char* path) {
-    static float* images = vector_to_device(ref.get("images", path).f);
-    return images;
-}
-
 // forward + backward at the reference parameters without dropout; compares
 // activations, loss and gradients. label prefixes the lines (the kernel variant).
-static void check_forward_backward(Tests& t, ViT* model, const RefState& ref, const char* path, const char* label) {
+static void check_forward_backward(Tests& t, ViT* model, const RefState& ref, const char* path, const float* images,
+                                   const char* label) {
     ViTConfig c = model->config;
     int B = ref.B, T = tokens_of(c), L = c.num_layers;
     load_params(&model->buf, ref.get("params", path).f);
-    vit_forward(model, reference_images(ref, path), ref.get("labels", path).i.data(), B, -1);
+    vit_forward(model, images, ref.get("labels", path).i.data(), B, -1);
     ActivationTensors a = model->acts;
     struct { const char* name; const float* ptr; } head[] = {
         {"patches", a.embed.patches}, {"patch_ln", a.embed.patch_ln}, {"embed", a.embed.embed}, {"embed_ln", a.embed.embed_ln},
@@ -127,34 +125,34 @@ static void check_dropout_kernel(Tests& t) {
     cudaCheck(cudaFree(step));
 }
 
-int main(int argc, char** argv) {
-    const char* path = argc > 1 ? argv[1] : "data/ref_vit.bin";
-    Tests t;
+// every check of one reference state
+static void check_state(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
     if (ref.kind != MODEL_VIT) fail("%s: reference state of model kind %d, expected a ViT (%d)", path, ref.kind, MODEL_VIT);
-    ViTConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5]};
-    printf("backend %s | reference %s: ViT L %d C %d H %d F %d patch %d K %d | B %d T %d\n", BACKEND_NAME, path,
-           config.num_layers, config.channels, config.num_heads, config.ffn, config.patch, config.num_classes, ref.B, ref.T);
+    ViTConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5],
+                        image_shape_from_slots(path, ref.image_shape)};
+    printf("=== reference %s: ViT L %d C %d H %d F %d | images %d x %d x %d, patch %d | K %d | B %d T %d\n", path,
+           config.num_layers, config.channels, config.num_heads, config.ffn, config.image.channels,
+           config.image.height, config.image.width, config.patch, config.num_classes, ref.B, ref.T);
     ViT model;
     vit_build(&model, config);
     vit_allocate_activations(&model, ref.B);
     t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel() &&
             tokens_of(config) == ref.T, "parameter count %ld (reference %d), %d patches (reference %d)",
             model.buf.num_parameters, ref.config[6], tokens_of(config), ref.T);
+    float* images = vector_to_device(ref.get("images", path).f);  // (B, Cc, H, W)
 
     // both kernel variants of LayerNorm and softmax, each against the reference
     bool default_ln = kernel_choices.layernorm_warp, default_sm = kernel_choices.softmax_warp;
     for (int variant = 0; variant < 2; variant++) {
         kernel_choices.layernorm_warp = kernel_choices.softmax_warp = variant == 1;
         printf("--- kernels: %s\n", variant ? "warp per row" : "thread per row");
-        check_forward_backward(t, &model, ref, path, variant ? "[warp] " : "[rows] ");
+        check_forward_backward(t, &model, ref, path, images, variant ? "[warp] " : "[rows] ");
     }
     kernel_choices.layernorm_warp = default_ln;
     kernel_choices.softmax_warp = default_sm;
 
-    const float* images = reference_images(ref, path);
-    check_dropout_kernel(t);
     check_dropout_step(t, &model, ref, path, images, TOL);
     check_dropout_determinism(t, &model, ref, path, images);
     // the parameters after the steps leave out the key bias, as in test_gpt.cu (softmax is
@@ -163,6 +161,16 @@ int main(int argc, char** argv) {
     long C = config.channels;
     ParamFilter not_key_bias = [C](const TensorSpec& ts, long j) { return strcmp(ts.name, "qkv_b") || (j % (3 * C)) / C != 1; };
     check_vision_steps(t, &model, ref, path, images, TOL, not_key_bias, " (q, v)");
+    cudaCheck(cudaFree(images));
     model_free(&model.buf);
+}
+
+int main(int argc, char** argv) {
+    std::vector<const char*> paths(argv + 1, argv + argc);
+    if (paths.empty()) paths = {"data/ref_vit.bin", "data/ref_vit_1x28x28_p4.bin", "data/ref_vit_1x28x28_p7.bin"};
+    Tests t;
+    printf("backend %s\n", BACKEND_NAME);
+    check_dropout_kernel(t);
+    for (const char* path : paths) check_state(t, path);
     return t.summary();
 }

@@ -1,17 +1,25 @@
 /*
-Mamba-ViT on CIFAR-10 from 4x4 patches: the model, top to bottom.
+Mamba-ViT on images from P x P patches (CIFAR-10, Fashion-MNIST, any shape
+the images file has): the model, top to bottom.
 
   config -> tensor table (the parameters' flat buffer) -> activations
   -> init -> forward -> backward -> main
 
 The model (doc/models.md; the write-up this project reproduces uses it):
-images (B, 3, 32, 32) -> patches 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'
-(B, T, PD) with T = 64, PD = 48 for patch 4 -> LN(PD) -> Linear(PD, C) ->
+images (B, Cc, H, W) -> patches 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'
+(B, T, PD) with T = (H/P)(W/P), PD = Cc P^2 (T = 64, PD = 48 for 3 x 32 x 32
+at patch 4; T = 49, PD = 16 for 1 x 28 x 28) -> LN(PD) -> Linear(PD, C) ->
 LN(C); L blocks x = Dropout(LN(x + Mamba(x))) (post-norm, dropout after the
 norm, as the seed's MambaBlock); the mean over the T tokens; a head
 Linear(C, K). No positions, no final LayerNorm. Loss: mean cross-entropy
 over the batch. Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=16,
 d_conv=4, expand=2), E = 2C, R = ceil(C/16) (see llmc/mamba_block.cuh).
+
+With -M bi the blocks are bidirectional (model kind 7, doc/models.md): two
+mixers of their own per block, the second on the tokens reversed in time,
+x = Dropout(LN(x + Mamba_f(x) + flip(Mamba_b(flip(x))))); the mixer tensors
+stack 2L mixers (layer l's forward one at l, its reverse one at L + l), the
+flip is llmc/flip.cuh's kernel.
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop and evaluation in llmc/vision_trainer.h
 (vision_run), which calls this file's vision_forward and vision_backward.
@@ -34,12 +42,14 @@ Build with `make train_mamba_vit` (GPU if one is visible, else the host backend)
 // config
 
 typedef struct {
-    int patch;        // P: patch size; images are 3 x 32 x 32
-    int num_classes;  // K
-    int num_layers;   // L
-    int channels;     // C (d_model)
-    int inner;        // E = expand * C
-    int d_state;      // N
+    int patch;          // P: patch size (divides the images' height and width)
+    int num_classes;    // K
+    int num_layers;     // L
+    int channels;       // C (d_model)
+    int inner;          // E = expand * C
+    int d_state;        // N
+    ImageShape image;   // the images' channels x height x width (in the files' image shape slots)
+    int bidirectional;  // 0: one mixer per block; 1: a forward and a reverse mixer (-M bi, kind MODEL_MAMBA_VIT_BI)
 } MambaViTConfig;
 
 // the seven config slots of model files and checkpoints (the dt rank is mamba_dt_rank(C), ceil(C/16))
@@ -50,8 +60,10 @@ static MambaDims dims_of(MambaViTConfig c) {
     MambaDims d = {c.channels, c.inner, c.d_state, mamba_dt_rank(c.channels)};
     return d;
 }
-static int tokens_of(MambaViTConfig c) { return (VISION_SIZE / c.patch) * (VISION_SIZE / c.patch); }  // T
-static int patch_dim_of(MambaViTConfig c) { return VISION_CHANNELS * c.patch * c.patch; }              // PD
+static int tokens_of(MambaViTConfig c) { return image_tokens(c.image, c.patch); }        // T
+static int patch_dim_of(MambaViTConfig c) { return image_patch_dim(c.image, c.patch); }  // PD
+static int mixers_of(MambaViTConfig c) { return c.bidirectional ? 2 : 1; }                // per block
+static int kind_of(MambaViTConfig c) { return c.bidirectional ? MODEL_MAMBA_VIT_BI : MODEL_MAMBA_VIT; }
 
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
@@ -59,7 +71,7 @@ static int patch_dim_of(MambaViTConfig c) { return VISION_CHANNELS * c.patch * c
 #define NUM_PARAMETER_TENSORS (PATCH_EMBED_PARAMS + MAMBA_STACK_PARAMS + 2)
 typedef struct {
     PatchEmbedParams embed;        // patch_ln_w .. embed_ln_b, see llmc/vision.cuh
-    MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
+    MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b (mixer tensors over 2L when bidirectional), see llmc/mamba_block.cuh
     float* head_w;           // (K, C)
     float* head_b;           // (K)
 } ParameterTensors;
@@ -69,7 +81,7 @@ static_assert(sizeof(ParameterTensors) == NUM_PARAMETER_TENSORS * sizeof(float*)
 static void mamba_vit_param_table(TensorSpec* t, MambaViTConfig c) {
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     t = patch_embed_param_table(t, PD, C);
-    t = mamba_stack_param_table(t, c.num_layers, dims_of(c));
+    t = mamba_stack_param_table(t, c.num_layers, dims_of(c), mixers_of(c));
     *t++ = {"head_w", K * C, 1, 1};
     *t++ = {"head_b", K, 0, 1};
 }
@@ -77,10 +89,11 @@ static void mamba_vit_param_table(TensorSpec* t, MambaViTConfig c) {
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS (PATCH_EMBED_ACTS + MAMBA_STACK_ACTS + 5 + MAMBA_SCRATCH + 4)
+#define NUM_ACTIVATION_TENSORS (PATCH_EMBED_ACTS + MAMBA_STACK_ACTS + 6 + MAMBA_SCRATCH + 5)
 typedef struct {
     PatchEmbedActs embed;        // the patch embedding's, see llmc/vision.cuh
     MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
+    float* tokens_rev;      // (L, B, T, C)  bidirectional: each block's input reversed in time (empty otherwise)
     float* drop;            // (L, B, T, C)  the blocks' outputs after dropout (training only)
     float* pooled;          // (B, C)
     float* logits;          // (B, K)
@@ -90,6 +103,7 @@ typedef struct {
     MambaScratch block;     // the blocks' backward scratch
     float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
     float* dresidual_in;    // (B, T, C)  ... and w.r.t. its input (the two swap roles block by block)
+    float* dtokens_rev;     // (B, T, C)  bidirectional: gradient w.r.t. tokens_rev of the current block (empty otherwise)
     float* dpooled;         // (B, C)
     float* dlogits;         // (B, K)
 } ActivationTensors;
@@ -98,8 +112,10 @@ static_assert(sizeof(ActivationTensors) == NUM_ACTIVATION_TENSORS * sizeof(float
 static void mamba_vit_act_table(TensorSpec* t, MambaViTConfig c, int B) {
     long C = c.channels, K = c.num_classes, T = tokens_of(c), PD = patch_dim_of(c), BT = (long)B * T;
     int L = c.num_layers;
+    long rev = c.bidirectional ? BT * C : 0;
     t = patch_embed_act_table(t, BT, PD, C);
-    t = mamba_stack_act_table(t, L, B, T, dims_of(c));
+    t = mamba_stack_act_table(t, L, B, T, dims_of(c), mixers_of(c));
+    *t++ = {"tokens_rev", L * rev, 0, L};
     *t++ = {"drop", L * BT * C, 0, L};
     *t++ = {"pooled", B * C, 0, 1};
     *t++ = {"logits", B * K, 0, 1};
@@ -108,6 +124,7 @@ static void mamba_vit_act_table(TensorSpec* t, MambaViTConfig c, int B) {
     t = mamba_scratch_table(t, B, T, dims_of(c));
     *t++ = {"dresidual", BT * C, 0, 1};
     *t++ = {"dresidual_in", BT * C, 0, 1};
+    *t++ = {"dtokens_rev", rev, 0, 1};
     *t++ = {"dpooled", B * C, 0, 1};
     *t++ = {"dlogits", B * K, 0, 1};
 }
@@ -124,9 +141,9 @@ typedef struct {
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
 } MambaViT;
 
-static MambaViTConfig mamba_vit_config(int patch, int K, int L, int C, int N) {
+static MambaViTConfig mamba_vit_config(int patch, int K, int L, int C, int N, ImageShape image, int bidirectional) {
     MambaDims d = mamba_dims(C, N);
-    MambaViTConfig c = {patch, K, L, C, d.E, N};
+    MambaViTConfig c = {patch, K, L, C, d.E, N, image, bidirectional};
     return c;
 }
 
@@ -136,8 +153,9 @@ static void mamba_vit_build(MambaViT* model, MambaViTConfig c) {
     TensorSpec table[NUM_PARAMETER_TENSORS];
     mamba_vit_param_table(table, c);
     int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.channels, c.inner, c.d_state};
-    model_build(&model->buf, MODEL_MAMBA_VIT, mamba_vit_slot_names, slots, table, NUM_PARAMETER_TENSORS,
+    model_build(&model->buf, kind_of(c), mamba_vit_slot_names, slots, table, NUM_PARAMETER_TENSORS,
                 &model->params, &model->grads, sizeof(model->params));
+    image_shape_to_slots(c.image, model->buf.image_shape);
     model->dropout = {0.0f, 0, 0.0f};
 }
 
@@ -153,7 +171,7 @@ static void mamba_vit_init_random(MambaViT* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     patch_embed_init(p.embed, PD, C, &rng);
-    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng);
+    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, mixers_of(c));
     for (long i = 0; i < K * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < K; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     model_upload_params(&model->buf, host.data());
@@ -178,7 +196,7 @@ static const float* block_output(const MambaViT* model, int l, int B) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for images (B, 3, 32, 32) (device); with labels (host),
+// forward: logits for images (B, Cc, H, W) (device); with labels (host),
 // also the mean loss. train_step >= 0: a training step (dropout on, its masks
 // keyed by the step); -1: evaluation (no dropout).
 
@@ -196,11 +214,16 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
     float drop = vision_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, nullptr, 0, labels, B);
 
-    patch_embed_forward(h, p.embed, a.embed, images, B, c.patch, C);
+    patch_embed_forward(h, p.embed, a.embed, images, B, c.image, c.patch, C);
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
-        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B), B, T, d);
+        if (c.bidirectional)
+            mamba_bi_block_forward(h, mamba_bi_layer_params(p.tower, l, 0, L, d), la,
+                                   mamba_bi_layer_params(p.tower, l, 1, L, d), mamba_bi_layer_acts(a.tower, l, 1, L, B, T, d),
+                                   a.tokens_rev + l * btc, block_output(model, l - 1, B), B, T, d);
+        else
+            mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B), B, T, d);
         if (drop > 0.0f) {
             NVTX_RANGE("dropout_forward");
             dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
@@ -243,12 +266,19 @@ static void mamba_vit_backward(MambaViT* model, int B) {
         NVTX_RANGE("block_backward");
         if (drop > 0.0f)
             dropout_apply(dresidual, dresidual, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
-        mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B), mamba_layer_params(p.tower, l, d),
-                             mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
-                             m->ones, B, T, d);
+        if (c.bidirectional)
+            mamba_bi_block_backward(h, dresidual_in, a.dtokens_rev, dresidual, block_output(model, l - 1, B),
+                                    a.tokens_rev + l * btc, mamba_bi_layer_params(p.tower, l, 0, L, d),
+                                    mamba_bi_layer_params(g.tower, l, 0, L, d), mamba_bi_layer_acts(a.tower, l, 0, L, B, T, d),
+                                    mamba_bi_layer_params(p.tower, l, 1, L, d), mamba_bi_layer_params(g.tower, l, 1, L, d),
+                                    mamba_bi_layer_acts(a.tower, l, 1, L, B, T, d), a.block, m->ones, B, T, d);
+        else
+            mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B),
+                                 mamba_layer_params(p.tower, l, d), mamba_layer_params(g.tower, l, d),
+                                 mamba_layer_acts(a.tower, l, B, T, d), a.block, m->ones, B, T, d);
         std::swap(dresidual, dresidual_in);
     }
-    patch_embed_backward(h, g.embed, p.embed, a.embed, dresidual, m->ones, B, c.patch, C);  // w.r.t. embed_ln
+    patch_embed_backward(h, g.embed, p.embed, a.embed, dresidual, m->ones, B, c.image, c.patch, C);  // w.r.t. embed_ln
 }
 
 // the hooks of the training loop and evaluation (llmc/vision_trainer.h)
@@ -268,17 +298,23 @@ int main(int argc, char** argv) {
     parse_vision_flags(argc, argv, &vc, presets,
                        "  -L <int>    layers (seed preset 6, cpu 2)\n"
                        "  -C <int>    channels, d_model (seed preset 256, cpu 64; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
-                       "  -P <int>    patch size (default 4: 64 patches of 48 values)\n", "LCP");
+                       "  -M <name>   blocks: uni, one Mamba mixer (default); bi, bidirectional: a forward mixer and one\n"
+                       "              on the patches in reverse order, each block's own\n"
+                       "  -P <int>    patch size, dividing the images' height and width (default 4: 64 patches of\n"
+                       "              48 values on 3 x 32 x 32 images, 49 of 16 on 1 x 28 x 28)\n", "LCPM");
     print_preset(vc.preset);
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 
-    MambaViTConfig config = mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16);
-    if (vc.init_path) {  // the model file decides the shape
-        int s[CONFIG_SLOTS];
-        model_file_config(vc.init_path, MODEL_MAMBA_VIT, s);
-        config = {s[0], s[1], s[2], s[3], s[4], s[5]};
-        check_model_images(&vc, config.patch, config.num_classes, &train);
+    int bidirectional = !strcmp(vc.mixer, "bi");
+    MambaViTConfig config = mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16, image_shape_of(&train), bidirectional);
+    if (vc.init_path) {  // the model file decides the shape (its kind must be -M's)
+        int s[CONFIG_SLOTS], image[IMAGE_SHAPE_SLOTS];
+        model_file_config(vc.init_path, kind_of(config), s, image);
+        config = {s[0], s[1], s[2], s[3], s[4], s[5], image_shape_from_slots(vc.init_path, image), bidirectional};
+        check_model_images(&vc, config.patch, config.num_classes, config.image, &train);
+    } else {
+        check_patch_size("flag -P", config.patch, &train);
     }
     MambaViT model;
     mamba_vit_build(&model, config);
@@ -287,8 +323,8 @@ int main(int argc, char** argv) {
     mamba_vit_allocate_activations(&model, vc.B > vc.eval_B ? vc.B : vc.eval_B);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    printf("backend %s | Mamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | scan %s\n",
-           BACKEND_NAME, config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.patch,
+    printf("backend %s | %sMamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | scan %s\n",
+           BACKEND_NAME, bidirectional ? "bidirectional " : "", config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.patch,
            tokens_of(config), patch_dim_of(config), config.num_classes, model.buf.num_parameters,
            kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = vision_run(&model, &vc, &train, &test);

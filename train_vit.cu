@@ -1,13 +1,15 @@
 /*
-ViT on CIFAR-10 from 4x4 patches: the model, top to bottom.
+ViT on images from P x P patches (CIFAR-10, Fashion-MNIST, any shape the
+images file has): the model, top to bottom.
 
   config -> tensor table (the parameters' flat buffer) -> activations
   -> init -> forward -> backward -> main
 
-The model (doc/models.md): images (B, 3, 32, 32) ->
-patches 'b c (h p1) (w p2) -> b (h w) (c p1 p2)' (B, T, PD) with T = 64,
-PD = 48 for patch 4 -> LN(PD) -> Linear(PD, C) -> LN(C) -> + learned
-positions (T, C); L pre-norm encoder blocks x = x + Dropout(attn(LN1(x))),
+The model (doc/models.md): images (B, Cc, H, W) ->
+patches 'b c (h p1) (w p2) -> b (h w) (c p1 p2)' (B, T, PD) with
+T = (H/P)(W/P), PD = Cc P^2 (T = 64, PD = 48 for 3 x 32 x 32 at patch 4;
+T = 49, PD = 16 for 1 x 28 x 28) -> LN(PD) -> Linear(PD, C) -> LN(C) ->
++ learned positions (T, C); L pre-norm encoder blocks x = x + Dropout(attn(LN1(x))),
 x = x + Dropout(mlp(LN2(x))) with non-causal 4-head attention and an MLP
 C -> F -> C with GELU (dropout on each residual branch, after the attention
 projection and after the MLP); a final LayerNorm; the mean over the T
@@ -34,12 +36,13 @@ Build with `make train_vit` (GPU if one is visible, else the host backend).
 // config
 
 typedef struct {
-    int patch;        // P: patch size; images are 3 x 32 x 32
-    int num_classes;  // K
-    int num_layers;   // L
-    int num_heads;    // NH
-    int channels;     // C
-    int ffn;          // F: hidden width of the MLP
+    int patch;          // P: patch size (divides the images' height and width)
+    int num_classes;    // K
+    int num_layers;     // L
+    int num_heads;      // NH
+    int channels;       // C
+    int ffn;            // F: hidden width of the MLP
+    ImageShape image;   // the images' channels x height x width (in the files' image shape slots)
 } ViTConfig;
 
 // the seven config slots of model files and checkpoints
@@ -50,8 +53,8 @@ static TransformerDims dims_of(ViTConfig c) {
     TransformerDims d = {c.channels, c.num_heads, c.ffn};
     return d;
 }
-static int tokens_of(ViTConfig c) { return (VISION_SIZE / c.patch) * (VISION_SIZE / c.patch); }  // T
-static int patch_dim_of(ViTConfig c) { return VISION_CHANNELS * c.patch * c.patch; }              // PD
+static int tokens_of(ViTConfig c) { return image_tokens(c.image, c.patch); }        // T
+static int patch_dim_of(ViTConfig c) { return image_patch_dim(c.image, c.patch); }  // PD
 
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
@@ -142,6 +145,7 @@ static void vit_build(ViT* model, ViTConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.num_heads, c.channels, c.ffn};
     model_build(&model->buf, MODEL_VIT, vit_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    image_shape_to_slots(c.image, model->buf.image_shape);
     model->dropout = {0.0f, 0, 0.0f};
 }
 
@@ -153,26 +157,30 @@ static void vit_allocate_activations(ViT* model, int B) {
                                tokens_of(model->config), 0, B, "-b/-B");
 }
 
-// The positions' starting values wpe (G*G, C) for a G x G grid of patches
-// (learned from there): a 2D sin-cos table, so that from the first step a
-// query can find the patches at a given offset (the dot product of two rows
-// depends on their offset only). With K = C/4 frequencies w_k falling
-// geometrically from 1 to pi/G radians per patch (the slowest is half a
-// period across the grid), the token at row y, column x gets sin(w_k y),
-// cos(w_k y), sin(w_k x), cos(w_k x) in channels [0,K), [K,2K), [2K,3K),
-// [3K,4K); channels from 4K on (C not a multiple of 4) are 0.
-static void sincos_positions(float* wpe, int G, int C) {
+// The positions' starting values wpe (Gy*Gx, C) for a grid of Gy rows and
+// Gx columns of patches (learned from there): a 2D sin-cos table, so that
+// from the first step a query can find the patches at a given offset (the
+// dot product of two rows depends on their offset only). With K = C/4
+// frequencies per axis, w_k = (pi/G)^(k/(K-1)) for that axis' G (from 1 to
+// pi/G radians per patch: the slowest is half a period across the grid),
+// the token at row y, column x gets sin(wy_k y), cos(wy_k y), sin(wx_k x),
+// cos(wx_k x) in channels [0,K), [K,2K), [2K,3K), [3K,4K); channels from
+// 4K on (C not a multiple of 4) are 0.
+static void sincos_positions(float* wpe, int Gy, int Gx, int C) {
     int K = C / 4;
-    std::vector<double> w(K);
-    for (int k = 0; k < K; k++) w[k] = K > 1 ? pow(3.14159265358979 / G, (double)k / (K - 1)) : 1.0;
-    for (int y = 0; y < G; y++) {
-        for (int x = 0; x < G; x++) {
-            float* row = wpe + (long)(y * G + x) * C;
+    std::vector<double> wy(K), wx(K);
+    for (int k = 0; k < K; k++) {
+        wy[k] = K > 1 ? pow(3.14159265358979 / Gy, (double)k / (K - 1)) : 1.0;
+        wx[k] = K > 1 ? pow(3.14159265358979 / Gx, (double)k / (K - 1)) : 1.0;
+    }
+    for (int y = 0; y < Gy; y++) {
+        for (int x = 0; x < Gx; x++) {
+            float* row = wpe + (long)(y * Gx + x) * C;
             for (int k = 0; k < K; k++) {
-                row[k] = (float)sin(w[k] * y);
-                row[K + k] = (float)cos(w[k] * y);
-                row[2 * K + k] = (float)sin(w[k] * x);
-                row[3 * K + k] = (float)cos(w[k] * x);
+                row[k] = (float)sin(wy[k] * y);
+                row[K + k] = (float)cos(wy[k] * y);
+                row[2 * K + k] = (float)sin(wx[k] * x);
+                row[3 * K + k] = (float)cos(wx[k] * x);
             }
             for (int c = 4 * K; c < C; c++) row[c] = 0.0f;
         }
@@ -191,7 +199,7 @@ static void vit_init_random(ViT* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     patch_embed_init(p.embed, PD, C, &rng);
-    sincos_positions(p.wpe, VISION_SIZE / c.patch, (int)C);
+    sincos_positions(p.wpe, c.image.height / c.patch, c.image.width / c.patch, (int)C);
     long F = c.ffn, L = c.num_layers;
     TransformerStackParams& w = p.tower;
     struct { float* weight; float* bias; long n_weight, n_bias, fan_in; } linears[4] = {
@@ -210,7 +218,7 @@ static void vit_init_random(ViT* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for images (B, 3, 32, 32) (device); with labels (host),
+// forward: logits for images (B, Cc, H, W) (device); with labels (host),
 // also the mean loss. train_step >= 0: a training step (dropout on, its masks
 // keyed by the step); -1: evaluation (no dropout).
 
@@ -227,7 +235,7 @@ static void vit_forward(ViT* model, const float* images, const int* labels, int 
     float drop = vision_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, nullptr, 0, labels, B);
 
-    patch_embed_forward(h, p.embed, a.embed, images, B, c.patch, C);
+    patch_embed_forward(h, p.embed, a.embed, images, B, c.image, c.patch, C);
     { NVTX_RANGE("positions_forward"); add_positions(a.encoded, a.embed.embed_ln, p.wpe, B, T, C); }
     const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
@@ -282,7 +290,7 @@ static void vit_backward(ViT* model, int B) {
     }
     // a.dresidual is now the gradient w.r.t. encoded = embed_ln + wpe
     { NVTX_RANGE("positions_backward"); positions_backward(g.wpe, a.dresidual, B, T, C); }
-    patch_embed_backward(h, g.embed, p.embed, a.embed, a.dresidual, m->ones, B, c.patch, C);
+    patch_embed_backward(h, g.embed, p.embed, a.embed, a.dresidual, m->ones, B, c.image, c.patch, C);
 }
 
 // the hooks of the training loop and evaluation (llmc/vision_trainer.h)
@@ -305,17 +313,20 @@ int main(int argc, char** argv) {
                        "  -C <int>    channels (seed preset 256, cpu 64)\n"
                        "  -H <int>    heads (default 4)\n"
                        "  -F <int>    MLP hidden width (default 2*C)\n"
-                       "  -P <int>    patch size (default 4: 64 patches of 48 values)\n", "LCHFP");
+                       "  -P <int>    patch size, dividing the images' height and width (default 4: 64 patches of\n"
+                       "              48 values on 3 x 32 x 32 images, 49 of 16 on 1 x 28 x 28)\n", "LCHFP");
     print_preset(vc.preset);
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 
-    ViTConfig config = {vc.patch, train.classes, vc.L, vc.H, vc.C, vc.F ? vc.F : 2 * vc.C};
+    ViTConfig config = {vc.patch, train.classes, vc.L, vc.H, vc.C, vc.F ? vc.F : 2 * vc.C, image_shape_of(&train)};
     if (vc.init_path) {  // the model file decides the shape
-        int s[CONFIG_SLOTS];
-        model_file_config(vc.init_path, MODEL_VIT, s);
-        config = {s[0], s[1], s[2], s[3], s[4], s[5]};
-        check_model_images(&vc, config.patch, config.num_classes, &train);
+        int s[CONFIG_SLOTS], image[IMAGE_SHAPE_SLOTS];
+        model_file_config(vc.init_path, MODEL_VIT, s, image);
+        config = {s[0], s[1], s[2], s[3], s[4], s[5], image_shape_from_slots(vc.init_path, image)};
+        check_model_images(&vc, config.patch, config.num_classes, config.image, &train);
+    } else {
+        check_patch_size("flag -P", config.patch, &train);
     }
     ViT model;
     vit_build(&model, config);

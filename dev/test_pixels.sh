@@ -7,6 +7,10 @@
 #    images to DIR/generated.bin, an images file of 3 x 32 x 32 records whose
 #    values are the samples' tokens; the same seed writes the same file;
 #    dev/plot.py --images draws it as a PNG grid
+#  - one-channel 28 x 28 images (Fashion-MNIST's shape) as 784-token
+#    sequences (-I 784), written by cifar10.write_pixels as
+#    dev/data/fashion_mnist.py --pixels writes them: a short run of
+#    train_mamba, and -G 1 images of 1 x 28 x 28
 #  - bad input: -t other than the image length, a tokens file that is not
 #    whole images, -G without -o, a model without the start token, -P
 #  - the vision models at patch size 1 (-P 1: 1024 tokens of 3 values)
@@ -88,6 +92,31 @@ if $PYTHON -c "import matplotlib" 2>/dev/null; then
 else
   echo "(dev/plot.py --images not checked: no matplotlib)"
 fi
+
+# one-channel 28 x 28 images as 784 tokens (what make fashion-mnist-pixels writes)
+$PYTHON - "$W" <<'EOF' || abort "cannot write test data"
+import sys
+sys.path.insert(0, "dev/reference"); sys.path.insert(0, "dev/data")
+sys.dont_write_bytecode = True
+import numpy as np
+import cifar10, formats
+labels, pixels, k = formats.read_images(f"{sys.argv[1]}/s_train.bin")
+gray = pixels[:, :, 2:30, 2:30].mean(axis=1, keepdims=True).round().astype(np.uint8)
+cifar10.write_pixels(sys.argv[1], "g", (labels[:12], gray[:12]), (labels[12:18], gray[12:18]))
+EOF
+G="-i $W/g_pixels_train.bin -j $W/g_pixels_test.bin -k $W/g_pixels_vocab.bin -I 784"
+out=$(./train_mamba $G -L 1 -C 16 -b 3 -x 2 -v 0 -m 0 -o "$W/g_mamba" 2>&1); rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q "images of 784 tokens: 12 train, 6 val (all validated)"; then
+  ok "train_mamba -I 784: one-channel 28 x 28 images, trains on 12, validates all 6"
+else
+  fail "train_mamba -I 784: exit $rc: $(echo "$out" | tail -n 3)"
+fi
+./train_mamba $G -G 1 -e "$W/g_mamba/model.bin" -b 2 -K 20 -o "$W/g_mamba_gen" >"$W/gen_out" 2>&1
+shape=$($PYTHON -c "
+import sys; sys.path.insert(0, 'dev/reference'); sys.dont_write_bytecode = True
+import formats; print(formats.read_images('$W/g_mamba_gen/generated.bin')[1].shape)" 2>&1)
+if [ "$shape" == "(2, 1, 28, 28)" ]; then ok "train_mamba -I 784 -G 1 -b 2: generated images of shape $shape"
+else fail "train_mamba -I 784 -G 1: generated.bin '$shape': $(tail -n 1 "$W/gen_out")"; fi
 
 # bad input
 WATCH="train_mamba"

@@ -2,12 +2,23 @@
 # The vision trainers' data and files, end to end (host backend):
 #  - dev/data/cifar10.py --selftest: the official-file readers on fabricated
 #    binary, python and archived batches, bad batches refused, the synthetic set
+#  - dev/data/fashion_mnist.py --selftest: the IDX reader on fabricated files
 #  - bad input to train_vit and train_mamba_vit: each case must end with one
 #    line on stderr that starts "error:" and names the file or flag at fault, a
-#    non-zero exit that is not a crash, and no change to the output directories
+#    non-zero exit that is not a crash, and no change to the output directories;
+#    among them images of another shape than the model's, a patch size that
+#    does not divide the images, a bad -M
+#  - images of another shape (1 x 28 x 28, Fashion-MNIST's): short runs of the
+#    ViT, the Mamba-ViT and the bidirectional Mamba-ViT at patch 4 and 7 whose
+#    model files record the shape; a model file without the shape slots
+#    (written before them) loads as 3 x 32 x 32
 #  - resume: a run restarted from its step-4 checkpoint (augmentation and
 #    dropout on) prints the same step lines as the uninterrupted run and ends
-#    with the same model file, byte for byte
+#    with the same model file, byte for byte (CIFAR's shape for the ViT and
+#    the Mamba-ViT, 1 x 28 x 28 for the bidirectional Mamba-ViT)
+#  - the accuracy is real: a trained model's test accuracy as the trainer
+#    prints it equals PyTorch's (dev/reference/interop.py eval --images) on
+#    the same images, for each of the three models
 # Needs train_vit and train_mamba_vit built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
@@ -15,6 +26,9 @@ test_setup
 out=$($PYTHON dev/data/cifar10.py --selftest 2>&1); rc=$?
 echo "$out" | grep -E '^(ok|FAIL) '
 add_summary "cifar10.py --selftest" $rc "$out"
+out=$($PYTHON dev/data/fashion_mnist.py --selftest 2>&1); rc=$?
+echo "$out" | grep -E '^(ok|FAIL) '
+add_summary "fashion_mnist.py --selftest" $rc "$out"
 
 # small data: 200 train and 50 test images, and broken variants
 $PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null || abort "cannot write test data"
@@ -36,6 +50,11 @@ bad = bytearray(data); bad[0:4] = (12345).to_bytes(4, "little"); open(f"{w}/badm
 bad = bytearray(data); bad[1024 + 3073 * 7] = 10; open(f"{w}/badlabel.bin", "wb").write(bad)
 formats.write_tokens(f"{w}/tokens.bin", np.arange(5000) % 65, 65)
 open(f"{w}/empty.bin", "wb").close()
+# one channel, 28 x 28 (Fashion-MNIST's shape): the mean of the channels, cut to the centre
+tl, tp, _ = formats.read_images(f"{w}/s_test.bin")
+gray = lambda p: p[:, :, 2:30, 2:30].mean(axis=1, keepdims=True).round().astype(np.uint8)
+formats.write_images(f"{w}/g_train.bin", labels, gray(pixels), k)
+formats.write_images(f"{w}/g_test.bin", tl, gray(tp), k)
 EOF
 
 D="-i $W/s_train.bin -j $W/s_test.bin"
@@ -44,9 +63,12 @@ vit="-L 1 -C 16 -H 2"
 mvit="-L 1 -C 16"
 ./train_vit $D $small $vit -x 2 -o "$W/vit" >/dev/null 2>&1 || echo "setup: train_vit failed"
 ./train_mamba_vit $D $small $mvit -x 2 -o "$W/mvit" >/dev/null 2>&1 || echo "setup: train_mamba_vit failed"
+./train_mamba_vit $D $small $mvit -M bi -x 2 -o "$W/bivit" >/dev/null 2>&1 || echo "setup: train_mamba_vit -M bi failed"
+G="-i $W/g_train.bin -j $W/g_test.bin"
+./train_vit $G $small $vit -x 2 -o "$W/gvit" >/dev/null 2>&1 || echo "setup: train_vit on 1 x 28 x 28 failed"
 mkdir -p "$W/trunc_ckpt" && head -c 5000 "$W/vit/ckpt_00000002.bin" > "$W/trunc_ckpt/ckpt_00000002.bin"
 
-WATCH="vit mvit trunc_ckpt"  # expect: these run directories must not change
+WATCH="vit mvit bivit gvit trunc_ckpt"  # expect: these run directories must not change
 
 for T in train_vit train_mamba_vit; do
   S=$([ $T == train_vit ] && echo "$vit" || echo "$mvit")
@@ -70,6 +92,21 @@ for T in train_vit train_mamba_vit; do
   expect "$T resume without -o" "-o" ./$T $D $small $S -y 1
   expect "$T resume from an empty directory" "-y" ./$T $D $small $S -o "$W/emptydir_$T" -y 1
 done
+for T in train_vit train_mamba_vit; do
+  S=$([ $T == train_vit ] && echo "$vit" || echo "$mvit")
+  expect "$T patch size not dividing 28" "flag -P" ./$T $G $small $S -P 8
+  expect "$T patch size not dividing 28 names the images" "$W/g_train.bin" ./$T $G $small $S -P 5
+  expect "$T crop padding past 28 x 28 images" "flag -d" ./$T $G $small $S -A 1 -d 28
+done
+expect "train_vit has no -M" "-M" ./train_vit $D $small $vit -M bi
+expect "train_mamba_vit -M neither uni nor bi" "flag -M" ./train_mamba_vit $D $small $mvit -M tri
+expect "3 x 32 x 32 model on 1 x 28 x 28 images" "$W/vit/model.bin" ./train_vit $G $small -e "$W/vit/model.bin" -x 0
+expect "1 x 28 x 28 model on 3 x 32 x 32 images" "$W/gvit/model.bin" ./train_vit $D $small -e "$W/gvit/model.bin" -x 0
+expect "1 x 28 x 28 test images for 3 x 32 x 32 train images" "$W/g_test.bin" ./train_vit -i $W/s_train.bin -j $W/g_test.bin $small $vit
+expect "1 x 28 x 28 checkpoint resumed on 3 x 32 x 32 images" "ckpt_00000002.bin" ./train_vit $D $small $vit -o "$W/gvit" -y 1
+expect "one-way Mamba-ViT model with -M bi" "$W/mvit/model.bin" ./train_mamba_vit $D $small -M bi -e "$W/mvit/model.bin" -x 0
+expect "bidirectional model without -M bi" "$W/bivit/model.bin" ./train_mamba_vit $D $small -e "$W/bivit/model.bin" -x 0
+expect "one-way checkpoint resumed with -M bi" "ckpt_00000002.bin" ./train_mamba_vit $D $small $mvit -M bi -o "$W/mvit" -y 1
 expect "train_mamba_vit has no heads" "-H" ./train_mamba_vit $D $small $mvit -H 2
 expect "ViT channels not divisible by heads" "-C" ./train_vit $D $small -L 1 -C 18 -H 4
 expect "fresh run into a directory with checkpoints" "-o" ./train_vit $D $small $vit -x 2 -o "$W/vit"
@@ -96,9 +133,10 @@ sys.dont_write_bytecode = True
 import numpy as np
 import common, formats, vit
 kind, cfg, params = formats.read_model(sys.argv[1])
-layout = formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"])
+layout = formats.vit_param_layout(cfg["patch"], cfg["K"], cfg["L"], cfg["H"], cfg["C"], cfg["F"], cfg["image"])
 got = common.unflatten(params, layout)["wpe"]
-want = vit.sincos_positions(formats.VISION_SIZE // cfg["patch"], cfg["C"])
+_, H, W = cfg["image"]
+want = vit.sincos_positions(H // cfg["patch"], W // cfg["patch"], cfg["C"])
 err = float(np.abs(got - want).max())
 print(f"wpe {got.shape}: max |train_vit - sincos_positions| {err:.1e}, last two channels max {float(np.abs(got[:, 16:]).max()):.1e}")
 sys.exit(0 if err <= 1e-6 and not got[:, 16:].any() and got[:, :16].std() > 0.5 else 1)
@@ -119,13 +157,48 @@ else
   fail "train_vit -P 1 -H 4 -b 1 -B 20: exit $rc: $(echo "$out" | tail -n 1)"
 fi
 
+# images of another shape: each model at patch 4 and 7 on 1 x 28 x 28 images; the model
+# file records the shape (header[24..26]) and its patch size
+for P in 4 7; do
+  for m in vit mamba_vit mamba_vit_bi; do
+    case $m in vit) T=train_vit; S="$vit";; mamba_vit) T=train_mamba_vit; S="$mvit";; *) T=train_mamba_vit; S="$mvit -M bi";; esac
+    out=$(./$T $G -b 8 -B 16 -v 0 -s 1 $S -P $P -x 2 -o "$W/g_${m}_p$P" 2>&1); rc=$?
+    rec=$($PYTHON -c "
+import sys; sys.path.insert(0, 'dev/reference'); sys.dont_write_bytecode = True
+import formats; k, c, _ = formats.read_model('$W/g_${m}_p$P/model.bin'); print(formats.KIND_NAMES[k], c['image'], c['patch'])" 2>&1)
+    tokens=$(( (28 / P) * (28 / P) ))
+    if [ $rc -eq 0 ] && echo "$out" | grep -q "patch $P ($tokens x $((P * P)))" && [ "$rec" == "$m (1, 28, 28) $P" ]; then
+      ok "$T ${S##*-M }: 1 x 28 x 28 images at patch $P, $tokens tokens; model file: $rec"
+    else
+      fail "$T $S -P $P on 1 x 28 x 28: exit $rc, model file '$rec': $(echo "$out" | tail -n 2)"
+    fi
+  done
+done
+
+# a model file written before the image shape slots (header[24..26] 0 0 0) is a 3 x 32 x 32 model
+$PYTHON - "$W/vit/model.bin" "$W/old_model.bin" <<'EOF3'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+data[96:108] = bytes(12)  # header[24..26]
+open(sys.argv[2], "wb").write(data)
+EOF3
+a=$(./train_vit $D $small -e "$W/vit/model.bin" -x 0 2>&1 | grep '^final'); b=$(./train_vit $D $small -e "$W/old_model.bin" -x 0 2>&1 | grep '^final')
+image=$($PYTHON -c "
+import sys; sys.path.insert(0, 'dev/reference'); sys.dont_write_bytecode = True
+import formats; print(formats.read_model('$W/old_model.bin')[1]['image'])" 2>&1)
+if [ -n "$a" ] && [ "${a% |*}" == "${b% |*}" ] && [ "$image" == "(3, 32, 32)" ]; then
+  ok "a model file without the image shape slots loads as 3 x 32 x 32 (trainer: ${b% |*}; formats.py: $image)"
+else
+  fail "a model file without the image shape slots: '$a' vs '$b', formats.py '$image'"
+fi
+
 # resume from a checkpoint: the same steps and the same model file as the uninterrupted run
-for m in vit mamba_vit; do
-  S=$([ $m == vit ] && echo "$vit" || echo "$mvit")
-  args="$D -b 8 -B 16 -x 12 -n 4 -v 1 -s 1 $S"
-  ./train_$m $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
+for m in vit mamba_vit mamba_vit_bi; do
+  case $m in vit) T=train_vit; S="$D $vit";; mamba_vit) T=train_mamba_vit; S="$D $mvit";; *) T=train_mamba_vit; S="$G $mvit -M bi";; esac
+  args="-b 8 -B 16 -x 12 -n 4 -v 1 -s 1 $S"
+  ./$T $args -A 1 -D 0.1 -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   mkdir -p "$W/cut_$m" && cp "$W/full_$m/ckpt_00000004.bin" "$W/cut_$m/"
-  ./train_$m $args -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
+  ./$T $args -A 1 -D 0.1 -o "$W/cut_$m" -y 1 | step_lines > "$W/resumed_$m.txt"
   if [ "$(wc -l < "$W/resumed_$m.txt")" -eq 8 ] && diff -q <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" >/dev/null && \
      cmp -s "$W/full_$m/model.bin" "$W/cut_$m/model.bin"; then
     ok "$m: resumed at step 4 (augmentation, dropout on): steps 5..12 print the same losses, lr and norms; model.bin byte-identical"
@@ -133,6 +206,28 @@ for m in vit mamba_vit; do
     fail "$m: the resumed run differs from the uninterrupted one:"
     diff <(tail -n 8 "$W/full_$m.txt") "$W/resumed_$m.txt" | head -n 4
   fi
+done
+
+# The accuracy is real: the trainer's printed test accuracy and loss against PyTorch's on
+# the same 50 test images, after 100 steps (20-30% where chance is 10%) (dev/reference/interop.py eval, float64, from the trainer's
+# model.bin). The counts of correct images must be equal; they may differ by one image
+# only where PyTorch finds a near tie (two largest logits within 1e-4), which the
+# trainer's float32 logits may order the other way round. Loss within 1e-4.
+for m in vit mamba_vit mamba_vit_bi; do
+  case $m in vit) T=train_vit; S="$vit -P 7";; mamba_vit) T=train_mamba_vit; S="$mvit -P 4";; *) T=train_mamba_vit; S="$mvit -P 4 -M bi";; esac
+  line=$(./$T $G -b 8 -B 16 -v 0 -s 0 -l 1e-2 -u 10 $S -x 100 -o "$W/acc_$m" 2>&1 | grep '^final test acc')
+  torch=$($PYTHON dev/reference/interop.py eval "$W/acc_$m/model.bin" --images "$W/g_test.bin" --B 16 2>&1)
+  res=$(awk -v line="$line" -v torch="$torch" 'BEGIN {
+    if (split(line, a, /[ %|]+/) < 7 || split(torch, b, /[ %|()\/]+/) < 10) { print "bad"; exit }
+    # a: final test acc A test loss L ...; b: test acc A correct n test loss L near ties Z
+    ta = a[4]; tl = a[7]; pc = b[4]; n = b[5]; pl = b[8]; near = b[11]
+    tc = int(ta * n / 100 + 0.5); d = tc - pc; if (d < 0) d = -d
+    dl = tl - pl; if (dl < 0) dl = -dl
+    if (d == 0 && dl < 1e-4) print "ok equal: " tc "/" n " correct, loss " tl " vs " pl
+    else if (d == 1 && near > 0 && dl < 1e-4) print "ok within one image (" tc " vs " pc " of " n "): a near tie in PyTorch (" near ")"
+    else print "bad " tc " vs " pc " of " n ", loss " tl " vs " pl ", near ties " near }')
+  if [[ "$res" == ok* ]]; then ok "$m: trainer's test accuracy against PyTorch's: ${res#ok }"
+  else fail "$m: trainer '$line', PyTorch '$torch': $res"; fi
 done
 
 summary

@@ -3,14 +3,18 @@ Model files and checkpoints.
 
 Model file (magic 20261103): header[2] = model kind, header[3..9] = the
 model's config (each trainer defines its seven slots; the last is the number
-of parameters P), then P float32 parameters in flat-buffer order.
+of parameters P), header[24..26] = the image shape of a vision model
+(channels, height, width; 0 0 0 for the language models, and in vision
+files written before the slots existed, which means 3 x 32 x 32), then P
+float32 parameters in flat-buffer order.
 
 Checkpoint (magic 20261105): the same kind and config slots, then
 header[10] = completed steps, header[11..12] = training-data generator state,
 header[13..14] = sampling generator state (each uint64 as two int32, low
-first), header[15] = batch size B, header[16] = sequence length T; then P
-parameters, P AdamW first moments, P second moments (float32). Enough to
-resume bit-identically.
+first), header[15] = batch size B, header[16] = sequence length T,
+header[24..26] the image shape as in a model file; then P parameters, P
+AdamW first moments, P second moments (float32). Enough to resume
+bit-identically.
 
 Checkpoints are written atomically: to PATH.tmp, flushed and synced, then
 renamed over PATH, so a killed process never leaves a file that loads wrong.
@@ -26,6 +30,8 @@ renamed over PATH, so a killed process never leaves a file that loads wrong.
 #include "utils.h"
 
 #define CONFIG_SLOTS 7
+#define IMAGE_SHAPE_SLOT 24  // header[24..26]: a vision model's image shape (channels, height, width)
+#define IMAGE_SHAPE_SLOTS 3
 
 typedef struct {
     int kind;
@@ -33,6 +39,7 @@ typedef struct {
     int step;
     uint64_t train_rng, sample_rng;
     int B, T;
+    int image_shape[IMAGE_SHAPE_SLOTS];  // a vision model's (channels, height, width); 0 0 0 otherwise
 } CheckpointState;
 
 static void copy_device_to_file(FILE* f, const char* path, const float* device, long n) {
@@ -51,6 +58,7 @@ static const char* model_kind_name(int kind) {
         case MODEL_MAMBA: return "Mamba LM (train_mamba)";
         case MODEL_VIT: return "ViT (train_vit)";
         case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
+        case MODEL_MAMBA_VIT_BI: return "bidirectional Mamba-ViT (train_mamba_vit -M bi)";
         case MODEL_HYBRID: return "hybrid LM (train_hybrid)";
         case MODEL_GPT_PLUS: return "Transformer++ (train_gpt_plus)";
         default: return "model of no known kind";
@@ -75,27 +83,31 @@ static void check_config(const char* path, const int* header, int kind, const in
 
 // Validates a model file in memory: the header's config, P > 0 and the
 // length. With an expected kind and config (non-null) they must match.
-// Returns the parameters (inside data); *kind and config get the header's.
+// Returns the parameters (inside data); *kind and config get the header's,
+// and image_shape (unless null) its image shape slots.
 static const float* model_file_parse(const char* path, const unsigned char* data, long size, int* kind, int* config,
-                                     int expected_kind, const int* expected_config, const char* const* slot_names) {
+                                     int expected_kind, const int* expected_config, const char* const* slot_names,
+                                     int* image_shape = nullptr) {
     int header[HEADER_INTS];
     check_header(path, data, size, MAGIC_MODEL, "model", header);
     if (expected_config) check_config(path, header, expected_kind, expected_config, slot_names);
     *kind = header[2];
     for (int i = 0; i < CONFIG_SLOTS; i++) config[i] = header[3 + i];
+    if (image_shape) for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) image_shape[i] = header[IMAGE_SHAPE_SLOT + i];
     long P = config[CONFIG_SLOTS - 1];
     if (P < 1) fail("%s: parameter count %ld is not positive", path, P);
     if (size != HEADER_BYTES + 4 * P) fail("%s: header says %ld parameters (%ld bytes), but the file is %ld bytes", path, P, HEADER_BYTES + 4 * P, size);
     return (const float*)(data + HEADER_BYTES);
 }
 
-// The config slots of a model file without loading it (what decides the
-// shape of a model started from it); the file must hold a model of this kind.
-static void model_file_config(const char* path, int kind, int* config) {
+// The config slots (and, unless null, the image shape slots) of a model file
+// without loading it (what decides the shape of a model started from it);
+// the file must hold a model of this kind.
+static void model_file_config(const char* path, int kind, int* config, int* image_shape = nullptr) {
     std::vector<unsigned char> bytes;
     read_whole_file(path, &bytes);
     int file_kind;
-    model_file_parse(path, bytes.data(), (long)bytes.size(), &file_kind, config, 0, nullptr, nullptr);
+    model_file_parse(path, bytes.data(), (long)bytes.size(), &file_kind, config, 0, nullptr, nullptr, image_shape);
     check_kind(path, file_kind, kind);
 }
 
@@ -118,10 +130,11 @@ static void write_atomically_end(const char* path, const std::string& tmp, FILE*
     if (rename(tmp.c_str(), path) != 0) fail("%s: cannot rename into place (%s)", path, strerror(errno));
 }
 
-static void model_file_save(const char* path, int kind, const int* config, const float* params) {
+static void model_file_save(const char* path, int kind, const int* config, const int* image_shape, const float* params) {
     int header[HEADER_INTS] = {0};
     header[0] = MAGIC_MODEL; header[1] = FORMAT_VERSION; header[2] = kind;
     for (int i = 0; i < CONFIG_SLOTS; i++) header[3 + i] = config[i];
+    for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) header[IMAGE_SHAPE_SLOT + i] = image_shape[i];
     std::string tmp; FILE* f;
     write_atomically_begin(path, &tmp, &f);
     fwrite_or_fail(header, HEADER_BYTES, f, tmp.c_str());
@@ -137,6 +150,7 @@ static void checkpoint_save(const char* path, const CheckpointState* s, const fl
     header_put_u64(header, 11, s->train_rng);
     header_put_u64(header, 13, s->sample_rng);
     header[15] = s->B; header[16] = s->T;
+    for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) header[IMAGE_SHAPE_SLOT + i] = s->image_shape[i];
     long P = s->config[CONFIG_SLOTS - 1];
     std::string tmp; FILE* f;
     write_atomically_begin(path, &tmp, &f);
@@ -163,6 +177,7 @@ static const float* checkpoint_parse(const char* path, const unsigned char* data
     s->train_rng = header_get_u64(header, 11);
     s->sample_rng = header_get_u64(header, 13);
     s->B = header[15]; s->T = header[16];
+    for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) s->image_shape[i] = header[IMAGE_SHAPE_SLOT + i];
     return (const float*)(data + HEADER_BYTES);
 }
 

@@ -11,7 +11,16 @@ Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=N, d_conv=4, expand=2):
 with E = 2C and R = ceil(C/16). The mixer Mamba(x) is also a pair of
 functions on its own (mamba_mixer_forward/backward), and the pre-norm layer
 x + Mamba(LN(x)) of mamba_ssm's MixerModel is built from it
-(mamba_prenorm_forward/backward, the hybrid LM's).
+(mamba_prenorm_forward/backward, the hybrid LM's), and so is the
+bidirectional block of the Mamba-ViT's -M bi (mamba_bi_block_forward/
+backward): two mixers per layer, the second run on the tokens reversed,
+x_out = LN(x + Mamba_f(x) + flip(Mamba_b(flip(x)))).
+
+A stack of L layers with two mixers each holds the mixer tensors (in_proj_w
+.. out_proj_w, and the mixer activations xz .. out) with a leading dimension
+2L, index l the forward mixer of layer l and L + l its reverse mixer; the
+LayerNorm and residual tensors stay (L, ...). The tables and the
+initialization take the number of mixers per layer (1 or 2).
 */
 #pragma once
 #include "cuda_common.h"
@@ -20,6 +29,7 @@ x + Mamba(LN(x)) of mamba_ssm's MixerModel is built from it
 #include "matmul.cuh"
 #include "conv1d.cuh"
 #include "selective_scan.cuh"
+#include "flip.cuh"
 #include "model.h"
 #include "utils.h"
 
@@ -58,51 +68,65 @@ typedef struct {
 
 // the L blocks' rows of a model's tensor table (model.h), from t; returns the
 // next row. Weight decay on the weights of in_proj, conv, x_proj, dt_proj
-// and out_proj; not on A_log, D, biases or LayerNorms.
-static TensorSpec* mamba_stack_param_table(TensorSpec* t, int L, MambaDims d) {
+// and out_proj; not on A_log, D, biases or LayerNorms. mixers: per layer
+// (1, or 2 for the bidirectional block: the mixer tensors then stack 2L).
+static TensorSpec* mamba_stack_param_table(TensorSpec* t, int L, MambaDims d, int mixers = 1) {
     long C = d.C, E = d.E, N = d.N, R = d.R;
+    int M = mixers * L;
     TensorSpec rows[MAMBA_STACK_PARAMS] = {
-        {"in_proj_w", L * 2 * E * C, 1, L},     {"conv_w", L * E * CONV_K, 1, L},
-        {"conv_b", L * E, 0, L},                {"x_proj_w", L * (R + 2 * N) * E, 1, L},
-        {"dt_proj_w", L * E * R, 1, L},         {"dt_proj_b", L * E, 0, L},
-        {"A_log", L * E * N, 0, L},             {"D", L * E, 0, L},
-        {"out_proj_w", L * C * E, 1, L},        {"ln_w", L * C, 0, L},
+        {"in_proj_w", M * 2 * E * C, 1, M},     {"conv_w", M * E * CONV_K, 1, M},
+        {"conv_b", M * E, 0, M},                {"x_proj_w", M * (R + 2 * N) * E, 1, M},
+        {"dt_proj_w", M * E * R, 1, M},         {"dt_proj_b", M * E, 0, M},
+        {"A_log", M * E * N, 0, M},             {"D", M * E, 0, M},
+        {"out_proj_w", M * C * E, 1, M},        {"ln_w", L * C, 0, L},
         {"ln_b", L * C, 0, L}};
     for (const TensorSpec& r : rows) *t++ = r;
     return t;
 }
 
-static MambaStackParams mamba_layer_params(const MambaStackParams& s, int l, MambaDims d) {
+// the slices of mixer i (its in_proj_w .. out_proj_w) and of layer l (ln_w, ln_b)
+static MambaStackParams mamba_slice_params(const MambaStackParams& s, long i, long l, MambaDims d) {
     long C = d.C, E = d.E, N = d.N, R = d.R;
-    MambaStackParams p = {s.in_proj_w + l * 2 * E * C, s.conv_w + l * E * CONV_K, s.conv_b + l * E,
-                          s.x_proj_w + l * (R + 2 * N) * E, s.dt_proj_w + l * E * R, s.dt_proj_b + l * E,
-                          s.A_log + l * E * N, s.D + l * E, s.out_proj_w + l * C * E, s.ln_w + l * C, s.ln_b + l * C};
+    MambaStackParams p = {s.in_proj_w + i * 2 * E * C, s.conv_w + i * E * CONV_K, s.conv_b + i * E,
+                          s.x_proj_w + i * (R + 2 * N) * E, s.dt_proj_w + i * E * R, s.dt_proj_b + i * E,
+                          s.A_log + i * E * N, s.D + i * E, s.out_proj_w + i * C * E, s.ln_w + l * C, s.ln_b + l * C};
     return p;
+}
+
+// layer l's parameters (one mixer per layer)
+static MambaStackParams mamba_layer_params(const MambaStackParams& s, int l, MambaDims d) {
+    return mamba_slice_params(s, l, l, d);
+}
+
+// mixer m (0 forward, 1 reverse) of layer l of a stack of L bidirectional layers, with the layer's LayerNorm
+static MambaStackParams mamba_bi_layer_params(const MambaStackParams& s, int l, int m, int L, MambaDims d) {
+    return mamba_slice_params(s, (long)m * L + l, l, d);
 }
 
 // mamba_ssm's initialization of one stack (host memory, pointers into a host
 // copy of the parameters): Linear and conv weights U(+-1/sqrt(fan_in)), conv
 // bias likewise; dt_proj weight U(+-R^-0.5); dt_proj bias the inverse
 // softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4; A_log =
-// log(1..N); D = 1; LayerNorm weight 1, bias 0
-static void mamba_stack_init(const MambaStackParams& p, int L, MambaDims d, Rng* rng) {
-    long C = d.C, E = d.E, N = d.N, R = d.R;
+// log(1..N); D = 1; LayerNorm weight 1, bias 0. Each tensor drawn over all
+// its mixers (mixers per layer, as mamba_stack_param_table), in flat order.
+static void mamba_stack_init(const MambaStackParams& p, int L, MambaDims d, Rng* rng, int mixers = 1) {
+    long C = d.C, E = d.E, N = d.N, R = d.R, M = (long)mixers * L;
     auto uniform = [&](float* x, long n, float bound) {
         for (long i = 0; i < n; i++) x[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
     };
-    uniform(p.in_proj_w, L * 2 * E * C, 1.0f / sqrtf((float)C));
-    uniform(p.conv_w, L * E * CONV_K, 1.0f / sqrtf((float)CONV_K));
-    uniform(p.conv_b, L * E, 1.0f / sqrtf((float)CONV_K));
-    uniform(p.x_proj_w, L * (R + 2 * N) * E, 1.0f / sqrtf((float)E));
-    uniform(p.dt_proj_w, L * E * R, 1.0f / sqrtf((float)R));
-    for (long i = 0; i < L * E; i++) {
+    uniform(p.in_proj_w, M * 2 * E * C, 1.0f / sqrtf((float)C));
+    uniform(p.conv_w, M * E * CONV_K, 1.0f / sqrtf((float)CONV_K));
+    uniform(p.conv_b, M * E, 1.0f / sqrtf((float)CONV_K));
+    uniform(p.x_proj_w, M * (R + 2 * N) * E, 1.0f / sqrtf((float)E));
+    uniform(p.dt_proj_w, M * E * R, 1.0f / sqrtf((float)R));
+    for (long i = 0; i < M * E; i++) {
         float dt = expf(logf(1e-3f) + rng_uniform(rng) * (logf(1e-1f) - logf(1e-3f)));
         dt = fmaxf(dt, 1e-4f);
         p.dt_proj_b[i] = dt + logf(-expm1f(-dt));  // inverse of softplus
         p.D[i] = 1.0f;
     }
-    for (long i = 0; i < L * E * N; i++) p.A_log[i] = logf((float)(i % N + 1));
-    uniform(p.out_proj_w, L * C * E, 1.0f / sqrtf((float)E));
+    for (long i = 0; i < M * E * N; i++) p.A_log[i] = logf((float)(i % N + 1));
+    uniform(p.out_proj_w, M * C * E, 1.0f / sqrtf((float)E));
     for (long i = 0; i < L * C; i++) { p.ln_w[i] = 1.0f; p.ln_b[i] = 0.0f; }
 }
 
@@ -125,27 +149,40 @@ typedef struct {
     float* ln_rstd;  // (L, B, T)
 } MambaStackActs;
 
-// the L blocks' rows of a model's activation table, from t; returns the next row
-static TensorSpec* mamba_stack_act_table(TensorSpec* t, int L, int B, int T, MambaDims d) {
+// the L blocks' rows of a model's activation table, from t; returns the
+// next row. mixers: per layer (the mixer activations xz .. out stack
+// mixers * L, the block's res .. ln_rstd L)
+static TensorSpec* mamba_stack_act_table(TensorSpec* t, int L, int B, int T, MambaDims d, int mixers = 1) {
     long BT = (long)B * T, C = d.C, E = d.E, X = d.R + 2 * d.N;
+    int M = mixers * L;
     TensorSpec rows[MAMBA_STACK_ACTS] = {
-        {"xz", L * BT * 2 * E}, {"conv", L * BT * E},   {"u", L * BT * E},   {"x_dbl", L * BT * X},
-        {"dt", L * BT * E},     {"y", L * BT * E},      {"gated", L * BT * E},
-        {"states", L * scan_states_size(B, T, d.E, d.N)},
-        {"out", L * BT * C},    {"res", L * BT * C},    {"ln", L * BT * C},  {"ln_mean", L * BT},
-        {"ln_rstd", L * BT}};
-    for (TensorSpec r : rows) { r.layers = L; *t++ = r; }
+        {"xz", M * BT * 2 * E, 0, M}, {"conv", M * BT * E, 0, M},   {"u", M * BT * E, 0, M},
+        {"x_dbl", M * BT * X, 0, M},  {"dt", M * BT * E, 0, M},     {"y", M * BT * E, 0, M},
+        {"gated", M * BT * E, 0, M},  {"states", M * scan_states_size(B, T, d.E, d.N), 0, M},
+        {"out", M * BT * C, 0, M},    {"res", L * BT * C, 0, L},    {"ln", L * BT * C, 0, L},
+        {"ln_mean", L * BT, 0, L},    {"ln_rstd", L * BT, 0, L}};
+    for (const TensorSpec& r : rows) *t++ = r;
     return t;
 }
 
-// layer l's slices, for a B x T batch
-static MambaStackActs mamba_layer_acts(const MambaStackActs& a, int l, int B, int T, MambaDims d) {
+// the slices of mixer i (xz .. out) and of layer l (res .. ln_rstd), for a B x T batch
+static MambaStackActs mamba_slice_acts(const MambaStackActs& a, long i, long l, int B, int T, MambaDims d) {
     long BT = (long)B * T, C = d.C, E = d.E, X = d.R + 2 * d.N;
-    MambaStackActs r = {a.xz + l * BT * 2 * E, a.conv + l * BT * E, a.u + l * BT * E, a.x_dbl + l * BT * X,
-                        a.dt + l * BT * E, a.y + l * BT * E, a.gated + l * BT * E,
-                        a.states + l * scan_states_size(B, T, d.E, d.N), a.out + l * BT * C, a.res + l * BT * C,
+    MambaStackActs r = {a.xz + i * BT * 2 * E, a.conv + i * BT * E, a.u + i * BT * E, a.x_dbl + i * BT * X,
+                        a.dt + i * BT * E, a.y + i * BT * E, a.gated + i * BT * E,
+                        a.states + i * scan_states_size(B, T, d.E, d.N), a.out + i * BT * C, a.res + l * BT * C,
                         a.ln + l * BT * C, a.ln_mean + l * BT, a.ln_rstd + l * BT};
     return r;
+}
+
+// layer l's slices (one mixer per layer)
+static MambaStackActs mamba_layer_acts(const MambaStackActs& a, int l, int B, int T, MambaDims d) {
+    return mamba_slice_acts(a, l, l, B, T, d);
+}
+
+// mixer m (0 forward, 1 reverse) of layer l of a stack of L bidirectional layers, with the layer's res .. ln_rstd
+static MambaStackActs mamba_bi_layer_acts(const MambaStackActs& a, int l, int m, int L, int B, int T, MambaDims d) {
+    return mamba_slice_acts(a, (long)m * L + l, l, B, T, d);
 }
 
 // the backward pass's scratch, shared by all layers
@@ -297,5 +334,64 @@ static void mamba_prenorm_backward(cublasHandle_t h, float* dresidual, float* dl
     {
         NVTX_RANGE("ln_backward");
         layernorm_backward(dresidual, g.ln_w, g.ln_b, dln, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The bidirectional block (the Mamba-ViT's -M bi), with two mixers of its
+// own: the forward one on the tokens, the reverse one on the tokens reversed
+// in time (flip over T, flip.cuh), its output flipped back; then the seed's
+// post-norm, as the one-way block:
+//   y_f = Mamba_f(x);  y_b = flip(Mamba_b(flip(x)));  x_out = LN(x + y_f + y_b)
+// pf, af: the forward mixer's parameters and activations with the layer's
+// LayerNorm, res and ln (mamba_bi_layer_params/acts, m = 0); pb, ab the
+// reverse mixer's (m = 1; its activations are in reversed time order).
+
+// one block: af.ln (B,T,C) = the block's output; x_rev (B,T,C) gets flip(x), kept for the backward
+static void mamba_bi_block_forward(cublasHandle_t h, const MambaStackParams& pf, const MambaStackActs& af,
+                                   const MambaStackParams& pb, const MambaStackActs& ab, float* x_rev, const float* x,
+                                   int B, int T, MambaDims d) {
+    int BT = B * T, C = d.C;
+    mamba_mixer_forward(h, pf, af, x, B, T, d);  // af.out = y_f
+    {
+        NVTX_RANGE("flip_forward");
+        flip_tokens(x_rev, x, B, T, C, 0);
+    }
+    mamba_mixer_forward(h, pb, ab, x_rev, B, T, d);  // ab.out = Mamba_b(flip(x))
+    {
+        NVTX_RANGE("residual_forward");
+        residual_forward(af.res, x, af.out, (long)BT * C);  // x + y_f
+        flip_tokens(af.res, ab.out, B, T, C, 1);             // + flip(Mamba_b(flip(x)))
+    }
+    {
+        NVTX_RANGE("ln_forward");
+        layernorm_forward(af.ln, af.ln_mean, af.ln_rstd, af.res, pf.ln_w, pf.ln_b, BT, C);
+    }
+}
+
+// one block backward: dx (B,T,C) = gradient w.r.t. the block's input x, from
+// dout = gradient w.r.t. its output af.ln (overwrites dx; dout is only
+// read). dx_rev (B,T,C): scratch. gf, gb: the mixers' gradients
+// (accumulated; gf holds the LayerNorm's). ones: >= B*T ones on the device.
+static void mamba_bi_block_backward(cublasHandle_t h, float* dx, float* dx_rev, const float* dout, const float* x,
+                                    const float* x_rev, const MambaStackParams& pf, const MambaStackParams& gf,
+                                    const MambaStackActs& af, const MambaStackParams& pb, const MambaStackParams& gb,
+                                    const MambaStackActs& ab, const MambaScratch& s, const float* ones, int B, int T,
+                                    MambaDims d) {
+    int BT = B * T, C = d.C;
+    {
+        NVTX_RANGE("ln_backward");  // dx = d res, which reaches x, y_f and y_b unchanged
+        cudaCheck(cudaMemsetAsync(dx, 0, (long)BT * C * sizeof(float), main_stream));
+        layernorm_backward(dx, gf.ln_w, gf.ln_b, dout, af.res, pf.ln_w, af.ln_mean, af.ln_rstd, BT, C);
+    }
+    {
+        NVTX_RANGE("flip_backward");  // the gradient w.r.t. the reverse mixer's output
+        flip_tokens(dx_rev, dx, B, T, C, 0);
+    }
+    mamba_mixer_backward(h, dx, 1, dx, x, pf, gf, af, s, ones, B, T, d);              // dx += the forward mixer's
+    mamba_mixer_backward(h, dx_rev, 0, dx_rev, x_rev, pb, gb, ab, s, ones, B, T, d);  // dx_rev = d flip(x)
+    {
+        NVTX_RANGE("flip_backward");
+        flip_tokens(dx, dx_rev, B, T, C, 1);  // dx += flip(d flip(x))
     }
 }

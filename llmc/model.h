@@ -81,6 +81,7 @@ typedef struct {
     int kind;                         // MODEL_* (utils.h), as in model files and checkpoints
     const char* const* slot_names;    // the seven config slots' names
     int config_slots[CONFIG_SLOTS];   // the last is the number of parameters
+    int image_shape[IMAGE_SHAPE_SLOTS];  // a vision model's images (channels, height, width); 0 0 0 for the LMs
     TensorSpec param_table[MAX_TENSORS];
     int num_param_tensors;
     long num_parameters;
@@ -123,6 +124,7 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     if (m->num_parameters > 2147483647L) fail("flags -L/-C: the model would have %ld parameters, more than 2^31 - 1", m->num_parameters);
     for (int i = 0; i < CONFIG_SLOTS - 1; i++) m->config_slots[i] = slots[i];
     m->config_slots[CONFIG_SLOTS - 1] = (int)m->num_parameters;
+    for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) m->image_shape[i] = 0;
     size_t bytes = m->num_parameters * sizeof(float);
     float** buffers[4] = {&m->params_memory, &m->grads_memory, &m->m_memory, &m->v_memory};
     for (float** b : buffers)

@@ -84,6 +84,7 @@ struct RefState {
     int kind;
     int config[7];
     int B, T;
+    int image_shape[3];  // header[24..26]: a vision state's images (channels, height, width); 0 0 0: 3 x 32 x 32
     std::map<std::string, RefTensor> tensors;
     const RefTensor& get(const char* name, const char* path) const {
         auto it = tensors.find(name);
@@ -98,6 +99,7 @@ inline void ref_state_parse(RefState* s, const char* path, const unsigned char* 
     s->kind = header[2];
     for (int i = 0; i < 7; i++) s->config[i] = header[3 + i];
     s->B = header[10]; s->T = header[11];
+    for (int i = 0; i < 3; i++) s->image_shape[i] = header[20 + i];
     int K = header[12];
     if (K < 1) fail("%s: holds %d tensors", path, K);
     if (s->B < 1 || s->T < 1) fail("%s: batch %d x %d is not positive", path, s->B, s->T);
@@ -299,8 +301,9 @@ inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const c
     std::string ckpt = checkpoint_path(dir, half);
     load_params(m, ref.get("params", path).f);
     run_steps(m, ref, path, step, 0, half);
-    CheckpointState s = {m->kind, {0}, half, train_rng, sample_rng, ref.B, ref.T};
+    CheckpointState s = {m->kind, {0}, half, train_rng, sample_rng, ref.B, ref.T, {0}};
     memcpy(s.config, m->config_slots, sizeof(s.config));
+    memcpy(s.image_shape, m->image_shape, sizeof(s.image_shape));
     checkpoint_save(ckpt.c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
     std::vector<float> first = run_steps(m, ref, path, step, half, nsteps - half);
     std::vector<float> first_params = device_to_vector(m->params_memory, m->num_parameters);
@@ -313,6 +316,7 @@ inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const c
     std::vector<float> second = run_steps(m, ref, path, step, r.step, nsteps - half);
     std::vector<float> second_params = device_to_vector(m->params_memory, m->num_parameters);
     bool same = r.step == half && r.train_rng == train_rng && r.sample_rng == sample_rng &&
+                !memcmp(r.image_shape, m->image_shape, sizeof(r.image_shape)) &&
                 memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0 &&
                 memcmp(first_params.data(), second_params.data(), first_params.size() * sizeof(float)) == 0;
     t.check(same, "resume from checkpoint at step %d%s: losses and parameters bit-identical (last loss %.7f vs %.7f)",

@@ -228,8 +228,9 @@ static void check_params_finite(ModelBuffers* m, const char* out_dir, int step) 
 static void save_checkpoint(ModelBuffers* m, const char* out_dir, int step, uint64_t train_rng, uint64_t sample_rng,
                             int B, int T) {
     check_params_finite(m, out_dir, step);
-    CheckpointState s = {m->kind, {0}, step, train_rng, sample_rng, B, T};
+    CheckpointState s = {m->kind, {0}, step, train_rng, sample_rng, B, T, {0}};
     memcpy(s.config, m->config_slots, sizeof(s.config));
+    memcpy(s.image_shape, m->image_shape, sizeof(s.image_shape));
     checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
     checkpoint_prune(out_dir, 3);
 }
@@ -252,7 +253,7 @@ static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_d
 static void save_model_file(ModelBuffers* m, const char* out_dir, int step) {
     std::string path = std::string(out_dir) + "/model.bin";
     check_params_finite(m, out_dir, step);
-    model_file_save(path.c_str(), m->kind, m->config_slots, m->params_memory);
+    model_file_save(path.c_str(), m->kind, m->config_slots, m->image_shape, m->params_memory);
     printf("wrote %s\n", path.c_str());
 }
 

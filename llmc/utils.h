@@ -31,6 +31,7 @@ parsing helpers shared by the trainers.
 #define MODEL_MAMBA_VIT 4
 #define MODEL_HYBRID 5
 #define MODEL_GPT_PLUS 6  // train_gpt_plus (Transformer++)
+#define MODEL_MAMBA_VIT_BI 7  // train_mamba_vit -M bi (the bidirectional Mamba-ViT)
 
 // Where fail() goes: by default it prints one line "error: ..." and exits
 // with status 1. A fuzzing harness sets fail_hook to turn the failure into

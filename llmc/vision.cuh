@@ -2,6 +2,9 @@
 The vision models' own layers; the rest (LayerNorm, Linear, the Transformer
 and Mamba blocks, cross-entropy) is shared with the language models.
 
+  image shape the (channels, height, width) of a model's images, from the
+              images file; P x P patches tile them (P divides height and width)
+
   patchify    images (B, Cc, H, W) -> patches (B, T, Cc*p*p), T = (H/p)(W/p),
               einops 'b c (h p1) (w p2) -> b (h w) (c p1 p2)'. The images are
               the input, so it has no backward.
@@ -26,9 +29,39 @@ The ViT's blocks are transformer_block.cuh's with a dropout rate.
 #include "model.h"
 #include "utils.h"
 
-// the image geometry the vision models take (CIFAR-10's)
-#define VISION_CHANNELS 3
-#define VISION_SIZE 32
+// ----------------------------------------------------------------------------
+// the image shape
+
+// the images a vision model takes: channels x height x width
+typedef struct {
+    int channels, height, width;
+} ImageShape;
+
+// CIFAR-10's, and what a model file or checkpoint whose shape slots are 0 0 0 was written for
+static const ImageShape CIFAR_IMAGE_SHAPE = {3, 32, 32};
+
+static int image_tokens(ImageShape s, int P) { return (s.height / P) * (s.width / P); }  // T: patches per image
+static int image_patch_dim(ImageShape s, int P) { return s.channels * P * P; }           // PD: values per patch
+static long image_values(ImageShape s) { return (long)s.channels * s.height * s.width; }
+static bool image_shape_equal(ImageShape a, ImageShape b) {
+    return a.channels == b.channels && a.height == b.height && a.width == b.width;
+}
+
+// a model's shape as the three slots of its files (checkpoint.h's IMAGE_SHAPE_SLOT)
+static void image_shape_to_slots(ImageShape s, int* slots) {
+    slots[0] = s.channels; slots[1] = s.height; slots[2] = s.width;
+}
+
+// The shape the slots of a file (path) say: 0 0 0 (written before the slots
+// existed) is 3 x 32 x 32; anything else must be a shape an images file can have.
+static ImageShape image_shape_from_slots(const char* path, const int* slots) {
+    if (slots[0] == 0 && slots[1] == 0 && slots[2] == 0) return CIFAR_IMAGE_SHAPE;
+    if (slots[0] < 1 || slots[0] > 64 || slots[1] < 1 || slots[1] > 4096 || slots[2] < 1 || slots[2] > 4096)
+        fail("%s: image shape %d x %d x %d is out of range (channels 1..64, height and width 1..4096)", path, slots[0],
+             slots[1], slots[2]);
+    ImageShape s = {slots[0], slots[1], slots[2]};
+    return s;
+}
 
 // ----------------------------------------------------------------------------
 // patches, positions, pooling
@@ -132,7 +165,8 @@ static float vision_dropout_begin(VisionDropout* d, ModelBuffers* m, int train_s
 
 // ----------------------------------------------------------------------------
 // the patch embedding both vision models start with:
-//   images (B, 3, 32, 32) -> patches (B, T, PD) -> LN(PD) -> Linear(PD, C) -> LN(C)
+//   images (B, Cc, H, W) -> patches (B, T, PD) -> LN(PD) -> Linear(PD, C) -> LN(C)
+//   with T = (H/P)(W/P), PD = Cc P^2
 
 #define PATCH_EMBED_PARAMS 6
 typedef struct {
@@ -187,12 +221,12 @@ static TensorSpec* patch_embed_act_table(TensorSpec* t, long BT, long PD, long C
     return t;
 }
 
-// a.embed_ln (B, T, C) from images (B, 3, 32, 32) cut into P x P patches
+// a.embed_ln (B, T, C) from images (B, Cc, H, W) of shape s cut into P x P patches
 static void patch_embed_forward(cublasHandle_t h, const PatchEmbedParams& p, const PatchEmbedActs& a,
-                                const float* images, int B, int P, int C) {
+                                const float* images, int B, ImageShape s, int P, int C) {
     NVTX_RANGE("patch_embed_forward");
-    int T = (VISION_SIZE / P) * (VISION_SIZE / P), PD = VISION_CHANNELS * P * P, BT = B * T;
-    patchify(a.patches, images, B, VISION_CHANNELS, VISION_SIZE, VISION_SIZE, P);
+    int T = image_tokens(s, P), PD = image_patch_dim(s, P), BT = B * T;
+    patchify(a.patches, images, B, s.channels, s.height, s.width, P);
     layernorm_forward(a.patch_ln, a.patch_ln_mean, a.patch_ln_rstd, a.patches, p.patch_ln_w, p.patch_ln_b, BT, PD);
     matmul_forward(h, a.embed, a.patch_ln, p.patch_w, p.patch_b, BT, PD, C);
     layernorm_forward(a.embed_ln, a.embed_ln_mean, a.embed_ln_rstd, a.embed, p.embed_ln_w, p.embed_ln_b, BT, C);
@@ -200,9 +234,10 @@ static void patch_embed_forward(cublasHandle_t h, const PatchEmbedParams& p, con
 
 // the parameters' gradients g (accumulated) from dout (B, T, C), the gradient w.r.t. a.embed_ln
 static void patch_embed_backward(cublasHandle_t h, const PatchEmbedParams& g, const PatchEmbedParams& p,
-                                 const PatchEmbedActs& a, const float* dout, const float* ones, int B, int P, int C) {
+                                 const PatchEmbedActs& a, const float* dout, const float* ones, int B, ImageShape s,
+                                 int P, int C) {
     NVTX_RANGE("patch_embed_backward");
-    int T = (VISION_SIZE / P) * (VISION_SIZE / P), PD = VISION_CHANNELS * P * P, BT = B * T;
+    int T = image_tokens(s, P), PD = image_patch_dim(s, P), BT = B * T;
     cudaCheck(cudaMemsetAsync(a.dembed, 0, (long)BT * C * sizeof(float), main_stream));
     layernorm_backward(a.dembed, g.embed_ln_w, g.embed_ln_b, dout, a.embed, p.embed_ln_w, a.embed_ln_mean,
                        a.embed_ln_rstd, BT, C);

@@ -10,8 +10,14 @@ train_mamba_vit.cu) defines its model and the two hooks vision_run calls.
 Checkpoints are the language models' format (checkpoint.h); in a vision
 checkpoint the data generator slot holds the augmentation generator and the
 sampling generator slot holds the run's seed (the data order and the dropout
-masks are functions of the seed and the step), and T is the number of
-patches. So a resumed run continues bit-identically (with the same flags).
+masks are functions of the seed and the step), T is the number of
+patches, and the image shape slots hold the images' shape. So a resumed run
+continues bit-identically (with the same flags).
+
+The images may have any shape (channels, height, width: the images file's
+header says it); train and test files must agree, the patch size must divide
+height and width, and a model started from a file (-e) or resumed must have
+been built for the same shape.
 */
 #pragma once
 
@@ -46,6 +52,7 @@ typedef struct {
     int print_every;         // -s, step lines
     int seed;                // -r
     int L, C, H, F, patch;   // model shape (-L -C -H -F -P; each model uses what it has)
+    const char* mixer;       // -M (the Mamba-ViT's): "uni" one mixer per block, "bi" bidirectional blocks
     int augment;             // -A: 0 switches every transform off
     AugmentConfig aug;       // -f -d -R -z -w
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
@@ -69,6 +76,7 @@ static VisionTrainConfig default_vision_config() {
     c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.beta2 = 0.999f;
     c.eval_every = 1; c.print_every = 50; c.seed = 1337;
     c.patch = 4;
+    c.mixer = "uni";
     c.aug = augment_default();
     return c;
 }
@@ -127,7 +135,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
-        char letter = next_flag(argc, argv, &i, "LCHFP", allowed, &v);
+        char letter = next_flag(argc, argv, &i, "LCHFPM", allowed, &v);
         if (letter == 'h') vision_usage(argv[0], &defaults, model_flags, 0);
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
@@ -140,10 +148,14 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
             case 'v': c->eval_every = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'm': c->eval_batches = parse_int_flag(f, v, 0, 1 << 30); break;
             case 's': c->print_every = parse_int_flag(f, v, 0, 1 << 30); break;
-            case 'P': c->patch = parse_int_flag(f, v, 1, VISION_SIZE); break;
+            case 'P': c->patch = parse_int_flag(f, v, 1, 4096); break;
+            case 'M':
+                if (strcmp(v, "uni") && strcmp(v, "bi")) fail("flag -M: '%s' is not a kind of block (uni or bi)", v);
+                c->mixer = v;
+                break;
             case 'A': c->augment = parse_int_flag(f, v, 0, 1); break;
             case 'f': c->aug.flip = parse_int_flag(f, v, 0, 1); break;
-            case 'd': c->aug.crop_pad = parse_int_flag(f, v, 0, VISION_SIZE); break;
+            case 'd': c->aug.crop_pad = parse_int_flag(f, v, 0, 4096); break;
             case 'R': c->aug.rotate_deg = parse_float_flag(f, v, 0.0f, 180.0f); break;
             case 'z': c->aug.erase_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
             case 'w': c->aug.perspective_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
@@ -152,14 +164,21 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
         }
     }
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
-    if (VISION_SIZE % c->patch != 0) fail("flag -P: patch size %d does not divide the image size %d", c->patch, VISION_SIZE);
     if (!c->augment) {
         c->aug.flip = 0; c->aug.crop_pad = 0;
         c->aug.rotate_deg = c->aug.erase_p = c->aug.perspective_p = 0.0f;
     }
 }
 
-// loads the train and test images and checks that the model can take them
+static ImageShape image_shape_of(const ImageData* d) {
+    ImageShape s = {d->channels, d->height, d->width};
+    return s;
+}
+
+// Loads the train and test images and checks that they agree (shape,
+// classes), that the batch fits the train set and that the crop padding is
+// smaller than the images; the patch size is checked when the model's shape
+// is known (check_patch_size, check_model_images).
 static void load_vision_data(const VisionTrainConfig* c, ImageData* train, ImageData* test) {
     const char* make_cifar = "`make cifar10 CIFAR10_DIR=<the official files>` (or `make cifar-synthetic` for a "
                              "synthetic set, then -i data/cifar10_synthetic_train.bin -j data/cifar10_synthetic_test.bin)";
@@ -167,19 +186,35 @@ static void load_vision_data(const VisionTrainConfig* c, ImageData* train, Image
     check_data_file(c->test_path, "data/cifar10_test.bin", make_cifar);
     image_data_load(train, c->train_path);
     image_data_load(test, c->test_path);
-    for (const ImageData* d : {train, test}) {
-        if (d->channels != VISION_CHANNELS || d->height != VISION_SIZE || d->width != VISION_SIZE)
-            fail("%s: images are %d x %d x %d; the vision models take %d x %d x %d", d->path, d->channels, d->height,
-                 d->width, VISION_CHANNELS, VISION_SIZE, VISION_SIZE);
-    }
+    if (!image_shape_equal(image_shape_of(train), image_shape_of(test)))
+        fail("%s: images are %d x %d x %d, but %s has %d x %d x %d", c->test_path, test->channels, test->height,
+             test->width, c->train_path, train->channels, train->height, train->width);
     if (train->classes != test->classes)
         fail("%s: %d classes, but %s has %d", c->test_path, test->classes, c->train_path, train->classes);
     if (train->count < c->B) fail("flag -b: batch %d is larger than the %d images of %s", c->B, train->count, c->train_path);
+    if (c->aug.crop_pad > 0 && (c->aug.crop_pad >= train->height || c->aug.crop_pad >= train->width))
+        fail("flag -d: crop padding %d is not smaller than the %d x %d images of %s", c->aug.crop_pad, train->height,
+             train->width, c->train_path);
 }
 
-// a model file of -e must fit the images: its patch size divides them, its classes are theirs
-static void check_model_images(const VisionTrainConfig* c, int patch, int classes, const ImageData* train) {
-    if (patch < 1 || VISION_SIZE % patch != 0) fail("%s: patch size %d does not divide %d", c->init_path, patch, VISION_SIZE);
+// The patch size (of the flag `what`, or of a model file) must divide the
+// images' height and width: one line naming both and the sizes that would.
+static void check_patch_size(const char* what, int patch, const ImageData* d) {
+    if (patch >= 1 && d->height % patch == 0 && d->width % patch == 0) return;
+    std::string fits;
+    for (int p = 1; p <= d->height && p <= d->width; p++)
+        if (d->height % p == 0 && d->width % p == 0) fits += (fits.empty() ? "" : ", ") + std::to_string(p);
+    fail("%s: patch size %d does not divide the %d x %d images of %s (patch sizes that do: %s)", what, patch,
+         d->height, d->width, d->path, fits.c_str());
+}
+
+// a model file of -e must fit the images: built for their shape, its patch size divides them, its classes are theirs
+static void check_model_images(const VisionTrainConfig* c, int patch, int classes, ImageShape shape,
+                               const ImageData* train) {
+    if (!image_shape_equal(shape, image_shape_of(train)))
+        fail("%s: a model for images of %d x %d x %d, but %s has %d x %d x %d", c->init_path, shape.channels,
+             shape.height, shape.width, c->train_path, train->channels, train->height, train->width);
+    check_patch_size(c->init_path, patch, train);
     if (classes != train->classes) fail("%s: a model for %d classes, but %s has %d", c->init_path, classes, c->train_path, train->classes);
 }
 
@@ -188,9 +223,9 @@ static void check_model_images(const VisionTrainConfig* c, int patch, int classe
 
 typedef struct {
     int max_B;
-    float* images;                      // device (max_B, 3, 32, 32), floats in [0, 1]
+    float* images;                      // device (max_B, Cc, H, W), floats in [0, 1]
     float* images_tmp;                  // device, augmentation's second buffer
-    unsigned char* pixels_dev;          // device (max_B, 3, 32, 32)
+    unsigned char* pixels_dev;          // device (max_B, Cc, H, W)
     std::vector<unsigned char> pixels;  // host staging
     std::vector<int> order;             // the current epoch's order
     int order_epoch;                    // which epoch `order` is (-1: none)
@@ -198,9 +233,10 @@ typedef struct {
     AugmentParams aug;                  // the last drawn parameters
 } VisionBatcher;
 
-static void vision_batcher_init(VisionBatcher* vb, int max_B) {
+// sized for max_B images of shape s
+static void vision_batcher_init(VisionBatcher* vb, int max_B, ImageShape s) {
     vb->max_B = max_B;
-    long bytes = (long)max_B * VISION_CHANNELS * VISION_SIZE * VISION_SIZE;
+    long bytes = max_B * image_values(s);
     cudaCheck(cudaMalloc(&vb->images, bytes * sizeof(float)));
     cudaCheck(cudaMalloc(&vb->images_tmp, bytes * sizeof(float)));
     cudaCheck(cudaMalloc(&vb->pixels_dev, bytes));
@@ -226,7 +262,7 @@ static void vision_upload(VisionBatcher* vb, const ImageData* d, const int* indi
 
 // The training batch of a step (steps_per_epoch batches per epoch, in the
 // epoch's shuffled order), augmented with parameters drawn from aug_rng.
-// Returns the device buffer (B, 3, 32, 32) that holds the batch. labels: B host ints.
+// Returns the device buffer (B, Cc, H, W) that holds the batch. labels: B host ints.
 static float* vision_train_batch(VisionBatcher* vb, const ImageData* d, const AugmentConfig* aug, uint64_t seed,
                                  int step, int steps_per_epoch, int B, Rng* aug_rng, int* labels) {
     float *img = vb->images, *tmp = vb->images_tmp;
@@ -285,9 +321,10 @@ static void print_epoch(int step, int steps_per_epoch, int epochs, float train_l
 // ----------------------------------------------------------------------------
 // The image classifiers' evaluation and training loop. A model type M has
 // the fields config.num_classes, acts.logits, dropout (VisionDropout) and
-// buf (ModelBuffers, its seq_len the number of patches), and provides the hooks
+// buf (ModelBuffers, its seq_len the number of patches, its image_shape the
+// images'), and provides the hooks
 //   void vision_forward(M*, const float* images, const int* labels, int B, int train_step)
-//        images (B, 3, 32, 32) on the device, labels host (may be null);
+//        images (B, Cc, H, W) on the device, labels host (may be null);
 //        train_step >= 0: a training step (dropout on, masks keyed by the step), -1: evaluation
 //   void vision_backward(M*, int B)
 // The forward sets buf.mean_loss when given labels.
@@ -339,6 +376,10 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
         if (s.B != vc->B) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
         if (s.T != T) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, T);
+        ImageShape written = image_shape_from_slots(path.c_str(), s.image_shape), shape = image_shape_of(train);
+        if (!image_shape_equal(written, shape))
+            fail("%s: written for images of %d x %d x %d, but %s has %d x %d x %d", path.c_str(), written.channels,
+                 written.height, written.width, vc->train_path, shape.channels, shape.height, shape.width);
         aug_rng.state = s.train_rng;
         seed = s.sample_rng;
         start_step = s.step;
@@ -355,7 +396,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     Logger logger;
     logger_open(&logger, vc->out_dir, start_step);
     VisionBatcher vb;
-    vision_batcher_init(&vb, m->batch_size);
+    vision_batcher_init(&vb, m->batch_size, image_shape_of(train));
     StepRunner runner;
     step_runner_init(&runner, m);
     const float* step_images = nullptr;  // where the training batches are (the captured step reads them there)

@@ -12,15 +12,19 @@ vocab (20261102)
     header[2] = V; then for each token id in order: one uint8 length n
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
-    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus),
-    header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
+    header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus,
+    7 mamba_vit_bi), header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
     gpt_plus (train_gpt_plus): the same, F the SwiGLU width;
     mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
-    mamba_vit: patch, K, L, C, E, N, P; hybrid: maxT, V, C, H, F, pattern,
-    P); then P float32 parameters in the flat-buffer order.
+    mamba_vit and mamba_vit_bi: patch, K, L, C, E, N, P; hybrid: maxT, V, C,
+    H, F, pattern, P); header[24..26] = the image shape of a vision model
+    (channels, height, width; 0 0 0, in files written before these slots,
+    means 3 x 32 x 32; the config dict's "image"); then P float32 parameters
+    in the flat-buffer order.
 reference state (20261104)
     header[2] = model kind, header[3..9] = config as in the model file,
-    header[10] = B, header[11] = T, header[12] = K named tensors; then K
+    header[10] = B, header[11] = T, header[12] = K named tensors,
+    header[24..26] the image shape as in the model file; then K
     records, each: name (48 bytes, UTF-8, NUL padded), dtype int32
     (0 float32, 1 int32), ndim int32 (1..4), shape int32[4] (unused dims 0),
     then prod(shape) elements of 4 bytes. File length is exactly
@@ -64,8 +68,10 @@ KIND_VIT = 3
 KIND_MAMBA_VIT = 4
 KIND_HYBRID = 5
 KIND_GPT_PLUS = 6
+KIND_MAMBA_VIT_BI = 7  # train_mamba_vit -M bi: two mixers per block (forward and reverse)
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
-              KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus"}
+              KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi"}
+VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI)
 
 # config fields stored in header[3..] for each model kind, in slot order.
 # Every kind lists "P" (the number of float parameters) among its fields.
@@ -77,10 +83,12 @@ CONFIG_FIELDS = {
     KIND_GPT_PLUS: ("maxT", "V", "L", "H", "C", "F", "P"),
     # E = expanded width (2C), N = state size (16), R = dt rank (ceil(C/16))
     KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
-    # images are 3 x 32 x 32: patch = patch size (T = (32/patch)^2 tokens of
-    # 3*patch^2 values), K = classes; the Mamba-ViT's dt rank is ceil(C/16)
+    # images Cc x H x W (the config's "image", in header[24..26]): patch =
+    # patch size (T = (H/patch)(W/patch) tokens of Cc*patch^2 values), K =
+    # classes; the Mamba-ViT's dt rank is ceil(C/16)
     KIND_VIT: ("patch", "K", "L", "H", "C", "F", "P"),
     KIND_MAMBA_VIT: ("patch", "K", "L", "C", "E", "N", "P"),
+    KIND_MAMBA_VIT_BI: ("patch", "K", "L", "C", "E", "N", "P"),
     # the hybrid LM: pattern = its layers, base 4 (hybrid_pattern_code); the
     # Mamba layers' N is 16, E = 2C, R = ceil(C/16)
     KIND_HYBRID: ("maxT", "V", "C", "H", "F", "pattern", "P"),
@@ -255,17 +263,20 @@ def hybrid_num_params(maxT, V, C, H, F, pattern):
     return sum(math.prod(shape) for _, shape, _ in hybrid_param_layout(maxT, V, C, H, F, pattern))
 
 
-# the image geometry of the vision models (CIFAR-10's), fixed: not in the config
-VISION_CHANNELS = 3
-VISION_SIZE = 32
+# the vision models' image shape (channels, height, width) in header[24..26];
+# 0 0 0 there (files written before the slots) is CIFAR-10's 3 x 32 x 32
+IMAGE_SLOT0 = 24
+IMAGE_SLOTS = 3
+CIFAR_IMAGE = (3, 32, 32)
 
 
-def vision_tokens(patch):
-    """(T, PD): number of patches per image and values per patch."""
-    return (VISION_SIZE // patch) ** 2, VISION_CHANNELS * patch * patch
+def vision_tokens(patch, image=CIFAR_IMAGE):
+    """(T, PD): number of patches per image and values per patch for images (Cc, H, W)."""
+    Cc, H, W = image
+    return (H // patch) * (W // patch), Cc * patch * patch
 
 
-def vit_param_layout(patch, K, L, H, C, F):
+def vit_param_layout(patch, K, L, H, C, F, image=CIFAR_IMAGE):
     """
     The ViT's flat parameter buffer, in order: a list of (name, shape,
     weight_decay). The blocks are the GPT's (stacked over L, same names);
@@ -274,7 +285,7 @@ def vit_param_layout(patch, K, L, H, C, F):
     Linear(C, K). Weight decay applies to the positions and the Linear
     weights only. H does not change the layout.
     """
-    T, PD = vision_tokens(patch)
+    T, PD = vision_tokens(patch, image)
     blocks = [entry for entry in gpt_param_layout(1, 1, L, C, F)
               if entry[0] not in ("wte", "wpe", "lnf_w", "lnf_b", "head_w", "head_b")]
     return ([("patch_ln_w", (PD,), False),
@@ -291,21 +302,26 @@ def vit_param_layout(patch, K, L, H, C, F):
                ("head_b", (K,), False)])
 
 
-def vit_num_params(patch, K, L, H, C, F):
-    return sum(math.prod(shape) for _, shape, _ in vit_param_layout(patch, K, L, H, C, F))
+def vit_num_params(patch, K, L, H, C, F, image=CIFAR_IMAGE):
+    return sum(math.prod(shape) for _, shape, _ in vit_param_layout(patch, K, L, H, C, F, image))
 
 
-def mamba_vit_param_layout(patch, K, L, C, E, N):
+def mamba_vit_param_layout(patch, K, L, C, E, N, image=CIFAR_IMAGE, bidirectional=False):
     """
     The Mamba-ViT's flat parameter buffer, in order: the patch embedding
     (as the ViT's, same names), the Mamba LM's blocks
     (stacked over L, same names; R = ceil(C/16)), the head Linear(C, K).
-    No positions and no final LayerNorm.
+    No positions and no final LayerNorm. Bidirectional (kind mamba_vit_bi):
+    each block has two mixers, so the mixer tensors in_proj_w .. out_proj_w
+    have a leading dimension 2L, index l layer l's forward mixer and L + l
+    its reverse mixer; ln_w and ln_b stay (L, C).
     """
     R = math.ceil(C / 16)
-    _, PD = vision_tokens(patch)
-    blocks = [entry for entry in mamba_param_layout(1, L, C, E, N, R)
-              if entry[0] not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
+    _, PD = vision_tokens(patch, image)
+    mixers = 2 if bidirectional else 1
+    blocks = [(name, ((mixers * L,) + shape[1:]) if name not in ("ln_w", "ln_b") else shape, wd)
+              for name, shape, wd in mamba_param_layout(1, L, C, E, N, R)
+              if name not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
     return ([("patch_ln_w", (PD,), False),
              ("patch_ln_b", (PD,), False),
              ("patch_w", (C, PD), True),
@@ -317,8 +333,8 @@ def mamba_vit_param_layout(patch, K, L, C, E, N):
                ("head_b", (K,), False)])
 
 
-def mamba_vit_num_params(patch, K, L, C, E, N):
-    return sum(math.prod(shape) for _, shape, _ in mamba_vit_param_layout(patch, K, L, C, E, N))
+def mamba_vit_num_params(patch, K, L, C, E, N, image=CIFAR_IMAGE, bidirectional=False):
+    return sum(math.prod(shape) for _, shape, _ in mamba_vit_param_layout(patch, K, L, C, E, N, image, bidirectional))
 
 
 # -----------------------------------------------------------------------------
@@ -350,8 +366,12 @@ def _read_file(path, magic, what):
     return data, header
 
 
-def _check_unused_zero(path, header, first_unused):
-    nz = np.nonzero(header[first_unused:])[0]
+def _check_unused_zero(path, header, first_unused, kind=None):
+    """header[first_unused:] must be 0, but a vision kind's image shape slots."""
+    rest = header[first_unused:].copy()
+    if kind in VISION_KINDS:
+        rest[IMAGE_SLOT0 - first_unused:IMAGE_SLOT0 - first_unused + IMAGE_SLOTS] = 0
+    nz = np.nonzero(rest)[0]
     if len(nz) > 0:
         i = first_unused + int(nz[0])
         _fail(path, f"header[{i}] = {int(header[i])}, expected 0 (unused slot)")
@@ -381,7 +401,7 @@ def _config_to_slots(kind, config):
         raise ValueError(f"model kind {kind} has no config layout defined")
     fields = CONFIG_FIELDS[kind]
     missing = [k for k in fields if k not in config]
-    extra = [k for k in config if k not in fields]
+    extra = [k for k in config if k not in fields and not (k == "image" and kind in VISION_KINDS)]
     if missing or extra:
         raise ValueError(f"config for kind {KIND_NAMES[kind]} needs exactly {fields}; "
                          f"missing {missing}, unexpected {extra}")
@@ -389,10 +409,23 @@ def _config_to_slots(kind, config):
     return slots + [0] * (CONFIG_SLOTS - len(slots))
 
 
+def _image_slots(kind, config):
+    """header[24..26] for a config: a vision kind's image shape (default 3 x 32 x 32), else 0 0 0."""
+    if kind not in VISION_KINDS:
+        return [0] * IMAGE_SLOTS
+    return [int(v) for v in config.get("image", CIFAR_IMAGE)]
+
+
+def _plain_config(config):
+    """config with its ints as ints (the image shape as a tuple of ints)."""
+    return {k: tuple(int(x) for x in v) if k == "image" else int(v) for k, v in config.items()}
+
+
 def _validate_config(path, kind, config):
     """Checks config values for consistency; raises ValueError naming path."""
     for k, v in config.items():
-        _check_positive(path, k, v)
+        if k != "image":
+            _check_positive(path, k, v)
     if kind == KIND_GPT:
         if config["C"] % config["H"] != 0:
             _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
@@ -419,15 +452,22 @@ def _validate_config(path, kind, config):
         P = hybrid_num_params(config["maxT"], config["V"], config["C"], config["H"], config["F"], pattern)
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the hybrid layout's {P} parameters")
-    elif kind in (KIND_VIT, KIND_MAMBA_VIT):
-        if VISION_SIZE % config["patch"] != 0:
-            _fail(path, f"patch = {config['patch']} does not divide the image size {VISION_SIZE}")
+    elif kind in VISION_KINDS:
+        image = tuple(config.get("image", CIFAR_IMAGE))
+        Cc, H, W = image
+        _check_positive(path, "image channels", Cc, 1, 64)
+        _check_positive(path, "image height", H, 1, 4096)
+        _check_positive(path, "image width", W, 1, 4096)
+        if H % config["patch"] != 0 or W % config["patch"] != 0:
+            _fail(path, f"patch = {config['patch']} does not divide the {H} x {W} images")
         if kind == KIND_VIT:
             if config["C"] % config["H"] != 0:
                 _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
-            P = vit_num_params(config["patch"], config["K"], config["L"], config["H"], config["C"], config["F"])
+            P = vit_num_params(config["patch"], config["K"], config["L"], config["H"], config["C"], config["F"],
+                               image)
         else:
-            P = mamba_vit_num_params(config["patch"], config["K"], config["L"], config["C"], config["E"], config["N"])
+            P = mamba_vit_num_params(config["patch"], config["K"], config["L"], config["C"], config["E"], config["N"],
+                                     image, kind == KIND_MAMBA_VIT_BI)
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the {KIND_NAMES[kind]} layout's {P} parameters")
 
@@ -445,6 +485,9 @@ def _read_config(path, header):
         s = CONFIG_SLOT0 + i
         if header[s] != 0:
             _fail(path, f"header[{s}] = {int(header[s])}, expected 0 (unused config slot)")
+    if kind in VISION_KINDS:
+        image = tuple(int(v) for v in header[IMAGE_SLOT0:IMAGE_SLOT0 + IMAGE_SLOTS])
+        config["image"] = CIFAR_IMAGE if image == (0, 0, 0) else image
     _validate_config(path, kind, config)
     return kind, config
 
@@ -537,13 +580,14 @@ def read_vocab(path):
 def write_model(path, kind, config, params):
     """Writes a model file. config is a dict with the kind's CONFIG_FIELDS."""
     slots = _config_to_slots(kind, config)
-    _validate_config(path, kind, {k: int(v) for k, v in config.items()})
+    _validate_config(path, kind, _plain_config(config))
     params = np.asarray(params, dtype="<f4").reshape(-1)
     if len(params) != config["P"]:
         raise ValueError(f"{path}: {len(params)} parameters given, config says P = {config['P']}")
     header = _new_header(MAGIC_MODEL)
     header[2] = kind
     header[CONFIG_SLOT0:CONFIG_SLOT0 + CONFIG_SLOTS] = slots
+    header[IMAGE_SLOT0:IMAGE_SLOT0 + IMAGE_SLOTS] = _image_slots(kind, config)
     _write_file(path, [header.tobytes(), params.tobytes()])
 
 
@@ -551,7 +595,7 @@ def read_model(path):
     """Returns (kind, config dict, params as float32 numpy array)."""
     data, header = _read_file(path, MAGIC_MODEL, "model")
     kind, config = _read_config(path, header)
-    _check_unused_zero(path, header, CONFIG_SLOT0 + CONFIG_SLOTS)
+    _check_unused_zero(path, header, CONFIG_SLOT0 + CONFIG_SLOTS, kind)
     P = config["P"]
     expected = HEADER_BYTES + 4 * P
     if len(data) != expected:
@@ -571,7 +615,7 @@ def write_state(path, kind, config, B, T, tensors):
     others as float32.
     """
     slots = _config_to_slots(kind, config)
-    _validate_config(path, kind, {k: int(v) for k, v in config.items()})
+    _validate_config(path, kind, _plain_config(config))
     items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
     names = [n for n, _ in items]
     if len(set(names)) != len(names):
@@ -600,6 +644,7 @@ def write_state(path, kind, config, B, T, tensors):
     header[10] = B
     header[11] = T
     header[12] = len(items)
+    header[IMAGE_SLOT0:IMAGE_SLOT0 + IMAGE_SLOTS] = _image_slots(kind, config)
     _write_file(path, [header.tobytes()] + chunks)
 
 
@@ -628,7 +673,7 @@ def read_state(path):
     _check_positive(path, "B", B)
     _check_positive(path, "T", T)
     _check_positive(path, "number of tensors K", K)
-    _check_unused_zero(path, header, 13)
+    _check_unused_zero(path, header, 13, kind)
     tensors = {}
     pos = HEADER_BYTES
     for i in range(K):
@@ -674,7 +719,7 @@ def read_checkpoint(path):
     Returns a dict: kind, config, step, B, T, params, m, v (float32 arrays).
     Layout: header (kind and config as a model file; [10] step; [11..12] and
     [13..14] the data and sampling generators' uint64 states; [15] B;
-    [16] T), then P parameters, P AdamW first moments, P second moments.
+    [16] T; [24..26] a vision model's image shape, in config["image"]), then P parameters, P AdamW first moments, P second moments.
     """
     data, header = _read_file(path, MAGIC_CHECKPOINT, "checkpoint")
     kind, config = _read_config(path, header)

@@ -6,6 +6,14 @@ PyTorch interop for the project's model files and checkpoints.
       model and prints "val loss X": the mean loss over the first `batches`
       consecutive B x T windows of the tokens file, as the trainers'
       validation computes it (float64).
+  interop.py eval FILE --images PATH [--B 256] [--count N]
+      loads a vision model file or checkpoint (ViT, Mamba-ViT, bidirectional
+      Mamba-ViT) into the PyTorch model and evaluates it on the images file
+      (all images, or the first N) as the trainers' evaluation does (pixels
+      / 255, no augmentation, the largest logit wins, the first on ties),
+      in float64: prints "test acc X% (correct/n) | test loss Y | near ties
+      Z", Z the images whose two largest logits are within 1e-4, where the
+      trainer's float32 logits may pick the other class.
   interop.py export --model gpt|mamba|hybrid --V 65 --L 2 --C 64 [--H 4 --F 128 --maxT 64] [--pattern MAF]
                     --seed 0 --out PATH
                     [--train-steps 20 --tokens PATH --B 4 --T 32]
@@ -30,6 +38,11 @@ from gpt import GPT, GPTConfig  # noqa: E402
 from gpt_plus import GPTPlus, PlusConfig  # noqa: E402
 from hybrid import HybridConfig, HybridLM  # noqa: E402
 from mamba import MambaConfig, MambaLM  # noqa: E402
+import vit  # noqa: E402
+
+# the largest gap between the two largest logits (float64) that the trainers'
+# float32 logits may order the other way round (their error is ~1e-6)
+NEAR_TIE = 1e-4
 
 
 def load_params(path):
@@ -56,7 +69,9 @@ def build(kind, config):
     if kind == formats.KIND_HYBRID:
         return HybridLM(HybridConfig(pattern=formats.hybrid_pattern_letters(config["pattern"]), maxT=config["maxT"],
                                      V=config["V"], C=config["C"], H=config["H"], F=config["F"]))
-    raise SystemExit(f"error: model kind {kind} is not a language model")
+    if kind in formats.VISION_KINDS:
+        return vit.build(kind, config, scan="parallel")[0]  # the log-depth scan: the sequential one's values
+    raise SystemExit(f"error: model kind {kind} has no PyTorch model here")
 
 
 def load_model(path):
@@ -68,8 +83,40 @@ def load_model(path):
     return model.double().eval()
 
 
+def eval_images(model, config, path, B, count):
+    """(correct, n, mean loss, near ties) of the model on the first `count` images of path (0: all)."""
+    labels, pixels, K = formats.read_images(path)
+    image = tuple(pixels.shape[1:])
+    if image != tuple(config["image"]):
+        raise SystemExit(f"error: {path}: images are {' x '.join(map(str, image))}, the model's are "
+                         f"{' x '.join(map(str, config['image']))}")
+    if K != config["K"]:
+        raise SystemExit(f"error: {path}: {K} classes, the model has {config['K']}")
+    n = len(labels) if count <= 0 else min(count, len(labels))
+    correct, loss_sum, near = 0, 0.0, 0
+    with torch.no_grad():
+        for first in range(0, n, B):
+            x = torch.from_numpy(pixels[first:first + B][:n - first].astype(np.float32) * np.float32(1.0 / 255.0))
+            y = torch.from_numpy(labels[first:first + B][:n - first].astype(np.int64))
+            logits, loss = model(x.double(), y)
+            top2 = logits.topk(2, dim=1).values
+            correct += int((logits.argmax(dim=1) == y).sum())  # the first of equal maxima, as the trainers
+            near += int((top2[:, 0] - top2[:, 1] < NEAR_TIE).sum())
+            loss_sum += loss.item() * len(y)
+    return correct, n, loss_sum / n, near
+
+
 def cmd_eval(args):
+    kind, config, _ = load_params(args.file)
     model = load_model(args.file)
+    if kind in formats.VISION_KINDS:
+        if not args.images:
+            raise SystemExit(f"error: {args.file}: a vision model; give --images PATH")
+        correct, n, loss, near = eval_images(model, config, args.images, args.B or 256, args.count)
+        print(f"test acc {100.0 * correct / n:.2f}% ({correct}/{n}) | test loss {loss:.7f} | near ties {near}")
+        return
+    if not args.tokens or not args.B or not args.T:
+        raise SystemExit(f"error: {args.file}: a language model; give --tokens PATH --B N --T N")
     tokens, V = formats.read_tokens(args.tokens)
     tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     B, T = args.B, args.T
@@ -124,10 +171,12 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval")
     e.add_argument("file")
-    e.add_argument("--tokens", required=True)
-    e.add_argument("--B", type=int, required=True)
-    e.add_argument("--T", type=int, required=True)
+    e.add_argument("--tokens", help="tokens file (language models)")
+    e.add_argument("--B", type=int, default=0, help="batch (language models: required; vision: default 256)")
+    e.add_argument("--T", type=int, default=0, help="window (language models)")
     e.add_argument("--batches", type=int, default=1)
+    e.add_argument("--images", help="images file (vision models)")
+    e.add_argument("--count", type=int, default=0, help="the first N images (vision; default all)")
     x = sub.add_parser("export")
     x.add_argument("--model", choices=["gpt", "mamba", "hybrid"], required=True)
     x.add_argument("--pattern", default="MAF", help="the hybrid's layers")

@@ -1,11 +1,13 @@
 """
 The vision models in PyTorch, and the writer of their reference states:
-a ViT and a Mamba-ViT on 3x32x32 images cut into patches (defined in
+a ViT, a Mamba-ViT and a bidirectional Mamba-ViT on images of any shape
+(Cc, H, W; CIFAR-10's 3 x 32 x 32 by default) cut into patches (defined in
 doc/models.md).
 
-Common input: images (B,3,32,32) -> patches 'b c (h p1) (w p2) -> b (h w)
-(c p1 p2)' (B,T,PD), T = (32/p)^2, PD = 3p^2 -> LN(PD) -> Linear(PD,C) ->
-LN(C). LayerNorm eps 1e-5; the loss is the mean cross-entropy over the batch.
+Common input: images (B,Cc,H,W) -> patches 'b c (h p1) (w p2) -> b (h w)
+(c p1 p2)' (B,T,PD), T = (H/p)(W/p), PD = Cc p^2 -> LN(PD) -> Linear(PD,C)
+-> LN(C). LayerNorm eps 1e-5; the loss is the mean cross-entropy over the
+batch.
 
   ViT        input + learned positions wpe (T,C); L pre-norm encoder blocks
              x = x + Dropout(attn(LN1(x))); x = x + Dropout(mlp(LN2(x)))
@@ -17,6 +19,12 @@ LN(C). LayerNorm eps 1e-5; the loss is the mean cross-entropy over the batch.
   Mamba-ViT  input; L blocks x = Dropout(LN(x + Mamba(x))) (mamba.py's block,
              post-norm, dropout after it as the seed's MambaBlock); mean over
              the T tokens; head Linear(C,K). No positions, no final norm.
+  bidirectional Mamba-ViT (train_mamba_vit -M bi): the same with blocks of
+             two mixers of their own, the forward one on the tokens and the
+             reverse one on the tokens reversed (flip over T):
+               y_f = Mamba_f(x);  y_b = flip(Mamba_b(flip(x)))
+               x = Dropout(LN(x + y_f + y_b))
+             (BiBlock below).
 
 Dropout comes in two kinds. With a key (set_dropout(p, seed, step)) the
 masks are the C++ trainers' counter-based hash of (seed, step, site,
@@ -111,19 +119,24 @@ class Dropout:
 # the models
 
 
-def sincos_positions(G, C):
+def sincos_positions(Gy, Gx, C):
     """
-    The ViT's starting positions (G*G, C) for a G x G grid of patches, as
-    train_vit.cu's sincos_positions: K = C // 4 frequencies w_k from 1 down
-    to pi / G radians per patch (geometric); row y, column x gets
-    sin(w y), cos(w y), sin(w x), cos(w x) in channel blocks of K; the
+    The ViT's starting positions (Gy*Gx, C) for a grid of Gy rows and Gx
+    columns of patches, as train_vit.cu's sincos_positions: K = C // 4
+    frequencies per axis, w_k = (pi / G)^(k / (K - 1)) for that axis' G
+    (geometric, from 1 to pi / G radians per patch); row y, column x gets
+    sin(wy y), cos(wy y), sin(wx x), cos(wx x) in channel blocks of K; the
     channels from 4K on are 0.
     """
     K = C // 4
-    w = np.array([(np.pi / G) ** (k / (K - 1)) if K > 1 else 1.0 for k in range(K)])
-    y, x = np.divmod(np.arange(G * G), G)
-    out = np.zeros((G * G, C))
-    for block, (f, v) in enumerate(((np.sin, y), (np.cos, y), (np.sin, x), (np.cos, x))):
+
+    def freqs(G):
+        return np.array([(np.pi / G) ** (k / (K - 1)) if K > 1 else 1.0 for k in range(K)])
+
+    wy, wx = freqs(Gy), freqs(Gx)
+    y, x = np.divmod(np.arange(Gy * Gx), Gx)
+    out = np.zeros((Gy * Gx, C))
+    for block, (f, v, w) in enumerate(((np.sin, y, wy), (np.cos, y, wy), (np.sin, x, wx), (np.cos, x, wx))):
         out[:, block * K:(block + 1) * K] = f(v[:, None] * w[None, :])
     return out.astype(np.float32)
 
@@ -143,6 +156,7 @@ class ViTConfig:
     H: int = 4
     C: int = 32
     F: int = 64
+    image: tuple = formats.CIFAR_IMAGE  # (Cc, H, W)
 
 
 @dataclass
@@ -153,6 +167,8 @@ class MambaViTConfig:
     C: int = 32
     N: int = 16
     E: int = 0  # 0: 2C
+    image: tuple = formats.CIFAR_IMAGE  # (Cc, H, W)
+    bidirectional: bool = False  # blocks of a forward and a reverse mixer (BiBlock)
 
     def __post_init__(self):
         if self.E == 0:
@@ -162,10 +178,10 @@ class MambaViTConfig:
 class PatchEmbed(nn.Module):
     """patches -> LN(PD) -> Linear(PD, C) -> LN(C)."""
 
-    def __init__(self, patch, C):
+    def __init__(self, patch, C, image):
         super().__init__()
         self.patch = patch
-        _, PD = formats.vision_tokens(patch)
+        _, PD = formats.vision_tokens(patch, image)
         self.ln0 = nn.LayerNorm(PD, eps=1e-5)
         self.proj = nn.Linear(PD, C)
         self.ln1 = nn.LayerNorm(C, eps=1e-5)
@@ -216,14 +232,15 @@ class ViT(common.FlatParams):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        T, _ = formats.vision_tokens(cfg.patch)
-        self.embed = PatchEmbed(cfg.patch, cfg.C)
+        T, _ = formats.vision_tokens(cfg.patch, cfg.image)
+        self.embed = PatchEmbed(cfg.patch, cfg.C, cfg.image)
         self.wpe = nn.Parameter(torch.zeros(T, cfg.C))
         self.blocks = nn.ModuleList([ViTBlock(cfg, T) for _ in range(cfg.L)])
         self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
         self.head = nn.Linear(cfg.C, cfg.K)
         with torch.no_grad():
-            self.wpe.copy_(torch.from_numpy(sincos_positions(formats.VISION_SIZE // cfg.patch, cfg.C)))
+            _, H, W = cfg.image
+            self.wpe.copy_(torch.from_numpy(sincos_positions(H // cfg.patch, W // cfg.patch, cfg.C)))
         self.drop = Dropout()
 
     def set_dropout(self, p, seed=None, step=None):
@@ -231,7 +248,7 @@ class ViT(common.FlatParams):
 
     def forward(self, images, targets=None, acts=None):
         """
-        images (B,3,32,32) float, targets (B,) int64. Returns (logits (B,K),
+        images (B,Cc,H,W) float, targets (B,) int64. Returns (logits (B,K),
         loss or None); intermediates go into acts (if a dict) under the
         reference state's names.
         """
@@ -250,7 +267,7 @@ class ViT(common.FlatParams):
 
     def flat_layout(self):
         c = self.cfg
-        return formats.vit_param_layout(c.patch, c.K, c.L, c.H, c.C, c.F)
+        return formats.vit_param_layout(c.patch, c.K, c.L, c.H, c.C, c.F, c.image)
 
     def flat_tensors(self):
         bs = self.blocks
@@ -271,14 +288,42 @@ class ViT(common.FlatParams):
         ]
 
 
+class BiBlock(nn.Module):
+    """
+    The bidirectional Mamba block: two mixers of their own, the forward one
+    on the tokens, the reverse one on the tokens reversed in order (flip
+    over T, dim 1), its output flipped back; both added to the residual,
+    then the post-norm of the one-way block (mamba.Block):
+        y_f = Mamba_f(x);  y_b = flip(Mamba_b(flip(x)));  x_out = LN(x + y_f + y_b)
+    The reverse mixer's activations (saved by save_rev) are in its own,
+    reversed token order.
+    """
+
+    def __init__(self, cfg, scan):
+        super().__init__()
+        self.mixer = mamba.Mamba(cfg, scan)
+        self.mixer_rev = mamba.Mamba(cfg, scan)
+        self.ln = nn.LayerNorm(cfg.C, eps=1e-5)
+
+    def forward(self, x, save, save_rev):
+        y_f = self.mixer(x, save)
+        y_b = self.mixer_rev(x.flip(1), save_rev).flip(1)
+        x = x + y_f + y_b
+        save("res", x)
+        x = self.ln(x)
+        save("ln", x)
+        return x
+
+
 class MambaViT(common.FlatParams):
 
     def __init__(self, cfg, scan="sequential"):
         super().__init__()
         self.cfg = cfg
         mcfg = mamba.MambaConfig(V=1, L=1, C=cfg.C, N=cfg.N, E=cfg.E)
-        self.embed = PatchEmbed(cfg.patch, cfg.C)
-        self.blocks = nn.ModuleList([mamba.Block(mcfg, scan) for _ in range(cfg.L)])
+        self.embed = PatchEmbed(cfg.patch, cfg.C, cfg.image)
+        block = BiBlock if cfg.bidirectional else mamba.Block
+        self.blocks = nn.ModuleList([block(mcfg, scan) for _ in range(cfg.L)])
         self.head = nn.Linear(cfg.C, cfg.K)
         self.drop = Dropout()
 
@@ -289,7 +334,10 @@ class MambaViT(common.FlatParams):
         save = common.saver(acts, "")
         x = self.embed(images, save)
         for l, block in enumerate(self.blocks):
-            x = self.drop(block(x, common.saver(acts, f"m{l}.")), l, self.training)
+            saves = [common.saver(acts, f"m{l}.")]
+            if self.cfg.bidirectional:
+                saves.append(common.saver(acts, f"m{l}.rev."))
+            x = self.drop(block(x, *saves), l, self.training)
         pooled = x.mean(1)
         save("pooled", pooled)
         logits = self.head(pooled)
@@ -298,11 +346,14 @@ class MambaViT(common.FlatParams):
 
     def flat_layout(self):
         c = self.cfg
-        return formats.mamba_vit_param_layout(c.patch, c.K, c.L, c.C, c.E, c.N)
+        return formats.mamba_vit_param_layout(c.patch, c.K, c.L, c.C, c.E, c.N, c.image, c.bidirectional)
 
     def flat_tensors(self):
+        """The mixer tensors list the forward mixers of the L blocks, then (bidirectional) their reverse mixers."""
         e = self.embed
         ms = [b.mixer for b in self.blocks]
+        if self.cfg.bidirectional:
+            ms += [b.mixer_rev for b in self.blocks]
         return [
             ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
             ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
@@ -327,20 +378,24 @@ class MambaViT(common.FlatParams):
 
 VIT_ACTS = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 MAMBA_ACTS = mamba.ACT_NAMES  # xz, conv, u, x_dbl, dt, scan, gated, out, res, ln
+MIXER_ACTS = MAMBA_ACTS[:-2]  # the mixer's: xz .. out
 
 
 def build(kind, config, scan="sequential"):
+    image = tuple(config.get("image", formats.CIFAR_IMAGE))
     if kind == formats.KIND_VIT:
-        c = ViTConfig(patch=config["patch"], K=config["K"], L=config["L"], H=config["H"], C=config["C"], F=config["F"])
+        c = ViTConfig(patch=config["patch"], K=config["K"], L=config["L"], H=config["H"], C=config["C"], F=config["F"],
+                      image=image)
         return ViT(c), c
-    c = MambaViTConfig(patch=config["patch"], K=config["K"], L=config["L"], C=config["C"], N=config["N"], E=config["E"])
+    c = MambaViTConfig(patch=config["patch"], K=config["K"], L=config["L"], C=config["C"], N=config["N"], E=config["E"],
+                       image=image, bidirectional=kind == formats.KIND_MAMBA_VIT_BI)
     return MambaViT(c, scan), c
 
 
 def config_dict(kind, cfg, P):
     if kind == formats.KIND_VIT:
-        return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P)
-    return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, P=P)
+        return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P, image=cfg.image)
+    return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, P=P, image=cfg.image)
 
 
 def act_names(kind, L):
@@ -350,6 +405,10 @@ def act_names(kind, L):
         names.append("encoded")
         names += [f"h{l}.{n}" for l in range(L) for n in VIT_ACTS]
         names.append("lnf")
+    elif kind == formats.KIND_MAMBA_VIT_BI:
+        for l in range(L):
+            names += [f"m{l}.{n}" for n in MIXER_ACTS] + [f"m{l}.rev.{n}" for n in MIXER_ACTS]
+            names += [f"m{l}.res", f"m{l}.ln"]
     else:
         names += [f"m{l}.{n}" for l in range(L) for n in MAMBA_ACTS]
     return names + ["pooled", "logits"]
@@ -362,7 +421,7 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout, scan="seque
     gen = torch.default_generator
     model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg, scan)).double()  # (draws from gen first)
     params32 = common.reference_init(model.flat_layout(), gen)
-    pixels = torch.randint(0, 256, (B, 3, 32, 32), generator=gen, dtype=torch.int32)
+    pixels = torch.randint(0, 256, (B,) + tuple(cfg.image), generator=gen, dtype=torch.int32)
     images32 = (pixels.float() * np.float32(1.0 / 255.0))  # as the trainers' uint8 -> float
     labels = torch.randint(0, cfg.K, (B,), generator=gen)
     images = images32.double()
@@ -403,9 +462,9 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout, scan="seque
         ("drop_grads", f32(drop_grads)),
     ]
     tensors += common.trajectory_tensors(adamw, step_losses, step_params)
-    T, _ = formats.vision_tokens(cfg.patch)
+    T, _ = formats.vision_tokens(cfg.patch, cfg.image)
     formats.write_state(path, kind, config_dict(kind, cfg, P), B, T, tensors)
-    print(f"wrote {path}: {formats.KIND_NAMES[kind]} P {P}, loss {loss.item():.6f}, with dropout "
+    print(f"wrote {path}: {formats.KIND_NAMES[kind]} {'x'.join(map(str, cfg.image))} patch {cfg.patch} P {P}, loss {loss.item():.6f}, with dropout "
           f"{drop_loss.item():.6f}, grad norm {grads.norm().item():.4f}, step losses {step_losses[0]:.6f} -> "
           f"{step_losses[-1]:.6f} ({steps} steps)")
 
@@ -422,14 +481,14 @@ def _independent_vit_logits(state):
     """
     c = state.config
     flat = torch.from_numpy(state["params"].astype(np.float64))
-    p = common.unflatten(flat, formats.vit_param_layout(c["patch"], c["K"], c["L"], c["H"], c["C"], c["F"]))
+    p = common.unflatten(flat, formats.vit_param_layout(c["patch"], c["K"], c["L"], c["H"], c["C"], c["F"], c["image"]))
     images = torch.from_numpy(state["images"].astype(np.float64))
-    B, P = images.shape[0], c["patch"]
-    g = 32 // P
-    x = torch.empty(B, g * g, 3 * P * P, dtype=torch.float64)
-    for hy in range(g):
-        for wx in range(g):
-            x[:, hy * g + wx] = images[:, :, hy * P:(hy + 1) * P, wx * P:(wx + 1) * P].reshape(B, -1)
+    (B, Cc, H, W), P = images.shape, c["patch"]
+    gy, gx = H // P, W // P
+    x = torch.empty(B, gy * gx, Cc * P * P, dtype=torch.float64)
+    for hy in range(gy):
+        for wx in range(gx):
+            x[:, hy * gx + wx] = images[:, :, hy * P:(hy + 1) * P, wx * P:(wx + 1) * P].reshape(B, -1)
     x = F.layer_norm(x, (x.shape[-1],), p["patch_ln_w"], p["patch_ln_b"], 1e-5)
     x = F.layer_norm(x @ p["patch_w"].T + p["patch_b"], (c["C"],), p["embed_ln_w"], p["embed_ln_b"], 1e-5) + p["wpe"]
     for l in range(c["L"]):
@@ -472,6 +531,24 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
         print(f"check: logits with the parallel scan: max abs err {err:.3e}")
     ok = ok and err < 1e-5
 
+    if kind == formats.KIND_MAMBA_VIT_BI:
+        # the two directions: a change of token t0 of a block's input reaches the forward
+        # mixer's output at t0 and after only, the reverse one's (flipped back) at t0 and before only
+        block = model.blocks[0]
+        x = torch.randn(2, state.T, cfg.C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        t0 = state.T // 3
+        x2 = x.clone()
+        x2[:, t0] += 1.0
+        none = common.saver(None, "")
+        with torch.no_grad():
+            df = (block.mixer(x2, none) - block.mixer(x, none)).abs().amax(dim=(0, 2))
+            db = (block.mixer_rev(x2.flip(1), none).flip(1) - block.mixer_rev(x.flip(1), none).flip(1)).abs().amax(dim=(0, 2))
+        directions = bool((df[:t0] == 0).all() and (df[t0:] > 0).all() and (db[t0 + 1:] == 0).all()
+                           and (db[:t0 + 1] > 0).all())
+        print(f"check: token {t0} of {state.T} reaches the forward mixer at tokens >= {t0} and the reverse one "
+              f"at tokens <= {t0} only: {directions}")
+        ok = ok and directions
+
     # the hash masks drop at the rate asked for, and differently per site and step
     keep = dropout_keep(dropout_key(1, 2, 3), 100000, 0.1)
     other = dropout_keep(dropout_key(1, 3, 3), 100000, 0.1)
@@ -503,9 +580,10 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="both", choices=["vit", "mamba_vit", "both"])
+    parser.add_argument("--model", default="both", choices=["vit", "mamba_vit", "mamba_vit_bi", "both"])
     parser.add_argument("--out", default=None,
                         help="state file (default data/ref_vit.bin, data/ref_mamba_vit.bin; not with --model both)")
+    parser.add_argument("--image", default="3,32,32", help="image shape channels,height,width")
     parser.add_argument("--B", type=int, default=3)
     parser.add_argument("--patch", type=int, default=4)
     parser.add_argument("--K", type=int, default=10)
@@ -522,18 +600,23 @@ def main():
                              "(the same values; much faster at patch 1, T 1024)")
     args = parser.parse_args()
     if args.model == "both" and args.out:
-        parser.error("--out needs --model vit or mamba_vit")
-    if args.C % args.H != 0 or 32 % args.patch != 0:
-        parser.error("C must be divisible by H and the patch size must divide 32")
+        parser.error("--out needs --model vit, mamba_vit or mamba_vit_bi")
+    image = tuple(int(v) for v in args.image.split(","))
+    if len(image) != 3 or min(image) < 1:
+        parser.error("--image is channels,height,width")
+    if args.C % args.H != 0 or image[1] % args.patch != 0 or image[2] % args.patch != 0:
+        parser.error("C must be divisible by H and the patch size must divide the image's height and width")
     adamw = common.REFERENCE_ADAMW
     dropout = (0.1, 4242, 17)  # p, seed, step
     ok = True
     for name in (["vit", "mamba_vit"] if args.model == "both" else [args.model]):
         path = args.out or f"data/ref_{name}.bin"
         if name == "vit":
-            kind, cfg = formats.KIND_VIT, ViTConfig(args.patch, args.K, args.L, args.H, args.C, args.F)
+            kind, cfg = formats.KIND_VIT, ViTConfig(args.patch, args.K, args.L, args.H, args.C, args.F, image)
         else:
-            kind, cfg = formats.KIND_MAMBA_VIT, MambaViTConfig(args.patch, args.K, args.L, args.C, args.N)
+            kind = formats.KIND_MAMBA_VIT_BI if name == "mamba_vit_bi" else formats.KIND_MAMBA_VIT
+            cfg = MambaViTConfig(args.patch, args.K, args.L, args.C, args.N, image=image,
+                                 bidirectional=kind == formats.KIND_MAMBA_VIT_BI)
         write_reference(path, kind, cfg, args.B, args.seed, args.steps, adamw, dropout, args.scan)
         if args.check:
             ok = check_state(path) and ok
