@@ -13,6 +13,9 @@
 #                           (names relative to $W)
 #   step_lines              filters a trainer's output to its "step k/n: train loss X | lr ..
 #                           | norm .." lines, without the times
+#   log_lines DIR           DIR/log.jsonl read as one run (formats.read_log: a resumed run's lines
+#                           replace those after its checkpoint), one JSON object a line, without
+#                           the times (elapsed_s, the throughputs *_per_s)
 #   random_lm_data SEED NT NV
 #                           writes $W/vocab.bin (65 one-byte tokens) and $W/train.bin,
 #                           $W/val.bin of NT and NV uniform random tokens (numpy seed SEED)
@@ -63,6 +66,16 @@ expect() {
 }
 
 step_lines() { grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//'; }
+
+log_lines() {
+  $PYTHON - "$1" <<'PY'
+import json, sys
+sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
+import formats
+for row in formats.read_log(sys.argv[1]):
+    print(json.dumps({k: v for k, v in row.items() if k != "elapsed_s" and not k.endswith("_per_s")}))
+PY
+}
 
 random_lm_data() {
   $PYTHON - "$W" "$@" <<'PY' || abort "cannot write test data"
