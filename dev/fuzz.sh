@@ -10,8 +10,11 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 out=build/fuzz
 mkdir -p "$out"
-clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I/usr/include/x86_64-linux-gnu dev/fuzz/fuzz_readers.cpp -o "$out/fuzz_readers" || exit 1
+# (linked as the host backend's programs are: the readers' checks include the selective scan's limits)
+blas=/usr/lib/x86_64-linux-gnu/openblas-openmp
+clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fopenmp \
+  -I/usr/include/x86_64-linux-gnu dev/fuzz/fuzz_readers.cpp -o "$out/fuzz_readers" \
+  -L$blas -Wl,-rpath,$blas -lopenblas -lboost_context -lm || exit 1
 
 # seed corpora: one small valid file of each kind
 $PYTHON - "$out" <<'PY'

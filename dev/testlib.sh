@@ -11,6 +11,9 @@
 #                           and contains WANT, a non-zero exit that is not a signal (< 128),
 #                           and no change to the files under the directories $WATCH
 #                           (names relative to $W)
+#   expect_ok NAME WANT CMD...
+#                           CMD must succeed (exit 0) with WANT in its output (stdout and stderr),
+#                           no "error:" line, and no change to the files under $WATCH
 #   step_lines              filters a trainer's output to its "step k/n: train loss X | lr ..
 #                           | norm .." lines, without the times
 #   log_lines DIR           DIR/log.jsonl read as one run (formats.read_log: a resumed run's lines
@@ -62,6 +65,19 @@ expect() {
     ok "$name: exit $rc: $msg"
   else
     fail "$name: exit $rc, $lines stderr lines, first: '$msg' (wanted it to name '$want'; outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no))"
+  fi
+}
+
+expect_ok() {
+  local name=$1 want=$2; shift 2
+  local before after rc
+  before=$(_watched)
+  "$@" >"$W/out" 2>&1; rc=$?
+  after=$(_watched)
+  if [ $rc -eq 0 ] && grep -qF -- "$want" "$W/out" && ! grep -q '^error:' "$W/out" && [ "$before" == "$after" ]; then
+    ok "$name: $(grep -F -- "$want" "$W/out" | head -n 1)"
+  else
+    fail "$name: exit $rc, wanted '$want' in the output (found: $(grep -qF -- "$want" "$W/out" && echo yes || echo no); outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no)); last line: '$(tail -n 1 "$W/out")'"
   fi
 }
 

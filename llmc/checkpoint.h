@@ -395,14 +395,18 @@ static void checkpoint_load(const char* path, CheckpointState* s, const char* co
     cudaCheck(cudaMemcpy(v, p + 2 * P, P * sizeof(float), cudaMemcpyHostToDevice));
 }
 
-// Whether a checkpoint passes every check a resume makes of it (the header,
-// a version 2 file's checksums, finite values), without failing the run.
-struct FileRefused {};
-static void throw_file_refused(const char*) { throw FileRefused{}; }
-static bool checkpoint_verifies(const char* path) {
+// What a resume would refuse a checkpoint for (the header, a version 2
+// file's checksums, values not finite), as the message fail() would give;
+// empty when it passes. The run goes on either way.
+static std::string checkpoint_problem_message;
+static void keep_checkpoint_problem(const char* message) {
+    checkpoint_problem_message = message;
+    throw checkpoint_problem_message;
+}
+static std::string checkpoint_problem(const char* path) {
     void (*saved)(const char*) = fail_hook;
-    fail_hook = throw_file_refused;
-    bool good = true;
+    fail_hook = keep_checkpoint_problem;
+    std::string problem;
     try {
         int header[HEADER_INTS];
         long size = read_file_header(path, "checkpoint", header);
@@ -411,11 +415,11 @@ static bool checkpoint_verifies(const char* path) {
         std::vector<unsigned char> bytes;
         read_whole_file(path, &bytes, size);
         model_body_check(path, header, bytes.data(), size, true);
-    } catch (const FileRefused&) {
-        good = false;
+    } catch (const std::string& message) {
+        problem = message;
     }
     fail_hook = saved;
-    return good;
+    return problem;
 }
 
 // checkpoint path for a step: DIR/ckpt_00001234.bin

@@ -309,13 +309,14 @@ static const char* open_output_dir(const char* out_dir, int resume, bool evaluat
 // guards
 
 // The newest checkpoint in the output directory that passes every check a
-// resume makes (its checksums, finite values), or "none written".
-static std::string last_checkpoint(const char* out_dir) {
+// resume makes (its checksums, finite values) and is older than step
+// `before`, or "none written".
+static std::string last_checkpoint(const char* out_dir, int before = 1 << 30) {
     if (out_dir) {
         std::vector<int> steps = checkpoint_steps(out_dir);
         for (int i = (int)steps.size() - 1; i >= 0; i--) {
             std::string path = checkpoint_path(out_dir, steps[i]);
-            if (checkpoint_verifies(path.c_str())) return path;
+            if (steps[i] < before && checkpoint_problem(path.c_str()).empty()) return path;
         }
     }
     return "none written";
@@ -374,6 +375,8 @@ static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_d
     s.kind = m->kind;
     memcpy(s.config, m->config_slots, sizeof(s.config));
     *path = checkpoint_path(out_dir, steps.back());
+    std::string problem = checkpoint_problem(path->c_str());
+    if (!problem.empty()) fail("%s; the last good checkpoint is %s", problem.c_str(), last_checkpoint(out_dir, steps.back()).c_str());
     checkpoint_load(path->c_str(), &s, m->slot_names, m->params_memory, m->m_memory, m->v_memory);
     printf("resumed from %s at step %d\n", path->c_str(), s.step);
     return s;
