@@ -398,14 +398,10 @@ static void checkpoint_load(const char* path, CheckpointState* s, const char* co
 // What a resume would refuse a checkpoint for (the header, a version 2
 // file's checksums, values not finite), as the message fail() would give;
 // empty when it passes. The run goes on either way.
-static std::string checkpoint_problem_message;
-static void keep_checkpoint_problem(const char* message) {
-    checkpoint_problem_message = message;
-    throw checkpoint_problem_message;
-}
+static void throw_checkpoint_problem(const char* message) { throw std::string(message); }
 static std::string checkpoint_problem(const char* path) {
     void (*saved)(const char*) = fail_hook;
-    fail_hook = keep_checkpoint_problem;
+    fail_hook = throw_checkpoint_problem;
     std::string problem;
     try {
         int header[HEADER_INTS];

@@ -284,9 +284,11 @@ static void check_output_dir_fresh(const char* out_dir) {
 // run writes nothing.
 static const char* open_output_dir(const char* out_dir, int resume, bool evaluates) {
     if (!out_dir) return nullptr;
+    struct stat st;
+    bool exists = stat(out_dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) fail("flag -o: %s is not a directory", out_dir);
     if (resume) {
-        struct stat st;
-        if (stat(out_dir, &st) != 0 || !S_ISDIR(st.st_mode)) fail("flag -y: no checkpoint in %s (no such directory)", out_dir);
+        if (!exists) fail("flag -y: no checkpoint in %s (no such directory)", out_dir);
         take_run_lock(out_dir);
         return out_dir;
     }
@@ -427,20 +429,27 @@ static void load_model_file(ModelBuffers* m, const char* path) {
 #define DEFAULT_PRESET PRESET_CPU
 #endif
 
-// The preset named by -S among the arguments, else the backend's default.
-// The arguments are read as the flag parsers read them, "-x value" pairs
-// (and -h alone), so that a value that reads "-S" (a prompt, a path) is not
-// taken for the flag.
-static int find_preset(int argc, char** argv) {
-    int preset = DEFAULT_PRESET;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { i--; continue; }
-        if (strcmp(argv[i], "-S")) continue;
-        if (!strcmp(argv[i + 1], "seed")) preset = PRESET_SEED;
-        else if (!strcmp(argv[i + 1], "cpu")) preset = PRESET_CPU;
-        else fail("flag -S: '%s' is not a preset (seed or cpu)", argv[i + 1]);
+// The value of the last `flag` among the arguments (null: not given),
+// read as the flag parsers read them: "-x value" pairs, and -h alone, so
+// that a value that reads like a flag (a prompt "-S", a path) is not taken
+// for one. For what must be known before the flags are parsed (-S).
+static const char* find_flag(int argc, char** argv, const char* flag) {
+    const char* value = nullptr;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) continue;
+        if (i + 1 < argc && !strcmp(argv[i], flag)) value = argv[i + 1];
+        i++;  // the value
     }
-    return preset;
+    return value;
+}
+
+// the preset named by -S among the arguments, else the backend's default
+static int find_preset(int argc, char** argv) {
+    const char* name = find_flag(argc, argv, "-S");
+    if (!name) return DEFAULT_PRESET;
+    if (!strcmp(name, "seed")) return PRESET_SEED;
+    if (!strcmp(name, "cpu")) return PRESET_CPU;
+    fail("flag -S: '%s' is not a preset (seed or cpu)", name);
 }
 
 // A data file that is missing: one line that names it and, for the default
