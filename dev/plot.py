@@ -51,7 +51,7 @@ def read_log(path):
 
 
 def series(rows, key, x="step"):
-    pts = [(r.get(x, r.get("step")), r[key]) for r in rows if key in r]
+    pts = [(r.get(x, r.get("step")), r[key]) for r in rows if r.get(key) is not None]  # null: not finite
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

@@ -3,7 +3,8 @@ Machine-readable training log: one JSON object per line in DIR/log.jsonl.
   {"step": 10, "train_loss": 2.31, "lr": 0.001, "grad_norm": 0.83, "tokens_per_s": 5120, "elapsed_s": 12.5}
   {"step": 100, "val_loss": 2.05, "elapsed_s": 130.2}
 The key of the throughput and of the evaluation is the caller's (tokens_per_s
-or images_per_s; val_loss or test_acc).
+or images_per_s; val_loss or test_acc). A value that is not finite is
+written null, so that every line is JSON.
 
 The log is only ever appended to, one whole line per write, so that a run
 that fails or is killed leaves every line it found, and every line it wrote
@@ -51,14 +52,24 @@ static void logger_open(Logger* lg, const char* dir, int resume_step) {
     if (resume_step > 0) logger_write(lg, "{\"resume_step\": %d}\n", resume_step);
 }
 
+// a number as JSON has it: printf's fmt, or null when it is not finite (JSON has no nan or inf)
+static std::string json_number(const char* fmt, double value) {
+    if (!std::isfinite(value)) return "null";
+    char text[64];
+    snprintf(text, sizeof(text), fmt, value);
+    return text;
+}
+
 static void log_train(Logger* lg, int step, float loss, float lr, float norm, const char* rate_key, float rate,
                       double elapsed) {
-    logger_write(lg, "{\"step\": %d, \"train_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"%s\": %.1f, \"elapsed_s\": %.3f}\n",
-                 step, loss, lr, norm, rate_key, rate, elapsed);
+    logger_write(lg, "{\"step\": %d, \"train_loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"%s\": %s, \"elapsed_s\": %.3f}\n",
+                 step, json_number("%.6f", loss).c_str(), json_number("%.6g", lr).c_str(), json_number("%.6g", norm).c_str(),
+                 rate_key, json_number("%.1f", rate).c_str(), elapsed);
 }
 
 static void log_eval(Logger* lg, int step, const char* key, float value, double elapsed) {
-    logger_write(lg, "{\"step\": %d, \"%s\": %.6f, \"elapsed_s\": %.3f}\n", step, key, value, elapsed);
+    logger_write(lg, "{\"step\": %d, \"%s\": %s, \"elapsed_s\": %.3f}\n", step, key, json_number("%.6f", value).c_str(),
+                 elapsed);
 }
 
 static void logger_close(Logger* lg) {

@@ -275,8 +275,8 @@ static int count_correct(const float* logits, const int* labels, int B, int K) {
 // one evaluation line of log.jsonl, with the epoch (dev/plot.py draws test_acc against it):
 //   {"step": 780, "epoch": 10, "test_loss": 0.41, "test_acc": 86.5, "elapsed_s": 130.2}
 static void log_test(Logger* lg, int step, double epoch, float test_loss, float test_acc, double elapsed) {
-    logger_write(lg, "{\"step\": %d, \"epoch\": %.6g, \"test_loss\": %.6f, \"test_acc\": %.4f, \"elapsed_s\": %.3f}\n",
-                 step, epoch, test_loss, test_acc, elapsed);
+    logger_write(lg, "{\"step\": %d, \"epoch\": %.6g, \"test_loss\": %s, \"test_acc\": %s, \"elapsed_s\": %.3f}\n",
+                 step, epoch, json_number("%.6f", test_loss).c_str(), json_number("%.4f", test_acc).c_str(), elapsed);
 }
 
 // "epoch 3/20 (step 234): train loss 1.234567 | test loss 1.100000 | test acc 56.20% | 812 images/s | 1m12s";
