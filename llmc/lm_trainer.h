@@ -538,8 +538,9 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         std::string path;
         CheckpointState s = load_newest_checkpoint(m, tc->out_dir, &path);
         if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
-        check_resume(path.c_str(), &s, s.seed, tc->seed_given, tc->seed, train->num_tokens, tc->train_path, "tokens",
-                     tc->max_steps, tc->generate_only ? nullptr : "-x");
+        if (!tc->generate_only)  // (generating from a checkpoint needs neither its seed nor its data)
+            check_resume(path.c_str(), &s, s.seed, tc->seed_given, tc->seed, train->num_tokens, tc->train_path, "tokens",
+                         tc->max_steps, "-x");
         train_rng.state = s.train_rng;
         sample_rng.state = s.sample_rng;
         start_step = s.step;

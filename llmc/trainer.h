@@ -388,7 +388,8 @@ static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_d
 // (a seed given with -r must be the run's), the training data (its size:
 // the data position of a step depends on it) and the steps (-x, or -E with
 // the vision trainers, must go past the checkpoint's). seed is the
-// checkpoint's seed (-1: not recorded), data_what names the data.
+// checkpoint's seed (-1: not recorded), data_what names the data,
+// steps_flag the flag that set max_steps.
 static void check_resume(const char* path, const CheckpointState* s, int seed, bool seed_given, int given_seed,
                          long data_size, const char* data_path, const char* data_what, int max_steps,
                          const char* steps_flag) {
@@ -397,7 +398,7 @@ static void check_resume(const char* path, const CheckpointState* s, int seed, b
     if (s->data_size > 0 && s->data_size != data_size)
         fail("%s: written for training data of %d %s, but %s has %ld; a resume must see the same data", path,
              s->data_size, data_what, data_path, data_size);
-    if (steps_flag && max_steps <= s->step)
+    if (max_steps <= s->step)
         fail("flag %s: the run ends at step %d, but %s is at step %d; a resume trains past its checkpoint", steps_flag,
              max_steps, path, s->step);
 }
