@@ -61,4 +61,5 @@ for t in tokens vocab model checkpoint state images files; do
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log")
   if [ $rc -eq 0 ]; then echo "ok   $t: $runs inputs, no crash"; else echo "FAIL $t: exit $rc, see $out/$t.log"; tail -n 20 "$out/$t.log"; status=1; fi
 done
+rm -f "$out"/files_input_*.bin  # the files target's input, written anew for each
 exit $status
