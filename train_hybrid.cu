@@ -102,7 +102,7 @@ static HybridConfig hybrid_config(int maxT, int V, int C, int H, int F, int patt
         c.letters[c.num_layers++] = HYBRID_LETTERS[kind];
     }
     if (C < 1 || V < 1 || maxT < 1 || H < 1 || F < 1) fail("%s: a config slot is not positive", where);
-    if (c.count[LAYER_ATTENTION] && C % H != 0) fail("flag -C/-H: channels %d are not divisible by heads %d", C, H);
+    if (c.count[LAYER_ATTENTION] && C % H != 0) fail("%s: channels %d are not divisible by heads %d", where, C, H);
     return c;
 }
 
@@ -554,11 +554,15 @@ int main(int argc, char** argv) {
         int s[CONFIG_SLOTS];
         model_file_config(tc.init_path, MODEL_HYBRID, s);
         config = hybrid_config(s[0], s[1], s[2], s[3], s[4], s[5], tc.init_path);
+        check_shape_flag(&tc, 'A', tc.pattern, "the pattern", config.letters);
+        check_shape_flag_int(&tc, 'C', tc.C, "channels", config.channels);
+        check_shape_flag_int(&tc, 'H', tc.H, "num_heads", config.num_heads);
+        check_shape_flag_int(&tc, 'F', tc.F, "ffn", config.ffn);
         check_model_vocab(&tc, config.vocab_size, &vocab);
         if (config.count[LAYER_ATTENTION] && tc.T > config.max_seq_len)
             fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", tc.T, config.max_seq_len, tc.init_path);
     } else {
-        config = hybrid_config(tc.T, vocab.size, tc.C, tc.H, tc.F ? tc.F : 4 * tc.C, hybrid_pattern_code(tc.pattern), "flag -A");
+        config = hybrid_config(tc.T, vocab.size, tc.C, tc.H, tc.F ? tc.F : 4 * tc.C, hybrid_pattern_code(tc.pattern), "flag -C/-H");
     }
     Hybrid model;
     hybrid_build(&model, config);

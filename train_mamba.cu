@@ -298,10 +298,12 @@ int main(int argc, char** argv) {
     load_lm_data(&tc, &train, &val, &vocab);
 
     MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16);
-    if (tc.init_path) {  // the model file decides the shape
+    if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too)
         int s[CONFIG_SLOTS];
         model_file_config(tc.init_path, MODEL_MAMBA, s);
-        config = {s[0], s[1], s[2], s[3], s[4]};  // s[5], the dt rank, must be mamba_dt_rank(C) (load_model_file checks it)
+        config = {s[0], s[1], s[2], s[3], s[4]};  // s[5], the dt rank, is mamba_dt_rank(C) (model_file_config checks it)
+        check_shape_flag_int(&tc, 'L', tc.L, "num_layers", config.num_layers);
+        check_shape_flag_int(&tc, 'C', tc.C, "channels", config.channels);
         check_model_vocab(&tc, config.vocab_size, &vocab);
     }
     Mamba model;

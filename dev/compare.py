@@ -21,7 +21,6 @@ Needs the trainers' build and matplotlib for /usr/bin/python3 (or PYTHON).
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -87,8 +86,10 @@ def matched_width(name, target, cfg):
 
 
 def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """A run's log.jsonl as one run (formats.read_log: a resumed run's lines replace the ones after its checkpoint)."""
+    sys.path.insert(0, os.path.join(ROOT, "dev", "reference"))
+    import formats
+    return formats.read_log(path)
 
 
 def mean_std(xs):

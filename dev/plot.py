@@ -25,7 +25,6 @@ directory names. Needs matplotlib (Debian: python3-matplotlib).
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,18 +38,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_log(path):
-    if os.path.isdir(path):
-        path = os.path.join(path, "log.jsonl")
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise SystemExit(f"error: {path}: line {n} is not JSON")
+    """A run's log.jsonl as one run (formats.read_log: a resumed run's lines replace the ones after its checkpoint)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+    import formats
+    try:
+        rows = formats.read_log(path)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
     if not rows:
         raise SystemExit(f"error: {path}: no log lines")
     return rows
@@ -68,7 +62,7 @@ ONE_SERIES_PANELS = {
 
 
 def series(rows, key, x="step"):
-    pts = [(r.get(x, r.get("step")), r[key]) for r in rows if key in r]
+    pts = [(r.get(x, r.get("step")), r[key]) for r in rows if r.get(key) is not None]  # null: not finite
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

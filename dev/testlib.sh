@@ -11,8 +11,14 @@
 #                           and contains WANT, a non-zero exit that is not a signal (< 128),
 #                           and no change to the files under the directories $WATCH
 #                           (names relative to $W)
+#   expect_ok NAME WANT CMD...
+#                           CMD must succeed (exit 0) with WANT in its output (stdout and stderr),
+#                           no "error:" line, and no change to the files under $WATCH
 #   step_lines              filters a trainer's output to its "step k/n: train loss X | lr ..
 #                           | norm .." lines, without the times
+#   log_lines DIR           DIR/log.jsonl read as one run (formats.read_log: a resumed run's lines
+#                           replace those after its checkpoint), one JSON object a line, without
+#                           the times (elapsed_s, the throughputs *_per_s)
 #   random_lm_data SEED NT NV
 #                           writes $W/vocab.bin (65 one-byte tokens) and $W/train.bin,
 #                           $W/val.bin of NT and NV uniform random tokens (numpy seed SEED)
@@ -62,7 +68,30 @@ expect() {
   fi
 }
 
+expect_ok() {
+  local name=$1 want=$2; shift 2
+  local before after rc
+  before=$(_watched)
+  "$@" >"$W/out" 2>&1; rc=$?
+  after=$(_watched)
+  if [ $rc -eq 0 ] && grep -qF -- "$want" "$W/out" && ! grep -q '^error:' "$W/out" && [ "$before" == "$after" ]; then
+    ok "$name: $(grep -F -- "$want" "$W/out" | head -n 1)"
+  else
+    fail "$name: exit $rc, wanted '$want' in the output (found: $(grep -qF -- "$want" "$W/out" && echo yes || echo no); outputs unchanged: $([ "$before" == "$after" ] && echo yes || echo no)); last line: '$(tail -n 1 "$W/out")'"
+  fi
+}
+
 step_lines() { grep -E '^step ' | sed 's/ | [0-9.]* ms | .*//'; }
+
+log_lines() {
+  $PYTHON - "$1" <<'PY'
+import json, sys
+sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
+import formats
+for row in formats.read_log(sys.argv[1]):
+    print(json.dumps({k: v for k, v in row.items() if k != "elapsed_s" and not k.endswith("_per_s")}))
+PY
+}
 
 random_lm_data() {
   $PYTHON - "$W" "$@" <<'PY' || abort "cannot write test data"

@@ -20,15 +20,25 @@ typedef struct {
     std::vector<int> tokens;
 } TokenData;
 
-// validates a tokens file held in memory and fills d
-inline void token_data_parse(TokenData* d, const char* path, const unsigned char* data, long size) {
-    int header[HEADER_INTS];
-    check_header(path, data, size, MAGIC_TOKENS, "tokens", header);
+// Checks every slot of a tokens file's header (magic and version checked)
+// against the file's size: N >= 2 tokens, 1 <= V <= 65536, the rest 0, the
+// size 1024 + 2N. Returns N.
+inline long token_header_check(const char* path, const int* header, long size) {
     long n = header[2];
     int V = header[3];
     if (n < 2) fail("%s: holds %ld tokens; need at least 2", path, n);
     if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
+    check_zero_slots(path, header, 4, HEADER_INTS, "tokens");
     if (size != HEADER_BYTES + 2 * n) fail("%s: header says %ld tokens (%ld bytes), but the file is %ld bytes", path, n, HEADER_BYTES + 2 * n, size);
+    return n;
+}
+
+// validates a tokens file held in memory and fills d
+inline void token_data_parse(TokenData* d, const char* path, const unsigned char* data, long size) {
+    int header[HEADER_INTS];
+    check_header(path, data, size, MAGIC_TOKENS, "tokens", header);
+    long n = token_header_check(path, header, size);
+    int V = header[3];
     d->path = path;
     d->vocab_size = V;
     d->num_tokens = n;
@@ -41,9 +51,14 @@ inline void token_data_parse(TokenData* d, const char* path, const unsigned char
     }
 }
 
+// the header first, checked against the file's size, then the whole file
 inline void token_data_load(TokenData* d, const char* path) {
+    int header[HEADER_INTS];
+    long size = read_file_header(path, "tokens", header);
+    check_magic_version(path, header, MAGIC_TOKENS, "tokens", FORMAT_VERSION);
+    token_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes);
+    read_whole_file(path, &bytes, size);
     token_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 
@@ -113,11 +128,23 @@ typedef struct {
     std::vector<std::string> text;
 } Vocab;
 
+// Checks every slot of a vocabulary file's header (magic and version
+// checked) against the file's size: 1 <= V <= 65536, the rest 0, and room
+// for V tokens of 1..255 bytes each (a length byte before each).
+inline int vocab_header_check(const char* path, const int* header, long size) {
+    int V = header[2];
+    if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
+    check_zero_slots(path, header, 3, HEADER_INTS, "vocabulary");
+    long least = HEADER_BYTES + 2L * V, most = HEADER_BYTES + 256L * V;
+    if (size < least || size > most)
+        fail("%s: header says %d tokens (%ld to %ld bytes), but the file is %ld bytes", path, V, least, most, size);
+    return V;
+}
+
 inline void vocab_parse(Vocab* v, const char* path, const unsigned char* data, long size) {
     int header[HEADER_INTS];
     check_header(path, data, size, MAGIC_VOCAB, "vocabulary", header);
-    int V = header[2];
-    if (V < 1 || V > 65536) fail("%s: vocabulary size %d is out of range [1, 65536]", path, V);
+    int V = vocab_header_check(path, header, size);
     v->size = V;
     v->text.assign(V, std::string());
     ByteReader r = {path, data, size, HEADER_BYTES};
@@ -132,9 +159,14 @@ inline void vocab_parse(Vocab* v, const char* path, const unsigned char* data, l
     if (r.pos != size) fail("%s: %d tokens end at byte %ld, but the file is %ld bytes", path, V, r.pos, size);
 }
 
+// the header first, checked against the file's size, then the whole file
 inline void vocab_load(Vocab* v, const char* path) {
+    int header[HEADER_INTS];
+    long size = read_file_header(path, "vocabulary", header);
+    check_magic_version(path, header, MAGIC_VOCAB, "vocabulary", FORMAT_VERSION);
+    vocab_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes);
+    read_whole_file(path, &bytes, size);
     vocab_parse(v, path, bytes.data(), (long)bytes.size());
 }
 

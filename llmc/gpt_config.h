@@ -61,13 +61,18 @@ static void gpt_parse_flags_and_data(int argc, char** argv, TrainConfig* tc, Tok
 }
 
 // The run's config: the model file's of -e, which must hold a model of this
-// kind, else the flags' with the MLP width ffn.
+// kind (shape flags given too must agree with it), else the flags' with the
+// MLP width ffn.
 static GPTConfig gpt_run_config(const TrainConfig* tc, const Vocab* vocab, int kind, int ffn) {
     GPTConfig config = {tc->T, vocab->size, tc->L, tc->H, tc->C, ffn};
     if (tc->init_path) {  // the model file decides the shape
         int s[CONFIG_SLOTS];
         model_file_config(tc->init_path, kind, s);
         config = {s[0], s[1], s[2], s[3], s[4], s[5]};
+        check_shape_flag_int(tc, 'L', tc->L, "num_layers", config.num_layers);
+        check_shape_flag_int(tc, 'C', tc->C, "channels", config.channels);
+        check_shape_flag_int(tc, 'H', tc->H, "num_heads", config.num_heads);
+        check_shape_flag_int(tc, 'F', tc->F, "ffn", config.ffn);
         check_model_vocab(tc, config.vocab_size, vocab);
         if (tc->T > config.max_seq_len)
             fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", tc->T, config.max_seq_len, tc->init_path);

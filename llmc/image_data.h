@@ -28,19 +28,29 @@ typedef struct {
     std::vector<unsigned char> pixels;   // (N, channels, height, width)
 } ImageData;
 
-// validates an images file held in memory and fills d
-inline void image_data_parse(ImageData* d, const char* path, const unsigned char* data, long size) {
-    int header[HEADER_INTS];
-    check_header(path, data, size, MAGIC_IMAGES, "CIFAR-layout images", header);
+// Checks every slot of an images file's header (magic and version checked)
+// against the file's size: count, shape and classes in range, the rest 0,
+// the size 1024 + N (1 + C H W).
+inline void image_header_check(const char* path, const int* header, long size) {
     int n = header[2], c = header[3], h = header[4], w = header[5], k = header[6];
     if (n < 1) fail("%s: holds %d images; need at least 1", path, n);
     if (c < 1 || c > 64 || h < 1 || h > 4096 || w < 1 || w > 4096)
         fail("%s: image shape %d x %d x %d is out of range (channels 1..64, height and width 1..4096)", path, c, h, w);
     if (k < 1 || k > 256) fail("%s: number of classes %d is out of range [1, 256]", path, k);
-    long image_bytes = (long)c * h * w, record = 1 + image_bytes;
+    check_zero_slots(path, header, 7, HEADER_INTS, "images");
+    long record = 1 + (long)c * h * w;
     if ((size - HEADER_BYTES) / record < n || size != HEADER_BYTES + record * n)
         fail("%s: header says %d images of %d x %d x %d (%ld bytes), but the file is %ld bytes", path, n, c, h, w,
              HEADER_BYTES + record * n, size);
+}
+
+// validates an images file held in memory and fills d
+inline void image_data_parse(ImageData* d, const char* path, const unsigned char* data, long size) {
+    int header[HEADER_INTS];
+    check_header(path, data, size, MAGIC_IMAGES, "CIFAR-layout images", header);
+    image_header_check(path, header, size);
+    int n = header[2], c = header[3], h = header[4], w = header[5], k = header[6];
+    long image_bytes = (long)c * h * w, record = 1 + image_bytes;
     d->path = path;
     d->count = n; d->channels = c; d->height = h; d->width = w; d->classes = k;
     d->image_bytes = image_bytes;
@@ -54,9 +64,14 @@ inline void image_data_parse(ImageData* d, const char* path, const unsigned char
     }
 }
 
+// the header first, checked against the file's size, then the whole file
 inline void image_data_load(ImageData* d, const char* path) {
+    int header[HEADER_INTS];
+    long size = read_file_header(path, "CIFAR-layout images", header);
+    check_magic_version(path, header, MAGIC_IMAGES, "CIFAR-layout images", FORMAT_VERSION);
+    image_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes);
+    read_whole_file(path, &bytes, size);
     image_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 

@@ -31,6 +31,7 @@ typedef struct {
     int B, T, max_steps, warmup;
     float lr, final_frac, weight_decay, grad_clip;
     int val_every, val_batches, sample_every, gen_tokens, seed;
+    int seed_given;          // -r was given
     int L, C, H, F;          // model shape flags (each model uses what it has)
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
     int generate_only;       // -G: sample from the model (-e or -y) and exit
@@ -40,6 +41,7 @@ typedef struct {
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
     int windowed;            // -W: generate by re-running the forward over the last T tokens (for comparison)
     int image_len;           // -I: the data is images of this many tokens (0: text); see "Images as token sequences"
+    char shape_given[8];     // the shape flags given (letters of -L -C -H -F -A): with -e they must agree with the file
 } TrainConfig;
 
 // what a preset sets (the rest of the defaults are common to both)
@@ -118,6 +120,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
         const char* v = nullptr;
         char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
+        if (strchr("LCHFA", letter) && !strchr(c->shape_given, letter)) c->shape_given[strlen(c->shape_given)] = letter;
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->val_path = v; break;
@@ -208,6 +211,19 @@ static void check_model_vocab(const TrainConfig* c, int model_vocab, const Vocab
                  c->vocab_path, vocab->size - 1, vocab->size);
         fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
     }
+}
+
+// With -e the model file decides the shape: a shape flag given too (letter,
+// its value as given) must say what the file's slot (slot_name, value) says.
+static void check_shape_flag(const TrainConfig* c, char letter, const char* given, const char* slot_name,
+                             const char* in_file) {
+    if (!c->init_path || !strchr(c->shape_given, letter) || !strcmp(given, in_file)) return;
+    fail("flag -%c: %s, but %s has %s %s; with -e the model file decides the shape (leave -%c out)", letter, given,
+         c->init_path, slot_name, in_file, letter);
+}
+
+static void check_shape_flag_int(const TrainConfig* c, char letter, int given, const char* slot_name, int in_file) {
+    check_shape_flag(c, letter, std::to_string(given).c_str(), slot_name, std::to_string(in_file).c_str());
 }
 
 // Tokenizes a prompt by the longest vocabulary entry at each position
@@ -378,14 +394,28 @@ static void print_generate_timing(const char* out_dir, int prompt_len) {
     auto mean = [&](int k) { double s = 0; for (int i = k * per; i < (k + 1) * per; i++) s += ms[i]; return s / per; };
     if (n >= 2) printf("ms per token: tokens 1-1000 %.3f, tokens %d-%d %.3f\n", mean(0), n * 1000 - 999, n * 1000, mean(n - 1));
     if (!out_dir) return;
-    make_dir_or_fail(out_dir);
     std::string path = std::string(out_dir) + "/generate.jsonl";
-    FILE* f = fopen(path.c_str(), "w");
-    if (!f) fail("%s: cannot write (%s)", path.c_str(), strerror(errno));
-    for (size_t i = 0; i < ms.size(); i++)
-        fprintf(f, "{\"position\": %zu, \"gen_ms_per_token\": %.6f}\n", prompt_len + (i + 1) * GENERATE_BLOCK, ms[i]);
-    fclose(f);
+    std::string text;
+    for (size_t i = 0; i < ms.size(); i++) {
+        char line[96];
+        snprintf(line, sizeof(line), "{\"position\": %zu, \"gen_ms_per_token\": %.6f}\n", prompt_len + (i + 1) * GENERATE_BLOCK, ms[i]);
+        text += line;
+    }
+    std::string tmp; FILE* f;
+    write_atomically_begin(path.c_str(), &tmp, &f);
+    fwrite_or_fail(text.data(), text.size(), f, tmp.c_str());
+    write_atomically_end(path.c_str(), tmp, f);
     printf("wrote %s\n", path.c_str());
+}
+
+// Where a generating run (-G) writes its files (generate.jsonl, and
+// generated.bin with -I): -o, created if needed and held while it is
+// written; a -G run writes nothing else (no log, no model.bin).
+static const char* generate_output_dir(const char* out_dir) {
+    if (!out_dir) return nullptr;
+    make_dir_or_fail(out_dir);
+    take_run_lock(out_dir);
+    return out_dir;
 }
 
 // B samples of `length` tokens after the prompt, each row with its own
@@ -494,31 +524,42 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     Rng train_rng, sample_rng;
     rng_seed(&train_rng, tc->seed);
     rng_seed(&sample_rng, tc->seed + 1);
-    int start_step = 0;
-    if (tc->out_dir && !tc->generate_only) make_dir_or_fail(tc->out_dir);
-    if (!tc->resume && !tc->generate_only) check_output_dir_fresh(tc->out_dir);
+    int start_step = 0, run_seed = tc->seed;  // a resumed run's seed is its checkpoint's
+    // where this run writes (null: nowhere), held from here to its exit; a
+    // generating run holds -o only to read its checkpoint, and later to write its files
+    const char* out_dir = nullptr;
+    if (tc->generate_only) {
+        if (tc->resume) open_output_dir(tc->out_dir, 1, false);
+    } else {
+        out_dir = open_output_dir(tc->out_dir, tc->resume, tc->max_steps == 0);
+    }
+    std::vector<int> found_steps = out_dir ? checkpoint_steps(out_dir) : std::vector<int>();
     if (tc->resume) {
         std::string path;
         CheckpointState s = load_newest_checkpoint(m, tc->out_dir, &path);
         if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
+        if (!tc->generate_only)  // (generating from a checkpoint needs neither its seed nor its data)
+            check_resume(path.c_str(), &s, s.seed, tc->seed_given, tc->seed, train->num_tokens, tc->train_path, "tokens",
+                         tc->max_steps, "-x");
         train_rng.state = s.train_rng;
         sample_rng.state = s.sample_rng;
         start_step = s.step;
+        if (s.seed >= 0) run_seed = s.seed;
     }
     if (tc->generate_only && image_len) {  // whole images, B at once, into DIR/generated.bin
         if (!tc->out_dir) fail("flag -G: with -I the generated images go to -o DIR (DIR/generated.bin); give -o");
         if (start_token > 256) fail("flag -G: %s has %d tokens; images need pixel values below 256", tc->vocab_path, start_token);
         std::vector<int> tokens;
         lm_generate(model, vocab, prompt, image_len, tc->temperature, tc->top_k, &sample_rng, B, &tokens, start_token);
-        make_dir_or_fail(tc->out_dir);
-        std::string path = std::string(tc->out_dir) + "/generated.bin";
+        const char* gen_dir = generate_output_dir(tc->out_dir);
+        std::string path = std::string(gen_dir) + "/generated.bin";
         write_generated_images(path.c_str(), tokens, B, image_len);
         int c, h, w;
         image_shape_of(image_len, &c, &h, &w);
         printf("generated %d images of %d tokens (%d x %d x %d) in %.2f s (%.0f tokens/s) -> %s | peak memory %.0f MiB\n",
                B, image_len, c, h, w, generate_seconds, (double)image_len * B / generate_seconds, path.c_str(),
                peak_memory_mib());
-        print_generate_timing(tc->out_dir, 1);
+        print_generate_timing(gen_dir, 1);
         return 0;
     }
     if (tc->generate_only) {
@@ -531,7 +572,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         printf("generated %d tokens x %d rows in %.2f s (%.0f tokens/s, prompt of %zu prefilled) | peak memory %.0f MiB\n",
                tc->gen_tokens, B, generate_seconds, (double)tc->gen_tokens * B / generate_seconds, prompt.size(),
                peak_memory_mib());
-        print_generate_timing(tc->out_dir, (int)prompt.size());
+        print_generate_timing(generate_output_dir(tc->out_dir), (int)prompt.size());
         return 0;
     }
     printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
@@ -543,7 +584,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                tc->val_batches ? "the first -m x -b validated" : "all validated", start_token);
 
     Logger logger;
-    logger_open(&logger, tc->out_dir, start_step);
+    logger_open(&logger, out_dir, start_step);
     StepRunner runner;
     step_runner_init(&runner, m);
     std::vector<int> inputs((long)B * T), targets((long)B * T);
@@ -566,8 +607,9 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         // (images are not sampled during training: -G 1 generates them)
         if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0 && !image_len)
             lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, 1);
-        if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
-            save_checkpoint(m, tc->out_dir, step, train_rng.state, sample_rng.state, B, T);
+        if (out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
+            save_checkpoint(m, out_dir, step, train_rng.state, sample_rng.state, B, T, run_seed, train->num_tokens,
+                            found_steps);
         if (last) break;
 
         NVTX_RANGE("step");
@@ -583,7 +625,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
             lm_backward(model, B, T);
         });
         m->in_train_step = 0;
-        check_finite(tc->out_dir, step + 1, m->mean_loss, norm);
+        check_finite(out_dir, step + 1, m->mean_loss, norm);
         step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
@@ -592,7 +634,10 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     }
     step_runner_free(&runner, m);
     logger_close(&logger);
-    if (tc->out_dir) save_model_file(m, tc->out_dir, tc->max_steps);
+    if (out_dir) {
+        save_model_file(m, out_dir, tc->max_steps);
+        checkpoint_prune(out_dir, 3, std::vector<int>());  // the run ended well: the ones it found may go too
+    }
     if (image_len)
         printf("final val loss %f | bits/dim %.4f | %.1f s | peak memory %.0f MiB\n", last_val, bits_per_dim(last_val),
                host_clock() - run_start, peak_memory_mib());

@@ -3,61 +3,76 @@ Machine-readable training log: one JSON object per line in DIR/log.jsonl.
   {"step": 10, "train_loss": 2.31, "lr": 0.001, "grad_norm": 0.83, "tokens_per_s": 5120, "elapsed_s": 12.5}
   {"step": 100, "val_loss": 2.05, "elapsed_s": 130.2}
 The key of the throughput and of the evaluation is the caller's (tokens_per_s
-or images_per_s; val_loss or test_acc). A resumed run drops the lines after
-its checkpoint's step, so the log reads like one uninterrupted run
-(elapsed_s restarts from 0 at the resume).
-dev/plot.py draws curves from these files.
+or images_per_s; val_loss or test_acc). A value that is not finite is
+written null, so that every line is JSON.
+
+The log is only ever appended to, one whole line per write, so that a run
+that fails or is killed leaves every line it found, and every line it wrote
+is complete. A resumed run first appends
+  {"resume_step": 20}
+after which its lines replace what the log said of the steps after its
+checkpoint: a reader drops the training lines before it whose step is above
+20 and the evaluation lines whose step is 20 or above (the resumed run
+evaluates at its first step again), and the log reads like one
+uninterrupted run (elapsed_s restarts from 0 at the resume).
+dev/reference/formats.py's read_log does this; dev/plot.py draws curves
+from it.
 */
 #pragma once
 
+#include <fcntl.h>
 #include <string>
-#include <vector>
+#include <unistd.h>
 #include "utils.h"
 
 typedef struct {
-    FILE* f;  // null: logging off
+    int fd;  // -1: logging off
+    std::string path;
 } Logger;
 
+// one whole line, in one write
+static void logger_write(Logger* lg, const char* fmt, ...) {
+    if (lg->fd < 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    std::string line = vformat(fmt, ap);
+    va_end(ap);
+    if (write(lg->fd, line.data(), line.size()) != (ssize_t)line.size())
+        fail("%s: write failed (%s)", lg->path.c_str(), strerror(errno));
+}
+
+// Opens dir/log.jsonl for appending (dir null: logging off); a resumed run
+// (resume_step > 0) marks where its lines start.
 static void logger_open(Logger* lg, const char* dir, int resume_step) {
-    lg->f = nullptr;
+    lg->fd = -1;
     if (!dir) return;
-    std::string path = std::string(dir) + "/log.jsonl";
-    std::vector<std::string> keep;
-    if (resume_step > 0) {
-        FILE* old = fopen(path.c_str(), "r");
-        if (old) {
-            char line[4096];
-            while (fgets(line, sizeof(line), old)) {
-                int step;
-                if (sscanf(line, "{\"step\": %d", &step) != 1) continue;
-                // training lines up to the checkpoint's step; evaluations before it (the
-                // resumed run evaluates at its first step again)
-                bool train = strstr(line, "\"train_loss\"") != nullptr;
-                if (train ? step <= resume_step : step < resume_step) keep.push_back(line);
-            }
-            fclose(old);
-        }
-    }
-    lg->f = fopen_or_fail(path.c_str(), "w");
-    for (const std::string& l : keep) fputs(l.c_str(), lg->f);
-    fflush(lg->f);
+    lg->path = std::string(dir) + "/log.jsonl";
+    lg->fd = open(lg->path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (lg->fd < 0) fail("%s: cannot open (%s)", lg->path.c_str(), strerror(errno));
+    if (resume_step > 0) logger_write(lg, "{\"resume_step\": %d}\n", resume_step);
+}
+
+// a number as JSON has it: printf's fmt, or null when it is not finite (JSON has no nan or inf)
+static std::string json_number(const char* fmt, double value) {
+    if (!std::isfinite(value)) return "null";
+    char text[64];
+    snprintf(text, sizeof(text), fmt, value);
+    return text;
 }
 
 static void log_train(Logger* lg, int step, float loss, float lr, float norm, const char* rate_key, float rate,
                       double elapsed) {
-    if (!lg->f) return;
-    fprintf(lg->f, "{\"step\": %d, \"train_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, \"%s\": %.1f, \"elapsed_s\": %.3f}\n",
-            step, loss, lr, norm, rate_key, rate, elapsed);
-    fflush(lg->f);
+    logger_write(lg, "{\"step\": %d, \"train_loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"%s\": %s, \"elapsed_s\": %.3f}\n",
+                 step, json_number("%.6f", loss).c_str(), json_number("%.6g", lr).c_str(), json_number("%.6g", norm).c_str(),
+                 rate_key, json_number("%.1f", rate).c_str(), elapsed);
 }
 
 static void log_eval(Logger* lg, int step, const char* key, float value, double elapsed) {
-    if (!lg->f) return;
-    fprintf(lg->f, "{\"step\": %d, \"%s\": %.6f, \"elapsed_s\": %.3f}\n", step, key, value, elapsed);
-    fflush(lg->f);
+    logger_write(lg, "{\"step\": %d, \"%s\": %s, \"elapsed_s\": %.3f}\n", step, key, json_number("%.6f", value).c_str(),
+                 elapsed);
 }
 
 static void logger_close(Logger* lg) {
-    if (lg->f) fclose(lg->f);
-    lg->f = nullptr;
+    if (lg->fd >= 0) close(lg->fd);
+    lg->fd = -1;
 }

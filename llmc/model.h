@@ -110,8 +110,10 @@ typedef struct {
 // Sizes and allocates the parameter-sized buffers from the table (moments
 // zeroed), points the model's parameter and gradient structs into them and
 // creates the cuBLAS handle. slots: the model's first six config slots (the
-// seventh, the parameter count, is filled in). An allocation that fails names
-// the shape flags.
+// seventh, the parameter count, is filled in). A model whose shape a model
+// file's slots decide (model_file_config) must make the file's parameter
+// count, checked before anything is allocated. An allocation that fails
+// names the shape flags.
 static void model_build(ModelBuffers* m, int kind, const char* const* slot_names, const int* slots,
                         const TensorSpec* table, int n, void* params, void* grads, size_t struct_bytes) {
     if (n > MAX_TENSORS || struct_bytes != n * sizeof(float*))
@@ -121,6 +123,9 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     memcpy(m->param_table, table, n * sizeof(TensorSpec));
     m->num_param_tensors = n;
     m->num_parameters = table_total(table, n);
+    if (!shape_file_path.empty() && m->num_parameters != shape_file_params)
+        fail("%s: num_params is %ld, but its config slots make a model of %ld parameters", shape_file_path.c_str(),
+             shape_file_params, m->num_parameters);
     if (m->num_parameters > 2147483647L) fail("flags -L/-C: the model would have %ld parameters, more than 2^31 - 1", m->num_parameters);
     for (int i = 0; i < CONFIG_SLOTS - 1; i++) m->config_slots[i] = slots[i];
     m->config_slots[CONFIG_SLOTS - 1] = (int)m->num_parameters;

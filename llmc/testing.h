@@ -289,7 +289,8 @@ inline void check_rerun_identical(Tests& t, ModelBuffers* m, const TrainStep& st
 
 // n steps, a checkpoint after n/2, the rest; then the checkpoint reloaded
 // into wiped buffers and the rest again: losses and parameters must be
-// bit-identical, and the checkpoint's step and generator slots restored.
+// bit-identical, and the checkpoint's step, generator, seed and data size
+// slots restored.
 // on_reload (may be null) restores what the model keeps outside the
 // buffers from the checkpoint (the vision models' dropout seed).
 inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const char* path, const TrainStep& step,
@@ -301,8 +302,13 @@ inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const c
     std::string ckpt = checkpoint_path(dir, half);
     load_params(m, ref.get("params", path).f);
     run_steps(m, ref, path, step, 0, half);
-    CheckpointState s = {m->kind, {0}, half, train_rng, sample_rng, ref.B, ref.T, {0}};
+    CheckpointState s;
+    memset(&s, 0, sizeof(s));
+    s.kind = m->kind;
     memcpy(s.config, m->config_slots, sizeof(s.config));
+    s.step = half; s.train_rng = train_rng; s.sample_rng = sample_rng; s.B = ref.B; s.T = ref.T;
+    s.seed = is_vision_kind(m->kind) ? (int)sample_rng : 1337;  // a vision checkpoint's seed is its second generator slot
+    s.data_size = ref.B * ref.T;                                 // the run's training data: the reference batch
     memcpy(s.image_shape, m->image_shape, sizeof(s.image_shape));
     checkpoint_save(ckpt.c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
     std::vector<float> first = run_steps(m, ref, path, step, half, nsteps - half);
@@ -315,8 +321,9 @@ inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const c
     if (on_reload) on_reload(r);
     std::vector<float> second = run_steps(m, ref, path, step, r.step, nsteps - half);
     std::vector<float> second_params = device_to_vector(m->params_memory, m->num_parameters);
-    bool same = r.step == half && r.train_rng == train_rng && r.sample_rng == sample_rng &&
+    bool same = r.step == half && r.train_rng == train_rng && r.sample_rng == sample_rng && r.seed == s.seed &&
                 !memcmp(r.image_shape, m->image_shape, sizeof(r.image_shape)) &&
+                r.data_size == s.data_size && r.version == MODEL_FORMAT_VERSION &&
                 memcmp(first.data(), second.data(), first.size() * sizeof(float)) == 0 &&
                 memcmp(first_params.data(), second_params.data(), first_params.size() * sizeof(float)) == 0;
     t.check(same, "resume from checkpoint at step %d%s: losses and parameters bit-identical (last loss %.7f vs %.7f)",

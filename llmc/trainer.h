@@ -12,7 +12,9 @@ parse.
 #include <chrono>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <unistd.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <string>
 #include <vector>
@@ -179,29 +181,152 @@ static void print_step(int step, int start_step, int max_steps, float loss, floa
 }
 
 // ----------------------------------------------------------------------------
-// guards
+// the output directory (-o): one run at a time, and nothing there lost
+//
+// A run that trains holds its directory from before it writes anything
+// there until it exits: DIR/run.lock, locked with flock (which the kernel
+// releases however the process ends) and holding the holder's pid, removed
+// at exit. A second run refuses the directory while the first lives; the
+// lock file of a killed run is taken over with a message. A fresh run (no
+// -y) starts only in a directory that holds no run's files; a resume only
+// from a checkpoint that verifies; an evaluation (-x 0) writes its log and
+// model.bin only into a fresh directory. The log is appended to, one whole
+// line at a time (logger.h). Checkpoints the run found are pruned only once
+// it has ended well, so a run that fails leaves every file it found.
 
-// The newest checkpoint in the output directory (may be null), or "none written".
-static std::string last_checkpoint(const char* out_dir) {
-    if (out_dir) {
-        std::vector<int> steps = checkpoint_steps(out_dir);
-        if (!steps.empty()) return checkpoint_path(out_dir, steps.back());
-    }
-    return "none written";
+#define RUN_LOCK_NAME "run.lock"
+
+static int run_lock_fd = -1;
+static std::string run_lock_path;
+
+static void release_run_lock() {
+    if (run_lock_fd < 0) return;
+    unlink(run_lock_path.c_str());  // while still locked: no other run holds this file
+    close(run_lock_fd);
+    run_lock_fd = -1;
 }
 
-// A fresh run (no -y) must not write over another run's checkpoints.
+// the pid a lock file names (0: none)
+static long lock_file_holder(int fd) {
+    char text[32] = {0};
+    ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+    return n > 0 ? atol(text) : 0;
+}
+
+// Holds dir (which exists) for this run, or fails naming the run that does.
+static void take_run_lock(const char* dir) {
+    if (run_lock_fd >= 0) return;
+    std::string path = std::string(dir) + "/" RUN_LOCK_NAME;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) fail("flag -o: cannot create %s (%s)", path.c_str(), strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int err = errno;
+            long holder = lock_file_holder(fd);
+            close(fd);
+            if (err == EWOULDBLOCK)
+                fail("flag -o: %s is in use by another run (pid %ld holds %s); wait for it to end or choose another directory",
+                     dir, holder, path.c_str());
+            fail("flag -o: cannot lock %s (%s)", path.c_str(), strerror(err));
+        }
+        // the holder before may have removed the file between our open and flock: hold the one at path
+        struct stat held, named;
+        if (fstat(fd, &held) != 0 || stat(path.c_str(), &named) != 0 || held.st_ino != named.st_ino ||
+            held.st_dev != named.st_dev) {
+            close(fd);
+            continue;
+        }
+        long stale = lock_file_holder(fd);
+        if (stale > 0)
+            printf("%s: taking it over from pid %ld, which ended without releasing it\n", path.c_str(), stale);
+        char text[32];
+        int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, text, n, 0) != n) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
+        run_lock_fd = fd;
+        run_lock_path = path;
+        static bool registered = false;
+        if (!registered) atexit(release_run_lock);
+        registered = true;
+        return;
+    }
+    fail("flag -o: cannot lock %s: it keeps being replaced", path.c_str());
+}
+
+// whether dir is missing or holds nothing but a lock file
+static bool output_dir_empty(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return errno == ENOENT;
+    bool empty = true;
+    while (struct dirent* e = readdir(d))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, RUN_LOCK_NAME)) empty = false;
+    closedir(d);
+    return empty;
+}
+
+// The files a run leaves in its output directory, which a fresh run must not find there.
 static void check_output_dir_fresh(const char* out_dir) {
-    if (!out_dir) return;
     std::vector<int> steps = checkpoint_steps(out_dir);
     if (!steps.empty())
         fail("flag -o: %s already holds the checkpoints of a run (newest at step %d); resume it with -y 1 or choose another directory",
              out_dir, steps.back());
+    for (const char* name : {"model.bin", "log.jsonl"}) {
+        std::string path = std::string(out_dir) + "/" + name;
+        if (access(path.c_str(), F_OK) == 0)
+            fail("flag -o: %s already holds a run's %s; choose another directory (a fresh run writes over nothing)",
+                 out_dir, name);
+    }
+}
+
+// The directory this run writes into, held (take_run_lock), or null for
+// none. A resume's (-y 1) must exist; a fresh training run's is created if
+// needed and must hold no run's files; an evaluation's (-x 0, evaluates
+// true) is written into only when it is fresh (missing or empty), else the
+// run writes nothing.
+static const char* open_output_dir(const char* out_dir, int resume, bool evaluates) {
+    if (!out_dir) return nullptr;
+    struct stat st;
+    bool exists = stat(out_dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) fail("flag -o: %s is not a directory", out_dir);
+    if (resume) {
+        if (!exists) fail("flag -y: no checkpoint in %s (no such directory)", out_dir);
+        take_run_lock(out_dir);
+        return out_dir;
+    }
+    if (evaluates && !output_dir_empty(out_dir)) {
+        printf("evaluation only (-x 0): %s already holds files; nothing is written there\n", out_dir);
+        return nullptr;
+    }
+    make_dir_or_fail(out_dir);
+    take_run_lock(out_dir);
+    if (evaluates && !output_dir_empty(out_dir)) {  // another run wrote there before we held it
+        printf("evaluation only (-x 0): %s already holds files; nothing is written there\n", out_dir);
+        release_run_lock();
+        return nullptr;
+    }
+    check_output_dir_fresh(out_dir);
+    return out_dir;
+}
+
+// ----------------------------------------------------------------------------
+// guards
+
+// The newest checkpoint in the output directory that passes every check a
+// resume makes (its checksums, finite values) and is older than step
+// `before`, or "none written".
+static std::string last_checkpoint(const char* out_dir, int before = 1 << 30) {
+    if (out_dir) {
+        std::vector<int> steps = checkpoint_steps(out_dir);
+        for (int i = (int)steps.size() - 1; i >= 0; i--) {
+            std::string path = checkpoint_path(out_dir, steps[i]);
+            if (steps[i] < before && checkpoint_problem(path.c_str()).empty()) return path;
+        }
+    }
+    return "none written";
 }
 
 // Stops the run on a non-finite loss or gradient norm. The update was not
 // applied (model_update skips it), and no checkpoint is written after this,
-// so the newest checkpoint in -o is the last good one.
+// so the newest checkpoint in -o that verifies is the last good one.
 static void check_finite(const char* out_dir, int step, float loss, float norm) {
     if (std::isfinite(loss) && std::isfinite(norm)) return;
     fail("step %d: train loss %g, gradient norm %g: stopping; the last good checkpoint is %s", step, loss, norm,
@@ -223,20 +348,29 @@ static void check_params_finite(ModelBuffers* m, const char* out_dir, int step) 
 // ----------------------------------------------------------------------------
 // files
 
-// Writes out_dir's checkpoint of this step (the last 3 are kept). The two
-// generator slots hold what the task needs to resume (see the loops).
+// Writes out_dir's checkpoint of this step and prunes all but the newest 3,
+// but never one in `found` (the checkpoints there when the run started,
+// which stay until it ends well). The two generator slots hold what the
+// task needs to resume (see the loops); seed and data_size are the run's
+// seed and the size of its training data, which a resume must match.
 static void save_checkpoint(ModelBuffers* m, const char* out_dir, int step, uint64_t train_rng, uint64_t sample_rng,
-                            int B, int T) {
+                            int B, int T, int seed, long data_size, const std::vector<int>& found) {
     check_params_finite(m, out_dir, step);
-    CheckpointState s = {m->kind, {0}, step, train_rng, sample_rng, B, T, {0}};
+    CheckpointState s;
+    memset(&s, 0, sizeof(s));
+    s.kind = m->kind;
     memcpy(s.config, m->config_slots, sizeof(s.config));
+    s.step = step; s.train_rng = train_rng; s.sample_rng = sample_rng; s.B = B; s.T = T;
+    s.seed = seed;
+    s.data_size = (int)data_size;
     memcpy(s.image_shape, m->image_shape, sizeof(s.image_shape));
     checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
-    checkpoint_prune(out_dir, 3);
+    checkpoint_prune(out_dir, 3, found);
 }
 
 // Loads the newest checkpoint in out_dir into the model's parameters and
-// moments; returns its state and path (the caller checks B and T).
+// moments; returns its state and path (the caller checks B and T, the seed
+// and the data, the steps).
 static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_dir, std::string* path) {
     std::vector<int> steps = checkpoint_steps(out_dir);
     if (steps.empty()) fail("flag -y: no checkpoint in %s", out_dir);
@@ -244,9 +378,30 @@ static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_d
     s.kind = m->kind;
     memcpy(s.config, m->config_slots, sizeof(s.config));
     *path = checkpoint_path(out_dir, steps.back());
+    std::string problem = checkpoint_problem(path->c_str());
+    if (!problem.empty()) fail("%s; the last good checkpoint is %s", problem.c_str(), last_checkpoint(out_dir, steps.back()).c_str());
     checkpoint_load(path->c_str(), &s, m->slot_names, m->params_memory, m->m_memory, m->v_memory);
     printf("resumed from %s at step %d\n", path->c_str(), s.step);
     return s;
+}
+
+// What a resume checks of its checkpoint beyond the model: the run's seed
+// (a seed given with -r must be the run's), the training data (its size:
+// the data position of a step depends on it) and the steps (-x, or -E with
+// the vision trainers, must go past the checkpoint's). seed is the
+// checkpoint's seed (-1: not recorded), data_what names the data,
+// steps_flag the flag that set max_steps.
+static void check_resume(const char* path, const CheckpointState* s, int seed, bool seed_given, int given_seed,
+                         long data_size, const char* data_path, const char* data_what, int max_steps,
+                         const char* steps_flag) {
+    if (seed_given && seed >= 0 && given_seed != seed)
+        fail("flag -r: %d, but %s continues a run of seed %d; leave -r out to resume it", given_seed, path, seed);
+    if (s->data_size > 0 && s->data_size != data_size)
+        fail("%s: written for training data of %d %s, but %s has %ld; a resume must see the same data", path,
+             s->data_size, data_what, data_path, data_size);
+    if (max_steps <= s->step)
+        fail("flag %s: the run ends at step %d, but %s is at step %d; a resume trains past its checkpoint", steps_flag,
+             max_steps, path, s->step);
 }
 
 // out_dir/model.bin, after checking the parameters are finite
@@ -276,16 +431,27 @@ static void load_model_file(ModelBuffers* m, const char* path) {
 #define DEFAULT_PRESET PRESET_CPU
 #endif
 
+// The value of the last `flag` among the arguments (null: not given),
+// read as the flag parsers read them: "-x value" pairs, and -h alone, so
+// that a value that reads like a flag (a prompt "-S", a path) is not taken
+// for one. For what must be known before the flags are parsed (-S).
+static const char* find_flag(int argc, char** argv, const char* flag) {
+    const char* value = nullptr;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) continue;
+        if (i + 1 < argc && !strcmp(argv[i], flag)) value = argv[i + 1];
+        i++;  // the value
+    }
+    return value;
+}
+
 // the preset named by -S among the arguments, else the backend's default
 static int find_preset(int argc, char** argv) {
-    int preset = DEFAULT_PRESET;
-    for (int i = 1; i + 1 < argc; i++) {
-        if (strcmp(argv[i], "-S")) continue;
-        if (!strcmp(argv[i + 1], "seed")) preset = PRESET_SEED;
-        else if (!strcmp(argv[i + 1], "cpu")) preset = PRESET_CPU;
-        else fail("flag -S: '%s' is not a preset (seed or cpu)", argv[i + 1]);
-    }
-    return preset;
+    const char* name = find_flag(argc, argv, "-S");
+    if (!name) return DEFAULT_PRESET;
+    if (!strcmp(name, "seed")) return PRESET_SEED;
+    if (!strcmp(name, "cpu")) return PRESET_CPU;
+    fail("flag -S: '%s' is not a preset (seed or cpu)", name);
 }
 
 // A data file that is missing: one line that names it and, for the default
@@ -327,7 +493,7 @@ template <typename Config> static bool parse_shared_flag(Config* c, char letter,
         case 'q': c->final_frac = parse_float_flag(f, v, 0.0f, 1.0f); return true;
         case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); return true;
         case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); return true;
-        case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); return true;
+        case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); c->seed_given = 1; return true;
         case 'L': c->L = parse_int_flag(f, v, 1, 1024); return true;
         case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); return true;
         case 'H': c->H = parse_int_flag(f, v, 1, 1024); return true;

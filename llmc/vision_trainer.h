@@ -51,6 +51,8 @@ typedef struct {
     int eval_batches;        // -m, 0 = all
     int print_every;         // -s, step lines
     int seed;                // -r
+    int seed_given;          // -r was given
+    int patch_given;         // -P was given (with -e it must be the file's)
     int L, C, H, F, patch;   // model shape (-L -C -H -F -P; each model uses what it has)
     const char* mixer;       // -M (the Mamba-ViT's): "uni" one mixer per block, "bi" bidirectional blocks
     int augment;             // -A: 0 switches every transform off
@@ -132,11 +134,15 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
     c->L = p.L; c->C = p.C; c->B = p.B; c->epochs = p.epochs; c->max_steps = p.max_steps; c->warmup = p.warmup;
     c->lr = p.lr; c->grad_clip = p.grad_clip; c->dropout = p.dropout; c->augment = p.augment;
     VisionTrainConfig defaults = *c;
+    bool steps_given = false, epochs_given = false;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
         char letter = next_flag(argc, argv, &i, "LCHFPM", allowed, &v);
         if (letter == 'h') vision_usage(argv[0], &defaults, model_flags, 0);
+        if (letter == 'x') steps_given = true;
+        if (letter == 'E') epochs_given = true;
+        if (letter == 'P') c->patch_given = 1;
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->test_path = v; break;
@@ -164,6 +170,9 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
         }
     }
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
+    // a run's length is -x steps or -E epochs, whichever is given (a preset may set either)
+    if (steps_given && epochs_given) fail("flags -x and -E: give one, the steps (-x) or the epochs (-E)");
+    if (epochs_given) c->max_steps = -1;
     if (!c->augment) {
         c->aug.flip = 0; c->aug.crop_pad = 0;
         c->aug.rotate_deg = c->aug.erase_p = c->aug.perspective_p = 0.0f;
@@ -214,6 +223,9 @@ static void check_model_images(const VisionTrainConfig* c, int patch, int classe
     if (!image_shape_equal(shape, image_shape_of(train)))
         fail("%s: a model for images of %d x %d x %d, but %s has %d x %d x %d", c->init_path, shape.channels,
              shape.height, shape.width, c->train_path, train->channels, train->height, train->width);
+    if (c->patch_given && c->patch != patch)
+        fail("flag -P: %d, but %s has patch_size %d; with -e the model file decides the shape (leave -P out)", c->patch,
+             c->init_path, patch);
     check_patch_size(c->init_path, patch, train);
     if (classes != train->classes) fail("%s: a model for %d classes, but %s has %d", c->init_path, classes, c->train_path, train->classes);
 }
@@ -299,10 +311,8 @@ static int count_correct(const float* logits, const int* labels, int B, int K) {
 // one evaluation line of log.jsonl, with the epoch (dev/plot.py draws test_acc against it):
 //   {"step": 780, "epoch": 10, "test_loss": 0.41, "test_acc": 86.5, "elapsed_s": 130.2}
 static void log_test(Logger* lg, int step, double epoch, float test_loss, float test_acc, double elapsed) {
-    if (!lg->f) return;
-    fprintf(lg->f, "{\"step\": %d, \"epoch\": %.6g, \"test_loss\": %.6f, \"test_acc\": %.4f, \"elapsed_s\": %.3f}\n",
-            step, epoch, test_loss, test_acc, elapsed);
-    fflush(lg->f);
+    logger_write(lg, "{\"step\": %d, \"epoch\": %.6g, \"test_loss\": %s, \"test_acc\": %s, \"elapsed_s\": %.3f}\n",
+                 step, epoch, json_number("%.6f", test_loss).c_str(), json_number("%.4f", test_acc).c_str(), elapsed);
 }
 
 // "epoch 3/20 (step 234): train loss 1.234567 | test loss 1.100000 | test acc 56.20% | 812 images/s | 1m12s";
@@ -369,8 +379,8 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     rng_seed(&aug_rng, vc->seed);
     uint64_t seed = vc->seed;
     int start_step = 0;
-    if (vc->out_dir) make_dir_or_fail(vc->out_dir);
-    if (!vc->resume) check_output_dir_fresh(vc->out_dir);
+    const char* out_dir = open_output_dir(vc->out_dir, vc->resume, max_steps == 0);  // null: the run writes nowhere
+    std::vector<int> found_steps = out_dir ? checkpoint_steps(out_dir) : std::vector<int>();
     if (vc->resume) {
         std::string path;
         CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
@@ -380,6 +390,8 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         if (!image_shape_equal(written, shape))
             fail("%s: written for images of %d x %d x %d, but %s has %d x %d x %d", path.c_str(), written.channels,
                  written.height, written.width, vc->train_path, shape.channels, shape.height, shape.width);
+        check_resume(path.c_str(), &s, (int)s.sample_rng, vc->seed_given, vc->seed, train->count, vc->train_path,
+                     "images", max_steps, vc->max_steps >= 0 ? "-x" : "-E");
         aug_rng.state = s.train_rng;
         seed = s.sample_rng;
         start_step = s.step;
@@ -394,7 +406,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
            test->count);
 
     Logger logger;
-    logger_open(&logger, vc->out_dir, start_step);
+    logger_open(&logger, out_dir, start_step);
     VisionBatcher vb;
     vision_batcher_init(&vb, m->batch_size, image_shape_of(train));
     StepRunner runner;
@@ -416,8 +428,8 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
             window_seconds = window_loss = 0.0;
             window_steps = 0;
         }
-        if (vc->out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
-            save_checkpoint(m, vc->out_dir, step, aug_rng.state, seed, vc->B, T);
+        if (out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
+            save_checkpoint(m, out_dir, step, aug_rng.state, seed, vc->B, T, (int)seed, train->count, found_steps);
         if (last) break;
 
         NVTX_RANGE("step");
@@ -436,7 +448,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
             vision_backward(model, vc->B);
         });
         m->in_train_step = 0;
-        check_finite(vc->out_dir, step + 1, m->mean_loss, norm);
+        check_finite(out_dir, step + 1, m->mean_loss, norm);
         step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
@@ -449,7 +461,10 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     }
     step_runner_free(&runner, m);
     logger_close(&logger);
-    if (vc->out_dir) save_model_file(m, vc->out_dir, max_steps);
+    if (out_dir) {
+        save_model_file(m, out_dir, max_steps);
+        checkpoint_prune(out_dir, 3, std::vector<int>());  // the run ended well: the ones it found may go too
+    }
     printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - run_start);
     vision_batcher_free(&vb);
     return 0;

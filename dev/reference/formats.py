@@ -2,8 +2,9 @@
 Readers and writers for the project's binary file formats.
 
 Every file starts with a header of 256 little-endian int32 (1024 bytes):
-header[0] is the magic number, header[1] the format version (1), and the
-slots that a format does not use are 0. What follows depends on the magic:
+header[0] is the magic number, header[1] the format version (1; 2 for
+model files and checkpoints, which add checksums), and the slots that a
+format does not use are 0. What follows depends on the magic:
 
 tokens (20261101)
     header[2] = N tokens, header[3] = vocab size V; then N uint16 tokens.
@@ -19,8 +20,11 @@ model (20261103)
     mamba_vit and mamba_vit_bi: patch, K, L, C, E, N, P; hybrid: maxT, V, C,
     H, F, pattern, P); header[24..26] = the image shape of a vision model
     (channels, height, width; 0 0 0, in files written before these slots,
-    means 3 x 32 x 32; the config dict's "image"); then P float32 parameters
-    in the flat-buffer order.
+    means 3 x 32 x 32; the config dict's "image"); version 2: header[20] =
+    CRC-32C of everything after the header, header[21] = CRC-32C of the
+    header with header[21] = 0 (both uint32); then P float32 parameters in
+    the flat-buffer order. Version 1 files (no checksums) are read with a
+    warning.
 reference state (20261104)
     header[2] = model kind, header[3..9] = config as in the model file,
     header[10] = B, header[11] = T, header[12] = K named tensors,
@@ -36,24 +40,40 @@ images (20261106)
     CIFAR-10 binary record layout). File length is exactly
     1024 + N * (1 + Cc*H*W).
 
+checkpoint (20261105)
+    kind and config as a model file, header[10] = step, [11..12] and
+    [13..14] the data and sampling generators' uint64 states (low word
+    first; a vision checkpoint: the augmentation generator, and the seed),
+    [15] = B, [16] = T; version 2: [17] = the run's seed, [18] = the size
+    of its training data (tokens or images), [20] and [21] the checksums
+    as in a model file; then P parameters, P AdamW first moments, P second
+    moments (float32).
+
 Readers validate everything they can (magic, version, counts, unused slots,
-sizes against the file length) and raise ValueError with one line that names
-the file and what is wrong.
+checksums, sizes against the file length) and raise ValueError with one
+line that names the file and what is wrong.
 
 The flat parameter layout of each model also lives here (gpt_param_layout,
 mamba_param_layout, vit_param_layout, mamba_vit_param_layout), because the
 model file and the C++ trainers depend on it.
 """
 
+import json
 import math
 import os
 import struct
+import sys
 
 import numpy as np
 
 HEADER_INTS = 256
 HEADER_BYTES = 4 * HEADER_INTS
 VERSION = 1
+MODEL_VERSION = 2  # model files and checkpoints: version 2 adds the checksums
+SLOT_SEED = 17  # checkpoints, version 2
+SLOT_DATA_SIZE = 18
+SLOT_BODY_CRC = 20  # version 2: CRC-32C of everything after the header
+SLOT_HEADER_CRC = 21  # version 2: CRC-32C of the header with this slot 0
 
 MAGIC_TOKENS = 20261101
 MAGIC_VOCAB = 20261102
@@ -352,8 +372,8 @@ def _new_header(magic):
     return header
 
 
-def _read_file(path, magic, what):
-    """Reads the whole file, checks length >= header, magic and version."""
+def _read_file(path, magic, what, max_version=VERSION):
+    """Reads the whole file, checks length >= header, magic and version (1..max_version)."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < HEADER_BYTES:
@@ -361,9 +381,113 @@ def _read_file(path, magic, what):
     header = np.frombuffer(data, dtype="<i4", count=HEADER_INTS)
     if header[0] != magic:
         _fail(path, f"bad magic {int(header[0])}, expected {magic} ({what} file)")
-    if header[1] != VERSION:
-        _fail(path, f"unsupported {what} file version {int(header[1])}, expected {VERSION}")
+    if not 1 <= header[1] <= max_version:
+        _fail(path, f"unsupported {what} file version {int(header[1])}, expected 1 to {max_version}")
     return data, header
+
+
+# -----------------------------------------------------------------------------
+# CRC-32C (Castagnoli), the checksum of model files and checkpoints: the same
+# values as llmc/utils.h's crc32c (crc32c(b"123456789") == 0xE3069283)
+
+
+def _crc32c_table():
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    """
+    CRC-32C of a bytes-like object. Large inputs are split into K chunks of
+    n bytes whose CRCs are computed side by side (numpy, n steps); the CRC is
+    linear, so the chunks' CRCs are then combined in order, each step
+    advancing the running value over n zero bytes (a table per register
+    byte) before adding the next chunk's. The initial value 0xFFFFFFFF is
+    folded into the first four bytes (the same as starting from it).
+    """
+    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    table = _CRC_TABLE
+    if len(buf) < 4096:
+        r = 0xFFFFFFFF
+        tl = table.tolist()
+        for b in buf.tolist():
+            r = tl[(r ^ b) & 0xFF] ^ (r >> 8)
+        return r ^ 0xFFFFFFFF
+    buf = buf.copy()
+    buf[:4] ^= 0xFF
+    n = max(64, math.isqrt(len(buf)))
+    K = len(buf) // n
+    columns = np.ascontiguousarray(buf[:K * n].reshape(K, n).T)  # (n, K): byte j of every chunk
+    r = np.zeros(K, dtype=np.uint32)
+    for j in range(n):
+        r = table[(r ^ columns[j]) & 0xFF] ^ (r >> 8)
+    # the register advanced over n zero bytes, tabled per register byte: shift[k][b] for the value b << 8k
+    s = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]).reshape(-1)
+    for _ in range(n):
+        s = table[s & 0xFF] ^ (s >> 8)
+    s0, s1, s2, s3 = (row.tolist() for row in s.reshape(4, 256))
+    total = 0
+    for c in r.tolist():
+        total = s0[total & 0xFF] ^ s1[(total >> 8) & 0xFF] ^ s2[(total >> 16) & 0xFF] ^ s3[total >> 24] ^ c
+    tl = table.tolist()
+    for b in buf[K * n:].tolist():
+        total = tl[(total ^ b) & 0xFF] ^ (total >> 8)
+    return total ^ 0xFFFFFFFF
+
+
+def _header_crc(header):
+    h = np.array(header, dtype="<i4")
+    h[SLOT_HEADER_CRC] = 0
+    return crc32c(h.tobytes())
+
+
+def _seal(header, body):
+    """Stores the version 2 checksums of a model file's or checkpoint's body in its header."""
+    header.view("<u4")[SLOT_BODY_CRC] = crc32c(body)
+    header.view("<u4")[SLOT_HEADER_CRC] = _header_crc(header)
+
+
+def _verify(path, header, data, what):
+    """Checks a version 2 file's checksums; a version 1 file gets a one-line warning on stderr."""
+    if header[1] < 2:
+        print(f"warning: {path}: a {what} of format version 1, written before checksums; read without verifying it",
+              file=sys.stderr)
+        return
+    h = header.view("<u4")
+    if h[SLOT_HEADER_CRC] != _header_crc(header):
+        _fail(path, f"the header's checksum does not match (header[{SLOT_HEADER_CRC}]): the file is corrupt")
+    if h[SLOT_BODY_CRC] != crc32c(data[HEADER_BYTES:]):
+        _fail(path, f"the checksum of what follows the header does not match (header[{SLOT_BODY_CRC}]): the file is corrupt")
+
+
+def _check_finite(path, values, what):
+    bad = np.nonzero(~np.isfinite(values))[0]
+    if len(bad) > 0:
+        _fail(path, f"{what} {int(bad[0])} is {values[bad[0]]}")
+
+
+def _check_model_slots(path, header, first_used_end, kind):
+    """The slots of a model file or checkpoint that its version leaves 0 (from first_used_end on)."""
+    if header[1] >= 2:
+        _check_zero_range(path, header, first_used_end, SLOT_BODY_CRC)
+        _check_unused_zero(path, header, SLOT_HEADER_CRC + 1, kind)
+    else:
+        _check_unused_zero(path, header, first_used_end, kind)
+
+
+def _check_zero_range(path, header, start, end):
+    nz = np.nonzero(header[start:end])[0]
+    if len(nz) > 0:
+        i = start + int(nz[0])
+        _fail(path, f"header[{i}] = {int(header[i])}, expected 0 (unused slot)")
 
 
 def _check_unused_zero(path, header, first_unused, kind=None):
@@ -578,29 +702,36 @@ def read_vocab(path):
 
 
 def write_model(path, kind, config, params):
-    """Writes a model file. config is a dict with the kind's CONFIG_FIELDS."""
+    """Writes a model file (version 2, with checksums). config is a dict with the kind's CONFIG_FIELDS."""
     slots = _config_to_slots(kind, config)
     _validate_config(path, kind, _plain_config(config))
     params = np.asarray(params, dtype="<f4").reshape(-1)
     if len(params) != config["P"]:
         raise ValueError(f"{path}: {len(params)} parameters given, config says P = {config['P']}")
     header = _new_header(MAGIC_MODEL)
+    header[1] = MODEL_VERSION
     header[2] = kind
     header[CONFIG_SLOT0:CONFIG_SLOT0 + CONFIG_SLOTS] = slots
     header[IMAGE_SLOT0:IMAGE_SLOT0 + IMAGE_SLOTS] = _image_slots(kind, config)
-    _write_file(path, [header.tobytes(), params.tobytes()])
+    body = params.tobytes()
+    _seal(header, body)
+    _write_file(path, [header.tobytes(), body])
 
 
 def read_model(path):
     """Returns (kind, config dict, params as float32 numpy array)."""
-    data, header = _read_file(path, MAGIC_MODEL, "model")
+    data, header = _read_file(path, MAGIC_MODEL, "model", MODEL_VERSION)
+    if header[1] >= 2 and header.view("<u4")[SLOT_HEADER_CRC] != _header_crc(header):
+        _fail(path, f"the header's checksum does not match (header[{SLOT_HEADER_CRC}]): the file is corrupt")
     kind, config = _read_config(path, header)
-    _check_unused_zero(path, header, CONFIG_SLOT0 + CONFIG_SLOTS, kind)
+    _check_model_slots(path, header, CONFIG_SLOT0 + CONFIG_SLOTS, kind)
     P = config["P"]
     expected = HEADER_BYTES + 4 * P
     if len(data) != expected:
         _fail(path, f"file is {len(data)} bytes, expected {expected} for P = {P} float32 parameters")
+    _verify(path, header, data, "model file")
     params = np.frombuffer(data, dtype="<f4", offset=HEADER_BYTES, count=P)
+    _check_finite(path, params, "parameter")
     return kind, config, params
 
 
@@ -716,13 +847,19 @@ MAGIC_CHECKPOINT = 20261105
 
 def read_checkpoint(path):
     """
-    Returns a dict: kind, config, step, B, T, params, m, v (float32 arrays).
-    Layout: header (kind and config as a model file; [10] step; [11..12] and
-    [13..14] the data and sampling generators' uint64 states; [15] B;
-    [16] T; [24..26] a vision model's image shape, in config["image"]), then P parameters, P AdamW first moments, P second moments.
+    Returns a dict: kind, config, step, B, T, seed and data_size (None in a
+    version 1 file), params, m, v (float32 arrays). Layout: header (kind and
+    config as a model file; [10] step; [11..12] and [13..14] the data and
+    sampling generators' uint64 states; [15] B; [16] T; version 2: [17] the
+    run's seed, [18] its training data's size, [20..21] the checksums;
+    [24..26] a vision model's image shape, in config["image"]), then P
+    parameters, P AdamW first moments, P second moments.
     """
-    data, header = _read_file(path, MAGIC_CHECKPOINT, "checkpoint")
+    data, header = _read_file(path, MAGIC_CHECKPOINT, "checkpoint", MODEL_VERSION)
+    if header[1] >= 2 and header.view("<u4")[SLOT_HEADER_CRC] != _header_crc(header):
+        _fail(path, f"the header's checksum does not match (header[{SLOT_HEADER_CRC}]): the file is corrupt")
     kind, config = _read_config(path, header)
+    _check_model_slots(path, header, SLOT_DATA_SIZE + 1 if header[1] >= 2 else 17, kind)
     P = config["P"]
     expected = HEADER_BYTES + 12 * P
     if len(data) != expected:
@@ -730,9 +867,73 @@ def read_checkpoint(path):
     step, B, T = int(header[10]), int(header[15]), int(header[16])
     if step < 0 or B < 1 or T < 1:
         _fail(path, f"bad step {step} or batch {B} x {T}")
+    seed = int(header[SLOT_SEED]) if header[1] >= 2 else None
+    data_size = int(header[SLOT_DATA_SIZE]) if header[1] >= 2 else None
+    if header[1] >= 2 and (seed < 0 or data_size < 1):
+        _fail(path, f"bad seed {seed} or training data size {data_size}")
+    _verify(path, header, data, "checkpoint")
     arrays = np.frombuffer(data, dtype="<f4", offset=HEADER_BYTES, count=3 * P).reshape(3, P)
-    return {"kind": kind, "config": config, "step": step, "B": B, "T": T,
+    for values, what in zip(arrays, ("parameter", "AdamW first moment", "AdamW second moment")):
+        _check_finite(path, values, what)
+    return {"kind": kind, "config": config, "step": step, "B": B, "T": T, "seed": seed, "data_size": data_size,
             "params": arrays[0], "m": arrays[1], "v": arrays[2]}
+
+
+def write_checkpoint(path, kind, config, step, train_rng, sample_rng, B, T, seed, data_size, params, m, v):
+    """
+    Writes a checkpoint (version 2, with checksums) in the trainers' layout:
+    train_rng and sample_rng are the two uint64 generator slots (a vision
+    checkpoint: the augmentation generator, and the seed).
+    """
+    slots = _config_to_slots(kind, config)
+    _validate_config(path, kind, _plain_config(config))
+    arrays = [np.asarray(a, dtype="<f4").reshape(-1) for a in (params, m, v)]
+    if any(len(a) != config["P"] for a in arrays):
+        raise ValueError(f"{path}: parameters and moments must have P = {config['P']} values each")
+    header = _new_header(MAGIC_CHECKPOINT)
+    header[1] = MODEL_VERSION
+    header[2] = kind
+    header[CONFIG_SLOT0:CONFIG_SLOT0 + CONFIG_SLOTS] = slots
+    u = header.view("<u4")
+    header[10] = step
+    u[11], u[12] = train_rng & 0xFFFFFFFF, train_rng >> 32
+    u[13], u[14] = sample_rng & 0xFFFFFFFF, sample_rng >> 32
+    header[15], header[16] = B, T
+    header[SLOT_SEED], header[SLOT_DATA_SIZE] = seed, data_size
+    header[IMAGE_SLOT0:IMAGE_SLOT0 + IMAGE_SLOTS] = _image_slots(kind, config)
+    body = b"".join(a.tobytes() for a in arrays)
+    _seal(header, body)
+    _write_file(path, [header.tobytes(), body])
+
+
+# -----------------------------------------------------------------------------
+# logs (log.jsonl)
+
+
+def read_log(path):
+    """
+    The lines of a trainer's log.jsonl (a path or a run directory) as dicts,
+    as one run: a {"resume_step": S} line (a resumed run starts there)
+    drops the training lines before it whose step is above S and the
+    evaluation lines whose step is S or above, and is itself left out.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "log.jsonl")
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                _fail(path, f"line {n} is not JSON")
+            if "resume_step" in row:
+                S = row["resume_step"]
+                rows = [r for r in rows if (r["step"] <= S if "train_loss" in r else r["step"] < S)]
+            else:
+                rows.append(row)
+    return rows
 
 
 # -----------------------------------------------------------------------------
