@@ -45,8 +45,6 @@ that loads wrong.
 #include "utils.h"
 
 #define CONFIG_SLOTS 7
-#define IMAGE_SHAPE_SLOT 24  // header[24..26]: a vision model's image shape (channels, height, width); 0 0 0: 3 x 32 x 32
-#define IMAGE_SHAPE_SLOTS 3
 #define SLOT_SEED 17        // checkpoints, version 2: the run's seed
 #define SLOT_DATA_SIZE 18   // checkpoints, version 2: the size of the training data
 #define SLOT_BODY_CRC 20    // version 2: CRC-32C of everything after the header

@@ -53,12 +53,8 @@ inline void token_data_parse(TokenData* d, const char* path, const unsigned char
 
 // the header first, checked against the file's size, then the whole file
 inline void token_data_load(TokenData* d, const char* path) {
-    int header[HEADER_INTS];
-    long size = read_file_header(path, "tokens", header);
-    check_magic_version(path, header, MAGIC_TOKENS, "tokens", FORMAT_VERSION);
-    token_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes, size);
+    read_checked_file(path, "tokens", MAGIC_TOKENS, token_header_check, &bytes);
     token_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 
@@ -161,12 +157,8 @@ inline void vocab_parse(Vocab* v, const char* path, const unsigned char* data, l
 
 // the header first, checked against the file's size, then the whole file
 inline void vocab_load(Vocab* v, const char* path) {
-    int header[HEADER_INTS];
-    long size = read_file_header(path, "vocabulary", header);
-    check_magic_version(path, header, MAGIC_VOCAB, "vocabulary", FORMAT_VERSION);
-    vocab_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes, size);
+    read_checked_file(path, "vocabulary", MAGIC_VOCAB, vocab_header_check, &bytes);
     vocab_parse(v, path, bytes.data(), (long)bytes.size());
 }
 

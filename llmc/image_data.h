@@ -66,12 +66,8 @@ inline void image_data_parse(ImageData* d, const char* path, const unsigned char
 
 // the header first, checked against the file's size, then the whole file
 inline void image_data_load(ImageData* d, const char* path) {
-    int header[HEADER_INTS];
-    long size = read_file_header(path, "CIFAR-layout images", header);
-    check_magic_version(path, header, MAGIC_IMAGES, "CIFAR-layout images", FORMAT_VERSION);
-    image_header_check(path, header, size);
     std::vector<unsigned char> bytes;
-    read_whole_file(path, &bytes, size);
+    read_checked_file(path, "CIFAR-layout images", MAGIC_IMAGES, image_header_check, &bytes);
     image_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 

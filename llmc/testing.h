@@ -84,7 +84,7 @@ struct RefState {
     int kind;
     int config[7];
     int B, T;
-    int image_shape[3];  // header[24..26]: a vision state's images (channels, height, width); 0 0 0: 3 x 32 x 32
+    int image_shape[IMAGE_SHAPE_SLOTS];  // header[24..26]: a vision state's images (channels, height, width); 0 0 0: 3 x 32 x 32
     std::map<std::string, RefTensor> tensors;
     const RefTensor& get(const char* name, const char* path) const {
         auto it = tensors.find(name);
@@ -99,7 +99,7 @@ inline void ref_state_parse(RefState* s, const char* path, const unsigned char* 
     s->kind = header[2];
     for (int i = 0; i < 7; i++) s->config[i] = header[3 + i];
     s->B = header[10]; s->T = header[11];
-    for (int i = 0; i < 3; i++) s->image_shape[i] = header[20 + i];
+    for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) s->image_shape[i] = header[IMAGE_SHAPE_SLOT + i];
     int K = header[12];
     if (K < 1) fail("%s: holds %d tensors", path, K);
     if (s->B < 1 || s->T < 1) fail("%s: batch %d x %d is not positive", path, s->B, s->T);

@@ -36,6 +36,8 @@ helpers shared by the trainers.
 #define MODEL_HYBRID 5
 #define MODEL_GPT_PLUS 6  // train_gpt_plus (Transformer++)
 #define MODEL_MAMBA_VIT_BI 7  // train_mamba_vit -M bi (the bidirectional Mamba-ViT)
+#define IMAGE_SHAPE_SLOT 24  // header[24..26]: a vision model's image shape (channels, height, width); 0 0 0: 3 x 32 x 32
+#define IMAGE_SHAPE_SLOTS 3
 
 // Where fail() goes: by default it prints one line "error: ..." and exits
 // with status 1. A fuzzing harness sets fail_hook to turn the failure into
@@ -164,6 +166,18 @@ inline void check_magic_version(const char* path, const int* header, int magic, 
         if (max_version == 1) fail("%s: %s format version %d, this program reads version 1", path, what, header[1]);
         fail("%s: %s format version %d, this program reads versions 1 to %d", path, what, header[1], max_version);
     }
+}
+
+// A data file (version 1) read header first: its magic and version, then
+// header_check(path, header, size) of its slots against the file's size,
+// before the whole file is read into bytes.
+template <typename F>
+inline void read_checked_file(const char* path, const char* what, int magic, F header_check, std::vector<unsigned char>* bytes) {
+    int header[HEADER_INTS];
+    long size = read_file_header(path, what, header);
+    check_magic_version(path, header, magic, what, FORMAT_VERSION);
+    header_check(path, header, size);
+    read_whole_file(path, bytes, size);
 }
 
 // Checks magic and version of a file in memory and copies its header out.

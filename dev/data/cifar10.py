@@ -64,6 +64,7 @@ import numpy as np
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
 import formats  # noqa: E402
+from checks import Checks  # noqa: E402
 from fetch import fetch  # noqa: E402
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -354,12 +355,7 @@ def noise_entropy_bits(noise):
 
 def selftest():
     """Fabricates official-layout files, runs the readers on them, checks everything; 'N passed, M failed'."""
-    passed = failed = 0
-
-    def check(ok, what):
-        nonlocal passed, failed
-        print(("ok   " if ok else "FAIL ") + what)
-        passed, failed = passed + ok, failed + (not ok)
+    check = Checks()
 
     rng = np.random.default_rng(5)
     w = tempfile.mkdtemp()
@@ -525,8 +521,7 @@ def selftest():
         check(flipped[1].shape == (1000, 3, 32, 32) and flipped[1].dtype == np.uint8, "synthetic images are 3x32x32 uint8")
     finally:
         shutil.rmtree(w)
-    print(f"{passed} passed, {failed} failed")
-    return failed == 0
+    return check.summary()
 
 
 # -----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, HERE)
 import cifar10  # noqa: E402  (write_pixels: the pixel-token files)
 import formats  # noqa: E402
+from checks import Checks  # noqa: E402
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 PACKAGE = "dataset-fashion-mnist"
@@ -160,12 +161,7 @@ def idx_labels_bytes(labels, magic=IDX_LABELS):
 
 def selftest():
     """Fabricated IDX files through the reader and the writers, bad ones refused; 'N passed, M failed'."""
-    passed = failed = 0
-
-    def check(cond, what):
-        nonlocal passed, failed
-        print(("ok   " if cond else "FAIL ") + what)
-        passed, failed = passed + bool(cond), failed + (not cond)
+    check = Checks()
 
     rng = np.random.default_rng(0)
     counts = {"train": 7, "test": 3}
@@ -213,8 +209,7 @@ def selftest():
             check(False, "a missing directory: accepted")
         except DataError as e:
             check(PACKAGE in str(e) and "train-images-idx3-ubyte" in str(e), f"a missing file refused: {e}")
-    print(f"{passed} passed, {failed} failed")
-    return failed == 0
+    return check.summary()
 
 
 def main():

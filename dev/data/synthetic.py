@@ -35,6 +35,9 @@ import sys
 
 import numpy as np
 
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
+from checks import Checks  # noqa: E402
+
 MAGIC = 20261107
 VERSION = 1
 HEADER_INTS = 256
@@ -131,12 +134,7 @@ def make(task, rng, count, T, K, V):
 
 def selftest():
     import tempfile
-    ok = fails = 0
-
-    def check(cond, msg):
-        nonlocal ok, fails
-        print(("ok   " if cond else "FAIL ") + msg)
-        ok, fails = ok + bool(cond), fails + (not cond)
+    check = Checks()
 
     rng = np.random.default_rng(0)
     x, y = selective_copy(rng, 50, 64, 8, 16)
@@ -173,8 +171,7 @@ def selftest():
                 check(False, f"bad file ({name}) refused")
             except TaskFileError as e:
                 check(True, f"bad file ({name}) refused: {str(e).replace(p, 'FILE')}")
-    print(f"{ok} passed, {fails} failed")
-    return fails == 0
+    return check.summary()
 
 
 def main():
