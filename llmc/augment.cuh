@@ -49,16 +49,27 @@ __global__ void flip_kernel(float* out, const float* in, const int* flip, int B,
     out[idx] = in[row * W + (flip[b] ? W - 1 - x : x)];
 }
 
+// The element idx of a (B, Cc, H, W) batch: column x, row y, its plane
+// (b, c) as one index, and the image b.
+typedef struct { int x, y; long plane; int b; } PixelIndex;
+__device__ __forceinline__ PixelIndex pixel_index(long idx, int Cc, int H, int W) {
+    PixelIndex p;
+    p.x = idx % W;
+    p.y = (idx / W) % H;
+    p.plane = idx / ((long)H * W);
+    p.b = p.plane / Cc;
+    return p;
+}
+
 // Random crop of the zero-padded image: offsets (B, 2) = (top, left) in the
 // padded image, each in [0, 2*pad]; out[b,c,y,x] = in[b,c,y+top-pad,x+left-pad],
 // 0 outside the image. One thread per output element.
 __global__ void crop_kernel(float* out, const float* in, const int* offsets, int pad, int B, int Cc, int H, int W) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)B * Cc * H * W) return;
-    int x = idx % W;
-    int y = (idx / W) % H;
-    long plane = idx / ((long)H * W);  // (b, c)
-    int b = plane / Cc;
+    PixelIndex p = pixel_index(idx, Cc, H, W);
+    int x = p.x, y = p.y, b = p.b;
+    long plane = p.plane;
     int sy = y + offsets[2 * b] - pad, sx = x + offsets[2 * b + 1] - pad;
     out[idx] = (sy >= 0 && sy < H && sx >= 0 && sx < W) ? in[(plane * H + sy) * W + sx] : 0.0f;
 }
@@ -86,10 +97,9 @@ __device__ __forceinline__ float sample_bilinear_zero(const float* plane, int H,
 __global__ void rotate_kernel(float* out, const float* in, const float* rot, int B, int Cc, int H, int W) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)B * Cc * H * W) return;
-    int x = idx % W;
-    int y = (idx / W) % H;
-    long plane = idx / ((long)H * W);
-    int b = plane / Cc;
+    PixelIndex p = pixel_index(idx, Cc, H, W);
+    int x = p.x, y = p.y, b = p.b;
+    long plane = p.plane;
     float c = rot[2 * b], s = rot[2 * b + 1];
     float cx = 0.5f * (W - 1), cy = 0.5f * (H - 1);
     float dx = x - cx, dy = y - cy;
@@ -119,10 +129,9 @@ __global__ void perspective_kernel(float* out, const float* in, const float* coe
                                    int H, int W) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)B * Cc * H * W) return;
-    int x = idx % W;
-    int y = (idx / W) % H;
-    long plane = idx / ((long)H * W);
-    int b = plane / Cc;
+    PixelIndex p = pixel_index(idx, Cc, H, W);
+    int x = p.x, y = p.y, b = p.b;
+    long plane = p.plane;
     if (!apply[b]) { out[idx] = in[idx]; return; }
     const float* k = coeffs + 8 * b;
     float X = x + 0.5f, Y = y + 0.5f;
