@@ -56,7 +56,7 @@ BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
-.PHONY: all test test-fidelity sanitize cuda-check data synthetic-tasks cifar-synthetic cifar10 cifar-synthetic-pixels \
+.PHONY: all test test-fidelity sanitize cuda-check data ref-states synthetic-tasks cifar-synthetic cifar10 cifar-synthetic-pixels \
         cifar10-pixels fashion-mnist fashion-mnist-pixels clean
 all: $(PROGRAMS)
 
@@ -115,10 +115,12 @@ data/ref_mamba_vit_1x28x28_p4.bin data/ref_mamba_vit_1x28x28_p7.bin: data/ref_ma
 data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
+# every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin \
              data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
              data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin
+ref-states: $(REF_STATES)
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
 # files from CIFAR10_DIR (the binary or python version; downloaded when unset)

@@ -37,4 +37,8 @@ cut=$(grep -cE 'cut off|not started' "$summary_file" 2>/dev/null)
 tail -n "$(wc -l < "$summary_file")" "$W/log" | cmp -s - "$summary_file" && ok "the summary is printed last" ||
   fail "the output does not end with the summary"
 [ -s "$W/out/tests.log" ] && ok "the tests stage's log is in \$OUT" || fail "no tests.log in \$OUT"
+# what --prepare leaves to send must fit the device's 64 MiB
+prepared=$(dev/gpu_check.sh --prepare 2>&1 | grep '^prepared')
+mib=$(echo "$prepared" | sed -n 's/.* \([0-9]*\) MiB .*/\1/p')
+[ -n "$mib" ] && [ "$mib" -le 64 ] && ok "--prepare: $prepared" || fail "--prepare: '$prepared'"
 summary
