@@ -21,7 +21,7 @@ factor and the non-finite check too (a non-finite norm makes the one AdamW
 launch skip the update), and model_update brings back the loss and the norm
 together in one device-to-host copy, the step's only wait. The training
 loops set in_train_step around a step for this; outside a step (tests,
-validation) model_mean_loss copies the loss back at once, as before.
+validation) model_mean_loss copies the loss back at once.
 
 What changes from one training step to the next lives in device memory
 (StepParams: AdamW's learning rate and bias corrections, the training step
@@ -32,7 +32,7 @@ forward and the update copy nothing from the host (model_stage_batch and
 model_stage_train_step do nothing then), so that the step's device work,
 model_update_device included, can be captured once into a CUDA graph and
 replayed (trainer.h). Outside a step the forward and model_update copy what
-they are given, as before.
+they are given.
 */
 #pragma once
 
