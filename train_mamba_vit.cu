@@ -313,6 +313,8 @@ int main(int argc, char** argv) {
         model_file_config(vc.init_path, kind_of(config), s, image);
         config = {s[0], s[1], s[2], s[3], s[4], s[5], image_shape_from_slots(vc.init_path, image), bidirectional};
         check_model_images(&vc, config.patch, config.num_classes, config.image, &train);
+        check_shape_flag_int(&vc, 'L', vc.L, "num_layers", config.num_layers);
+        check_shape_flag_int(&vc, 'C', vc.C, "channels", config.channels);
     } else {
         check_patch_size("flag -P", config.patch, &train);
     }

@@ -325,6 +325,10 @@ int main(int argc, char** argv) {
         model_file_config(vc.init_path, MODEL_VIT, s, image);
         config = {s[0], s[1], s[2], s[3], s[4], s[5], image_shape_from_slots(vc.init_path, image)};
         check_model_images(&vc, config.patch, config.num_classes, config.image, &train);
+        check_shape_flag_int(&vc, 'L', vc.L, "num_layers", config.num_layers);
+        check_shape_flag_int(&vc, 'H', vc.H, "num_heads", config.num_heads);
+        check_shape_flag_int(&vc, 'C', vc.C, "channels", config.channels);
+        check_shape_flag_int(&vc, 'F', vc.F, "ffn", config.ffn);
     } else {
         check_patch_size("flag -P", config.patch, &train);
     }

@@ -294,6 +294,8 @@ expect "small: -x and -E together" "flags -x and -E" ./train_vit $V -L 1 -C 16 -
 expect_ok "small: a prompt that reads -S" "generated 5 tokens" ./train_gpt $D -t 16 -G 1 -P -S -g 5 -e "$W/gpt/model.bin"
 expect "small: -A with -e of another pattern" "flag -A" ./train_hybrid $D $small -A AM -x 1 -e "$W/hybrid/model.bin"
 expect "small: -P with -e of another patch size" "flag -P" ./train_vit $V -P 8 -x 1 -e "$W/vit/model.bin"
+expect "small: -C with -e of another width" "flag -C: 32, but" ./train_vit $V -C 32 -x 1 -e "$W/vit/model.bin"
+expect "small: -L with -e (Mamba-ViT) of another depth" "flag -L: 3, but" ./train_mamba_vit $V -L 3 -x 1 -e "$W/mvit/model.bin"
 
 # a run that diverges (learning rate 10, weight decay 10: the weights grow
 # 99-fold a step) must stop at the first non-finite loss or norm, keep the

@@ -120,7 +120,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
         const char* v = nullptr;
         char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
-        if (strchr("LCHFA", letter) && !strchr(c->shape_given, letter)) c->shape_given[strlen(c->shape_given)] = letter;
+        if (letter == 'A') note_shape_flag(c, 'A');
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->val_path = v; break;
@@ -211,19 +211,6 @@ static void check_model_vocab(const TrainConfig* c, int model_vocab, const Vocab
                  c->vocab_path, vocab->size - 1, vocab->size);
         fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
     }
-}
-
-// With -e the model file decides the shape: a shape flag given too (letter,
-// its value as given) must say what the file's slot (slot_name, value) says.
-static void check_shape_flag(const TrainConfig* c, char letter, const char* given, const char* slot_name,
-                             const char* in_file) {
-    if (!c->init_path || !strchr(c->shape_given, letter) || !strcmp(given, in_file)) return;
-    fail("flag -%c: %s, but %s has %s %s; with -e the model file decides the shape (leave -%c out)", letter, given,
-         c->init_path, slot_name, in_file, letter);
-}
-
-static void check_shape_flag_int(const TrainConfig* c, char letter, int given, const char* slot_name, int in_file) {
-    check_shape_flag(c, letter, std::to_string(given).c_str(), slot_name, std::to_string(in_file).c_str());
 }
 
 // Tokenizes a prompt by the longest vocabulary entry at each position

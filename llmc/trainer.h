@@ -476,6 +476,26 @@ static char next_flag(int argc, char** argv, int* i, const char* shape_letters, 
     return f[1];
 }
 
+// The shape flags given (their letters, in c->shape_given): with -e the model
+// file decides the shape, and a shape flag given too must say what the file
+// says. note_shape_flag records a letter; check_shape_flag compares a flag
+// (letter, its value as given) with the file's slot (slot_name, value).
+template <typename Config> static void note_shape_flag(Config* c, char letter) {
+    if (!strchr(c->shape_given, letter)) c->shape_given[strlen(c->shape_given)] = letter;
+}
+
+template <typename Config>
+static void check_shape_flag(const Config* c, char letter, const char* given, const char* slot_name, const char* in_file) {
+    if (!c->init_path || !strchr(c->shape_given, letter) || !strcmp(given, in_file)) return;
+    fail("flag -%c: %s, but %s has %s %s; with -e the model file decides the shape (leave -%c out)", letter, given,
+         c->init_path, slot_name, in_file, letter);
+}
+
+template <typename Config> static void check_shape_flag_int(const Config* c, char letter, int given, const char* slot_name,
+                                                            int in_file) {
+    check_shape_flag(c, letter, std::to_string(given).c_str(), slot_name, std::to_string(in_file).c_str());
+}
+
 // The flags both kinds of trainer take in the same sense (lm_trainer.h's
 // parse_train_flags, vision_trainer.h's parse_vision_flags), from the letter
 // and value of next_flag into the fields of these names of either config
@@ -494,10 +514,10 @@ template <typename Config> static bool parse_shared_flag(Config* c, char letter,
         case 'c': c->weight_decay = parse_float_flag(f, v, 0.0f, 10.0f); return true;
         case 'p': c->grad_clip = parse_float_flag(f, v, 0.0f, 1e6f); return true;
         case 'r': c->seed = parse_int_flag(f, v, 0, 2147483647); c->seed_given = 1; return true;
-        case 'L': c->L = parse_int_flag(f, v, 1, 1024); return true;
-        case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); return true;
-        case 'H': c->H = parse_int_flag(f, v, 1, 1024); return true;
-        case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); return true;
+        case 'L': c->L = parse_int_flag(f, v, 1, 1024); note_shape_flag(c, 'L'); return true;
+        case 'C': c->C = parse_int_flag(f, v, 1, 1 << 16); note_shape_flag(c, 'C'); return true;
+        case 'H': c->H = parse_int_flag(f, v, 1, 1024); note_shape_flag(c, 'H'); return true;
+        case 'F': c->F = parse_int_flag(f, v, 1, 1 << 20); note_shape_flag(c, 'F'); return true;
         default: return false;
     }
 }

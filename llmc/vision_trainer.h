@@ -52,7 +52,7 @@ typedef struct {
     int print_every;         // -s, step lines
     int seed;                // -r
     int seed_given;          // -r was given
-    int patch_given;         // -P was given (with -e it must be the file's)
+    char shape_given[8];     // the shape flags given (letters of -L -C -H -F -P): with -e they must agree with the file
     int L, C, H, F, patch;   // model shape (-L -C -H -F -P; each model uses what it has)
     const char* mixer;       // -M (the Mamba-ViT's): "uni" one mixer per block, "bi" bidirectional blocks
     int augment;             // -A: 0 switches every transform off
@@ -142,7 +142,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
         if (letter == 'h') vision_usage(argv[0], &defaults, model_flags, 0);
         if (letter == 'x') steps_given = true;
         if (letter == 'E') epochs_given = true;
-        if (letter == 'P') c->patch_given = 1;
+        if (letter == 'P') note_shape_flag(c, 'P');
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->test_path = v; break;
@@ -223,9 +223,7 @@ static void check_model_images(const VisionTrainConfig* c, int patch, int classe
     if (!image_shape_equal(shape, image_shape_of(train)))
         fail("%s: a model for images of %d x %d x %d, but %s has %d x %d x %d", c->init_path, shape.channels,
              shape.height, shape.width, c->train_path, train->channels, train->height, train->width);
-    if (c->patch_given && c->patch != patch)
-        fail("flag -P: %d, but %s has patch_size %d; with -e the model file decides the shape (leave -P out)", c->patch,
-             c->init_path, patch);
+    check_shape_flag_int(c, 'P', c->patch, "patch_size", patch);
     check_patch_size(c->init_path, patch, train);
     if (classes != train->classes) fail("%s: a model for %d classes, but %s has %d", c->init_path, classes, c->train_path, train->classes);
 }
