@@ -5,8 +5,9 @@
 # check runs under one deadline that every stage respects, the most valuable
 # results first, and writes its summary to $OUT as each result arrives.
 #
-# 1. Here, on a machine without a GPU (reference states, token data and a
-#    small synthetic image set; prints the size to send, at most 64 MiB):
+# 1. Here, on a machine without a GPU (reference states, token data, a
+#    small synthetic image set and a gzipped Fashion-MNIST subset; prints
+#    the size to send, at most 64 MiB):
 #      dev/gpu_check.sh --prepare
 # 2. On the GPU machine, from the repository root, sending build/gpu_carry
 #    along (the device tool: carry ["build/gpu_carry"], timeout_s 600):
@@ -16,6 +17,10 @@
 #      tests      every test program on the GPU
 #      bench      ms and tokens/s (images/s) per step of every trainer at the
 #                 seed configuration, beside PyTorch on the same GPU
+#      fashion    the ViT, the Mamba-ViT and the bidirectional Mamba-ViT at
+#                 the seed widths on Fashion-MNIST (20,000 training images,
+#                 patch 4, fixed steps): test accuracy on all 10,000 test
+#                 images and ms per step
 #      seed runs  train_mamba and train_gpt at the seed configuration for as
 #                 long as the time left allows: val loss and ms per step
 #      sanitizer  compute-sanitizer memcheck on test_gpt and test_mamba, when
@@ -37,6 +42,8 @@ CARRY=build/gpu_carry
 TESTS="test_backend test_gpt test_gpt_plus test_mamba test_hybrid test_vit test_mamba_vit test_generate test_attention test_augment test_pixels"
 TRAINERS="train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit"
 IMAGES=gpu_check_synthetic  # the small synthetic image set: 4096 train, 1024 test images
+FASHION=gpu_check_fashion   # Fashion-MNIST: the first 20,000 training images and all 10,000 test images
+FASHION_TRAIN=20000
 
 # the interpreter that has torch: $PYTHON, else python3 on PATH, else Debian's
 for p in "${PYTHON:-}" python3 /usr/bin/python3; do
@@ -50,6 +57,11 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$CARRY"
   [ -f "$CARRY/${IMAGES}_train.bin" ] ||
     "$PYTHON" dev/data/cifar10.py --synthetic --train-count 4096 --test-count 1024 --prefix $IMAGES --out "$CARRY" > /dev/null
+  # Fashion-MNIST travels gzipped (the device has no Debian package): a subset, to stay within 64 MiB
+  if [ ! -f "$CARRY/${FASHION}_train.bin.gz" ]; then
+    "$PYTHON" dev/data/fashion_mnist.py --train-count $FASHION_TRAIN --prefix $FASHION --out "$CARRY" > /dev/null
+    gzip -f "$CARRY/${FASHION}_train.bin" "$CARRY/${FASHION}_test.bin"
+  fi
   # reference states up to 16 MiB travel; a larger one is written on the device (PyTorch there, seconds)
   for f in data/ref_*.bin; do
     if [ "$(stat -c %s "$f")" -le $((16 << 20)) ]; then cp "$f" "$CARRY/"; else echo "left for the device: $f"; fi
@@ -113,6 +125,9 @@ fi
 echo "=== data"
 mkdir -p data
 [ -d "$CARRY" ] && cp -n "$CARRY"/*.bin data/ 2>/dev/null
+for f in "$CARRY"/*.bin.gz; do
+  [ -f "$f" ] && [ ! -f "data/$(basename "$f" .gz)" ] && gunzip -c "$f" > "data/$(basename "$f" .gz)"
+done
 limited 120 "$OUT/build.log" "${MAKE[@]}" ref-states data/tinyshakespeare_train.bin
 rc=$?; note "data" "$(status_word $rc)$([ -d "$CARRY" ] && echo ", from $CARRY")"
 if [ -f data/${IMAGES}_train.bin ]; then IMG=data/$IMAGES; else IMG=data/cifar10_synthetic; fi
@@ -169,6 +184,25 @@ for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
   note "bench $m B$b" "$line"
 done
 rm -f "$OUT/.bench_one"
+
+echo "=== Fashion-MNIST (real images; in the rehearsal, a few steps on the synthetic set if it is absent)"
+if [ -f data/${FASHION}_train.bin ]; then FM=data/$FASHION
+elif [ -f data/fashion_mnist_train.bin ]; then FM=data/fashion_mnist
+else FM=$IMG; fi
+if [ "$DRY" = 1 ]; then FM_STEPS=30; FM_EVAL=2; else FM_STEPS=3000; FM_EVAL=0; fi  # -m: eval batches, 0 = all
+for m in vit mamba_vit mamba_vit_bi; do
+  log=$OUT/fashion_$m.log
+  : > "$log"
+  prog=train_$m; extra=""
+  [ $m = mamba_vit_bi ] && { prog=train_mamba_vit; extra="-M bi"; }
+  t0=$(date +%s)
+  # the preset's widths, patch 4 (49 tokens of 28 x 28), the augmentation of doc/results.md
+  limited 75 "$log" ./$prog -S $PRESET $extra -i ${FM}_train.bin -j ${FM}_test.bin -P 4 -x $FM_STEPS -v 0 -m $FM_EVAL -s 100 \
+    -A 1 -f 1 -d 2 -R 0 -z 0 -w 0
+  rc=$?
+  acc=$(grep -E '^final test acc' "$log" | tail -n 1)
+  note "fashion $m" "$(status_word $rc) after $(( $(date +%s) - t0 )) s, ${acc:-no final accuracy}, $(mean_step_ms "$log") ms/step"
+done
 
 echo "=== seed runs"
 for m in mamba gpt; do

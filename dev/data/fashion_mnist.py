@@ -219,12 +219,21 @@ def main():
     parser.add_argument("--prefix", default="fashion_mnist", help="output name prefix")
     parser.add_argument("--pixels", action="store_true",
                         help="also write the images as pixel tokens for the language models (<prefix>_pixels_*.bin)")
+    parser.add_argument("--train-count", type=int, default=0,
+                        help="write only the first N training images (a subset small enough to send; default all)")
     parser.add_argument("--selftest", action="store_true", help="check the reader on fabricated files and exit")
     args = parser.parse_args()
+    if args.train_count < 0:
+        sys.exit(f"error: --train-count {args.train_count}: must be 0 (all) or more")
     if args.selftest:
         sys.exit(0 if selftest() else 1)
     try:
         sets = load(args.input)
+        if args.train_count:
+            labels, pixels = sets["train"]
+            if args.train_count > len(labels):
+                raise DataError(f"--train-count {args.train_count}: the training set has {len(labels):,} images")
+            sets["train"] = (labels[:args.train_count], pixels[:args.train_count])
         print(f"read {len(sets['train'][0]):,} train and {len(sets['test'][0]):,} test images from {args.input}")
         write(sets, args.out, args.prefix, args.pixels)
     except DataError as e:
