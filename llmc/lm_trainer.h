@@ -706,13 +706,15 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         print_generate_timing(generate_output_dir(tc->out_dir), (int)prompt.size());
         return 0;
     }
-    if (tc->task)
-        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: train %ld sequences, val %ld "
-               "(%s), %d targets each\n",
+    if (tc->task) {
+        std::string sizes = (train->num_sequences ? "train " + std::to_string(train->num_sequences) + " sequences, " : "") +
+                            "val " + std::to_string(val->num_sequences);  // (evaluating only, nothing of -i is read)
+        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: %s (%s), targets per "
+               "sequence %d\n",
                B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
-               task_name(tc->task), train->num_sequences, val->num_sequences,
-               tc->val_batches ? "the first -m x -b validated" : "all validated", val->targets_per_sequence);
-    else
+               task_name(tc->task), sizes.c_str(), tc->val_batches ? "the first -m x -b validated" : "all validated",
+               val->targets_per_sequence);
+    } else
         printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
                B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
                train->num_tokens, val->num_tokens);
