@@ -169,5 +169,10 @@ expect "task files of two tasks" "$T/copy_val.bin" ./train_mamba -i $T/induction
 expect "task file: another length from -t" "-t" ./train_mamba $copy -t 16
 expect "task file: -G" "-G" ./train_mamba -j $T/copy_val.bin -e "$W/ind_mamba/model.bin" -G 1
 expect "task file: a model of another vocabulary" "$T/copy_val.bin" ./train_mamba -e "$W/ind_mamba/model.bin" -j $T/copy_val.bin -x 0
+if [ ! -e "$W/bad" ]; then
+  ok "the refused runs left nothing behind (their output directory -o $W/bad was never made)"
+else
+  fail "a refused run made its output directory: $(ls -A "$W/bad")"
+fi
 expect_ok "task file: -t equal to the file's length" "val loss" ./train_mamba $copy -t 32 -o "$W/ok_t"
 summary
