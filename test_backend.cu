@@ -201,6 +201,11 @@ static float* to_device(const std::vector<float>& h) {
     cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
     return d;
 }
+static int* to_device_int(const std::vector<int>& h) {
+    int* d; cudaCheck(cudaMalloc(&d, h.size() * sizeof(int)));
+    cudaCheck(cudaMemcpy(d, h.data(), h.size() * sizeof(int), cudaMemcpyHostToDevice));
+    return d;
+}
 static std::vector<float> to_host(const float* d, size_t n) {
     std::vector<float> h(n);
     cudaCheck(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
@@ -280,9 +285,15 @@ static std::vector<float> run_deterministic_kernels() {
         int n = 5000;
         float* losses = to_device(random_vector(n, &rng, 0.0f, 4.0f));
         float* out = zeros(1);
-        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, n);
+        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, nullptr, nullptr, n);
         append(out, 1);
-        cudaFree(losses); cudaFree(out);
+        std::vector<int> targets(n);  // ... and over the rows with a target (every third row has none)
+        for (int i = 0; i < n; i++) targets[i] = i % 3 == 1 ? TARGET_IGNORED : i % 7;
+        int* d_targets = to_device_int(targets);
+        float* dloss = zeros(1);
+        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, d_targets, dloss, n);
+        append(out, 1); append(dloss, 1);
+        cudaFree(losses); cudaFree(out); cudaFree(d_targets); cudaFree(dloss);
     }
     return all;
 }
@@ -951,14 +962,43 @@ int main() {
         float* d_l = to_device(losses);
         float* d_out; cudaCheck(cudaMalloc(&d_out, sizeof(float)));
         for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
-            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, n);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n);
             float got = to_host(d_out, 1)[0];
             double err = fabs(got - ref / n) / (ref / n);
             tests.check(err < 1e-7 && (threads != 1 || got == plain),
                         "mean loss kernel, %d threads: %.8f vs %.8f (rel err %.1e)%s", threads, got, ref / n, err,
                         threads == 1 ? ", bitwise the host's old sum" : "");
         }
-        cudaFree(d_l); cudaFree(d_out);
+        // over the rows with a target: rows without one (their losses 0, as the cross-entropy
+        // writes them) count neither in the sum nor in the divisor; dloss = 1 / the rows counted;
+        // with every row a target, the mean and 1.0f / n exactly
+        std::vector<int> targets(n), all_targets(n, 3);
+        double kept_sum = 0.0;
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            targets[i] = i % 5 < 2 ? TARGET_IGNORED : 1;
+            if (targets[i] < 0) losses[i] = 0.0f;
+            else { kept_sum += losses[i]; kept++; }
+        }
+        float* d_masked = to_device(losses);
+        int* d_targets = to_device_int(targets);
+        int* d_all = to_device_int(all_targets);
+        float* d_dloss; cudaCheck(cudaMalloc(&d_dloss, sizeof(float)));
+        for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_masked, d_targets, d_dloss, n);
+            float got = to_host(d_out, 1)[0], dloss = to_host(d_dloss, 1)[0];
+            double want = kept_sum / kept, err = fabs(got - want) / want;
+            tests.check(err < 1e-7 && dloss == 1.0f / (float)kept,
+                        "mean loss kernel over %d of %d rows with a target, %d threads: %.8f vs %.8f (rel err %.1e), "
+                        "dloss 1/%d", kept, n, threads, got, want, err, kept);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, d_all, d_dloss, n);
+            float all = to_host(d_out, 1)[0];
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n);
+            tests.check(all == to_host(d_out, 1)[0] && to_host(d_dloss, 1)[0] == 1.0f / n,
+                        "mean loss kernel, %d threads: every row a target gives the plain mean and 1/n, bit for bit",
+                        threads);
+        }
+        cudaFree(d_l); cudaFree(d_out); cudaFree(d_masked); cudaFree(d_targets); cudaFree(d_all); cudaFree(d_dloss);
     }
     {   // launch limits as sm_90 has them: the host backend must refuse what the GPU refuses
         cudaCheck(cudaGetLastError());

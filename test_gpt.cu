@@ -5,6 +5,8 @@ dev/reference/gpt.py (make test writes data/ref_gpt.bin):
   - every parameter gradient of one backward pass
   - both kernel variants (thread-per-row and warp-per-row LayerNorm and
     softmax) on this backend, each against the reference
+  - the loss over a subset of the positions (task files: the others have
+    no target) and its gradients, against cross_entropy(..., ignore_index)
   - the losses of 10 AdamW steps with gradient clipping, and the parameters
     after them
   - bit-identical gradients on a re-run, and bit-identical losses and
@@ -65,6 +67,28 @@ static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, co
     check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
 }
 
+// The loss of task files, where most positions have no target: the
+// reference's masked_targets (about two thirds of the positions, and the
+// whole first sequence, ignored: -100 there, negative, which the
+// cross-entropy skips as it skips TARGET_IGNORED) give the mean over the
+// rest, PyTorch's cross_entropy(..., ignore_index=-100), and every
+// parameter's gradient of it (a gradient from an ignored position would
+// show in the head's, at O(1/count)). Tolerance: TOL, for the reasons above (the
+// same fp32 arithmetic against float64; a position wrongly counted or
+// normalized shifts the loss and the gradients by O(1/count), 1e-2 here).
+static void check_masked_loss(Tests& t, GPT* model, const RefState& ref, const char* path) {
+    printf("--- the loss over the positions with a target\n");
+    const std::vector<int>& masked = ref.get("masked_targets", path).i;
+    long ignored = 0;
+    for (int y : masked) ignored += y < 0;
+    load_params(&model->buf, ref.get("params", path).f);
+    gpt_forward(model, ref.get("inputs", path).i.data(), masked.data(), ref.B, ref.T);
+    check_loss(t, model->buf.mean_loss, ref.get("masked_loss", path).f[0], "",
+               ("masked loss (" + std::to_string(ignored) + " of " + std::to_string(masked.size()) + " positions without a target)").c_str(), TOL);
+    gpt_backward(model, ref.B, ref.T);
+    check_grads(t, &model->buf, ref, path, "masked_grads", "masked grad ", TOL);
+}
+
 int main(int argc, char** argv) {
     const char* path = argc > 1 ? argv[1] : "data/ref_gpt.bin";
     Tests t;
@@ -98,6 +122,7 @@ int main(int argc, char** argv) {
     };
     check_forward_backward(t, &model, ref, path, "[rerun] ");
     check_rerun_identical(t, &model.buf, step, 0, "");
+    check_masked_loss(t, &model, ref, path);
 
     // 10 AdamW steps against the reference trajectory. The parameters after
     // them leave one slice out: the key bias. Softmax is invariant to it, so

@@ -171,7 +171,7 @@ static void plus_forward(GPTPlus* model, const int* inputs, const int* targets, 
     GPTConfig c = model->config;
     PlusDims d = dims_of(c);
     ModelBuffers* m = &model->buf;
-    if (B > m->batch_size || T > m->seq_len || T > c.max_seq_len) fail("plus_forward: batch %d x %d exceeds the allocation", B, T);
+    if (B > m->batch_size || T > m->seq_len) fail("plus_forward: batch %d x %d exceeds the allocation", B, T);
     int L = c.num_layers, C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;

@@ -559,8 +559,7 @@ int main(int argc, char** argv) {
         check_shape_flag_int(&tc, 'H', tc.H, "num_heads", config.num_heads);
         check_shape_flag_int(&tc, 'F', tc.F, "ffn", config.ffn);
         check_model_vocab(&tc, config.vocab_size, &vocab);
-        if (config.count[LAYER_ATTENTION] && tc.T > config.max_seq_len)
-            fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", tc.T, config.max_seq_len, tc.init_path);
+        if (config.count[LAYER_ATTENTION]) check_length_fits(&tc, config.max_seq_len);
     } else {
         config = hybrid_config(tc.T, vocab.size, tc.C, tc.H, tc.F ? tc.F : 4 * tc.C, hybrid_pattern_code(tc.pattern), "flag -C/-H");
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes each file reader with libFuzzer under AddressSanitizer and
 # UndefinedBehaviorSanitizer for FUZZ_SECONDS (default 60) each, starting
-# from small valid files (tokens, vocabulary, model files and checkpoints of
+# from small valid files (tokens, vocabulary, task files, model files and checkpoints of
 # format versions 2 and 1, reference state, images), and the loaders that
 # read a file from disk, header first (the "files" target). Needs clang and
 # libclang-rt-14-dev (Debian).
@@ -24,7 +24,7 @@ import os, struct, sys
 sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
 import numpy as np, formats
 out = sys.argv[1]
-for t in ["tokens", "vocab", "model", "checkpoint", "state", "images", "files"]:
+for t in ["tokens", "vocab", "task", "model", "checkpoint", "state", "images", "files"]:
     os.makedirs(f"{out}/corpus_{t}", exist_ok=True)
 formats.write_tokens(f"{out}/corpus_tokens/seed", np.arange(50) % 5, 5)
 formats.write_vocab(f"{out}/corpus_vocab/seed", ["a", "b", "\n", "é", "xyz"])
@@ -47,13 +47,17 @@ open(f"{out}/corpus_state/seed", "wb").write(s.tobytes() + rec("params", 0, [10]
                                              + rec("inputs", 1, [2, 3], np.arange(6, dtype="<i4").tobytes()))
 img = np.zeros(256, dtype="<i4"); img[:7] = [20261106, 1, 2, 3, 4, 4, 10]
 open(f"{out}/corpus_images/seed", "wb").write(img.tobytes() + bytes([3] + list(range(48)) + [7] + list(range(48))))
-for t in ["tokens", "vocab", "model", "checkpoint", "images"]:  # the loaders that read a file's header first
+# a task file: 3 sequences of 4 tokens, V 5, induction heads, 1 target each (65535 elsewhere)
+task = np.zeros(256, dtype="<i4"); task[:7] = [20261107, 1, 3, 4, 5, 2, 1]
+seqs = [[0, 4, 2, 4] + [65535, 65535, 65535, 2], [4, 1, 3, 4] + [65535, 65535, 65535, 1], [3, 4, 0, 4] + [65535] * 3 + [0]]
+open(f"{out}/corpus_task/seed", "wb").write(task.tobytes() + np.array(seqs, dtype="<u2").tobytes())
+for t in ["tokens", "vocab", "task", "model", "checkpoint", "images"]:  # the loaders that read a file's header first
     for name in os.listdir(f"{out}/corpus_{t}"):
         open(f"{out}/corpus_files/{t}_{name}", "wb").write(open(f"{out}/corpus_{t}/{name}", "rb").read())
 PY
 
 status=0
-for t in tokens vocab model checkpoint state images files; do
+for t in tokens vocab task model checkpoint state images files; do
   echo "=== fuzzing the $t reader for $SECONDS_EACH s"
   FUZZ_TARGET=$t "$out/fuzz_readers" -max_total_time="$SECONDS_EACH" -max_len=4096 -print_final_stats=1 \
     -artifact_prefix="$out/crash_${t}_" "$out/corpus_$t" > "$out/$t.log" 2>&1

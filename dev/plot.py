@@ -7,6 +7,8 @@ each run's -o directory) into one PNG:
   - generation time per token against position (generate.jsonl, written by
     `-G 1 -o DIR`)
   - bits per dimension against step (language models on pixels, -I)
+  - accuracy against step (language models on task files: the share of
+    target positions right)
 Panels appear for what the logs hold.
 
 With --images it draws images files instead (llmc/image_data.h's format:
@@ -54,6 +56,8 @@ def read_log(path):
 MARKED = dict(linewidth=2, marker="o", markersize=3)
 ONE_SERIES_PANELS = {
     "acc": ("test_acc", "epoch", MARKED, "epoch", "test accuracy (%)", "test accuracy against epoch"),
+    "task_acc": ("val_acc", "step", MARKED, "step", "validation accuracy over the target positions (%)",
+                 "task accuracy against step"),
     "bpd": ("val_bits_per_dim", "step", MARKED, "step", "validation bits per dimension",
             "bits/dim against step (8 = uniform over 256)"),
     "generate": ("gen_ms_per_token", "position", dict(linewidth=1), "position (tokens so far)",
@@ -136,6 +140,8 @@ def main():
         panels.append("loss")
     if has("test_acc"):
         panels.append("acc")
+    if has("val_acc"):
+        panels.append("task_acc")
     if has("tokens_per_s") or has("images_per_s"):
         panels.append("speed")
     if has("gen_ms_per_token"):

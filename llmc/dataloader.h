@@ -1,23 +1,36 @@
 /*
 Token data: the tokens file (header, then uint16 tokens) and its vocabulary,
-read and validated whole, and batches drawn from them.
+read and validated whole, and batches drawn from them; and task files (the
+synthetic tasks: fixed-length sequences with a target per position, most
+of them none), read into the same struct.
 
 Training batches take B windows of T+1 tokens at random offsets (seeded; the
 generator state is part of a checkpoint). Validation batches are the file's
 consecutive non-overlapping windows, from the start, so every evaluation
-sees the same data.
+sees the same data. From a task file, training batches are B whole
+sequences drawn by the same seeded generator, validation batches its
+sequences in order.
 */
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 #include "utils.h"
 
+// A tokens file, or a task file (task > 0): then tokens holds its S
+// sequences' inputs (S, T) one after another, targets their targets (S, T),
+// TARGET_IGNORED where a position has none, and num_tokens is S * T.
 typedef struct {
     const char* path;
     int vocab_size;
     long num_tokens;
     std::vector<int> tokens;
+    int task;                  // 0: a tokens file; TASK_COPY or TASK_INDUCTION: a task file
+    int seq_len;               // task files: T
+    long num_sequences;        // task files: S
+    int targets_per_sequence;  // task files: K, the positions of each sequence with a target
+    std::vector<int> targets;  // task files: (S, T)
 } TokenData;
 
 // Checks every slot of a tokens file's header (magic and version checked)
@@ -42,6 +55,9 @@ inline void token_data_parse(TokenData* d, const char* path, const unsigned char
     d->path = path;
     d->vocab_size = V;
     d->num_tokens = n;
+    d->task = d->seq_len = d->targets_per_sequence = 0;
+    d->num_sequences = 0;
+    d->targets.clear();
     d->tokens.resize(n);
     const unsigned char* p = data + HEADER_BYTES;
     for (long i = 0; i < n; i++) {
@@ -165,4 +181,104 @@ inline void vocab_load(Vocab* v, const char* path) {
 inline int vocab_find(const Vocab* v, const char* s) {
     for (int i = 0; i < v->size; i++) if (v->text[i] == s) return i;
     return -1;
+}
+
+// ----------------------------------------------------------------------------
+// Task files (dev/data/synthetic.py): header[2] sequences S, [3] length T,
+// [4] vocabulary V, [5] the task, [6] targets per sequence K, the other
+// slots 0; then per sequence T uint16 inputs and T uint16 targets,
+// TASK_FILE_NO_TARGET where a position has none. Every input and every
+// other target is below V, and every sequence has exactly K targets.
+
+#define TASK_COPY 1                  // selective copying
+#define TASK_INDUCTION 2             // induction heads
+#define TASK_FILE_NO_TARGET 65535    // in the file; TARGET_IGNORED once read
+#define TASK_MAX_TOKENS 2147483647L  // S * T: the tokens of a file, counted in an int
+
+inline const char* task_name(int task) { return task == TASK_COPY ? "selective copying" : "induction heads"; }
+
+// The magic number in a file's first 4 bytes; 0 when it cannot be read or is shorter.
+inline int file_magic(const char* path) {
+    FILE* f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char b[4];
+    size_t got = fread(b, 1, 4, f);
+    fclose(f);
+    return got == 4 ? (int)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) : 0;
+}
+
+// Checks every slot of a task file's header (magic and version checked)
+// against the file's size: S >= 1, T >= 1, S * T at most TASK_MAX_TOKENS,
+// 1 <= V <= 65535 (65535 marks no target), the task 1 or 2, 1 <= K <= T,
+// the rest 0, the size 1024 + 4 S T. Returns S * T.
+inline long task_header_check(const char* path, const int* header, long size) {
+    long S = header[2], T = header[3], V = header[4], task = header[5], K = header[6];
+    check_slot(path, "sequences (header[2])", S, 1, TASK_MAX_TOKENS);
+    check_slot(path, "length (header[3])", T, 1, TASK_MAX_TOKENS);
+    if (S * T > TASK_MAX_TOKENS) fail("%s: %ld sequences of %ld tokens, more than %ld tokens", path, S, T, TASK_MAX_TOKENS);
+    check_slot(path, "vocabulary (header[4])", V, 1, TASK_FILE_NO_TARGET);
+    check_slot(path, "task (header[5]; 1 selective copying, 2 induction heads)", task, TASK_COPY, TASK_INDUCTION);
+    check_slot(path, "targets per sequence (header[6])", K, 1, T);
+    check_zero_slots(path, header, 7, HEADER_INTS, "task");
+    long want = HEADER_BYTES + 4 * S * T;
+    if (size != want)
+        fail("%s: header says %ld sequences of %ld tokens (%ld bytes), but the file is %ld bytes", path, S, T, want, size);
+    return S * T;
+}
+
+// validates a task file held in memory and fills d
+inline void task_data_parse(TokenData* d, const char* path, const unsigned char* data, long size) {
+    int header[HEADER_INTS];
+    check_header(path, data, size, MAGIC_TASK, "task", header);
+    long n = task_header_check(path, header, size);
+    int S = header[2], T = header[3], V = header[4], K = header[6];
+    d->path = path;
+    d->vocab_size = V;
+    d->num_tokens = n;
+    d->task = header[5];
+    d->seq_len = T;
+    d->num_sequences = S;
+    d->targets_per_sequence = K;
+    d->tokens.resize(n);
+    d->targets.resize(n);
+    const unsigned char* p = data + HEADER_BYTES;
+    for (long s = 0; s < S; s++) {
+        const unsigned char* in = p + 4 * s * T;  // T inputs, then T targets, uint16 little-endian
+        const unsigned char* tg = in + 2 * (long)T;
+        int count = 0;
+        for (long t = 0; t < T; t++) {
+            int x = in[2 * t] | in[2 * t + 1] << 8, y = tg[2 * t] | tg[2 * t + 1] << 8;
+            if (x >= V) fail("%s: sequence %ld, position %ld: input %d is outside the vocabulary of %d", path, s, t, x, V);
+            if (y != TASK_FILE_NO_TARGET && y >= V)
+                fail("%s: sequence %ld, position %ld: target %d is outside the vocabulary of %d (and not %d, no target)",
+                     path, s, t, y, V, TASK_FILE_NO_TARGET);
+            d->tokens[s * T + t] = x;
+            d->targets[s * T + t] = y == TASK_FILE_NO_TARGET ? TARGET_IGNORED : y;
+            count += y != TASK_FILE_NO_TARGET;
+        }
+        if (count != K) fail("%s: sequence %ld has %d targets, but header[6] says %d per sequence", path, s, count, K);
+    }
+}
+
+// the header first, checked against the file's size, then the whole file
+inline void task_data_load(TokenData* d, const char* path) {
+    std::vector<unsigned char> bytes;
+    read_checked_file(path, "task", MAGIC_TASK, task_header_check, &bytes);
+    task_data_parse(d, path, bytes.data(), (long)bytes.size());
+}
+
+// inputs and targets (rows, T) of the sequences first .. first+rows-1
+inline void task_data_batch(const TokenData* d, long first, int rows, int* inputs, int* targets) {
+    long n = (long)rows * d->seq_len, from = first * d->seq_len;
+    std::copy(d->tokens.begin() + from, d->tokens.begin() + from + n, inputs);
+    std::copy(d->targets.begin() + from, d->targets.begin() + from + n, targets);
+}
+
+// B sequences drawn uniformly (with replacement) by the seeded generator
+inline void task_data_train_batch(const TokenData* d, Rng* rng, int B, int* inputs, int* targets) {
+    uint64_t n = (uint64_t)d->num_sequences;
+    for (int b = 0; b < B; b++) {
+        long s = (long)((((uint64_t)rng_u32(rng) << 32) | rng_u32(rng)) % n);
+        task_data_batch(d, s, 1, inputs + (long)b * d->seq_len, targets + (long)b * d->seq_len);
+    }
 }

@@ -61,7 +61,8 @@ static void gpt_parse_flags_and_data(int argc, char** argv, TrainConfig* tc, Tok
 }
 
 // The run's config: the model file's of -e, which must hold a model of this
-// kind (shape flags given too must agree with it), else the flags' with the
+// kind (shape flags given too must agree with it) and, for the GPT, a
+// position table as long as the run's sequences; else the flags' with the
 // MLP width ffn.
 static GPTConfig gpt_run_config(const TrainConfig* tc, const Vocab* vocab, int kind, int ffn) {
     GPTConfig config = {tc->T, vocab->size, tc->L, tc->H, tc->C, ffn};
@@ -74,8 +75,9 @@ static GPTConfig gpt_run_config(const TrainConfig* tc, const Vocab* vocab, int k
         check_shape_flag_int(tc, 'H', tc->H, "num_heads", config.num_heads);
         check_shape_flag_int(tc, 'F', tc->F, "ffn", config.ffn);
         check_model_vocab(tc, config.vocab_size, vocab);
-        if (tc->T > config.max_seq_len)
-            fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", tc->T, config.max_seq_len, tc->init_path);
+        // the GPT's learned positions end at maxT; the Transformer++'s rotary positions do not, and it
+        // evaluates task files of any length (its maxT is then the length it was trained at)
+        if (kind == MODEL_GPT || !tc->task) check_length_fits(tc, config.max_seq_len);
     }
     return config;
 }

@@ -2,6 +2,9 @@
 The last layers of every language model (train_gpt.cu, train_gpt_plus.cu,
 train_mamba.cu, train_hybrid.cu), forward, backward and one generation step:
   lnf = norm(x);  logits = lnf @ head_w^T + head_b;  loss = mean cross-entropy(logits, targets)
+The mean is over the positions that have a target: a negative target
+(TARGET_IGNORED, a task file's positions without one) adds neither loss
+nor gradient; text has a target at every position.
 The norm is a LayerNorm with weight and bias (the GPT's, the Mamba's, the
 hybrid's), or an RMSNorm with weight only (the Transformer++'s), and the head
 has a bias or not: LMHeadParams says which by its null pointers. A model
@@ -46,7 +49,8 @@ template <typename A> static LMHeadActs lm_head_acts(const A& a) {
 }
 
 // a.logits (BT, V) from x (BT, C), the last block's output; with targets
-// (m->targets on the device), also the losses and their mean (model_mean_loss)
+// (m->targets on the device), also the losses and their mean over the
+// positions with a target (model_mean_target_loss)
 static void lm_head_forward(cublasHandle_t h, ModelBuffers* m, const LMHeadParams& p, const LMHeadActs& a,
                             const float* x, int BT, int C, int V, bool with_targets) {
     {
@@ -58,7 +62,7 @@ static void lm_head_forward(cublasHandle_t h, ModelBuffers* m, const LMHeadParam
     if (with_targets) {
         NVTX_RANGE("crossentropy_forward");
         crossentropy_forward(a.losses, a.probs, a.logits, m->targets, BT, V);
-        model_mean_loss(m, a.losses, BT);
+        model_mean_target_loss(m, a.losses, m->targets, BT);
     }
 }
 
@@ -70,7 +74,7 @@ static void lm_head_backward(cublasHandle_t h, ModelBuffers* m, const LMHeadPara
                              int V) {
     {
         NVTX_RANGE("head_backward");
-        crossentropy_backward(dlogits, a.probs, m->targets, 1.0f / BT, BT, V);
+        crossentropy_backward_device(dlogits, a.probs, m->targets, m->dloss, BT, V);
         matmul_backward(h, dlnf, g.head_w, g.head_b, dlogits, a.lnf, p.head_w, m->ones, BT, C, V);
     }
     {

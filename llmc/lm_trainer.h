@@ -1,7 +1,8 @@
 /*
 The language models' training loop, lm_run, and what only they need: their
 flags (llm.c's letters where llm.c has one), the token data and its
-vocabulary, validation, and sampling. What the image classifiers share with
+vocabulary (or task files: sequences with targets at some positions),
+validation, and sampling. What the image classifiers share with
 them (schedule, guards, step line, checkpoints) is in trainer.h; the update
 (clipping plus AdamW) in model.h. A model file train_*.cu defines its model
 and the two hooks lm_run calls, then hands its main over to lm_run.
@@ -14,6 +15,7 @@ and the two hooks lm_run calls, then hands its main over to lm_run.
 #include <string>
 #include <vector>
 #include "cuda_common.h"
+#include "crossentropy.cuh"
 #include "dataloader.h"
 #include "logger.h"
 #include "model.h"
@@ -42,6 +44,8 @@ typedef struct {
     int windowed;            // -W: generate by re-running the forward over the last T tokens (for comparison)
     int image_len;           // -I: the data is images of this many tokens (0: text); see "Images as token sequences"
     char shape_given[8];     // the shape flags given (letters of -L -C -H -F -A): with -e they must agree with the file
+    int batch_given, seq_given;  // -b, -t given
+    int task;                // the data are task files (load_lm_data): their task (dataloader.h), else 0
 } TrainConfig;
 
 // what a preset sets (the rest of the defaults are common to both)
@@ -67,15 +71,15 @@ static TrainConfig default_lm_config() {
 static void train_usage(const char* program, const TrainConfig* d, const char* model_flags, int status) {
     fprintf(status ? stderr : stdout,
         "Usage: %s [options]\n"
-        "  -i <path>   train tokens          (default %s)\n"
-        "  -j <path>   val tokens            (default %s)\n"
+        "  -i <path>   train tokens, or a task file (default %s)\n"
+        "  -j <path>   val tokens, or a task file (default %s)\n"
         "  -k <path>   vocabulary            (default %s)\n"
         "  -e <path>   initialize from a model file instead of random\n"
         "  -o <dir>    output directory: checkpoints and the final model.bin\n"
         "  -n <int>    checkpoint every n steps, with -o (default 0: only at the end)\n"
         "  -y <0|1>    resume from the newest checkpoint in -o (default 0)\n"
         "  -b <int>    batch size B; with -G, samples generated at once (default %d; with -G 1)\n"
-        "  -t <int>    sequence length T (default %d)\n"
+        "  -t <int>    sequence length T (default %d; with task files the files' length)\n"
         "  -x <int>    training steps (default %d)\n"
         "  -l <float>  learning rate (default %g)\n"
         "  -u <int>    warmup steps (default %d)\n"
@@ -142,6 +146,8 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             default: fail("unknown flag %s (see -h)", f);
         }
     }
+    c->batch_given = batch_given;
+    c->seq_given = seq_given;
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
     if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
     if (c->generate_only && !batch_given && !c->resume) c->B = 1;  // one sample unless -b asks for more
@@ -176,9 +182,60 @@ static int sample_token(const float* logits, int V, float temperature, int top_k
     return V - 1;
 }
 
-// loads train and val tokens and the vocabulary, checking that they agree
-// and that one batch of each fits
-static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+// Task files as the data (-i train, -j val, told by their magic): the
+// length T is the files' (a -t that differs is refused), the vocabulary
+// their V (token ids as its text; there is nothing to sample). Training
+// needs both files of the same task, length and vocabulary; evaluating only
+// (-x 0) reads -j alone and, without -b, takes as many sequences at once as
+// fill the preset's batch of B x T tokens (at least one, at most the
+// file's).
+static void load_task_data(TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+    bool evaluate_only = c->max_steps == 0 && !c->resume;
+    if (c->generate_only) fail("flag -G: %s is a task file; generation needs text and its vocabulary", c->val_path);
+    if (c->image_len) fail("flag -I: not with task files (%s)", c->val_path);
+    check_data_file(c->val_path, "", "");
+    task_data_load(val, c->val_path);
+    train->path = c->train_path;
+    train->task = 0;
+    train->num_tokens = train->num_sequences = 0;
+    if (!evaluate_only) {
+        check_data_file(c->train_path, "", "");
+        if (file_magic(c->train_path) != MAGIC_TASK)
+            fail("%s: not a task file (magic %d), but %s is; train and validate on the same task", c->train_path,
+                 file_magic(c->train_path), c->val_path);
+        task_data_load(train, c->train_path);
+        if (train->task != val->task || train->seq_len != val->seq_len || train->vocab_size != val->vocab_size)
+            fail("%s: %s, length %d, vocabulary %d, but %s has %s, length %d, vocabulary %d", c->val_path,
+                 task_name(val->task), val->seq_len, val->vocab_size, c->train_path, task_name(train->task),
+                 train->seq_len, train->vocab_size);
+    }
+    int T = val->seq_len;
+    if (c->seq_given && c->T != T)
+        fail("flag -t: %d, but %s holds sequences of %d tokens; with task files the length is theirs (leave -t out)", c->T,
+             c->val_path, T);
+    if (evaluate_only && !c->batch_given) {
+        long fit = (long)c->B * c->T / T;
+        c->B = (int)std::max(1L, std::min(fit, val->num_sequences));
+    }
+    c->T = T;
+    c->task = val->task;
+    vocab->size = val->vocab_size;
+    vocab->text.clear();
+    for (int i = 0; i < vocab->size; i++) vocab->text.push_back(std::to_string(i) + " ");
+}
+
+// Loads train and val tokens and the vocabulary, checking that they agree
+// and that one batch of each fits; or task files (load_task_data), when -j
+// is one, or -i is one and the run trains.
+static void load_lm_data(TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
+    bool trains = c->max_steps > 0 || c->resume;
+    if (file_magic(c->val_path) == MAGIC_TASK || (trains && file_magic(c->train_path) == MAGIC_TASK)) {
+        if (file_magic(c->val_path) != MAGIC_TASK)
+            fail("%s: not a task file (magic %d), but %s is; give the task's validation file with -j", c->val_path,
+                 file_magic(c->val_path), c->train_path);
+        load_task_data(c, train, val, vocab);
+        return;
+    }
     const char* make_data = "`make data` (from dev/data/tinyshakespeare/input.txt)";
     check_data_file(c->train_path, "data/tinyshakespeare_train.bin", make_data);
     check_data_file(c->val_path, "data/tinyshakespeare_val.bin", make_data);
@@ -205,12 +262,25 @@ static void load_lm_data(const TrainConfig* c, TokenData* train, TokenData* val,
 
 // a model file's vocabulary must be the data's
 static void check_model_vocab(const TrainConfig* c, int model_vocab, const Vocab* vocab) {
+    if (model_vocab != vocab->size && c->task)
+        fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->val_path, vocab->size);
     if (model_vocab != vocab->size) {
         if (c->image_len)
             fail("%s: vocabulary of %d tokens, but %s has %d and -I adds a start token (%d)", c->init_path, model_vocab,
                  c->vocab_path, vocab->size - 1, vocab->size);
         fail("%s: vocabulary of %d tokens, but %s has %d", c->init_path, model_vocab, c->vocab_path, vocab->size);
     }
+}
+
+// A model with a position table of max_T positions (the GPT's, the hybrid's
+// with attention) runs sequences up to max_T long: a longer -t, or task
+// files of longer sequences, are refused.
+static void check_length_fits(const TrainConfig* c, int max_T) {
+    if (c->T <= max_T) return;
+    if (c->task)
+        fail("%s: sequences of %d tokens, longer than the %d positions of the model's position table (%s)", c->val_path,
+             c->T, max_T, c->init_path);
+    fail("flag -t: %d exceeds the model's maximum sequence length %d (%s)", c->T, max_T, c->init_path);
 }
 
 // Tokenizes a prompt by the longest vocabulary entry at each position
@@ -282,6 +352,80 @@ template <typename M> static double lm_validate_images(M* model, const TokenData
 }
 
 static double bits_per_dim(double mean_loss) { return mean_loss / log(2.0); }
+
+// ----------------------------------------------------------------------------
+// Task files: validation over the positions with a target.
+
+// One batch of task sequences through the model: inputs and targets (rows,
+// T) on the host; losses (rows * T) gets each position's cross-entropy (0
+// where there is no target) and predictions (rows * T) each position's
+// likeliest token, on the host; predictions_device is (rows * T) ints of
+// device scratch. Every task evaluation runs the model here and only here,
+// so that a chunked evaluation (long sequences in constant memory) can take
+// this function's place.
+template <typename M> static void lm_eval_task_batch(M* model, const int* inputs, const int* targets, int rows, int T,
+                                                     float* losses, int* predictions, int* predictions_device) {
+    long n = (long)rows * T;
+    lm_forward(model, inputs, targets, rows, T);
+    argmax_rows(predictions_device, model->acts.logits, (int)n, model->config.vocab_size);
+    cudaCheck(cudaMemcpy(losses, model->acts.losses, n * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(predictions, predictions_device, n * sizeof(int), cudaMemcpyDeviceToHost));
+}
+
+typedef struct {
+    double loss;     // mean cross-entropy over the positions with a target
+    double acc;      // % of those positions whose likeliest token is the target
+    double seq_acc;  // % of the sequences with every target right
+} TaskScore;
+
+// the score over the first max_batches batches of B sequences of val (0:
+// all; a last batch of fewer included), in the file's order
+template <typename M> static TaskScore lm_validate_task(M* model, const TokenData* val, int B, int max_batches) {
+    NVTX_RANGE("validate");
+    int T = val->seq_len;
+    long n = val->num_sequences;
+    if (max_batches > 0 && (long)max_batches * B < n) n = (long)max_batches * B;
+    std::vector<int> inputs((long)B * T), targets((long)B * T), predictions((long)B * T);
+    std::vector<float> losses((long)B * T);
+    int* predictions_device;
+    cudaCheck(cudaMalloc(&predictions_device, (long)B * T * sizeof(int)));
+    double loss_sum = 0.0;
+    long positions = 0, right = 0, sequences_right = 0;
+    for (long first = 0; first < n; first += B) {
+        int rows = (int)std::min<long>(B, n - first);
+        task_data_batch(val, first, rows, inputs.data(), targets.data());
+        lm_eval_task_batch(model, inputs.data(), targets.data(), rows, T, losses.data(), predictions.data(),
+                           predictions_device);
+        for (int r = 0; r < rows; r++) {
+            bool all_right = true;
+            for (long i = (long)r * T; i < (long)(r + 1) * T; i++) {
+                if (targets[i] < 0) continue;
+                loss_sum += losses[i];
+                positions++;
+                right += predictions[i] == targets[i];
+                all_right = all_right && predictions[i] == targets[i];
+            }
+            sequences_right += all_right;
+        }
+    }
+    cudaCheck(cudaFree(predictions_device));
+    TaskScore score = {loss_sum / positions, 100.0 * right / positions, 100.0 * sequences_right / n};
+    return score;
+}
+
+// "val loss X | acc Y%", and "| seq acc Z%" when a sequence holds several targets
+static void print_task_score(const char* prefix, const TaskScore& s, const TokenData* val) {
+    printf("%sval loss %f | acc %.2f%%", prefix, s.loss, s.acc);
+    if (val->targets_per_sequence > 1) printf(" | seq acc %.2f%%", s.seq_acc);
+}
+
+// the evaluation's line of log.jsonl:
+//   {"step": 400, "val_loss": 0.12, "val_acc": 97.5, "val_seq_acc": 80.1, "elapsed_s": 130.2}
+static void log_task_score(Logger* lg, int step, const TaskScore& s, double elapsed) {
+    logger_write(lg, "{\"step\": %d, \"val_loss\": %s, \"val_acc\": %s, \"val_seq_acc\": %s, \"elapsed_s\": %.3f}\n", step,
+                 json_number("%.6f", s.loss).c_str(), json_number("%.4f", s.acc).c_str(),
+                 json_number("%.4f", s.seq_acc).c_str(), elapsed);
+}
 
 // ----------------------------------------------------------------------------
 // Generation, token by token from a state the model carries (the Mamba's
@@ -562,9 +706,18 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         print_generate_timing(generate_output_dir(tc->out_dir), (int)prompt.size());
         return 0;
     }
-    printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
-           B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip, train->num_tokens,
-           val->num_tokens);
+    if (tc->task) {
+        std::string sizes = (train->num_sequences ? "train " + std::to_string(train->num_sequences) + " sequences, " : "") +
+                            "val " + std::to_string(val->num_sequences);  // (evaluating only, nothing of -i is read)
+        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: %s (%s), targets per "
+               "sequence %d\n",
+               B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
+               task_name(tc->task), sizes.c_str(), tc->val_batches ? "the first -m x -b validated" : "all validated",
+               val->targets_per_sequence);
+    } else
+        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
+               B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
+               train->num_tokens, val->num_tokens);
     if (image_len)
         printf("images of %d tokens: %ld train, %ld val (%s) | window = start token %d + an image | bits/dim = val loss / ln 2\n",
                image_len, token_data_num_images(train, image_len), token_data_num_images(val, image_len),
@@ -577,10 +730,16 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     std::vector<int> inputs((long)B * T), targets((long)B * T);
     double run_start = host_clock(), train_seconds = 0.0;
     float last_val = NAN;
+    TaskScore last_score = {NAN, NAN, NAN};
     for (int step = start_step; step <= tc->max_steps; step++) {
         bool last = step == tc->max_steps;
         if ((tc->val_every > 0 && step % tc->val_every == 0) || last) {
-            if (image_len) {
+            if (tc->task) {
+                last_score = lm_validate_task(model, val, B, tc->val_batches);
+                print_task_score("", last_score, val);
+                printf("\n");
+                log_task_score(&logger, step, last_score, host_clock() - run_start);
+            } else if (image_len) {
                 last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * B);
                 printf("val loss %f | bits/dim %.4f\n", last_val, bits_per_dim(last_val));
                 log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
@@ -591,8 +750,9 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                 log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
             }
         }
-        // (images are not sampled during training: -G 1 generates them)
-        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0 && !image_len)
+        // (images are not sampled during training: -G 1 generates them; task sequences are not sampled)
+        if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0 &&
+            !image_len && !tc->task)
             lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, 1);
         if (out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
             save_checkpoint(m, out_dir, step, train_rng.state, sample_rng.state, B, T, run_seed, train->num_tokens,
@@ -602,7 +762,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         NVTX_RANGE("step");
         double t0 = host_clock();
         step_profile_begin();
-        if (image_len) token_data_image_train_batch(train, &train_rng, B, T, start_token, inputs.data(), targets.data());
+        if (tc->task) task_data_train_batch(train, &train_rng, B, inputs.data(), targets.data());
+        else if (image_len) token_data_image_train_batch(train, &train_rng, B, T, start_token, inputs.data(), targets.data());
         else token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
         model_upload_batch(m, inputs.data(), (long)B * T, targets.data(), (long)B * T);
         m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
@@ -625,7 +786,10 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         save_model_file(m, out_dir, tc->max_steps);
         checkpoint_prune(out_dir, 3, std::vector<int>());  // the run ended well: the ones it found may go too
     }
-    if (image_len)
+    if (tc->task) {
+        print_task_score("final ", last_score, val);
+        printf(" | %.1f s | peak memory %.0f MiB\n", host_clock() - run_start, peak_memory_mib());
+    } else if (image_len)
         printf("final val loss %f | bits/dim %.4f | %.1f s | peak memory %.0f MiB\n", last_val, bits_per_dim(last_val),
                host_clock() - run_start, peak_memory_mib());
     else

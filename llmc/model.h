@@ -99,6 +99,7 @@ typedef struct {
     float* ones;                      // device, B*T ones (bias gradients)
     float* step_scalars;              // device: the mean loss, then the global-norm scratch (norm_buffer)
     float* norm_buffer;               // = step_scalars + 1: norm, scale, partials (adamw.cuh's global_norm)
+    float* dloss;                     // device: 1 / the rows with a target of the last model_mean_target_loss
     StepParams* step_params;          // device: this step's learning rate, bias corrections and step
     AdamWDecayTable decay_table;      // the parameter tensors' ends and decay flags, for the one AdamW launch
     int in_train_step;                // set by the training loops: the batch and StepParams are on the device
@@ -140,6 +141,7 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     cudaCheck(cudaMemset(m->v_memory, 0, bytes));
     cudaCheck(cudaMalloc(&m->step_scalars, (1 + NORM_BUFFER_FLOATS) * sizeof(float)));
     m->norm_buffer = m->step_scalars + 1;
+    cudaCheck(cudaMalloc(&m->dloss, sizeof(float)));
     cudaCheck(cudaMalloc(&m->step_params, sizeof(StepParams)));
     StepParams first = {adamw_step_of(0.0f, 0.0f, 0.0f, 1), 0};
     cudaCheck(cudaMemcpy(m->step_params, &first, sizeof(first), cudaMemcpyHostToDevice));
@@ -193,28 +195,51 @@ static void model_allocate_activations(ModelBuffers* m, const TensorSpec* table,
 // sums the elements i, i + blockDim, ... in order, then a fixed tree over the
 // threads' sums in shared memory (blockDim a power of two, at most
 // MEAN_LOSS_THREADS). With one thread (the host backend's launch) it is the
-// plain sum in index order; deterministic either way.
-__global__ void mean_loss_kernel(float* out, const float* losses, int n) {
+// plain sum in index order; deterministic either way. With targets (n ints),
+// the mean is over the rows whose target is not negative (the others' losses
+// are 0), 0 when there are none, and dloss[0] = 1 / their number (0 when
+// none): the backward's scale of each row's gradient.
+__global__ void mean_loss_kernel(float* out, const float* losses, const int* targets, float* dloss, int n) {
     __shared__ double sums[MEAN_LOSS_THREADS];
+    __shared__ int counts[MEAN_LOSS_THREADS];
     int tid = threadIdx.x;
     double s = 0.0;
-    for (int i = tid; i < n; i += blockDim.x) s += losses[i];
+    int count = 0;
+    for (int i = tid; i < n; i += blockDim.x) {
+        s += losses[i];
+        if (targets) count += targets[i] >= 0;
+    }
     sums[tid] = s;
+    counts[tid] = count;
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
         __syncthreads();
-        if (tid < half) sums[tid] += sums[tid + half];
+        if (tid < half) { sums[tid] += sums[tid + half]; counts[tid] += counts[tid + half]; }
     }
-    if (tid == 0) out[0] = (float)(sums[0] / n);  // thread 0 wrote sums[0] last itself
+    if (tid != 0) return;  // thread 0 wrote sums[0] and counts[0] last itself
+    if (!targets) { out[0] = (float)(sums[0] / n); return; }
+    int rows = counts[0];
+    out[0] = rows ? (float)(sums[0] / rows) : 0.0f;
+    dloss[0] = rows ? 1.0f / (float)rows : 0.0f;
 }
 
+static void model_mean_loss_launch(ModelBuffers* m, const float* losses, const int* targets, int n) {
+    LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, targets, m->dloss, n);
+    cudaCheck(cudaGetLastError());
+    if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
+}
 
 // The mean of n per-row losses on the device, into step_scalars[0]; outside
 // a training step also copied into mean_loss now (in a step model_update
 // brings it back with the norm).
-static void model_mean_loss(ModelBuffers* m, const float* losses, int n) {
-    LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, n);
-    cudaCheck(cudaGetLastError());
-    if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
+static void model_mean_loss(ModelBuffers* m, const float* losses, int n) { model_mean_loss_launch(m, losses, nullptr, n); }
+
+// The same over the rows of targets (device, n) that have a target (not
+// negative; crossentropy.cuh gave the others a loss of 0), and m->dloss =
+// 1 / their number for crossentropy_backward_device. When every row has a
+// target, the mean and the scale are model_mean_loss's and 1.0f / n, bit
+// for bit.
+static void model_mean_target_loss(ModelBuffers* m, const float* losses, const int* targets, int n) {
+    model_mean_loss_launch(m, losses, targets, n);
 }
 
 // ----------------------------------------------------------------------------
@@ -301,7 +326,7 @@ static void model_zero_grads(ModelBuffers* m) {
 
 static void model_free(ModelBuffers* m) {
     float* buffers[] = {m->params_memory, m->grads_memory, m->m_memory, m->v_memory, m->acts_memory, m->ones,
-                        m->step_scalars};
+                        m->step_scalars, m->dloss};
     for (float* b : buffers) cudaCheck(cudaFree(b));
     cudaCheck(cudaFree(m->step_params));
     cudaCheck(cudaFree(m->inputs));

@@ -28,6 +28,8 @@ helpers shared by the trainers.
 #define MAGIC_STATE 20261104
 #define MAGIC_CHECKPOINT 20261105
 #define MAGIC_IMAGES 20261106
+#define MAGIC_TASK 20261107
+#define TARGET_IGNORED (-1)     // a position without a target (task files): no loss, no gradient
 
 #define MODEL_GPT 1
 #define MODEL_MAMBA 2

@@ -1,13 +1,13 @@
 /*
 libFuzzer harness for the project's file readers: the parsers behind every
-tokens, vocabulary, model, checkpoint and reference-state file, fed the
+tokens, vocabulary, task, model, checkpoint and reference-state file, fed the
 fuzzer's bytes directly. A reader must either accept the bytes or refuse
 them through fail() (which this harness turns into an exception); a crash,
 a hang or a sanitizer report is a bug. FUZZ_TARGET picks the reader:
-tokens, vocab, model, checkpoint, state, images, or files: the bytes as a
-file on disk, through every loader that reads a file's header first and
-its size against it (tokens, vocabulary, images, a model file's config, a
-checkpoint's checks). Run by dev/fuzz.sh.
+tokens, vocab, task, model, checkpoint, state, images, or files: the bytes
+as a file on disk, through every loader that reads a file's header first
+and its size against it (tokens, vocabulary, task, images, a model file's
+config, a checkpoint's checks). Run by dev/fuzz.sh.
 */
 #include "../../llmc/cuda_common.h"
 #include "../../llmc/dataloader.h"
@@ -35,6 +35,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!strcmp(target, "tokens")) {
             TokenData d;
             token_data_parse(&d, path, data, n);
+        } else if (!strcmp(target, "task")) {
+            TokenData d;
+            task_data_parse(&d, path, data, n);
         } else if (!strcmp(target, "vocab")) {
             Vocab v;
             vocab_parse(&v, path, data, n);
@@ -61,6 +64,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             fclose(f);
             const char* p = file.c_str();
             try { TokenData d; token_data_load(&d, p); } catch (ReaderRefused&) {}
+            try { TokenData d; task_data_load(&d, p); } catch (ReaderRefused&) {}
             try { Vocab v; vocab_load(&v, p); } catch (ReaderRefused&) {}
             try { ImageData d; image_data_load(&d, p); } catch (ReaderRefused&) {}
             try { int config[CONFIG_SLOTS]; model_file_config(p, MODEL_GPT, config); } catch (ReaderRefused&) {}
@@ -69,7 +73,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             RefState s;
             ref_state_parse(&s, path, data, n);
         } else {
-            fprintf(stderr, "FUZZ_TARGET must be tokens, vocab, model, checkpoint, state, images or files\n");
+            fprintf(stderr, "FUZZ_TARGET must be tokens, vocab, task, model, checkpoint, state, images or files\n");
             abort();
         }
     } catch (ReaderRefused&) {

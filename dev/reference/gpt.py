@@ -213,6 +213,31 @@ class GPT(common.FlatParams):
 ACT_NAMES = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 
 
+IGNORE_INDEX = -100  # cross_entropy's default; the C++ side skips every negative target
+
+
+def masked_targets_loss(model, params32, inputs, targets, seed):
+    """
+    The loss of task files, where most positions have no target: targets
+    with about two thirds of the positions ignored (and the whole first
+    sequence), the mean cross-entropy over the rest as
+    F.cross_entropy(..., ignore_index) computes it, and its flat gradient,
+    at params32. Returns (masked targets, loss, gradient).
+    """
+    gen = torch.Generator().manual_seed(seed + 1)  # the state's other draws stay as they were
+    masked = targets.clone()
+    masked[torch.rand(targets.shape, generator=gen) < 2 / 3] = IGNORE_INDEX
+    masked[0, :] = IGNORE_INDEX
+    model.set_flat(params32.double())
+
+    def run():
+        logits, _ = model(inputs)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), masked.view(-1), ignore_index=IGNORE_INDEX)
+
+    loss, grads = common.loss_and_grads(model, run)
+    return masked, loss, grads
+
+
 def write_reference(path, cfg, B, T, seed, steps, adamw):
     """Computes the reference in float64 and writes the state file."""
     torch.manual_seed(seed)
@@ -223,6 +248,10 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     model = GPT(cfg).double()  # (its init draws from the same generator, after the state's draws)
     names = [f"h{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
     tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    masked, masked_loss, masked_grads = masked_targets_loss(model, params32, inputs, targets, seed)
+    tensors += [("masked_targets", masked.int().numpy()), ("masked_loss", np.array([masked_loss.item()], dtype=np.float32)),
+                ("masked_grads", common.f32(masked_grads))]
+    summary += f", masked loss {masked_loss.item():.6f} over {int((masked != IGNORE_INDEX).sum())} of {B * T} positions"
     config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=params32.numel())
     formats.write_state(path, formats.KIND_GPT, config, B, T, tensors)
     print(f"wrote {path}: {summary}")
