@@ -13,7 +13,11 @@ Checks train_mamba.cu and its kernels:
      loss, every parameter gradient (A_log, D, dt_proj bias and conv
      weights included), with both scan variants; 10 AdamW steps; and
   4. bit-identical gradients on a re-run, bit-identical resume from a
-     checkpoint.
+     checkpoint;
+  5. 3 and 4 for the selection ablation (-M lti, data/ref_mamba_lti.bin from
+     dev/reference/mamba.py --lti): its activations (no x_dbl, dt), every
+     gradient (dt_bias, B_lti, C_lti included), 10 AdamW steps, resume, and
+     generation by its recurrent step, at the same tolerances.
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -251,6 +255,8 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
             {"xz", la.xz}, {"conv", la.conv}, {"u", la.u}, {"x_dbl", la.x_dbl}, {"dt", la.dt}, {"scan", la.y},
             {"gated", la.gated}, {"out", la.out}, {"res", la.res}, {"ln", la.ln}};
         for (auto& x : acts) {
+            bool per_position_selection = !strcmp(x.name, "x_dbl") || !strcmp(x.name, "dt");
+            if (model->config.lti && per_position_selection) continue;  // the LTI ablation has neither
             char name[64];
             snprintf(name, sizeof(name), "m%d.%s", l, x.name);
             compare_ref(t, ref, path, name, x.ptr, label, TOL);
@@ -268,11 +274,16 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
 static void check_against_reference(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
-    if (ref.kind != MODEL_MAMBA) fail("%s: reference state of model kind %d, expected a Mamba LM (%d)", path, ref.kind, MODEL_MAMBA);
-    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4]};
-    printf("--- reference %s: Mamba L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, config.num_layers,
-           config.channels, config.inner, config.d_state, ref.config[5], config.vocab_size, ref.B, ref.T);
-    t.check(ref.config[5] == dims_of(config).R, "dt rank %d = ceil(C/16) = %d", ref.config[5], dims_of(config).R);
+    if (ref.kind != MODEL_MAMBA && ref.kind != MODEL_MAMBA_LTI)
+        fail("%s: reference state of model kind %d, expected a Mamba LM (%d or %d)", path, ref.kind, MODEL_MAMBA,
+             MODEL_MAMBA_LTI);
+    int lti = ref.kind == MODEL_MAMBA_LTI;
+    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], lti};
+    printf("--- reference %s: Mamba%s L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, lti ? " LTI" : "",
+           config.num_layers, config.channels, config.inner, config.d_state, ref.config[5], config.vocab_size, ref.B,
+           ref.T);
+    t.check(ref.config[5] == dims_of(config).R, "dt rank %d = %s = %d", ref.config[5], lti ? "0 (no dt_proj)" : "ceil(C/16)",
+            dims_of(config).R);
     Mamba model;
     mamba_build(&model, config);
     mamba_allocate_activations(&model, ref.B, ref.T);
@@ -315,6 +326,7 @@ static void check_against_reference(Tests& t, const char* path) {
 
 int main(int argc, char** argv) {
     const char* path = argc > 1 ? argv[1] : "data/ref_mamba.bin";
+    const char* lti_path = argc > 2 ? argv[2] : "data/ref_mamba_lti.bin";
     Tests t;
     printf("backend %s\n", BACKEND_NAME);
 
@@ -355,5 +367,6 @@ int main(int argc, char** argv) {
     kernel_choices.scan_chunked = default_variant;
 
     check_against_reference(t, path);
+    check_against_reference(t, lti_path);
     return t.summary();
 }
