@@ -17,7 +17,12 @@ Checks train_mamba.cu and its kernels:
   5. 3 and 4 for the selection ablation (-M lti, data/ref_mamba_lti.bin from
      dev/reference/mamba.py --lti): its activations (no x_dbl, dt), every
      gradient (dt_bias, B_lti, C_lti included), 10 AdamW steps, resume, and
-     generation by its recurrent step, at the same tolerances.
+     generation by its recurrent step, at the same tolerances;
+  6. chunked evaluation (mamba_eval_chunked: each layer's conv and SSM
+     state carried from chunk to chunk) against one forward over the whole
+     rows, T = 64 in chunks of 16, 24 (not a divisor) and 2 (shorter than
+     the conv's context), every scan variant, both models; and the scan and
+     conv with a zero initial state / context bit-identical to none.
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -42,6 +47,11 @@ Tolerances:
 static const double TOL = tf32_tolerance(1e-4, 2e-2);
 static const double FD_TOL = 2e-3;
 static const double VARIANT_TOL = 1e-5;
+// chunked evaluation against one forward: the same fp32 operations per
+// position but for the matmuls' row counts (BLAS may block B*Tc rows
+// otherwise than B*T) and the carried state's round trip through memory
+// (exact), ~1e-7 relative; 1e-5 bounds it
+static const double CHUNK_TOL = tf32_tolerance(1e-5, 2e-2);
 // generation (the recurrent step) against the parallel forward: the same
 // fp32 math in another summation order, ~1e-7 relative; 1e-5 bounds it (as
 // test_gpt.cu)
@@ -271,6 +281,107 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
     check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
 }
 
+// ----------------------------------------------------------------------------
+// 6. chunked evaluation
+
+// the logits (B, T, V) of every position (host), by mamba_eval_chunked
+static std::vector<float> mamba_logits_chunked(Mamba* model, const int* tokens, int B, int T, int Tc) {
+    int V = model->config.vocab_size;
+    std::vector<float> logits((size_t)B * T * V), part;
+    mamba_eval_chunked(model, tokens, B, T, Tc, [&](int t0, int n, const float* d_logits) {
+        part.resize((size_t)B * n * V);
+        cudaCheck(cudaMemcpy(part.data(), d_logits, part.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int b = 0; b < B; b++)
+            memcpy(&logits[((size_t)b * T + t0) * V], &part[(size_t)b * n * V], (size_t)n * V * sizeof(float));
+    });
+    return logits;
+}
+
+// one forward over rows of T tokens against mamba_eval_chunked in chunks of
+// 16, 24 and 2, for each scan variant (the LTI model has one)
+static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<float>& params) {
+    const int B = 2, T = 64, V = config.vocab_size;
+    printf("--- chunked evaluation%s, B %d T %d\n", config.lti ? " (LTI)" : "", B, T);
+    Mamba model;
+    mamba_build(&model, config);
+    mamba_allocate_activations(&model, B, T);
+    load_params(&model.buf, params);
+    uint64_t rng = 4242;
+    std::vector<int> tokens((size_t)B * T);
+    for (int& x : tokens) x = (int)(random_uniform(&rng) * V) % V;
+    bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
+    const char* variants[3] = {"seq", "vec", "chunked"};
+    for (int v = 0; v < (config.lti ? 1 : 3); v++) {
+        kernel_choices.scan_chunked = v == 2;
+        kernel_choices.scan_vec = v == 1;
+        mamba_forward(&model, tokens.data(), nullptr, B, T);
+        std::vector<float> whole = device_to_vector(model.acts.logits, (long)B * T * V);
+        for (int Tc : {16, 24, 2}) {
+            std::vector<float> chunked = mamba_logits_chunked(&model, tokens.data(), B, T, Tc);
+            char name[96];
+            snprintf(name, sizeof(name), "[%s] logits, chunks of %d", config.lti ? "lti" : variants[v], Tc);
+            check_tensor(t, name, chunked.data(), whole.data(), (long)whole.size(), CHUNK_TOL);
+        }
+    }
+    kernel_choices.scan_chunked = default_chunked;
+    kernel_choices.scan_vec = default_vec;
+    model_free(&model.buf);
+}
+
+// the scan with h0 = zeros and the conv with a zero context give the same
+// bits as without them (null), every scan variant
+static void check_zero_state_identical(Tests& t) {
+    ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 77);
+    int B = p.B, T = p.T, E = p.E, N = p.N, R = p.R;
+    long BT = (long)B * T;
+    float *u = vector_to_device(p.u), *dt = vector_to_device(p.dt_pre), *x_dbl = vector_to_device(p.x_dbl);
+    float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D), *xz = vector_to_device(p.xz);
+    float* bias = vector_to_device(p.dt_bias);
+    dt_softplus(dt, bias, (int)BT, E);  // dt > 0, as the model's
+    std::vector<float> zeros_state((long)B * E * N, 0.0f), zeros_ctx((long)B * E * (CONV_K - 1), 0.0f);
+    float *h0 = vector_to_device(zeros_state), *ctx = vector_to_device(zeros_ctx);
+    float *y, *gated, *states;
+    cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
+    bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
+    const char* variants[3] = {"seq", "vec", "chunked"};
+    for (int v = 0; v < 3; v++) {
+        kernel_choices.scan_chunked = v == 2;
+        kernel_choices.scan_vec = v == 1;
+        std::vector<float> out[2];
+        for (int with = 0; with < 2; with++) {
+            selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N, with ? h0 : nullptr);
+            out[with] = device_to_vector(gated, BT * E);
+            std::vector<float> s = device_to_vector(states, scan_states_size(B, T, E, N));
+            out[with].insert(out[with].end(), s.begin(), s.end());
+        }
+        long diff = 0;
+        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        t.check(diff == 0, "[%s] scan with h0 = zeros vs none: %ld of %zu values differ (bit-identical wanted)",
+                variants[v], diff, out[0].size());
+    }
+    kernel_choices.scan_chunked = default_chunked;
+    kernel_choices.scan_vec = default_vec;
+    {
+        std::vector<float> w(E * CONV_K, 0.3f), bias(E, 0.1f);
+        float *dw = vector_to_device(w), *db = vector_to_device(bias), *conv, *cu;
+        cudaCheck(cudaMalloc(&conv, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&cu, BT * E * sizeof(float)));
+        std::vector<float> out[2];
+        for (int with = 0; with < 2; with++) {
+            conv1d_silu_forward(conv, cu, xz, 2 * E, dw, db, B, T, E, with ? ctx : nullptr);
+            out[with] = device_to_vector(cu, BT * E);
+        }
+        long diff = 0;
+        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        t.check(diff == 0, "conv1d with a zero context vs none: %ld of %zu values differ (bit-identical wanted)", diff,
+                out[0].size());
+        for (float* q : {dw, db, conv, cu}) cudaFree(q);
+    }
+    for (float* q : {u, dt, x_dbl, A_log, D, xz, bias, h0, ctx, y, gated, states}) cudaFree(q);
+}
+
 static void check_against_reference(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
@@ -322,6 +433,7 @@ static void check_against_reference(Tests& t, const char* path) {
     // a prompt longer than the activations: the rest is stepped
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 3 * ref.T);
     model_free(&model.buf);
+    check_chunked_eval(t, config, ref.get("params", path).f);
 }
 
 int main(int argc, char** argv) {
@@ -365,6 +477,7 @@ int main(int argc, char** argv) {
         compare_vectors(t, "dD", b.dD, a.dD, VARIANT_TOL);
     }
     kernel_choices.scan_chunked = default_variant;
+    check_zero_state_identical(t);
 
     check_against_reference(t, path);
     check_against_reference(t, lti_path);

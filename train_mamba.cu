@@ -31,6 +31,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
 
+#include <functional>
 #include <vector>
 
 // ----------------------------------------------------------------------------
@@ -183,14 +184,22 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+// forward: logits for inputs (B, T) (host array); with targets, also the mean
+// loss. carry: null, every row starts empty; else it holds every layer's
+// conv and SSM state before the rows (a MambaStepState of at least B rows,
+// llmc/mamba_step.cuh), and on return the states after them (no backward
+// after such a forward).
 
-static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T) {
+static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T,
+                          MambaStepState* carry = nullptr) {
     NVTX_RANGE("forward");
     MambaConfig c = model->config;
     MambaDims d = dims_of(c);
     ModelBuffers* m = &model->buf;
     if (B > m->batch_size || T > m->seq_len) fail("mamba_forward: batch %d x %d exceeds the allocation", B, T);
+    if (carry && (carry->L != c.num_layers || B > carry->B))
+        fail("mamba_forward: a carried state of %d layers x %d rows for %d layers x %d rows", carry->L, carry->B,
+             c.num_layers, B);
     int L = c.num_layers, C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
@@ -203,7 +212,9 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
         MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
-        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d, c.lti ? &lti : nullptr);
+        MambaCarry layer_carry = carry ? MambaCarry{mamba_conv_state(carry, l), mamba_ssm_state(carry, l)} : MambaCarry{};
+        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d, c.lti ? &lti : nullptr,
+                            carry ? &layer_carry : nullptr);
         x = la.ln;
     }
     lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
@@ -281,6 +292,41 @@ static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
         step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
     };
     lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { mamba_step(model, column, B); });
+}
+
+// ----------------------------------------------------------------------------
+// chunked evaluation: rows of any length in constant device memory
+
+// the logits of positions t0 .. t0+n-1 of every row: (B, n, V) on the
+// device, valid until the next forward
+typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits;
+
+// Evaluates token rows (B, T) (host, row-major, any T) Tc positions at a
+// time (Tc at most the activations' T, B at most their batch), each layer's
+// conv and SSM state carried from one chunk into the next in a
+// MambaStepState of its own (the recurrent step's layout), so each position
+// sees every position before it, as one forward over all T would. Calls
+// on_chunk(t0, n, logits) for the chunks in order (n = Tc but for the last).
+// Device memory: the activations' and B rows of states, whatever T is.
+// (Task-file evaluation calls it; maybe_unused until a caller is built in.)
+[[maybe_unused]] static void mamba_eval_chunked(Mamba* model, const int* tokens, int B, int T, int Tc,
+                                                const MambaChunkLogits& on_chunk) {
+    NVTX_RANGE("eval_chunked");
+    ModelBuffers* m = &model->buf;
+    if (B < 1 || T < 1 || Tc < 1) fail("mamba_eval_chunked: %d rows of %d tokens in chunks of %d", B, T, Tc);
+    if (B > m->batch_size || Tc > m->seq_len)
+        fail("mamba_eval_chunked: chunks of %d x %d exceed the activations' %d x %d", B, Tc, m->batch_size, m->seq_len);
+    MambaStepState carry;
+    mamba_step_state_alloc(&carry, model->config.num_layers, B, dims_of(model->config));  // cleared: rows start empty
+    std::vector<int> chunk((size_t)B * Tc);
+    for (int t0 = 0; t0 < T; t0 += Tc) {
+        int n = T - t0 < Tc ? T - t0 : Tc;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < n; i++) chunk[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
+        mamba_forward(model, chunk.data(), nullptr, B, n, &carry);
+        on_chunk(t0, n, model->acts.logits);
+    }
+    mamba_step_state_free(&carry);
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)

@@ -270,12 +270,26 @@ static void mamba_check_lti(MambaDims d, const MambaLtiParams* lti, const char* 
     if (!d.lti != !lti) fail("%s: the LTI ablation's parameters %s", what, d.lti ? "are missing" : "given to a selective model");
 }
 
+// A layer's state carried from one chunk of a sequence into the next, in
+// the recurrent step's layout (mamba_step.cuh's MambaStepState holds one per
+// layer): the conv's last K-1 inputs and the SSM state after the chunk.
+typedef struct {
+    float* conv_state;  // (B, E, K-1)  the x half of in_proj's output at the last K-1 positions, oldest first
+    float* ssm_state;   // (B, E, N)
+} MambaCarry;
+
 // The mixer alone: a.out (B,T,C) = Mamba(x), keeping its activations in a
 // (xz .. states); p and a are the layer's, and so is lti (the LTI
-// ablation's per-channel dt, B, C; null for the selective model, d.lti = 0)
+// ablation's per-channel dt, B, C; null for the selective model, d.lti = 0).
+// carry: null, the sequence starts at x (zero conv padding, zero state);
+// else the positions before x are in it, and on return it holds the state
+// after x (a forward only: the backward pass assumes no carry).
 static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
-                                int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr) {
+                                int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr,
+                                const MambaCarry* carry = nullptr) {
     mamba_check_lti(d, lti, "mamba_mixer_forward");
+    const float* conv_prev = carry ? carry->conv_state : nullptr;
+    const float* h0 = carry ? carry->ssm_state : nullptr;
     int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     {
         NVTX_RANGE("in_proj_forward");
@@ -283,12 +297,12 @@ static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, con
     }
     {
         NVTX_RANGE("conv1d_forward");
-        conv1d_silu_forward(a.conv, a.u, a.xz, 2 * E, p.conv_w, p.conv_b, B, T, E);
+        conv1d_silu_forward(a.conv, a.u, a.xz, 2 * E, p.conv_w, p.conv_b, B, T, E, conv_prev);
     }
     if (lti) {
         NVTX_RANGE("selective_scan_lti_forward");
         selective_scan_lti_forward(a.y, a.gated, a.states, a.u, lti->dt_bias, lti->B_lti, lti->C_lti, p.A_log, p.D,
-                                   a.xz, B, T, E, N);
+                                   a.xz, B, T, E, N, h0);
     } else {
         {
             NVTX_RANGE("x_proj_dt_forward");
@@ -297,7 +311,12 @@ static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, con
             dt_softplus(a.dt, p.dt_proj_b, BT, E);
         }
         NVTX_RANGE("selective_scan_forward");
-        selective_scan_forward(a.y, a.gated, a.states, a.u, a.dt, a.x_dbl, R, p.A_log, p.D, a.xz, B, T, E, N);
+        selective_scan_forward(a.y, a.gated, a.states, a.u, a.dt, a.x_dbl, R, p.A_log, p.D, a.xz, B, T, E, N, h0);
+    }
+    if (carry) {
+        NVTX_RANGE("carry_update");
+        conv1d_context_update(carry->conv_state, a.xz, 2 * E, B, T, E);
+        scan_final_state(carry->ssm_state, a.states, B, T, E, N);
     }
     {
         NVTX_RANGE("out_proj_forward");
@@ -348,11 +367,12 @@ static void mamba_mixer_backward(cublasHandle_t h, float* dx, int accumulate_dx,
 }
 
 // one block: a.ln (B,T,C) = LN(x + Mamba(x)); p, a and lti (null unless
-// d.lti) are the layer's
+// d.lti) are the layer's; carry as mamba_mixer_forward's
 static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
-                                int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr) {
+                                int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr,
+                                const MambaCarry* carry = nullptr) {
     int BT = B * T, C = d.C;
-    mamba_mixer_forward(h, p, a, x, B, T, d, lti);
+    mamba_mixer_forward(h, p, a, x, B, T, d, lti, carry);
     {
         NVTX_RANGE("residual_forward");
         residual_forward(a.res, x, a.out, (long)BT * C);

@@ -27,6 +27,12 @@ sequential kernel writes it at t == T-1, the chunked one writes the carry
 taken from the last valid lane of the partial chunk), so selective_scan.cuh
 needs no change. All rows of a prompt have the same length T.
 
+The parallel forward carries the same state from chunk to chunk (a layer's
+conv_state and ssm_state slices are its MambaCarry, mamba_block.cuh: the
+conv's left context and the scan's h0, then the state after the chunk), so
+a MambaStepState filled by a chunked forward can go on with steps, and one
+filled by steps can go on with a chunked forward.
+
 The step's math is the sequential scan's, operation for operation; it
 differs from the parallel forward only in summation order (the matmuls on B
 rows instead of B*T, and the warp variant's tree sum over states).

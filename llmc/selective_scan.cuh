@@ -3,7 +3,7 @@ Mamba's selective scan, forward and backward, with dt's softplus and the
 SiLU(z) gating fused in.
 
 For each batch b, channel e and state n, over time t:
-  h_t = exp(dt_t * A[e,n]) * h_{t-1} + dt_t * B_t[n] * u_t        (h_{-1} = 0)
+  h_t = exp(dt_t * A[e,n]) * h_{t-1} + dt_t * B_t[n] * u_t        (h_{-1} = h0, or 0)
   y_t = sum_n h_t[n] * C_t[n] + D[e] * u_t
   gated_t = y_t * silu(z_t)
 with A = -exp(A_log). B_t and C_t are columns [R, R+N) and [R+N, R+2N) of
@@ -45,6 +45,13 @@ gradients up to rounding and summation order):
                     Backward: lane i holds step chunk*32 + i; the block
                     combines its warps' dB, dC contributions in shared
                     memory (padded rows: no bank conflicts).
+The forward pass takes an optional initial state h0 (B, E, N) (null: zeros,
+the same operations as before it existed), so that a sequence can be run in
+chunks with the state carried between them; the state after the last
+position is the stored state of the last chunk (scan_final_state copies it
+out as (B, E, N)). The backward pass assumes h0 = 0 (training starts every
+sequence empty).
+
 Reductions are deterministic: dB and dC (sums over channels) are summed in a
 fixed order within a group, written per group, then added over groups in
 order; dA_log and dD (sums over batch and time) are written per batch row
@@ -83,13 +90,14 @@ __global__ void dt_softplus_kernel(float* dt, const float* bias, int E, int span
 
 __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                  const float* D, const float* xz, int B, int T, int E, int N) {
+                                                  const float* D, const float* xz, const float* h0, int B, int T,
+                                                  int E, int N) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
     int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[MAX_DSTATE], h[MAX_DSTATE];
-    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = 0.0f; }
+    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = h0 ? h0[(long)idx * N + n] : 0.0f; }
     for (int t = 0; t < T; t++) {
         long row = (long)b * T + t;
         float dtv = dt[row * E + e], uv = u[row * E + e];
@@ -146,7 +154,8 @@ __device__ __forceinline__ void scan_load_bc_chunk(float* bc_s, const float* x_d
 template <int NS>
 __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, float* states, const float* u,
                                                       const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                      const float* D, const float* xz, int B, int T, int E) {
+                                                      const float* D, const float* xz, const float* h0, int B, int T,
+                                                      int E) {
     const int K = SCAN_LANE_STEPS, xs = R + 2 * NS;
     __shared__ float bc_s[SCAN_FWD_STEPS * SCAN_BC_STRIDE(NS)];
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
@@ -157,7 +166,10 @@ __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, fl
     int nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[NS], carry[NS];
 #pragma unroll
-    for (int n = 0; n < NS; n++) { A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f; carry[n] = 0.0f; }
+    for (int n = 0; n < NS; n++) {
+        A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f;
+        carry[n] = (active && h0) ? h0[((long)b * E + e) * NS + n] : 0.0f;
+    }
     for (int t0 = 0; t0 < T; t0 += SCAN_FWD_STEPS) {
         __syncthreads();  // every warp is done with the previous rows
         for (int i = threadIdx.x; i < SCAN_FWD_STEPS * 2 * NS; i += blockDim.x) {
@@ -246,7 +258,8 @@ template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float*
 template <int NS>
 __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                  const float* D, const float* xz, int B, int T, int E) {
+                                                  const float* D, const float* xz, const float* h0, int B, int T,
+                                                  int E) {
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * ngroups) return;
@@ -255,7 +268,10 @@ __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float*
     int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[SCAN_GROUP][NS], h[SCAN_GROUP][NS];
     for (int j = 0; j < ne; j++)
-        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); h[j][n] = 0.0f; }
+        for (int n = 0; n < NS; n++) {
+            A[j][n] = -expf(A_log[(e0 + j) * NS + n]);
+            h[j][n] = h0 ? h0[((long)b * E + e0 + j) * NS + n] : 0.0f;
+        }
     for (int t = 0; t < T; t++) {
         long row = (long)b * T + t;
         const float* Bt = x_dbl + row * xs + R;
@@ -632,8 +648,8 @@ __global__ void scan_reduce_params_kernel(float* dA_log, float* dD, const float*
 
 __global__ void selective_scan_lti_forward_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt_bias, const float* B_lti, const float* C_lti,
-                                                  const float* A_log, const float* D, const float* xz, int B, int T,
-                                                  int E, int N) {
+                                                  const float* A_log, const float* D, const float* xz,
+                                                  const float* h0, int B, int T, int E, int N) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
@@ -644,7 +660,7 @@ __global__ void selective_scan_lti_forward_kernel(float* y, float* gated, float*
         a[n] = expf(dtv * -expf(A_log[e * N + n]));
         dtB[n] = dtv * B_lti[e * N + n];
         Cn[n] = C_lti[e * N + n];
-        h[n] = 0.0f;
+        h[n] = h0 ? h0[(long)idx * N + n] : 0.0f;
     }
     for (int t = 0; t < T; t++) {
         long row = (long)b * T + t;
@@ -781,21 +797,38 @@ void dt_softplus(float* dt, const float* bias, int BT, int E) {
     cudaCheck(cudaGetLastError());
 }
 
-// y, gated (B,T,E); states (B,E,nchunks,N); xz holds z in its second half
+// y, gated (B,T,E); states (B,E,nchunks,N); xz holds z in its second half;
+// h0 (B,E,N) the state before position 0, null for zeros
 void selective_scan_forward(float* y, float* gated, float* states, const float* u, const float* dt,
                             const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
-                            int B, int T, int E, int N) {
+                            int B, int T, int E, int N, const float* h0 = nullptr) {
     scan_check_limits(N);
     if (kernel_choices.scan_chunked) {
         LAUNCH(selective_scan_forward_chunked_kernel<SCAN_DSTATE>, B * CEIL_DIV(E, SCAN_GROUP), SCAN_GROUP * 32, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E);
     } else if (kernel_choices.scan_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E);
     } else {
         LAUNCH(selective_scan_forward_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E, N);
     }
+    cudaCheck(cudaGetLastError());
+}
+
+// h_final[b,e,n] = the state after position T-1 = states[b,e,nchunks-1,n]
+// (both scans, the time-invariant one too); one thread per (b, e, n)
+__global__ void scan_final_state_kernel(float* h_final, const float* states, int B, int T, int E, int N) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * E * N) return;
+    long be = idx / N;
+    int n = idx % N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    h_final[idx] = states[(be * nchunks + nchunks - 1) * N + n];
+}
+
+// the final state (B,E,N) of a forward over T positions, from its stored states
+void scan_final_state(float* h_final, const float* states, int B, int T, int E, int N) {
+    LAUNCH(scan_final_state_kernel, CEIL_DIV((long)B * E * N, 256), 256, 0)(h_final, states, B, T, E, N);
     cudaCheck(cudaGetLastError());
 }
 
@@ -828,13 +861,14 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
 }
 
 // The time-invariant scan (-M lti): y, gated (B,T,E); states (B,E,nchunks,N);
-// dt_bias (E), B_lti, C_lti (E,N) the layer's parameters
+// dt_bias (E), B_lti, C_lti (E,N) the layer's parameters; h0 (B,E,N) the
+// state before position 0, null for zeros
 void selective_scan_lti_forward(float* y, float* gated, float* states, const float* u, const float* dt_bias,
                                 const float* B_lti, const float* C_lti, const float* A_log, const float* D,
-                                const float* xz, int B, int T, int E, int N) {
+                                const float* xz, int B, int T, int E, int N, const float* h0 = nullptr) {
     if (N < 1 || N > MAX_DSTATE) fail("selective_scan_lti_forward: d_state %d is not supported (1..%d)", N, MAX_DSTATE);
     LAUNCH(selective_scan_lti_forward_kernel, CEIL_DIV(B * E, 64), 64, 0)(y, gated, states, u, dt_bias, B_lti, C_lti,
-                                                                          A_log, D, xz, B, T, E, N);
+                                                                          A_log, D, xz, h0, B, T, E, N);
     cudaCheck(cudaGetLastError());
 }
 
