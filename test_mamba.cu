@@ -1,7 +1,8 @@
 /*
 Checks train_mamba.cu and its kernels:
   1. finite-difference gradient checks of the selective scan (with its
-     softplus and gating) and of the conv1d + SiLU kernel on tiny shapes:
+     softplus and gating), of the time-invariant scan of -M lti, and of
+     the conv1d + SiLU kernel on tiny shapes:
      central differences along random directions against the analytic
      gradient, for both scan variants (and the sequential one at d_state 4,
      which the chunked one, compiled for 16, refuses);
@@ -252,6 +253,101 @@ static void check_conv_gradients(Tests& t) {
 }
 
 // ----------------------------------------------------------------------------
+// the time-invariant scan (-M lti) on its own: loss = sum(gated * w)
+
+struct LtiProblem {
+    int B, T, E, N;
+    std::vector<float> u, xz, dt_bias, B_lti, C_lti, A_log, D, w;
+};
+
+// the loss and, with grads, [du | dz (the z half of dxz) | dA_log | dB_lti | dC_lti | ddt_bias | dD]
+static double lti_scan_loss(const LtiProblem& p, std::vector<float>* grads) {
+    int B = p.B, T = p.T, E = p.E, N = p.N;
+    long BT = (long)B * T;
+    float *u = vector_to_device(p.u), *xz = vector_to_device(p.xz), *dt_bias = vector_to_device(p.dt_bias);
+    float *B_lti = vector_to_device(p.B_lti), *C_lti = vector_to_device(p.C_lti);
+    float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D);
+    float *y, *gated, *states;
+    cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
+    selective_scan_lti_forward(y, gated, states, u, dt_bias, B_lti, C_lti, A_log, D, xz, B, T, E, N);
+    std::vector<float> hg = device_to_vector(gated, BT * E);
+    double loss = 0.0;
+    for (long i = 0; i < BT * E; i++) loss += (double)hg[i] * p.w[i];
+    if (grads) {
+        std::vector<float> zeros_en((long)E * N, 0.0f), zeros_e(E, 0.0f), zeros_xz(BT * 2 * E, 0.0f);
+        float *dgated = vector_to_device(p.w), *du, *scratch, *dxz = vector_to_device(zeros_xz);
+        float *dA = vector_to_device(zeros_en), *dB = vector_to_device(zeros_en), *dC = vector_to_device(zeros_en);
+        float *ddt = vector_to_device(zeros_e), *dD = vector_to_device(zeros_e);
+        cudaCheck(cudaMalloc(&du, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&scratch, scan_lti_scratch_size(B, E, N) * sizeof(float)));
+        selective_scan_lti_backward(du, dxz, dA, dB, dC, ddt, dD, scratch, dgated, y, u, dt_bias, B_lti, C_lti, A_log,
+                                    D, xz, states, B, T, E, N);
+        grads->clear();
+        auto append = [&](const float* d, long n) {
+            std::vector<float> h = device_to_vector(d, n);
+            grads->insert(grads->end(), h.begin(), h.end());
+        };
+        append(du, BT * E);
+        std::vector<float> hxz = device_to_vector(dxz, BT * 2 * E);
+        for (long r = 0; r < BT; r++) grads->insert(grads->end(), hxz.begin() + r * 2 * E + E, hxz.begin() + (r + 1) * 2 * E);
+        append(dA, (long)E * N);
+        append(dB, (long)E * N);
+        append(dC, (long)E * N);
+        append(ddt, E);
+        append(dD, E);
+        for (float* q : {dgated, du, scratch, dxz, dA, dB, dC, ddt, dD}) cudaFree(q);
+    }
+    for (float* q : {u, xz, dt_bias, B_lti, C_lti, A_log, D, y, gated, states}) cudaFree(q);
+    return loss;
+}
+
+// central differences along random directions of each input, as fd_check
+static void check_lti_scan_gradients(Tests& t) {
+    uint64_t rng = 31;
+    LtiProblem p = {2, 45, 11, 16};
+    long BT = (long)p.B * p.T, E = p.E, N = p.N;
+    p.u = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    p.xz = random_vector(BT * 2 * E, -2.0f, 2.0f, &rng);
+    p.dt_bias = random_vector(E, -4.0f, -1.0f, &rng);
+    p.B_lti = random_vector(E * N, -1.0f, 1.0f, &rng);
+    p.C_lti = random_vector(E * N, -1.0f, 1.0f, &rng);
+    p.A_log = random_vector(E * N, -0.5f, 1.5f, &rng);
+    p.D = random_vector(E, 0.5f, 1.5f, &rng);
+    p.w = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    printf("--- time-invariant scan (-M lti), B %d T %d E %d N %d\n", p.B, p.T, p.E, p.N);
+    std::vector<float> grads;
+    lti_scan_loss(p, &grads);
+    struct { const char* name; std::vector<float>* x; bool z_half; } inputs[] = {
+        {"u", &p.u, false}, {"z", &p.xz, true}, {"A_log", &p.A_log, false}, {"B_lti", &p.B_lti, false},
+        {"C_lti", &p.C_lti, false}, {"dt_bias", &p.dt_bias, false}, {"D", &p.D, false}};
+    long off = 0;
+    for (auto& in : inputs) {
+        std::vector<float>& x = *in.x;
+        std::vector<float> x0 = x, v(x.size(), 0.0f);
+        double analytic = 0.0;
+        long k = 0;
+        for (size_t i = 0; i < x.size(); i++) {
+            if (in.z_half && (long)(i % (2 * E)) < E) continue;  // only z feeds the gate
+            v[i] = 2.0f * random_uniform(&rng) - 1.0f;
+            analytic += (double)grads[off + k++] * v[i];
+        }
+        const float eps = 1e-2f;
+        for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] + eps * v[i];
+        double lp = lti_scan_loss(p, nullptr);
+        for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] - eps * v[i];
+        double lm = lti_scan_loss(p, nullptr);
+        x = x0;
+        off += k;
+        double numeric = (lp - lm) / (2.0 * eps);
+        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+        t.check(rel <= FD_TOL, "finite difference d/d%-7s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                in.name, numeric, analytic, rel, FD_TOL);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // 3-4. the whole model against the PyTorch reference
 
 static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, const char* path, const char* label) {
@@ -456,6 +552,7 @@ int main(int argc, char** argv) {
         check_scan_gradients(t, p4, "sequential, N = 4");
     }
     check_conv_gradients(t);
+    check_lti_scan_gradients(t);
 
     // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
     // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit
