@@ -82,6 +82,9 @@ data/ref_gpt_plus.bin: dev/reference/gpt_plus.py dev/reference/formats.py dev/re
 data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
+data/ref_mamba_lti.bin: dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/mamba.py --lti --out $@
 data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model $* --out $@
@@ -116,7 +119,7 @@ data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
 # every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
-REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_vit.bin data/ref_mamba_vit.bin \
+REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_vit.bin data/ref_mamba_vit.bin \
              data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
              data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin

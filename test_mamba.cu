@@ -1,7 +1,8 @@
 /*
 Checks train_mamba.cu and its kernels:
   1. finite-difference gradient checks of the selective scan (with its
-     softplus and gating) and of the conv1d + SiLU kernel on tiny shapes:
+     softplus and gating), of the time-invariant scan of -M lti, and of
+     the conv1d + SiLU kernel on tiny shapes:
      central differences along random directions against the analytic
      gradient, for both scan variants (and the sequential one at d_state 4,
      which the chunked one, compiled for 16, refuses);
@@ -13,7 +14,16 @@ Checks train_mamba.cu and its kernels:
      loss, every parameter gradient (A_log, D, dt_proj bias and conv
      weights included), with both scan variants; 10 AdamW steps; and
   4. bit-identical gradients on a re-run, bit-identical resume from a
-     checkpoint.
+     checkpoint;
+  5. 3 and 4 for the selection ablation (-M lti, data/ref_mamba_lti.bin from
+     dev/reference/mamba.py --lti): its activations (no x_dbl, dt), every
+     gradient (dt_bias, B_lti, C_lti included), 10 AdamW steps, resume, and
+     generation by its recurrent step, at the same tolerances;
+  6. chunked evaluation (mamba_eval_chunked: each layer's conv and SSM
+     state carried from chunk to chunk) against one forward over the whole
+     rows, T = 64 in chunks of 16, 24 (not a divisor) and 2 (shorter than
+     the conv's context), every scan variant, both models; and the scan and
+     conv with a zero initial state / context bit-identical to none.
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -38,6 +48,11 @@ Tolerances:
 static const double TOL = tf32_tolerance(1e-4, 2e-2);
 static const double FD_TOL = 2e-3;
 static const double VARIANT_TOL = 1e-5;
+// chunked evaluation against one forward: the same fp32 operations per
+// position but for the matmuls' row counts (BLAS may block B*Tc rows
+// otherwise than B*T) and the carried state's round trip through memory
+// (exact), ~1e-7 relative; 1e-5 bounds it
+static const double CHUNK_TOL = tf32_tolerance(1e-5, 2e-2);
 // generation (the recurrent step) against the parallel forward: the same
 // fp32 math in another summation order, ~1e-7 relative; 1e-5 bounds it (as
 // test_gpt.cu)
@@ -238,6 +253,101 @@ static void check_conv_gradients(Tests& t) {
 }
 
 // ----------------------------------------------------------------------------
+// the time-invariant scan (-M lti) on its own: loss = sum(gated * w)
+
+struct LtiProblem {
+    int B, T, E, N;
+    std::vector<float> u, xz, dt_bias, B_lti, C_lti, A_log, D, w;
+};
+
+// the loss and, with grads, [du | dz (the z half of dxz) | dA_log | dB_lti | dC_lti | ddt_bias | dD]
+static double lti_scan_loss(const LtiProblem& p, std::vector<float>* grads) {
+    int B = p.B, T = p.T, E = p.E, N = p.N;
+    long BT = (long)B * T;
+    float *u = vector_to_device(p.u), *xz = vector_to_device(p.xz), *dt_bias = vector_to_device(p.dt_bias);
+    float *B_lti = vector_to_device(p.B_lti), *C_lti = vector_to_device(p.C_lti);
+    float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D);
+    float *y, *gated, *states;
+    cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
+    selective_scan_lti_forward(y, gated, states, u, dt_bias, B_lti, C_lti, A_log, D, xz, B, T, E, N);
+    std::vector<float> hg = device_to_vector(gated, BT * E);
+    double loss = 0.0;
+    for (long i = 0; i < BT * E; i++) loss += (double)hg[i] * p.w[i];
+    if (grads) {
+        std::vector<float> zeros_en((long)E * N, 0.0f), zeros_e(E, 0.0f), zeros_xz(BT * 2 * E, 0.0f);
+        float *dgated = vector_to_device(p.w), *du, *scratch, *dxz = vector_to_device(zeros_xz);
+        float *dA = vector_to_device(zeros_en), *dB = vector_to_device(zeros_en), *dC = vector_to_device(zeros_en);
+        float *ddt = vector_to_device(zeros_e), *dD = vector_to_device(zeros_e);
+        cudaCheck(cudaMalloc(&du, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&scratch, scan_lti_scratch_size(B, E, N) * sizeof(float)));
+        selective_scan_lti_backward(du, dxz, dA, dB, dC, ddt, dD, scratch, dgated, y, u, dt_bias, B_lti, C_lti, A_log,
+                                    D, xz, states, B, T, E, N);
+        grads->clear();
+        auto append = [&](const float* d, long n) {
+            std::vector<float> h = device_to_vector(d, n);
+            grads->insert(grads->end(), h.begin(), h.end());
+        };
+        append(du, BT * E);
+        std::vector<float> hxz = device_to_vector(dxz, BT * 2 * E);
+        for (long r = 0; r < BT; r++) grads->insert(grads->end(), hxz.begin() + r * 2 * E + E, hxz.begin() + (r + 1) * 2 * E);
+        append(dA, (long)E * N);
+        append(dB, (long)E * N);
+        append(dC, (long)E * N);
+        append(ddt, E);
+        append(dD, E);
+        for (float* q : {dgated, du, scratch, dxz, dA, dB, dC, ddt, dD}) cudaFree(q);
+    }
+    for (float* q : {u, xz, dt_bias, B_lti, C_lti, A_log, D, y, gated, states}) cudaFree(q);
+    return loss;
+}
+
+// central differences along random directions of each input, as fd_check
+static void check_lti_scan_gradients(Tests& t) {
+    uint64_t rng = 31;
+    LtiProblem p = {2, 45, 11, 16};
+    long BT = (long)p.B * p.T, E = p.E, N = p.N;
+    p.u = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    p.xz = random_vector(BT * 2 * E, -2.0f, 2.0f, &rng);
+    p.dt_bias = random_vector(E, -4.0f, -1.0f, &rng);
+    p.B_lti = random_vector(E * N, -1.0f, 1.0f, &rng);
+    p.C_lti = random_vector(E * N, -1.0f, 1.0f, &rng);
+    p.A_log = random_vector(E * N, -0.5f, 1.5f, &rng);
+    p.D = random_vector(E, 0.5f, 1.5f, &rng);
+    p.w = random_vector(BT * E, -1.0f, 1.0f, &rng);
+    printf("--- time-invariant scan (-M lti), B %d T %d E %d N %d\n", p.B, p.T, p.E, p.N);
+    std::vector<float> grads;
+    lti_scan_loss(p, &grads);
+    struct { const char* name; std::vector<float>* x; bool z_half; } inputs[] = {
+        {"u", &p.u, false}, {"z", &p.xz, true}, {"A_log", &p.A_log, false}, {"B_lti", &p.B_lti, false},
+        {"C_lti", &p.C_lti, false}, {"dt_bias", &p.dt_bias, false}, {"D", &p.D, false}};
+    long off = 0;
+    for (auto& in : inputs) {
+        std::vector<float>& x = *in.x;
+        std::vector<float> x0 = x, v(x.size(), 0.0f);
+        double analytic = 0.0;
+        long k = 0;
+        for (size_t i = 0; i < x.size(); i++) {
+            if (in.z_half && (long)(i % (2 * E)) < E) continue;  // only z feeds the gate
+            v[i] = 2.0f * random_uniform(&rng) - 1.0f;
+            analytic += (double)grads[off + k++] * v[i];
+        }
+        const float eps = 1e-2f;
+        for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] + eps * v[i];
+        double lp = lti_scan_loss(p, nullptr);
+        for (size_t i = 0; i < x.size(); i++) x[i] = x0[i] - eps * v[i];
+        double lm = lti_scan_loss(p, nullptr);
+        x = x0;
+        off += k;
+        double numeric = (lp - lm) / (2.0 * eps);
+        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+        t.check(rel <= FD_TOL, "finite difference d/d%-7s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                in.name, numeric, analytic, rel, FD_TOL);
+    }
+}
+
+// ----------------------------------------------------------------------------
 // 3-4. the whole model against the PyTorch reference
 
 static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, const char* path, const char* label) {
@@ -251,6 +361,8 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
             {"xz", la.xz}, {"conv", la.conv}, {"u", la.u}, {"x_dbl", la.x_dbl}, {"dt", la.dt}, {"scan", la.y},
             {"gated", la.gated}, {"out", la.out}, {"res", la.res}, {"ln", la.ln}};
         for (auto& x : acts) {
+            bool per_position_selection = !strcmp(x.name, "x_dbl") || !strcmp(x.name, "dt");
+            if (model->config.lti && per_position_selection) continue;  // the LTI ablation has neither
             char name[64];
             snprintf(name, sizeof(name), "m%d.%s", l, x.name);
             compare_ref(t, ref, path, name, x.ptr, label, TOL);
@@ -265,14 +377,120 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
     check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
 }
 
+// ----------------------------------------------------------------------------
+// 6. chunked evaluation
+
+// the logits (B, T, V) of every position (host), by mamba_eval_chunked
+static std::vector<float> mamba_logits_chunked(Mamba* model, const int* tokens, int B, int T, int Tc) {
+    int V = model->config.vocab_size;
+    std::vector<float> logits((size_t)B * T * V), part;
+    mamba_eval_chunked(model, tokens, B, T, Tc, [&](int t0, int n, const float* d_logits) {
+        part.resize((size_t)B * n * V);
+        cudaCheck(cudaMemcpy(part.data(), d_logits, part.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int b = 0; b < B; b++)
+            memcpy(&logits[((size_t)b * T + t0) * V], &part[(size_t)b * n * V], (size_t)n * V * sizeof(float));
+    });
+    return logits;
+}
+
+// one forward over rows of T tokens against mamba_eval_chunked in chunks of
+// 16, 24 and 2, for each scan variant (the LTI model has one)
+static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<float>& params) {
+    const int B = 2, T = 64, V = config.vocab_size;
+    printf("--- chunked evaluation%s, B %d T %d\n", config.lti ? " (LTI)" : "", B, T);
+    Mamba model;
+    mamba_build(&model, config);
+    mamba_allocate_activations(&model, B, T);
+    load_params(&model.buf, params);
+    uint64_t rng = 4242;
+    std::vector<int> tokens((size_t)B * T);
+    for (int& x : tokens) x = (int)(random_uniform(&rng) * V) % V;
+    bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
+    const char* variants[3] = {"seq", "vec", "chunked"};
+    for (int v = 0; v < (config.lti ? 1 : 3); v++) {
+        kernel_choices.scan_chunked = v == 2;
+        kernel_choices.scan_vec = v == 1;
+        mamba_forward(&model, tokens.data(), nullptr, B, T);
+        std::vector<float> whole = device_to_vector(model.acts.logits, (long)B * T * V);
+        for (int Tc : {16, 24, 2}) {
+            std::vector<float> chunked = mamba_logits_chunked(&model, tokens.data(), B, T, Tc);
+            char name[96];
+            snprintf(name, sizeof(name), "[%s] logits, chunks of %d", config.lti ? "lti" : variants[v], Tc);
+            check_tensor(t, name, chunked.data(), whole.data(), (long)whole.size(), CHUNK_TOL);
+        }
+    }
+    kernel_choices.scan_chunked = default_chunked;
+    kernel_choices.scan_vec = default_vec;
+    model_free(&model.buf);
+}
+
+// the scan with h0 = zeros and the conv with a zero context give the same
+// bits as without them (null), every scan variant
+static void check_zero_state_identical(Tests& t) {
+    ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 77);
+    int B = p.B, T = p.T, E = p.E, N = p.N, R = p.R;
+    long BT = (long)B * T;
+    float *u = vector_to_device(p.u), *dt = vector_to_device(p.dt_pre), *x_dbl = vector_to_device(p.x_dbl);
+    float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D), *xz = vector_to_device(p.xz);
+    float* bias = vector_to_device(p.dt_bias);
+    dt_softplus(dt, bias, (int)BT, E);  // dt > 0, as the model's
+    std::vector<float> zeros_state((long)B * E * N, 0.0f), zeros_ctx((long)B * E * (CONV_K - 1), 0.0f);
+    float *h0 = vector_to_device(zeros_state), *ctx = vector_to_device(zeros_ctx);
+    float *y, *gated, *states;
+    cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
+    cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
+    bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
+    const char* variants[3] = {"seq", "vec", "chunked"};
+    for (int v = 0; v < 3; v++) {
+        kernel_choices.scan_chunked = v == 2;
+        kernel_choices.scan_vec = v == 1;
+        std::vector<float> out[2];
+        for (int with = 0; with < 2; with++) {
+            selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N, with ? h0 : nullptr);
+            out[with] = device_to_vector(gated, BT * E);
+            std::vector<float> s = device_to_vector(states, scan_states_size(B, T, E, N));
+            out[with].insert(out[with].end(), s.begin(), s.end());
+        }
+        long diff = 0;
+        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        t.check(diff == 0, "[%s] scan with h0 = zeros vs none: %ld of %zu values differ (bit-identical wanted)",
+                variants[v], diff, out[0].size());
+    }
+    kernel_choices.scan_chunked = default_chunked;
+    kernel_choices.scan_vec = default_vec;
+    {
+        std::vector<float> w(E * CONV_K, 0.3f), bias(E, 0.1f);
+        float *dw = vector_to_device(w), *db = vector_to_device(bias), *conv, *cu;
+        cudaCheck(cudaMalloc(&conv, BT * E * sizeof(float)));
+        cudaCheck(cudaMalloc(&cu, BT * E * sizeof(float)));
+        std::vector<float> out[2];
+        for (int with = 0; with < 2; with++) {
+            conv1d_silu_forward(conv, cu, xz, 2 * E, dw, db, B, T, E, with ? ctx : nullptr);
+            out[with] = device_to_vector(cu, BT * E);
+        }
+        long diff = 0;
+        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        t.check(diff == 0, "conv1d with a zero context vs none: %ld of %zu values differ (bit-identical wanted)", diff,
+                out[0].size());
+        for (float* q : {dw, db, conv, cu}) cudaFree(q);
+    }
+    for (float* q : {u, dt, x_dbl, A_log, D, xz, bias, h0, ctx, y, gated, states}) cudaFree(q);
+}
+
 static void check_against_reference(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
-    if (ref.kind != MODEL_MAMBA) fail("%s: reference state of model kind %d, expected a Mamba LM (%d)", path, ref.kind, MODEL_MAMBA);
-    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4]};
-    printf("--- reference %s: Mamba L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, config.num_layers,
-           config.channels, config.inner, config.d_state, ref.config[5], config.vocab_size, ref.B, ref.T);
-    t.check(ref.config[5] == dims_of(config).R, "dt rank %d = ceil(C/16) = %d", ref.config[5], dims_of(config).R);
+    if (ref.kind != MODEL_MAMBA && ref.kind != MODEL_MAMBA_LTI)
+        fail("%s: reference state of model kind %d, expected a Mamba LM (%d or %d)", path, ref.kind, MODEL_MAMBA,
+             MODEL_MAMBA_LTI);
+    int lti = ref.kind == MODEL_MAMBA_LTI;
+    MambaConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], lti};
+    printf("--- reference %s: Mamba%s L %d C %d E %d N %d R %d V %d | B %d T %d\n", path, lti ? " LTI" : "",
+           config.num_layers, config.channels, config.inner, config.d_state, ref.config[5], config.vocab_size, ref.B,
+           ref.T);
+    t.check(ref.config[5] == dims_of(config).R, "dt rank %d = %s = %d", ref.config[5], lti ? "0 (no dt_proj)" : "ceil(C/16)",
+            dims_of(config).R);
     Mamba model;
     mamba_build(&model, config);
     mamba_allocate_activations(&model, ref.B, ref.T);
@@ -311,10 +529,12 @@ static void check_against_reference(Tests& t, const char* path) {
     // a prompt longer than the activations: the rest is stepped
     check_greedy_repeatable(t, &model, std::vector<int>(tokens.begin(), tokens.begin() + 5), 3 * ref.T);
     model_free(&model.buf);
+    check_chunked_eval(t, config, ref.get("params", path).f);
 }
 
 int main(int argc, char** argv) {
     const char* path = argc > 1 ? argv[1] : "data/ref_mamba.bin";
+    const char* lti_path = argc > 2 ? argv[2] : "data/ref_mamba_lti.bin";
     Tests t;
     printf("backend %s\n", BACKEND_NAME);
 
@@ -332,6 +552,7 @@ int main(int argc, char** argv) {
         check_scan_gradients(t, p4, "sequential, N = 4");
     }
     check_conv_gradients(t);
+    check_lti_scan_gradients(t);
 
     // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
     // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit
@@ -353,7 +574,9 @@ int main(int argc, char** argv) {
         compare_vectors(t, "dD", b.dD, a.dD, VARIANT_TOL);
     }
     kernel_choices.scan_chunked = default_variant;
+    check_zero_state_identical(t);
 
     check_against_reference(t, path);
+    check_against_reference(t, lti_path);
     return t.summary();
 }

@@ -12,6 +12,9 @@ d_conv=4, expand=2), E = 2C, R = ceil(C/16):
   xz = in_proj(x) (2E) -> x, z;  u = silu(causal depthwise conv1d(x))
   (dt_raw, B, C) = x_proj(u);  dt = softplus(dt_proj(dt_raw))
   y = selective_scan(u, dt, A = -exp(A_log), B, C, D);  out = out_proj(y * silu(z))
+With -M lti (model kind MODEL_MAMBA_LTI), the selection ablation: dt, B and
+C are learned per channel instead of computed from u (no x_proj, dt_proj):
+  dt = softplus(dt_bias) (E);  B_lti, C_lti (E, N);  the rest as above.
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop, validation and sampling in
 llmc/lm_trainer.h (lm_run), which calls this file's lm_forward and
@@ -28,6 +31,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
 
+#include <functional>
 #include <vector>
 
 // ----------------------------------------------------------------------------
@@ -39,25 +43,32 @@ typedef struct {
     int channels;    // C (d_model)
     int inner;       // E = expand * C
     int d_state;     // N
+    int lti;         // 1: the selection ablation (-M lti, model kind MODEL_MAMBA_LTI)
 } MambaConfig;
 
 // the seven config slots of model files and checkpoints; dt_rank is R =
 // mamba_dt_rank(C), derived from C and stored so that a file says its shape
+// (0 in the LTI ablation, which has no dt_proj)
 static const char* const mamba_slot_names[CONFIG_SLOTS] = {"vocab_size", "num_layers", "channels", "inner",
                                                            "d_state", "dt_rank", "num_params"};
 
 static MambaDims dims_of(MambaConfig c) {
-    MambaDims d = {c.channels, c.inner, c.d_state, mamba_dt_rank(c.channels)};
+    MambaDims d = {c.channels, c.inner, c.d_state, c.lti ? 0 : mamba_dt_rank(c.channels), c.lti};
     return d;
 }
 
-// ----------------------------------------------------------------------------
-// parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
+static int kind_of(MambaConfig c) { return c.lti ? MODEL_MAMBA_LTI : MODEL_MAMBA; }
 
-#define NUM_PARAMETER_TENSORS (1 + MAMBA_STACK_PARAMS + 4)
+// ----------------------------------------------------------------------------
+// parameters: one flat buffer, tensors in this order (the blocks' stacked
+// over L). The selective model's lti rows are empty; the LTI ablation's
+// x_proj_w, dt_proj_w and dt_proj_b rows are.
+
+#define NUM_PARAMETER_TENSORS (1 + MAMBA_STACK_PARAMS + MAMBA_LTI_PARAMS + 4)
 typedef struct {
     float* wte;              // (V, C)
     MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
+    MambaLtiParams lti;      // the L blocks' dt_bias, B_lti, C_lti (-M lti)
     float* lnf_w;            // (C)
     float* lnf_b;            // (C)
     float* head_w;           // (V, C)
@@ -70,6 +81,7 @@ static void mamba_param_table(TensorSpec* t, MambaConfig c) {
     long V = c.vocab_size, C = c.channels;
     *t++ = {"wte", V * C, 1, 1};
     t = mamba_stack_param_table(t, c.num_layers, dims_of(c));
+    t = mamba_lti_param_table(t, c.num_layers, dims_of(c));
     *t++ = {"lnf_w", C, 0, 1};
     *t++ = {"lnf_b", C, 0, 1};
     *t++ = {"head_w", V * C, 1, 1};
@@ -128,19 +140,19 @@ typedef struct {
     StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
 } Mamba;
 
-static MambaConfig mamba_config(int V, int L, int C, int N) {
+static MambaConfig mamba_config(int V, int L, int C, int N, int lti = 0) {
     MambaDims d = mamba_dims(C, N);
-    MambaConfig c = {V, L, C, d.E, N};
+    MambaConfig c = {V, L, C, d.E, N, lti};
     return c;
 }
 
 static void mamba_build(Mamba* model, MambaConfig c) {
-    scan_check_limits(c.d_state);
+    if (!c.lti) scan_check_limits(c.d_state);
     model->config = c;
     TensorSpec table[NUM_PARAMETER_TENSORS];
     mamba_param_table(table, c);
     int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, dims_of(c).R};
-    model_build(&model->buf, MODEL_MAMBA, mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
+    model_build(&model->buf, kind_of(c), mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
     model->gen.B = 0;
 }
@@ -164,7 +176,7 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long V = c.vocab_size, C = c.channels;
     for (long i = 0; i < V * C; i++) p.wte[i] = rng_normal(&rng);
-    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng);
+    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, 1, &p.lti);
     for (long i = 0; i < C; i++) { p.lnf_w[i] = 1.0f; p.lnf_b[i] = 0.0f; }
     for (long i = 0; i < V * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < V; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
@@ -172,14 +184,22 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+// forward: logits for inputs (B, T) (host array); with targets, also the mean
+// loss. carry: null, every row starts empty; else it holds every layer's
+// conv and SSM state before the rows (a MambaStepState of at least B rows,
+// llmc/mamba_step.cuh), and on return the states after them (no backward
+// after such a forward).
 
-static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T) {
+static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T,
+                          MambaStepState* carry = nullptr) {
     NVTX_RANGE("forward");
     MambaConfig c = model->config;
     MambaDims d = dims_of(c);
     ModelBuffers* m = &model->buf;
     if (B > m->batch_size || T > m->seq_len) fail("mamba_forward: batch %d x %d exceeds the allocation", B, T);
+    if (carry && (carry->L != c.num_layers || B > carry->B))
+        fail("mamba_forward: a carried state of %d layers x %d rows for %d layers x %d rows", carry->L, carry->B,
+             c.num_layers, B);
     int L = c.num_layers, C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
@@ -191,7 +211,10 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
-        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d);
+        MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
+        MambaCarry layer_carry = carry ? MambaCarry{mamba_conv_state(carry, l), mamba_ssm_state(carry, l)} : MambaCarry{};
+        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d, c.lti ? &lti : nullptr,
+                            carry ? &layer_carry : nullptr);
         x = la.ln;
     }
     lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
@@ -217,9 +240,10 @@ static void mamba_backward(Mamba* model, int B, int T) {
                      a.dlogits, a.dnorm, BT, C, V);
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
+        MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d), glti = mamba_lti_layer_params(g.lti, l, d);
         mamba_block_backward(h, dresidual_in, dresidual, block_output(l - 1), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
-                             m->ones, B, T, d);
+                             m->ones, B, T, d, c.lti ? &lti : nullptr, c.lti ? &glti : nullptr);
         std::swap(dresidual, dresidual_in);
     }
     {
@@ -253,7 +277,7 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
     cublasHandle_t h = model->buf.cublas;
     cudaCheck(cudaMemcpy(g->tokens, tokens, B * sizeof(int), cudaMemcpyHostToDevice));
     encoder_forward(g->x, g->tokens, p.wte, nullptr, B, 1, c.channels);
-    mamba_stack_step(h, p.tower, &model->step, g->x, B);
+    mamba_stack_step(h, p.tower, &model->step, g->x, B, c.lti ? &p.lti : nullptr);
     lm_head_step(h, lm_head_params(p), g->logits, g->lnf, g->x, B, c.channels, c.vocab_size);
 }
 
@@ -270,6 +294,41 @@ static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
     lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { mamba_step(model, column, B); });
 }
 
+// ----------------------------------------------------------------------------
+// chunked evaluation: rows of any length in constant device memory
+
+// the logits of positions t0 .. t0+n-1 of every row: (B, n, V) on the
+// device, valid until the next forward
+typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits;
+
+// Evaluates token rows (B, T) (host, row-major, any T) Tc positions at a
+// time (Tc at most the activations' T, B at most their batch), each layer's
+// conv and SSM state carried from one chunk into the next in a
+// MambaStepState of its own (the recurrent step's layout), so each position
+// sees every position before it, as one forward over all T would. Calls
+// on_chunk(t0, n, logits) for the chunks in order (n = Tc but for the last).
+// Device memory: the activations' and B rows of states, whatever T is.
+// (Task-file evaluation calls it; maybe_unused until a caller is built in.)
+[[maybe_unused]] static void mamba_eval_chunked(Mamba* model, const int* tokens, int B, int T, int Tc,
+                                                const MambaChunkLogits& on_chunk) {
+    NVTX_RANGE("eval_chunked");
+    ModelBuffers* m = &model->buf;
+    if (B < 1 || T < 1 || Tc < 1) fail("mamba_eval_chunked: %d rows of %d tokens in chunks of %d", B, T, Tc);
+    if (B > m->batch_size || Tc > m->seq_len)
+        fail("mamba_eval_chunked: chunks of %d x %d exceed the activations' %d x %d", B, Tc, m->batch_size, m->seq_len);
+    MambaStepState carry;
+    mamba_step_state_alloc(&carry, model->config.num_layers, B, dims_of(model->config));  // cleared: rows start empty
+    std::vector<int> chunk((size_t)B * Tc);
+    for (int t0 = 0; t0 < T; t0 += Tc) {
+        int n = T - t0 < Tc ? T - t0 : Tc;
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < n; i++) chunk[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
+        mamba_forward(model, chunk.data(), nullptr, B, n, &carry);
+        on_chunk(t0, n, model->acts.logits);
+    }
+    mamba_step_state_free(&carry);
+}
+
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
 static void lm_forward(Mamba* m, const int* inputs, const int* targets, int B, int T) { mamba_forward(m, inputs, targets, B, T); }
 static void lm_backward(Mamba* m, int B, int T) { mamba_backward(m, B, T); }
@@ -282,26 +341,53 @@ static void lm_step(Mamba* m, const int* tokens, int B) { mamba_step(m, tokens, 
 // main
 
 #ifndef TESTING
+// Takes "-M <name>" (the mixer: selective or lti) out of argv, walking its
+// "-x value" pairs (-h alone), before the trainer's flags are parsed.
+// Returns the name, or null when -M is not given.
+static const char* take_mixer_flag(int* argc, char** argv) {
+    const char* mixer = nullptr;
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        if (!strcmp(argv[i], "-M")) {
+            if (i + 1 >= *argc) fail("flag -M needs a value (see -h)");
+            mixer = argv[++i];
+            if (strcmp(mixer, "selective") && strcmp(mixer, "lti"))
+                fail("flag -M: unknown mixer '%s' (selective or lti)", mixer);
+            continue;
+        }
+        argv[out++] = argv[i];
+        bool alone = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
+        if (!alone && i + 1 < *argc) argv[out++] = argv[++i];
+    }
+    *argc = out;
+    return mixer;
+}
+
 int main(int argc, char** argv) {
     // the write-up's configuration, and one that trains in minutes on 2 CPU cores
     //                        L  C    B   T    steps warmup val  lr
     LMPreset presets[2] = {{5, 256, 64, 256, 5000, 0, 250, 1e-3f},
                            {3, 128, 16, 128, 2000, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
+    const char* mixer = take_mixer_flag(&argc, argv);
     parse_train_flags(argc, argv, &tc, presets,
                       "  -L <int>    layers (seed preset 5, cpu 3)\n"
-                      "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n",
+                      "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
+                      "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
+                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n",
                       "LC");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
 
-    MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16);
-    if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too)
+    int lti = mixer && !strcmp(mixer, "lti");
+    if (tc.init_path && !mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
+    MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16, lti);
+    if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
         int s[CONFIG_SLOTS];
-        model_file_config(tc.init_path, MODEL_MAMBA, s);
-        config = {s[0], s[1], s[2], s[3], s[4]};  // s[5], the dt rank, is mamba_dt_rank(C) (model_file_config checks it)
+        model_file_config(tc.init_path, kind_of(config), s);
+        config = {s[0], s[1], s[2], s[3], s[4], lti};  // s[5], the dt rank, is mamba_dt_rank(C), or 0 with lti (checked)
         check_shape_flag_int(&tc, 'L', tc.L, "num_layers", config.num_layers);
         check_shape_flag_int(&tc, 'C', tc.C, "channels", config.channels);
         check_model_vocab(&tc, config.vocab_size, &vocab);
@@ -313,9 +399,14 @@ int main(int argc, char** argv) {
     mamba_allocate_activations(&model, tc.B, tc.T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
-           config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.vocab_size,
-           model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
+    if (config.lti)
+        printf("backend %s | Mamba LTI (dt, B, C per channel) L %d C %d E %d N %d | vocab %d | %ld parameters | scan "
+               "time-invariant sequential\n", BACKEND_NAME, config.num_layers, config.channels, config.inner,
+               config.d_state, config.vocab_size, model.buf.num_parameters);
+    else
+        printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
+               config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.vocab_size,
+               model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
     model_free(&model.buf);
     return status;

@@ -50,11 +50,12 @@ small="-b 2 -t 16 -v 0 -m 1 -g 0"
 ./train_gpt $D $small -L 1 -C 16 -H 2 -x 2 -o "$W/gpt" >/dev/null 2>&1 || echo "setup: train_gpt failed"
 ./train_mamba $D $small -L 1 -C 16 -x 2 -o "$W/mamba" >/dev/null 2>&1 || echo "setup: train_mamba failed"
 ./train_hybrid $D $small -A MA -C 16 -H 2 -x 2 -o "$W/hybrid" >/dev/null 2>&1 || echo "setup: train_hybrid failed"
+./train_mamba $D $small -M lti -L 1 -C 16 -x 2 -o "$W/mamba_lti" >/dev/null 2>&1 || echo "setup: train_mamba -M lti failed"
 head -c 5000 "$W/gpt/ckpt_00000002.bin" > "$W/gpt_truncated_ckpt.bin"
 head -c 3000 "$W/mamba/model.bin" > "$W/mamba_truncated_model.bin"
 mkdir -p "$W/trunc_ckpt" && cp "$W/gpt_truncated_ckpt.bin" "$W/trunc_ckpt/ckpt_00000002.bin"
 
-WATCH="gpt mamba hybrid trunc_ckpt plus"  # expect: these run directories must not change
+WATCH="gpt mamba mamba_lti hybrid trunc_ckpt plus"  # expect: these run directories must not change
 
 for T in train_gpt train_mamba; do
   expect "$T missing data file" "$W/nope.bin" ./$T -i "$W/nope.bin" -j $W/val.bin -k $W/vocab.bin $small
@@ -96,6 +97,13 @@ expect "gpt model into train_mamba -G" "$W/gpt/model.bin" ./train_mamba $D -G 1 
 ./train_gpt $B -b 1 -t 1024 -L 1 -C 64 -H 4 -x 0 -o "$W/gpt1024" >/dev/null 2>&1 || abort "setup: a GPT with 1024 positions"
 expect "generation batch and cache that do not fit in memory" "-b" ./train_gpt $B -G 1 -e "$W/gpt1024/model.bin" -b 60000 -g 10
 expect "windowed generation of several rows" "-W" ./train_mamba $D $small -G 1 -e "$W/mamba/model.bin" -W 1 -b 2
+
+# the Mamba's mixer: -M against the kind of a model file or checkpoint (-e without -M takes the file's)
+expect "-M lti with -e of a selective Mamba" "$W/mamba/model.bin" ./train_mamba $D $small -M lti -x 1 -e "$W/mamba/model.bin"
+expect "-M selective with -e of an LTI Mamba" "$W/mamba_lti/model.bin" ./train_mamba $D $small -M selective -x 1 -e "$W/mamba_lti/model.bin"
+expect "LTI Mamba checkpoint resumed without -M lti" "ckpt_00000002.bin" ./train_mamba $D $small -L 1 -C 16 -o "$W/mamba_lti" -y 1
+expect "unknown mixer" "flag -M" ./train_mamba $D $small -M s6
+expect_ok "-e of an LTI Mamba without -M" "Mamba LTI" ./train_mamba $D $small -x 0 -e "$W/mamba_lti/model.bin"
 
 # the hybrid's layer pattern
 expect "hybrid pattern with a bad letter" "-A" ./train_hybrid $D $small -A MAX

@@ -70,6 +70,7 @@ static const char* model_kind_name(int kind) {
     switch (kind) {
         case MODEL_GPT: return "GPT (train_gpt)";
         case MODEL_MAMBA: return "Mamba LM (train_mamba)";
+        case MODEL_MAMBA_LTI: return "time-invariant Mamba LM (train_mamba -M lti)";
         case MODEL_VIT: return "ViT (train_vit)";
         case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
         case MODEL_MAMBA_VIT_BI: return "bidirectional Mamba-ViT (train_mamba_vit -M bi)";
@@ -112,11 +113,17 @@ static void model_config_check(const char* path, int kind, const int* s) {
                 fail("%s: head size %d (channels %d / num_heads %d) is odd; rotary embeddings need an even one", path,
                      s[4] / s[3], s[4], s[3]);
             break;
-        case MODEL_MAMBA:  // vocab_size, num_layers, channels, inner, d_state, dt_rank
+        case MODEL_MAMBA:  // vocab_size, num_layers, channels, inner, d_state, dt_rank (0: none, the LTI ablation)
+        case MODEL_MAMBA_LTI:
             check_slot(path, "vocab_size", s[0], 1, max_vocab);
             check_slot(path, "num_layers", s[1], 1, 1024);
             check_slot(path, "channels", s[2], 1, 1 << 16);
             check_slot(path, "inner", s[3], 1, 1 << 17);
+            check_slot(path, "d_state", s[4], 1, MAX_DSTATE);  // the LTI scan takes any; the selective one, check_d_state
+            if (kind == MODEL_MAMBA_LTI) {
+                if (s[5] != 0) fail("%s: dt_rank %d; the time-invariant model has no dt_proj (0)", path, s[5]);
+                break;
+            }
             check_d_state(path, s[4]);
             if (s[5] != CEIL_DIV(s[2], 16))
                 fail("%s: dt_rank %d; channels %d make dt rank %d (ceil(C/16))", path, s[5], s[2], CEIL_DIV(s[2], 16));
@@ -148,7 +155,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "pattern", s[5], 1, (1 << 30) - 1);  // at most 15 base-4 digits
             break;
         default:
-            fail("%s: model kind %d is none of 1..7", path, kind);
+            fail("%s: model kind %d is none of 1..8", path, kind);
     }
     check_slot(path, "num_params", s[CONFIG_SLOTS - 1], 1, 2147483647L);
 }
@@ -302,6 +309,14 @@ static void model_file_config(const char* path, int kind, int* config, int* imag
     if (image_shape) for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) image_shape[i] = header[IMAGE_SHAPE_SLOT + i];
     shape_file_path = path;
     shape_file_params = config[CONFIG_SLOTS - 1];
+}
+
+// The model kind of a model file, from its header (magic and version checked)
+static int model_file_kind(const char* path) {
+    int header[HEADER_INTS];
+    read_file_header(path, "model", header);
+    check_magic_version(path, header, MAGIC_MODEL, "model", MODEL_FORMAT_VERSION);
+    return header[2];
 }
 
 // The header first (checked, and against the model's kind and config),

@@ -7,6 +7,13 @@ outputs):
 x is a column slice of a wider activation (row distance x_stride), as the
 first E channels of in_proj's output are.
 
+The forward pass takes an optional left context x_prev (B, E, K-1): the K-1
+inputs before position 0, oldest first (the recurrent step's conv state
+layout, mamba_step.cuh); null is zero padding, with the same operations as
+before it existed. conv1d_context_update moves such a context past T more
+inputs (the last K-1 of context + x), so that a sequence can be run in chunks.
+The backward pass assumes zero padding (training starts every sequence empty).
+
 Forward and the input gradient: row kernels (elementwise.cuh), one block per
 (b,t), its threads striding over e; the SiLU gradient: a span kernel. SiLU's
 exp is fast_expf (vectorizes on the host; under 1 ulp). Weight and bias
@@ -31,8 +38,10 @@ __device__ __forceinline__ float silu_grad(float x) {
 // row bt = (b, t): conv[bt, e] and u[bt, e] = silu(conv[bt, e]). The taps
 // before t = 0 (zero padding) read row (b, 0) instead, times a per-row mask
 // of 0: no test per element (w * (x * 0) adds +-0, so acc is unchanged)
+// With a left context x_prev (B, E, K-1), the first K-1 rows read their taps
+// before t = 0 from it instead (the same order of terms).
 __global__ void conv1d_silu_forward_kernel(float* conv, float* u, const float* x, int x_stride, const float* w,
-                                           const float* bias, int B, int T, int E, int span) {
+                                           const float* bias, const float* x_prev, int B, int T, int E, int span) {
     long bt = blockIdx.x;
     int t = bt % T;
     long row0 = bt - t;  // (b, 0)
@@ -45,14 +54,43 @@ __global__ void conv1d_silu_forward_kernel(float* conv, float* u, const float* x
     }
     float* c_row = conv + bt * E;
     float* u_row = u + bt * E;
-    ROW_FOR(e, E, span) {
-        float acc = bias[e];
-        for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (xr[k][e] * mask[k]);
-        c_row[e] = acc;
+    if (x_prev && t < CONV_K - 1) {
+        const float* ctx = x_prev + (bt / T) * E * (CONV_K - 1);  // row b's context (E, K-1)
+        ROW_FOR(e, E, span) {
+            float acc = bias[e];
+            for (int k = 0; k < CONV_K; k++) {
+                int tt = t - (CONV_K - 1) + k;
+                acc += w[e * CONV_K + k] * (tt >= 0 ? xr[k][e] : ctx[e * (CONV_K - 1) + (CONV_K - 1) + tt]);
+            }
+            c_row[e] = acc;
+        }
+    } else {
+        ROW_FOR(e, E, span) {
+            float acc = bias[e];
+            for (int k = 0; k < CONV_K; k++) acc += w[e * CONV_K + k] * (xr[k][e] * mask[k]);
+            c_row[e] = acc;
+        }
     }
     // a second pass (few pointers per loop: g++ vectorizes only loops whose
     // possible overlaps it can check in a few tests)
     ROW_FOR(e, E, span) u_row[e] = silu(c_row[e]);
+}
+
+// The context (B, E, K-1) after T more inputs x (B, T, E) (row distance
+// x_stride): the last K-1 of context then x, oldest first, in place. One
+// thread per (b, e); the old context is read before it is written.
+__global__ void conv1d_context_update_kernel(float* context, const float* x, int x_stride, int B, int T, int E) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    float* c = context + (long)idx * (CONV_K - 1);
+    float old[CONV_K - 1], next[CONV_K - 1];
+    for (int k = 0; k < CONV_K - 1; k++) old[k] = c[k];
+    for (int k = 0; k < CONV_K - 1; k++) {
+        int t = T - (CONV_K - 1) + k;  // position of the k-th oldest kept input; < 0: from the old context
+        next[k] = t >= 0 ? x[((long)b * T + t) * x_stride + e] : old[CONV_K - 1 + t];
+    }
+    for (int k = 0; k < CONV_K - 1; k++) c[k] = next[k];
 }
 
 // dconv = du * silu'(conv), in place over du; span kernel
@@ -118,9 +156,17 @@ __global__ void conv1d_param_reduce_kernel(float* dw, float* dbias, const float*
 // ----------------------------------------------------------------------------
 // launchers
 
+// x_prev: the left context (B, E, K-1), oldest first; null for zero padding
 void conv1d_silu_forward(float* conv, float* u, const float* x, int x_stride, const float* w, const float* bias,
-                         int B, int T, int E) {
-    LAUNCH(conv1d_silu_forward_kernel, B * T, row_threads(E), 0)(conv, u, x, x_stride, w, bias, B, T, E, row_span(E));
+                         int B, int T, int E, const float* x_prev = nullptr) {
+    LAUNCH(conv1d_silu_forward_kernel, B * T, row_threads(E), 0)(conv, u, x, x_stride, w, bias, x_prev, B, T, E,
+                                                                 row_span(E));
+    cudaCheck(cudaGetLastError());
+}
+
+// context (B, E, K-1) moved past the inputs x (B, T, E), row distance x_stride
+void conv1d_context_update(float* context, const float* x, int x_stride, int B, int T, int E) {
+    LAUNCH(conv1d_context_update_kernel, CEIL_DIV(B * E, 128), 128, 0)(context, x, x_stride, B, T, E);
     cudaCheck(cudaGetLastError());
 }
 

@@ -10,7 +10,8 @@ carried between calls, as mamba_ssm's Mamba.step computes it:
   h = exp(dt A) h + dt B u;  y = <h, C> + D u;  gated = y * silu(z)
   out = out_proj(gated);  x_out = LN(x + out)    (the block is post-norm)
 (mamba_mixer_step is the mixer alone; mamba_prenorm_step the pre-norm layer
-x + Mamba(LN(x)) of mamba_prenorm_forward.)
+x + Mamba(LN(x)) of mamba_prenorm_forward.) The LTI ablation (d.lti) steps
+with its per-channel dt, B, C instead of x_proj and dt_proj.
 
 MambaStepState holds, in one device buffer, every layer's conv state
 (L, B, E, 3) and SSM state (L, B, E, N), and the scratch of one step for B
@@ -25,6 +26,12 @@ nchunks-1 is the state after position T-1 for both scan variants (the
 sequential kernel writes it at t == T-1, the chunked one writes the carry
 taken from the last valid lane of the partial chunk), so selective_scan.cuh
 needs no change. All rows of a prompt have the same length T.
+
+The parallel forward carries the same state from chunk to chunk (a layer's
+conv_state and ssm_state slices are its MambaCarry, mamba_block.cuh: the
+conv's left context and the scan's h0, then the state after the chunk), so
+a MambaStepState filled by a chunked forward can go on with steps, and one
+filled by steps can go on with a chunked forward.
 
 The step's math is the sequential scan's, operation for operation; it
 differs from the parallel forward only in summation order (the matmuls on B
@@ -69,7 +76,7 @@ static void mamba_step_state_reset(MambaStepState* s) {
 
 // allocates the states of L layers for B rows and clears them (an empty state)
 static void mamba_step_state_alloc(MambaStepState* s, int L, int B, MambaDims d) {
-    scan_check_limits(d.N);
+    if (!d.lti) scan_check_limits(d.N);
     if (L < 1 || B < 1) fail("mamba_step_state_alloc: %d layers x %d rows", L, B);
     long E = d.E, C = d.C, X = d.R + 2 * d.N;
     cudaError_t e = cudaMalloc(&s->memory, mamba_step_state_floats(L, B, d) * sizeof(float));
@@ -222,6 +229,30 @@ __global__ void mamba_step_scan_warp_kernel(float* gated, float* ssm_state, cons
     }
 }
 
+// The LTI ablation's SSM step (-M lti), as selective_scan_lti_forward_kernel
+// computes a time step: dt = softplus(dt_bias[e]) (fast_softplusf, as there),
+//   h[n] = exp(dt A[n]) h[n] + dt B_lti[e,n] u,  y = sum_n C_lti[e,n] h[n] + D[e] u,
+//   gated[b,e] = y * silu(z[b,e]).
+// One thread per (b, e), barrier-free; the one variant on both backends.
+__global__ void mamba_step_scan_lti_kernel(float* gated, float* ssm_state, const float* u, const float* dt_bias,
+                                           const float* B_lti, const float* C_lti, const float* A_log,
+                                           const float* D, const float* xz, int B, int E, int N) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    float dtv = fast_softplusf(dt_bias[e]), uv = u[idx];
+    float* h = ssm_state + (long)idx * N;
+    float acc = 0.0f;
+    for (int n = 0; n < N; n++) {
+        float a = expf(dtv * -expf(A_log[e * N + n]));
+        float hn = a * h[n] + dtv * B_lti[e * N + n] * uv;
+        h[n] = hn;
+        acc += hn * C_lti[e * N + n];
+    }
+    float yv = acc + D[e] * uv;
+    gated[idx] = yv * silu(xz[(long)b * 2 * E + E + e]);
+}
+
 // Prefill from the parallel forward over a (B, T) prompt: for row b,
 // channel e, the conv state = x[b, T-3..T-1, e] from the x half of xz
 // (B, T, 2E), zeros for positions before 0; the SSM state = the scan's
@@ -252,7 +283,7 @@ static const char* const MAMBA_STEP_VARIANT_NAMES[] = {"seq", "vec", "warp"};
 static void mamba_step_check(const MambaStepState* s, int layer, int B, MambaDims d, const char* what) {
     if (layer < 0 || layer >= s->L) fail("%s: layer %d of %d", what, layer, s->L);
     if (B < 1 || B > s->B) fail("%s: %d rows, the state holds %d", what, B, s->B);
-    if (d.C != s->d.C || d.E != s->d.E || d.N != s->d.N || d.R != s->d.R)
+    if (d.C != s->d.C || d.E != s->d.E || d.N != s->d.N || d.R != s->d.R || d.lti != s->d.lti)
         fail("%s: dims C %d N %d differ from the state's C %d N %d", what, d.C, d.N, s->d.C, s->d.N);
 }
 
@@ -275,16 +306,26 @@ static void mamba_step_prefill_stack(MambaStepState* s, const MambaStackActs& ac
 }
 
 // The mixer, one token per row: s->out (B, C) = Mamba(x) for x (B, C);
-// p = the layer's parameters (mamba_layer_params); layer `layer`'s states
+// p = the layer's parameters (mamba_layer_params), lti the LTI ablation's
+// (mamba_lti_layer_params; null unless d.lti); layer `layer`'s states
 // advance by one position.
 static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, const float* x,
-                             int B, MambaDims d) {
+                             int B, MambaDims d, const MambaLtiParams* lti = nullptr) {
     mamba_step_check(s, layer, B, d, "mamba_mixer_step");
+    mamba_check_lti(d, lti, "mamba_mixer_step");
     int C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
     matmul_forward(h, s->xz, x, p.in_proj_w, nullptr, B, C, 2 * E);
     LAUNCH(mamba_step_conv_kernel, CEIL_DIV(B * E, 128), 128, 0)(s->u, mamba_conv_state(s, layer), s->xz, p.conv_w,
                                                                   p.conv_b, B, E);
     cudaCheck(cudaGetLastError());
+    if (lti) {
+        LAUNCH(mamba_step_scan_lti_kernel, CEIL_DIV(B * E, 64), 64, 0)(s->gated, mamba_ssm_state(s, layer), s->u,
+                                                                        lti->dt_bias, lti->B_lti, lti->C_lti, p.A_log,
+                                                                        p.D, s->xz, B, E, N);
+        cudaCheck(cudaGetLastError());
+        matmul_forward(h, s->out, s->gated, p.out_proj_w, nullptr, B, E, C);
+        return;
+    }
     matmul_forward(h, s->x_dbl, s->u, p.x_proj_w, nullptr, B, E, X);
     matmul_forward_ld(h, s->dt, s->x_dbl, X, p.dt_proj_w, nullptr, B, R, E);
     float* ssm = mamba_ssm_state(s, layer);
@@ -306,9 +347,9 @@ static void mamba_mixer_step(cublasHandle_t h, const MambaStackParams& p, MambaS
 // its output LN(x + Mamba(x)) on return; p = the layer's parameters
 // (mamba_layer_params); layer `layer`'s states advance by one position.
 static void mamba_block_step(cublasHandle_t h, const MambaStackParams& p, MambaStepState* s, int layer, float* x,
-                             int B, MambaDims d) {
+                             int B, MambaDims d, const MambaLtiParams* lti = nullptr) {
     int C = d.C;
-    mamba_mixer_step(h, p, s, layer, x, B, d);
+    mamba_mixer_step(h, p, s, layer, x, B, d, lti);
     residual_forward(s->res, x, s->out, (long)B * C);
     layernorm_forward(x, nullptr, nullptr, s->res, p.ln_w, p.ln_b, B, C);
 }
@@ -323,7 +364,12 @@ static void mamba_prenorm_step(cublasHandle_t h, const MambaStackParams& p, Mamb
     residual_forward(x, x, s->out, (long)B * C);
 }
 
-// all L blocks of a stack (stacked parameters), x (B, C) in and out
-static void mamba_stack_step(cublasHandle_t h, const MambaStackParams& stack, MambaStepState* s, float* x, int B) {
-    for (int l = 0; l < s->L; l++) mamba_block_step(h, mamba_layer_params(stack, l, s->d), s, l, x, B, s->d);
+// all L blocks of a stack (stacked parameters; lti_stack the LTI
+// ablation's, null unless s->d.lti), x (B, C) in and out
+static void mamba_stack_step(cublasHandle_t h, const MambaStackParams& stack, MambaStepState* s, float* x, int B,
+                             const MambaLtiParams* lti_stack = nullptr) {
+    for (int l = 0; l < s->L; l++) {
+        MambaLtiParams lti = lti_stack ? mamba_lti_layer_params(*lti_stack, l, s->d) : MambaLtiParams{};
+        mamba_block_step(h, mamba_layer_params(stack, l, s->d), s, l, x, B, s->d, lti_stack ? &lti : nullptr);
+    }
 }

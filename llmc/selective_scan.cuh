@@ -3,7 +3,7 @@ Mamba's selective scan, forward and backward, with dt's softplus and the
 SiLU(z) gating fused in.
 
 For each batch b, channel e and state n, over time t:
-  h_t = exp(dt_t * A[e,n]) * h_{t-1} + dt_t * B_t[n] * u_t        (h_{-1} = 0)
+  h_t = exp(dt_t * A[e,n]) * h_{t-1} + dt_t * B_t[n] * u_t        (h_{-1} = h0, or 0)
   y_t = sum_n h_t[n] * C_t[n] + D[e] * u_t
   gated_t = y_t * silu(z_t)
 with A = -exp(A_log). B_t and C_t are columns [R, R+N) and [R+N, R+2N) of
@@ -45,10 +45,21 @@ gradients up to rounding and summation order):
                     Backward: lane i holds step chunk*32 + i; the block
                     combines its warps' dB, dC contributions in shared
                     memory (padded rows: no bank conflicts).
+The forward pass takes an optional initial state h0 (B, E, N) (null: zeros,
+the same operations as before it existed), so that a sequence can be run in
+chunks with the state carried between them; the state after the last
+position is the stored state of the last chunk (scan_final_state copies it
+out as (B, E, N)). The backward pass assumes h0 = 0 (training starts every
+sequence empty).
+
 Reductions are deterministic: dB and dC (sums over channels) are summed in a
 fixed order within a group, written per group, then added over groups in
 order; dA_log and dD (sums over batch and time) are written per batch row
 and added over the batch in order. No atomics.
+
+The selection ablation's time-invariant scan (dt, B, C per channel, not
+per position) has its own kernels below (selective_scan_lti_*), one variant
+for both backends.
 
 Limits: d_state N <= MAX_DSTATE (16), and N = SCAN_DSTATE (16) for the
 chunked kernels (the GPU's); any E and T.
@@ -58,6 +69,7 @@ chunked kernels (the GPU's); any E and T.
 #include "conv1d.cuh"  // silu, silu_grad
 #include "elementwise.cuh"
 #include "fast_math.cuh"
+#include "utils.h"  // fail
 
 #define SCAN_CHUNK 32
 #define MAX_DSTATE 16
@@ -78,13 +90,14 @@ __global__ void dt_softplus_kernel(float* dt, const float* bias, int E, int span
 
 __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                  const float* D, const float* xz, int B, int T, int E, int N) {
+                                                  const float* D, const float* xz, const float* h0, int B, int T,
+                                                  int E, int N) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
     int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[MAX_DSTATE], h[MAX_DSTATE];
-    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = 0.0f; }
+    for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = h0 ? h0[(long)idx * N + n] : 0.0f; }
     for (int t = 0; t < T; t++) {
         long row = (long)b * T + t;
         float dtv = dt[row * E + e], uv = u[row * E + e];
@@ -141,7 +154,8 @@ __device__ __forceinline__ void scan_load_bc_chunk(float* bc_s, const float* x_d
 template <int NS>
 __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, float* states, const float* u,
                                                       const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                      const float* D, const float* xz, int B, int T, int E) {
+                                                      const float* D, const float* xz, const float* h0, int B, int T,
+                                                      int E) {
     const int K = SCAN_LANE_STEPS, xs = R + 2 * NS;
     __shared__ float bc_s[SCAN_FWD_STEPS * SCAN_BC_STRIDE(NS)];
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
@@ -152,7 +166,10 @@ __global__ void selective_scan_forward_chunked_kernel(float* y, float* gated, fl
     int nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[NS], carry[NS];
 #pragma unroll
-    for (int n = 0; n < NS; n++) { A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f; carry[n] = 0.0f; }
+    for (int n = 0; n < NS; n++) {
+        A[n] = active ? -expf(A_log[e * NS + n]) : 0.0f;
+        carry[n] = (active && h0) ? h0[((long)b * E + e) * NS + n] : 0.0f;
+    }
     for (int t0 = 0; t0 < T; t0 += SCAN_FWD_STEPS) {
         __syncthreads();  // every warp is done with the previous rows
         for (int i = threadIdx.x; i < SCAN_FWD_STEPS * 2 * NS; i += blockDim.x) {
@@ -241,7 +258,8 @@ template <int NS> __host__ __device__ __forceinline__ float scan_tree_sum(float*
 template <int NS>
 __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
-                                                  const float* D, const float* xz, int B, int T, int E) {
+                                                  const float* D, const float* xz, const float* h0, int B, int T,
+                                                  int E) {
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * ngroups) return;
@@ -250,7 +268,10 @@ __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float*
     int xs = R + 2 * NS, nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float A[SCAN_GROUP][NS], h[SCAN_GROUP][NS];
     for (int j = 0; j < ne; j++)
-        for (int n = 0; n < NS; n++) { A[j][n] = -expf(A_log[(e0 + j) * NS + n]); h[j][n] = 0.0f; }
+        for (int n = 0; n < NS; n++) {
+            A[j][n] = -expf(A_log[(e0 + j) * NS + n]);
+            h[j][n] = h0 ? h0[((long)b * E + e0 + j) * NS + n] : 0.0f;
+        }
     for (int t = 0; t < T; t++) {
         long row = (long)b * T + t;
         const float* Bt = x_dbl + row * xs + R;
@@ -611,6 +632,140 @@ __global__ void scan_reduce_params_kernel(float* dA_log, float* dD, const float*
 }
 
 // ----------------------------------------------------------------------------
+// The time-invariant scan of the selection ablation (-M lti, doc/models.md):
+// dt, B and C are per-channel parameters, not functions of the input:
+//   dt_e = softplus(dt_bias[e]),  B_lti, C_lti (E, N)
+//   h_t = exp(dt_e A[e,n]) h_{t-1} + dt_e B_lti[e,n] u_t
+//   y_t = sum_n C_lti[e,n] h_t[n] + D[e] u_t,  gated_t = y_t * silu(z_t)
+// One variant for both backends, sequential in time: one thread per (b, e),
+// barrier-free (plain loops on the host). The stored states have the
+// selective scan's layout (B, E, nchunks, N), so generation's prefill reads
+// them the same way. The backward pass recomputes each chunk's states from
+// the stored one at its start and runs the adjoint g_t = dy_t C + a g_{t+1}
+// backwards; each thread writes its row's parameter gradient sums
+// (scan_lti_partial_width floats), and a second kernel adds them over the
+// batch in order: deterministic, no atomics.
+
+__global__ void selective_scan_lti_forward_kernel(float* y, float* gated, float* states, const float* u,
+                                                  const float* dt_bias, const float* B_lti, const float* C_lti,
+                                                  const float* A_log, const float* D, const float* xz,
+                                                  const float* h0, int B, int T, int E, int N) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    int nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float dtv = fast_softplusf(dt_bias[e]);
+    float a[MAX_DSTATE], dtB[MAX_DSTATE], Cn[MAX_DSTATE], h[MAX_DSTATE];
+    for (int n = 0; n < N; n++) {
+        a[n] = expf(dtv * -expf(A_log[e * N + n]));
+        dtB[n] = dtv * B_lti[e * N + n];
+        Cn[n] = C_lti[e * N + n];
+        h[n] = h0 ? h0[(long)idx * N + n] : 0.0f;
+    }
+    for (int t = 0; t < T; t++) {
+        long row = (long)b * T + t;
+        float uv = u[row * E + e];
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) {
+            h[n] = a[n] * h[n] + dtB[n] * uv;
+            acc += h[n] * Cn[n];
+        }
+        float yv = acc + D[e] * uv;
+        y[row * E + e] = yv;
+        gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+        if (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1) {
+            float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * N;
+            for (int n = 0; n < N; n++) s[n] = h[n];
+        }
+    }
+}
+
+// floats per (b, e) of the backward's partial sums: dA_log (N), dB_lti (N),
+// dC_lti (N), ddt_bias, dD
+__host__ __device__ inline int scan_lti_partial_width(int N) { return 3 * N + 2; }
+
+// In: dgated (B,T,E) and what the forward saw or stored. Out: du (B,T,E),
+// dz into dxz's second half (row distance 2E), and partial (B, E, 3N+2):
+// per row b the sums over time of [dA_log | dB_lti | dC_lti | ddt_bias | dD].
+__global__ void selective_scan_lti_backward_kernel(float* du, float* dxz, float* partial, const float* dgated,
+                                                   const float* y, const float* u, const float* dt_bias,
+                                                   const float* B_lti, const float* C_lti, const float* A_log,
+                                                   const float* D, const float* xz, const float* states, int B, int T,
+                                                   int E, int N) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int e = idx % E, b = idx / E;
+    int nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    float dtv = fast_softplusf(dt_bias[e]);
+    float A[MAX_DSTATE], a[MAX_DSTATE], Bn[MAX_DSTATE], Cn[MAX_DSTATE];
+    float gcarry[MAX_DSTATE], dA[MAX_DSTATE], dB[MAX_DSTATE], dC[MAX_DSTATE];
+    float hs[SCAN_CHUNK + 1][MAX_DSTATE];  // states h_{t0-1} .. h_{t1-1} of one chunk
+    for (int n = 0; n < N; n++) {
+        A[n] = -expf(A_log[e * N + n]);
+        a[n] = expf(dtv * A[n]);
+        Bn[n] = B_lti[e * N + n];
+        Cn[n] = C_lti[e * N + n];
+        gcarry[n] = dA[n] = dB[n] = dC[n] = 0.0f;
+    }
+    float ddt = 0.0f, dD = 0.0f;
+    for (int c = nchunks - 1; c >= 0; c--) {
+        int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
+        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
+        for (int n = 0; n < N; n++) hs[0][n] = c > 0 ? s0[n] : 0.0f;
+        for (int t = t0; t < t1; t++) {  // recompute the chunk's states
+            float uv = u[((long)b * T + t) * E + e];
+            for (int n = 0; n < N; n++) hs[t - t0 + 1][n] = a[n] * hs[t - t0][n] + dtv * Bn[n] * uv;
+        }
+        for (int t = t1 - 1; t >= t0; t--) {  // adjoint, backwards in time
+            long row = (long)b * T + t;
+            float uv = u[row * E + e];
+            float zv = xz[row * 2 * E + E + e];
+            float dg = dgated[row * E + e];
+            float dy = dg * silu(zv);
+            dxz[row * 2 * E + E + e] = dg * y[row * E + e] * silu_grad(zv);
+            float du_acc = D[e] * dy;
+            dD += dy * uv;
+            for (int n = 0; n < N; n++) {
+                float gn = dy * Cn[n] + gcarry[n];
+                float hprev = hs[t - t0][n];
+                dB[n] += gn * dtv * uv;
+                dC[n] += dy * hs[t - t0 + 1][n];
+                du_acc += gn * dtv * Bn[n];
+                ddt += gn * (Bn[n] * uv + hprev * a[n] * A[n]);
+                dA[n] += gn * hprev * a[n] * dtv;
+                gcarry[n] = a[n] * gn;
+            }
+            du[row * E + e] = du_acc;
+        }
+    }
+    float* p = partial + (long)idx * scan_lti_partial_width(N);
+    for (int n = 0; n < N; n++) {
+        p[n] = dA[n] * A[n];  // d/dA_log
+        p[N + n] = dB[n];
+        p[2 * N + n] = dC[n];
+    }
+    p[3 * N] = ddt * (1.0f - expf(-dtv));  // through softplus: sigmoid(dt_bias) = 1 - exp(-dt)
+    p[3 * N + 1] = dD;
+}
+
+// the partial sums added over the batch in order into the accumulated
+// gradients; one thread per (e, j), j < 3N+2
+__global__ void scan_lti_reduce_kernel(float* dA_log, float* dB_lti, float* dC_lti, float* ddt_bias, float* dD,
+                                       const float* partial, int B, int E, int N) {
+    int W = scan_lti_partial_width(N);
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= E * W) return;
+    int e = idx / W, j = idx % W;
+    float s = 0.0f;
+    for (int b = 0; b < B; b++) s += partial[((long)b * E + e) * W + j];
+    if (j < N) dA_log[e * N + j] += s;
+    else if (j < 2 * N) dB_lti[e * N + j - N] += s;
+    else if (j < 3 * N) dC_lti[e * N + j - 2 * N] += s;
+    else if (j == 3 * N) ddt_bias[e] += s;
+    else dD[e] += s;
+}
+
+// ----------------------------------------------------------------------------
 // launchers
 
 // the sequential variant with the state count fixed at compile time, used
@@ -642,21 +797,38 @@ void dt_softplus(float* dt, const float* bias, int BT, int E) {
     cudaCheck(cudaGetLastError());
 }
 
-// y, gated (B,T,E); states (B,E,nchunks,N); xz holds z in its second half
+// y, gated (B,T,E); states (B,E,nchunks,N); xz holds z in its second half;
+// h0 (B,E,N) the state before position 0, null for zeros
 void selective_scan_forward(float* y, float* gated, float* states, const float* u, const float* dt,
                             const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
-                            int B, int T, int E, int N) {
+                            int B, int T, int E, int N, const float* h0 = nullptr) {
     scan_check_limits(N);
     if (kernel_choices.scan_chunked) {
         LAUNCH(selective_scan_forward_chunked_kernel<SCAN_DSTATE>, B * CEIL_DIV(E, SCAN_GROUP), SCAN_GROUP * 32, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E);
     } else if (kernel_choices.scan_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_forward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * CEIL_DIV(E, SCAN_GROUP), 32), 32, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E);
     } else {
         LAUNCH(selective_scan_forward_seq_kernel, CEIL_DIV(B * E, 64), 64, 0)(
-            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+            y, gated, states, u, dt, x_dbl, R, A_log, D, xz, h0, B, T, E, N);
     }
+    cudaCheck(cudaGetLastError());
+}
+
+// h_final[b,e,n] = the state after position T-1 = states[b,e,nchunks-1,n]
+// (both scans, the time-invariant one too); one thread per (b, e, n)
+__global__ void scan_final_state_kernel(float* h_final, const float* states, int B, int T, int E, int N) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * E * N) return;
+    long be = idx / N;
+    int n = idx % N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    h_final[idx] = states[(be * nchunks + nchunks - 1) * N + n];
+}
+
+// the final state (B,E,N) of a forward over T positions, from its stored states
+void scan_final_state(float* h_final, const float* states, int B, int T, int E, int N) {
+    LAUNCH(scan_final_state_kernel, CEIL_DIV((long)B * E * N, 256), 256, 0)(h_final, states, B, T, E, N);
     cudaCheck(cudaGetLastError());
 }
 
@@ -685,5 +857,36 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N,
                                                                  row_span(2 * N));
     LAUNCH(scan_reduce_params_kernel, CEIL_DIV(E * (N + 1), 256), 256, 0)(dA_log, dD, dA_partial, dD_partial, B, E, N);
+    cudaCheck(cudaGetLastError());
+}
+
+// The time-invariant scan (-M lti): y, gated (B,T,E); states (B,E,nchunks,N);
+// dt_bias (E), B_lti, C_lti (E,N) the layer's parameters; h0 (B,E,N) the
+// state before position 0, null for zeros
+void selective_scan_lti_forward(float* y, float* gated, float* states, const float* u, const float* dt_bias,
+                                const float* B_lti, const float* C_lti, const float* A_log, const float* D,
+                                const float* xz, int B, int T, int E, int N, const float* h0 = nullptr) {
+    if (N < 1 || N > MAX_DSTATE) fail("selective_scan_lti_forward: d_state %d is not supported (1..%d)", N, MAX_DSTATE);
+    LAUNCH(selective_scan_lti_forward_kernel, CEIL_DIV(B * E, 64), 64, 0)(y, gated, states, u, dt_bias, B_lti, C_lti,
+                                                                          A_log, D, xz, h0, B, T, E, N);
+    cudaCheck(cudaGetLastError());
+}
+
+// scratch floats the time-invariant backward needs: its partial sums (B, E, 3N+2)
+inline long scan_lti_scratch_size(int B, int E, int N) { return (long)B * E * scan_lti_partial_width(N); }
+
+// du (B,T,E) overwritten; dz into dxz's second half; dA_log, dB_lti, dC_lti
+// (E,N), ddt_bias, dD (E) accumulate
+void selective_scan_lti_backward(float* du, float* dxz, float* dA_log, float* dB_lti, float* dC_lti, float* ddt_bias,
+                                 float* dD, float* scratch, const float* dgated, const float* y, const float* u,
+                                 const float* dt_bias, const float* B_lti, const float* C_lti, const float* A_log,
+                                 const float* D, const float* xz, const float* states, int B, int T, int E, int N) {
+    if (N < 1 || N > MAX_DSTATE) fail("selective_scan_lti_backward: d_state %d is not supported (1..%d)", N, MAX_DSTATE);
+    LAUNCH(selective_scan_lti_backward_kernel, CEIL_DIV(B * E, 64), 64, 0)(du, dxz, scratch, dgated, y, u, dt_bias,
+                                                                           B_lti, C_lti, A_log, D, xz, states, B, T,
+                                                                           E, N);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(scan_lti_reduce_kernel, CEIL_DIV(E * scan_lti_partial_width(N), 256), 256, 0)(dA_log, dB_lti, dC_lti,
+                                                                                         ddt_bias, dD, scratch, B, E, N);
     cudaCheck(cudaGetLastError());
 }

@@ -7,7 +7,9 @@ it, then timed. On a GPU it also prints the effective memory bandwidth
 Build and run (either backend):
   make dev/cuda/selective_scan && ./dev/cuda/selective_scan [B T E N]
 Defaults: the seed Mamba layer, B 16 T 256 E 512 N 16 (R 16).
-SCAN_VARIANT=vec (or seq, chunked) runs only that variant.
+SCAN_VARIANT=vec (or seq, chunked) runs only that variant. Each variant's
+forward is also checked with an initial state h0 (B, E, N) against the
+reference started from it.
 
 Variants:
   seq      sequential in time, one thread per (b, e) forward, per (b, group
@@ -27,15 +29,17 @@ Variants:
 #include <ctime>
 #include <vector>
 
-// forward reference in double: y and gated (B,T,E) for the same inputs
+// forward reference in double: y and gated (B,T,E) for the same inputs,
+// from the initial state h0 (B,E,N), or zeros when null
 static void scan_reference(std::vector<double>& y, std::vector<double>& gated, const std::vector<float>& u,
                            const std::vector<float>& dt, const std::vector<float>& x_dbl, const std::vector<float>& A_log,
-                           const std::vector<float>& D, const std::vector<float>& xz, int B, int T, int E, int N, int R) {
+                           const std::vector<float>& D, const std::vector<float>& xz, int B, int T, int E, int N, int R,
+                           const std::vector<float>* h0 = nullptr) {
     int X = R + 2 * N;
     std::vector<double> h(N);
     for (int b = 0; b < B; b++)
         for (int e = 0; e < E; e++) {
-            std::fill(h.begin(), h.end(), 0.0);
+            for (int n = 0; n < N; n++) h[n] = h0 ? (*h0)[((long)b * E + e) * N + n] : 0.0;
             for (int t = 0; t < T; t++) {
                 long row = (long)b * T + t;
                 double d = dt[row * E + e], uv = u[row * E + e], acc = 0.0;
@@ -81,6 +85,10 @@ int main(int argc, char** argv) {
     std::vector<double> y_ref(BT * E), gated_ref(BT * E);
     scan_reference(y_ref, gated_ref, u, dt, x_dbl, A_log, D, xz, B, T, E, N, R);
     std::vector<float> gated_ref_f(gated_ref.begin(), gated_ref.end());
+    std::vector<float> h0 = rand_vec((long)B * E * N, -1, 1);
+    scan_reference(y_ref, gated_ref, u, dt, x_dbl, A_log, D, xz, B, T, E, N, R, &h0);
+    std::vector<float> gated_h0_ref_f(gated_ref.begin(), gated_ref.end());
+    float* d_h0 = upload(h0);
 
     float *d_u = upload(u), *d_dt = upload(dt), *d_x = upload(x_dbl), *d_A = upload(A_log), *d_D = upload(D);
     float *d_xz = upload(xz), *d_dg = upload(dg);
@@ -129,6 +137,11 @@ int main(int argc, char** argv) {
         char label[64];
         snprintf(label, sizeof(label), "%s forward vs reference", name);
         check_tensor(t, label, gated.data(), gated_ref_f.data(), BT * E, 1e-5);
+        selective_scan_forward(d_y, d_gated, d_states, d_u, d_dt, d_x, R, d_A, d_D, d_xz, B, T, E, N, d_h0);
+        cudaCheck(cudaMemcpy(gated.data(), d_gated, gated.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        snprintf(label, sizeof(label), "%s forward from h0", name);
+        check_tensor(t, label, gated.data(), gated_h0_ref_f.data(), BT * E, 1e-5);
+        forward();  // the states the backward reads (from zeros)
         // backward: the two variants must agree (the finite-difference checks are in test_mamba)
         cudaCheck(cudaMemset(d_dA, 0, (long)E * N * sizeof(float)));
         cudaCheck(cudaMemset(d_dD, 0, E * sizeof(float)));

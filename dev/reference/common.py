@@ -128,7 +128,8 @@ def reference_init(layout, generator):
       LayerNorm weights, D               1 + N(0, 0.1)
       conv_w                             N(0, 0.3)
       dt_proj_w (L,E,R)                  U(-R^-0.5, R^-0.5)
-      dt_proj_b                          as mamba_ssm (softplus^-1 of dt), per layer
+      dt_proj_b, dt_bias                 as mamba_ssm (softplus^-1 of dt), per layer
+      B_lti, C_lti                       N(0, 0.5)
       A_log (L,E,N)                      log(n+1) + N(0, 0.1)
     """
     parts = []
@@ -137,7 +138,9 @@ def reference_init(layout, generator):
             t = torch.randn(shape, generator=generator) * 0.3
         elif name == "dt_proj_w":
             t = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * shape[-1] ** -0.5
-        elif name == "dt_proj_b":
+        elif name == "B_lti" or name == "C_lti":
+            t = torch.randn(shape, generator=generator) * 0.5
+        elif name == "dt_proj_b" or name == "dt_bias":
             t = torch.stack([dt_init_bias(shape[1], generator=generator) for _ in range(shape[0])])
         elif name == "A_log":
             L, E, N = shape

@@ -89,8 +89,10 @@ KIND_MAMBA_VIT = 4
 KIND_HYBRID = 5
 KIND_GPT_PLUS = 6
 KIND_MAMBA_VIT_BI = 7  # train_mamba_vit -M bi: two mixers per block (forward and reverse)
+KIND_MAMBA_LTI = 8  # train_mamba -M lti: the selection ablation (dt, B, C per channel)
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
-              KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi"}
+              KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi",
+              KIND_MAMBA_LTI: "mamba_lti"}
 VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI)
 
 # config fields stored in header[3..] for each model kind, in slot order.
@@ -103,6 +105,8 @@ CONFIG_FIELDS = {
     KIND_GPT_PLUS: ("maxT", "V", "L", "H", "C", "F", "P"),
     # E = expanded width (2C), N = state size (16), R = dt rank (ceil(C/16))
     KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
+    # the LTI ablation (train_mamba -M lti): no dt_proj, so R = 0
+    KIND_MAMBA_LTI: ("V", "L", "C", "E", "N", "R", "P"),
     # images Cc x H x W (the config's "image", in header[24..26]): patch =
     # patch size (T = (H/patch)(W/patch) tokens of Cc*patch^2 values), K =
     # classes; the Mamba-ViT's dt rank is ceil(C/16)
@@ -220,6 +224,23 @@ def mamba_param_layout(V, L, C, E, N, R):
 
 def mamba_num_params(V, L, C, E, N, R):
     return sum(math.prod(shape) for _, shape, _ in mamba_param_layout(V, L, C, E, N, R))
+
+
+def mamba_lti_param_layout(V, L, C, E, N):
+    """
+    The LTI ablation's flat buffer (train_mamba -M lti): the Mamba LM's with
+    x_proj_w, dt_proj_w and dt_proj_b gone and, after the blocks' ln_b,
+    dt_bias (L,E), B_lti (L,E,N), C_lti (L,E,N), none weight-decayed.
+    """
+    drop = ("x_proj_w", "dt_proj_w", "dt_proj_b")
+    rows = [r for r in mamba_param_layout(V, L, C, E, N, 1) if r[0] not in drop]
+    at = [r[0] for r in rows].index("ln_b") + 1
+    return rows[:at] + [("dt_bias", (L, E), False), ("B_lti", (L, E, N), False),
+                        ("C_lti", (L, E, N), False)] + rows[at:]
+
+
+def mamba_lti_num_params(V, L, C, E, N):
+    return sum(math.prod(shape) for _, shape, _ in mamba_lti_param_layout(V, L, C, E, N))
 
 
 # the hybrid LM's layers: one letter each, stored as base-4 digits (layer 0
@@ -548,7 +569,10 @@ def _plain_config(config):
 def _validate_config(path, kind, config):
     """Checks config values for consistency; raises ValueError naming path."""
     for k, v in config.items():
-        if k != "image":
+        if k == "R" and kind == KIND_MAMBA_LTI:
+            if v != 0:
+                _fail(path, f"R = {v}; the mamba_lti model has no dt_proj (R = 0)")
+        elif k != "image":
             _check_positive(path, k, v)
     if kind == KIND_GPT:
         if config["C"] % config["H"] != 0:
@@ -566,6 +590,10 @@ def _validate_config(path, kind, config):
         P = mamba_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["R"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the mamba layout's {P} parameters")
+    elif kind == KIND_MAMBA_LTI:
+        P = mamba_lti_num_params(config["V"], config["L"], config["C"], config["E"], config["N"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the mamba_lti layout's {P} parameters")
     elif kind == KIND_HYBRID:
         try:
             pattern = hybrid_pattern_letters(config["pattern"])

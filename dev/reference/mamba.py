@@ -22,6 +22,18 @@ written out in plain PyTorch, with E = 2C and R = ceil(C/16). For x (B,T,C):
     gated  = y * silu(z)
     out    = gated @ out_proj_w^T             (B,T,C)
 
+The selection ablation (lti=True; train_mamba -M lti, model kind 8): dt, B
+and C are learned per channel, not computed from u. No x_proj, no dt_proj:
+
+    dt     = softplus(dt_bias)                (E,), the same for every position
+    h_t    = exp(dt*A) * h_{t-1} + dt * B_lti * u_t           B_lti, C_lti (E,N)
+    y_t    = sum_n h_t * C_lti + D * u_t
+
+Init: dt_bias as dt_proj's bias (softplus^-1 of dt log-uniform in [1e-3,
+1e-1], floored at 1e-4); B_lti = 1 (S4D's B); C_lti ~ N(0, 1/N). Its
+reference state (--lti, data/ref_mamba_lti.bin) has no x_dbl or dt
+activations.
+
 The selective scan comes in two implementations with the same result:
   - selective_scan_sequential: a loop over time steps. Obviously right; the
     reference state uses it.
@@ -128,6 +140,22 @@ def selective_scan_parallel(u, dt, A, Bm, Cm, D):
 
 SCANS = {"sequential": selective_scan_sequential, "parallel": selective_scan_parallel}
 
+
+def lti_scan_sequential(u, dt, A, B_lti, C_lti, D):
+    """
+    y (B,T,E) of the time-invariant scan, one step after another.
+    u: (B,T,E); dt: (E,); A, B_lti, C_lti: (E,N); D: (E,).
+    """
+    Bsz, T, E = u.shape
+    dA = torch.exp(dt.unsqueeze(-1) * A)                # (E,N), the same every step
+    dB = dt.unsqueeze(-1) * B_lti                       # (E,N)
+    h = u.new_zeros(Bsz, E, A.shape[1])
+    ys = []
+    for t in range(T):
+        h = dA * h + dB * u[:, t].unsqueeze(-1)
+        ys.append((h * C_lti).sum(-1))                  # (B,E)
+    return torch.stack(ys, dim=1) + D * u
+
 # -----------------------------------------------------------------------------
 # the model
 
@@ -139,12 +167,15 @@ class MambaConfig:
     C: int = 32  # channels (d_model)
     N: int = 16  # state size per channel (d_state)
     E: int = 0   # expanded width; 0: 2*C (expand=2)
-    R: int = 0   # rank of dt_proj; 0: ceil(C/16) (dt_rank="auto")
+    R: int = 0   # rank of dt_proj; 0: ceil(C/16) (dt_rank="auto"); none with lti
+    lti: bool = False  # the selection ablation: dt, B, C per channel (no x_proj, dt_proj)
 
     def __post_init__(self):
         if self.E == 0:
             self.E = 2 * self.C
-        if self.R == 0:
+        if self.lti:
+            self.R = 0
+        elif self.R == 0:
             self.R = math.ceil(self.C / 16)
 
 
@@ -154,13 +185,18 @@ class Mamba(nn.Module):
     def __init__(self, cfg, scan="sequential"):
         super().__init__()
         C, E, N, R = cfg.C, cfg.E, cfg.N, cfg.R
-        self.E, self.N, self.R = E, N, R
+        self.E, self.N, self.R, self.lti = E, N, R, cfg.lti
         self.scan = SCANS[scan]
         self.in_proj = nn.Linear(C, 2 * E, bias=False)
         self.conv_w = nn.Parameter(torch.empty(E, K_CONV))  # Conv1d weight (E,1,K) squeezed
         self.conv_b = nn.Parameter(torch.empty(E))
-        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
-        self.dt_proj = nn.Linear(R, E, bias=True)
+        if self.lti:
+            self.dt_bias = nn.Parameter(torch.empty(E))
+            self.B_lti = nn.Parameter(torch.empty(E, N))
+            self.C_lti = nn.Parameter(torch.empty(E, N))
+        else:
+            self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+            self.dt_proj = nn.Linear(R, E, bias=True)
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, C, bias=False)
@@ -173,10 +209,15 @@ class Mamba(nn.Module):
         bound = 1.0 / math.sqrt(K_CONV)
         nn.init.uniform_(self.conv_w, -bound, bound)
         nn.init.uniform_(self.conv_b, -bound, bound)
-        # dt_proj: weight U(-R^-0.5, R^-0.5); bias = softplus^-1(dt), dt log-uniform
-        std = self.R ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        self.dt_proj.bias.copy_(common.dt_init_bias(self.E, dt_min, dt_max, dt_floor))
+        if self.lti:  # dt_bias as dt_proj's bias; B = 1 (S4D); C ~ N(0, 1/N)
+            self.dt_bias.copy_(common.dt_init_bias(self.E, dt_min, dt_max, dt_floor))
+            nn.init.ones_(self.B_lti)
+            nn.init.normal_(self.C_lti, 0.0, self.N ** -0.5)
+        else:
+            # dt_proj: weight U(-R^-0.5, R^-0.5); bias = softplus^-1(dt), dt log-uniform
+            std = self.R ** -0.5
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            self.dt_proj.bias.copy_(common.dt_init_bias(self.E, dt_min, dt_max, dt_floor))
         # S4D-real: A = -(1..N) for every channel
         self.A_log.copy_(torch.log(torch.arange(1, self.N + 1, dtype=torch.float32)).repeat(self.E, 1))
         nn.init.ones_(self.D)
@@ -193,12 +234,20 @@ class Mamba(nn.Module):
         save("conv", conv)
         u = F.silu(conv)
         save("u", u)
+        A = -torch.exp(self.A_log)
+        if self.lti:
+            y = lti_scan_sequential(u, F.softplus(self.dt_bias), A, self.B_lti, self.C_lti, self.D)
+            save("scan", y)
+            gated = y * F.silu(z)
+            save("gated", gated)
+            out = self.out_proj(gated)
+            save("out", out)
+            return out
         x_dbl = self.x_proj(u)  # (B,T,R+2N)
         save("x_dbl", x_dbl)
         dt_raw, Bm, Cm = x_dbl.split([R, N, N], dim=-1)
         dt = F.softplus(self.dt_proj(dt_raw))  # (B,T,E), threshold 20
         save("dt", dt)
-        A = -torch.exp(self.A_log)
         y = self.scan(u, dt, A, Bm, Cm, self.D)  # (B,T,E), includes D*u
         save("scan", y)
         gated = y * F.silu(z)
@@ -261,6 +310,8 @@ class MambaLM(common.FlatParams):
     def flat_layout(self):
         """(name, shape, weight_decay) per flat tensor, in order (formats.py)."""
         c = self.cfg
+        if c.lti:
+            return formats.mamba_lti_param_layout(c.V, c.L, c.C, c.E, c.N)
         return formats.mamba_param_layout(c.V, c.L, c.C, c.E, c.N, c.R)
 
     def flat_tensors(self):
@@ -270,6 +321,25 @@ class MambaLM(common.FlatParams):
         first, which is the same as stacking them along a leading L dim.
         """
         ms = [b.mixer for b in self.blocks]
+        if self.cfg.lti:
+            return [
+                ("wte", [self.wte.weight]),
+                ("in_proj_w", [m.in_proj.weight for m in ms]),
+                ("conv_w", [m.conv_w for m in ms]),
+                ("conv_b", [m.conv_b for m in ms]),
+                ("A_log", [m.A_log for m in ms]),
+                ("D", [m.D for m in ms]),
+                ("out_proj_w", [m.out_proj.weight for m in ms]),
+                ("ln_w", [b.ln.weight for b in self.blocks]),
+                ("ln_b", [b.ln.bias for b in self.blocks]),
+                ("dt_bias", [m.dt_bias for m in ms]),
+                ("B_lti", [m.B_lti for m in ms]),
+                ("C_lti", [m.C_lti for m in ms]),
+                ("lnf_w", [self.lnf.weight]),
+                ("lnf_b", [self.lnf.bias]),
+                ("head_w", [self.head.weight]),
+                ("head_b", [self.head.bias]),
+            ]
         return [
             ("wte", [self.wte.weight]),
             ("in_proj_w", [m.in_proj.weight for m in ms]),
@@ -295,20 +365,31 @@ class MambaLM(common.FlatParams):
 
 
 ACT_NAMES = ("xz", "conv", "u", "x_dbl", "dt", "scan", "gated", "out", "res", "ln")
+ACT_NAMES_LTI = ("xz", "conv", "u", "scan", "gated", "out", "res", "ln")  # no x_proj, no dt per position
+
+
+def act_names(cfg):
+    return ACT_NAMES_LTI if cfg.lti else ACT_NAMES
+
+
+def param_layout(cfg):
+    if cfg.lti:
+        return formats.mamba_lti_param_layout(cfg.V, cfg.L, cfg.C, cfg.E, cfg.N)
+    return formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, cfg.E, cfg.N, cfg.R)
 
 
 def write_reference(path, cfg, B, T, seed, steps, adamw):
     """Computes the reference in float64 and writes the state file."""
     torch.manual_seed(seed)
     gen = torch.default_generator
-    params32 = common.reference_init(formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, cfg.E, cfg.N, cfg.R), gen)
+    params32 = common.reference_init(param_layout(cfg), gen)
     inputs = torch.randint(0, cfg.V, (B, T), generator=gen)
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = MambaLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
-    names = [f"m{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
+    names = [f"m{l}.{name}" for l in range(cfg.L) for name in act_names(cfg)]
     tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
-    config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=params32.numel())
-    formats.write_state(path, formats.KIND_MAMBA, config, B, T, tensors)
+    config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=params32.numel())  # R = 0 with lti
+    formats.write_state(path, formats.KIND_MAMBA_LTI if cfg.lti else formats.KIND_MAMBA, config, B, T, tensors)
     print(f"wrote {path}: {summary}")
 
 
@@ -323,7 +404,7 @@ def _numpy_forward(params, inputs, targets, cfg):
     code with MambaLM. Returns a dict of every reference activation + "loss".
     """
     E, N, R, K = cfg.E, cfg.N, cfg.R, K_CONV
-    p = common.unflatten(params.astype(np.float64), formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, E, N, R))
+    p = common.unflatten(params.astype(np.float64), param_layout(cfg))
     B, T = inputs.shape
 
     def layernorm(x, w, b):
@@ -351,21 +432,29 @@ def _numpy_forward(params, inputs, targets, cfg):
                 continue
             conv[:, s:, :] += p["conv_w"][l][:, k] * xs[:, :T - s, :]
         u = silu(conv)
-        x_dbl = u @ p["x_proj_w"][l].T
-        dt_raw, Bm, Cm = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
-        dt = softplus(dt_raw @ p["dt_proj_w"][l].T + p["dt_proj_b"][l])
         A = -np.exp(p["A_log"][l])  # (E,N)
         h = np.zeros((B, E, N))
         y = np.zeros((B, T, E))
-        for t in range(T):
-            h = np.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]
-            y[:, t] = np.einsum("ben,bn->be", h, Cm[:, t]) + p["D"][l] * u[:, t]
+        if cfg.lti:
+            dt = softplus(p["dt_bias"][l])  # (E,)
+            for t in range(T):
+                h = np.exp(dt[:, None] * A) * h + (dt * u[:, t])[:, :, None] * p["B_lti"][l]
+                y[:, t] = (h * p["C_lti"][l]).sum(-1) + p["D"][l] * u[:, t]
+            x_dbl = None
+        else:
+            x_dbl = u @ p["x_proj_w"][l].T
+            dt_raw, Bm, Cm = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
+            dt = softplus(dt_raw @ p["dt_proj_w"][l].T + p["dt_proj_b"][l])
+            for t in range(T):
+                h = np.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * u[:, t])[:, :, None] * Bm[:, t, None, :]
+                y[:, t] = np.einsum("ben,bn->be", h, Cm[:, t]) + p["D"][l] * u[:, t]
         gated = y * silu(z)
         o = gated @ p["out_proj_w"][l].T
         res = x + o
         x = layernorm(res, p["ln_w"][l], p["ln_b"][l])
         for name, v in zip(ACT_NAMES, (xz, conv, u, x_dbl, dt, y, gated, o, res, x)):
-            out[pre + name] = v
+            if name in act_names(cfg):
+                out[pre + name] = v
     out["lnf"] = layernorm(x, p["lnf_w"], p["lnf_b"])
     logits = out["lnf"] @ p["head_w"].T + p["head_b"]
     out["logits"] = logits
@@ -438,12 +527,13 @@ def check_state(path, fd_per_tensor=4, fd_scan_tensors=10, h=1e-3):
     """
     state = formats.read_state(path)
     c = state.config
-    cfg = MambaConfig(V=c["V"], L=c["L"], C=c["C"], N=c["N"], E=c["E"], R=c["R"])
+    lti = state.kind == formats.KIND_MAMBA_LTI
+    cfg = MambaConfig(V=c["V"], L=c["L"], C=c["C"], N=c["N"], E=c["E"], R=c["R"], lti=lti)
     params = state["params"]
     inputs = state["inputs"].astype(np.int64)
     targets = state["targets"].astype(np.int64)
     expected = (["params", "inputs", "targets", "encoded"]
-                + [f"m{l}.{n}" for l in range(cfg.L) for n in ACT_NAMES]
+                + [f"m{l}.{n}" for l in range(cfg.L) for n in act_names(cfg)]
                 + ["lnf", "logits", "loss", "grads", "adamw", "step_losses", "step_params"])
     ok = list(state.tensors) == expected
     print(f"check: read back {path}: kind {formats.KIND_NAMES[state.kind]}, config {c}, "
@@ -468,7 +558,7 @@ def check_state(path, fd_per_tensor=4, fd_scan_tensors=10, h=1e-3):
     flat0 = torch.from_numpy(params.astype(np.float64))
     t_in, t_tg = torch.from_numpy(inputs), torch.from_numpy(targets)
     gen = torch.Generator().manual_seed(0)
-    scan_tensors = ("A_log", "D", "dt_proj_b", "dt_proj_w", "conv_w", "conv_b")
+    scan_tensors = ("A_log", "D", "dt_proj_b", "dt_proj_w", "conv_w", "conv_b", "dt_bias", "B_lti", "C_lti")
     # fourth-order central differences: error O(h^4) + rounding O(eps/h)
     fd_ok, worst_fd = common.check_grads_fd(
         model, flat0, lambda: model(t_in, t_tg)[1].item(), state["grads"].astype(np.float64), gen,
@@ -516,6 +606,8 @@ def main():
     parser.add_argument("--N", type=int, default=16, help="state size per channel (d_state)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lti", action="store_true",
+                        help="the selection ablation (train_mamba -M lti): dt, B, C per channel")
     parser.add_argument("--check", action="store_true",
                         help="read the state back and verify it; compare the parallel scan with the sequential one")
     args = parser.parse_args()
@@ -524,7 +616,7 @@ def main():
     if args.steps < 1:
         parser.error("need at least one step")
 
-    cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
+    cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N, lti=args.lti)
     write_reference(args.out, cfg, args.B, args.T, args.seed, args.steps, common.REFERENCE_ADAMW)
     if args.check and not check_state(args.out):
         sys.exit(1)
