@@ -88,6 +88,19 @@ __global__ void dt_softplus_kernel(float* dt, const float* bias, int E, int span
 // ----------------------------------------------------------------------------
 // forward
 
+// The sequential scans' output at one position (row = b*T + t, channel e):
+// y = yv, gated = yv * silu(z), and at the end of a chunk (or of the row)
+// the state h (N) into states (B, E, nchunks, N).
+__device__ inline void scan_seq_store(float* y, float* gated, float* states, const float* xz, const float* h, float yv,
+                                      long row, int b, int e, int t, int T, int E, int N) {
+    y[row * E + e] = yv;
+    gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
+    if (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1) {
+        float* s = states + ((long)(b * E + e) * CEIL_DIV(T, SCAN_CHUNK) + t / SCAN_CHUNK) * N;
+        for (int n = 0; n < N; n++) s[n] = h[n];
+    }
+}
+
 __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float* states, const float* u,
                                                   const float* dt, const float* x_dbl, int R, const float* A_log,
                                                   const float* D, const float* xz, const float* h0, int B, int T,
@@ -95,7 +108,7 @@ __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float*
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
-    int xs = R + 2 * N, nchunks = CEIL_DIV(T, SCAN_CHUNK);
+    int xs = R + 2 * N;
     float A[MAX_DSTATE], h[MAX_DSTATE];
     for (int n = 0; n < N; n++) { A[n] = -expf(A_log[e * N + n]); h[n] = h0 ? h0[(long)idx * N + n] : 0.0f; }
     for (int t = 0; t < T; t++) {
@@ -108,13 +121,7 @@ __global__ void selective_scan_forward_seq_kernel(float* y, float* gated, float*
             h[n] = expf(dtv * A[n]) * h[n] + dtv * Bt[n] * uv;
             acc += h[n] * Ct[n];
         }
-        float yv = acc + D[e] * uv;
-        y[row * E + e] = yv;
-        gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
-        if (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1) {
-            float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * N;
-            for (int n = 0; n < N; n++) s[n] = h[n];
-        }
+        scan_seq_store(y, gated, states, xz, h, acc + D[e] * uv, row, b, e, t, T, E, N);
     }
 }
 
@@ -653,7 +660,6 @@ __global__ void selective_scan_lti_forward_kernel(float* y, float* gated, float*
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
-    int nchunks = CEIL_DIV(T, SCAN_CHUNK);
     float dtv = fast_softplusf(dt_bias[e]);
     float a[MAX_DSTATE], dtB[MAX_DSTATE], Cn[MAX_DSTATE], h[MAX_DSTATE];
     for (int n = 0; n < N; n++) {
@@ -670,13 +676,7 @@ __global__ void selective_scan_lti_forward_kernel(float* y, float* gated, float*
             h[n] = a[n] * h[n] + dtB[n] * uv;
             acc += h[n] * Cn[n];
         }
-        float yv = acc + D[e] * uv;
-        y[row * E + e] = yv;
-        gated[row * E + e] = yv * silu(xz[row * 2 * E + E + e]);
-        if (t % SCAN_CHUNK == SCAN_CHUNK - 1 || t == T - 1) {
-            float* s = states + ((long)(b * E + e) * nchunks + t / SCAN_CHUNK) * N;
-            for (int n = 0; n < N; n++) s[n] = h[n];
-        }
+        scan_seq_store(y, gated, states, xz, h, acc + D[e] * uv, row, b, e, t, T, E, N);
     }
 }
 
