@@ -188,16 +188,18 @@ static int sample_token(const float* logits, int V, float temperature, int top_k
 // needs both files of the same task, length and vocabulary; evaluating only
 // (-x 0) reads -j alone and, without -b, takes as many sequences at once as
 // fill the preset's batch of B x T tokens (at least one, at most the
-// file's).
+// file's). The training file is read into memory; the validation file is
+// read a batch at a time (task_data_open), so its length costs no memory.
 static void load_task_data(TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
     bool evaluate_only = c->max_steps == 0 && !c->resume;
     if (c->generate_only) fail("flag -G: %s is a task file; generation needs text and its vocabulary", c->val_path);
     if (c->image_len) fail("flag -I: not with task files (%s)", c->val_path);
     check_data_file(c->val_path, "", "");
-    task_data_load(val, c->val_path);
+    task_data_open(val, c->val_path);
     train->path = c->train_path;
     train->task = 0;
     train->num_tokens = train->num_sequences = 0;
+    train->file = nullptr;
     if (!evaluate_only) {
         check_data_file(c->train_path, "", "");
         if (file_magic(c->train_path) != MAGIC_TASK)
