@@ -341,48 +341,25 @@ static void lm_step(Mamba* m, const int* tokens, int B) { mamba_step(m, tokens, 
 // main
 
 #ifndef TESTING
-// Takes "-M <name>" (the mixer: selective or lti) out of argv, walking its
-// "-x value" pairs (-h alone), before the trainer's flags are parsed.
-// Returns the name, or null when -M is not given.
-static const char* take_mixer_flag(int* argc, char** argv) {
-    const char* mixer = nullptr;
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        if (!strcmp(argv[i], "-M")) {
-            if (i + 1 >= *argc) fail("flag -M needs a value (see -h)");
-            mixer = argv[++i];
-            if (strcmp(mixer, "selective") && strcmp(mixer, "lti"))
-                fail("flag -M: unknown mixer '%s' (selective or lti)", mixer);
-            continue;
-        }
-        argv[out++] = argv[i];
-        bool alone = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
-        if (!alone && i + 1 < *argc) argv[out++] = argv[++i];
-    }
-    *argc = out;
-    return mixer;
-}
-
 int main(int argc, char** argv) {
     // the write-up's configuration, and one that trains in minutes on 2 CPU cores
     //                        L  C    B   T    steps warmup val  lr
     LMPreset presets[2] = {{5, 256, 64, 256, 5000, 0, 250, 1e-3f},
                            {3, 128, 16, 128, 2000, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
-    const char* mixer = take_mixer_flag(&argc, argv);
     parse_train_flags(argc, argv, &tc, presets,
                       "  -L <int>    layers (seed preset 5, cpu 3)\n"
                       "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                       "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
                       "              learned per channel, not functions of the input (with -e: the file's unless given)\n",
-                      "LC");
+                      "LCM");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
 
-    int lti = mixer && !strcmp(mixer, "lti");
-    if (tc.init_path && !mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
+    int lti = tc.mixer && !strcmp(tc.mixer, "lti");
+    if (tc.init_path && !tc.mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
     MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
         int s[CONFIG_SLOTS];

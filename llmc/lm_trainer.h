@@ -36,6 +36,7 @@ typedef struct {
     int seed_given;          // -r was given
     int L, C, H, F;          // model shape flags (each model uses what it has)
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
+    const char* mixer;       // -M: the Mamba's mixer, selective or lti (train_mamba.cu); null: not given
     int generate_only;       // -G: sample from the model (-e or -y) and exit
     const char* prompt;      // -P: text to start samples from (default: a newline)
     float temperature;       // -a
@@ -109,8 +110,11 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 
 // Sets the preset's defaults (-S, else the backend's), then parses "-x
 // value" pairs over them. presets: the model's seed and cpu presets;
-// model_flags is the help text of -L/-C/-H/-F/-A for this model, allowed names
-// the shape letters it takes.
+// model_flags is the help text of -L/-C/-H/-F/-A/-M for this model, allowed
+// names the model letters it takes (MODEL_LETTERS; the others are refused
+// with one line).
+#define MODEL_LETTERS "LCHFAM"  // the flags a model takes only where its trainer says (the allowed letters)
+
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
     c->preset = find_preset(argc, argv);
@@ -122,7 +126,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
-        char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
+        char letter = next_flag(argc, argv, &i, MODEL_LETTERS, allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
         if (letter == 'A') note_shape_flag(c, 'A');
         if (parse_shared_flag(c, letter, f, v)) continue;
@@ -136,6 +140,10 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'A': c->pattern = v; break;
+            case 'M':
+                c->mixer = v;
+                if (strcmp(v, "selective") && strcmp(v, "lti")) fail("flag -M: unknown mixer '%s' (selective or lti)", v);
+                break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;
