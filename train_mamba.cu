@@ -297,20 +297,17 @@ static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
 // ----------------------------------------------------------------------------
 // chunked evaluation: rows of any length in constant device memory
 
-// the logits of positions t0 .. t0+n-1 of every row: (B, n, V) on the
-// device, valid until the next forward
-typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits;
-
-// Evaluates token rows (B, T) (host, row-major, any T) Tc positions at a
-// time (Tc at most the activations' T, B at most their batch), each layer's
-// conv and SSM state carried from one chunk into the next in a
-// MambaStepState of its own (the recurrent step's layout), so each position
-// sees every position before it, as one forward over all T would. Calls
-// on_chunk(t0, n, logits) for the chunks in order (n = Tc but for the last).
-// Device memory: the activations' and B rows of states, whatever T is.
-// (Task-file evaluation calls it; maybe_unused until a caller is built in.)
-[[maybe_unused]] static void mamba_eval_chunked(Mamba* model, const int* tokens, int B, int T, int Tc,
-                                                const MambaChunkLogits& on_chunk) {
+// Evaluates rows (B, T) (any T) Tc positions at a time (Tc at most the
+// activations' T, B at most their batch), each layer's conv and SSM state
+// carried from one chunk into the next in a MambaStepState of its own (the
+// recurrent step's layout), so each position sees every position before it,
+// as one forward over all T would. For the chunks in order (n = Tc but for
+// the last): read(t0, n, inputs, targets) fills the chunk's inputs and
+// targets (B, n) (host), the forward runs them, then done(t0, n, targets)
+// (acts.logits (B, n, V) and acts.losses (B, n) the chunk's). Device memory:
+// the activations' and B rows of states, whatever T is; host memory: one
+// chunk. Task-file evaluation (lm_trainer.h's lm_eval_chunked hook) runs here.
+static void mamba_eval_chunked(Mamba* model, int B, int T, int Tc, const ChunkRead& read, const ChunkDone& done) {
     NVTX_RANGE("eval_chunked");
     ModelBuffers* m = &model->buf;
     if (B < 1 || T < 1 || Tc < 1) fail("mamba_eval_chunked: %d rows of %d tokens in chunks of %d", B, T, Tc);
@@ -318,13 +315,12 @@ typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits
         fail("mamba_eval_chunked: chunks of %d x %d exceed the activations' %d x %d", B, Tc, m->batch_size, m->seq_len);
     MambaStepState carry;
     mamba_step_state_alloc(&carry, model->config.num_layers, B, dims_of(model->config));  // cleared: rows start empty
-    std::vector<int> chunk((size_t)B * Tc);
+    std::vector<int> inputs((size_t)B * Tc), targets((size_t)B * Tc);  // (B, n) of the chunk
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < n; i++) chunk[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
-        mamba_forward(model, chunk.data(), nullptr, B, n, &carry);
-        on_chunk(t0, n, model->acts.logits);
+        read(t0, n, inputs.data(), targets.data());
+        mamba_forward(model, inputs.data(), targets.data(), B, n, &carry);
+        done(t0, n, targets.data());
     }
     mamba_step_state_free(&carry);
 }
@@ -336,6 +332,10 @@ static void lm_generate_begin(Mamba* m, int B) { mamba_generate_begin(m, B); }
 static void lm_generate_end(Mamba* m) { mamba_generate_end(m); }
 static void lm_prefill(Mamba* m, const int* tokens, int B, int T) { mamba_prefill(m, tokens, B, T); }
 static void lm_step(Mamba* m, const int* tokens, int B) { mamba_step(m, tokens, B); }
+template <> constexpr bool lm_evaluates_in_chunks<Mamba> = true;
+static void lm_eval_chunked(Mamba* m, int B, int T, int Tc, const ChunkRead& read, const ChunkDone& done) {
+    mamba_eval_chunked(m, B, T, Tc, read, done);
+}
 
 // ----------------------------------------------------------------------------
 // main
@@ -351,8 +351,10 @@ int main(int argc, char** argv) {
                       "  -L <int>    layers (seed preset 5, cpu 3)\n"
                       "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                       "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
-                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n",
-                      "LCM");
+                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n"
+                      "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
+                      "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n",
+                      "LCMd");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
