@@ -18,7 +18,8 @@ C are learned per channel instead of computed from u (no x_proj, dt_proj):
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop, validation and sampling in
 llmc/lm_trainer.h (lm_run), which calls this file's lm_forward and
-lm_backward.
+lm_backward, and lm_eval_chunked (mamba_eval_chunked) for task files
+longer than the evaluation chunk (-d).
 
 Build with `make train_mamba` (GPU if one is visible, else the host backend).
 */

@@ -5,7 +5,10 @@ vocabulary (or task files: sequences with targets at some positions),
 validation, and sampling. What the image classifiers share with
 them (schedule, guards, step line, checkpoints) is in trainer.h; the update
 (clipping plus AdamW) in model.h. A model file train_*.cu defines its model
-and the two hooks lm_run calls, then hands its main over to lm_run.
+and the two hooks lm_run calls, then hands its main over to lm_run. A model
+that carries a state along the sequence (the Mamba) also provides
+lm_eval_chunked, and task files longer than its chunk (-d) are evaluated
+through it a chunk at a time, in memory constant in their length.
 */
 #pragma once
 
