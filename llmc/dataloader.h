@@ -292,26 +292,35 @@ inline void task_data_load(TokenData* d, const char* path) {
 
 #define TASK_READ_POSITIONS 65536  // positions per read of a task file read in pieces
 
-// reads n positions from t0 of sequence s of an open task file: their uint16
-// inputs into in (2n bytes) and targets into tg
-inline void task_file_read(const TokenData* d, long s, long t0, long n, unsigned char* in, unsigned char* tg) {
+// reads n positions from t0 of sequence s of the task file f (d's): their
+// uint16 inputs into in (2n bytes) and targets into tg
+inline void task_file_read(const TokenData* d, FILE* f, long s, long t0, long n, unsigned char* in, unsigned char* tg) {
     long T = d->seq_len, at = HEADER_BYTES + 4 * s * T + 2 * t0;
-    bool ok = fseeko(d->file, at, SEEK_SET) == 0 && fread(in, 1, 2 * n, d->file) == (size_t)(2 * n) &&
-              fseeko(d->file, at + 2 * T, SEEK_SET) == 0 && fread(tg, 1, 2 * n, d->file) == (size_t)(2 * n);
+    bool ok = fseeko(f, at, SEEK_SET) == 0 && fread(in, 1, 2 * n, f) == (size_t)(2 * n) &&
+              fseeko(f, at + 2 * T, SEEK_SET) == 0 && fread(tg, 1, 2 * n, f) == (size_t)(2 * n);
     if (!ok) fail("%s: read failed (the file changed while it was read)", d->path);
 }
+
+// a file closed when this goes out of scope (a refusal that throws, in the
+// fuzzer, included) unless released
+struct ScopedFile {
+    FILE* f;
+    ~ScopedFile() { if (f) fclose(f); }
+    FILE* release() { FILE* g = f; f = nullptr; return g; }
+};
 
 // A task file opened to be read in pieces (task_data_read), memory constant
 // in its length: the header checked against the file's size, then every
 // sequence checked as task_data_load checks it (the same messages, in the
-// same order), TASK_READ_POSITIONS positions at a time. The file stays open.
+// same order), TASK_READ_POSITIONS positions at a time. The file stays open
+// (d->file) once accepted; a refused one is closed.
 inline void task_data_open(TokenData* d, const char* path) {
     int header[HEADER_INTS];
     long size = read_file_header(path, "task", header);
     check_magic_version(path, header, MAGIC_TASK, "task", FORMAT_VERSION);
     long n = task_header_check(path, header, size);
     task_data_describe(d, path, header, n);
-    d->file = fopen_or_fail(path, "rb");
+    ScopedFile file = {fopen_or_fail(path, "rb")};
     long S = d->num_sequences, T = d->seq_len, piece = std::min<long>(T, TASK_READ_POSITIONS);
     std::vector<unsigned char> in(2 * piece), tg(2 * piece);
     std::vector<int> inputs(piece), targets(piece);
@@ -319,11 +328,12 @@ inline void task_data_open(TokenData* d, const char* path) {
         int count = 0;
         for (long t0 = 0; t0 < T; t0 += piece) {
             long m = std::min(piece, T - t0);
-            task_file_read(d, s, t0, m, in.data(), tg.data());
+            task_file_read(d, file.f, s, t0, m, in.data(), tg.data());
             count += task_check_positions(path, d->vocab_size, s, t0, m, in.data(), tg.data(), inputs.data(), targets.data());
         }
         task_check_count(path, s, count, d->targets_per_sequence);
     }
+    d->file = file.release();
 }
 
 // inputs and targets (rows, n) of positions t0 .. t0+n-1 of the sequences
@@ -340,7 +350,7 @@ inline void task_data_read(const TokenData* d, long first, int rows, int t0, int
     }
     std::vector<unsigned char> in(2L * n), tg(2L * n);
     for (int r = 0; r < rows; r++) {
-        task_file_read(d, first + r, t0, n, in.data(), tg.data());
+        task_file_read(d, d->file, first + r, t0, n, in.data(), tg.data());
         task_check_positions(d->path, d->vocab_size, first + r, t0, n, in.data(), tg.data(), inputs + (long)r * n,
                              targets + (long)r * n);
     }
