@@ -384,9 +384,16 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
 static std::vector<float> mamba_logits_chunked(Mamba* model, const int* tokens, int B, int T, int Tc) {
     int V = model->config.vocab_size;
     std::vector<float> logits((size_t)B * T * V), part;
-    mamba_eval_chunked(model, tokens, B, T, Tc, [&](int t0, int n, const float* d_logits) {
+    auto read = [&](int t0, int n, int* inputs, int* targets) {
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < n; i++) {
+                inputs[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
+                targets[(size_t)b * n + i] = 0;  // (the logits do not depend on them)
+            }
+    };
+    mamba_eval_chunked(model, B, T, Tc, read, [&](int t0, int n, const int*) {
         part.resize((size_t)B * n * V);
-        cudaCheck(cudaMemcpy(part.data(), d_logits, part.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(part.data(), model->acts.logits, part.size() * sizeof(float), cudaMemcpyDeviceToHost));
         for (int b = 0; b < B; b++)
             memcpy(&logits[((size_t)b * T + t0) * V], &part[(size_t)b * n * V], (size_t)n * V * sizeof(float));
     });

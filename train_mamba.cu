@@ -18,7 +18,8 @@ C are learned per channel instead of computed from u (no x_proj, dt_proj):
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop, validation and sampling in
 llmc/lm_trainer.h (lm_run), which calls this file's lm_forward and
-lm_backward.
+lm_backward, and lm_eval_chunked (mamba_eval_chunked) for task files
+longer than the evaluation chunk (-d).
 
 Build with `make train_mamba` (GPU if one is visible, else the host backend).
 */
@@ -297,20 +298,17 @@ static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
 // ----------------------------------------------------------------------------
 // chunked evaluation: rows of any length in constant device memory
 
-// the logits of positions t0 .. t0+n-1 of every row: (B, n, V) on the
-// device, valid until the next forward
-typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits;
-
-// Evaluates token rows (B, T) (host, row-major, any T) Tc positions at a
-// time (Tc at most the activations' T, B at most their batch), each layer's
-// conv and SSM state carried from one chunk into the next in a
-// MambaStepState of its own (the recurrent step's layout), so each position
-// sees every position before it, as one forward over all T would. Calls
-// on_chunk(t0, n, logits) for the chunks in order (n = Tc but for the last).
-// Device memory: the activations' and B rows of states, whatever T is.
-// (Task-file evaluation calls it; maybe_unused until a caller is built in.)
-[[maybe_unused]] static void mamba_eval_chunked(Mamba* model, const int* tokens, int B, int T, int Tc,
-                                                const MambaChunkLogits& on_chunk) {
+// Evaluates rows (B, T) (any T) Tc positions at a time (Tc at most the
+// activations' T, B at most their batch), each layer's conv and SSM state
+// carried from one chunk into the next in a MambaStepState of its own (the
+// recurrent step's layout), so each position sees every position before it,
+// as one forward over all T would. For the chunks in order (n = Tc but for
+// the last): read(t0, n, inputs, targets) fills the chunk's inputs and
+// targets (B, n) (host), the forward runs them, then done(t0, n, targets)
+// (acts.logits (B, n, V) and acts.losses (B, n) the chunk's). Device memory:
+// the activations' and B rows of states, whatever T is; host memory: one
+// chunk. Task-file evaluation (lm_trainer.h's lm_eval_chunked hook) runs here.
+static void mamba_eval_chunked(Mamba* model, int B, int T, int Tc, const ChunkRead& read, const ChunkDone& done) {
     NVTX_RANGE("eval_chunked");
     ModelBuffers* m = &model->buf;
     if (B < 1 || T < 1 || Tc < 1) fail("mamba_eval_chunked: %d rows of %d tokens in chunks of %d", B, T, Tc);
@@ -318,13 +316,12 @@ typedef std::function<void(int t0, int n, const float* logits)> MambaChunkLogits
         fail("mamba_eval_chunked: chunks of %d x %d exceed the activations' %d x %d", B, Tc, m->batch_size, m->seq_len);
     MambaStepState carry;
     mamba_step_state_alloc(&carry, model->config.num_layers, B, dims_of(model->config));  // cleared: rows start empty
-    std::vector<int> chunk((size_t)B * Tc);
+    std::vector<int> inputs((size_t)B * Tc), targets((size_t)B * Tc);  // (B, n) of the chunk
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < n; i++) chunk[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
-        mamba_forward(model, chunk.data(), nullptr, B, n, &carry);
-        on_chunk(t0, n, model->acts.logits);
+        read(t0, n, inputs.data(), targets.data());
+        mamba_forward(model, inputs.data(), targets.data(), B, n, &carry);
+        done(t0, n, targets.data());
     }
     mamba_step_state_free(&carry);
 }
@@ -336,53 +333,36 @@ static void lm_generate_begin(Mamba* m, int B) { mamba_generate_begin(m, B); }
 static void lm_generate_end(Mamba* m) { mamba_generate_end(m); }
 static void lm_prefill(Mamba* m, const int* tokens, int B, int T) { mamba_prefill(m, tokens, B, T); }
 static void lm_step(Mamba* m, const int* tokens, int B) { mamba_step(m, tokens, B); }
+template <> constexpr bool lm_evaluates_in_chunks<Mamba> = true;
+static void lm_eval_chunked(Mamba* m, int B, int T, int Tc, const ChunkRead& read, const ChunkDone& done) {
+    mamba_eval_chunked(m, B, T, Tc, read, done);
+}
 
 // ----------------------------------------------------------------------------
 // main
 
 #ifndef TESTING
-// Takes "-M <name>" (the mixer: selective or lti) out of argv, walking its
-// "-x value" pairs (-h alone), before the trainer's flags are parsed.
-// Returns the name, or null when -M is not given.
-static const char* take_mixer_flag(int* argc, char** argv) {
-    const char* mixer = nullptr;
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        if (!strcmp(argv[i], "-M")) {
-            if (i + 1 >= *argc) fail("flag -M needs a value (see -h)");
-            mixer = argv[++i];
-            if (strcmp(mixer, "selective") && strcmp(mixer, "lti"))
-                fail("flag -M: unknown mixer '%s' (selective or lti)", mixer);
-            continue;
-        }
-        argv[out++] = argv[i];
-        bool alone = !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help");
-        if (!alone && i + 1 < *argc) argv[out++] = argv[++i];
-    }
-    *argc = out;
-    return mixer;
-}
-
 int main(int argc, char** argv) {
     // the write-up's configuration, and one that trains in minutes on 2 CPU cores
     //                        L  C    B   T    steps warmup val  lr
     LMPreset presets[2] = {{5, 256, 64, 256, 5000, 0, 250, 1e-3f},
                            {3, 128, 16, 128, 2000, 50, 250, 2e-3f}};
     TrainConfig tc = default_lm_config();
-    const char* mixer = take_mixer_flag(&argc, argv);
     parse_train_flags(argc, argv, &tc, presets,
                       "  -L <int>    layers (seed preset 5, cpu 3)\n"
                       "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                       "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
-                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n",
-                      "LC");
+                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n"
+                      "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
+                      "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n",
+                      "LCMd");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
 
-    int lti = mixer && !strcmp(mixer, "lti");
-    if (tc.init_path && !mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
+    int lti = tc.mixer && !strcmp(tc.mixer, "lti");
+    if (tc.init_path && !tc.mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
     MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
         int s[CONFIG_SLOTS];

@@ -31,6 +31,7 @@ typedef struct {
     long num_sequences;        // task files: S
     int targets_per_sequence;  // task files: K, the positions of each sequence with a target
     std::vector<int> targets;  // task files: (S, T)
+    FILE* file;                // a task file opened by task_data_open (read per batch; tokens, targets empty), else null
 } TokenData;
 
 // Checks every slot of a tokens file's header (magic and version checked)
@@ -58,6 +59,7 @@ inline void token_data_parse(TokenData* d, const char* path, const unsigned char
     d->task = d->seq_len = d->targets_per_sequence = 0;
     d->num_sequences = 0;
     d->targets.clear();
+    d->file = nullptr;
     d->tokens.resize(n);
     const unsigned char* p = data + HEADER_BYTES;
     for (long i = 0; i < n; i++) {
@@ -226,37 +228,58 @@ inline long task_header_check(const char* path, const int* header, long size) {
     return S * T;
 }
 
+// the header's facts into d (its tokens and targets left empty)
+inline void task_data_describe(TokenData* d, const char* path, const int* header, long n) {
+    d->path = path;
+    d->vocab_size = header[4];
+    d->num_tokens = n;
+    d->task = header[5];
+    d->seq_len = header[3];
+    d->num_sequences = header[2];
+    d->targets_per_sequence = header[6];
+    d->tokens.clear();
+    d->targets.clear();
+    d->file = nullptr;
+}
+
+// Checks n positions t0 .. t0+n-1 of sequence s (in and tg: their uint16
+// little-endian inputs and targets) and turns them into ints (targets
+// TARGET_IGNORED where there is none); returns how many have a target.
+inline int task_check_positions(const char* path, int V, long s, long t0, long n, const unsigned char* in,
+                                const unsigned char* tg, int* inputs, int* targets) {
+    int count = 0;
+    for (long i = 0; i < n; i++) {
+        long t = t0 + i;
+        int x = in[2 * i] | in[2 * i + 1] << 8, y = tg[2 * i] | tg[2 * i + 1] << 8;
+        if (x >= V) fail("%s: sequence %ld, position %ld: input %d is outside the vocabulary of %d", path, s, t, x, V);
+        if (y != TASK_FILE_NO_TARGET && y >= V)
+            fail("%s: sequence %ld, position %ld: target %d is outside the vocabulary of %d (and not %d, no target)",
+                 path, s, t, y, V, TASK_FILE_NO_TARGET);
+        inputs[i] = x;
+        targets[i] = y == TASK_FILE_NO_TARGET ? TARGET_IGNORED : y;
+        count += y != TASK_FILE_NO_TARGET;
+    }
+    return count;
+}
+
+inline void task_check_count(const char* path, long s, int count, int K) {
+    if (count != K) fail("%s: sequence %ld has %d targets, but header[6] says %d per sequence", path, s, count, K);
+}
+
 // validates a task file held in memory and fills d
 inline void task_data_parse(TokenData* d, const char* path, const unsigned char* data, long size) {
     int header[HEADER_INTS];
     check_header(path, data, size, MAGIC_TASK, "task", header);
     long n = task_header_check(path, header, size);
-    int S = header[2], T = header[3], V = header[4], K = header[6];
-    d->path = path;
-    d->vocab_size = V;
-    d->num_tokens = n;
-    d->task = header[5];
-    d->seq_len = T;
-    d->num_sequences = S;
-    d->targets_per_sequence = K;
+    task_data_describe(d, path, header, n);
+    long S = d->num_sequences, T = d->seq_len;
     d->tokens.resize(n);
     d->targets.resize(n);
     const unsigned char* p = data + HEADER_BYTES;
     for (long s = 0; s < S; s++) {
         const unsigned char* in = p + 4 * s * T;  // T inputs, then T targets, uint16 little-endian
-        const unsigned char* tg = in + 2 * (long)T;
-        int count = 0;
-        for (long t = 0; t < T; t++) {
-            int x = in[2 * t] | in[2 * t + 1] << 8, y = tg[2 * t] | tg[2 * t + 1] << 8;
-            if (x >= V) fail("%s: sequence %ld, position %ld: input %d is outside the vocabulary of %d", path, s, t, x, V);
-            if (y != TASK_FILE_NO_TARGET && y >= V)
-                fail("%s: sequence %ld, position %ld: target %d is outside the vocabulary of %d (and not %d, no target)",
-                     path, s, t, y, V, TASK_FILE_NO_TARGET);
-            d->tokens[s * T + t] = x;
-            d->targets[s * T + t] = y == TASK_FILE_NO_TARGET ? TARGET_IGNORED : y;
-            count += y != TASK_FILE_NO_TARGET;
-        }
-        if (count != K) fail("%s: sequence %ld has %d targets, but header[6] says %d per sequence", path, s, count, K);
+        int count = task_check_positions(path, d->vocab_size, s, 0, T, in, in + 2 * T, &d->tokens[s * T], &d->targets[s * T]);
+        task_check_count(path, s, count, d->targets_per_sequence);
     }
 }
 
@@ -267,11 +290,75 @@ inline void task_data_load(TokenData* d, const char* path) {
     task_data_parse(d, path, bytes.data(), (long)bytes.size());
 }
 
+#define TASK_READ_POSITIONS 65536  // positions per read of a task file read in pieces
+
+// reads n positions from t0 of sequence s of the task file f (d's): their
+// uint16 inputs into in (2n bytes) and targets into tg
+inline void task_file_read(const TokenData* d, FILE* f, long s, long t0, long n, unsigned char* in, unsigned char* tg) {
+    long T = d->seq_len, at = HEADER_BYTES + 4 * s * T + 2 * t0;
+    bool ok = fseeko(f, at, SEEK_SET) == 0 && fread(in, 1, 2 * n, f) == (size_t)(2 * n) &&
+              fseeko(f, at + 2 * T, SEEK_SET) == 0 && fread(tg, 1, 2 * n, f) == (size_t)(2 * n);
+    if (!ok) fail("%s: read failed (the file changed while it was read)", d->path);
+}
+
+// a file closed when this goes out of scope (a refusal that throws, in the
+// fuzzer, included) unless released
+struct ScopedFile {
+    FILE* f;
+    ~ScopedFile() { if (f) fclose(f); }
+    FILE* release() { FILE* g = f; f = nullptr; return g; }
+};
+
+// A task file opened to be read in pieces (task_data_read), memory constant
+// in its length: the header checked against the file's size, then every
+// sequence checked as task_data_load checks it (the same messages, in the
+// same order), TASK_READ_POSITIONS positions at a time. The file stays open
+// (d->file) once accepted; a refused one is closed.
+inline void task_data_open(TokenData* d, const char* path) {
+    int header[HEADER_INTS];
+    long size = read_file_header(path, "task", header);
+    check_magic_version(path, header, MAGIC_TASK, "task", FORMAT_VERSION);
+    long n = task_header_check(path, header, size);
+    task_data_describe(d, path, header, n);
+    ScopedFile file = {fopen_or_fail(path, "rb")};
+    long S = d->num_sequences, T = d->seq_len, piece = std::min<long>(T, TASK_READ_POSITIONS);
+    std::vector<unsigned char> in(2 * piece), tg(2 * piece);
+    std::vector<int> inputs(piece), targets(piece);
+    for (long s = 0; s < S; s++) {
+        int count = 0;
+        for (long t0 = 0; t0 < T; t0 += piece) {
+            long m = std::min(piece, T - t0);
+            task_file_read(d, file.f, s, t0, m, in.data(), tg.data());
+            count += task_check_positions(path, d->vocab_size, s, t0, m, in.data(), tg.data(), inputs.data(), targets.data());
+        }
+        task_check_count(path, s, count, d->targets_per_sequence);
+    }
+    d->file = file.release();
+}
+
+// inputs and targets (rows, n) of positions t0 .. t0+n-1 of the sequences
+// first .. first+rows-1, from memory or (task_data_open) from the file
+inline void task_data_read(const TokenData* d, long first, int rows, int t0, int n, int* inputs, int* targets) {
+    long T = d->seq_len;
+    if (!d->file) {
+        for (int r = 0; r < rows; r++) {
+            long from = (first + r) * T + t0;
+            std::copy(d->tokens.begin() + from, d->tokens.begin() + from + n, inputs + (long)r * n);
+            std::copy(d->targets.begin() + from, d->targets.begin() + from + n, targets + (long)r * n);
+        }
+        return;
+    }
+    std::vector<unsigned char> in(2L * n), tg(2L * n);
+    for (int r = 0; r < rows; r++) {
+        task_file_read(d, d->file, first + r, t0, n, in.data(), tg.data());
+        task_check_positions(d->path, d->vocab_size, first + r, t0, n, in.data(), tg.data(), inputs + (long)r * n,
+                             targets + (long)r * n);
+    }
+}
+
 // inputs and targets (rows, T) of the sequences first .. first+rows-1
 inline void task_data_batch(const TokenData* d, long first, int rows, int* inputs, int* targets) {
-    long n = (long)rows * d->seq_len, from = first * d->seq_len;
-    std::copy(d->tokens.begin() + from, d->tokens.begin() + from + n, inputs);
-    std::copy(d->targets.begin() + from, d->targets.begin() + from + n, targets);
+    task_data_read(d, first, rows, 0, d->seq_len, inputs, targets);
 }
 
 // B sequences drawn uniformly (with replacement) by the seeded generator

@@ -5,7 +5,10 @@ vocabulary (or task files: sequences with targets at some positions),
 validation, and sampling. What the image classifiers share with
 them (schedule, guards, step line, checkpoints) is in trainer.h; the update
 (clipping plus AdamW) in model.h. A model file train_*.cu defines its model
-and the two hooks lm_run calls, then hands its main over to lm_run.
+and the two hooks lm_run calls, then hands its main over to lm_run. A model
+that carries a state along the sequence (the Mamba) also provides
+lm_eval_chunked, and task files longer than its chunk (-d) are evaluated
+through it a chunk at a time, in memory constant in their length.
 */
 #pragma once
 
@@ -36,6 +39,9 @@ typedef struct {
     int seed_given;          // -r was given
     int L, C, H, F;          // model shape flags (each model uses what it has)
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
+    const char* mixer;       // -M: the Mamba's mixer, selective or lti (train_mamba.cu); null: not given
+    int eval_chunk;          // -d: task sequences longer than this are evaluated this many positions at a time
+                             // (models that evaluate in chunks; default the preset's B x T), 0: one pass
     int generate_only;       // -G: sample from the model (-e or -y) and exit
     const char* prompt;      // -P: text to start samples from (default: a newline)
     float temperature;       // -a
@@ -109,20 +115,25 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 
 // Sets the preset's defaults (-S, else the backend's), then parses "-x
 // value" pairs over them. presets: the model's seed and cpu presets;
-// model_flags is the help text of -L/-C/-H/-F/-A for this model, allowed names
-// the shape letters it takes.
+// model_flags is the help text of -L/-C/-H/-F/-A/-M/-d for this model,
+// allowed names the model letters it takes (MODEL_LETTERS; the others are
+// refused with one line). A model that takes -d evaluates in chunks
+// (lm_evaluates_in_chunks): its chunk defaults to the preset's B x T.
+#define MODEL_LETTERS "LCHFAMd"  // the flags a model takes only where its trainer says (the allowed letters)
+
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
     c->preset = find_preset(argc, argv);
     const LMPreset& p = presets[c->preset];
     c->L = p.L; c->C = p.C; c->B = p.B; c->T = p.T;
     c->max_steps = p.max_steps; c->warmup = p.warmup; c->val_every = p.val_every; c->lr = p.lr;
+    c->eval_chunk = strchr(allowed, 'd') ? p.B * p.T : 0;
     TrainConfig defaults = *c;
     bool batch_given = false, seq_given = false;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         const char* v = nullptr;
-        char letter = next_flag(argc, argv, &i, "LCHFA", allowed, &v);
+        char letter = next_flag(argc, argv, &i, MODEL_LETTERS, allowed, &v);
         if (letter == 'h') train_usage(argv[0], &defaults, model_flags, 0);
         if (letter == 'A') note_shape_flag(c, 'A');
         if (parse_shared_flag(c, letter, f, v)) continue;
@@ -136,6 +147,11 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'A': c->pattern = v; break;
+            case 'M':
+                c->mixer = v;
+                if (strcmp(v, "selective") && strcmp(v, "lti")) fail("flag -M: unknown mixer '%s' (selective or lti)", v);
+                break;
+            case 'd': c->eval_chunk = parse_int_flag(f, v, 1, 1 << 24); break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;
@@ -188,16 +204,22 @@ static int sample_token(const float* logits, int V, float temperature, int top_k
 // needs both files of the same task, length and vocabulary; evaluating only
 // (-x 0) reads -j alone and, without -b, takes as many sequences at once as
 // fill the preset's batch of B x T tokens (at least one, at most the
-// file's).
+// file's). The training file is read into memory; the validation file is
+// read a batch (or a chunk) at a time (task_data_open), so its length costs
+// no memory. Evaluating only with a model that evaluates in chunks (-d, the
+// Mamba's), sequences longer than the chunk run chunk by chunk: c->T becomes
+// the chunk (the activations' length), the batch the sequences of the chunk
+// that fit the preset's B x T tokens.
 static void load_task_data(TrainConfig* c, TokenData* train, TokenData* val, Vocab* vocab) {
     bool evaluate_only = c->max_steps == 0 && !c->resume;
     if (c->generate_only) fail("flag -G: %s is a task file; generation needs text and its vocabulary", c->val_path);
     if (c->image_len) fail("flag -I: not with task files (%s)", c->val_path);
     check_data_file(c->val_path, "", "");
-    task_data_load(val, c->val_path);
+    task_data_open(val, c->val_path);
     train->path = c->train_path;
     train->task = 0;
     train->num_tokens = train->num_sequences = 0;
+    train->file = nullptr;
     if (!evaluate_only) {
         check_data_file(c->train_path, "", "");
         if (file_magic(c->train_path) != MAGIC_TASK)
@@ -213,11 +235,12 @@ static void load_task_data(TrainConfig* c, TokenData* train, TokenData* val, Voc
     if (c->seq_given && c->T != T)
         fail("flag -t: %d, but %s holds sequences of %d tokens; with task files the length is theirs (leave -t out)", c->T,
              c->val_path, T);
+    int span = evaluate_only && c->eval_chunk > 0 && T > c->eval_chunk ? c->eval_chunk : T;  // positions per forward
     if (evaluate_only && !c->batch_given) {
-        long fit = (long)c->B * c->T / T;
+        long fit = (long)c->B * c->T / span;
         c->B = (int)std::max(1L, std::min(fit, val->num_sequences));
     }
-    c->T = T;
+    c->T = span;
     c->task = val->task;
     vocab->size = val->vocab_size;
     vocab->text.clear();
@@ -356,20 +379,35 @@ static double bits_per_dim(double mean_loss) { return mean_loss / log(2.0); }
 // ----------------------------------------------------------------------------
 // Task files: validation over the positions with a target.
 
-// One batch of task sequences through the model: inputs and targets (rows,
-// T) on the host; losses (rows * T) gets each position's cross-entropy (0
-// where there is no target) and predictions (rows * T) each position's
-// likeliest token, on the host; predictions_device is (rows * T) ints of
-// device scratch. Every task evaluation runs the model here and only here,
-// so that a chunked evaluation (long sequences in constant memory) can take
-// this function's place.
-template <typename M> static void lm_eval_task_batch(M* model, const int* inputs, const int* targets, int rows, int T,
-                                                     float* losses, int* predictions, int* predictions_device) {
-    long n = (long)rows * T;
-    lm_forward(model, inputs, targets, rows, T);
-    argmax_rows(predictions_device, model->acts.logits, (int)n, model->config.vocab_size);
-    cudaCheck(cudaMemcpy(losses, model->acts.losses, n * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(predictions, predictions_device, n * sizeof(int), cudaMemcpyDeviceToHost));
+// A model whose state carries from one chunk of positions to the next (the
+// Mamba) evaluates task sequences longer than its activations chunk by chunk,
+// in memory constant in the length. It says so by specializing
+//   template <> constexpr bool lm_evaluates_in_chunks<M> = true;
+// and provides the hook
+//   void lm_eval_chunked(M*, int B, int T, int Tc, const ChunkRead& read, const ChunkDone& done)
+// which takes rows (B, T) Tc positions at a time (n = Tc but for the last
+// chunk): read(t0, n, inputs, targets) fills the chunk's inputs and targets
+// (B, n) (host), the forward runs it from the state the chunk before left
+// (rows start empty), and done(t0, n, targets) follows it, acts.logits (B,
+// n, V) and acts.losses (B, n) the chunk's, targets what read filled. Other
+// models evaluate in one pass.
+typedef std::function<void(int t0, int n, int* inputs, int* targets)> ChunkRead;
+typedef std::function<void(int t0, int n, const int* targets)> ChunkDone;
+template <typename M> constexpr bool lm_evaluates_in_chunks = false;
+
+// Rows (rows, T) of task sequences through the model, Tc positions at a time
+// (Tc = T: one forward, lm_forward), as lm_eval_chunked describes.
+template <typename M> static void lm_eval_task_rows(M* model, int rows, int T, int Tc, const ChunkRead& read,
+                                                    const ChunkDone& done, std::vector<int>* inputs,
+                                                    std::vector<int>* targets) {
+    if (Tc < T) {
+        if constexpr (lm_evaluates_in_chunks<M>) lm_eval_chunked(model, rows, T, Tc, read, done);
+        else fail("lm_eval_task_rows: sequences of %d tokens in chunks of %d, but this model evaluates in one pass", T, Tc);
+        return;
+    }
+    read(0, T, inputs->data(), targets->data());
+    lm_forward(model, inputs->data(), targets->data(), rows, T);
+    done(0, T, targets->data());
 }
 
 typedef struct {
@@ -379,34 +417,42 @@ typedef struct {
 } TaskScore;
 
 // the score over the first max_batches batches of B sequences of val (0:
-// all; a last batch of fewer included), in the file's order
-template <typename M> static TaskScore lm_validate_task(M* model, const TokenData* val, int B, int max_batches) {
+// all; a last batch of fewer included), in the file's order, Tc positions
+// at a time (lm_eval_task_rows): the loss sum, the right count and each
+// sequence's all-right flag accumulate chunk by chunk
+template <typename M> static TaskScore lm_validate_task(M* model, const TokenData* val, int B, int Tc, int max_batches) {
     NVTX_RANGE("validate");
     int T = val->seq_len;
     long n = val->num_sequences;
     if (max_batches > 0 && (long)max_batches * B < n) n = (long)max_batches * B;
-    std::vector<int> inputs((long)B * T), targets((long)B * T), predictions((long)B * T);
-    std::vector<float> losses((long)B * T);
+    std::vector<int> inputs((long)B * Tc), targets((long)B * Tc), predictions((long)B * Tc);  // (rows, chunk)
+    std::vector<float> losses((long)B * Tc);
+    std::vector<char> all_right(B);  // (rows) every target so far right
     int* predictions_device;
-    cudaCheck(cudaMalloc(&predictions_device, (long)B * T * sizeof(int)));
+    cudaCheck(cudaMalloc(&predictions_device, (long)B * Tc * sizeof(int)));
     double loss_sum = 0.0;
     long positions = 0, right = 0, sequences_right = 0;
     for (long first = 0; first < n; first += B) {
         int rows = (int)std::min<long>(B, n - first);
-        task_data_batch(val, first, rows, inputs.data(), targets.data());
-        lm_eval_task_batch(model, inputs.data(), targets.data(), rows, T, losses.data(), predictions.data(),
-                           predictions_device);
-        for (int r = 0; r < rows; r++) {
-            bool all_right = true;
-            for (long i = (long)r * T; i < (long)(r + 1) * T; i++) {
-                if (targets[i] < 0) continue;
-                loss_sum += losses[i];
-                positions++;
-                right += predictions[i] == targets[i];
-                all_right = all_right && predictions[i] == targets[i];
+        std::fill(all_right.begin(), all_right.end(), 1);
+        auto read = [&](int t0, int len, int* in, int* tg) { task_data_read(val, first, rows, t0, len, in, tg); };
+        auto done = [&](int t0, int len, const int* tg) {
+            long count = (long)rows * len;
+            argmax_rows(predictions_device, model->acts.logits, (int)count, model->config.vocab_size);
+            cudaCheck(cudaMemcpy(losses.data(), model->acts.losses, count * sizeof(float), cudaMemcpyDeviceToHost));
+            cudaCheck(cudaMemcpy(predictions.data(), predictions_device, count * sizeof(int), cudaMemcpyDeviceToHost));
+            for (int r = 0; r < rows; r++) {
+                for (long i = (long)r * len; i < (long)(r + 1) * len; i++) {
+                    if (tg[i] < 0) continue;
+                    loss_sum += losses[i];
+                    positions++;
+                    right += predictions[i] == tg[i];
+                    all_right[r] = all_right[r] && predictions[i] == tg[i];
+                }
             }
-            sequences_right += all_right;
-        }
+        };
+        lm_eval_task_rows(model, rows, T, Tc, read, done, &inputs, &targets);
+        for (int r = 0; r < rows; r++) sequences_right += all_right[r];
     }
     cudaCheck(cudaFree(predictions_device));
     TaskScore score = {loss_sum / positions, 100.0 * right / positions, 100.0 * sequences_right / n};
@@ -709,9 +755,10 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     if (tc->task) {
         std::string sizes = (train->num_sequences ? "train " + std::to_string(train->num_sequences) + " sequences, " : "") +
                             "val " + std::to_string(val->num_sequences);  // (evaluating only, nothing of -i is read)
-        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: %s (%s), targets per "
+        std::string chunks = T < val->seq_len ? " in chunks of " + std::to_string(T) : "";  // (a chunked evaluation)
+        printf("batch %d x %d%s | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: %s (%s), targets per "
                "sequence %d\n",
-               B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
+               B, val->seq_len, chunks.c_str(), tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
                task_name(tc->task), sizes.c_str(), tc->val_batches ? "the first -m x -b validated" : "all validated",
                val->targets_per_sequence);
     } else
@@ -735,7 +782,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         bool last = step == tc->max_steps;
         if ((tc->val_every > 0 && step % tc->val_every == 0) || last) {
             if (tc->task) {
-                last_score = lm_validate_task(model, val, B, tc->val_batches);
+                last_score = lm_validate_task(model, val, B, T, tc->val_batches);
                 print_task_score("", last_score, val);
                 printf("\n");
                 log_task_score(&logger, step, last_score, host_clock() - run_start);

@@ -65,6 +65,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             const char* p = file.c_str();
             try { TokenData d; token_data_load(&d, p); } catch (ReaderRefused&) {}
             try { TokenData d; task_data_load(&d, p); } catch (ReaderRefused&) {}
+            try { TokenData d; task_data_open(&d, p); fclose(d.file); } catch (ReaderRefused&) {}
             try { Vocab v; vocab_load(&v, p); } catch (ReaderRefused&) {}
             try { ImageData d; image_data_load(&d, p); } catch (ReaderRefused&) {}
             try { int config[CONFIG_SLOTS]; model_file_config(p, MODEL_GPT, config); } catch (ReaderRefused&) {}
