@@ -65,7 +65,7 @@ for m in mamba gpt gpt_plus hybrid; do
   else
     fail "$m: validation lines malformed or missing:"; grep -E '^(val|batch)' "$W/full_$m.txt" | head -n 4
   fi
-  if log_lines "$W/full_$m" | grep -q '"val_acc": [0-9.]*, "val_seq_acc": [0-9.]*'; then
+  if log_lines "$W/full_$m" | grep '"val_acc": [0-9.]*, "val_seq_acc": [0-9.]*' > /dev/null; then
     ok "$m: log.jsonl holds val_loss, val_acc and val_seq_acc"
   else
     fail "$m: log.jsonl lacks the accuracies"
