@@ -7,6 +7,10 @@
 #  2. PyTorch trains 40 steps and writes its model as a model file; the trainer
 #     loads it (-e, -x 0) and must compute PyTorch's val loss, and writes it
 #     back byte for byte.
+#  3. on a task file (selective copying), the Mamba and its selection
+#     ablation (-M lti) trained 40 steps: PyTorch scores the model file as
+#     the trainer's validation does (the loss over the target positions, and
+#     the accuracy, which must be equal where no two logits are within 1e-4).
 # Tolerance 1e-4 relative: the trainer computes in fp32, PyTorch in float64.
 # Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
@@ -53,4 +57,22 @@ done
 ours=$(./train_gpt_plus $D -L 2 -C 32 -H 4 -x 40 -l 3e-3 -o "$W/plus" | val_of)
 check "plus: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/model.bin")"
 check "plus: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/ckpt_00000040.bin")"
+
+$PYTHON dev/data/synthetic.py --task copy --T 32 --K 4 --V 8 --train 512 --val 64 --test 8 --out "$W/task" >/dev/null \
+  || abort "cannot write the task files"
+for mixer in selective lti; do
+  out=$(./train_mamba -i "$W/task/copy_train.bin" -j "$W/task/copy_val.bin" -L 2 -C 32 -M $mixer -b 8 -x 40 -l 5e-3 \
+        -v 0 -m 0 -o "$W/task_$mixer" | grep '^final')
+  theirs=$($PYTHON dev/reference/interop.py eval "$W/task_$mixer/model.bin" --task "$W/task/copy_val.bin")
+  check "mamba -M $mixer, task file: val loss over the target positions" "$(echo "$out" | val_of)" \
+    "$(echo "$theirs" | sed -n 's/^val loss \([0-9.]*\) .*$/\1/p')"
+  acc=$(echo "$out" | sed -n 's/.*| acc \([0-9.]*\)%.*/\1/p')
+  tacc=$(echo "$theirs" | sed -n 's/.*| acc \([0-9.]*\)%.*/\1/p')
+  ties=$(echo "$theirs" | sed -n 's/.*near ties \([0-9]*\).*/\1/p')
+  if [ -n "$acc" ] && [ "$acc" = "$tacc" ] && [ "$ties" = 0 ]; then
+    ok "mamba -M $mixer, task file: accuracy $acc% on both sides (no near ties)"
+  else
+    fail "mamba -M $mixer, task file: accuracy trainer '$acc', PyTorch '$tacc' (near ties '$ties')"
+  fi
+done
 summary

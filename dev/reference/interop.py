@@ -14,6 +14,15 @@ PyTorch interop for the project's model files and checkpoints.
       in float64: prints "test acc X% (correct/n) | test loss Y | near ties
       Z", Z the images whose two largest logits are within 1e-4, where the
       trainer's float32 logits may pick the other class.
+  interop.py eval FILE --task PATH [--B 64] [--count N]
+      loads a language model (the Mamba's selection ablation included) and
+      scores it on a task file (dev/data/synthetic.py) as the trainers'
+      validation does, in float64: the first N sequences (default all),
+      prints "val loss X | acc Y% (right/targets) | seq acc Z% | near ties
+      W": the mean cross-entropy over the positions with a target, the
+      share of those whose largest logit (the first on ties) is the target,
+      the share of sequences entirely right, and the targets whose two
+      largest logits are within 1e-4.
   interop.py export --model gpt|mamba|hybrid --V 65 --L 2 --C 64 [--H 4 --F 128 --maxT 64] [--pattern MAF]
                     --seed 0 --out PATH
                     [--train-steps 20 --tokens PATH --B 4 --T 32]
@@ -34,6 +43,8 @@ import torch
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import formats  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data"))
+import synthetic  # noqa: E402
 from gpt import GPT, GPTConfig  # noqa: E402
 from gpt_plus import GPTPlus, PlusConfig  # noqa: E402
 from hybrid import HybridConfig, HybridLM  # noqa: E402
@@ -63,9 +74,9 @@ def build(kind, config):
     if kind == formats.KIND_GPT_PLUS:
         return GPTPlus(PlusConfig(maxT=config["maxT"], V=config["V"], L=config["L"], H=config["H"],
                                   C=config["C"], F=config["F"]))
-    if kind == formats.KIND_MAMBA:
-        return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"],
-                                   E=config["E"], R=config["R"]))
+    if kind in (formats.KIND_MAMBA, formats.KIND_MAMBA_LTI):
+        return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"], E=config["E"],
+                                   R=config["R"], lti=kind == formats.KIND_MAMBA_LTI))
     if kind == formats.KIND_HYBRID:
         return HybridLM(HybridConfig(pattern=formats.hybrid_pattern_letters(config["pattern"]), maxT=config["maxT"],
                                      V=config["V"], C=config["C"], H=config["H"], F=config["F"]))
@@ -106,6 +117,37 @@ def eval_images(model, config, path, B, count):
     return correct, n, loss_sum / n, near
 
 
+def eval_task(model, config, path, B, count):
+    """(loss, right, targets, sequences right, n, near ties) on the first `count` sequences of a task file."""
+    try:
+        _, V, inputs, targets = synthetic.read_task_file(path)
+    except synthetic.TaskFileError as err:
+        raise SystemExit(f"error: {err}")
+    if V != config["V"]:
+        raise SystemExit(f"error: {path}: vocabulary {V}, the model's is {config['V']}")
+    if "maxT" in config and inputs.shape[1] > config["maxT"]:
+        raise SystemExit(f"error: {path}: sequences of {inputs.shape[1]} tokens, longer than the model's "
+                         f"{config['maxT']} positions")
+    n = len(inputs) if count <= 0 else min(count, len(inputs))
+    loss_sum, right, total, seq_right, near = 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for first in range(0, n, B):
+            x = torch.from_numpy(inputs[first:min(first + B, n)].astype(np.int64))
+            y = torch.from_numpy(targets[first:min(first + B, n)].astype(np.int64))
+            logits, _ = model(x)
+            mask = y != synthetic.IGNORE
+            picked = logits[mask]  # (targets, V)
+            wanted = y[mask]
+            loss_sum += torch.nn.functional.cross_entropy(picked, wanted, reduction="sum").item()
+            hit = (logits.argmax(dim=-1) == y) & mask  # the first of equal maxima, as the trainers
+            right += int(hit.sum())
+            total += int(mask.sum())
+            seq_right += int((hit.sum(dim=1) == mask.sum(dim=1)).sum())
+            top2 = picked.topk(2, dim=1).values
+            near += int((top2[:, 0] - top2[:, 1] < NEAR_TIE).sum())
+    return loss_sum / total, right, total, seq_right, n, near
+
+
 def cmd_eval(args):
     kind, config, _ = load_params(args.file)
     model = load_model(args.file)
@@ -114,6 +156,11 @@ def cmd_eval(args):
             raise SystemExit(f"error: {args.file}: a vision model; give --images PATH")
         correct, n, loss, near = eval_images(model, config, args.images, args.B or 256, args.count)
         print(f"test acc {100.0 * correct / n:.2f}% ({correct}/{n}) | test loss {loss:.7f} | near ties {near}")
+        return
+    if args.task:
+        loss, right, total, seq_right, n, near = eval_task(model, config, args.task, args.B or 64, args.count)
+        print(f"val loss {loss:.7f} | acc {100.0 * right / total:.2f}% ({right}/{total}) | "
+              f"seq acc {100.0 * seq_right / n:.2f}% | near ties {near}")
         return
     if not args.tokens or not args.B or not args.T:
         raise SystemExit(f"error: {args.file}: a language model; give --tokens PATH --B N --T N")
@@ -176,7 +223,8 @@ def main():
     e.add_argument("--T", type=int, default=0, help="window (language models)")
     e.add_argument("--batches", type=int, default=1)
     e.add_argument("--images", help="images file (vision models)")
-    e.add_argument("--count", type=int, default=0, help="the first N images (vision; default all)")
+    e.add_argument("--count", type=int, default=0, help="the first N images or task sequences (default all)")
+    e.add_argument("--task", help="task file (language models)")
     x = sub.add_parser("export")
     x.add_argument("--model", choices=["gpt", "mamba", "hybrid"], required=True)
     x.add_argument("--pattern", default="MAF", help="the hybrid's layers")
