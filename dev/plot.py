@@ -62,6 +62,12 @@ def read_log(path):
 
 # the panels that draw one series per run: key, its x key, line style, x label, y label, title
 MARKED = dict(linewidth=2, marker="o", markersize=3)
+# the loss panels, a train series beside val_loss (MARKED) per run: the train key, its line style, y label, title
+LOSS_PANELS = {
+    "loss": ("train_loss", dict(alpha=0.35, linewidth=0.8), "loss (cross-entropy, nats)", "loss against step"),
+    "gap": ("train_eval_loss", dict(linewidth=1.5, linestyle="--"),
+            "loss (cross-entropy, nats), evaluated without dropout", "train (dashed) against val (solid)"),
+}
 ONE_SERIES_PANELS = {
     "acc": ("test_acc", "epoch", MARKED, "epoch", "test accuracy (%)", "test accuracy against epoch"),
     "task_acc": ("val_acc", "step", MARKED, "step", "validation accuracy over the target positions (%)",
@@ -192,26 +198,15 @@ def main():
     for ax, panel in zip(axes[0], panels):
         for i, (rows, label) in enumerate(zip(logs, labels)):
             c = colors[i % len(colors)]
-            if panel == "loss":
-                x, y = series(rows, "train_loss")
-                if x:
-                    ax.plot(x, y, color=c, alpha=0.35, linewidth=0.8, label=f"{label} train")
-                x, y = series(rows, "val_loss")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=f"{label} val")
+            if panel in LOSS_PANELS:
+                train_key, train_style, ylabel, title = LOSS_PANELS[panel]
+                for key, style, which in ((train_key, train_style, "train"), ("val_loss", MARKED, "val")):
+                    x, y = series(rows, key)
+                    if x:
+                        ax.plot(x, y, color=c, label=f"{label} {which}", **style)
                 ax.set_xlabel("step")
-                ax.set_ylabel("loss (cross-entropy, nats)")
-                ax.set_title("loss against step")
-            elif panel == "gap":
-                x, y = series(rows, "train_eval_loss")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=1.5, linestyle="--", label=f"{label} train")
-                x, y = series(rows, "val_loss")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=f"{label} val")
-                ax.set_xlabel("step")
-                ax.set_ylabel("loss (cross-entropy, nats), evaluated without dropout")
-                ax.set_title("train (dashed) against val (solid)")
+                ax.set_ylabel(ylabel)
+                ax.set_title(title)
             elif panel in ONE_SERIES_PANELS:
                 key, x_key, style, xlabel, ylabel, title = ONE_SERIES_PANELS[panel]
                 x, y = series(rows, key, x=x_key)
