@@ -73,41 +73,41 @@ $(call builds_of,test_vit): train_vit.cu
 $(call builds_of,test_mamba_vit): train_mamba_vit.cu
 
 # reference states written by the PyTorch script (CPU)
-data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py
+data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/gpt.py --out $@
 data/ref_gpt_plus.bin: dev/reference/gpt_plus.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/gpt_plus.py --out $@
-data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py
+data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --out $@
 data/ref_mamba_lti.bin: dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --lti --out $@
-data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model $* --out $@
 data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/attention.py --out $@
-data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/hybrid.py --out $@
 # the vision models at patch size 1 (1024 tokens of 3 values), run by dev/test_pixels.sh;
 # the Mamba-ViT's with 1 layer, batch 2 and 4 steps, through the log-depth scan (the
 # sequential one, a Python loop over the 1024 positions, gives the same fp32 state
 # but takes minutes)
-data/ref_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+data/ref_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model vit --patch 1 --out $@
-data/ref_mamba_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py
+data/ref_mamba_vit_p1.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit --patch 1 --L 1 --B 2 --steps 4 --scan parallel --out $@
 # the vision models on one-channel 28 x 28 images (Fashion-MNIST's shape) at patch 4 (49
 # tokens) and 7 (16 tokens), and the bidirectional Mamba-ViT (-M bi) at patch 4; run by
 # test_vit and test_mamba_vit
-VISION_REF_DEPS = dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py \
+VISION_REF_DEPS = dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py \
                   dev/reference/common.py
 data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin: data/ref_vit_1x28x28_p%.bin: $(VISION_REF_DEPS)
 	@mkdir -p data

@@ -43,7 +43,7 @@ static void check_forward_backward(Tests& t, GPT* model, const RefState& ref, co
     GPTConfig c = model->config;
     int B = ref.B, T = ref.T, L = c.num_layers;
     load_params(&model->buf, ref.get("params", path).f);
-    gpt_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    gpt_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T, -1);
     ActivationTensors a = model->acts;
     compare_ref(t, ref, path, "encoded", a.encoded, label, TOL);
     for (int l = 0; l < L; l++) {
@@ -82,7 +82,7 @@ static void check_masked_loss(Tests& t, GPT* model, const RefState& ref, const c
     long ignored = 0;
     for (int y : masked) ignored += y < 0;
     load_params(&model->buf, ref.get("params", path).f);
-    gpt_forward(model, ref.get("inputs", path).i.data(), masked.data(), ref.B, ref.T);
+    gpt_forward(model, ref.get("inputs", path).i.data(), masked.data(), ref.B, ref.T, -1);
     check_loss(t, model->buf.mean_loss, ref.get("masked_loss", path).f[0], "",
                ("masked loss (" + std::to_string(ignored) + " of " + std::to_string(masked.size()) + " positions without a target)").c_str(), TOL);
     gpt_backward(model, ref.B, ref.T);
@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
 
     // the reference batch at every step
     TrainStep step = [&](int) {
-        gpt_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        gpt_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T, -1);
         gpt_backward(&model, ref.B, ref.T);
     };
     check_forward_backward(t, &model, ref, path, "[rerun] ");
@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
     ParamFilter not_key_bias = [C](const TensorSpec& ts, long j) { return strcmp(ts.name, "qkv_b") || (j % (3 * C)) / C != 1; };
     check_trajectory(t, &model.buf, ref, path, step, TOL, not_key_bias, " (q, v)");
     check_resume(t, &model.buf, ref, path, step, 123, 456, "");
+    check_lm_dropout(t, &model, ref, path, TOL);
 
     // generation with the KV cache, rows of different tokens
     printf("--- generation\n");

@@ -212,7 +212,7 @@ static void check_forward_backward(Tests& t, GPTPlus* model, const RefState& ref
     GPTConfig c = model->config;
     int B = ref.B, T = ref.T, L = c.num_layers;
     load_params(&model->buf, ref.get("params", path).f);
-    plus_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    plus_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T, -1);
     ActivationTensors a = model->acts;
     compare_ref(t, ref, path, "encoded", a.encoded, label, TOL);
     for (int l = 0; l < L; l++) {
@@ -295,13 +295,14 @@ int main(int argc, char** argv) {
     t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel(),
             "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
     TrainStep step = [&](int) {
-        plus_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        plus_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T, -1);
         plus_backward(&model, ref.B, ref.T);
     };
     check_forward_backward(t, &model, ref, path, "[default] ");
     check_rerun_identical(t, &model.buf, step, 0, "");
     check_trajectory(t, &model.buf, ref, path, step, TOL);
     check_resume(t, &model.buf, ref, path, step, 123, 456, "");
+    check_lm_dropout(t, &model, ref, path, TOL);
 
     printf("--- generation\n");
     load_params(&model.buf, ref.get("params", path).f);

@@ -47,7 +47,7 @@ static void check_forward_backward(Tests& t, Hybrid* model, const RefState& ref,
     TransformerDims td = transformer_dims_of(c);
     int B = ref.B, T = ref.T;
     load_params(&model->buf, ref.get("params", path).f);
-    hybrid_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    hybrid_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T, -1);
     const ActivationTensors& a = model->acts;
     compare_ref(t, ref, path, "encoded", a.encoded, label, TOL);
     for (int l = 0; l < c.num_layers; l++) {
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
 
     // the reference batch at every step
     TrainStep step = [&](int) {
-        hybrid_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        hybrid_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T, -1);
         hybrid_backward(&model, ref.B, ref.T);
     };
     check_rerun_identical(t, &model.buf, step, 0, "");
@@ -144,6 +144,7 @@ int main(int argc, char** argv) {
     ParamFilter not_key_bias = [C](const TensorSpec& ts, long j) { return strcmp(ts.name, "attn.qkv_b") || (j % (3 * C)) / C != 1; };
     check_trajectory(t, &model.buf, ref, path, step, TOL, not_key_bias, " (q, v)");
     check_resume(t, &model.buf, ref, path, step, 123, 456, "");
+    check_lm_dropout(t, &model, ref, path, TOL);
 
     // generation: rows of different tokens, prefills of several lengths, both scan variants' final states
     printf("--- generation\n");

@@ -353,7 +353,7 @@ static void check_lti_scan_gradients(Tests& t) {
 static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, const char* path, const char* label) {
     int B = ref.B, T = ref.T, L = model->config.num_layers;
     load_params(&model->buf, ref.get("params", path).f);
-    mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T);
+    mamba_forward(model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), B, T, -1);
     compare_ref(t, ref, path, "encoded", model->acts.encoded, label, TOL);
     for (int l = 0; l < L; l++) {
         MambaStackActs la = mamba_layer_acts(model->acts.tower, l, B, T, dims_of(model->config));
@@ -407,7 +407,7 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     printf("--- chunked evaluation%s, B %d T %d\n", config.lti ? " (LTI)" : "", B, T);
     Mamba model;
     mamba_build(&model, config);
-    mamba_allocate_activations(&model, B, T);
+    mamba_allocate_activations(&model, B, T, false);
     load_params(&model.buf, params);
     uint64_t rng = 4242;
     std::vector<int> tokens((size_t)B * T);
@@ -417,7 +417,7 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     for (int v = 0; v < (config.lti ? 1 : 3); v++) {
         kernel_choices.scan_chunked = v == 2;
         kernel_choices.scan_vec = v == 1;
-        mamba_forward(&model, tokens.data(), nullptr, B, T);
+        mamba_forward(&model, tokens.data(), nullptr, B, T, -1);
         std::vector<float> whole = device_to_vector(model.acts.logits, (long)B * T * V);
         for (int Tc : {16, 24, 2}) {
             std::vector<float> chunked = mamba_logits_chunked(&model, tokens.data(), B, T, Tc);
@@ -500,7 +500,7 @@ static void check_against_reference(Tests& t, const char* path) {
             dims_of(config).R);
     Mamba model;
     mamba_build(&model, config);
-    mamba_allocate_activations(&model, ref.B, ref.T);
+    mamba_allocate_activations(&model, ref.B, ref.T, true);  // with room for dropout (check_lm_dropout)
     t.check(model.buf.num_parameters == ref.config[6] && model.buf.num_parameters == ref.get("params", path).numel(),
             "parameter count %ld (reference %d)", model.buf.num_parameters, ref.config[6]);
 
@@ -514,12 +514,13 @@ static void check_against_reference(Tests& t, const char* path) {
 
     // the reference batch at every step
     TrainStep step = [&](int) {
-        mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T);
+        mamba_forward(&model, ref.get("inputs", path).i.data(), ref.get("targets", path).i.data(), ref.B, ref.T, -1);
         mamba_backward(&model, ref.B, ref.T);
     };
     check_rerun_identical(t, &model.buf, step, 0, "");
     check_trajectory(t, &model.buf, ref, path, step, TOL);
     check_resume(t, &model.buf, ref, path, step, 7, 8, "");
+    check_lm_dropout(t, &model, ref, path, TOL);
 
     // generation with the recurrent step, rows of different tokens, both scan variants' final states
     printf("--- generation\n");

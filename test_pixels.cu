@@ -115,7 +115,7 @@ static void check_bits_per_dim(Tests& t) {
     Mamba model;
     mamba_build(&model, mamba_config(V + 1, 2, 16, 16));
     mamba_init_random(&model, 5);
-    mamba_allocate_activations(&model, B, N);
+    mamba_allocate_activations(&model, B, N, false);
 
     // by hand: each image alone, inputs built here
     std::vector<int> in(N), tg(N);
@@ -127,7 +127,7 @@ static void check_bits_per_dim(Tests& t) {
             tg[k] = d.tokens[(long)i * N + k];
             if (k + 1 < N) in[k + 1] = tg[k];
         }
-        mamba_forward(&model, in.data(), nullptr, 1, N);
+        mamba_forward(&model, in.data(), nullptr, 1, N, -1);
         nll[i] = token_nll(&model, 0, N, tg.data());
         per_image[i] = 0.0;
         for (double x : nll[i]) per_image[i] += x;
@@ -150,7 +150,7 @@ static void check_bits_per_dim(Tests& t) {
     // row against its losses alone
     std::vector<int> bin((long)B * N), btg((long)B * N);
     token_data_image_batch(&d, 2, B, N, start, bin.data(), btg.data());
-    mamba_forward(&model, bin.data(), btg.data(), B, N);
+    mamba_forward(&model, bin.data(), btg.data(), B, N, -1);
     std::vector<double> row = token_nll(&model, 1, N, &btg[N]);
     double worst = 0.0;
     for (int k = 0; k < N; k++) worst = fmax(worst, fabs(row[k] - nll[3][k]) / nll[3][k]);

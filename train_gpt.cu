@@ -5,14 +5,19 @@ Char-level GPT on tinyshakespeare: the model, top to bottom.
   -> init -> forward -> backward -> generation -> main
 
 The model (doc/models.md), for tokens (B, T):
-  x = wte[tokens] + wpe[0..T-1]                    token embedding (V,C), learned positions (maxT,C)
+  x = Dropout(wte[tokens] + wpe[0..T-1])           token embedding (V,C), learned positions (maxT,C)
   L pre-norm blocks (llmc/transformer_block.cuh):
-    x = x + attn_proj(attention(LN1(x)))           qkv Linear(C,3C), 4 heads of size hs = C/4,
-                                                   softmax(q k^T / sqrt(hs), causal) v, proj Linear(C,C)
-    x = x + fc_proj(gelu(fc(LN2(x))))              fc Linear(C,F), GELU (erf), fc_proj Linear(F,C)
+    x = x + Dropout(attn_proj(attention(LN1(x))))  qkv Linear(C,3C), 4 heads of size hs = C/4,
+                                                   Dropout(softmax(q k^T / sqrt(hs), causal)) v, proj Linear(C,C)
+    x = x + Dropout(fc_proj(gelu(fc(LN2(x)))))     fc Linear(C,F), GELU (erf), fc_proj Linear(F,C)
   logits = head(LNf(x))                            head Linear(C,V) with bias (llmc/lm_head.cuh)
   loss = mean over (B, T) of -log softmax(logits)[target]
 Every Linear has a bias; LayerNorms have weight and bias, eps 1e-5.
+Dropout (-D, nanoGPT's places: the embedding's output, the attention
+probabilities, each residual branch) acts at training steps only, its masks
+dropout.cuh's hash of the run's seed, the step and the site: the branches of
+layer l at 2l and 2l+1, its probabilities at DROPOUT_SITE_PROBS + l, the
+embedding at DROPOUT_SITE_EMBED (llmc/transformer_block.cuh).
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the config and the start of main, shared with the
 Transformer++ (train_gpt_plus.cu), in llmc/gpt_config.h; the training loop,
@@ -112,6 +117,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     KVCache cache;            // generation: every layer's keys and values (llmc/kv_cache.cuh)
     KVWindow window;          // ... the tokens they hold and the next position
@@ -127,6 +133,7 @@ static void gpt_build(GPT* model, GPTConfig c) {
     gpt_config_slots(c, slots);
     model_build(&model->buf, MODEL_GPT, gpt_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
 }
 
@@ -157,9 +164,11 @@ static void gpt_init_random(GPT* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+// forward: logits for inputs (B, T) (host array); with targets, also the mean
+// loss. train_step >= 0: a training step (dropout on, its masks keyed by the
+// step); -1: evaluation and generation (no dropout).
 
-static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B, int T) {
+static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B, int T, int train_step) {
     NVTX_RANGE("forward");
     GPTConfig c = model->config;
     TransformerDims d = dims_of(c);
@@ -169,14 +178,22 @@ static void gpt_forward(GPT* model, const int* inputs, const int* targets, int B
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, inputs, BT, targets, BT);
 
-    { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, p.wpe, B, T, C); }
+    {
+        NVTX_RANGE("encoder_forward");
+        encoder_forward(a.encoded, m->inputs, p.wte, p.wpe, B, T, C);
+        if (drop > 0.0f)  // in place: the first block's input is the dropped embedding
+            dropout_apply(a.encoded, a.encoded, (long)BT * C, drop,
+                          dropout_site(model->dropout.seed, model_train_step(m), DROPOUT_SITE_EMBED));
+    }
     const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         TransformerStackActs la = transformer_layer_acts(a.tower, l, B, T, d);
-        transformer_block_forward(h, transformer_layer_params(p.tower, l, d), la, a.block, x, B, T, d, 1, NO_DROPOUT);
+        transformer_block_forward(h, transformer_layer_params(p.tower, l, d), la, a.block, x, B, T, d, 1,
+                                  lm_block_dropout(drop, model->dropout.seed, model_train_step(m), l));
         x = la.residual3;
     }
     lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
@@ -194,6 +211,7 @@ static void gpt_backward(GPT* model, int B, int T) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    TrainDropout drop = model->dropout;
     model_zero_grads(m);
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : transformer_layer_acts(a.tower, l, B, T, d).residual3; };
     lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), block_output(L - 1), a.dresidual,
@@ -202,10 +220,14 @@ static void gpt_backward(GPT* model, int B, int T) {
         NVTX_RANGE("block_backward");
         transformer_block_backward(h, a.dresidual, block_output(l - 1), transformer_layer_params(p.tower, l, d),
                                    transformer_layer_params(g.tower, l, d), transformer_layer_acts(a.tower, l, B, T, d),
-                                   a.block, m->ones, B, T, d, 1, NO_DROPOUT);
+                                   a.block, m->ones, B, T, d, 1,
+                                   lm_block_dropout(drop.fwd_rate, drop.seed, model_train_step(m), l));
     }
     {
         NVTX_RANGE("encoder_backward");
+        if (drop.fwd_rate > 0.0f)
+            dropout_apply(a.dresidual, a.dresidual, (long)BT * C, drop.fwd_rate,
+                          dropout_site(drop.seed, model_train_step(m), DROPOUT_SITE_EMBED));
         encoder_backward(h, g.wte, g.wpe, a.dlogits, a.dresidual, m->inputs, B, T, C, V);
     }
 }
@@ -235,7 +257,7 @@ static void gpt_generate_end(GPT* model) {
 // the cache from a parallel forward over the window's tokens; gen.logits the next token's
 static void gpt_prefill_window(GPT* model, int B) {
     int T = model->window.pos;
-    gpt_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T);
+    gpt_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T, -1);
     kv_cache_reset(&model->cache);
     kv_cache_prefill_stack(&model->cache, model->acts.tower, B, T);
     step_logits_from_forward(&model->gen, model->acts.logits, B, T, model->config.vocab_size);
@@ -265,7 +287,9 @@ static void gpt_step(GPT* model, const int* tokens, int B) {
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
-static void lm_forward(GPT* m, const int* inputs, const int* targets, int B, int T) { gpt_forward(m, inputs, targets, B, T); }
+static void lm_forward(GPT* m, const int* inputs, const int* targets, int B, int T, int train_step) {
+    gpt_forward(m, inputs, targets, B, T, train_step);
+}
 static void lm_backward(GPT* m, int B, int T) { gpt_backward(m, B, T); }
 static void lm_generate_begin(GPT* m, int B) { gpt_generate_begin(m, B); }
 static void lm_generate_end(GPT* m) { gpt_generate_end(m); }
@@ -291,7 +315,7 @@ int main(int argc, char** argv) {
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
     else gpt_init_random(&model, tc.seed);
     int T = gpt_run_length(&tc, config);
-    attention_pin_variant(tc.B, T, config.channels, config.num_heads);
+    attention_pin_variant(tc.B, T, config.channels, config.num_heads, tc.dropout);
     gpt_allocate_activations(&model, tc.B, T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
     gpt_print_model("GPT", "F", config, model.buf.num_parameters, &tc, T);

@@ -6,15 +6,16 @@ Transformer baseline (as LLaMA): the model, top to bottom.
   -> init -> forward -> backward -> generation -> main
 
 The model (doc/models.md), for tokens (B, T), with no learned positions:
-  x = wte[tokens]                                  token embedding (V,C)
+  x = Dropout(wte[tokens])                         token embedding (V,C)
   L pre-norm blocks (llmc/plus_block.cuh):
     h = RMSNorm1(x);  q, k, v = h @ qkv_w^T        4 heads of size hs = C/4
     q, k rotated at their positions (RoPE, base 10000, llmc/rope.cuh)
-    x = x + attn_proj(softmax(q k^T / sqrt(hs), causal) v)
-    h = RMSNorm2(x);  x = x + W2(silu(W1 h) * W3 h)   SwiGLU of width H
+    x = x + Dropout(attn_proj(Dropout(softmax(q k^T / sqrt(hs), causal)) v))
+    h = RMSNorm2(x);  x = x + Dropout(W2(silu(W1 h) * W3 h))   SwiGLU of width H
   logits = head(RMSNormf(x))                       head Linear(C,V) (llmc/lm_head.cuh)
   loss = mean over (B, T) of -log softmax(logits)[target]
-No biases anywhere; RMSNorm has a weight only, eps 1e-5. H =
+Dropout (-D) acts at training steps only, at the GPT's places and sites
+(train_gpt.cu). No biases anywhere; RMSNorm has a weight only, eps 1e-5. H =
 plus_hidden_width(F), 2F/3 to a multiple of 8, keeps the parameter count
 of the GPT's MLP of width F (train_gpt.cu). The config is the GPT's
 (llmc/gpt_config.h) with ffn = H; files of kind MODEL_GPT_PLUS. Kernels
@@ -119,6 +120,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     KVCache cache;            // generation: every layer's rotated keys and values (llmc/kv_cache.cuh)
     KVWindow window;          // ... the tokens they hold and the next position
@@ -136,6 +138,7 @@ static void plus_build(GPTPlus* model, GPTConfig c) {
     gpt_config_slots(c, slots);
     model_build(&model->buf, MODEL_GPT_PLUS, gpt_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
 }
 
@@ -164,9 +167,11 @@ static void plus_init_random(GPTPlus* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+// forward: logits for inputs (B, T) (host array); with targets, also the mean
+// loss. train_step >= 0: a training step (dropout on, its masks keyed by the
+// step); -1: evaluation and generation (no dropout).
 
-static void plus_forward(GPTPlus* model, const int* inputs, const int* targets, int B, int T) {
+static void plus_forward(GPTPlus* model, const int* inputs, const int* targets, int B, int T, int train_step) {
     NVTX_RANGE("forward");
     GPTConfig c = model->config;
     PlusDims d = dims_of(c);
@@ -176,14 +181,22 @@ static void plus_forward(GPTPlus* model, const int* inputs, const int* targets, 
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, inputs, BT, targets, BT);
 
-    { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
+    {
+        NVTX_RANGE("encoder_forward");
+        encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C);
+        if (drop > 0.0f)  // in place: the first block's input is the dropped embedding
+            dropout_apply(a.encoded, a.encoded, (long)BT * C, drop,
+                          dropout_site(model->dropout.seed, model_train_step(m), DROPOUT_SITE_EMBED));
+    }
     const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         PlusStackActs la = plus_layer_acts(a.tower, l, B, T, d);
-        plus_block_forward(h, plus_layer_params(p.tower, l, d), la, a.block, x, B, T, d);
+        plus_block_forward(h, plus_layer_params(p.tower, l, d), la, a.block, x, B, T, d,
+                           lm_block_dropout(drop, model->dropout.seed, model_train_step(m), l));
         x = la.residual3;
     }
     lm_head_forward(h, m, head_params(p), head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
@@ -201,6 +214,7 @@ static void plus_backward(GPTPlus* model, int B, int T) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    TrainDropout drop = model->dropout;
     model_zero_grads(m);
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : plus_layer_acts(a.tower, l, B, T, d).residual3; };
     lm_head_backward(h, m, head_params(p), head_params(g), head_acts(a), block_output(L - 1), a.dresidual, a.dlogits,
@@ -209,10 +223,13 @@ static void plus_backward(GPTPlus* model, int B, int T) {
         NVTX_RANGE("block_backward");
         plus_block_backward(h, a.dresidual, block_output(l - 1), plus_layer_params(p.tower, l, d),
                             plus_layer_params(g.tower, l, d), plus_layer_acts(a.tower, l, B, T, d), a.block, m->ones,
-                            B, T, d);
+                            B, T, d, lm_block_dropout(drop.fwd_rate, drop.seed, model_train_step(m), l));
     }
     {
         NVTX_RANGE("encoder_backward");
+        if (drop.fwd_rate > 0.0f)
+            dropout_apply(a.dresidual, a.dresidual, (long)BT * C, drop.fwd_rate,
+                          dropout_site(drop.seed, model_train_step(m), DROPOUT_SITE_EMBED));
         encoder_backward(h, g.wte, nullptr, a.dlogits, a.dresidual, m->inputs, B, T, C, V);
     }
 }
@@ -239,7 +256,7 @@ static void plus_generate_end(GPTPlus* model) {
 // the cache from a parallel forward over the window's tokens; gen.logits the next token's
 static void plus_prefill_window(GPTPlus* model, int B) {
     int T = model->window.pos;
-    plus_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T);
+    plus_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T, -1);
     kv_cache_reset(&model->cache);
     plus_kv_cache_prefill_stack(&model->cache, model->acts.tower, B, T, dims_of(model->config));
     step_logits_from_forward(&model->gen, model->acts.logits, B, T, model->config.vocab_size);
@@ -269,7 +286,9 @@ static void plus_step(GPTPlus* model, const int* tokens, int B) {
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
-static void lm_forward(GPTPlus* m, const int* inputs, const int* targets, int B, int T) { plus_forward(m, inputs, targets, B, T); }
+static void lm_forward(GPTPlus* m, const int* inputs, const int* targets, int B, int T, int train_step) {
+    plus_forward(m, inputs, targets, B, T, train_step);
+}
 static void lm_backward(GPTPlus* m, int B, int T) { plus_backward(m, B, T); }
 static void lm_generate_begin(GPTPlus* m, int B) { plus_generate_begin(m, B); }
 static void lm_generate_end(GPTPlus* m) { plus_generate_end(m); }
@@ -296,7 +315,7 @@ int main(int argc, char** argv) {
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
     else plus_init_random(&model, tc.seed);
     int T = gpt_run_length(&tc, config);
-    attention_pin_variant(tc.B, T, config.channels, config.num_heads);
+    attention_pin_variant(tc.B, T, config.channels, config.num_heads, tc.dropout);
     plus_allocate_activations(&model, tc.B, T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
     gpt_print_model("Transformer++", "SwiGLU", config, model.buf.num_parameters, &tc, T);

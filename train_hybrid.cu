@@ -14,6 +14,10 @@ residual with its own LayerNorm,
                                  F: MLP Linear(C,F) -> GELU -> Linear(F,C)
   (llmc/transformer_block.cuh's sublayers);
 a final LayerNorm; a head Linear(C, V) with bias. Loss: mean cross-entropy.
+Dropout (-D, training steps only, nanoGPT's places) drops the embedding's
+output (site DROPOUT_SITE_EMBED), every layer's branch before its residual
+add, x = x + Dropout(mixer(LN(x))) (site l for layer l), and an A layer's
+attention probabilities (DROPOUT_SITE_PROBS + l).
 -A MAMA is the Mamba-MHA interleaving, -A MFMF the Mamba-MLP one, -A MMMM a
 pre-norm Mamba stack, -A AFAF the GPT.
 
@@ -246,6 +250,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     MambaStepState step;      // generation: the M layers' conv and SSM states (llmc/mamba_step.cuh)
     KVCache cache;            // ... the A layers' keys and values (llmc/kv_cache.cuh)
@@ -266,6 +271,7 @@ static void hybrid_build(Hybrid* model, const HybridConfig& c) {
     model_build(&model->buf, MODEL_HYBRID, hybrid_slot_names, slots, table, n, params, grads, n * sizeof(float*));
     point_tensors(&model->params, model->buf.params_memory, full, NUM_PARAMETER_TENSORS);
     point_tensors(&model->grads, model->buf.grads_memory, full, NUM_PARAMETER_TENSORS);
+    model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
 }
 
@@ -313,7 +319,9 @@ static void hybrid_init_random(Hybrid* model, uint64_t seed) {
 }
 
 // ----------------------------------------------------------------------------
-// forward: logits for inputs (B, T) (host array); with targets, also the mean loss
+// forward: logits for inputs (B, T) (host array); with targets, also the mean
+// loss. train_step >= 0: a training step (dropout on, its masks keyed by the
+// step); -1: evaluation and generation (no dropout).
 
 // layer l's output in the activations of a B x T forward (l = -1: the embedding)
 static const float* hybrid_layer_output(const Hybrid* model, int l, int B, int T) {
@@ -328,7 +336,7 @@ static const float* hybrid_layer_output(const Hybrid* model, int l, int B, int T
     }
 }
 
-static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets, int B, int T) {
+static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets, int B, int T, int train_step) {
     NVTX_RANGE("forward");
     const HybridConfig& c = model->config;
     MambaDims md = mamba_dims_of(c);
@@ -341,22 +349,34 @@ static void hybrid_forward(Hybrid* model, const int* inputs, const int* targets,
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
+    uint64_t seed = model->dropout.seed;
+    const int* step = model_train_step(m);
     model_stage_batch(m, inputs, BT, targets, BT);
 
-    { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, positions ? p.wpe : nullptr, B, T, C); }
+    {
+        NVTX_RANGE("encoder_forward");
+        encoder_forward(a.encoded, m->inputs, p.wte, positions ? p.wpe : nullptr, B, T, C);
+        if (drop > 0.0f)  // in place: the first layer's input is the dropped embedding
+            dropout_apply(a.encoded, a.encoded, (long)BT * C, drop, dropout_site(seed, step, DROPOUT_SITE_EMBED));
+    }
     for (int l = 0; l < c.num_layers; l++) {
         const float* x = hybrid_layer_output(model, l - 1, B, T);
         int k = c.index[l];
+        DropoutSite branch = dropout_site(seed, step, l);
         if (c.kind[l] == LAYER_MAMBA) {
             NVTX_RANGE("mamba_layer_forward");
-            mamba_prenorm_forward(h, mamba_layer_params(p.mamba, k, md), mamba_layer_acts(a.mamba, k, B, T, md), x, B, T, md);
+            mamba_prenorm_forward(h, mamba_layer_params(p.mamba, k, md), mamba_layer_acts(a.mamba, k, B, T, md), x, B, T, md,
+                                  drop, branch);
         } else if (c.kind[l] == LAYER_ATTENTION) {
             NVTX_RANGE("attention_layer_forward");
             attention_sublayer_forward(h, attention_layer_params(p.attn, k, td), attention_layer_acts(a.attn, k, B, T, td),
-                                       a.block, x, B, T, td, 1, 0.0f, NO_DROPOUT_SITE);
+                                       a.block, x, B, T, td, 1, drop, branch, drop,
+                                       dropout_site(seed, step, probs_dropout_site(l)));
         } else {
             NVTX_RANGE("mlp_layer_forward");
-            mlp_sublayer_forward(h, mlp_layer_params(p.mlp, k, td), mlp_layer_acts(a.mlp, k, B, T, td), x, B, T, td, 0.0f, NO_DROPOUT_SITE);
+            mlp_sublayer_forward(h, mlp_layer_params(p.mlp, k, td), mlp_layer_acts(a.mlp, k, B, T, td), x, B, T, td, drop,
+                                 branch);
         }
     }
     lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), hybrid_layer_output(model, c.num_layers - 1, B, T), BT, C,
@@ -376,30 +396,37 @@ static void hybrid_backward(Hybrid* model, int B, int T) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = model->dropout.fwd_rate;
+    uint64_t seed = model->dropout.seed;
+    const int* step = model_train_step(m);
     model_zero_grads(m);
     lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), hybrid_layer_output(model, L - 1, B, T),
                      a.dresidual, a.dlogits, a.dnorm, BT, C, V);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = hybrid_layer_output(model, l - 1, B, T);
         int k = c.index[l];
+        DropoutSite branch = dropout_site(seed, step, l);
         if (c.kind[l] == LAYER_MAMBA) {
             NVTX_RANGE("mamba_layer_backward");
             mamba_prenorm_backward(h, a.dresidual, a.dnorm, x, mamba_layer_params(p.mamba, k, md),
                                    mamba_layer_params(g.mamba, k, md), mamba_layer_acts(a.mamba, k, B, T, md),
-                                   a.mamba_scratch, m->ones, B, T, md);
+                                   a.mamba_scratch, m->ones, B, T, md, drop, branch);
         } else if (c.kind[l] == LAYER_ATTENTION) {
             NVTX_RANGE("attention_layer_backward");
             attention_sublayer_backward(h, a.dresidual, x, attention_layer_params(p.attn, k, td),
                                         attention_layer_params(g.attn, k, td), attention_layer_acts(a.attn, k, B, T, td),
-                                        a.block, m->ones, B, T, td, 1, 0.0f, NO_DROPOUT_SITE);
+                                        a.block, m->ones, B, T, td, 1, drop, branch, drop,
+                                        dropout_site(seed, step, probs_dropout_site(l)));
         } else {
             NVTX_RANGE("mlp_layer_backward");
             mlp_sublayer_backward(h, a.dresidual, x, mlp_layer_params(p.mlp, k, td), mlp_layer_params(g.mlp, k, td),
-                                  mlp_layer_acts(a.mlp, k, B, T, td), a.block, m->ones, B, T, td, 0.0f, NO_DROPOUT_SITE);
+                                  mlp_layer_acts(a.mlp, k, B, T, td), a.block, m->ones, B, T, td, drop, branch);
         }
     }
     {
         NVTX_RANGE("encoder_backward");
+        if (drop > 0.0f)
+            dropout_apply(a.dresidual, a.dresidual, (long)BT * C, drop, dropout_site(seed, step, DROPOUT_SITE_EMBED));
         encoder_backward(h, g.wte, c.count[LAYER_ATTENTION] ? g.wpe : nullptr, a.dlogits, a.dresidual, m->inputs, B, T, C, V);
     }
 }
@@ -463,7 +490,7 @@ static void hybrid_states_from_forward(Hybrid* model, int B, int T) {
 // with attention: the states from a parallel forward over the window's tokens
 static void hybrid_prefill_window(Hybrid* model, int B) {
     int T = model->window.pos;
-    hybrid_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T);
+    hybrid_forward(model, kv_window_rows(&model->window, B).data(), nullptr, B, T, -1);
     hybrid_states_from_forward(model, B, T);
 }
 
@@ -511,14 +538,16 @@ static void hybrid_prefill(Hybrid* model, const int* tokens, int B, int T) {
         return;
     }
     auto prefill = [&](const int* rows, int first) {
-        hybrid_forward(model, rows, nullptr, B, first);
+        hybrid_forward(model, rows, nullptr, B, first, -1);
         hybrid_states_from_forward(model, B, first);
     };
     lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { hybrid_step(model, column, B); });
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
-static void lm_forward(Hybrid* m, const int* inputs, const int* targets, int B, int T) { hybrid_forward(m, inputs, targets, B, T); }
+static void lm_forward(Hybrid* m, const int* inputs, const int* targets, int B, int T, int train_step) {
+    hybrid_forward(m, inputs, targets, B, T, train_step);
+}
 static void lm_backward(Hybrid* m, int B, int T) { hybrid_backward(m, B, T); }
 static void lm_generate_begin(Hybrid* m, int B) { hybrid_generate_begin(m, B); }
 static void lm_generate_end(Hybrid* m) { hybrid_generate_end(m); }
@@ -570,7 +599,7 @@ int main(int argc, char** argv) {
     // generating only, with attention: the activations cover the whole position table (the context)
     bool attention = config.count[LAYER_ATTENTION] > 0;
     int T = tc.generate_only && attention ? config.max_seq_len : tc.T;
-    attention_pin_variant(tc.B, T, config.channels, config.num_heads);
+    attention_pin_variant(tc.B, T, config.channels, config.num_heads, tc.dropout);
     hybrid_allocate_activations(&model, tc.B, T);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 

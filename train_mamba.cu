@@ -5,8 +5,10 @@ Char-level Mamba on tinyshakespeare: the model, top to bottom.
   -> init -> forward -> backward -> main
 
 The model (doc/models.md; the write-up this project reproduces uses it):
-token embedding (V,C); L blocks x = LN(x + Mamba(x)) (post-norm); a final
-LayerNorm; a head Linear(C, V) with bias. No positions. Loss: mean
+token embedding (V,C); L blocks x = Dropout(LN(x + Mamba(x))) (post-norm,
+dropout after the LayerNorm as the seed's MambaBlock; -D, training steps
+only, the masks dropout.cuh's hash of the run's seed, the step and the site l);
+a final LayerNorm; a head Linear(C, V) with bias. No positions. Loss: mean
 cross-entropy. Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=16,
 d_conv=4, expand=2), E = 2C, R = ceil(C/16):
   xz = in_proj(x) (2E) -> x, z;  u = silu(causal depthwise conv1d(x))
@@ -28,6 +30,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/encoder.cuh"
 #include "llmc/mamba_block.cuh"
 #include "llmc/mamba_step.cuh"
+#include "llmc/dropout.cuh"
 #include "llmc/lm_head.cuh"
 #include "llmc/model.h"
 #include "llmc/lm_trainer.h"
@@ -92,10 +95,11 @@ static void mamba_param_table(TensorSpec* t, MambaConfig c) {
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS (1 + MAMBA_STACK_ACTS + 6 + 1 + MAMBA_SCRATCH + 3)
+#define NUM_ACTIVATION_TENSORS (1 + MAMBA_STACK_ACTS + 1 + 6 + 1 + MAMBA_SCRATCH + 3)
 typedef struct {
     float* encoded;         // (B, T, C)
     MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
+    float* drop;            // (L, B, T, C)  the blocks' outputs after dropout (with -D; empty without)
     float* lnf;             // (B, T, C)
     float* lnf_mean;        // (B, T)
     float* lnf_rstd;        // (B, T)
@@ -111,10 +115,11 @@ typedef struct {
 } ActivationTensors;
 static_assert(sizeof(ActivationTensors) == NUM_ACTIVATION_TENSORS * sizeof(float*), "one pointer per tensor");
 
-static void mamba_act_table(TensorSpec* t, MambaConfig c, int B, int T) {
-    long C = c.channels, V = c.vocab_size, BT = (long)B * T;
+static void mamba_act_table(TensorSpec* t, MambaConfig c, int B, int T, bool dropout) {
+    long C = c.channels, V = c.vocab_size, BT = (long)B * T, L = c.num_layers;
     *t++ = {"encoded", BT * C, 0, 1};
     t = mamba_stack_act_table(t, c.num_layers, B, T, dims_of(c));
+    *t++ = {"drop", dropout ? L * BT * C : 0, 0, c.num_layers};
     *t++ = {"lnf", BT * C, 0, 1};
     *t++ = {"lnf_mean", BT, 0, 1};
     *t++ = {"lnf_rstd", BT, 0, 1};
@@ -136,6 +141,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     MambaStepState step;      // generation: every layer's conv and SSM state (llmc/mamba_step.cuh)
     StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
@@ -155,15 +161,18 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, dims_of(c).R};
     model_build(&model->buf, kind_of(c), mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
                 &model->grads, sizeof(model->params));
+    model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
 }
 
-// sizes the activations for batches up to B x T
-static void mamba_allocate_activations(Mamba* model, int B, int T) {
+// sizes the activations for batches up to B x T, with room for the blocks'
+// dropped outputs when the run trains with dropout
+static void mamba_allocate_activations(Mamba* model, int B, int T, bool dropout) {
     TensorSpec table[NUM_ACTIVATION_TENSORS];
-    mamba_act_table(table, model->config, B, T);
+    mamba_act_table(table, model->config, B, T, dropout);
     model_allocate_activations(&model->buf, table, NUM_ACTIVATION_TENSORS, &model->acts, sizeof(model->acts), B, T, 1,
                                (long)B * T, "-b/-t");
+    if (!dropout) model->acts.drop = nullptr;  // (an empty row): no room, a forward with dropout refuses
 }
 
 // mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
@@ -184,14 +193,24 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
     model_upload_params(&model->buf, host.data());
 }
 
+// the output of block l (l = -1: the embedding, the first block's input):
+// after dropout when the last forward used dropout
+static const float* block_output(const Mamba* model, int l, int B, int T) {
+    const ActivationTensors& a = model->acts;
+    if (l < 0) return a.encoded;
+    if (model->dropout.fwd_rate > 0.0f) return a.drop + l * ((long)B * T * model->config.channels);
+    return mamba_layer_acts(a.tower, l, B, T, dims_of(model->config)).ln;
+}
+
 // ----------------------------------------------------------------------------
 // forward: logits for inputs (B, T) (host array); with targets, also the mean
-// loss. carry: null, every row starts empty; else it holds every layer's
-// conv and SSM state before the rows (a MambaStepState of at least B rows,
-// llmc/mamba_step.cuh), and on return the states after them (no backward
-// after such a forward).
+// loss. train_step >= 0: a training step (dropout on, its masks keyed by the
+// step); -1: evaluation and generation (no dropout). carry: null, every row
+// starts empty; else it holds every layer's conv and SSM state before the
+// rows (a MambaStepState of at least B rows, llmc/mamba_step.cuh), and on
+// return the states after them (no backward after such a forward).
 
-static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T,
+static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T, int train_step,
                           MambaStepState* carry = nullptr) {
     NVTX_RANGE("forward");
     MambaConfig c = model->config;
@@ -205,20 +224,26 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
+    if (drop > 0.0f && (!a.drop || carry)) fail("mamba_forward: dropout needs the activations sized for it and no carried state");
     model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
-    const float* x = a.encoded;
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
         MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
         MambaCarry layer_carry = carry ? MambaCarry{mamba_conv_state(carry, l), mamba_ssm_state(carry, l)} : MambaCarry{};
-        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, x, B, T, d, c.lti ? &lti : nullptr,
-                            carry ? &layer_carry : nullptr);
-        x = la.ln;
+        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B, T), B, T, d,
+                            c.lti ? &lti : nullptr, carry ? &layer_carry : nullptr);
+        if (drop > 0.0f) {
+            NVTX_RANGE("dropout_forward");
+            dropout_apply(a.drop + l * ((long)BT * C), la.ln, (long)BT * C, drop,
+                          dropout_site(model->dropout.seed, model_train_step(m), l));
+        }
     }
-    lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), x, BT, C, c.vocab_size, targets != nullptr);
+    lm_head_forward(h, m, lm_head_params(p), lm_head_acts(a), block_output(model, L - 1, B, T), BT, C, c.vocab_size,
+                    targets != nullptr);
 }
 
 // ----------------------------------------------------------------------------
@@ -233,16 +258,18 @@ static void mamba_backward(Mamba* model, int B, int T) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
+    float drop = model->dropout.fwd_rate;
     model_zero_grads(m);
     float* dresidual = a.dresidual;        // gradient w.r.t. the current block's output
     float* dresidual_in = a.dresidual_in;  // ... and w.r.t. its input
-    auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : mamba_layer_acts(a.tower, l, B, T, d).ln; };
-    lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), block_output(L - 1), dresidual,
-                     a.dlogits, a.dnorm, BT, C, V);
+    lm_head_backward(h, m, lm_head_params(p), lm_head_params(g), lm_head_acts(a), block_output(model, L - 1, B, T),
+                     dresidual, a.dlogits, a.dnorm, BT, C, V);
     for (int l = L - 1; l >= 0; l--) {
         NVTX_RANGE("block_backward");
+        if (drop > 0.0f)  // through the mask: the gradient w.r.t. the block's LayerNorm output
+            dropout_apply(dresidual, dresidual, (long)BT * C, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
         MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d), glti = mamba_lti_layer_params(g.lti, l, d);
-        mamba_block_backward(h, dresidual_in, dresidual, block_output(l - 1), mamba_layer_params(p.tower, l, d),
+        mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B, T), mamba_layer_params(p.tower, l, d),
                              mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
                              m->ones, B, T, d, c.lti ? &lti : nullptr, c.lti ? &glti : nullptr);
         std::swap(dresidual, dresidual_in);
@@ -288,7 +315,7 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
 static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
     NVTX_RANGE("prefill");
     auto prefill = [&](const int* rows, int first) {
-        mamba_forward(model, rows, nullptr, B, first);
+        mamba_forward(model, rows, nullptr, B, first, -1);
         mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
         step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
     };
@@ -320,14 +347,16 @@ static void mamba_eval_chunked(Mamba* model, int B, int T, int Tc, const ChunkRe
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
         read(t0, n, inputs.data(), targets.data());
-        mamba_forward(model, inputs.data(), targets.data(), B, n, &carry);
+        mamba_forward(model, inputs.data(), targets.data(), B, n, -1, &carry);
         done(t0, n, targets.data());
     }
     mamba_step_state_free(&carry);
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
-static void lm_forward(Mamba* m, const int* inputs, const int* targets, int B, int T) { mamba_forward(m, inputs, targets, B, T); }
+static void lm_forward(Mamba* m, const int* inputs, const int* targets, int B, int T, int train_step) {
+    mamba_forward(m, inputs, targets, B, T, train_step);
+}
 static void lm_backward(Mamba* m, int B, int T) { mamba_backward(m, B, T); }
 static void lm_generate_begin(Mamba* m, int B) { mamba_generate_begin(m, B); }
 static void lm_generate_end(Mamba* m) { mamba_generate_end(m); }
@@ -376,7 +405,7 @@ int main(int argc, char** argv) {
     mamba_build(&model, config);
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
     else mamba_init_random(&model, tc.seed);
-    mamba_allocate_activations(&model, tc.B, tc.T);
+    mamba_allocate_activations(&model, tc.B, tc.T, tc.dropout > 0.0f);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     if (config.lti)

@@ -31,6 +31,7 @@ Build with `make train_mamba_vit` (GPU if one is visible, else the host backend)
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
 #include "llmc/mamba_block.cuh"
+#include "llmc/dropout.cuh"
 #include "llmc/vision.cuh"
 #include "llmc/crossentropy.cuh"
 #include "llmc/model.h"
@@ -137,7 +138,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
-    VisionDropout dropout;    // the rate at training steps and the masks' seed (llmc/vision.cuh)
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
 } MambaViT;
 
@@ -211,7 +212,7 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    float drop = vision_dropout_begin(&model->dropout, m, train_step);
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, nullptr, 0, labels, B);
 
     patch_embed_forward(h, p.embed, a.embed, images, B, c.image, c.patch, C);

@@ -133,7 +133,7 @@ typedef struct {
     ParameterTensors params;  // pointers into buf.params_memory
     ParameterTensors grads;   // ... and into buf.grads_memory
     ActivationTensors acts;   // ... and into buf.acts_memory
-    VisionDropout dropout;    // the rate at training steps and the masks' seed (llmc/vision.cuh)
+    TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
 } ViT;
 
@@ -232,7 +232,7 @@ static void vit_forward(ViT* model, const float* images, const int* labels, int 
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    float drop = vision_dropout_begin(&model->dropout, m, train_step);
+    float drop = train_dropout_begin(&model->dropout, m, train_step);
     model_stage_batch(m, nullptr, 0, labels, B);
 
     patch_embed_forward(h, p.embed, a.embed, images, B, c.image, c.patch, C);
@@ -267,7 +267,7 @@ static void vit_backward(ViT* model, int B) {
     ParameterTensors p = model->params, g = model->grads;
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
-    VisionDropout drop = model->dropout;
+    TrainDropout drop = model->dropout;
     model_zero_grads(m);
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : transformer_layer_acts(a.tower, l, B, T, d).residual3; };
     {

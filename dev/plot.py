@@ -2,6 +2,9 @@
 Draws the seed write-up's comparisons from the trainers' logs (log.jsonl in
 each run's -o directory) into one PNG:
   - loss against step (train thin, validation bold) for the language models
+  - train against val (the language models' -V 1: the training set evaluated
+    as the validation set is, at each validation): per run the train curve
+    dashed and the val curve solid in one color, so the gap is the overfit
   - test accuracy against epoch for the vision models
   - throughput (tokens/s or images/s) against step
   - generation time per token against position (generate.jsonl, written by
@@ -21,6 +24,11 @@ generates into DIR/generated.bin), each file as a grid, side by side:
   python3 dev/plot.py out/gpt out/mamba --out lm.png
   python3 dev/plot.py out/vit out/mamba_vit --labels ViT,Mamba-ViT --out cifar.png
   python3 dev/plot.py gen/mamba/generate.jsonl gen/gpt/generate.jsonl --labels Mamba,GPT --out gen.png
+  python3 dev/plot.py out/mamba out/mamba_d02 --gap-only --table table.md --out gap.png
+
+--gap-only draws the train-against-val panel alone; --table FILE writes a
+markdown table per run: the best val loss and its step, the final val loss
+and the final train loss of the -V evaluations.
 
 Each argument is a run directory or a log.jsonl file; labels default to the
 directory names. Needs matplotlib (Debian: python3-matplotlib).
@@ -54,6 +62,12 @@ def read_log(path):
 
 # the panels that draw one series per run: key, its x key, line style, x label, y label, title
 MARKED = dict(linewidth=2, marker="o", markersize=3)
+# the loss panels, a train series beside val_loss (MARKED) per run: the train key, its line style, y label, title
+LOSS_PANELS = {
+    "loss": ("train_loss", dict(alpha=0.35, linewidth=0.8), "loss (cross-entropy, nats)", "loss against step"),
+    "gap": ("train_eval_loss", dict(linewidth=1.5, linestyle="--"),
+            "loss (cross-entropy, nats), evaluated without dropout", "train (dashed) against val (solid)"),
+}
 ONE_SERIES_PANELS = {
     "acc": ("test_acc", "epoch", MARKED, "epoch", "test accuracy (%)", "test accuracy against epoch"),
     "task_acc": ("val_acc", "step", MARKED, "step", "validation accuracy over the target positions (%)",
@@ -68,6 +82,27 @@ ONE_SERIES_PANELS = {
 def series(rows, key, x="step"):
     pts = [(r.get(x, r.get("step")), r[key]) for r in rows if r.get(key) is not None]  # null: not finite
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def overfit_row(rows, label):
+    """A run's line of the --table: best val loss, its step, final val and final train-eval losses."""
+    xs, vals = series(rows, "val_loss")
+    if not vals:
+        raise SystemExit(f"error: {label}: no val_loss in the log")
+    best = min(range(len(vals)), key=lambda i: vals[i])
+    _, train = series(rows, "train_eval_loss")
+    final_train = f"{train[-1]:.4f}" if train else "-"
+    gap = f"{vals[-1] - train[-1]:+.4f}" if train else "-"
+    return f"| {label} | {vals[best]:.4f} | {xs[best]} | {vals[-1]:.4f} | {xs[-1]} | {final_train} | {gap} |"
+
+
+def write_table(path, logs, labels):
+    lines = ["| run | best val loss | step of best | final val loss | final step | final train loss (eval) | "
+             "final val - train |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [overfit_row(rows, label) for rows, label in zip(logs, labels)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 def image_grid(pixels, columns):
@@ -115,6 +150,8 @@ def main():
     p.add_argument("--labels", help="comma-separated labels, one per run")
     p.add_argument("--out", default="comparison.png")
     p.add_argument("--title", default="")
+    p.add_argument("--gap-only", action="store_true", help="only the train-against-val panel (logs of -V 1 runs)")
+    p.add_argument("--table", metavar="FILE", help="also write the runs' best and final losses as a markdown table")
     args = p.parse_args()
     if args.images:
         if args.runs:
@@ -133,36 +170,43 @@ def main():
     if len(labels) != len(args.runs):
         raise SystemExit(f"error: --labels: {len(labels)} labels for {len(args.runs)} runs")
     logs = [read_log(r) for r in args.runs]
+    if args.table:
+        write_table(args.table, logs, labels)
 
     has = lambda key: any(any(key in r for r in rows) for rows in logs)
     panels = []
-    if has("train_loss") or has("val_loss"):
+    if (has("train_loss") or has("val_loss")) and not args.gap_only:
         panels.append("loss")
-    if has("test_acc"):
-        panels.append("acc")
-    if has("val_acc"):
-        panels.append("task_acc")
-    if has("tokens_per_s") or has("images_per_s"):
-        panels.append("speed")
-    if has("gen_ms_per_token"):
-        panels.append("generate")
-    if has("val_bits_per_dim"):
-        panels.append("bpd")
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    if has("train_eval_loss"):
+        panels.append("gap")
+    elif args.gap_only:
+        raise SystemExit("error: --gap-only: no train_eval_loss in the logs (train with -V 1)")
+    if not args.gap_only:
+        if has("test_acc"):
+            panels.append("acc")
+        if has("val_acc"):
+            panels.append("task_acc")
+        if has("tokens_per_s") or has("images_per_s"):
+            panels.append("speed")
+        if has("gen_ms_per_token"):
+            panels.append("generate")
+        if has("val_bits_per_dim"):
+            panels.append("bpd")
+    size = (10, 6.5) if args.gap_only else (6 * len(panels), 4.5)  # the one panel of many runs: room for the legend
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
         for i, (rows, label) in enumerate(zip(logs, labels)):
             c = colors[i % len(colors)]
-            if panel == "loss":
-                x, y = series(rows, "train_loss")
-                if x:
-                    ax.plot(x, y, color=c, alpha=0.35, linewidth=0.8, label=f"{label} train")
-                x, y = series(rows, "val_loss")
-                if x:
-                    ax.plot(x, y, color=c, linewidth=2, marker="o", markersize=3, label=f"{label} val")
+            if panel in LOSS_PANELS:
+                train_key, train_style, ylabel, title = LOSS_PANELS[panel]
+                for key, style, which in ((train_key, train_style, "train"), ("val_loss", MARKED, "val")):
+                    x, y = series(rows, key)
+                    if x:
+                        ax.plot(x, y, color=c, label=f"{label} {which}", **style)
                 ax.set_xlabel("step")
-                ax.set_ylabel("loss (cross-entropy, nats)")
-                ax.set_title("loss against step")
+                ax.set_ylabel(ylabel)
+                ax.set_title(title)
             elif panel in ONE_SERIES_PANELS:
                 key, x_key, style, xlabel, ylabel, title = ONE_SERIES_PANELS[panel]
                 x, y = series(rows, key, x=x_key)

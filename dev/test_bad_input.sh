@@ -77,6 +77,10 @@ for T in train_gpt train_mamba; do
   expect "$T resume from an empty directory" "-y" ./$T $D $small -o "$W/emptydir_$T" -y 1
   expect "$T resume from a truncated checkpoint" "ckpt_00000002.bin" ./$T $D $small -L 1 -C 16 -o "$W/trunc_ckpt" -y 1
   expect "$T generate without a model" "-G" ./$T $D $small -G 1
+  expect "$T negative dropout" "-D" ./$T $D $small -D -0.1
+  expect "$T dropout of 1" "-D" ./$T $D $small -D 1
+  expect "$T dropout not a number" "-D" ./$T $D $small -D half
+  expect "$T train-set evaluation with -I" "-V" ./$T $D $small -V 1 -I 16
 done
 # activations past the memory there is (on the host backend, the machine's memory)
 B="-i $W/big.bin -j $W/big.bin -k $W/vocab.bin -v 0 -g 0 -m 1"

@@ -5,8 +5,9 @@
 # replayed (STEP_GRAPH=1) print the same losses, learning rates and norms as
 # 5 eager steps (STEP_GRAPH=0), write the same log.jsonl (but for times) and
 # end with a byte-identical model.bin. The learning rate changes every step
-# (warmup) and the vision runs have dropout and augmentation on, so a value
-# frozen into the graph at capture shows. On the host backend HOST_PROFILE=1
+# (warmup), every run has dropout on (its masks keyed by the step) and the
+# vision runs augmentation too, so a value frozen into the graph at capture
+# shows. On the host backend HOST_PROFILE=1
 # shows that the graph run's steps 2..5 each were one graph launch (the
 # first step runs eagerly) and the eager run's none. Needs the six trainers
 # built. Ends with "N passed, M failed".
@@ -16,7 +17,7 @@ random_lm_data 3 20000 4000
 $PYTHON dev/data/cifar10.py --synthetic --train-count 200 --test-count 50 --out "$W" --prefix s >/dev/null ||
   abort "cannot write test data"
 
-lm="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -x 5 -u 3 -v 5 -m 1 -g 0"
+lm="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -x 5 -u 3 -v 5 -m 1 -g 0 -D 0.1"
 vision="-i $W/s_train.bin -j $W/s_test.bin -b 8 -B 16 -x 5 -u 3 -v 0 -m 1 -s 1 -D 0.1 -A 1"
 # the graph launches of the steps of a run's HOST_PROFILE lines, one number a line
 graph_launches() { sed -n 's/^host profile step [0-9]*: .* by \([0-9]*\) graph launches.*/\1/p' "$1" | tr '\n' ' '; }

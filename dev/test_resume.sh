@@ -3,14 +3,18 @@
 # same losses as an uninterrupted run, digit for digit, ends with the same
 # model file, byte for byte, and leaves a log that reads as the
 # uninterrupted run's (host backend). For train_gpt, train_gpt_plus,
-# train_mamba and train_hybrid. Ends with "N passed, M failed".
+# train_mamba and train_hybrid, each without dropout and with -D 0.2 (the
+# masks resume: the checkpoint holds the run's seed and step). Ends with
+# "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 random_lm_data 2 20000 4000
-for m in gpt gpt_plus mamba hybrid; do
+for run in gpt gpt_plus mamba hybrid gpt:0.2 gpt_plus:0.2 mamba:0.2 hybrid:0.2; do
+  m=${run%%:*} drop=${run#*:}; [ "$drop" = "$run" ] && drop=0
   prog="./train_$m"
   shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
+  if [ "$drop" != 0 ]; then args="$args -D $drop"; m="${m}_d$drop"; fi
   $prog $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   $prog $args -o "$W/cut_$m" > /dev/null & pid=$!
   for i in $(seq 1 2000); do [ -f "$W/cut_$m/ckpt_00000020.bin" ] && break; sleep 0.005; done
@@ -34,6 +38,13 @@ for m in gpt gpt_plus mamba hybrid; do
     ok "$m: log.jsonl after the resume reads as the uninterrupted run's (but for times; the resumed lines replace those after the checkpoint)"
   else
     fail "$m: log.jsonl differs from the uninterrupted run's"
+  fi
+  if [ "$drop" != 0 ]; then  # dropout took effect: other losses than the run without it
+    if ! diff -q "$W/full_${m%_d*}.txt" "$W/full_$m.txt" >/dev/null; then
+      ok "$m: the losses differ from the run without dropout"
+    else
+      fail "$m: -D $drop printed the losses of the run without dropout"
+    fi
   fi
 done
 summary

@@ -10,7 +10,11 @@ materialized (O(T^2) memory):
   2. preatt = q @ k^T per (b, h)                      cuBLAS strided batched
   3. att = softmax(preatt / sqrt(hs)) over keys, masked to keys <= query when
      causal (masked entries are exactly 0)
-  4. y = att @ v per (b, h)
+  4. y = att @ v per (b, h); with dropout on the probabilities (nanoGPT's
+     attn_dropout, the language models' -D) y = Dropout(att) @ v, the mask
+     dropout.cuh's hash of the element index of (B,NH,T,T) at the caller's
+     site; att itself stays undropped for the softmax backward, the dropped
+     copy lives in preatt and is recomputed into datt by the backward
   The backward pass runs these steps in reverse. att (B,NH,T,T) is kept per
   layer for the backward pass; preatt and datt (B,NH,T,T) are scratch.
   Softmax kernels come in two variants, like layernorm: one thread per row
@@ -32,6 +36,8 @@ how large the kept state and the scratch are for the variant in use.
 #include "elementwise.cuh"  // row_threads, for the permute kernels
 #include "fast_math.cuh"
 #include "attention_tiled.cuh"
+#include "dropout.cuh"
+#include "utils.h"  // fail
 
 // qkv (B,T,3,NH,hs) -> q, k, v each (B,NH,T,hs). Row kernel
 // (elementwise.cuh): one block per (b, h, t), its threads over d < hs (the
@@ -216,7 +222,17 @@ static bool attention_uses_tiled(int B, int T, int C, int NH) {
 // Without it a call with a smaller batch (an eval batch below the training
 // one, a last partial batch) could make the other choice, whose buffers were
 // never allocated. For a program's one model, before sizing its activations.
-static void attention_pin_variant(int B, int T, int C, int NH) {
+// With dropout on the probabilities (probs_dropout > 0: a language model's
+// -D) the choice is the materialized variant, the one that has it; a forced
+// tiled variant (ATTENTION_VARIANT) is refused with one line.
+static void attention_pin_variant(int B, int T, int C, int NH, float probs_dropout = 0.0f) {
+    if (probs_dropout > 0.0f) {
+        if (attention_uses_tiled(B, T, C, NH) && kernel_choices.attention_variant == ATTENTION_TILED)
+            fail("flag -D: dropout on the attention probabilities needs the materialized attention; "
+                 "ATTENTION_VARIANT asks for the tiled one");
+        kernel_choices.attention_variant = ATTENTION_MATERIALIZED;
+        return;
+    }
     if (kernel_choices.attention_variant == ATTENTION_AUTO)
         kernel_choices.attention_variant = attention_auto_tiled(B, T, C, NH) ? ATTENTION_TILED : ATTENTION_MATERIALIZED;
 }
@@ -295,7 +311,8 @@ static int attention_block_start(int i, int nblk, int T) { return (int)((long)i 
 // materialized: out (B,T,C); qkvr (3,B,NH,T,hs) and att (B,NH,T,T) are kept
 // for backward; preatt (B,NH,T,T) and y (B,NH,T,hs) are scratch
 static void attention_materialized_forward(cublasHandle_t handle, float* out, float* qkvr, float* att, float* preatt,
-                                           float* y, int B, int T, int C, int NH, int causal) {
+                                           float* y, int B, int T, int C, int NH, int causal, float probs_rate,
+                                           DropoutSite probs_site) {
     int hs = C / NH, BNH = B * NH, nblk = attention_query_blocks(T, causal);
     long n = (long)BNH * T * hs;
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
@@ -312,10 +329,16 @@ static void attention_materialized_forward(cublasHandle_t handle, float* out, fl
         LAUNCH(softmax_forward_rows_kernel, CEIL_DIV(rows, 64), 64, 0)(att, preatt, rows, T, scale, causal);
     }
     cudaCheck(cudaGetLastError());
-    // y[t1] = sum_t2 att[t1, t2] v[t2]
+    // with dropout the products read the dropped copy, held in preatt (its scores are spent)
+    const float* probs = att;
+    if (probs_rate > 0.0f) {
+        dropout_apply(preatt, att, (long)rows * T, probs_rate, probs_site);
+        probs = preatt;
+    }
+    // y[t1] = sum_t2 probs[t1, t2] v[t2]
     for (int i = 0; i < nblk; i++) {
         int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
-        attention_rows_gemm(handle, y, att, v, BNH, T, hs, r0, r1);
+        attention_rows_gemm(handle, y, probs, v, BNH, T, hs, r0, r1);
     }
     LAUNCH(attention_unpermute_kernel, BNH * T, row_threads(hs), 0)(out, y, B, T, NH, hs, 1, row_span(hs));
     cudaCheck(cudaGetLastError());
@@ -325,19 +348,34 @@ static void attention_materialized_forward(cublasHandle_t handle, float* out, fl
 // (B,NH,T,hs); datt (B,NH,T,T) is scratch
 static void attention_materialized_backward(cublasHandle_t handle, float* dqkvr, const float* dy, float* datt,
                                             const float* qkvr, const float* att, int B, int T, int C, int NH,
-                                            int causal) {
+                                            int causal, float probs_rate, DropoutSite probs_site) {
     int hs = C / NH, BNH = B * NH, nblk = attention_query_blocks(T, causal);
     long n = (long)BNH * T * hs;
     const float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
     float *dq = dqkvr, *dk = dqkvr + n, *dv = dqkvr + 2 * n;
-    // datt[t1, t2] = dy[t1] . v[t2];  dv[t2] = sum_t1 att[t1, t2] dy[t1]
-    for (int i = 0; i < nblk; i++) {
-        int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
-        attention_scores_gemm(handle, datt, dy, v, BNH, T, hs, r0, r1);
-        attention_cols_gemm(handle, dv, att, dy, BNH, T, hs, r0, r1);
-    }
     float scale = 1.0f / sqrtf((float)hs);
     int rows = BNH * T;
+    if (probs_rate > 0.0f) {
+        // dv[t2] = sum_t1 Dropout(att)[t1, t2] dy[t1], the dropped copy recomputed into datt first;
+        // then datt[t1, t2] = dy[t1] . v[t2] through the same mask
+        dropout_apply(datt, att, (long)rows * T, probs_rate, probs_site);
+        for (int i = 0; i < nblk; i++) {
+            int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+            attention_cols_gemm(handle, dv, datt, dy, BNH, T, hs, r0, r1);
+        }
+        for (int i = 0; i < nblk; i++) {
+            int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+            attention_scores_gemm(handle, datt, dy, v, BNH, T, hs, r0, r1);
+        }
+        dropout_apply(datt, datt, (long)rows * T, probs_rate, probs_site);
+    } else {
+        // datt[t1, t2] = dy[t1] . v[t2];  dv[t2] = sum_t1 att[t1, t2] dy[t1]
+        for (int i = 0; i < nblk; i++) {
+            int r0 = attention_block_start(i, nblk, T), r1 = attention_block_start(i + 1, nblk, T);
+            attention_scores_gemm(handle, datt, dy, v, BNH, T, hs, r0, r1);
+            attention_cols_gemm(handle, dv, att, dy, BNH, T, hs, r0, r1);
+        }
+    }
     if (kernel_choices.softmax_warp) {
         LAUNCH(softmax_backward_warp_kernel, CEIL_DIV(rows * 32, 256), 256, 0)(datt, datt, att, rows, T, scale, causal);
     } else {
@@ -355,18 +393,22 @@ static void attention_materialized_backward(cublasHandle_t handle, float* dqkvr,
 // Multi-head attention forward, either variant (attention_uses_tiled). out
 // (B,T,C) from qkv (B,T,3C). Kept for backward: qkvr (3,B,NH,T,hs) and att
 // (attention_act_sizes().state floats). Scratch: preatt
-// (attention_act_sizes().preatt floats) and y (B,NH,T,hs).
+// (attention_act_sizes().preatt floats) and y (B,NH,T,hs). probs_rate > 0:
+// dropout on the probabilities at probs_site (the materialized variant's;
+// the tiled one has none, attention_check_dropout)
 void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* att, float* preatt, float* y,
-                       const float* qkv, int B, int T, int C, int NH, int causal) {
+                       const float* qkv, int B, int T, int C, int NH, int causal, float probs_rate = 0.0f,
+                       DropoutSite probs_site = NO_DROPOUT_SITE) {
     int hs = C / NH;
     long n = (long)B * NH * T * hs;
     float *q = qkvr, *k = qkvr + n, *v = qkvr + 2 * n;
     LAUNCH(attention_permute_kernel, B * NH * T, row_threads(hs), 0)(q, k, v, qkv, B, T, NH, hs, row_span(hs));
     cudaCheck(cudaGetLastError());
     if (!attention_uses_tiled(B, T, C, NH)) {
-        attention_materialized_forward(handle, out, qkvr, att, preatt, y, B, T, C, NH, causal);
+        attention_materialized_forward(handle, out, qkvr, att, preatt, y, B, T, C, NH, causal, probs_rate, probs_site);
         return;
     }
+    if (probs_rate > 0.0f) fail("attention_forward: dropout on the probabilities needs the materialized variant");
     float *probs, *o, *lse;
     attention_tiled_state(att, B, T, C, NH, &probs, &o, &lse);
     ATTENTION_HS_DISPATCH(hs, attention_tiled_forward_hs<HS>(o, lse, q, k, v, B * NH, T, causal));
@@ -378,14 +420,16 @@ void attention_forward(cublasHandle_t handle, float* out, float* qkvr, float* at
 // The backward of either variant: dqkv (B,T,3C) is overwritten from dout
 // (B,T,C), which is only read, and the forward's qkvr and att. Scratch: dy
 // and dqkvr (3,B,NH,T,hs), datt (attention_act_sizes().datt floats).
+// probs_rate, probs_site: the forward's.
 void attention_backward(cublasHandle_t handle, float* dqkv, float* dqkvr, float* dy, float* datt,
-                        const float* dout, const float* qkvr, const float* att, int B, int T, int C, int NH, int causal) {
+                        const float* dout, const float* qkvr, const float* att, int B, int T, int C, int NH, int causal,
+                        float probs_rate = 0.0f, DropoutSite probs_site = NO_DROPOUT_SITE) {
     int hs = C / NH;
     long n = (long)B * NH * T * hs;
     LAUNCH(attention_unpermute_kernel, B * NH * T, row_threads(hs), 0)((float*)dout, dy, B, T, NH, hs, 0, row_span(hs));
     cudaCheck(cudaGetLastError());
     if (!attention_uses_tiled(B, T, C, NH)) {
-        attention_materialized_backward(handle, dqkvr, dy, datt, qkvr, att, B, T, C, NH, causal);
+        attention_materialized_backward(handle, dqkvr, dy, datt, qkvr, att, B, T, C, NH, causal, probs_rate, probs_site);
     } else {
         float *probs, *o, *lse;
         attention_tiled_state((float*)att, B, T, C, NH, &probs, &o, &lse);

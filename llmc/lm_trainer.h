@@ -52,6 +52,8 @@ typedef struct {
     char shape_given[8];     // the shape flags given (letters of -L -C -H -F -A): with -e they must agree with the file
     int batch_given, seq_given;  // -b, -t given
     int task;                // the data are task files (load_lm_data): their task (dataloader.h), else 0
+    float dropout;           // -D: dropout at training steps (each model's places), 0 = none
+    int train_eval;          // -V: each validation also evaluates as many tokens of the training set
 } TrainConfig;
 
 // what a preset sets (the rest of the defaults are common to both)
@@ -92,8 +94,11 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -q <float>  final learning rate as a fraction of -l, cosine decay (default %g)\n"
         "  -c <float>  weight decay (default %g)\n"
         "  -p <float>  gradient norm clip, 0 = none (default %g)\n"
+        "  -D <float>  dropout at training steps, in [0, 0.95] (default 0: none)\n"
         "  -v <int>    validate every v steps, 0 = only at the end (default %d)\n"
         "  -m <int>    validation batches, 0 = all (default %d)\n"
+        "  -V <0|1>    each validation also evaluates the first -m batches of the training set, no dropout\n"
+        "              (\"train loss\" on the val line, train_eval_loss in the log; default 0)\n"
         "  -s <int>    sample every s steps, 0 = only at the end (default %d)\n"
         "  -g <int>    tokens to sample, 0 = none (default %d)\n"
         "  -r <int>    random seed (default %d)\n"
@@ -144,6 +149,8 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 't': c->T = parse_int_flag(f, v, 1, 1 << 16); seq_given = true; break;
             case 'v': c->val_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'm': c->val_batches = parse_int_flag(f, v, 0, 1 << 30); break;
+            case 'V': c->train_eval = parse_int_flag(f, v, 0, 1); break;
+            case 'D': c->dropout = parse_float_flag(f, v, 0.0f, 0.95f); break;
             case 's': c->sample_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'g': c->gen_tokens = parse_int_flag(f, v, 0, 1 << 20); break;
             case 'A': c->pattern = v; break;
@@ -167,6 +174,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
     if ((c->checkpoint_every || c->resume) && !c->out_dir) fail("flags -n and -y need an output directory (-o)");
     if (c->generate_only && !c->init_path && !c->resume) fail("flag -G: needs a model to sample from (-e model.bin, or -o DIR -y 1)");
     if (c->generate_only && !batch_given && !c->resume) c->B = 1;  // one sample unless -b asks for more
+    if (c->train_eval && c->image_len) fail("flag -V: text only; with -I the validation is over whole images");
     if (c->image_len) {  // a window is one whole image
         if (seq_given && c->T != c->image_len)
             fail("flag -t: with -I %d a window is one whole image of %d tokens, not %d", c->image_len, c->image_len, c->T);
@@ -242,6 +250,7 @@ static void load_task_data(TrainConfig* c, TokenData* train, TokenData* val, Voc
     }
     c->T = span;
     c->task = val->task;
+    if (c->train_eval) fail("flag -V: text only; task files are scored at their target positions (%s)", c->val_path);
     vocab->size = val->vocab_size;
     vocab->text.clear();
     for (int i = 0; i < vocab->size; i++) vocab->text.push_back(std::to_string(i) + " ");
@@ -333,9 +342,11 @@ static std::vector<int> tokenize_prompt(const Vocab* vocab, const char* prompt) 
 
 // ----------------------------------------------------------------------------
 // The language models' validation, sampling and training loop. A model type
-// M has the fields config.vocab_size, acts.logits and buf (ModelBuffers),
-// and provides the hooks
-//   void lm_forward(M*, const int* inputs, const int* targets, int B, int T)  (host arrays; targets may be null)
+// M has the fields config.vocab_size, acts.logits, dropout (TrainDropout,
+// llmc/model.h) and buf (ModelBuffers), and provides the hooks
+//   void lm_forward(M*, const int* inputs, const int* targets, int B, int T, int train_step)
+//        host arrays, targets may be null; train_step >= 0: a training step (dropout on, its
+//        masks keyed by the step), -1: evaluation and generation (no dropout)
 //   void lm_backward(M*, int B, int T)
 // The forward sets buf.mean_loss when given targets.
 
@@ -348,7 +359,7 @@ template <typename M> static float lm_validate(M* model, const TokenData* val, i
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
-        lm_forward(model, inputs.data(), targets.data(), B, T);
+        lm_forward(model, inputs.data(), targets.data(), B, T, -1);
         sum += model->buf.mean_loss;
     }
     return (float)(sum / n);
@@ -368,7 +379,7 @@ template <typename M> static double lm_validate_images(M* model, const TokenData
     for (long first = 0; first < n; first += B) {
         int rows = (int)std::min<long>(B, n - first);
         token_data_image_batch(val, first, rows, N, start_token, inputs.data(), targets.data());
-        lm_forward(model, inputs.data(), targets.data(), rows, N);
+        lm_forward(model, inputs.data(), targets.data(), rows, N, -1);
         sum += (double)model->buf.mean_loss * rows * N;
     }
     return sum / ((double)n * N);
@@ -406,7 +417,7 @@ template <typename M> static void lm_eval_task_rows(M* model, int rows, int T, i
         return;
     }
     read(0, T, inputs->data(), targets->data());
-    lm_forward(model, inputs->data(), targets->data(), rows, T);
+    lm_forward(model, inputs->data(), targets->data(), rows, T, -1);
     done(0, T, targets->data());
 }
 
@@ -550,7 +561,7 @@ template <typename M> static void lm_generate_windowed(M* model, const Vocab* vo
     for (int t : tokens) printf("%s", vocab->text[t].c_str());
     for (int i = 0; i < length; i++) {
         int n = (int)tokens.size(), T = n < maxT ? n : maxT;
-        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T);
+        lm_forward(model, tokens.data() + (n - T), nullptr, 1, T, -1);
         cudaCheck(cudaMemcpy(logits.data(), model->acts.logits + (long)(T - 1) * V, V * sizeof(float), cudaMemcpyDeviceToHost));
         int next = sample_token(logits.data(), V, temperature, top_k, rng);
         tokens.push_back(next);
@@ -686,6 +697,15 @@ static void write_generated_images(const char* path, const std::vector<int>& tok
     write_atomically_end(path, tmp, f);
 }
 
+// the run line's note of the dropout rate, empty without dropout (a run
+// without -D prints what it printed before the flag existed)
+static std::string dropout_note(float rate) {
+    if (rate <= 0.0f) return "";
+    char note[48];
+    snprintf(note, sizeof(note), " | dropout %g", rate);
+    return note;
+}
+
 // After the model is built and initialized: resumes (-y), samples only (-G),
 // or trains: validation every -v steps, samples every -s, checkpoints every
 // -n (and at the end), a step line and a log line per step, the final model
@@ -723,6 +743,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         start_step = s.step;
         if (s.seed >= 0) run_seed = s.seed;
     }
+    model->dropout.rate = tc->dropout;
+    model->dropout.seed = (uint64_t)run_seed;  // the masks: the checkpoint's seed and step resume them
     if (tc->generate_only && image_len) {  // whole images, B at once, into DIR/generated.bin
         if (!tc->out_dir) fail("flag -G: with -I the generated images go to -o DIR (DIR/generated.bin); give -o");
         if (start_token > 256) fail("flag -G: %s has %d tokens; images need pixel values below 256", tc->vocab_path, start_token);
@@ -757,14 +779,14 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                             "val " + std::to_string(val->num_sequences);  // (evaluating only, nothing of -i is read)
         std::string chunks = T < val->seq_len ? " in chunks of " + std::to_string(T) : "";  // (a chunked evaluation)
         printf("batch %d x %d%s | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | %s: %s (%s), targets per "
-               "sequence %d\n",
+               "sequence %d%s\n",
                B, val->seq_len, chunks.c_str(), tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
                task_name(tc->task), sizes.c_str(), tc->val_batches ? "the first -m x -b validated" : "all validated",
-               val->targets_per_sequence);
+               val->targets_per_sequence, dropout_note(tc->dropout).c_str());
     } else
-        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
+        printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld%s\n",
                B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
-               train->num_tokens, val->num_tokens);
+               train->num_tokens, val->num_tokens, dropout_note(tc->dropout).c_str());
     if (image_len)
         printf("images of %d tokens: %ld train, %ld val (%s) | window = start token %d + an image | bits/dim = val loss / ln 2\n",
                image_len, token_data_num_images(train, image_len), token_data_num_images(val, image_len),
@@ -793,7 +815,13 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                 log_eval(&logger, step, "val_bits_per_dim", (float)bits_per_dim(last_val), host_clock() - run_start);
             } else {
                 last_val = lm_validate(model, val, B, T, tc->val_batches);
-                printf("val loss %f\n", last_val);
+                if (tc->train_eval) {  // the same number of tokens from the training set, evaluated as val is
+                    float train_loss = lm_validate(model, train, B, T, tc->val_batches);
+                    printf("val loss %f | train loss %f\n", last_val, train_loss);
+                    log_eval(&logger, step, "train_eval_loss", train_loss, host_clock() - run_start);
+                } else {
+                    printf("val loss %f\n", last_val);
+                }
                 log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
             }
         }
@@ -816,7 +844,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
         float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
         float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
-            lm_forward(model, inputs.data(), targets.data(), B, T);
+            lm_forward(model, inputs.data(), targets.data(), B, T, step);
             lm_backward(model, B, T);
         });
         m->in_train_step = 0;

@@ -37,6 +37,7 @@ x_proj and dt_proj rows, and the activations and scratch only they need
 #include "conv1d.cuh"
 #include "selective_scan.cuh"
 #include "flip.cuh"
+#include "dropout.cuh"
 #include "model.h"
 #include "utils.h"
 
@@ -408,7 +409,7 @@ static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout,
 
 // one layer: a.res (B,T,C) = x + Mamba(LN(x)); p and a are the layer's
 static void mamba_prenorm_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
-                                  int B, int T, MambaDims d) {
+                                  int B, int T, MambaDims d, float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C;
     {
         NVTX_RANGE("ln_forward");
@@ -417,6 +418,7 @@ static void mamba_prenorm_forward(cublasHandle_t h, const MambaStackParams& p, c
     mamba_mixer_forward(h, p, a, a.ln, B, T, d);
     {
         NVTX_RANGE("residual_forward");
+        if (drop_rate > 0.0f) dropout_apply(a.out, a.out, (long)BT * C, drop_rate, drop_site);  // (the backward never reads out)
         residual_forward(a.res, x, a.out, (long)BT * C);
     }
 }
@@ -425,11 +427,17 @@ static void mamba_prenorm_forward(cublasHandle_t h, const MambaStackParams& p, c
 // layer's output, on return w.r.t. its input x (the residual passes it
 // through, the branch adds to it). dln (B,T,C): scratch, the gradient
 // w.r.t. the mixer's input. g: the layer's gradients (accumulated).
+// drop_rate, drop_site: the forward's; the branch's gradient through the mask
+// goes to dln first (the mixer's backward reads its output gradient before
+// it writes dln).
 static void mamba_prenorm_backward(cublasHandle_t h, float* dresidual, float* dln, const float* x,
                                    const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
-                                   const MambaScratch& s, const float* ones, int B, int T, MambaDims d) {
+                                   const MambaScratch& s, const float* ones, int B, int T, MambaDims d,
+                                   float drop_rate, DropoutSite drop_site) {
     int BT = B * T, C = d.C;
-    mamba_mixer_backward(h, dln, 0, dresidual, a.ln, p, g, a, s, ones, B, T, d);
+    const float* dbranch = dresidual;
+    if (drop_rate > 0.0f) { dropout_apply(dln, dresidual, (long)BT * C, drop_rate, drop_site); dbranch = dln; }
+    mamba_mixer_backward(h, dln, 0, dbranch, a.ln, p, g, a, s, ones, B, T, d);
     {
         NVTX_RANGE("ln_backward");
         layernorm_backward(dresidual, g.ln_w, g.ln_b, dln, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);

@@ -278,6 +278,27 @@ static void model_stage_train_step(ModelBuffers* m, int train_step) {
 // the training step in device memory, for the dropout sites
 static const int* model_train_step(const ModelBuffers* m) { return &m->step_params->train_step; }
 
+// A model's dropout (the vision models' and the language models'): the rate
+// at training steps, the run's seed (the masks are dropout.cuh's hash of
+// seed, step, site and element), and the rate the last forward used, for the
+// backward. The step is StepParams' train_step in device memory
+// (model_train_step), which the backward reads as the forward did; a run
+// resumed from a checkpoint has the step and the seed back, so it draws the
+// masks the uninterrupted run draws.
+typedef struct {
+    float rate;
+    uint64_t seed;
+    float fwd_rate;  // 0: the last forward had none (evaluation, generation)
+} TrainDropout;
+
+// A forward at train_step (>= 0: training, -1: evaluation) returns its rate;
+// at a training step the step goes to the device (model_stage_train_step).
+static float train_dropout_begin(TrainDropout* d, ModelBuffers* m, int train_step) {
+    d->fwd_rate = train_step >= 0 ? d->rate : 0.0f;
+    if (train_step >= 0) model_stage_train_step(m, train_step);
+    return d->fwd_rate;
+}
+
 // ----------------------------------------------------------------------------
 // the update
 

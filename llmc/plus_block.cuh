@@ -18,6 +18,9 @@ the nearest multiple of 8 (F = 2C: H ~ 4C/3; C = 64 -> 88, C = 256 -> 344).
 Attention is attention.cuh's (materialized or tiled, as the backend picks);
 the rotation is applied in place on the qkv Linear's output, which is what
 the layer keeps (and what the KV cache copies: keys are cached rotated).
+Dropout (transformer_block.cuh's BlockDropout, nanoGPT's places) drops the
+attention probabilities and each branch's output before its residual add:
+  x2 = x + Dropout(attn_proj(...)),  x3 = x2 + Dropout(fc_proj(...)).
 */
 #pragma once
 #include "cuda_common.h"
@@ -155,9 +158,11 @@ static TensorSpec* plus_scratch_table(TensorSpec* t, int B, int T, PlusDims d) {
     return t;
 }
 
-// One block: a.residual3 (B,T,C) from x (B,T,C); p and a are the layer's. Causal.
+// One block: a.residual3 (B,T,C) from x (B,T,C); p and a are the layer's.
+// Causal. With dropout, a.attproj and a.fcproj hold the branches' outputs
+// after it.
 static void plus_block_forward(cublasHandle_t h, const PlusStackParams& p, const PlusStackActs& a, const PlusScratch& s,
-                               const float* x, int B, int T, PlusDims d) {
+                               const float* x, int B, int T, PlusDims d, BlockDropout drop) {
     int BT = B * T, C = d.C, H = d.H;
     long btc = (long)BT * C;
     {
@@ -168,8 +173,10 @@ static void plus_block_forward(cublasHandle_t h, const PlusStackParams& p, const
         NVTX_RANGE("attention_forward");
         matmul_forward(h, a.qkv, a.ln1, p.qkv_w, nullptr, BT, C, 3 * C);
         rope_forward(a.qkv, a.qkv, B, T, C, d.NH, 0);
-        attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, 1);
+        attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, 1, drop.probs_rate,
+                          drop.probs);
         matmul_forward(h, a.attproj, a.atty, p.attn_proj_w, nullptr, BT, C, C);
+        if (drop.rate > 0.0f) dropout_apply(a.attproj, a.attproj, btc, drop.rate, drop.attn);
         residual_forward(a.residual2, x, a.attproj, btc);
     }
     {
@@ -181,20 +188,26 @@ static void plus_block_forward(cublasHandle_t h, const PlusStackParams& p, const
         matmul_forward(h, a.fch, a.ln2, p.fc_w, nullptr, BT, C, 2 * H);
         swiglu_forward(a.fch_swiglu, a.fch, a.fch + H, 2 * H, BT, H);
         matmul_forward(h, a.fcproj, a.fch_swiglu, p.fc_proj_w, nullptr, BT, H, C);
+        if (drop.rate > 0.0f) dropout_apply(a.fcproj, a.fcproj, btc, drop.rate, drop.mlp);
         residual_forward(a.residual3, a.residual2, a.fcproj, btc);
     }
 }
 
 // One block backward. dresidual (B,T,C): on entry the gradient w.r.t. the
 // block's output, on return w.r.t. its input x (each branch adds to it).
-// g: the layer's gradients (accumulated).
+// g: the layer's gradients (accumulated). drop: the forward's; a branch's
+// gradient through its mask goes to scratch its backward reads before
+// overwriting it (dbtc for the MLP, attn_y for the attention).
 static void plus_block_backward(cublasHandle_t h, float* dresidual, const float* x, const PlusStackParams& p,
                                 const PlusStackParams& g, const PlusStackActs& a, const PlusScratch& s,
-                                const float* ones, int B, int T, PlusDims d) {
+                                const float* ones, int B, int T, PlusDims d, BlockDropout drop) {
     int BT = B * T, C = d.C, H = d.H;
+    long btc = (long)BT * C;
     {
         NVTX_RANGE("mlp_backward");
-        matmul_backward(h, s.dbth, g.fc_proj_w, nullptr, dresidual, a.fch_swiglu, p.fc_proj_w, ones, BT, H, C);
+        const float* dbranch = dresidual;
+        if (drop.rate > 0.0f) { dropout_apply(s.dbtc, dresidual, btc, drop.rate, drop.mlp); dbranch = s.dbtc; }
+        matmul_backward(h, s.dbth, g.fc_proj_w, nullptr, dbranch, a.fch_swiglu, p.fc_proj_w, ones, BT, H, C);
         swiglu_backward(s.dbth2, s.dbth2 + H, s.dbth, a.fch, a.fch + H, 2 * H, BT, H);
         matmul_backward(h, s.dbtc, g.fc_w, nullptr, s.dbth2, a.ln2, p.fc_w, ones, BT, C, 2 * H);
     }
@@ -204,8 +217,11 @@ static void plus_block_backward(cublasHandle_t h, float* dresidual, const float*
     }
     {
         NVTX_RANGE("attention_backward");
-        matmul_backward(h, s.dbtc, g.attn_proj_w, nullptr, dresidual, a.atty, p.attn_proj_w, ones, BT, C, C);
-        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, 1);
+        const float* dbranch = dresidual;
+        if (drop.rate > 0.0f) { dropout_apply(s.attn_y, dresidual, btc, drop.rate, drop.attn); dbranch = s.attn_y; }
+        matmul_backward(h, s.dbtc, g.attn_proj_w, nullptr, dbranch, a.atty, p.attn_proj_w, ones, BT, C, C);
+        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, 1,
+                           drop.probs_rate, drop.probs);
         rope_backward(s.dqkv, B, T, C, d.NH, 0);
         matmul_backward(h, s.dbtc, g.qkv_w, nullptr, s.dqkv, a.ln1, p.qkv_w, ones, BT, C, 3 * C);
     }

@@ -292,7 +292,7 @@ inline void check_rerun_identical(Tests& t, ModelBuffers* m, const TrainStep& st
 // bit-identical, and the checkpoint's step, generator, seed and data size
 // slots restored.
 // on_reload (may be null) restores what the model keeps outside the
-// buffers from the checkpoint (the vision models' dropout seed).
+// buffers from the checkpoint (a model's dropout seed).
 inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const char* path, const TrainStep& step,
                          uint64_t train_rng, uint64_t sample_rng, const char* what,
                          const std::function<void(const CheckpointState&)>& on_reload = nullptr) {
@@ -333,49 +333,68 @@ inline void check_resume(Tests& t, ModelBuffers* m, const RefState& ref, const c
 }
 
 // ----------------------------------------------------------------------------
-// the vision models' dropout checks (test_vit.cu, test_mamba_vit.cu), over
-// the hooks of vision_trainer.h (vision_forward, vision_backward) and a
-// model's fields dropout, buf, acts.logits, config.num_classes
+// the dropout checks of every model with a dropout (TrainDropout, llmc/model.h):
+// over a forward at a training step (ForwardAt(s), s >= 0; -1: evaluation)
+// and the backward of the last forward, and the model's fields dropout, buf
+// and acts.logits (n_logits of them)
+
+typedef std::function<void(int train_step)> ForwardAt;
+typedef std::function<void()> BackwardOfLast;
 
 // a training step's forward + backward with the reference's dropout (rate, seed, step)
 template <typename M> void check_dropout_step(Tests& t, M* model, const RefState& ref, const char* path,
-                                              const float* images, double tol) {
+                                              const ForwardAt& forward, const BackwardOfLast& backward, double tol) {
     const RefTensor& d = ref.get("dropout", path);
     model->dropout.rate = ref.get("dropout_p", path).f[0];
     model->dropout.seed = (uint64_t)d.i[0];
     load_params(&model->buf, ref.get("params", path).f);
     printf("--- a training step with dropout %g (seed %d, step %d)\n", model->dropout.rate, d.i[0], d.i[1]);
-    vision_forward(model, images, ref.get("labels", path).i.data(), ref.B, d.i[1]);
+    forward(d.i[1]);
     compare_ref(t, ref, path, "drop_logits", model->acts.logits, "", tol);
     check_loss(t, model->buf.mean_loss, ref.get("drop_loss", path).f[0], "", "dropout loss", tol);
-    vision_backward(model, ref.B);
+    backward();
     check_grads(t, &model->buf, ref, path, "drop_grads", "dropout grad ", tol);
     model->dropout.rate = 0.0f;
 }
 
 // dropout only at training steps, its masks a function of the step
 template <typename M> void check_dropout_determinism(Tests& t, M* model, const RefState& ref, const char* path,
-                                                     const float* images) {
+                                                     const ForwardAt& forward, const BackwardOfLast& backward,
+                                                     long n_logits) {
     printf("--- determinism\n");
-    const int* labels = ref.get("labels", path).i.data();
     model->dropout.rate = 0.1f;
     model->dropout.seed = 99;
     load_params(&model->buf, ref.get("params", path).f);
-    TrainStep step = [&](int s) { vision_forward(model, images, labels, ref.B, s); vision_backward(model, ref.B); };
+    TrainStep step = [&](int s) { forward(s); backward(); };
     check_rerun_identical(t, &model->buf, step, 7, " of the same training step (dropout on)");
     float loss7 = model->buf.mean_loss;
-    vision_forward(model, images, labels, ref.B, 8);
+    forward(8);
     t.check(model->buf.mean_loss != loss7, "the next step draws other dropout masks (loss %.7f vs %.7f)",
             model->buf.mean_loss, loss7);
-    long n = (long)ref.B * model->config.num_classes;
-    vision_forward(model, images, labels, ref.B, -1);
+    forward(-1);
     float eval_loss = model->buf.mean_loss;
-    std::vector<float> eval_logits = device_to_vector(model->acts.logits, n);
+    std::vector<float> eval_logits = device_to_vector(model->acts.logits, n_logits);
     model->dropout.rate = 0.0f;
-    vision_forward(model, images, labels, ref.B, 7);
-    std::vector<float> plain = device_to_vector(model->acts.logits, n);
+    forward(7);
+    std::vector<float> plain = device_to_vector(model->acts.logits, n_logits);
     t.check(eval_logits == plain && eval_loss == model->buf.mean_loss,
             "evaluation (dropout 0.1 set) gives the logits of dropout 0, bit for bit");
+}
+
+// the vision models' (test_vit.cu, test_mamba_vit.cu), over the hooks of
+// vision_trainer.h (vision_forward, vision_backward) and config.num_classes
+template <typename M> void check_dropout_step(Tests& t, M* model, const RefState& ref, const char* path,
+                                              const float* images, double tol) {
+    const int* labels = ref.get("labels", path).i.data();
+    check_dropout_step(t, model, ref, path, [&](int s) { vision_forward(model, images, labels, ref.B, s); },
+                       [&]() { vision_backward(model, ref.B); }, tol);
+}
+
+template <typename M> void check_dropout_determinism(Tests& t, M* model, const RefState& ref, const char* path,
+                                                     const float* images) {
+    const int* labels = ref.get("labels", path).i.data();
+    check_dropout_determinism(t, model, ref, path, [&](int s) { vision_forward(model, images, labels, ref.B, s); },
+                              [&]() { vision_backward(model, ref.B); }, (long)ref.B * model->config.num_classes);
 }
 
 // the 10-step trajectory without dropout, then resume with dropout on (the
@@ -395,6 +414,29 @@ template <typename M> void check_vision_steps(Tests& t, M* model, const RefState
 }
 
 // ----------------------------------------------------------------------------
+// the language models' dropout checks (test_gpt.cu, test_gpt_plus.cu,
+// test_mamba.cu, test_hybrid.cu), over the hooks of lm_trainer.h
+// (lm_forward, lm_backward) on the reference batch: the training step with
+// the reference's masks against PyTorch, determinism, and a run resumed
+// from a checkpoint with dropout on (the masks resume: the checkpoint holds
+// the run's seed, lm_run's dropout seed, and the step)
+template <typename M> void check_lm_dropout(Tests& t, M* model, const RefState& ref, const char* path, double tol) {
+    const int* inputs = ref.get("inputs", path).i.data();
+    const int* targets = ref.get("targets", path).i.data();
+    ForwardAt forward = [&](int s) { lm_forward(model, inputs, targets, ref.B, ref.T, s); };
+    BackwardOfLast backward = [&]() { lm_backward(model, ref.B, ref.T); };
+    check_dropout_step(t, model, ref, path, forward, backward, tol);
+    check_dropout_determinism(t, model, ref, path, forward, backward, (long)ref.B * ref.T * model->config.vocab_size);
+    TrainStep step = [&](int s) { forward(s); backward(); };
+    model->dropout.rate = 0.1f;
+    model->dropout.seed = 1337;  // the seed check_resume's checkpoints hold for a language model
+    check_resume(t, &model->buf, ref, path, step, 123, 456, " (dropout on)", [&](const CheckpointState& r) {
+        model->dropout.seed = (uint64_t)r.seed;  // as lm_run restores it
+    });
+    model->dropout.rate = 0.0f;
+}
+
+// ----------------------------------------------------------------------------
 // the language models' generation checks (test_gpt.cu, test_gpt_plus.cu,
 // test_mamba.cu, test_hybrid.cu), over the hooks of lm_trainer.h
 // (lm_forward, lm_generate_begin/end, lm_prefill, lm_step) and a model's
@@ -402,7 +444,7 @@ template <typename M> void check_vision_steps(Tests& t, M* model, const RefState
 
 // the parallel forward's logits (B, T, V) of tokens (B, T)
 template <typename M> std::vector<float> forward_logits(M* model, const int* tokens, int B, int T) {
-    lm_forward(model, tokens, nullptr, B, T);
+    lm_forward(model, tokens, nullptr, B, T, -1);
     return device_to_vector(model->acts.logits, (long)B * T * model->config.vocab_size);
 }
 

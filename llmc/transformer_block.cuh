@@ -4,9 +4,10 @@ forward and backward, for a stack of L blocks whose parameters and
 activations are each stacked over layers (leading dimension L) in the
 model's flat buffers. Attention: qkv Linear(C, 3C) and proj Linear(C, C)
 with bias, NH heads, causal (the GPT) or not (the ViT); MLP: Linear(C, F),
-GELU, Linear(F, C). A dropout rate (the ViT's; 0 = none) drops each residual
-branch's output before it is added:
+GELU, Linear(F, C). A dropout rate (the ViT's and the GPT's -D; 0 = none)
+drops each residual branch's output before it is added:
   x = x + Dropout(attn_proj(attn(LN1(x)))),  x = x + Dropout(fc_proj(gelu(fc(LN2(x)))))
+and in the GPT the attention probabilities too (nanoGPT's places).
 The block is two sublayers, attention then MLP, each also available on its
 own (attention_sublayer_forward, mlp_sublayer_forward, their backwards and
 stacks of either kind) for models that interleave them with other layers.
@@ -161,17 +162,37 @@ static TensorSpec* transformer_scratch_table(TensorSpec* t, int B, int T, Transf
 }
 
 // The dropout of a block's two residual branches (after the attention
-// projection and after the MLP); rate 0 is none (the GPT, evaluation).
+// projection and after the MLP), and of its attention probabilities (the
+// language models', nanoGPT's attn_dropout; probs_rate 0 in the ViT); rate 0
+// is none (evaluation, a run without -D).
 typedef struct {
     float rate;
     DropoutSite attn, mlp;  // dropout.cuh's sites
+    float probs_rate;
+    DropoutSite probs;
 } BlockDropout;
 
-static const BlockDropout NO_DROPOUT = {0.0f, NO_DROPOUT_SITE, NO_DROPOUT_SITE};
+static const BlockDropout NO_DROPOUT = {0.0f, NO_DROPOUT_SITE, NO_DROPOUT_SITE, 0.0f, NO_DROPOUT_SITE};
 
-// the sites of layer l at the training step in device memory: 2l (attention branch) and 2l+1 (MLP branch)
+// the sites a language model's dropout keys beside its layers' (layer l's
+// probabilities, the embedding's output) so that no two places share a mask
+#define DROPOUT_SITE_PROBS (1ull << 32)
+#define DROPOUT_SITE_EMBED (1ull << 33)
+static uint64_t probs_dropout_site(int layer) { return DROPOUT_SITE_PROBS + (uint64_t)layer; }
+
+// the ViT's: the branch sites of layer l at the training step in device
+// memory, 2l (attention branch) and 2l+1 (MLP branch); no dropout on the probabilities
 static BlockDropout block_dropout(float rate, uint64_t seed, const int* step, int layer) {
-    BlockDropout b = {rate, dropout_site(seed, step, 2 * (uint64_t)layer), dropout_site(seed, step, 2 * (uint64_t)layer + 1)};
+    BlockDropout b = {rate, dropout_site(seed, step, 2 * (uint64_t)layer), dropout_site(seed, step, 2 * (uint64_t)layer + 1),
+                      0.0f, NO_DROPOUT_SITE};
+    return b;
+}
+
+// the GPT's: the branches as the ViT's, and the probabilities at probs_dropout_site(l), all at one rate
+static BlockDropout lm_block_dropout(float rate, uint64_t seed, const int* step, int layer) {
+    BlockDropout b = block_dropout(rate, seed, step, layer);
+    b.probs_rate = rate;
+    b.probs = dropout_site(seed, step, probs_dropout_site(layer));
     return b;
 }
 
@@ -324,10 +345,12 @@ static MlpActs mlp_layer_acts(const MlpActs& a, int l, int B, int T, Transformer
 
 // One attention sublayer: a.out (B,T,C) = x + Dropout(attn(LN(x))); p and a
 // are the layer's. With dropout (rate > 0, at drop_site) the branch output
-// a.proj is dropped in place before the residual add.
+// a.proj is dropped in place before the residual add; with probs_rate > 0
+// the attention probabilities are dropped too, at probs_site (attention.cuh).
 static void attention_sublayer_forward(cublasHandle_t h, const AttentionParams& p, const AttentionActs& a,
                                        const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
-                                       int causal, float drop_rate, DropoutSite drop_site) {
+                                       int causal, float drop_rate, DropoutSite drop_site, float probs_rate = 0.0f,
+                                       DropoutSite probs_site = NO_DROPOUT_SITE) {
     int BT = B * T, C = d.C;
     long btc = (long)BT * C;
     {
@@ -337,7 +360,8 @@ static void attention_sublayer_forward(cublasHandle_t h, const AttentionParams& 
     {
         NVTX_RANGE("attention_forward");
         matmul_forward(h, a.qkv, a.ln, p.qkv_w, p.qkv_b, BT, C, 3 * C);
-        attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, causal);
+        attention_forward(h, a.atty, a.qkvr, a.att, s.preatt, s.attn_y, a.qkv, B, T, C, d.NH, causal, probs_rate,
+                          probs_site);
         matmul_forward(h, a.proj, a.atty, p.proj_w, p.proj_b, BT, C, C);
         if (drop_rate > 0.0f) dropout_apply(a.proj, a.proj, btc, drop_rate, drop_site);
         residual_forward(a.out, x, a.proj, btc);
@@ -366,11 +390,12 @@ static void mlp_sublayer_forward(cublasHandle_t h, const MlpParams& p, const Mlp
 // One attention sublayer backward. dresidual (B,T,C): on entry the gradient
 // w.r.t. the sublayer's output, on return w.r.t. its input x (the residual
 // passes it through; the branch adds to it). g: the layer's gradients
-// (accumulated). drop_rate, drop_site: the forward's.
+// (accumulated). drop_rate, drop_site, probs_rate, probs_site: the forward's.
 static void attention_sublayer_backward(cublasHandle_t h, float* dresidual, const float* x, const AttentionParams& p,
                                         const AttentionParams& g, const AttentionActs& a, const TransformerScratch& s,
                                         const float* ones, int B, int T, TransformerDims d, int causal,
-                                        float drop_rate, DropoutSite drop_site) {
+                                        float drop_rate, DropoutSite drop_site, float probs_rate = 0.0f,
+                                        DropoutSite probs_site = NO_DROPOUT_SITE) {
     int BT = B * T, C = d.C;
     long btc = (long)BT * C;
     const float* dbranch = dresidual;  // the branch's output gradient: through its dropout mask, if any
@@ -378,7 +403,8 @@ static void attention_sublayer_backward(cublasHandle_t h, float* dresidual, cons
         NVTX_RANGE("attention_backward");
         if (drop_rate > 0.0f) { dropout_apply(s.dbranch, dresidual, btc, drop_rate, drop_site); dbranch = s.dbranch; }
         matmul_backward(h, s.dbtc, g.proj_w, g.proj_b, dbranch, a.atty, p.proj_w, ones, BT, C, C);
-        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal);
+        attention_backward(h, s.dqkv, s.dqkvr, s.attn_y, s.datt, s.dbtc, a.qkvr, a.att, B, T, C, d.NH, causal,
+                           probs_rate, probs_site);
         matmul_backward(h, s.dbtc, g.qkv_w, g.qkv_b, s.dqkv, a.ln, p.qkv_w, ones, BT, C, 3 * C);
     }
     {
@@ -415,7 +441,7 @@ static void transformer_block_forward(cublasHandle_t h, const TransformerStackPa
                                       const TransformerScratch& s, const float* x, int B, int T, TransformerDims d,
                                       int causal, BlockDropout drop) {
     attention_sublayer_forward(h, block_attention_params(p), block_attention_acts(a), s, x, B, T, d, causal,
-                               drop.rate, drop.attn);
+                               drop.rate, drop.attn, drop.probs_rate, drop.probs);
     mlp_sublayer_forward(h, block_mlp_params(p), block_mlp_acts(a), a.residual2, B, T, d, drop.rate, drop.mlp);
 }
 
@@ -430,5 +456,6 @@ static void transformer_block_backward(cublasHandle_t h, float* dresidual, const
     mlp_sublayer_backward(h, dresidual, a.residual2, block_mlp_params(p), block_mlp_params(g), block_mlp_acts(a), s,
                           ones, B, T, d, drop.rate, drop.mlp);
     attention_sublayer_backward(h, dresidual, x, block_attention_params(p), block_attention_params(g),
-                                block_attention_acts(a), s, ones, B, T, d, causal, drop.rate, drop.attn);
+                                block_attention_acts(a), s, ones, B, T, d, causal, drop.rate, drop.attn,
+                                drop.probs_rate, drop.probs);
 }

@@ -14,8 +14,6 @@ and Mamba blocks, cross-entropy) is shared with the language models.
   mean pool   over the T tokens, forward and backward
   patch embedding  patches -> LN(PD) -> Linear(PD, C) -> LN(C), forward and
               backward, with its parameter and activation table rows
-  dropout     the training-step state both vision models keep (the masks
-              themselves are dropout.cuh's)
 
 The ViT's blocks are transformer_block.cuh's with a dropout rate.
 */
@@ -25,7 +23,6 @@ The ViT's blocks are transformer_block.cuh's with a dropout rate.
 #include "encoder.cuh"  // residual_forward, position_backward_kernel
 #include "layernorm.cuh"
 #include "matmul.cuh"
-#include "dropout.cuh"
 #include "model.h"
 #include "utils.h"
 
@@ -139,28 +136,6 @@ void mean_pool_backward(float* dx, const float* dpooled, int B, int T, int C) {
     long n = (long)B * T * C;
     LAUNCH(mean_pool_backward_kernel, CEIL_DIV(n, 256), 256, 0)(dx, dpooled, B, T, C);
     cudaCheck(cudaGetLastError());
-}
-
-// ----------------------------------------------------------------------------
-// dropout at training steps
-
-// The vision models' dropout: the rate at training steps, the run's seed (the
-// masks are a hash of seed, step, site and element), and the rate the last
-// forward used, for the backward. The step is the model's StepParams
-// train_step in device memory (model_train_step), which the backward reads
-// as the forward did.
-typedef struct {
-    float rate;
-    uint64_t seed;
-    float fwd_rate;  // 0: the last forward had none (evaluation)
-} VisionDropout;
-
-// A forward at train_step (>= 0: training, -1: evaluation) returns its rate;
-// at a training step the step goes to the device (model_stage_train_step).
-static float vision_dropout_begin(VisionDropout* d, ModelBuffers* m, int train_step) {
-    d->fwd_rate = train_step >= 0 ? d->rate : 0.0f;
-    if (train_step >= 0) model_stage_train_step(m, train_step);
-    return d->fwd_rate;
 }
 
 // ----------------------------------------------------------------------------

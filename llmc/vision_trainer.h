@@ -328,7 +328,7 @@ static void print_epoch(int step, int steps_per_epoch, int epochs, float train_l
 
 // ----------------------------------------------------------------------------
 // The image classifiers' evaluation and training loop. A model type M has
-// the fields config.num_classes, acts.logits, dropout (VisionDropout) and
+// the fields config.num_classes, acts.logits, dropout (TrainDropout, llmc/model.h) and
 // buf (ModelBuffers, its seq_len the number of patches, its image_shape the
 // images'), and provides the hooks
 //   void vision_forward(M*, const float* images, const int* labels, int B, int train_step)

@@ -1,5 +1,5 @@
 """
-What the reference scripts (gpt.py, mamba.py, vit.py) share:
+What the reference scripts (gpt.py, gpt_plus.py, mamba.py, hybrid.py, vit.py) share:
 
   FlatParams          the C++ trainers' flat parameter buffer on an nn.Module:
                       parameters <-> one flat vector in the layout order of
@@ -15,6 +15,8 @@ What the reference scripts (gpt.py, mamba.py, vit.py) share:
                       trajectory against it (check_adamw_trajectory)
   unflatten           a flat vector -> dict of named views (layout order)
   torch_encoder_layer the GPT block as PyTorch's TransformerEncoderLayer
+  Dropout             the trainers' dropout masks (llmc/dropout.cuh's counter
+                      hash, dropout_key and dropout_keep) on a tensor
 
 The models themselves are defined in doc/models.md.
 """
@@ -24,6 +26,64 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# dropout masks: the counter-based hash of llmc/dropout.cuh
+
+MASK64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def mix64_int(z):
+    """splitmix64's finalizer on a Python int (mod 2^64)."""
+    z &= MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def mix64_array(z):
+    """The same on a numpy uint64 array (arithmetic wraps mod 2^64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_key(seed, step, site):
+    return mix64_int(mix64_int(mix64_int(seed + GAMMA) + step + GAMMA) + site + GAMMA)
+
+
+def dropout_keep(key, n, p):
+    """Boolean keep mask of n elements (flat index order) under key for rate p (float32)."""
+    threshold = int(float(np.float32(p)) * 16777216.0)
+    idx = np.arange(1, n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = mix64_array(np.uint64(key) + idx * np.uint64(GAMMA)) >> np.uint64(40)
+    return h >= np.uint64(threshold)
+
+
+# the sites the language models key beside their layers' (llmc/transformer_block.cuh)
+SITE_PROBS = 1 << 32  # + layer: that layer's attention probabilities
+SITE_EMBED = 1 << 33  # the embedding's output
+
+
+class Dropout:
+    """What the models call on a branch: identity, torch's dropout, or the hash masks."""
+
+    def __init__(self, p=0.0, seed=None, step=None):
+        self.p, self.seed, self.step = p, seed, step
+
+    def __call__(self, x, site, training):
+        if self.p <= 0.0 or not training:
+            return x
+        if self.seed is None:
+            return F.dropout(x, self.p, training=True)
+        keep = dropout_keep(dropout_key(self.seed, self.step, site), x.numel(), self.p)
+        keep = torch.from_numpy(keep).reshape(x.shape).to(x.device)
+        scale = float(np.float32(1.0) / (np.float32(1.0) - np.float32(self.p)))  # as the C++ float
+        return torch.where(keep, x * scale, torch.zeros_like(x))
+
 
 # lr, beta1, beta2, eps, weight_decay, grad_clip of the reference states'
 # AdamW steps (a large weight decay so that it is tested)
@@ -218,17 +278,37 @@ FD_STENCILS = {
 }
 
 
-def lm_reference_state(model, params32, inputs, targets, act_names, steps, adamw):
+def lm_reference_state(model, params32, inputs, targets, act_names, steps, adamw, dropout=None):
     """
     A language model's reference state: the first forward and backward at
     params32 (the float64 model capturing its activations), then `steps`
     AdamW steps on the same batch. Returns the state's tensors in the file's
     order (params, inputs, targets, encoded, act_names in order, lnf, logits,
-    loss, grads, the trajectory) and the line that describes them.
+    loss, grads, the trajectory) and the line that describes them. With
+    dropout = (p, seed, step) (a model with set_dropout), also one forward and
+    backward at params32 with the trainers' masks of that training step
+    (dropout, dropout_p, drop_logits, drop_loss, drop_grads, after grads).
     """
     model.set_flat(params32.double())
+    model.train()
     acts = {}
     loss, grads = loss_and_grads(model, lambda: model(inputs, targets, acts=acts)[1])
+    drop_tensors, drop_summary = [], ""
+    if dropout is not None:
+        drop_p, drop_seed, drop_step = dropout
+        model.set_dropout(drop_p, drop_seed, drop_step)
+        drop = {}
+
+        def run_dropout():
+            drop["logits"], drop_loss = model(inputs, targets)
+            return drop_loss
+
+        drop_loss, drop_grads = loss_and_grads(model, run_dropout)
+        model.set_dropout(0.0)
+        drop_tensors = [("dropout", np.array([drop_seed, drop_step], dtype=np.int32)),
+                        ("dropout_p", np.array([drop_p], dtype=np.float32)), ("drop_logits", f32(drop["logits"])),
+                        ("drop_loss", np.array([drop_loss.item()], dtype=np.float32)), ("drop_grads", f32(drop_grads))]
+        drop_summary = f", with dropout {drop_p} {drop_loss.item():.6f}"
     step_losses, step_params = adamw_trajectory(model, params32, lambda: model(inputs, targets)[1], steps, adamw)
     assert step_losses[0] == loss.item()
     tensors = [("params", params32.numpy()), ("inputs", inputs.int().numpy()), ("targets", targets.int().numpy()),
@@ -236,8 +316,9 @@ def lm_reference_state(model, params32, inputs, targets, act_names, steps, adamw
     tensors += [(name, f32(acts[name])) for name in act_names]
     tensors += [("lnf", f32(acts["lnf"])), ("logits", f32(acts["logits"])),
                 ("loss", np.array([loss.item()], dtype=np.float32)), ("grads", f32(grads))]
+    tensors += drop_tensors
     tensors += trajectory_tensors(adamw, step_losses, step_params)
-    summary = (f"P {params32.numel()}, loss {loss.item():.6f}, grad norm {grads.norm().item():.4f}, "
+    summary = (f"P {params32.numel()}, loss {loss.item():.6f}{drop_summary}, grad norm {grads.norm().item():.4f}, "
                f"step losses {step_losses[0]:.6f} -> {step_losses[-1]:.6f} ({steps} steps)")
     return tensors, summary
 

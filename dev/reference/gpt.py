@@ -7,6 +7,10 @@ x = x + mlp(LN2(x)); causal self-attention with qkv Linear(C,3C) and proj
 Linear(C,C), both with bias, H heads; MLP Linear(C,F) -> GELU (erf) ->
 Linear(F,C); final LayerNorm lnf; head Linear(C,V) with bias (not tied).
 LayerNorm eps 1e-5. Loss is the mean cross-entropy over all B*T positions.
+Dropout (set_dropout, the trainers' -D at nanoGPT's places) on the
+embedding's output, the attention probabilities and each residual branch,
+with the trainers' masks (common.Dropout): sites 2l and 2l+1 for layer l's
+branches, SITE_PROBS + l for its probabilities, SITE_EMBED for the embedding.
 
 Attention is written out explicitly (no fused kernels) so that every
 intermediate can be captured for the reference state.
@@ -65,7 +69,8 @@ class CausalSelfAttention(nn.Module):
         mask = torch.tril(torch.ones(cfg.maxT, cfg.maxT, dtype=torch.bool))
         self.register_buffer("mask", mask.view(1, 1, cfg.maxT, cfg.maxT), persistent=False)
 
-    def forward(self, x, save):
+    def forward(self, x, save, drop=None, site=None):
+        """drop, site: dropout on the probabilities (a common.Dropout and its site), or none."""
         B, T, C = x.size()
         H, hs = self.H, C // self.H
         qkv = self.qkv(x)  # (B,T,3C)
@@ -79,6 +84,8 @@ class CausalSelfAttention(nn.Module):
         scores = scores.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
         att = F.softmax(scores, dim=-1)  # exactly 0 above the diagonal
         save("att", att)
+        if drop is not None:
+            att = drop(att, site, self.training)
         y = att @ v  # (B,H,T,hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side
         save("atty", y)
@@ -113,14 +120,17 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.C, eps=1e-5)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, save):
+    def forward(self, x, save, drop=None, layer=0):
+        """drop: the model's common.Dropout (none: no dropout); layer: this block's index (its sites)."""
+        if drop is None:
+            drop = common.Dropout()
         h = self.ln1(x)
         save("ln1", h)
-        x = x + self.attn(h, save)
+        x = x + drop(self.attn(h, save, drop, common.SITE_PROBS + layer), 2 * layer, self.training)
         save("res2", x)
         h = self.ln2(x)
         save("ln2", h)
-        x = x + self.mlp(h, save)
+        x = x + drop(self.mlp(h, save), 2 * layer + 1, self.training)
         save("res3", x)
         return x
 
@@ -135,7 +145,12 @@ class GPT(common.FlatParams):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.L)])
         self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
         self.head = nn.Linear(cfg.C, cfg.V)
+        self.drop = common.Dropout()
         self.init_weights()
+
+    def set_dropout(self, p, seed=None, step=None):
+        """Dropout at rate p: the trainers' masks of (seed, step), or torch's own without a seed."""
+        self.drop = common.Dropout(p, seed, step)
 
     def init_weights(self, std=0.02):
         """Standard init: weights and embeddings N(0, std), biases 0, LayerNorm 1/0."""
@@ -158,10 +173,10 @@ class GPT(common.FlatParams):
         assert T <= self.cfg.maxT, f"sequence length {T} > maxT {self.cfg.maxT}"
         save = common.saver(acts, "")
         pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)  # (B,T,C)
+        x = self.drop(self.wte(idx) + self.wpe(pos), common.SITE_EMBED, self.training)  # (B,T,C)
         save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, common.saver(acts, f"h{l}."))
+            x = block(x, common.saver(acts, f"h{l}."), self.drop, l)
         x = self.lnf(x)
         save("lnf", x)
         logits = self.head(x)  # (B,T,V)
@@ -213,6 +228,8 @@ class GPT(common.FlatParams):
 ACT_NAMES = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 
 
+DROPOUT = (0.1, 4242, 17)  # the reference state's dropout: rate, seed, training step
+
 IGNORE_INDEX = -100  # cross_entropy's default; the C++ side skips every negative target
 
 
@@ -247,7 +264,8 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = GPT(cfg).double()  # (its init draws from the same generator, after the state's draws)
     names = [f"h{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
-    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw,
+                                                 dropout=DROPOUT)
     masked, masked_loss, masked_grads = masked_targets_loss(model, params32, inputs, targets, seed)
     tensors += [("masked_targets", masked.int().numpy()), ("masked_loss", np.array([masked_loss.item()], dtype=np.float32)),
                 ("masked_grads", common.f32(masked_grads))]

@@ -11,7 +11,9 @@ GPT-NeoX and Hugging Face's LLaMA); SwiGLU MLP W2(silu(W1 x) * W3 x) with
 W1, W3 Linear(C,F) and W2 Linear(F,C), no biases; final RMSNorm lnf; head
 Linear(C,V) without bias. RMSNorm: x / sqrt(mean(x^2) + 1e-5) * weight.
 F is the SwiGLU width; train_gpt_plus derives it from the GPT's MLP width as
-2F_gpt/3 to the nearest multiple of 8 (hidden_width below).
+2F_gpt/3 to the nearest multiple of 8 (hidden_width below). Dropout
+(set_dropout, the trainers' -D) as gpt.py's: the embedding's output, the
+attention probabilities and each residual branch, the same sites.
 
 The reference state holds what gpt.py's does (initial flat parameters, a
 random batch, every layer's activations, loss, flat gradient, 10 AdamW
@@ -95,7 +97,8 @@ class CausalSelfAttention(nn.Module):
         mask = torch.tril(torch.ones(cfg.maxT, cfg.maxT, dtype=torch.bool))
         self.register_buffer("mask", mask.view(1, 1, cfg.maxT, cfg.maxT), persistent=False)
 
-    def forward(self, x, save):
+    def forward(self, x, save, drop, site):
+        """drop, site: dropout on the probabilities (a common.Dropout and its site)."""
         B, T, C = x.size()
         H, hs = self.H, C // self.H
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -111,6 +114,7 @@ class CausalSelfAttention(nn.Module):
         scores = scores.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
         att = F.softmax(scores, dim=-1)
         save("att", att)
+        att = drop(att, site, self.training)
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
         save("atty", y)
         y = self.proj(y)
@@ -145,14 +149,15 @@ class Block(nn.Module):
         self.ln2 = RMSNorm(cfg.C)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, save):
+    def forward(self, x, save, drop, layer):
+        """drop: the model's common.Dropout; layer: this block's index (its sites, as gpt.py's)."""
         h = self.ln1(x)
         save("ln1", h)
-        x = x + self.attn(h, save)
+        x = x + drop(self.attn(h, save, drop, common.SITE_PROBS + layer), 2 * layer, self.training)
         save("res2", x)
         h = self.ln2(x)
         save("ln2", h)
-        x = x + self.mlp(h, save)
+        x = x + drop(self.mlp(h, save), 2 * layer + 1, self.training)
         save("res3", x)
         return x
 
@@ -166,16 +171,21 @@ class GPTPlus(common.FlatParams):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.L)])
         self.lnf = RMSNorm(cfg.C)
         self.head = nn.Linear(cfg.C, cfg.V, bias=False)
+        self.drop = common.Dropout()
+
+    def set_dropout(self, p, seed=None, step=None):
+        """Dropout at rate p: the trainers' masks of (seed, step), or torch's own without a seed."""
+        self.drop = common.Dropout(p, seed, step)
 
     def forward(self, idx, targets=None, acts=None):
         """idx, targets: (B,T) int64. Returns (logits (B,T,V), loss or None); intermediates into acts."""
         B, T = idx.size()
         assert T <= self.cfg.maxT, f"sequence length {T} > maxT {self.cfg.maxT}"
         save = common.saver(acts, "")
-        x = self.wte(idx)
+        x = self.drop(self.wte(idx), common.SITE_EMBED, self.training)
         save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, common.saver(acts, f"h{l}."))
+            x = block(x, common.saver(acts, f"h{l}."), self.drop, l)
         x = self.lnf(x)
         save("lnf", x)
         logits = self.head(x)
@@ -218,7 +228,8 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = GPTPlus(cfg).double()
     names = [f"h{l}.{name}" for l in range(cfg.L) for name in ACT_NAMES]
-    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw,
+                                                 dropout=(0.1, 4242, 17))
     config = dict(maxT=cfg.maxT, V=cfg.V, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=params32.numel())
     formats.write_state(path, formats.KIND_GPT_PLUS, config, B, T, tensors)
     print(f"wrote {path}: {summary}")

@@ -12,7 +12,10 @@ pattern, each a pre-norm residual with its own LayerNorm,
 
 then a final LayerNorm lnf and a head Linear(C,V) with bias. LayerNorm eps
 1e-5; loss the mean cross-entropy over all B*T positions. The mixers are
-the modules of gpt.py and mamba.py, unchanged.
+the modules of gpt.py and mamba.py, unchanged. Dropout (set_dropout, the
+trainers' -D, with their masks, common.Dropout) on the embedding's output
+(SITE_EMBED), on layer l's branch before its residual add (site l) and on an
+A layer's attention probabilities (SITE_PROBS + l).
 
 The reference state (read by test_hybrid.cu) holds the initial flat
 parameters, a random batch, every layer's activations of the first forward
@@ -69,10 +72,15 @@ class Layer(nn.Module):
             g = gpt.GPTConfig(maxT=cfg.maxT, V=cfg.V, L=1, H=cfg.H, C=cfg.C, F=cfg.F)
             self.mixer = gpt.CausalSelfAttention(g) if letter == "A" else gpt.MLP(g)
 
-    def forward(self, x, save):
+    def forward(self, x, save, drop, layer):
+        """drop: the model's common.Dropout; layer: this layer's index (its sites)."""
         h = self.ln(x)
         save("ln", h)
-        x = x + self.mixer(h, save)
+        if self.letter == "A":
+            y = self.mixer(h, save, drop, common.SITE_PROBS + layer)
+        else:
+            y = self.mixer(h, save)
+        x = x + drop(y, layer, self.training)
         save("res", x)
         return x
 
@@ -87,6 +95,11 @@ class HybridLM(common.FlatParams):
         self.layers = nn.ModuleList([Layer(ch, cfg, scan) for ch in cfg.pattern])
         self.lnf = nn.LayerNorm(cfg.C, eps=1e-5)
         self.head = nn.Linear(cfg.C, cfg.V)
+        self.drop = common.Dropout()
+
+    def set_dropout(self, p, seed=None, step=None):
+        """Dropout at rate p: the trainers' masks of (seed, step), or torch's own without a seed."""
+        self.drop = common.Dropout(p, seed, step)
 
     def forward(self, idx, targets=None, acts=None):
         """
@@ -100,9 +113,10 @@ class HybridLM(common.FlatParams):
         if self.wpe is not None:
             assert T <= self.cfg.maxT, f"sequence length {T} > maxT {self.cfg.maxT}"
             x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x, common.SITE_EMBED, self.training)
         save("encoded", x)
         for l, layer in enumerate(self.layers):
-            x = layer(x, common.saver(acts, f"l{l}."))
+            x = layer(x, common.saver(acts, f"l{l}."), self.drop, l)
         x = self.lnf(x)
         save("lnf", x)
         logits = self.head(x)
@@ -178,7 +192,8 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = HybridLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
     names = [f"l{l}.{name}" for l, ch in enumerate(cfg.pattern) for name in ACT_NAMES[ch]]
-    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw,
+                                                 dropout=(0.1, 4242, 17))
     config = dict(maxT=cfg.maxT, V=cfg.V, C=cfg.C, H=cfg.H, F=cfg.F,
                   pattern=formats.hybrid_pattern_code(cfg.pattern), P=params32.numel())
     formats.write_state(path, formats.KIND_HYBRID, config, B, T, tensors)

@@ -2,10 +2,11 @@
 The char Mamba LM in PyTorch, and the writer of its reference state.
 
 The model (defined exactly in doc/models.md): token embedding wte (V,C), no
-positions; L post-norm blocks x = LN(x + Mamba(x)); final LayerNorm lnf; head
-Linear(C,V) with bias (not tied). LayerNorm eps 1e-5. Loss is the mean
-cross-entropy over all B*T positions. (The seed wraps each block in Dropout;
-the rate is 0 here and in the reference state, so it is left out.)
+positions; L post-norm blocks x = Dropout(LN(x + Mamba(x))) (the seed's
+MambaBlock; set_dropout, the trainers' -D, with their masks at site l for
+block l, common.Dropout); final LayerNorm lnf; head Linear(C,V) with bias
+(not tied). LayerNorm eps 1e-5. Loss is the mean cross-entropy over all B*T
+positions.
 
 Mamba(x) is mamba_ssm's Mamba(d_model=C, d_state=N, d_conv=4, expand=2)
 written out in plain PyTorch, with E = 2C and R = ceil(C/16). For x (B,T,C):
@@ -284,6 +285,11 @@ class MambaLM(common.FlatParams):
         # the blocks initialize themselves (mamba_ssm); the embedding is N(0, 0.02)
         # as in mamba_ssm's LM; LayerNorms 1/0 and the head nn.Linear's default
         nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        self.drop = common.Dropout()
+
+    def set_dropout(self, p, seed=None, step=None):
+        """Dropout at rate p: the trainers' masks of (seed, step), or torch's own without a seed."""
+        self.drop = common.Dropout(p, seed, step)
 
     def forward(self, idx, targets=None, acts=None):
         """
@@ -295,7 +301,7 @@ class MambaLM(common.FlatParams):
         x = self.wte(idx)  # (B,T,C)
         save("encoded", x)
         for l, block in enumerate(self.blocks):
-            x = block(x, common.saver(acts, f"m{l}."))
+            x = self.drop(block(x, common.saver(acts, f"m{l}.")), l, self.training)
         x = self.lnf(x)
         save("lnf", x)
         logits = self.head(x)  # (B,T,V)
@@ -378,6 +384,9 @@ def param_layout(cfg):
     return formats.mamba_param_layout(cfg.V, cfg.L, cfg.C, cfg.E, cfg.N, cfg.R)
 
 
+DROPOUT = (0.1, 4242, 17)  # the reference state's dropout: rate, seed, training step
+
+
 def write_reference(path, cfg, B, T, seed, steps, adamw):
     """Computes the reference in float64 and writes the state file."""
     torch.manual_seed(seed)
@@ -387,7 +396,8 @@ def write_reference(path, cfg, B, T, seed, steps, adamw):
     targets = torch.randint(0, cfg.V, (B, T), generator=gen)
     model = MambaLM(cfg, scan="sequential").double()  # (its init draws after the state's draws)
     names = [f"m{l}.{name}" for l in range(cfg.L) for name in act_names(cfg)]
-    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw)
+    tensors, summary = common.lm_reference_state(model, params32, inputs, targets, names, steps, adamw,
+                                                 dropout=DROPOUT)
     config = dict(V=cfg.V, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, R=cfg.R, P=params32.numel())  # R = 0 with lti
     formats.write_state(path, formats.KIND_MAMBA_LTI if cfg.lti else formats.KIND_MAMBA, config, B, T, tensors)
     print(f"wrote {path}: {summary}")

@@ -28,7 +28,7 @@ batch.
 
 Dropout comes in two kinds. With a key (set_dropout(p, seed, step)) the
 masks are the C++ trainers' counter-based hash of (seed, step, site,
-element index) (llmc/vision.cuh), so a reference state can hold a dropout
+element index) (llmc/dropout.cuh, common.Dropout), so a reference state can hold a dropout
 forward/backward that the C++ test reproduces exactly; without one it is
 torch's own (the benchmark's). Sites: the ViT's layer l uses 2l (attention
 branch) and 2l+1 (MLP branch), the Mamba-ViT's layer l uses l.
@@ -62,58 +62,6 @@ import common  # noqa: E402
 import formats  # noqa: E402
 import gpt  # noqa: E402
 import mamba  # noqa: E402
-
-# -----------------------------------------------------------------------------
-# dropout masks: the counter-based hash of llmc/vision.cuh
-
-MASK64 = (1 << 64) - 1
-GAMMA = 0x9E3779B97F4A7C15
-
-
-def mix64_int(z):
-    """splitmix64's finalizer on a Python int (mod 2^64)."""
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
-
-
-def mix64_array(z):
-    """The same on a numpy uint64 array (arithmetic wraps mod 2^64)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def dropout_key(seed, step, site):
-    return mix64_int(mix64_int(mix64_int(seed + GAMMA) + step + GAMMA) + site + GAMMA)
-
-
-def dropout_keep(key, n, p):
-    """Boolean keep mask of n elements (flat index order) under key for rate p (float32)."""
-    threshold = int(float(np.float32(p)) * 16777216.0)
-    idx = np.arange(1, n + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        h = mix64_array(np.uint64(key) + idx * np.uint64(GAMMA)) >> np.uint64(40)
-    return h >= np.uint64(threshold)
-
-
-class Dropout:
-    """What the models call on a branch: identity, torch's dropout, or the hash masks."""
-
-    def __init__(self, p=0.0, seed=None, step=None):
-        self.p, self.seed, self.step = p, seed, step
-
-    def __call__(self, x, site, training):
-        if self.p <= 0.0 or not training:
-            return x
-        if self.seed is None:
-            return F.dropout(x, self.p, training=True)
-        keep = dropout_keep(dropout_key(self.seed, self.step, site), x.numel(), self.p)
-        keep = torch.from_numpy(keep).reshape(x.shape).to(x.device)
-        scale = float(np.float32(1.0) / (np.float32(1.0) - np.float32(self.p)))  # as the C++ float
-        return torch.where(keep, x * scale, torch.zeros_like(x))
-
 
 # -----------------------------------------------------------------------------
 # the models
@@ -241,10 +189,10 @@ class ViT(common.FlatParams):
         with torch.no_grad():
             _, H, W = cfg.image
             self.wpe.copy_(torch.from_numpy(sincos_positions(H // cfg.patch, W // cfg.patch, cfg.C)))
-        self.drop = Dropout()
+        self.drop = common.Dropout()
 
     def set_dropout(self, p, seed=None, step=None):
-        self.drop = Dropout(p, seed, step)
+        self.drop = common.Dropout(p, seed, step)
 
     def forward(self, images, targets=None, acts=None):
         """
@@ -325,10 +273,10 @@ class MambaViT(common.FlatParams):
         block = BiBlock if cfg.bidirectional else mamba.Block
         self.blocks = nn.ModuleList([block(mcfg, scan) for _ in range(cfg.L)])
         self.head = nn.Linear(cfg.C, cfg.K)
-        self.drop = Dropout()
+        self.drop = common.Dropout()
 
     def set_dropout(self, p, seed=None, step=None):
-        self.drop = Dropout(p, seed, step)
+        self.drop = common.Dropout(p, seed, step)
 
     def forward(self, images, targets=None, acts=None):
         save = common.saver(acts, "")
@@ -550,8 +498,8 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
         ok = ok and directions
 
     # the hash masks drop at the rate asked for, and differently per site and step
-    keep = dropout_keep(dropout_key(1, 2, 3), 100000, 0.1)
-    other = dropout_keep(dropout_key(1, 3, 3), 100000, 0.1)
+    keep = common.dropout_keep(common.dropout_key(1, 2, 3), 100000, 0.1)
+    other = common.dropout_keep(common.dropout_key(1, 3, 3), 100000, 0.1)
     rate = 1.0 - keep.mean()
     print(f"check: hash dropout p 0.1 drops {rate:.4f} of 100000, agreement with the next step's mask "
           f"{(keep == other).mean():.3f}")
