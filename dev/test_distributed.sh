@@ -8,6 +8,8 @@
 #    order of the sums over the batch's rows (each rank sums its half, then
 #    the halves are added), and the measured differences are printed
 #  - 2-rank runs bit-identical run to run (step lines, model file)
+#  - one rank under mpirun (every collective over one rank) bit-identical to
+#    a run without mpirun
 #  - ZeRO-1 (-z 1; -Z 1 for the vision trainers) against the plain
 #    all-reduce: identical step lines, model file and checkpoint
 #  - resume under 2 ranks (plain and ZeRO-1): 10 steps, then 10 more from the
@@ -80,6 +82,14 @@ for m in gpt mamba mamba_vit; do
   $MPI $prog $args -b 8 -o "$W/${m}_two" > "$W/${m}_two.txt" 2>&1 || fail "$m: the 2-rank run failed"
   $MPI $prog $args -b 8 -o "$W/${m}_again" > "$W/${m}_again.txt" 2>&1 || fail "$m: the second 2-rank run failed"
   $MPI $prog $args -b 8 $z 1 -o "$W/${m}_zero" > "$W/${m}_zero.txt" 2>&1 || fail "$m: the ZeRO-1 run failed"
+  timeout 300 mpirun -q -np 1 $prog $args -b 16 -o "$W/${m}_rank" > "$W/${m}_rank.txt" 2>&1 || fail "$m: the 1-rank run failed"
+  if [ "$(step_lines < "$W/${m}_one.txt" | wc -l)" -eq 10 ] &&
+     diff -q <(step_lines < "$W/${m}_one.txt") <(step_lines < "$W/${m}_rank.txt") >/dev/null &&
+     cmp -s "$W/${m}_one/model.bin" "$W/${m}_rank/model.bin"; then
+    ok "$m: mpirun -np 1 (the data parallel path over one rank) against no mpirun: the same step lines and model file"
+  else
+    fail "$m: mpirun -np 1 differs from the run without mpirun"
+  fi
   if out=$(loss_diff "$W/${m}_one.txt" "$W/${m}_two.txt" $LOSS_TOL); then
     ok "$m: 2 ranks at -b 8 against 1 at -b 16: $out (tolerance $LOSS_TOL)"
   else

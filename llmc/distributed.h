@@ -6,9 +6,12 @@ batch; what this header provides:
   dist_init()                   the ranks from MPI, when an MPI launcher
                                 started the process (mpirun, srun): rank, world
                                 size, the rank on its machine (its GPU); ranks
-                                other than 0 print nothing (stdout to /dev/null);
-                                without a launcher, or in a build without MPI,
-                                one process as before (rank 0 of 1)
+                                other than 0 print nothing (stdout to /dev/null).
+                                dist.on: the data parallel code path runs (under
+                                a launcher, one rank too: `mpirun -np 1` trains
+                                bit for bit as one process without it, through
+                                the collectives). Without a launcher, or in a
+                                build without MPI, one process as before.
   dist_allreduce_floats(p, n)   device floats summed over the ranks, in place
   dist_allreduce_doubles(p, n)  the same for device doubles (the loss's sum and count)
   dist_reduce_scatter(p, shard) ZeRO-1: p holds world * shard floats; rank r's block
@@ -59,6 +62,7 @@ fixed by the algorithm they choose for the message size.
 typedef struct {
     int rank, world, local_rank;
     int zero;          // -z 1: ZeRO stage 1 (the optimizer state sharded over the ranks)
+    bool on;           // started by an MPI launcher: the data parallel code path runs (any world size)
     bool initialized;  // dist_init ran
     bool mpi;          // MPI_Init was called (and MPI_Finalize is due at exit)
 #if defined(USE_MPI) && defined(__CUDACC__)
@@ -66,7 +70,7 @@ typedef struct {
 #endif
 } Dist;
 
-inline Dist dist = {0, 1, 0, 0, false, false};
+inline Dist dist = {0, 1, 0, 0, false, false, false};
 
 // the launcher's world size from its environment (OpenMPI, PMI, PMIx), 0: not started by one
 static int dist_launcher_world() {
@@ -102,7 +106,7 @@ static void dist_fail_hook(const char* message) {
 static void dist_finalize() {
     if (!dist.mpi) return;
 #ifdef __CUDACC__
-    if (dist.world > 1) ncclCommDestroy(dist.nccl);
+    ncclCommDestroy(dist.nccl);
 #endif
     MPI_Finalize();
     dist.mpi = false;
@@ -128,9 +132,11 @@ static void dist_init() {
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, dist.rank, MPI_INFO_NULL, &local);
     MPI_Comm_rank(local, &dist.local_rank);
     MPI_Comm_free(&local);
-    if (dist.world == 1) return;
-    fail_hook = dist_fail_hook;
-    if (dist.rank != 0 && !freopen("/dev/null", "w", stdout)) fail("rank %d: cannot silence stdout", dist.rank);
+    dist.on = true;
+    if (dist.world > 1) {
+        fail_hook = dist_fail_hook;
+        if (dist.rank != 0 && !freopen("/dev/null", "w", stdout)) fail("rank %d: cannot silence stdout", dist.rank);
+    }
 #ifdef __CUDACC__
     int devices = 0;
     cudaCheck(cudaGetDeviceCount(&devices));
@@ -157,7 +163,7 @@ static void dist_host_wait() {
 #endif
 
 static void dist_allreduce_floats(float* p, long n) {
-    if (dist.world == 1) return;
+    if (!dist.on) return;
 #ifdef USE_MPI
 #ifdef __CUDACC__
     ncclCheck(ncclAllReduce(p, p, (size_t)n, ncclFloat, ncclSum, dist.nccl, main_stream));
@@ -171,7 +177,7 @@ static void dist_allreduce_floats(float* p, long n) {
 }
 
 static void dist_allreduce_doubles(double* p, int n) {
-    if (dist.world == 1) return;
+    if (!dist.on) return;
 #ifdef USE_MPI
 #ifdef __CUDACC__
     ncclCheck(ncclAllReduce(p, p, (size_t)n, ncclDouble, ncclSum, dist.nccl, main_stream));
@@ -185,7 +191,7 @@ static void dist_allreduce_doubles(double* p, int n) {
 }
 
 static void dist_reduce_scatter(float* p, long shard) {
-    if (dist.world == 1) return;
+    if (!dist.on) return;
 #ifdef USE_MPI
     float* mine = p + (long)dist.rank * shard;
 #ifdef __CUDACC__
@@ -203,7 +209,7 @@ static void dist_reduce_scatter(float* p, long shard) {
 }
 
 static void dist_all_gather(float* p, long shard) {
-    if (dist.world == 1) return;
+    if (!dist.on) return;
 #ifdef USE_MPI
 #ifdef __CUDACC__
     ncclCheck(ncclAllGather(p + (long)dist.rank * shard, p, (size_t)shard, ncclFloat, dist.nccl, main_stream));
@@ -217,7 +223,7 @@ static void dist_all_gather(float* p, long shard) {
 }
 
 static void dist_sum_host(double* x, int n) {
-    if (dist.world == 1) return;
+    if (!dist.on) return;
 #ifdef USE_MPI
     MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
 #else

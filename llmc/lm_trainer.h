@@ -803,7 +803,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld\n",
                B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
                train->num_tokens, val->num_tokens);
-    if (dist.world > 1) {
+    if (dist.on) {
         printf("data parallel: %d ranks x batch %d = global batch %d | %s\n", dist.world, B, G,
                m->zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
         if (!tc->task && !image_len && token_data_num_val_batches(val, G, T) < 1)

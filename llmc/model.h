@@ -145,7 +145,7 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     m->shard_size = CEIL_DIV(n_params, (long)dist.world);
     m->shard_begin = dist.rank * m->shard_size;
     m->shard_len = std::max(0L, std::min(n_params - m->shard_begin, m->shard_size));
-    m->zero = dist.world > 1 && dist.zero;
+    m->zero = dist.on && dist.zero;
     long padded = m->shard_size * dist.world, moments = m->zero ? m->shard_size : n_params;
     float** buffers[4] = {&m->params_memory, &m->grads_memory, &m->m_memory, &m->v_memory};
     for (int i = 0; i < 4; i++)
@@ -267,7 +267,7 @@ __global__ void mean_loss_finish_kernel(float* out, const double* sums, float* d
 // sum and the count are summed over the ranks before the mean, and the
 // backward's scale is 1 / the global count.
 static void model_mean_loss_launch(ModelBuffers* m, const float* losses, const int* targets, int n) {
-    bool global = m->in_train_step && dist.world > 1;
+    bool global = m->in_train_step && dist.on;
     LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, targets, m->dloss, n,
                                                                      global ? m->loss_sums : nullptr);
     cudaCheck(cudaGetLastError());
@@ -346,7 +346,7 @@ static const int* model_train_step(const ModelBuffers* m) { return &m->step_para
 // its moments, the updated shards gathered to every rank.
 static void model_update_device(ModelBuffers* m, const AdamWConfig* o) {
     NVTX_RANGE("update");
-    if (dist.world == 1) {
+    if (!dist.on) {
         global_norm(m->norm_buffer, m->grads_memory, m->num_parameters, o->grad_clip);
         adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters,
                            &m->decay_table, &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay,

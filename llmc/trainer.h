@@ -103,7 +103,7 @@ typedef struct {
 
 // the trainer's stream for every launch and cuBLAS call of the model, and the handle's workspace
 static void step_runner_init(StepRunner* r, ModelBuffers* m) {
-    r->use_graph = kernel_choices.step_graph && dist.world == 1;  // over several ranks the steps run eagerly
+    r->use_graph = kernel_choices.step_graph && !dist.on;  // under mpirun the steps run eagerly
     cudaCheck(cudaStreamCreate(&r->stream));
     main_stream = r->stream;
     cublasCheck(cublasSetStream(m->cublas, r->stream));  // resets the workspace: set it after

@@ -429,7 +429,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     printf("batch %d (eval %d) | %d epochs of %d steps (%d steps) | lr %g warmup %d final x%g | betas 0.9 %g | wd %g | "
            "clip %g | dropout %g\n", vc->B, vc->eval_B, epochs, steps_per_epoch, max_steps, opt.lr, vc->warmup,
            vc->final_frac, opt.beta2, opt.weight_decay, opt.grad_clip, vc->dropout);
-    if (dist.world > 1)
+    if (dist.on)
         printf("data parallel: %d ranks x batch %d = global batch %d (eval %d per rank) | %s\n", dist.world, vc->B, G,
                vc->eval_B / dist.world, m->zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
     printf("augment: flip %d | crop pad %d | rotate %g deg | erase p %g | perspective p %g | train %d images, test %d\n",
