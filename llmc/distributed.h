@@ -72,13 +72,16 @@ typedef struct {
 
 inline Dist dist = {0, 1, 0, 0, false, false, false};
 
-// the launcher's world size from its environment (OpenMPI, PMI, PMIx), 0: not started by one
+// Whether an MPI launcher started this process, from the environment it
+// sets (mpirun: OMPI_COMM_WORLD_SIZE; Slurm's srun: PMI_SIZE with PMI-2,
+// PMIX_RANK with PMIx): the world size it says, 1 when it says none, 0 when
+// there is no launcher.
 static int dist_launcher_world() {
-    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"}) {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
         const char* v = getenv(name);
         if (v && atoi(v) > 0) return atoi(v);
     }
-    return 0;
+    return getenv("PMIX_RANK") ? 1 : 0;
 }
 
 #ifdef USE_MPI
