@@ -10,6 +10,8 @@
 #  - 2-rank runs bit-identical run to run (step lines, model file)
 #  - one rank under mpirun (every collective over one rank) bit-identical to
 #    a run without mpirun
+#  - the Mamba on images as tokens (-I: bits/dim) and on task files (loss and
+#    accuracy over the positions with a target), 2 ranks against 1, as above
 #  - ZeRO-1 (-z 1; -Z 1 for the vision trainers) against the plain
 #    all-reduce: identical step lines, model file and checkpoint
 #  - resume under 2 ranks (plain and ZeRO-1): 10 steps, then 10 more from the
@@ -116,6 +118,26 @@ for m in gpt mamba mamba_vit; do
   fi
   if ! grep -q "data parallel: 2 ranks x batch 8 = global batch 16" "$W/${m}_two.txt" || grep -q "^error" "$W/${m}_two.txt"; then
     fail "$m: the 2-rank run does not say it runs 2 ranks of batch 8"
+  fi
+done
+
+# the other data the LM trainers read: images as tokens (-I, bits/dim over a global validation batch) and task
+# files (the loss over the positions with a target: its mean and gradient scale count the targets of all ranks)
+$PYTHON dev/data/synthetic.py --task copy --out "$W/task" --T 64 --K 4 --V 8 --train 256 --val 40 --test 8 \
+  --test-lengths 6-6 --test-tokens 4096 > /dev/null || abort "cannot write task files"
+for kind in images tasks; do
+  if [ $kind = images ]; then
+    args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -I 100 -L 1 -C 16 -x 10 -v 5 -m 3"
+  else
+    args="-i $W/task/copy_train.bin -j $W/task/copy_val.bin -L 1 -C 16 -x 10 -v 5 -m 0 -l 5e-3"
+  fi
+  ./train_mamba $args -b 4 > "$W/${kind}_one.txt" 2>&1 || fail "$kind: the 1-process run failed"
+  $MPI ./train_mamba $args -b 2 > "$W/${kind}_two.txt" 2>&1 || fail "$kind: the 2-rank run failed"
+  if out=$(loss_diff "$W/${kind}_one.txt" "$W/${kind}_two.txt" $LOSS_TOL) &&
+     diff -q <(grep -oE '(bits/dim|acc) [0-9.%]+' "$W/${kind}_one.txt") <(grep -oE '(bits/dim|acc) [0-9.%]+' "$W/${kind}_two.txt") >/dev/null; then
+    ok "mamba on $kind: 2 ranks at -b 2 against 1 at -b 4: $out (tolerance $LOSS_TOL), the same $(grep -oE '(bits/dim|acc) ' "$W/${kind}_one.txt" | sort -u | tr -d ' ' | tr '\n' ' ')lines"
+  else
+    fail "mamba on $kind: 2 ranks at -b 2 against 1 at -b 4: $out, or bits/dim or accuracies differ"
   fi
 done
 

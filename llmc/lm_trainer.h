@@ -371,7 +371,8 @@ static int dist_batch_rows(int rows, int B, long* first_mine) {
 // With -I: the mean loss per image token (pixel value) over the first
 // max_images images of val (0: all of them; a last batch of fewer than B
 // images included), the start token start_token; bits per dimension is
-// this / ln 2.
+// this / ln 2. Over several ranks the batches are global (B images per
+// rank), each rank runs its images of each.
 template <typename M> static double lm_validate_images(M* model, const TokenData* val, int B, int N, int start_token,
                                                        long max_images) {
     NVTX_RANGE("validate");
@@ -833,7 +834,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                 printf("\n");
                 log_task_score(&logger, step, last_score, host_clock() - run_start);
             } else if (image_len) {
-                last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * B);
+                last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * G);
                 printf("val loss %f | bits/dim %.4f\n", last_val, bits_per_dim(last_val));
                 log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
                 log_eval(&logger, step, "val_bits_per_dim", (float)bits_per_dim(last_val), host_clock() - run_start);
