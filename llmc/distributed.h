@@ -39,8 +39,12 @@ waiting in a collective.
 Summation order: with 2 ranks a sum over the ranks is a + b, the same on both
 ranks and in every run; a reduce-scatter and an all-reduce give the same bits
 (a + b = b + a), so ZeRO-1 and the plain all-reduce train identically. With
-more ranks NCCL and MPI still give every rank the same result, in an order
-fixed by the algorithm they choose for the message size.
+more ranks every rank still gets the same sums (NCCL's ring and tree
+algorithms broadcast one result; the MPI standard advises it and OpenMPI's
+algorithms do it), in an order fixed by the algorithm chosen for the message
+size and the world, but the all-reduce and the reduce-scatter may add in
+different orders, so ZeRO-1 and the plain all-reduce then agree only to
+rounding.
 */
 #pragma once
 
