@@ -9,6 +9,8 @@
 #   GPU_COMPUTE_CAPABILITY=90           override the GPU query (implies cuda)
 #   PYTHON=/usr/bin/python3             the interpreter that has torch (Debian's python3-torch)
 #   make fashion-mnist                  data/fashion_mnist_{train,test}.bin (FASHION_MNIST_DIR=<the IDX files>)
+#   USE_MPI=0|1                         data parallel under mpirun (llmc/distributed.h): MPI on the host
+#                                       backend, NCCL with MPI under nvcc (default 1 when mpicxx is found)
 
 PYTHON ?= /usr/bin/python3
 NVCC ?= nvcc
@@ -33,14 +35,26 @@ HOST_LIBS = -L$(HOST_BLAS_DIR) -Wl,-rpath,$(HOST_BLAS_DIR) -lopenblas -lboost_co
 CUDA_FLAGS ?= -std=c++17 -O3 -Xcompiler -Wall
 CUDA_LIBS = -lcublas
 
+# Whether MPI is compiled in, decided here only: the programs define USE_MPI,
+# take MPI's include and library directories from its compiler wrapper (its C
+# interface only: the C++ bindings need a library of their own), and
+# under nvcc link NCCL (it comes with the CUDA toolkit) for the collectives.
+USE_MPI ?= $(if $(shell command -v mpicxx 2>/dev/null),1,0)
+ifeq ($(USE_MPI),1)
+  MPI_FLAGS := -DUSE_MPI -DOMPI_SKIP_MPICXX -DMPICH_SKIP_MPICXX $(filter -I%,$(shell mpicxx --showme:compile))
+  MPI_LIBS := $(addprefix -L,$(shell mpicxx --showme:libdirs)) -lmpi
+  HOST_LIBS += $(MPI_LIBS)
+  CUDA_LIBS += $(MPI_LIBS) -lnccl
+endif
+
 ifeq ($(BACKEND),cuda)
   ifeq ($(strip $(GPU_COMPUTE_CAPABILITY)),)
     $(error BACKEND=cuda needs a visible GPU or GPU_COMPUTE_CAPABILITY=<e.g. 90>)
   endif
-  COMPILE = $(NVCC) $(CUDA_FLAGS) -gencode arch=compute_$(GPU_COMPUTE_CAPABILITY),code=sm_$(GPU_COMPUTE_CAPABILITY) -x cu
+  COMPILE = $(NVCC) $(CUDA_FLAGS) $(MPI_FLAGS) -gencode arch=compute_$(GPU_COMPUTE_CAPABILITY),code=sm_$(GPU_COMPUTE_CAPABILITY) -x cu
   LIBS = $(CUDA_LIBS)
 else ifeq ($(BACKEND),host)
-  COMPILE = $(HOST_CXX) $(HOST_FLAGS) -x c++
+  COMPILE = $(HOST_CXX) $(HOST_FLAGS) $(MPI_FLAGS) -x c++
   LIBS = $(HOST_LIBS)
 else
   $(error BACKEND must be host or cuda, not '$(BACKEND)')
@@ -52,7 +66,7 @@ TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit tes
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
-BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)
+BACKEND_STAMP = build/backend.$(BACKEND)$(GPU_COMPUTE_CAPABILITY)mpi$(USE_MPI)
 $(BACKEND_STAMP):
 	@mkdir -p build && rm -f build/backend.* && touch $@
 
@@ -169,9 +183,9 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop, the training step as a CUDA graph, the GPU
-# check's rehearsal
+# check's rehearsal, data parallel training under mpirun
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
-               dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh
+               dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh dev/test_distributed.sh
 test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
@@ -191,7 +205,7 @@ test-fidelity: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_
 # the tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (host backend);
 # -g1 keeps the line tables for the reports at a third less compile time than -g
 SANITIZE_FLAGS = -std=c++17 -O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-                 -fno-omit-frame-pointer -fopenmp -x c++
+                 -fno-omit-frame-pointer -fopenmp $(MPI_FLAGS) -x c++
 SANITIZE_PROGRAMS = $(addprefix build/sanitize/,$(TESTS))
 $(SANITIZE_PROGRAMS): build/sanitize/%: %.cu $(HEADERS)
 	@mkdir -p build/sanitize
@@ -207,7 +221,7 @@ CUDA_CHECK_PROGRAMS = $(addprefix build/cuda-check/,$(basename $(notdir $(CUDA_S
 # back end. The host code is compiled unoptimized (-O0): these binaries are
 # never run, and the optimized host build is the host backend's.
 CUDA_CHECK_ARCHS ?= 80 90
-CUDA_CHECK_COMPILE = $(NVCC) $(subst -O3,-O0,$(CUDA_FLAGS)) $(foreach a,$(CUDA_CHECK_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) -x cu
+CUDA_CHECK_COMPILE = $(NVCC) $(subst -O3,-O0,$(CUDA_FLAGS)) $(MPI_FLAGS) $(foreach a,$(CUDA_CHECK_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) -x cu
 build/cuda-check/%: %.cu $(HEADERS)
 	@mkdir -p build/cuda-check; echo "nvcc $(addprefix sm_,$(CUDA_CHECK_ARCHS)): $<"
 	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)

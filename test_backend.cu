@@ -285,13 +285,13 @@ static std::vector<float> run_deterministic_kernels() {
         int n = 5000;
         float* losses = to_device(random_vector(n, &rng, 0.0f, 4.0f));
         float* out = zeros(1);
-        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, nullptr, nullptr, n);
+        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, nullptr, nullptr, n, nullptr);
         append(out, 1);
         std::vector<int> targets(n);  // ... and over the rows with a target (every third row has none)
         for (int i = 0; i < n; i++) targets[i] = i % 3 == 1 ? TARGET_IGNORED : i % 7;
         int* d_targets = to_device_int(targets);
         float* dloss = zeros(1);
-        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, d_targets, dloss, n);
+        LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(out, losses, d_targets, dloss, n, nullptr);
         append(out, 1); append(dloss, 1);
         cudaFree(losses); cudaFree(out); cudaFree(d_targets); cudaFree(dloss);
     }
@@ -962,7 +962,7 @@ int main() {
         float* d_l = to_device(losses);
         float* d_out; cudaCheck(cudaMalloc(&d_out, sizeof(float)));
         for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
-            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n, nullptr);
             float got = to_host(d_out, 1)[0];
             double err = fabs(got - ref / n) / (ref / n);
             tests.check(err < 1e-7 && (threads != 1 || got == plain),
@@ -985,15 +985,15 @@ int main() {
         int* d_all = to_device_int(all_targets);
         float* d_dloss; cudaCheck(cudaMalloc(&d_dloss, sizeof(float)));
         for (int threads : {1, 32, MEAN_LOSS_THREADS}) {
-            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_masked, d_targets, d_dloss, n);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_masked, d_targets, d_dloss, n, nullptr);
             float got = to_host(d_out, 1)[0], dloss = to_host(d_dloss, 1)[0];
             double want = kept_sum / kept, err = fabs(got - want) / want;
             tests.check(err < 1e-7 && dloss == 1.0f / (float)kept,
                         "mean loss kernel over %d of %d rows with a target, %d threads: %.8f vs %.8f (rel err %.1e), "
                         "dloss 1/%d", kept, n, threads, got, want, err, kept);
-            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, d_all, d_dloss, n);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, d_all, d_dloss, n, nullptr);
             float all = to_host(d_out, 1)[0];
-            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n);
+            LAUNCH(mean_loss_kernel, 1, threads, 0)(d_out, d_l, nullptr, nullptr, n, nullptr);
             tests.check(all == to_host(d_out, 1)[0] && to_host(d_dloss, 1)[0] == 1.0f / n,
                         "mean loss kernel, %d threads: every row a target gives the plain mean and 1/n, bit for bit",
                         threads);

@@ -257,7 +257,7 @@ static void mamba_vit_backward(MambaViT* model, int B) {
 
     {
         NVTX_RANGE("head_backward");
-        crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / B, B, K);
+        crossentropy_backward_device(a.dlogits, a.probs, m->targets, m->dloss, B, K);  // 1 / the global batch
         matmul_backward(h, a.dpooled, g.head_w, g.head_b, a.dlogits, a.pooled, p.head_w, m->ones, B, C, K);
     }
     float* dresidual = a.dresidual;        // gradient w.r.t. the current block's output

@@ -272,7 +272,7 @@ static void vit_backward(ViT* model, int B) {
     auto block_output = [&](int l) -> const float* { return l < 0 ? a.encoded : transformer_layer_acts(a.tower, l, B, T, d).residual3; };
     {
         NVTX_RANGE("head_backward");
-        crossentropy_backward(a.dlogits, a.probs, m->targets, 1.0f / B, B, K);
+        crossentropy_backward_device(a.dlogits, a.probs, m->targets, m->dloss, B, K);  // 1 / the global batch
         matmul_backward(h, a.dpooled, g.head_w, g.head_b, a.dlogits, a.pooled, p.head_w, m->ones, B, C, K);
     }
     { NVTX_RANGE("pool_backward"); mean_pool_backward(a.block.dbtc, a.dpooled, B, T, C); }

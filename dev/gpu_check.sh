@@ -15,6 +15,8 @@
 #    Stages, each cut off by the deadline (GPU_CHECK_DEADLINE_S, default 540):
 #      build      every program with nvcc for the GPU it finds (make -j)
 #      tests      every test program on the GPU
+#      nccl       train_mamba under `mpirun -np 1` (NCCL's collectives over one
+#                 rank) against the single process: the same step lines
 #      bench      ms and tokens/s (images/s) per step of every trainer at the
 #                 seed configuration, beside PyTorch on the same GPU
 #      fashion    the ViT, the Mamba-ViT and the bidirectional Mamba-ViT at
@@ -153,6 +155,26 @@ for t in $TESTS; do
   [ $rc = 200 ] && break
 done
 grep -E '^FAIL' "$OUT/tests.log" | head -n 20
+
+echo "=== data parallel smoke test (one rank under mpirun: NCCL on a GPU, MPI on the host)"
+# mpirun -np 1 runs the data parallel code path (llmc/distributed.h) with its
+# collectives over one rank; its step lines must be the single process's, digit for digit
+log=$OUT/nccl.log
+: > "$log"
+if ! command -v mpirun > /dev/null || ! grep -q MPI_Init train_mamba 2>/dev/null; then
+  note "nccl smoke" "skipped (no mpirun, or the trainers were built without MPI)"
+else
+  smoke="-S $PRESET -L 2 -b 8 -x 10 -v 0 -m 1 -g 0"
+  limited 60 "$log" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -q -np 1 ./train_mamba $smoke
+  rc=$?
+  limited 60 "$OUT/nccl_single.log" ./train_mamba $smoke
+  steps() { grep -E '^step ' "$1" | sed 's/ | [0-9.]* ms | .*//'; }
+  if [ $rc = 0 ] && [ "$(steps "$log" | wc -l)" = 10 ] && diff -q <(steps "$log") <(steps "$OUT/nccl_single.log") > /dev/null; then
+    note "nccl smoke" "ok: mpirun -np 1 prints the single process's 10 step lines, digit for digit"
+  else
+    note "nccl smoke" "$(status_word $rc), step lines differ from the single process's (nccl.log, nccl_single.log)"
+  fi
+fi
 
 echo "=== bench (preset $PRESET beside PyTorch on the same device)"
 device=cpu; [ "$DRY" = 1 ] || device=cuda

@@ -116,31 +116,49 @@ __global__ void norm_squared_partial_rows_kernel(float* partials, const float* x
     partials[i] = s;
 }
 
-// out[0] = norm = sqrt(sum of partials); out[1] = clipping scale (1 if max_norm <= 0; NaN if the norm is
-// not finite, which makes adamw_kernel skip the update)
-__global__ void norm_finish_kernel(float* out, const float* partials, int nparts, float max_norm) {
+// norm_out: device buffer of NORM_BLOCKS + 2 floats (NORM_BUFFER_FLOATS); global_norm leaves in
+// norm_out[0] the norm and in norm_out[1] the gradient scale to pass to adamw_update, in two
+// halves: global_norm_squared writes the sum of the partials (in order) to norm_out[0], and
+// global_norm_finish replaces it with its square root and writes the clipping factor
+// min(1, max_norm / (norm + 1e-6)) (1 if max_norm <= 0; NaN if the norm is not finite, which
+// makes adamw_kernel skip the update). Over several ranks (model.h) each rank's squares are its
+// share of the buffer, summed over the ranks between the halves.
+#define NORM_BUFFER_FLOATS (NORM_BLOCKS + 2)
+
+__global__ void norm_sum_kernel(float* out, const float* partials, int nparts) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     float s = 0.0f;
     for (int i = 0; i < nparts; i++) s += partials[i];
-    float norm = sqrtf(s);
+    out[0] = s;
+}
+
+__global__ void norm_scale_kernel(float* out, float max_norm) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    float norm = sqrtf(out[0]);
     out[0] = norm;
     float scale = (max_norm > 0.0f && norm + 1e-6f > max_norm) ? max_norm / (norm + 1e-6f) : 1.0f;
     out[1] = float_is_finite(norm) ? scale : NAN;
 }
 
-// norm_out: device buffer of NORM_BLOCKS + 2 floats (NORM_BUFFER_FLOATS); on return norm_out[0] is
-// the norm and norm_out[1] the gradient scale to pass to adamw_update
-#define NORM_BUFFER_FLOATS (NORM_BLOCKS + 2)
-
-void global_norm(float* norm_out, const float* grads, long n, float max_norm) {
+void global_norm_squared(float* norm_out, const float* grads, long n) {
     float* partials = norm_out + 2;
     if (kernel_choices.norm_blocks) {
         LAUNCH(norm_squared_partial_kernel, NORM_BLOCKS, NORM_THREADS, 0)(partials, grads, n);
     } else {
         LAUNCH(norm_squared_partial_rows_kernel, 1, NORM_BLOCKS, 0)(partials, grads, n);
     }
-    LAUNCH(norm_finish_kernel, 1, 1, 0)(norm_out, partials, kernel_choices.norm_blocks ? NORM_BLOCKS : NORM_ROWS_PARTS, max_norm);
+    LAUNCH(norm_sum_kernel, 1, 1, 0)(norm_out, partials, kernel_choices.norm_blocks ? NORM_BLOCKS : NORM_ROWS_PARTS);
     cudaCheck(cudaGetLastError());
+}
+
+void global_norm_finish(float* norm_out, float max_norm) {
+    LAUNCH(norm_scale_kernel, 1, 1, 0)(norm_out, max_norm);
+    cudaCheck(cudaGetLastError());
+}
+
+void global_norm(float* norm_out, const float* grads, long n, float max_norm) {
+    global_norm_squared(norm_out, grads, n);
+    global_norm_finish(norm_out, max_norm);
 }
 
 // One AdamW launch over the n floats of a flat buffer, each tensor of the

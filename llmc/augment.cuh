@@ -287,6 +287,16 @@ static void images_to_float(float* out, const unsigned char* in, long n) {
     cudaCheck(cudaGetLastError());
 }
 
+// Keeps the parameters of the B images from row `first` (a rank's rows of a global batch's draw)
+static void augment_params_rows(AugmentParams* p, long first, int B) {
+    auto keep = [&](auto& v, int per_image) {
+        v.erase(v.begin(), v.begin() + first * per_image);
+        v.resize((size_t)B * per_image);
+    };
+    keep(p->flip, 1); keep(p->crop, 2); keep(p->rot, 2); keep(p->angle, 1);
+    keep(p->erase, 4); keep(p->persp, 1); keep(p->corners, 8); keep(p->coeffs, 8);
+}
+
 // Applies the enabled transforms with the drawn parameters p to the batch in
 // `img`, using `tmp` (same size) as the other buffer of each out-of-place
 // kernel. Returns the buffer that holds the result (img or tmp).

@@ -110,6 +110,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
         "  -W <0|1>    generate the old way, a forward over the last -t tokens per token (benchmarks; default 0)\n"
         "  -I <int>    the data is images of this many tokens each (pixels: 3072): one whole image per window\n"
         "              after a start token, bits/dim beside the loss, -G writes whole images (default 0: text)\n"
+        "  -z <0|1>    under mpirun: ZeRO-1, the AdamW state sharded over the ranks (default 0); -b is per rank\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->val_path, d->vocab_path, d->B, d->T, d->max_steps, d->lr, d->warmup,
@@ -128,6 +129,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
+    dist_init();  // the ranks, when mpirun started this process (distributed.h)
     c->preset = find_preset(argc, argv);
     const LMPreset& p = presets[c->preset];
     c->L = p.L; c->C = p.C; c->B = p.B; c->T = p.T;
@@ -166,6 +168,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'S': break;  // find_preset
             case 'W': c->windowed = parse_int_flag(f, v, 0, 1); break;
             case 'I': c->image_len = parse_int_flag(f, v, 1, 1 << 16); break;
+            case 'z': dist.zero = parse_int_flag(f, v, 0, 1); break;
             default: fail("unknown flag %s (see -h)", f);
         }
     }
@@ -350,25 +353,37 @@ static std::vector<int> tokenize_prompt(const Vocab* vocab, const char* prompt) 
 //   void lm_backward(M*, int B, int T)
 // The forward sets buf.mean_loss when given targets.
 
-// mean loss over the first max_batches validation batches
+// mean loss over the first max_batches validation batches; over several
+// ranks the batches are global (B rows per rank), each rank runs its rows
+// and the means are summed over the ranks
 template <typename M> static float lm_validate(M* model, const TokenData* val, int B, int T, int max_batches) {
     NVTX_RANGE("validate");
-    int n = token_data_num_val_batches(val, B, T);
+    int G = B * dist.world;
+    int n = token_data_num_val_batches(val, G, T);
     if (max_batches > 0 && max_batches < n) n = max_batches;
-    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    std::vector<int> inputs((long)G * T), targets((long)G * T);
+    long mine = dist_rows(B) * T;
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
-        token_data_val_batch(val, i, B, T, inputs.data(), targets.data());
-        lm_forward(model, inputs.data(), targets.data(), B, T, -1);
+        token_data_val_batch(val, i, G, T, inputs.data(), targets.data());
+        lm_forward(model, inputs.data() + mine, targets.data() + mine, B, T, -1);
         sum += model->buf.mean_loss;
     }
-    return (float)(sum / n);
+    dist_sum_host(&sum, 1);
+    return (float)(sum / ((double)n * dist.world));
+}
+
+// this rank's rows of the global batch of `rows` rows (B per rank): how many, from row *first_mine
+static int dist_batch_rows(int rows, int B, long* first_mine) {
+    *first_mine = dist_rows(B);
+    return (int)std::max(0L, std::min((long)B, rows - *first_mine));
 }
 
 // With -I: the mean loss per image token (pixel value) over the first
 // max_images images of val (0: all of them; a last batch of fewer than B
 // images included), the start token start_token; bits per dimension is
-// this / ln 2.
+// this / ln 2. Over several ranks the batches are global (B images per
+// rank), each rank runs its images of each.
 template <typename M> static double lm_validate_images(M* model, const TokenData* val, int B, int N, int start_token,
                                                        long max_images) {
     NVTX_RANGE("validate");
@@ -376,12 +391,15 @@ template <typename M> static double lm_validate_images(M* model, const TokenData
     if (max_images > 0 && max_images < n) n = max_images;
     std::vector<int> inputs((long)B * N), targets((long)B * N);
     double sum = 0.0;  // of the per-token losses
-    for (long first = 0; first < n; first += B) {
-        int rows = (int)std::min<long>(B, n - first);
-        token_data_image_batch(val, first, rows, N, start_token, inputs.data(), targets.data());
+    for (long first = 0; first < n; first += (long)B * dist.world) {  // a global batch, this rank's rows of it
+        long mine;
+        int rows = dist_batch_rows((int)std::min<long>((long)B * dist.world, n - first), B, &mine);
+        if (rows == 0) continue;
+        token_data_image_batch(val, first + mine, rows, N, start_token, inputs.data(), targets.data());
         lm_forward(model, inputs.data(), targets.data(), rows, N, -1);
         sum += (double)model->buf.mean_loss * rows * N;
     }
+    dist_sum_host(&sum, 1);
     return sum / ((double)n * N);
 }
 
@@ -434,8 +452,8 @@ typedef struct {
 template <typename M> static TaskScore lm_validate_task(M* model, const TokenData* val, int B, int Tc, int max_batches) {
     NVTX_RANGE("validate");
     int T = val->seq_len;
-    long n = val->num_sequences;
-    if (max_batches > 0 && (long)max_batches * B < n) n = (long)max_batches * B;
+    long n = val->num_sequences, G = (long)B * dist.world;  // global batches, this rank's rows of each
+    if (max_batches > 0 && (long)max_batches * G < n) n = (long)max_batches * G;
     std::vector<int> inputs((long)B * Tc), targets((long)B * Tc), predictions((long)B * Tc);  // (rows, chunk)
     std::vector<float> losses((long)B * Tc);
     std::vector<char> all_right(B);  // (rows) every target so far right
@@ -443,10 +461,12 @@ template <typename M> static TaskScore lm_validate_task(M* model, const TokenDat
     cudaCheck(cudaMalloc(&predictions_device, (long)B * Tc * sizeof(int)));
     double loss_sum = 0.0;
     long positions = 0, right = 0, sequences_right = 0;
-    for (long first = 0; first < n; first += B) {
-        int rows = (int)std::min<long>(B, n - first);
+    for (long first = 0; first < n; first += G) {
+        long mine;
+        int rows = dist_batch_rows((int)std::min<long>(G, n - first), B, &mine);
+        if (rows == 0) continue;
         std::fill(all_right.begin(), all_right.end(), 1);
-        auto read = [&](int t0, int len, int* in, int* tg) { task_data_read(val, first, rows, t0, len, in, tg); };
+        auto read = [&](int t0, int len, int* in, int* tg) { task_data_read(val, first + mine, rows, t0, len, in, tg); };
         auto done = [&](int t0, int len, const int* tg) {
             long count = (long)rows * len;
             argmax_rows(predictions_device, model->acts.logits, (int)count, model->config.vocab_size);
@@ -466,6 +486,10 @@ template <typename M> static TaskScore lm_validate_task(M* model, const TokenDat
         for (int r = 0; r < rows; r++) sequences_right += all_right[r];
     }
     cudaCheck(cudaFree(predictions_device));
+    double sums[4] = {loss_sum, (double)positions, (double)right, (double)sequences_right};  // exact below 2^53
+    dist_sum_host(sums, 4);
+    loss_sum = sums[0];
+    positions = (long)sums[1]; right = (long)sums[2]; sequences_right = (long)sums[3];
     TaskScore score = {loss_sum / positions, 100.0 * right / positions, 100.0 * sequences_right / n};
     return score;
 }
@@ -711,10 +735,18 @@ static std::string dropout_note(float rate) {
 // -n (and at the end), a step line and a log line per step, the final model
 // in -o. A checkpoint's generator slots hold the batch generator and the
 // sampling generator. Returns the exit status.
+//
+// Over several ranks (distributed.h, under mpirun) -b is each rank's batch:
+// every rank draws the global batch of B x ranks rows and trains on its own
+// rows of it (rank r on rows r B .. r B + B - 1), the loss and the gradients
+// are the global batch's (model.h), validation splits each global batch the
+// same way, and only rank 0 prints, logs, samples and writes files. A
+// checkpoint records the global batch. -G samples on rank 0 alone.
 template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenData* train, const TokenData* val,
                                         const Vocab* vocab) {
     ModelBuffers* m = &model->buf;
-    int B = tc->B, T = tc->T;
+    int B = tc->B, T = tc->T, G = B * dist.world;  // G: the global batch
+    if (tc->generate_only && dist.rank != 0) return 0;
     AdamWConfig opt = {tc->lr, 0.9f, 0.99f, 1e-8f, tc->weight_decay, tc->grad_clip};
     int image_len = tc->image_len, start_token = vocab->size - 1;  // with -I: the start token follows the data's vocabulary
     std::vector<int> prompt = image_len ? std::vector<int>(1, start_token) : tokenize_prompt(vocab, tc->prompt);
@@ -734,7 +766,11 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     if (tc->resume) {
         std::string path;
         CheckpointState s = load_newest_checkpoint(m, tc->out_dir, &path);
-        if (s.B != B || s.T != T) fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
+        if (s.T != T || (s.B != G && dist.world == 1))
+            fail("%s: written with -b %d -t %d, resumed with -b %d -t %d", path.c_str(), s.B, s.T, B, T);
+        if (s.B != G)
+            fail("%s: written with a global batch of %d, resumed with -b %d on %d ranks (%d)", path.c_str(), s.B, B,
+                 dist.world, G);
         if (!tc->generate_only)  // (generating from a checkpoint needs neither its seed nor its data)
             check_resume(path.c_str(), &s, s.seed, tc->seed_given, tc->seed, train->num_tokens, tc->train_path, "tokens",
                          tc->max_steps, "-x");
@@ -744,7 +780,12 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         if (s.seed >= 0) run_seed = s.seed;
     }
     model->dropout.rate = tc->dropout;
-    model->dropout.seed = (uint64_t)run_seed;  // the masks: the checkpoint's seed and step resume them
+    // the masks: the checkpoint's seed and step resume them; each rank's are its own (the
+    // run's seed mixed with the rank; rank 0's are a single run's), as the vision trainers'
+    model->dropout.seed = (uint64_t)run_seed + (uint64_t)dist.rank * 0x9E3779B97F4A7C15ull;
+    if (!tc->generate_only)
+        check_ranks_alike(m, {B, T, tc->max_steps, start_step, dist.zero, train->num_tokens, val->num_tokens, tc->task,
+                              image_len, (long)train_rng.state, run_seed});
     if (tc->generate_only && image_len) {  // whole images, B at once, into DIR/generated.bin
         if (!tc->out_dir) fail("flag -G: with -I the generated images go to -o DIR (DIR/generated.bin); give -o");
         if (start_token > 256) fail("flag -G: %s has %d tokens; images need pixel values below 256", tc->vocab_path, start_token);
@@ -787,6 +828,13 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         printf("batch %d x %d | steps %d | lr %g warmup %d final x%g | wd %g | clip %g | train %ld tokens, val %ld%s\n",
                B, T, tc->max_steps, opt.lr, tc->warmup, tc->final_frac, opt.weight_decay, opt.grad_clip,
                train->num_tokens, val->num_tokens, dropout_note(tc->dropout).c_str());
+    if (dist.on) {
+        printf("data parallel: %d ranks x batch %d = global batch %d | %s\n", dist.world, B, G,
+               m->zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
+        if (!tc->task && !image_len && token_data_num_val_batches(val, G, T) < 1)
+            fail("%s: %ld tokens, too few for one %d x %d validation batch (%d ranks x -b %d)", tc->val_path,
+                 val->num_tokens, G, T, dist.world, B);
+    }
     if (image_len)
         printf("images of %d tokens: %ld train, %ld val (%s) | window = start token %d + an image | bits/dim = val loss / ln 2\n",
                image_len, token_data_num_images(train, image_len), token_data_num_images(val, image_len),
@@ -796,7 +844,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
     logger_open(&logger, out_dir, start_step);
     StepRunner runner;
     step_runner_init(&runner, m);
-    std::vector<int> inputs((long)B * T), targets((long)B * T);
+    std::vector<int> inputs((long)G * T), targets((long)G * T);  // the global batch; this rank trains on its rows
+    const int *my_inputs = inputs.data() + dist_rows(B) * T, *my_targets = targets.data() + dist_rows(B) * T;
     double run_start = host_clock(), train_seconds = 0.0;
     float last_val = NAN;
     TaskScore last_score = {NAN, NAN, NAN};
@@ -809,7 +858,7 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
                 printf("\n");
                 log_task_score(&logger, step, last_score, host_clock() - run_start);
             } else if (image_len) {
-                last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * B);
+                last_val = (float)lm_validate_images(model, val, B, image_len, start_token, (long)tc->val_batches * G);
                 printf("val loss %f | bits/dim %.4f\n", last_val, bits_per_dim(last_val));
                 log_eval(&logger, step, "val_loss", last_val, host_clock() - run_start);
                 log_eval(&logger, step, "val_bits_per_dim", (float)bits_per_dim(last_val), host_clock() - run_start);
@@ -827,24 +876,24 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         }
         // (images are not sampled during training: -G 1 generates them; task sequences are not sampled)
         if (((tc->sample_every > 0 && step > 0 && step % tc->sample_every == 0) || last) && tc->gen_tokens > 0 &&
-            !image_len && !tc->task)
+            !image_len && !tc->task && dist.rank == 0)
             lm_generate(model, vocab, prompt, tc->gen_tokens, tc->temperature, tc->top_k, &sample_rng, 1);
-        if (out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
-            save_checkpoint(m, out_dir, step, train_rng.state, sample_rng.state, B, T, run_seed, train->num_tokens,
-                            found_steps);
+        if (tc->out_dir && step > start_step && ((tc->checkpoint_every > 0 && step % tc->checkpoint_every == 0) || last))
+            save_checkpoint(m, out_dir, step, train_rng.state, sample_rng.state, G, T, run_seed, train->num_tokens,
+                            found_steps);  // (every rank: out_dir is rank 0's)
         if (last) break;
 
         NVTX_RANGE("step");
         double t0 = host_clock();
         step_profile_begin();
-        if (tc->task) task_data_train_batch(train, &train_rng, B, inputs.data(), targets.data());
-        else if (image_len) token_data_image_train_batch(train, &train_rng, B, T, start_token, inputs.data(), targets.data());
-        else token_data_train_batch(train, &train_rng, B, T, inputs.data(), targets.data());
-        model_upload_batch(m, inputs.data(), (long)B * T, targets.data(), (long)B * T);
+        if (tc->task) task_data_train_batch(train, &train_rng, G, inputs.data(), targets.data());
+        else if (image_len) token_data_image_train_batch(train, &train_rng, G, T, start_token, inputs.data(), targets.data());
+        else token_data_train_batch(train, &train_rng, G, T, inputs.data(), targets.data());
+        model_upload_batch(m, my_inputs, (long)B * T, my_targets, (long)B * T);
         m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
         float lr = learning_rate(opt.lr, step, tc->warmup, tc->max_steps, tc->final_frac);
         float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
-            lm_forward(model, inputs.data(), targets.data(), B, T, step);
+            lm_forward(model, my_inputs, my_targets, B, T, step);
             lm_backward(model, B, T);
         });
         m->in_train_step = 0;
@@ -852,8 +901,8 @@ template <typename M> static int lm_run(M* model, TrainConfig* tc, const TokenDa
         step_profile_end(step + 1);
         double seconds = host_clock() - t0;
         train_seconds += seconds;
-        print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)B * T, "tok/s", train_seconds);
-        log_train(&logger, step + 1, m->mean_loss, lr, norm, "tokens_per_s", B * T / seconds, host_clock() - run_start);
+        print_step(step + 1, start_step, tc->max_steps, m->mean_loss, lr, norm, seconds, (long)G * T, "tok/s", train_seconds);
+        log_train(&logger, step + 1, m->mean_loss, lr, norm, "tokens_per_s", (double)G * T / seconds, host_clock() - run_start);
     }
     step_runner_free(&runner, m);
     logger_close(&logger);

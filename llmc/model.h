@@ -41,6 +41,7 @@ they are given.
 #include "cuda_common.h"
 #include "adamw.cuh"
 #include "checkpoint.h"
+#include "distributed.h"
 #include "matmul.cuh"  // fill
 #include "utils.h"
 
@@ -102,6 +103,15 @@ typedef struct {
     float* dloss;                     // device: 1 / the rows with a target of the last model_mean_target_loss
     StepParams* step_params;          // device: this step's learning rate, bias corrections and step
     AdamWDecayTable decay_table;      // the parameter tensors' ends and decay flags, for the one AdamW launch
+    // data parallel (distributed.h): the flat buffers hold shard_size * world floats (the tail past
+    // num_parameters is zeros), rank r's shard starts at shard_begin = r * shard_size and holds
+    // shard_len parameters (up to num_parameters). The gradient norm is the sum over the ranks of
+    // their shards' squares; with ZeRO-1 (zero) the AdamW moments hold the shard only and the
+    // update runs over it (shard_table), then the parameters are gathered.
+    long shard_size, shard_begin, shard_len;
+    int zero;
+    AdamWDecayTable shard_table;
+    double* loss_sums;                // device: a training step's loss sum and target count, summed over the ranks
     int in_train_step;                // set by the training loops: the batch and StepParams are on the device
                                       // before the step, the loss stays there until model_step_result
     float mean_loss;                  // of the last forward with targets (in a training step: once model_update returned)
@@ -131,14 +141,24 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     for (int i = 0; i < CONFIG_SLOTS - 1; i++) m->config_slots[i] = slots[i];
     m->config_slots[CONFIG_SLOTS - 1] = (int)m->num_parameters;
     for (int i = 0; i < IMAGE_SHAPE_SLOTS; i++) m->image_shape[i] = 0;
-    size_t bytes = m->num_parameters * sizeof(float);
+    long n_params = m->num_parameters;
+    m->shard_size = CEIL_DIV(n_params, (long)dist.world);
+    m->shard_begin = dist.rank * m->shard_size;
+    m->shard_len = std::max(0L, std::min(n_params - m->shard_begin, m->shard_size));
+    m->zero = dist.on && dist.zero;
+    long padded = m->shard_size * dist.world, moments = m->zero ? m->shard_size : n_params;
     float** buffers[4] = {&m->params_memory, &m->grads_memory, &m->m_memory, &m->v_memory};
-    for (float** b : buffers)
-        if (cudaMalloc(b, bytes) != cudaSuccess)
+    for (int i = 0; i < 4; i++)
+        if (cudaMalloc(buffers[i], (i < 2 ? padded : moments) * sizeof(float)) != cudaSuccess)
             fail("flags -L/-C: %ld parameters need %.1f GiB with gradients and AdamW moments; allocation failed",
-                 m->num_parameters, 4.0 * bytes / (1 << 30));
-    cudaCheck(cudaMemset(m->m_memory, 0, bytes));
-    cudaCheck(cudaMemset(m->v_memory, 0, bytes));
+                 n_params, (2.0 * padded + 2.0 * moments) * sizeof(float) / (1 << 30));
+    cudaCheck(cudaMemset(m->m_memory, 0, moments * sizeof(float)));
+    cudaCheck(cudaMemset(m->v_memory, 0, moments * sizeof(float)));
+    if (padded > n_params) {  // the tail the collectives carry along: zeros, never written
+        cudaCheck(cudaMemset(m->params_memory + n_params, 0, (padded - n_params) * sizeof(float)));
+        cudaCheck(cudaMemset(m->grads_memory + n_params, 0, (padded - n_params) * sizeof(float)));
+    }
+    cudaCheck(cudaMalloc(&m->loss_sums, 2 * sizeof(double)));
     cudaCheck(cudaMalloc(&m->step_scalars, (1 + NORM_BUFFER_FLOATS) * sizeof(float)));
     m->norm_buffer = m->step_scalars + 1;
     cudaCheck(cudaMalloc(&m->dloss, sizeof(float)));
@@ -153,6 +173,9 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
         m->decay_table.end[i] = end;
         m->decay_table.decay[i] = table[i].decay != 0;
     }
+    m->shard_table = m->decay_table;  // the shard's tensors: the ends shifted to the shard and clamped to it
+    for (int i = 0; i < n; i++)
+        m->shard_table.end[i] = std::max(0L, std::min(m->decay_table.end[i] - m->shard_begin, m->shard_len));
     m->in_train_step = 0;
     point_tensors(params, m->params_memory, table, n);
     point_tensors(grads, m->grads_memory, table, n);
@@ -198,8 +221,13 @@ static void model_allocate_activations(ModelBuffers* m, const TensorSpec* table,
 // plain sum in index order; deterministic either way. With targets (n ints),
 // the mean is over the rows whose target is not negative (the others' losses
 // are 0), 0 when there are none, and dloss[0] = 1 / their number (0 when
-// none): the backward's scale of each row's gradient.
-__global__ void mean_loss_kernel(float* out, const float* losses, const int* targets, float* dloss, int n) {
+// none): the backward's scale of each row's gradient. Without targets
+// dloss[0] = 1 / n (when dloss is given). With sums_out (a training step over
+// several ranks), the sum and the count (n without targets) go to
+// sums_out[0], sums_out[1] instead, for mean_loss_finish_kernel once they are
+// summed over the ranks.
+__global__ void mean_loss_kernel(float* out, const float* losses, const int* targets, float* dloss, int n,
+                                 double* sums_out) {
     __shared__ double sums[MEAN_LOSS_THREADS];
     __shared__ int counts[MEAN_LOSS_THREADS];
     int tid = threadIdx.x;
@@ -216,20 +244,44 @@ __global__ void mean_loss_kernel(float* out, const float* losses, const int* tar
         if (tid < half) { sums[tid] += sums[tid + half]; counts[tid] += counts[tid + half]; }
     }
     if (tid != 0) return;  // thread 0 wrote sums[0] and counts[0] last itself
-    if (!targets) { out[0] = (float)(sums[0] / n); return; }
+    if (sums_out) { sums_out[0] = sums[0]; sums_out[1] = targets ? counts[0] : n; return; }
+    if (!targets) {
+        out[0] = (float)(sums[0] / n);
+        if (dloss) dloss[0] = 1.0f / (float)n;
+        return;
+    }
     int rows = counts[0];
     out[0] = rows ? (float)(sums[0] / rows) : 0.0f;
     dloss[0] = rows ? 1.0f / (float)rows : 0.0f;
 }
 
+// the mean and the backward's scale from the loss sum and count of every rank (mean_loss_kernel's sums)
+__global__ void mean_loss_finish_kernel(float* out, const double* sums, float* dloss) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    int rows = (int)sums[1];
+    out[0] = rows ? (float)(sums[0] / rows) : 0.0f;
+    dloss[0] = rows ? 1.0f / (float)rows : 0.0f;
+}
+
+// In a training step over several ranks the mean is the global batch's: the
+// sum and the count are summed over the ranks before the mean, and the
+// backward's scale is 1 / the global count.
 static void model_mean_loss_launch(ModelBuffers* m, const float* losses, const int* targets, int n) {
-    LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, targets, m->dloss, n);
+    bool global = m->in_train_step && dist.on;
+    LAUNCH(mean_loss_kernel, 1, kernel_choices.mean_loss_threads, 0)(m->step_scalars, losses, targets, m->dloss, n,
+                                                                     global ? m->loss_sums : nullptr);
     cudaCheck(cudaGetLastError());
+    if (global) {
+        dist_allreduce_doubles(m->loss_sums, 2);
+        LAUNCH(mean_loss_finish_kernel, 1, 1, 0)(m->step_scalars, m->loss_sums, m->dloss);
+        cudaCheck(cudaGetLastError());
+    }
     if (!m->in_train_step) cudaCheck(cudaMemcpy(&m->mean_loss, m->step_scalars, sizeof(float), cudaMemcpyDeviceToHost));
 }
 
-// The mean of n per-row losses on the device, into step_scalars[0]; outside
-// a training step also copied into mean_loss now (in a step model_update
+// The mean of n per-row losses on the device, into step_scalars[0], and
+// m->dloss = 1 / n (crossentropy_backward_device's scale); outside a
+// training step also copied into mean_loss now (in a step model_update
 // brings it back with the norm).
 static void model_mean_loss(ModelBuffers* m, const float* losses, int n) { model_mean_loss_launch(m, losses, nullptr, n); }
 
@@ -306,11 +358,39 @@ static float train_dropout_begin(TrainDropout* d, ModelBuffers* m, int train_ste
 // whole flat buffer, with weight decay on the tensors the table says, at
 // the learning rate and step of m->step_params: device work only (what a
 // captured step ends with).
+//
+// Over several ranks (distributed.h) the gradients are first summed over
+// the ranks: all-reduced, or with ZeRO-1 reduce-scattered (each rank gets
+// the sum of its shard). Each rank's share of the squared norm is its
+// shard's, summed over the ranks, in both cases, so that the two clip alike.
+// Then AdamW over the whole buffer, or with ZeRO-1 over the rank's shard and
+// its moments, the updated shards gathered to every rank.
 static void model_update_device(ModelBuffers* m, const AdamWConfig* o) {
     NVTX_RANGE("update");
-    global_norm(m->norm_buffer, m->grads_memory, m->num_parameters, o->grad_clip);
-    adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters, &m->decay_table,
-                       &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay, m->norm_buffer + 1);
+    if (!dist.on) {
+        global_norm(m->norm_buffer, m->grads_memory, m->num_parameters, o->grad_clip);
+        adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters,
+                           &m->decay_table, &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay,
+                           m->norm_buffer + 1);
+        return;
+    }
+    if (m->zero) dist_reduce_scatter(m->grads_memory, m->shard_size);
+    else dist_allreduce_floats(m->grads_memory, m->shard_size * dist.world);
+    float* shard_grads = m->grads_memory + m->shard_begin;
+    global_norm_squared(m->norm_buffer, shard_grads, m->shard_len);
+    dist_allreduce_floats(m->norm_buffer, 1);
+    global_norm_finish(m->norm_buffer, o->grad_clip);
+    if (!m->zero) {
+        adamw_update_table(m->params_memory, m->m_memory, m->v_memory, m->grads_memory, m->num_parameters,
+                           &m->decay_table, &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay,
+                           m->norm_buffer + 1);
+        return;
+    }
+    if (m->shard_len > 0)
+        adamw_update_table(m->params_memory + m->shard_begin, m->m_memory, m->v_memory, shard_grads, m->shard_len,
+                           &m->shard_table, &m->step_params->adamw, o->beta1, o->beta2, o->eps, o->weight_decay,
+                           m->norm_buffer + 1);
+    dist_all_gather(m->params_memory, m->shard_size);
 }
 
 // The one device-to-host copy of a training step, which waits for it: the
@@ -349,6 +429,7 @@ static void model_free(ModelBuffers* m) {
     float* buffers[] = {m->params_memory, m->grads_memory, m->m_memory, m->v_memory, m->acts_memory, m->ones,
                         m->step_scalars, m->dloss};
     for (float* b : buffers) cudaCheck(cudaFree(b));
+    cudaCheck(cudaFree(m->loss_sums));
     cudaCheck(cudaFree(m->step_params));
     cudaCheck(cudaFree(m->inputs));
     cudaCheck(cudaFree(m->targets));

@@ -103,7 +103,7 @@ typedef struct {
 
 // the trainer's stream for every launch and cuBLAS call of the model, and the handle's workspace
 static void step_runner_init(StepRunner* r, ModelBuffers* m) {
-    r->use_graph = kernel_choices.step_graph;
+    r->use_graph = kernel_choices.step_graph && !dist.on;  // under mpirun the steps run eagerly
     cudaCheck(cudaStreamCreate(&r->stream));
     main_stream = r->stream;
     cublasCheck(cublasSetStream(m->cublas, r->stream));  // resets the workspace: set it after
@@ -283,7 +283,7 @@ static void check_output_dir_fresh(const char* out_dir) {
 // true) is written into only when it is fresh (missing or empty), else the
 // run writes nothing.
 static const char* open_output_dir(const char* out_dir, int resume, bool evaluates) {
-    if (!out_dir) return nullptr;
+    if (!out_dir || dist.rank != 0) return nullptr;  // over several ranks rank 0 writes (the others read a resume's -o)
     struct stat st;
     bool exists = stat(out_dir, &st) == 0;
     if (exists && !S_ISDIR(st.st_mode)) fail("flag -o: %s is not a directory", out_dir);
@@ -348,13 +348,38 @@ static void check_params_finite(ModelBuffers* m, const char* out_dir, int step) 
 // ----------------------------------------------------------------------------
 // files
 
+// With ZeRO-1 (model.h) the AdamW moments of every rank's shard gathered
+// into full-size device buffers (every rank calls this; the caller frees
+// them); else the model's own.
+static void gather_moments(ModelBuffers* m, float** mm, float** vv) {
+    *mm = m->m_memory;
+    *vv = m->v_memory;
+    if (!m->zero) return;
+    long padded = m->shard_size * dist.world;
+    for (float** full : {mm, vv}) cudaCheck(cudaMalloc(full, padded * sizeof(float)));
+    cudaCheck(cudaMemcpy(*mm + m->shard_begin, m->m_memory, m->shard_size * sizeof(float), cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpy(*vv + m->shard_begin, m->v_memory, m->shard_size * sizeof(float), cudaMemcpyDeviceToDevice));
+    dist_all_gather(*mm, m->shard_size);
+    dist_all_gather(*vv, m->shard_size);
+    cudaCheck(cudaDeviceSynchronize());
+}
+
 // Writes out_dir's checkpoint of this step and prunes all but the newest 3,
 // but never one in `found` (the checkpoints there when the run started,
 // which stay until it ends well). The two generator slots hold what the
 // task needs to resume (see the loops); seed and data_size are the run's
-// seed and the size of its training data, which a resume must match.
+// seed and the size of its training data, which a resume must match; B is
+// the global batch (-b times the ranks). Over several ranks every rank
+// calls it (out_dir null but on rank 0): with ZeRO-1 the moments are
+// gathered first, and the file holds them whole, as a plain run's.
 static void save_checkpoint(ModelBuffers* m, const char* out_dir, int step, uint64_t train_rng, uint64_t sample_rng,
                             int B, int T, int seed, long data_size, const std::vector<int>& found) {
+    float *mm, *vv;
+    gather_moments(m, &mm, &vv);
+    if (!out_dir) {
+        if (m->zero) for (float* full : {mm, vv}) cudaCheck(cudaFree(full));
+        return;
+    }
     check_params_finite(m, out_dir, step);
     CheckpointState s;
     memset(&s, 0, sizeof(s));
@@ -364,8 +389,9 @@ static void save_checkpoint(ModelBuffers* m, const char* out_dir, int step, uint
     s.seed = seed;
     s.data_size = (int)data_size;
     memcpy(s.image_shape, m->image_shape, sizeof(s.image_shape));
-    checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, m->params_memory, m->m_memory, m->v_memory);
+    checkpoint_save(checkpoint_path(out_dir, step).c_str(), &s, m->params_memory, mm, vv);
     checkpoint_prune(out_dir, 3, found);
+    if (m->zero) for (float* full : {mm, vv}) cudaCheck(cudaFree(full));
 }
 
 // Loads the newest checkpoint in out_dir into the model's parameters and
@@ -380,7 +406,20 @@ static CheckpointState load_newest_checkpoint(ModelBuffers* m, const char* out_d
     *path = checkpoint_path(out_dir, steps.back());
     std::string problem = checkpoint_problem(path->c_str());
     if (!problem.empty()) fail("%s; the last good checkpoint is %s", problem.c_str(), last_checkpoint(out_dir, steps.back()).c_str());
-    checkpoint_load(path->c_str(), &s, m->slot_names, m->params_memory, m->m_memory, m->v_memory);
+    if (m->zero) {  // the file's moments whole, then this rank's shard of them
+        float *mm, *vv;
+        long padded = m->shard_size * dist.world;
+        for (float** full : {&mm, &vv}) {
+            cudaCheck(cudaMalloc(full, padded * sizeof(float)));
+            cudaCheck(cudaMemset(*full, 0, padded * sizeof(float)));
+        }
+        checkpoint_load(path->c_str(), &s, m->slot_names, m->params_memory, mm, vv);
+        cudaCheck(cudaMemcpy(m->m_memory, mm + m->shard_begin, m->shard_size * sizeof(float), cudaMemcpyDeviceToDevice));
+        cudaCheck(cudaMemcpy(m->v_memory, vv + m->shard_begin, m->shard_size * sizeof(float), cudaMemcpyDeviceToDevice));
+        for (float* full : {mm, vv}) cudaCheck(cudaFree(full));
+    } else {
+        checkpoint_load(path->c_str(), &s, m->slot_names, m->params_memory, m->m_memory, m->v_memory);
+    }
     printf("resumed from %s at step %d\n", path->c_str(), s.step);
     return s;
 }
@@ -402,6 +441,26 @@ static void check_resume(const char* path, const CheckpointState* s, int seed, b
     if (max_steps <= s->step)
         fail("flag %s: the run ends at step %d, but %s is at step %d; a resume trains past its checkpoint", steps_flag,
              max_steps, path, s->step);
+}
+
+// Over several ranks, before the first step: every rank must hold the
+// same model (its kind and shape, then its parameters: the same model file
+// of -e, seed or checkpoint) and run the same settings (`run`: the batch,
+// steps, the step it starts from, the data's size ...); else every rank
+// fails with one line, before any collective that a difference would
+// derail.
+static void check_ranks_alike(ModelBuffers* m, const std::vector<long>& run) {
+    if (dist.world == 1) return;
+    uint64_t shape = dist_hash(DIST_HASH_START, &m->kind, sizeof(m->kind));
+    shape = dist_hash(shape, m->config_slots, sizeof(m->config_slots));
+    shape = dist_hash(shape, m->image_shape, sizeof(m->image_shape));
+    dist_check_same("the model's kind or shape (the model file of -e, or the shape flags)", shape);
+    dist_check_same("the run's settings (the flags, the data's size, or the checkpoint resumed)",
+                    dist_hash(DIST_HASH_START, run.data(), run.size() * sizeof(long)));
+    std::vector<float> params(m->num_parameters);
+    cudaCheck(cudaMemcpy(params.data(), m->params_memory, params.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    dist_check_same("the model's parameters (the model file of -e, the seed -r, or the checkpoint resumed)",
+                    dist_hash(DIST_HASH_START, params.data(), params.size() * sizeof(float)));
 }
 
 // out_dir/model.bin, after checking the parameters are finite

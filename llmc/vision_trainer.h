@@ -114,6 +114,8 @@ static void vision_usage(const char* program, const VisionTrainConfig* d, const 
         "  -z <float>  random erasing probability, 0 = off (default %g)\n"
         "  -w <float>  random perspective probability (distortion 0.5), 0 = off (default %g)\n"
         "  -S <name>   preset of the defaults: seed (the write-up's) or cpu (default %s)\n"
+        "  -Z <0|1>    under mpirun: ZeRO-1, the AdamW state sharded over the ranks (default 0); -b is per rank,\n"
+        "              -B the whole evaluation batch (a multiple of the ranks)\n"
         "%s"
         "  -h          this help\n",
         program, d->train_path, d->test_path, d->B, d->eval_B, d->epochs, d->lr, d->warmup, d->final_frac,
@@ -129,6 +131,7 @@ static void vision_usage(const char* program, const VisionTrainConfig* d, const 
 // the shape letters it takes.
 static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, const VisionPreset* presets,
                                const char* model_flags, const char* allowed) {
+    dist_init();  // the ranks, when mpirun started this process (distributed.h)
     c->preset = find_preset(argc, argv);
     const VisionPreset& p = presets[c->preset];
     c->L = p.L; c->C = p.C; c->B = p.B; c->epochs = p.epochs; c->max_steps = p.max_steps; c->warmup = p.warmup;
@@ -166,6 +169,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
             case 'z': c->aug.erase_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
             case 'w': c->aug.perspective_p = parse_float_flag(f, v, 0.0f, 1.0f); break;
             case 'S': break;  // find_preset
+            case 'Z': dist.zero = parse_int_flag(f, v, 0, 1); break;
             default: fail("unknown flag %s (see -h)", f);
         }
     }
@@ -273,17 +277,21 @@ static void vision_upload(VisionBatcher* vb, const ImageData* d, const int* indi
 // The training batch of a step (steps_per_epoch batches per epoch, in the
 // epoch's shuffled order), augmented with parameters drawn from aug_rng.
 // Returns the device buffer (B, Cc, H, W) that holds the batch. labels: B host ints.
+// Over several ranks the step's batch is the global one (B per rank, its
+// augmentation drawn for all of it), of which this rank takes its B rows.
 static float* vision_train_batch(VisionBatcher* vb, const ImageData* d, const AugmentConfig* aug, uint64_t seed,
                                  int step, int steps_per_epoch, int B, Rng* aug_rng, int* labels) {
     float *img = vb->images, *tmp = vb->images_tmp;
-    int epoch = step / steps_per_epoch, i = step % steps_per_epoch;
+    int epoch = step / steps_per_epoch, i = step % steps_per_epoch, G = B * dist.world;
+    long mine = dist_rows(B);
     if (vb->order_epoch != epoch) {
         image_data_epoch_order(seed, epoch, d->count, &vb->order);
         vb->order_epoch = epoch;
     }
-    vision_upload(vb, d, vb->order.data() + (long)i * B, B, img, labels);
+    vision_upload(vb, d, vb->order.data() + (long)i * G + mine, B, img, labels);
     if (!augment_enabled(aug)) return img;
-    augment_draw(aug, aug_rng, B, d->height, d->width, &vb->aug);
+    augment_draw(aug, aug_rng, G, d->height, d->width, &vb->aug);
+    if (dist.world > 1) augment_params_rows(&vb->aug, mine, B);
     return augment_apply(aug, &vb->aug, &vb->aug_dev, img, tmp, B, d->channels, d->height, d->width);
 }
 
@@ -338,26 +346,30 @@ static void print_epoch(int step, int steps_per_epoch, int epochs, float train_l
 // The forward sets buf.mean_loss when given labels.
 
 // mean loss and accuracy (percent) over the test images (the first
-// max_batches batches of eval_B when max_batches > 0)
+// max_batches batches of eval_B when max_batches > 0); over several ranks
+// each rank runs its eval_B / ranks rows of every batch and the sums are
+// summed over the ranks
 template <typename M> static void vision_evaluate(M* model, VisionBatcher* vb, const ImageData* test, int eval_B,
                                                   int max_batches, float* loss, float* acc) {
     NVTX_RANGE("evaluate");
-    int n = test->count, K = model->config.num_classes;
+    int n = test->count, K = model->config.num_classes, per_rank = eval_B / dist.world;
     if (max_batches > 0 && (long)max_batches * eval_B < n) n = max_batches * eval_B;
-    std::vector<int> labels(eval_B);
-    std::vector<float> logits((long)eval_B * K);
-    double loss_sum = 0.0;
-    long correct = 0;
+    std::vector<int> labels(per_rank);
+    std::vector<float> logits((long)per_rank * K);
+    double sums[2] = {0.0, 0.0};  // the loss sum, the right answers
     for (int first = 0; first < n; first += eval_B) {
-        int B = n - first < eval_B ? n - first : eval_B;
-        vision_eval_batch(vb, test, first, B, labels.data());
+        int rows = n - first < eval_B ? n - first : eval_B;
+        int mine = dist.rank * per_rank, B = std::max(0, std::min(per_rank, rows - mine));
+        if (B == 0) continue;
+        vision_eval_batch(vb, test, first + mine, B, labels.data());
         vision_forward(model, vb->images, labels.data(), B, -1);
         cudaCheck(cudaMemcpy(logits.data(), model->acts.logits, (long)B * K * sizeof(float), cudaMemcpyDeviceToHost));
-        correct += count_correct(logits.data(), labels.data(), B, K);
-        loss_sum += (double)model->buf.mean_loss * B;
+        sums[1] += count_correct(logits.data(), labels.data(), B, K);
+        sums[0] += (double)model->buf.mean_loss * B;
     }
-    *loss = (float)(loss_sum / n);
-    *acc = (float)(100.0 * correct / n);
+    dist_sum_host(sums, 2);
+    *loss = (float)(sums[0] / n);
+    *acc = (float)(100.0 * sums[1] / n);
 }
 
 // After the model is built, initialized and its activations allocated for
@@ -365,12 +377,25 @@ template <typename M> static void vision_evaluate(M* model, VisionBatcher* vb, c
 // epochs and at the end, checkpoints every -n (and at the end), a step line
 // every -s steps and a log line per step, the final model in -o. Returns the
 // exit status.
+//
+// Over several ranks (distributed.h, under mpirun) -b is each rank's batch
+// and -B the whole evaluation batch (split evenly over the ranks): every
+// rank takes its rows of the global batch (vision_train_batch), the loss and
+// the gradients are the global batch's (model.h), the evaluation sums are
+// summed over the ranks, and only rank 0 prints, logs and writes files. A
+// checkpoint records the global batch. Each rank's dropout masks are its
+// own (the run's seed mixed with the rank).
 template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, const ImageData* train,
                                             const ImageData* test) {
     ModelBuffers* m = &model->buf;
-    int T = m->seq_len;
+    int T = m->seq_len, G = vc->B * dist.world;  // G: the global batch
     AdamWConfig opt = {vc->lr, 0.9f, vc->beta2, 1e-8f, vc->weight_decay, vc->grad_clip};
-    int steps_per_epoch = train->count / vc->B;  // the last partial batch of an epoch is dropped
+    if (vc->eval_B % dist.world)
+        fail("flag -B: the evaluation batch %d does not split evenly over %d ranks", vc->eval_B, dist.world);
+    if (train->count < G)
+        fail("flag -b: the global batch %d (%d ranks x -b %d) is larger than the %d images of %s", G, dist.world, vc->B,
+             train->count, vc->train_path);
+    int steps_per_epoch = train->count / G;  // the last partial batch of an epoch is dropped
     int max_steps = vc->max_steps >= 0 ? vc->max_steps : vc->epochs * steps_per_epoch;
     int epochs = CEIL_DIV(max_steps, steps_per_epoch);
     Rng aug_rng;
@@ -382,7 +407,10 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     if (vc->resume) {
         std::string path;
         CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
-        if (s.B != vc->B) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
+        if (s.B != G && dist.world == 1) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
+        if (s.B != G)
+            fail("%s: written with a global batch of %d, resumed with -b %d on %d ranks (%d)", path.c_str(), s.B, vc->B,
+                 dist.world, G);
         if (s.T != T) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, T);
         ImageShape written = image_shape_from_slots(path.c_str(), s.image_shape), shape = image_shape_of(train);
         if (!image_shape_equal(written, shape))
@@ -394,11 +422,16 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         seed = s.sample_rng;
         start_step = s.step;
     }
+    check_ranks_alike(m, {vc->B, vc->eval_B, T, max_steps, start_step, dist.zero, train->count, test->count,
+                          (long)aug_rng.state, (long)seed});
     model->dropout.rate = vc->dropout;
-    model->dropout.seed = seed;
+    model->dropout.seed = seed + (uint64_t)dist.rank * 0x9E3779B97F4A7C15ull;  // rank 0's (a single run's): the seed
     printf("batch %d (eval %d) | %d epochs of %d steps (%d steps) | lr %g warmup %d final x%g | betas 0.9 %g | wd %g | "
            "clip %g | dropout %g\n", vc->B, vc->eval_B, epochs, steps_per_epoch, max_steps, opt.lr, vc->warmup,
            vc->final_frac, opt.beta2, opt.weight_decay, opt.grad_clip, vc->dropout);
+    if (dist.on)
+        printf("data parallel: %d ranks x batch %d = global batch %d (eval %d per rank) | %s\n", dist.world, vc->B, G,
+               vc->eval_B / dist.world, m->zero ? "ZeRO-1: AdamW state sharded" : "gradients all-reduced");
     printf("augment: flip %d | crop pad %d | rotate %g deg | erase p %g | perspective p %g | train %d images, test %d\n",
            vc->aug.flip, vc->aug.crop_pad, vc->aug.rotate_deg, vc->aug.erase_p, vc->aug.perspective_p, train->count,
            test->count);
@@ -420,14 +453,15 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
             vision_evaluate(model, &vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc);
             print_epoch(step, steps_per_epoch, epochs, window_steps ? (float)(window_loss / window_steps) : NAN,
-                        test_loss, test_acc, window_steps ? window_steps * vc->B / window_seconds : NAN,
+                        test_loss, test_acc, window_steps ? window_steps * G / window_seconds : NAN,
                         host_clock() - run_start);
             log_test(&logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - run_start);
             window_seconds = window_loss = 0.0;
             window_steps = 0;
         }
-        if (out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
-            save_checkpoint(m, out_dir, step, aug_rng.state, seed, vc->B, T, (int)seed, train->count, found_steps);
+        if (vc->out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
+            save_checkpoint(m, out_dir, step, aug_rng.state, seed, G, T, (int)seed, train->count,
+                            found_steps);  // (every rank: out_dir is rank 0's)
         if (last) break;
 
         NVTX_RANGE("step");
@@ -454,8 +488,8 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         window_loss += m->mean_loss;
         window_steps++;
         if (vc->print_every > 0 && (step + 1) % vc->print_every == 0)
-            print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, vc->B, "images/s", train_seconds);
-        log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", vc->B / seconds, host_clock() - run_start);
+            print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, G, "images/s", train_seconds);
+        log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", G / seconds, host_clock() - run_start);
     }
     step_runner_free(&runner, m);
     logger_close(&logger);
