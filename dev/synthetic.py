@@ -250,6 +250,15 @@ def plot(out, results, lengths):
     fig.savefig(os.path.join(ROOT, out, "induction.png"), dpi=120)
 
 
+def subset(text, known, flag):
+    """the comma-separated names of a flag, each one of known, or exit naming the unknown ones"""
+    names = [n.strip() for n in text.split(",")]
+    bad = [n for n in names if n not in known]
+    if bad:
+        sys.exit(f"error: {flag}: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    return names
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="batch 64, 20,000 steps, seed preset (for a GPU)")
@@ -272,16 +281,8 @@ def main():
         cfg["val_every"] = max(1, min(cfg["val_every"], args.steps // 4))
     if args.jobs < 1:
         sys.exit(f"error: --jobs {args.jobs}: need at least one")
-    names = list(MODELS)
-    if args.models:
-        names = [n.strip() for n in args.models.split(",")]
-        bad = [n for n in names if n not in MODELS]
-        if bad:
-            sys.exit(f"error: --models: unknown {', '.join(bad)} (known: {', '.join(MODELS)})")
-    tasks = [t.strip() for t in args.tasks.split(",")]
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        sys.exit(f"error: --tasks: unknown {', '.join(bad)} (known: {', '.join(TASKS)})")
+    names = subset(args.models, MODELS, "--models") if args.models else list(MODELS)
+    tasks = subset(args.tasks, TASKS, "--tasks")
     os.makedirs(os.path.join(ROOT, args.out), exist_ok=True)
     os.makedirs(os.path.join(ROOT, args.runs), exist_ok=True)
     must(["make", "-s", "train_gpt", "train_gpt_plus", "train_mamba", "train_hybrid", "synthetic-tasks"])
