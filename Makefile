@@ -61,8 +61,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh llmc/host/*.h)
-PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
-TESTS = test_backend test_gpt test_gpt_plus test_mamba test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
+PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba test_mamba2 train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
+TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -81,7 +81,7 @@ $(PROGRAMS): %: %.cu $(HEADERS) $(BACKEND_STAMP)
 builds_of = $(1) build/sanitize/$(1) build/cuda-check/$(1)
 $(call builds_of,test_gpt): train_gpt.cu
 $(call builds_of,test_gpt_plus): train_gpt_plus.cu
-$(call builds_of,test_mamba) $(call builds_of,test_pixels): train_mamba.cu
+$(call builds_of,test_mamba) $(call builds_of,test_mamba2) $(call builds_of,test_pixels): train_mamba.cu
 $(call builds_of,test_hybrid): train_hybrid.cu
 $(call builds_of,test_vit): train_vit.cu
 $(call builds_of,test_mamba_vit): train_mamba_vit.cu
@@ -99,6 +99,9 @@ data/ref_mamba.bin: dev/reference/mamba.py dev/reference/formats.py dev/referenc
 data/ref_mamba_lti.bin: dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/mamba.py --lti --out $@
+data/ref_mamba2.bin: dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/mamba.py --mamba2 --out $@
 data/ref_vit.bin data/ref_mamba_vit.bin: data/ref_%.bin: dev/reference/vit.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model $* --out $@
@@ -133,7 +136,7 @@ data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
 # every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
-REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_vit.bin data/ref_mamba_vit.bin \
+REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_mamba2.bin data/ref_vit.bin data/ref_mamba_vit.bin \
              data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
              data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin
@@ -196,7 +199,7 @@ test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train
 #   FIDELITY_TF32_TESTS  the programs run once more with TF32 products
 #   FIDELITY_SCRIPTS     the script tests, run as the trainers run on a GPU
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_vit test_mamba_vit test_hybrid
+FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_vit test_mamba_vit test_hybrid
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh dev/test_graphs.sh
 test-fidelity: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
 	@TESTS="$(TESTS)" FIDELITY_RUNS="$(FIDELITY_RUNS)" FIDELITY_TF32_TESTS="$(FIDELITY_TF32_TESTS)" \

@@ -29,6 +29,7 @@ Build with `make train_mamba` (GPU if one is visible, else the host backend).
 #include "llmc/utils.h"
 #include "llmc/encoder.cuh"
 #include "llmc/mamba_block.cuh"
+#include "llmc/mamba2_block.cuh"
 #include "llmc/mamba_step.cuh"
 #include "llmc/dropout.cuh"
 #include "llmc/lm_head.cuh"
@@ -48,6 +49,8 @@ typedef struct {
     int inner;       // E = expand * C
     int d_state;     // N
     int lti;         // 1: the selection ablation (-M lti, model kind MODEL_MAMBA_LTI)
+    int mamba2;      // 1: the Mamba-2 mixer (-M 2, model kind MODEL_MAMBA2)
+    int headdim;     // P, Mamba-2's channels per head (H = E / P heads); 0 for Mamba-1
 } MambaConfig;
 
 // the seven config slots of model files and checkpoints; dt_rank is R =
@@ -56,23 +59,39 @@ typedef struct {
 static const char* const mamba_slot_names[CONFIG_SLOTS] = {"vocab_size", "num_layers", "channels", "inner",
                                                            "d_state", "dt_rank", "num_params"};
 
+// Mamba-2's slots: the sixth is the headdim P
+static const char* const mamba2_slot_names[CONFIG_SLOTS] = {"vocab_size", "num_layers", "channels", "inner",
+                                                            "d_state", "headdim", "num_params"};
+
 static MambaDims dims_of(MambaConfig c) {
     MambaDims d = {c.channels, c.inner, c.d_state, c.lti ? 0 : mamba_dt_rank(c.channels), c.lti};
     return d;
 }
 
-static int kind_of(MambaConfig c) { return c.lti ? MODEL_MAMBA_LTI : MODEL_MAMBA; }
+static Mamba2Dims dims2_of(MambaConfig c) {
+    Mamba2Dims d = {c.channels, c.inner, c.d_state, c.headdim, c.headdim ? c.inner / c.headdim : 0};
+    return d;
+}
+
+static int kind_of(MambaConfig c) { return c.mamba2 ? MODEL_MAMBA2 : c.lti ? MODEL_MAMBA_LTI : MODEL_MAMBA; }
+
+// the rows [from, to) of a tensor table emptied: the other mixer's
+static void empty_rows(TensorSpec* from, const TensorSpec* to) {
+    for (TensorSpec* r = from; r < to; r++) r->size = 0;
+}
 
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked
-// over L). The selective model's lti rows are empty; the LTI ablation's
-// x_proj_w, dt_proj_w and dt_proj_b rows are.
+// over L). The selective model's lti and tower2 rows are empty; the LTI
+// ablation's x_proj_w, dt_proj_w, dt_proj_b and tower2 rows are; Mamba-2's
+// tower and lti rows are.
 
-#define NUM_PARAMETER_TENSORS (1 + MAMBA_STACK_PARAMS + MAMBA_LTI_PARAMS + 4)
+#define NUM_PARAMETER_TENSORS (1 + MAMBA_STACK_PARAMS + MAMBA_LTI_PARAMS + MAMBA2_STACK_PARAMS + 4)
 typedef struct {
-    float* wte;              // (V, C)
-    MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
-    MambaLtiParams lti;      // the L blocks' dt_bias, B_lti, C_lti (-M lti)
+    float* wte;               // (V, C)
+    MambaStackParams tower;   // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
+    MambaLtiParams lti;       // the L blocks' dt_bias, B_lti, C_lti (-M lti)
+    Mamba2StackParams tower2; // the L Mamba-2 blocks (-M 2): in_proj_w .. ln_b, see llmc/mamba2_block.cuh
     float* lnf_w;            // (C)
     float* lnf_b;            // (C)
     float* head_w;           // (V, C)
@@ -84,8 +103,11 @@ static_assert(sizeof(ParameterTensors) == NUM_PARAMETER_TENSORS * sizeof(float*)
 static void mamba_param_table(TensorSpec* t, MambaConfig c) {
     long V = c.vocab_size, C = c.channels;
     *t++ = {"wte", V * C, 1, 1};
+    TensorSpec* tower = t;
     t = mamba_stack_param_table(t, c.num_layers, dims_of(c));
+    if (c.mamba2) empty_rows(tower, t);
     t = mamba_lti_param_table(t, c.num_layers, dims_of(c));
+    t = mamba2_stack_param_table(t, c.num_layers, dims2_of(c), c.mamba2);
     *t++ = {"lnf_w", C, 0, 1};
     *t++ = {"lnf_b", C, 0, 1};
     *t++ = {"head_w", V * C, 1, 1};
@@ -95,10 +117,11 @@ static void mamba_param_table(TensorSpec* t, MambaConfig c) {
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS (1 + MAMBA_STACK_ACTS + 1 + 6 + 1 + MAMBA_SCRATCH + 3)
+#define NUM_ACTIVATION_TENSORS (1 + MAMBA_STACK_ACTS + MAMBA2_STACK_ACTS + 1 + 6 + 1 + MAMBA_SCRATCH + MAMBA2_SCRATCH + 3)
 typedef struct {
     float* encoded;         // (B, T, C)
-    MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
+    MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh (empty with -M 2)
+    Mamba2StackActs tower2; // the L Mamba-2 blocks' (-M 2; empty otherwise), see llmc/mamba2_block.cuh
     float* drop;            // (L, B, T, C)  the blocks' outputs after dropout (with -D; empty without)
     float* lnf;             // (B, T, C)
     float* lnf_mean;        // (B, T)
@@ -108,7 +131,8 @@ typedef struct {
     float* losses;          // (B, T)
     // scratch
     float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
-    MambaScratch block;     // the blocks' backward scratch
+    MambaScratch block;     // the blocks' backward scratch (empty with -M 2)
+    Mamba2Scratch block2;   // ... the Mamba-2 blocks' (-M 2)
     float* dresidual_in;    // (B, T, C)  ... and w.r.t. its input (the two swap roles block by block)
     float* dnorm;           // (B, T, C)  gradient w.r.t. the final LayerNorm's output
     float* dlogits;         // (B, T, V); also the one-hot scratch of the embedding backward
@@ -118,7 +142,10 @@ static_assert(sizeof(ActivationTensors) == NUM_ACTIVATION_TENSORS * sizeof(float
 static void mamba_act_table(TensorSpec* t, MambaConfig c, int B, int T, bool dropout) {
     long C = c.channels, V = c.vocab_size, BT = (long)B * T, L = c.num_layers;
     *t++ = {"encoded", BT * C, 0, 1};
+    TensorSpec* tower = t;
     t = mamba_stack_act_table(t, c.num_layers, B, T, dims_of(c));
+    if (c.mamba2) empty_rows(tower, t);
+    t = mamba2_stack_act_table(t, c.num_layers, B, T, dims2_of(c), c.mamba2);
     *t++ = {"drop", dropout ? L * BT * C : 0, 0, c.num_layers};
     *t++ = {"lnf", BT * C, 0, 1};
     *t++ = {"lnf_mean", BT, 0, 1};
@@ -127,7 +154,10 @@ static void mamba_act_table(TensorSpec* t, MambaConfig c, int B, int T, bool dro
     *t++ = {"probs", BT * V, 0, 1};
     *t++ = {"losses", BT, 0, 1};
     *t++ = {"dresidual", BT * C, 0, 1};
+    TensorSpec* scratch = t;
     t = mamba_scratch_table(t, B, T, dims_of(c));
+    if (c.mamba2) empty_rows(scratch, t);
+    t = mamba2_scratch_table(t, B, T, dims2_of(c), c.mamba2);
     *t++ = {"dresidual_in", BT * C, 0, 1};
     *t++ = {"dnorm", BT * C, 0, 1};
     *t++ = {"dlogits", BT * V, 0, 1};
@@ -144,25 +174,36 @@ typedef struct {
     TrainDropout dropout;     // the rate at training steps and the masks' seed (llmc/model.h)
     ModelBuffers buf;         // the buffers, the cuBLAS handle, the last loss (llmc/model.h)
     MambaStepState step;      // generation: every layer's conv and SSM state (llmc/mamba_step.cuh)
+    Mamba2State step2;        // ... with -M 2 (llmc/mamba2_block.cuh)
     StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
 } Mamba;
 
 static MambaConfig mamba_config(int V, int L, int C, int N, int lti = 0) {
     MambaDims d = mamba_dims(C, N);
-    MambaConfig c = {V, L, C, d.E, N, lti};
+    MambaConfig c = {V, L, C, d.E, N, lti, 0, 0};
+    return c;
+}
+
+// the Mamba-2 LM (-M 2): d_state N, headdim P
+static MambaConfig mamba2_config(int V, int L, int C, int N, int P) {
+    Mamba2Dims d = mamba2_dims(C, N, P);
+    MambaConfig c = {V, L, C, d.E, N, 0, 1, P};
     return c;
 }
 
 static void mamba_build(Mamba* model, MambaConfig c) {
-    if (!c.lti) scan_check_limits(c.d_state);
+    if (c.mamba2) ssd_check_limits(c.inner, c.headdim, c.d_state);
+    else if (!c.lti) scan_check_limits(c.d_state);
     model->config = c;
     TensorSpec table[NUM_PARAMETER_TENSORS];
     mamba_param_table(table, c);
-    int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state, dims_of(c).R};
-    model_build(&model->buf, kind_of(c), mamba_slot_names, slots, table, NUM_PARAMETER_TENSORS, &model->params,
-                &model->grads, sizeof(model->params));
+    int slots[CONFIG_SLOTS - 1] = {c.vocab_size, c.num_layers, c.channels, c.inner, c.d_state,
+                                   c.mamba2 ? c.headdim : dims_of(c).R};
+    model_build(&model->buf, kind_of(c), c.mamba2 ? mamba2_slot_names : mamba_slot_names, slots, table,
+                NUM_PARAMETER_TENSORS, &model->params, &model->grads, sizeof(model->params));
     model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
+    model->step2.memory = nullptr;
 }
 
 // sizes the activations for batches up to B x T, with room for the blocks'
@@ -186,7 +227,8 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long V = c.vocab_size, C = c.channels;
     for (long i = 0; i < V * C; i++) p.wte[i] = rng_normal(&rng);
-    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, 1, &p.lti);
+    if (c.mamba2) mamba2_stack_init(p.tower2, c.num_layers, dims2_of(c), &rng);
+    else mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, 1, &p.lti);
     for (long i = 0; i < C; i++) { p.lnf_w[i] = 1.0f; p.lnf_b[i] = 0.0f; }
     for (long i = 0; i < V * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < V; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
@@ -199,6 +241,7 @@ static const float* block_output(const Mamba* model, int l, int B, int T) {
     const ActivationTensors& a = model->acts;
     if (l < 0) return a.encoded;
     if (model->dropout.fwd_rate > 0.0f) return a.drop + l * ((long)B * T * model->config.channels);
+    if (model->config.mamba2) return mamba2_layer_acts(a.tower2, l, B, T, dims2_of(model->config)).ln;
     return mamba_layer_acts(a.tower, l, B, T, dims_of(model->config)).ln;
 }
 
@@ -206,20 +249,17 @@ static const float* block_output(const Mamba* model, int l, int B, int T) {
 // forward: logits for inputs (B, T) (host array); with targets, also the mean
 // loss. train_step >= 0: a training step (dropout on, its masks keyed by the
 // step); -1: evaluation and generation (no dropout). carry: null, every row
-// starts empty; else it holds every layer's conv and SSM state before the
-// rows (a MambaStepState of at least B rows, llmc/mamba_step.cuh), and on
-// return the states after them (no backward after such a forward).
+// starts empty; else one MambaCarry per layer holding its conv and SSM state
+// before the rows (of at least B rows: layer_carries), and on return the
+// states after them (no backward after such a forward).
 
 static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T, int train_step,
-                          MambaStepState* carry = nullptr) {
+                          const MambaCarry* carry = nullptr) {
     NVTX_RANGE("forward");
     MambaConfig c = model->config;
     MambaDims d = dims_of(c);
     ModelBuffers* m = &model->buf;
     if (B > m->batch_size || T > m->seq_len) fail("mamba_forward: batch %d x %d exceeds the allocation", B, T);
-    if (carry && (carry->L != c.num_layers || B > carry->B))
-        fail("mamba_forward: a carried state of %d layers x %d rows for %d layers x %d rows", carry->L, carry->B,
-             c.num_layers, B);
     int L = c.num_layers, C = c.channels, BT = B * T;
     ParameterTensors p = model->params;
     ActivationTensors a = model->acts;
@@ -231,14 +271,24 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
-        MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
-        MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
-        MambaCarry layer_carry = carry ? MambaCarry{mamba_conv_state(carry, l), mamba_ssm_state(carry, l)} : MambaCarry{};
-        mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B, T), B, T, d,
-                            c.lti ? &lti : nullptr, carry ? &layer_carry : nullptr);
+        const float* block_in = block_output(model, l - 1, B, T);
+        const MambaCarry* layer_carry = carry ? carry + l : nullptr;
+        const float* out;
+        if (c.mamba2) {
+            Mamba2StackActs la = mamba2_layer_acts(a.tower2, l, B, T, dims2_of(c));
+            mamba2_block_forward(h, mamba2_layer_params(p.tower2, l, dims2_of(c)), la, block_in, B, T, dims2_of(c),
+                                 layer_carry);
+            out = la.ln;
+        } else {
+            MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
+            MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
+            mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_in, B, T, d, c.lti ? &lti : nullptr,
+                                layer_carry);
+            out = la.ln;
+        }
         if (drop > 0.0f) {
             NVTX_RANGE("dropout_forward");
-            dropout_apply(a.drop + l * ((long)BT * C), la.ln, (long)BT * C, drop,
+            dropout_apply(a.drop + l * ((long)BT * C), out, (long)BT * C, drop,
                           dropout_site(model->dropout.seed, model_train_step(m), l));
         }
     }
@@ -268,10 +318,18 @@ static void mamba_backward(Mamba* model, int B, int T) {
         NVTX_RANGE("block_backward");
         if (drop > 0.0f)  // through the mask: the gradient w.r.t. the block's LayerNorm output
             dropout_apply(dresidual, dresidual, (long)BT * C, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
-        MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d), glti = mamba_lti_layer_params(g.lti, l, d);
-        mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B, T), mamba_layer_params(p.tower, l, d),
-                             mamba_layer_params(g.tower, l, d), mamba_layer_acts(a.tower, l, B, T, d), a.block,
-                             m->ones, B, T, d, c.lti ? &lti : nullptr, c.lti ? &glti : nullptr);
+        if (c.mamba2) {
+            Mamba2Dims d2 = dims2_of(c);
+            mamba2_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B, T),
+                                  mamba2_layer_params(p.tower2, l, d2), mamba2_layer_params(g.tower2, l, d2),
+                                  mamba2_layer_acts(a.tower2, l, B, T, d2), a.block2, m->ones, B, T, d2);
+        } else {
+            MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d), glti = mamba_lti_layer_params(g.lti, l, d);
+            mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B, T),
+                                 mamba_layer_params(p.tower, l, d), mamba_layer_params(g.tower, l, d),
+                                 mamba_layer_acts(a.tower, l, B, T, d), a.block, m->ones, B, T, d,
+                                 c.lti ? &lti : nullptr, c.lti ? &glti : nullptr);
+        }
         std::swap(dresidual, dresidual_in);
     }
     {
@@ -283,16 +341,29 @@ static void mamba_backward(Mamba* model, int B, int T) {
 // ----------------------------------------------------------------------------
 // generation: the recurrent step of every block (llmc/mamba_step.cuh), its
 // states prefilled by the parallel forward. Constant time and memory per
-// token, no context limit.
+// token, no context limit. Mamba-2 (-M 2) steps by the parallel forward of
+// one position with every layer's state carried (llmc/mamba2_block.cuh's
+// Mamba2State): the same constant time and memory per token.
+
+// every layer's MambaCarry in a carried state: Mamba-1's step state, or Mamba-2's
+static std::vector<MambaCarry> layer_carries(const Mamba* model, const MambaStepState* s1, const Mamba2State* s2) {
+    std::vector<MambaCarry> carries(model->config.num_layers);
+    for (int l = 0; l < model->config.num_layers; l++)
+        carries[l] = model->config.mamba2 ? mamba2_carry(s2, l) : MambaCarry{mamba_conv_state(s1, l), mamba_ssm_state(s1, l)};
+    return carries;
+}
 
 // the states of B rows (up to the activations' batch), cleared
 static void mamba_generate_begin(Mamba* model, int B) {
-    mamba_step_state_alloc(&model->step, model->config.num_layers, B, dims_of(model->config));
-    step_buffers_alloc(&model->gen, B, model->config.channels, model->config.vocab_size);
+    MambaConfig c = model->config;
+    if (c.mamba2) mamba2_state_alloc(&model->step2, c.num_layers, B, dims2_of(c));
+    else mamba_step_state_alloc(&model->step, c.num_layers, B, dims_of(c));
+    step_buffers_alloc(&model->gen, B, c.channels, c.vocab_size);
 }
 
 static void mamba_generate_end(Mamba* model) {
-    mamba_step_state_free(&model->step);
+    if (model->config.mamba2) mamba2_state_free(&model->step2);
+    else mamba_step_state_free(&model->step);
     step_buffers_free(&model->gen);
 }
 
@@ -300,6 +371,12 @@ static void mamba_generate_end(Mamba* model) {
 static void mamba_step(Mamba* model, const int* tokens, int B) {
     NVTX_RANGE("step");
     MambaConfig c = model->config;
+    if (c.mamba2) {
+        if (B > model->step2.B) fail("mamba_step: %d rows for a state of %d", B, model->step2.B);
+        mamba_forward(model, tokens, nullptr, B, 1, -1, layer_carries(model, nullptr, &model->step2).data());
+        step_logits_from_forward(&model->gen, model->acts.logits, B, 1, c.vocab_size);
+        return;
+    }
     ParameterTensors p = model->params;
     StepBuffers* g = &model->gen;
     cublasHandle_t h = model->buf.cublas;
@@ -315,8 +392,13 @@ static void mamba_step(Mamba* model, const int* tokens, int B) {
 static void mamba_prefill(Mamba* model, const int* tokens, int B, int T) {
     NVTX_RANGE("prefill");
     auto prefill = [&](const int* rows, int first) {
-        mamba_forward(model, rows, nullptr, B, first, -1);
-        mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
+        if (model->config.mamba2) {  // the forward from empty states leaves the states after the rows
+            mamba2_state_reset(&model->step2);
+            mamba_forward(model, rows, nullptr, B, first, -1, layer_carries(model, nullptr, &model->step2).data());
+        } else {
+            mamba_forward(model, rows, nullptr, B, first, -1);
+            mamba_step_prefill_stack(&model->step, model->acts.tower, B, first);
+        }
         step_logits_from_forward(&model->gen, model->acts.logits, B, first, model->config.vocab_size);
     };
     lm_prefill_recurrent(tokens, B, T, model->buf.seq_len, prefill, [&](const int* column) { mamba_step(model, column, B); });
@@ -341,16 +423,21 @@ static void mamba_eval_chunked(Mamba* model, int B, int T, int Tc, const ChunkRe
     if (B < 1 || T < 1 || Tc < 1) fail("mamba_eval_chunked: %d rows of %d tokens in chunks of %d", B, T, Tc);
     if (B > m->batch_size || Tc > m->seq_len)
         fail("mamba_eval_chunked: chunks of %d x %d exceed the activations' %d x %d", B, Tc, m->batch_size, m->seq_len);
-    MambaStepState carry;
-    mamba_step_state_alloc(&carry, model->config.num_layers, B, dims_of(model->config));  // cleared: rows start empty
+    MambaConfig c = model->config;
+    MambaStepState state1;
+    Mamba2State state2;
+    if (c.mamba2) mamba2_state_alloc(&state2, c.num_layers, B, dims2_of(c));  // cleared: rows start empty
+    else mamba_step_state_alloc(&state1, c.num_layers, B, dims_of(c));
+    std::vector<MambaCarry> carries = layer_carries(model, &state1, &state2);
     std::vector<int> inputs((size_t)B * Tc), targets((size_t)B * Tc);  // (B, n) of the chunk
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
         read(t0, n, inputs.data(), targets.data());
-        mamba_forward(model, inputs.data(), targets.data(), B, n, -1, &carry);
+        mamba_forward(model, inputs.data(), targets.data(), B, n, -1, carries.data());
         done(t0, n, targets.data());
     }
-    mamba_step_state_free(&carry);
+    if (c.mamba2) mamba2_state_free(&state2);
+    else mamba_step_state_free(&state1);
 }
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
@@ -381,7 +468,8 @@ int main(int argc, char** argv) {
                       "  -L <int>    layers (seed preset 5, cpu 3)\n"
                       "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                       "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
-                      "              learned per channel, not functions of the input (with -e: the file's unless given)\n"
+                      "              learned per channel, not functions of the input; 2, Mamba-2's SSD mixer (d_state\n"
+                      "              64, headdim 64, H = 2C/64 heads) (with -e: the file's unless given)\n"
                       "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
                       "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n",
                       "LCMd");
@@ -390,13 +478,18 @@ int main(int argc, char** argv) {
     Vocab vocab;
     load_lm_data(&tc, &train, &val, &vocab);
 
-    int lti = tc.mixer && !strcmp(tc.mixer, "lti");
-    if (tc.init_path && !tc.mixer) lti = model_file_kind(tc.init_path) == MODEL_MAMBA_LTI;  // the file's variant
-    MambaConfig config = mamba_config(vocab.size, tc.L, tc.C, 16, lti);
+    int lti = tc.mixer && !strcmp(tc.mixer, "lti"), mamba2 = tc.mixer && !strcmp(tc.mixer, "2");
+    if (tc.init_path && !tc.mixer) {  // the file's variant
+        int kind = model_file_kind(tc.init_path);
+        lti = kind == MODEL_MAMBA_LTI;
+        mamba2 = kind == MODEL_MAMBA2;
+    }
+    MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, 64, 64) : mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
         int s[CONFIG_SLOTS];
         model_file_config(tc.init_path, kind_of(config), s);
-        config = {s[0], s[1], s[2], s[3], s[4], lti};  // s[5], the dt rank, is mamba_dt_rank(C), or 0 with lti (checked)
+        // s[5]: Mamba-2's headdim; else the dt rank, mamba_dt_rank(C), or 0 with lti (checked)
+        config = {s[0], s[1], s[2], s[3], s[4], lti, mamba2, mamba2 ? s[5] : 0};
         check_shape_flag_int(&tc, 'L', tc.L, "num_layers", config.num_layers);
         check_shape_flag_int(&tc, 'C', tc.C, "channels", config.channels);
         check_model_vocab(&tc, config.vocab_size, &vocab);
@@ -408,7 +501,11 @@ int main(int argc, char** argv) {
     mamba_allocate_activations(&model, tc.B, tc.T, tc.dropout > 0.0f);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    if (config.lti)
+    if (config.mamba2)
+        printf("backend %s | Mamba-2 L %d C %d E %d N %d heads %d x %d | vocab %d | %ld parameters | scan SSD chunks of "
+               "%d\n", BACKEND_NAME, config.num_layers, config.channels, config.inner, config.d_state,
+               dims2_of(config).H, config.headdim, config.vocab_size, model.buf.num_parameters, SSD_CHUNK);
+    else if (config.lti)
         printf("backend %s | Mamba LTI (dt, B, C per channel) L %d C %d E %d N %d | vocab %d | %ld parameters | scan "
                "time-invariant sequential\n", BACKEND_NAME, config.num_layers, config.channels, config.inner,
                config.d_state, config.vocab_size, model.buf.num_parameters);

@@ -45,7 +45,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
 CARRY=build/gpu_carry
-TESTS="test_backend test_gpt test_gpt_plus test_mamba test_hybrid test_vit test_mamba_vit test_generate test_attention test_augment test_pixels"
+TESTS="test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_hybrid test_vit test_mamba_vit test_generate test_attention test_augment test_pixels"
 TRAINERS="train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit"
 IMAGES=gpu_check_synthetic  # the small synthetic image set: 4096 train, 1024 test images
 FASHION=gpu_check_fashion   # Fashion-MNIST: the first 20,000 training images and all 10,000 test images

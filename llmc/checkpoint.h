@@ -42,6 +42,7 @@ that loads wrong.
 #include <vector>
 #include "cuda_common.h"
 #include "selective_scan.cuh"  // the scan's d_state limits, which a Mamba's config slot must meet
+#include "ssd.cuh"  // Mamba-2's d_state and headdim limits
 #include "utils.h"
 
 #define CONFIG_SLOTS 7
@@ -71,6 +72,7 @@ static const char* model_kind_name(int kind) {
         case MODEL_GPT: return "GPT (train_gpt)";
         case MODEL_MAMBA: return "Mamba LM (train_mamba)";
         case MODEL_MAMBA_LTI: return "time-invariant Mamba LM (train_mamba -M lti)";
+        case MODEL_MAMBA2: return "Mamba-2 LM (train_mamba -M 2)";
         case MODEL_VIT: return "ViT (train_vit)";
         case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
         case MODEL_MAMBA_VIT_BI: return "bidirectional Mamba-ViT (train_mamba_vit -M bi)";
@@ -128,6 +130,16 @@ static void model_config_check(const char* path, int kind, const int* s) {
             if (s[5] != CEIL_DIV(s[2], 16))
                 fail("%s: dt_rank %d; channels %d make dt rank %d (ceil(C/16))", path, s[5], s[2], CEIL_DIV(s[2], 16));
             break;
+        case MODEL_MAMBA2:  // vocab_size, num_layers, channels, inner, d_state, headdim
+            check_slot(path, "vocab_size", s[0], 1, max_vocab);
+            check_slot(path, "num_layers", s[1], 1, 1024);
+            check_slot(path, "channels", s[2], 1, 1 << 16);
+            check_slot(path, "inner", s[3], 1, 1 << 17);
+            check_slot(path, "d_state", s[4], 1, SSD_MAX_N);
+            check_slot(path, "headdim", s[5], 1, SSD_MAX_P);
+            if (s[3] != 2 * s[2]) fail("%s: inner %d is not 2 x channels %d", path, s[3], s[2]);
+            if (s[3] % s[5]) fail("%s: inner %d is not divisible by headdim %d", path, s[3], s[5]);
+            break;
         case MODEL_VIT:  // patch_size, num_classes, num_layers, num_heads, channels, ffn
             check_slot(path, "patch_size", s[0], 1, 4096);
             check_slot(path, "num_classes", s[1], 1, 256);
@@ -155,7 +167,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "pattern", s[5], 1, (1 << 30) - 1);  // at most 15 base-4 digits
             break;
         default:
-            fail("%s: model kind %d is none of 1..8", path, kind);
+            fail("%s: model kind %d is none of 1..9", path, kind);
     }
     check_slot(path, "num_params", s[CONFIG_SLOTS - 1], 1, 2147483647L);
 }

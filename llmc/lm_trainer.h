@@ -39,7 +39,7 @@ typedef struct {
     int seed_given;          // -r was given
     int L, C, H, F;          // model shape flags (each model uses what it has)
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
-    const char* mixer;       // -M: the Mamba's mixer, selective or lti (train_mamba.cu); null: not given
+    const char* mixer;       // -M: the Mamba's mixer, selective, lti or 2 (train_mamba.cu); null: not given
     int eval_chunk;          // -d: task sequences longer than this are evaluated this many positions at a time
                              // (models that evaluate in chunks; default the preset's B x T), 0: one pass
     int generate_only;       // -G: sample from the model (-e or -y) and exit
@@ -158,7 +158,8 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'A': c->pattern = v; break;
             case 'M':
                 c->mixer = v;
-                if (strcmp(v, "selective") && strcmp(v, "lti")) fail("flag -M: unknown mixer '%s' (selective or lti)", v);
+                if (strcmp(v, "selective") && strcmp(v, "lti") && strcmp(v, "2"))
+                    fail("flag -M: unknown mixer '%s' (selective, lti or 2)", v);
                 break;
             case 'd': c->eval_chunk = parse_int_flag(f, v, 1, 1 << 24); break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;

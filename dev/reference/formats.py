@@ -14,9 +14,10 @@ vocab (20261102)
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
     header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus,
-    7 mamba_vit_bi), header[3..9] = the model's config (gpt: maxT, V, L, H, C, F, P;
-    gpt_plus (train_gpt_plus): the same, F the SwiGLU width;
-    mamba: V, L, C, E, N, R, P; vit: patch, K, L, H, C, F, P;
+    7 mamba_vit_bi, 8 mamba_lti, 9 mamba2), header[3..9] = the model's config
+    (gpt: maxT, V, L, H, C, F, P; gpt_plus (train_gpt_plus): the same, F the
+    SwiGLU width; mamba and mamba_lti: V, L, C, E, N, R, P (R = 0 for
+    mamba_lti); mamba2: V, L, C, E, N, Hd, P; vit: patch, K, L, H, C, F, P;
     mamba_vit and mamba_vit_bi: patch, K, L, C, E, N, P; hybrid: maxT, V, C,
     H, F, pattern, P); header[24..26] = the image shape of a vision model
     (channels, height, width; 0 0 0, in files written before these slots,
@@ -54,8 +55,9 @@ checksums, sizes against the file length) and raise ValueError with one
 line that names the file and what is wrong.
 
 The flat parameter layout of each model also lives here (gpt_param_layout,
-mamba_param_layout, vit_param_layout, mamba_vit_param_layout), because the
-model file and the C++ trainers depend on it.
+mamba_param_layout, mamba2_param_layout, vit_param_layout,
+mamba_vit_param_layout, ...), because the model file and the C++ trainers
+depend on it.
 """
 
 import json
@@ -90,9 +92,10 @@ KIND_HYBRID = 5
 KIND_GPT_PLUS = 6
 KIND_MAMBA_VIT_BI = 7  # train_mamba_vit -M bi: two mixers per block (forward and reverse)
 KIND_MAMBA_LTI = 8  # train_mamba -M lti: the selection ablation (dt, B, C per channel)
+KIND_MAMBA2 = 9  # train_mamba -M 2: the Mamba LM with Mamba-2 (SSD) mixers
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
               KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi",
-              KIND_MAMBA_LTI: "mamba_lti"}
+              KIND_MAMBA_LTI: "mamba_lti", KIND_MAMBA2: "mamba2"}
 VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI)
 
 # config fields stored in header[3..] for each model kind, in slot order.
@@ -107,6 +110,8 @@ CONFIG_FIELDS = {
     KIND_MAMBA: ("V", "L", "C", "E", "N", "R", "P"),
     # the LTI ablation (train_mamba -M lti): no dt_proj, so R = 0
     KIND_MAMBA_LTI: ("V", "L", "C", "E", "N", "R", "P"),
+    # Mamba-2 (train_mamba -M 2): Hd = head dim, so E/Hd heads; N the state size per head
+    KIND_MAMBA2: ("V", "L", "C", "E", "N", "Hd", "P"),
     # images Cc x H x W (the config's "image", in header[24..26]): patch =
     # patch size (T = (H/patch)(W/patch) tokens of Cc*patch^2 values), K =
     # classes; the Mamba-ViT's dt rank is ceil(C/16)
@@ -241,6 +246,43 @@ def mamba_lti_param_layout(V, L, C, E, N):
 
 def mamba_lti_num_params(V, L, C, E, N):
     return sum(math.prod(shape) for _, shape, _ in mamba_lti_param_layout(V, L, C, E, N))
+
+
+def mamba2_param_layout(V, L, C, E, N, Hd):
+    """
+    The Mamba-2 LM's flat parameter buffer (train_mamba -M 2), in order: a
+    list of (name, shape, weight_decay), per-layer tensors stacked along a
+    leading L dimension. With H = E/Hd heads and W = 2E + 2N + H, in_proj_w's
+    rows are z (E) | xBC (E + 2N: x, then B, then C) | dt (H), in that order;
+    conv_w[l, c, k] is tap k of channel c's causal conv over xBC (k = K-1
+    multiplies the current step). dt_bias, A_log and D are per head; norm_w
+    is the gated RMSNorm's weight. Weight decay on the embedding, the conv
+    weights and the Linear weights; not on biases, A_log, D or the norms.
+    """
+    K = MAMBA_CONV_K
+    H = E // Hd
+    W = 2 * E + 2 * N + H
+    return [
+        ("wte", (V, C), True),
+        ("in_proj_w", (L, W, C), True),
+        ("conv_w", (L, E + 2 * N, K), True),
+        ("conv_b", (L, E + 2 * N), False),
+        ("dt_bias", (L, H), False),
+        ("A_log", (L, H), False),
+        ("D", (L, H), False),
+        ("norm_w", (L, E), False),
+        ("out_proj_w", (L, C, E), True),
+        ("ln_w", (L, C), False),
+        ("ln_b", (L, C), False),
+        ("lnf_w", (C,), False),
+        ("lnf_b", (C,), False),
+        ("head_w", (V, C), True),
+        ("head_b", (V,), False),
+    ]
+
+
+def mamba2_num_params(V, L, C, E, N, Hd):
+    return sum(math.prod(shape) for _, shape, _ in mamba2_param_layout(V, L, C, E, N, Hd))
 
 
 # the hybrid LM's layers: one letter each, stored as base-4 digits (layer 0
@@ -594,6 +636,12 @@ def _validate_config(path, kind, config):
         P = mamba_lti_num_params(config["V"], config["L"], config["C"], config["E"], config["N"])
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the mamba_lti layout's {P} parameters")
+    elif kind == KIND_MAMBA2:
+        if config["E"] % config["Hd"] != 0:
+            _fail(path, f"E = {config['E']} is not divisible by the head dim Hd = {config['Hd']}")
+        P = mamba2_num_params(config["V"], config["L"], config["C"], config["E"], config["N"], config["Hd"])
+        if config["P"] != P:
+            _fail(path, f"P = {config['P']} does not match the mamba2 layout's {P} parameters")
     elif kind == KIND_HYBRID:
         try:
             pattern = hybrid_pattern_letters(config["pattern"])
