@@ -469,10 +469,11 @@ int main(int argc, char** argv) {
                       "  -C <int>    channels, d_model (seed preset 256, cpu 128; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                       "  -M <name>   mixer: selective, Mamba's (default); lti, the selection ablation: dt, B and C\n"
                       "              learned per channel, not functions of the input; 2, Mamba-2's SSD mixer (d_state\n"
-                      "              64, headdim 64, H = 2C/64 heads) (with -e: the file's unless given)\n"
+                      "              64 (-N), headdim 64, H = 2C/64 heads) (with -e: the file's unless given)\n"
+                      "  -N <int>    d_state of the Mamba-2 mixer (-M 2; default 64; Mamba's is 16)\n"
                       "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
                       "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n",
-                      "LCMd");
+                      "LCMdN");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
@@ -484,7 +485,9 @@ int main(int argc, char** argv) {
         lti = kind == MODEL_MAMBA_LTI;
         mamba2 = kind == MODEL_MAMBA2;
     }
-    MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, 64, 64) : mamba_config(vocab.size, tc.L, tc.C, 16, lti);
+    if (tc.d_state && !mamba2) fail("flag -N: d_state is 16 in Mamba's mixer; -N sets the Mamba-2 mixer's (-M 2)");
+    MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, tc.d_state ? tc.d_state : 64, 64)
+                                : mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
         int s[CONFIG_SLOTS];
         model_file_config(tc.init_path, kind_of(config), s);
@@ -492,6 +495,7 @@ int main(int argc, char** argv) {
         config = {s[0], s[1], s[2], s[3], s[4], lti, mamba2, mamba2 ? s[5] : 0};
         check_shape_flag_int(&tc, 'L', tc.L, "num_layers", config.num_layers);
         check_shape_flag_int(&tc, 'C', tc.C, "channels", config.channels);
+        check_shape_flag_int(&tc, 'N', tc.d_state, "d_state", config.d_state);
         check_model_vocab(&tc, config.vocab_size, &vocab);
     }
     Mamba model;

@@ -26,6 +26,7 @@ Usage:
     python dev/bench_torch.py --model gpt --B 16 --T 256 --threads 8
     python dev/bench_torch.py --model gpt --device cuda --B 64
     python dev/bench_torch.py --model mamba --B 16 --T 256 --C 256 --L 5 --threads 2
+    python dev/bench_torch.py --model mamba2 --B 16 --T 256 --C 256 --L 5 --N 64 --threads 2
     python dev/bench_torch.py --model vit --B 128 --C 256 --L 6 --H 4 --F 512 --threads 2
     python dev/bench_torch.py --model mamba_vit --B 128 --C 256 --L 6 --threads 2
 """
@@ -61,6 +62,13 @@ def build_mamba(args):
     return model, model.optim_groups(args.weight_decay)
 
 
+def build_mamba2(args):
+    from mamba import MambaLM, MambaConfig
+    cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N, mamba2=True, headdim=args.headdim)
+    model = MambaLM(cfg, scan="chunked")  # the SSD algorithm in matrix products (mamba.py's ssd_scan_chunked)
+    return model, model.optim_groups(args.weight_decay)
+
+
 def build_vit(args):
     from vit import ViT, ViTConfig
     model = ViT(ViTConfig(patch=args.patch, K=args.K, L=args.L, H=args.H, C=args.C, F=args.F))
@@ -85,6 +93,8 @@ def describe(args):
         T = (32 // args.patch) ** 2
         shape = f"H {args.H} F {args.F}" if args.model == "vit" else f"E {2 * args.C} N {args.N}"
         return f"patch {args.patch} (T {T}) C {args.C} L {args.L} {shape} K {args.K} dropout {args.dropout}"
+    if args.model == "mamba2":
+        return f"C {args.C} L {args.L} E {2 * args.C} N {args.N} headdim {args.headdim} V {args.V} (chunked SSD)"
     if args.model == "mamba":
         from mamba import MambaConfig
         cfg = MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N)
@@ -94,7 +104,14 @@ def describe(args):
 
 def selftest(args):
     """Checks the benchmarked model's fast path against its plain version."""
-    if args.model in ("mamba", "mamba_vit"):
+    if args.model == "mamba2":
+        from mamba import check_ssd_scans
+        ok, worst = check_ssd_scans(verbose=False)
+        print(f"selftest: chunked and parallel vs sequential SSD scan, worst float64 rel err {worst:.1e}: "
+              + ("OK" if ok else "FAILED"))
+        if not ok:
+            sys.exit(1)
+    elif args.model in ("mamba", "mamba_vit"):
         from mamba import check_scans
         ok, worst = check_scans()
         print(f"selftest: parallel vs sequential scan, worst float64 rel err {worst:.1e}: "
@@ -108,6 +125,7 @@ def selftest(args):
 MODELS = {
     "gpt": build_gpt,
     "mamba": build_mamba,
+    "mamba2": build_mamba2,
     "vit": build_vit,
     "mamba_vit": build_mamba_vit,
 }
@@ -130,7 +148,8 @@ def main():
     parser.add_argument("--H", type=int, default=4, help="heads")
     parser.add_argument("--F", type=int, default=512, help="MLP hidden size")
     parser.add_argument("--V", type=int, default=65, help="vocab size")
-    parser.add_argument("--N", type=int, default=16, help="state size per channel (mamba's d_state)")
+    parser.add_argument("--N", type=int, default=16, help="state size (d_state: mamba's per channel, mamba2's per head)")
+    parser.add_argument("--headdim", type=int, default=64, help="mamba2's channels per head")
     parser.add_argument("--patch", type=int, default=4, help="patch size (vision models)")
     parser.add_argument("--K", type=int, default=10, help="classes (vision models)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout (vision models)")

@@ -1,7 +1,8 @@
 """
 Benchmark (not a test): training cost against sequence length, the GPT
-against the Mamba at the seed widths (C 256; GPT 4 layers, 4 heads, F 512;
-Mamba 5 layers, E 512, N 16), batch 1.
+against the Mamba and the Mamba-2 at the seed widths (C 256; GPT 4 layers,
+4 heads, F 512; Mamba 5 layers, E 512, N 16; Mamba-2 5 layers, E 512, N 64,
+8 heads of 64), batch 1.
 
 For every T (256, 512, ..., 16384 by default; up to 131072 when a GPU is
 visible) it measures, with the trainers of this project (the GPT twice:
@@ -17,7 +18,7 @@ tiled one forced, ATTENTION_VARIANT=tiled):
     60% of the memory available at the start);
   - the generation time per token at that context length: one generation
     run per model of the largest T tokens from a randomly initialized model
-    (KV cache for the GPT, recurrent step for the Mamba) writes the time of
+    (KV cache for the GPT, recurrent step for the Mambas) writes the time of
     every 100-token block (generate.jsonl), read at position T.
 Writes OUT/scaling.md (the table), OUT/scaling_time.png (time per 1k tokens
 against T) and OUT/scaling_memory.png (peak memory against T), log-log axes,
@@ -54,6 +55,8 @@ MODELS = {
     "gpt_tiled": ("./train_gpt", GPT_FLAGS, None, None, {"ATTENTION_VARIANT": "tiled"}),
     "mamba": ("./train_mamba", ["-C", "256", "-L", "5"],
               ["--model", "mamba", "--C", "256", "--L", "5", "--N", "16"], 1, {}),
+    "mamba2": ("./train_mamba", ["-M", "2", "-C", "256", "-L", "5"],
+               ["--model", "mamba2", "--C", "256", "--L", "5", "--N", "64", "--headdim", "64"], 1, {}),
 }
 
 
@@ -124,7 +127,7 @@ def at_position(gen, T):
 def plot(rows, lengths, key, ylabel, path, title):
     fig, ax = plt.subplots(figsize=(6, 4.5))
     styles = {"gpt": ("GPT", "tab:blue", "-"), "gpt_tiled": ("GPT, tiled attention", "tab:green", "-."),
-              "mamba": ("Mamba", "tab:orange", "-")}
+              "mamba": ("Mamba", "tab:orange", "-"), "mamba2": ("Mamba-2", "tab:red", "-")}
     for model, (label, color, ours_ls) in styles.items():
         for source, ls, suffix in (("ours", ours_ls, ""), ("torch", "--", " (PyTorch)")):
             pts = [(T, rows[model][T][source][key]) for T in lengths
@@ -207,27 +210,32 @@ def main():
              f"({os.cpu_count()} cores), {args.steps} timed steps after one warmup.",
              "GPT: C 256, L 4, H 4, F 512, with the attention variant the backend picks (m: materialized, "
              "t: tiled) and with the memory-linear tiled one forced; "
-             "Mamba: C 256, L 5, E 512, N 16. ms/1k: step time per 1000 tokens. gen: generation time per "
-             "token at that context length (KV cache / recurrent step).", "",
-             "| T | GPT ms/1k | GPT tiled ms/1k | Mamba ms/1k | GPT tok/s | Mamba tok/s | GPT MiB | GPT tiled MiB "
-             "| Mamba MiB | GPT gen ms/tok | Mamba gen ms/tok | PyTorch GPT ms/1k (MB) | PyTorch Mamba ms/1k (MB) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "Mamba: C 256, L 5, E 512, N 16; Mamba-2 (-M 2): C 256, L 5, E 512, N 64, 8 heads of 64. ms/1k: "
+             "step time per 1000 tokens. gen: generation time per token at that context length (KV cache / "
+             "recurrent step).", "",
+             "| T | GPT ms/1k | GPT tiled ms/1k | Mamba ms/1k | Mamba-2 ms/1k | GPT tok/s | Mamba tok/s | GPT MiB "
+             "| GPT tiled MiB | Mamba MiB | Mamba-2 MiB | GPT gen ms/tok | Mamba gen ms/tok | Mamba-2 gen ms/tok "
+             "| PyTorch GPT ms/1k (MB) | PyTorch Mamba ms/1k (MB) | PyTorch Mamba-2 ms/1k (MB) |",
+             "| ---: " * 17 + "|"]
 
     def torch_cell(r):
         if "torch" in r:
             return f"{r['torch']['ms_1k']:.0f} ({r['torch']['mem']:.0f})"
         return "does not fit" if "torch_skipped" in r else "-"
     for T in lengths:
-        g, gt, k = rows["gpt"][T], rows["gpt_tiled"][T], rows["mamba"][T]
+        g, gt, k, k2 = rows["gpt"][T], rows["gpt_tiled"][T], rows["mamba"][T], rows["mamba2"][T]
         v = (g["ours"]["variant"] or "?")[0]
         lines.append(f"| {T} | {g['ours']['ms_1k']:.0f} ({v}) | {gt['ours']['ms_1k']:.0f} | {k['ours']['ms_1k']:.0f} "
-                     f"| {g['ours']['tok_s']:.0f} | {k['ours']['tok_s']:.0f} | {g['ours']['mem']:.0f} "
-                     f"| {gt['ours']['mem']:.0f} | {k['ours']['mem']:.0f} "
-                     f"| {g['ours']['gen_ms']:.3f} | {k['ours']['gen_ms']:.3f} | {torch_cell(g)} | {torch_cell(k)} |")
+                     f"| {k2['ours']['ms_1k']:.0f} | {g['ours']['tok_s']:.0f} | {k['ours']['tok_s']:.0f} "
+                     f"| {g['ours']['mem']:.0f} | {gt['ours']['mem']:.0f} | {k['ours']['mem']:.0f} "
+                     f"| {k2['ours']['mem']:.0f} | {g['ours']['gen_ms']:.3f} | {k['ours']['gen_ms']:.3f} "
+                     f"| {k2['ours']['gen_ms']:.3f} | {torch_cell(g)} | {torch_cell(k)} | {torch_cell(k2)} |")
     # where the Mamba is faster from then on
     cross = next((T for i, T in enumerate(lengths)
                   if all(rows["mamba"][U]["ours"]["ms"] < rows["gpt"][U]["ours"]["ms"] for U in lengths[i:])), None)
     k_1k = [rows["mamba"][T]["ours"]["ms_1k"] for T in lengths]
+    k2_1k = [rows["mamba2"][T]["ours"]["ms_1k"] for T in lengths]
+    k2_mem = [rows["mamba2"][T]["ours"]["mem"] for T in lengths]
     g_mem = [rows["gpt"][T]["ours"]["mem"] for T in lengths]
     t_mem = [rows["gpt_tiled"][T]["ours"]["mem"] for T in lengths]
     # linear growth: the same MiB per extra 1k tokens between every two lengths
@@ -237,6 +245,8 @@ def main():
         (f"from T = {cross} on." if cross else "at none of these lengths."),
         f"Mamba time per 1k tokens: {min(k_1k):.0f} to {max(k_1k):.0f} ms, a spread of {max(k_1k) / min(k_1k):.2f}x "
         f"over T = {lengths[0]}..{lengths[-1]}.",
+        f"Mamba-2 time per 1k tokens: {min(k2_1k):.0f} to {max(k2_1k):.0f} ms ({max(k2_1k) / min(k2_1k):.2f}x); "
+        f"peak memory {k2_mem[0]:.0f} MiB at T = {lengths[0]}, {k2_mem[-1]:.0f} MiB at T = {lengths[-1]}.",
         f"GPT peak memory: {g_mem[0]:.0f} MiB at T = {lengths[0]}, {g_mem[-1]:.0f} MiB at T = {lengths[-1]}.",
         f"GPT with the tiled attention: {t_mem[0]:.0f} MiB at T = {lengths[0]}, {t_mem[-1]:.0f} MiB at "
         f"T = {lengths[-1]}; MiB per extra 1k tokens between successive lengths: "

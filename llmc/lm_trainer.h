@@ -38,6 +38,7 @@ typedef struct {
     int val_every, val_batches, sample_every, gen_tokens, seed;
     int seed_given;          // -r was given
     int L, C, H, F;          // model shape flags (each model uses what it has)
+    int d_state;             // -N: the state size where a model lets it be chosen (train_mamba -M 2); 0: the model's
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
     const char* mixer;       // -M: the Mamba's mixer, selective, lti or 2 (train_mamba.cu); null: not given
     int eval_chunk;          // -d: task sequences longer than this are evaluated this many positions at a time
@@ -49,7 +50,7 @@ typedef struct {
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
     int windowed;            // -W: generate by re-running the forward over the last T tokens (for comparison)
     int image_len;           // -I: the data is images of this many tokens (0: text); see "Images as token sequences"
-    char shape_given[8];     // the shape flags given (letters of -L -C -H -F -A): with -e they must agree with the file
+    char shape_given[8];     // the shape flags given (letters of -L -C -H -F -A -N): with -e they must agree with the file
     int batch_given, seq_given;  // -b, -t given
     int task;                // the data are task files (load_lm_data): their task (dataloader.h), else 0
     float dropout;           // -D: dropout at training steps (each model's places), 0 = none
@@ -125,7 +126,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 // allowed names the model letters it takes (MODEL_LETTERS; the others are
 // refused with one line). A model that takes -d evaluates in chunks
 // (lm_evaluates_in_chunks): its chunk defaults to the preset's B x T.
-#define MODEL_LETTERS "LCHFAMd"  // the flags a model takes only where its trainer says (the allowed letters)
+#define MODEL_LETTERS "LCHFAMdN"  // the flags a model takes only where its trainer says (the allowed letters)
 
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
@@ -162,6 +163,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
                     fail("flag -M: unknown mixer '%s' (selective, lti or 2)", v);
                 break;
             case 'd': c->eval_chunk = parse_int_flag(f, v, 1, 1 << 24); break;
+            case 'N': c->d_state = parse_int_flag(f, v, 1, 1024); note_shape_flag(c, 'N'); break;  // (the model checks its limits)
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;
