@@ -189,26 +189,7 @@ static void check_forward_backward(Tests& t, Mamba* model, const RefState& ref, 
 }
 
 // ----------------------------------------------------------------------------
-// 4. chunked evaluation: the logits (B, T, V) by mamba_eval_chunked in chunks of Tc
-
-static std::vector<float> mamba_logits_chunked(Mamba* model, const int* tokens, int B, int T, int Tc) {
-    int V = model->config.vocab_size;
-    std::vector<float> logits((size_t)B * T * V), part;
-    auto read = [&](int t0, int n, int* inputs, int* targets) {
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < n; i++) {
-                inputs[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
-                targets[(size_t)b * n + i] = 0;
-            }
-    };
-    mamba_eval_chunked(model, B, T, Tc, read, [&](int t0, int n, const int*) {
-        part.resize((size_t)B * n * V);
-        cudaCheck(cudaMemcpy(part.data(), model->acts.logits, part.size() * sizeof(float), cudaMemcpyDeviceToHost));
-        for (int b = 0; b < B; b++)
-            memcpy(&logits[((size_t)b * T + t0) * V], &part[(size_t)b * n * V], (size_t)n * V * sizeof(float));
-    });
-    return logits;
-}
+// 4. chunked evaluation (chunked_logits, llmc/testing.h) against one forward
 
 static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<float>& params) {
     const int B = 2, T = 80, V = config.vocab_size;
@@ -223,7 +204,7 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     mamba_forward(&model, tokens.data(), nullptr, B, T, -1);
     std::vector<float> whole = device_to_vector(model.acts.logits, (long)B * T * V);
     for (int Tc : {16, 24, 33, 2}) {
-        std::vector<float> chunked = mamba_logits_chunked(&model, tokens.data(), B, T, Tc);
+        std::vector<float> chunked = chunked_logits(&model, tokens.data(), B, T, Tc);
         char name[96];
         snprintf(name, sizeof(name), "logits, chunks of %d", Tc);
         check_tensor(t, name, chunked.data(), whole.data(), (long)whole.size(), CHUNK_TOL);

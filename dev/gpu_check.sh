@@ -17,8 +17,9 @@
 #      tests      every test program on the GPU
 #      nccl       train_mamba under `mpirun -np 1` (NCCL's collectives over one
 #                 rank) against the single process: the same step lines
-#      bench      ms and tokens/s (images/s) per step of every trainer at the
-#                 seed configuration, beside PyTorch on the same GPU
+#      bench      ms and tokens/s (images/s) per step of every trainer (the
+#                 Mamba-2 too) at the seed configuration, beside PyTorch on
+#                 the same GPU; then the SSD playground (dev/cuda/ssd)
 #      fashion    the ViT, the Mamba-ViT and the bidirectional Mamba-ViT at
 #                 the seed widths on Fashion-MNIST (20,000 training images,
 #                 patch 4, fixed steps): test accuracy on all 10,000 test
@@ -140,7 +141,7 @@ if [ -f data/${IMAGES}_train.bin ]; then IMG=data/$IMAGES; else IMG=data/cifar10
 
 echo "=== build"
 t0=$(date +%s)
-limited 300 "$OUT/build.log" "${MAKE[@]}" $TESTS $TRAINERS
+limited 300 "$OUT/build.log" "${MAKE[@]}" $TESTS $TRAINERS dev/cuda/ssd
 rc=$?; note "build" "$(status_word $rc), $(( $(date +%s) - t0 )) s"
 [ $rc = 0 ] || tail -n 20 "$OUT/build.log"
 
@@ -180,12 +181,15 @@ echo "=== bench (preset $PRESET beside PyTorch on the same device)"
 device=cpu; [ "$DRY" = 1 ] || device=cuda
 # the seed configuration's shapes on a GPU; a small one in the rehearsal (the same on both sides)
 if [ "$DRY" = 1 ]; then C=64; LM_L=2; VIS_L=2; T=64; else C=256; LM_L=4; VIS_L=6; T=256; fi
-for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
+for m in gpt gpt_plus mamba mamba2 hybrid vit mamba_vit; do
   lm="-C $C -t $T -g 0 -m 1"
+  prog=train_$m
   case $m in
     gpt) flags="$lm -L $LM_L -H 4 -F $((2 * C))"; torch_args="--model gpt --C $C --L $LM_L --H 4 --F $((2 * C)) --T $T"; unit=tok;;
     gpt_plus) flags="$lm -L $LM_L -H 4"; torch_args=""; unit=tok;;
     mamba) flags="$lm -L $((LM_L + 1))"; torch_args="--model mamba --C $C --L $((LM_L + 1)) --N 16 --T $T"; unit=tok;;
+    mamba2) prog=train_mamba; flags="$lm -M 2 -L $((LM_L + 1))"
+            torch_args="--model mamba2 --C $C --L $((LM_L + 1)) --N 64 --headdim 64 --T $T"; unit=tok;;
     hybrid) flags="$lm -A MAMA"; torch_args=""; unit=tok;;
     vit|mamba_vit) flags="-i ${IMG}_train.bin -j ${IMG}_test.bin -s 1 -m 1 -C $C -L $VIS_L"
                    torch_args="--model $m --C $C --L $VIS_L --dropout 0.1"; unit=images;;
@@ -193,7 +197,7 @@ for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
   if [ "$DRY" = 1 ]; then b=4; else b=64; [ $unit = images ] && b=128; fi
   one=$OUT/.bench_one
   : > "$one"
-  limited 60 "$one" ./train_$m -S $PRESET -b $b -x $((BENCH_STEPS + 3)) -v 0 $flags
+  limited 60 "$one" ./$prog -S $PRESET -b $b -x $((BENCH_STEPS + 3)) -v 0 $flags
   rc=$?
   ours=$(mean_step_ms "$one")
   cat "$one" >> "$OUT/bench.log"
@@ -210,6 +214,11 @@ for m in gpt gpt_plus mamba hybrid vit mamba_vit; do
   note "bench $m B$b" "$line"
 done
 rm -f "$OUT/.bench_one"
+# the SSD playground: its checks and the times of the sequential and chunked kernels (seed widths; small in the rehearsal)
+ssd_args=""; [ "$DRY" = 1 ] && ssd_args="2 64 2 64 64"
+limited 30 "$OUT/ssd.log" ./dev/cuda/ssd $ssd_args
+rc=$?
+note "ssd playground" "$(status_word $rc): $(grep -E 'passed|forward .* ms' "$OUT/ssd.log" | head -n 2 | tr '\n' ' ')"
 
 echo "=== Fashion-MNIST (real images; in the rehearsal, a few steps on the synthetic set if it is absent)"
 if [ -f data/${FASHION}_train.bin ]; then FM=data/$FASHION

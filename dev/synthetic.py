@@ -1,7 +1,7 @@
 """
 The Mamba paper's synthetic tasks as a study: trains 2-layer models of width
-64 (Mamba, the selection ablation Mamba -M lti, GPT, Transformer++ and the
-hybrid -A MA) on selective copying and on induction heads, evaluates the
+64 (Mamba, the selection ablation Mamba -M lti, Mamba-2 -M 2, GPT,
+Transformer++ and the hybrid -A MA) on selective copying and on induction heads, evaluates the
 induction-heads models at every test length each can run (2^6 .. 2^20), and
 writes
 
@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {
     "Mamba": ("./train_mamba", ["-L", "2", "-C", "64"]),
     "Mamba LTI (-M lti)": ("./train_mamba", ["-L", "2", "-C", "64", "-M", "lti"]),
+    "Mamba-2 (-M 2)": ("./train_mamba", ["-L", "2", "-C", "64", "-M", "2"]),
     "GPT": ("./train_gpt", ["-L", "2", "-C", "64", "-H", "4"]),
     "Transformer++": ("./train_gpt_plus", ["-L", "2", "-C", "64", "-H", "4"]),
     "Hybrid (-A MA)": ("./train_hybrid", ["-A", "MA", "-C", "64", "-H", "4"]),

@@ -450,6 +450,26 @@ template <typename M> std::vector<float> forward_logits(M* model, const int* tok
     return device_to_vector(model->acts.logits, (long)B * T * model->config.vocab_size);
 }
 
+// the logits (B, T, V) of tokens (B, T) by lm_eval_chunked in chunks of Tc
+// (models that evaluate in chunks, each layer's state carried)
+template <typename M> std::vector<float> chunked_logits(M* model, const int* tokens, int B, int T, int Tc) {
+    int V = model->config.vocab_size;
+    std::vector<float> logits((size_t)B * T * V), part;
+    auto read = [&](int t0, int n, int* inputs, int* targets) {
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < n; i++) {
+                inputs[(size_t)b * n + i] = tokens[(size_t)b * T + t0 + i];
+                targets[(size_t)b * n + i] = 0;  // (the logits do not depend on them)
+            }
+    };
+    lm_eval_chunked(model, B, T, Tc, read, [&](int t0, int n, const int*) {
+        part = device_to_vector(model->acts.logits, (long)B * n * V);
+        for (int b = 0; b < B; b++)
+            memcpy(&logits[((size_t)b * T + t0) * V], &part[(size_t)b * n * V], (size_t)n * V * sizeof(float));
+    });
+    return logits;
+}
+
 // Prefill the first P tokens of each row, then step through the rest: the
 // logits after each position, (B, T, V) with positions before P-1 zero.
 template <typename M> std::vector<float> stepped_logits(M* model, const std::vector<int>& tokens, int B, int T, int P) {

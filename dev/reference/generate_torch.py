@@ -12,6 +12,11 @@ Mamba step, batched, per layer a conv state (B, E, 3) and an SSM state
     x_dbl = x_proj(u) -> dt_raw | B | C;  dt = softplus(dt_proj(dt_raw))
     h = exp(dt A) h + dt B u;  y = <h, C> + D u;  out = out_proj(y * silu(z))
     and the block's x = LN(x + out) (post-norm).
+Mamba-2 step (--model mamba2), batched, per layer a conv state (B, E+2N, 3)
+and an SSD state (B, H, P, N):
+    zxbcdt = in_proj(x) -> z | xBC | dt_raw;  xbc = silu(conv of (conv state, xBC)) -> x | B | C
+    dt = softplus(dt_raw + dt_bias) (H);  S = exp(dt A) S + dt x B^T per head
+    y = S C + D x;  out = out_proj(RMSNorm(y * silu(z)) * norm_w);  x = LN(x + out).
 GPT step, batched, per layer k and v (B, H, T, hs): the new token's q, k, v;
 k, v appended at its position; attention over positions 0..pos; pre-norm
 block. When the cache is full (pos == T) the last T/2 tokens are
@@ -35,6 +40,7 @@ printing the max relative errors.
 
 Usage:
     /usr/bin/python3 dev/reference/generate_torch.py --model mamba --C 256 --L 5 --B 1 --tokens 256
+    /usr/bin/python3 dev/reference/generate_torch.py --model mamba2 --C 256 --L 5 --N 64 --B 1 --tokens 256
     /usr/bin/python3 dev/reference/generate_torch.py --model gpt --C 256 --L 4 --B 8 --tokens 512 --T 256
     /usr/bin/python3 dev/reference/generate_torch.py --model gpt --device cuda --B 64 --tokens 1024
     /usr/bin/python3 dev/reference/generate_torch.py --check
@@ -109,6 +115,36 @@ class MambaGenerator:
         return logits
 
 
+class Mamba2Generator(MambaGenerator):
+    """Per-layer conv (B, E+2N, 3) and SSD (B, H, P, N) states of a Mamba-2 MambaLM."""
+
+    def __init__(self, model, B):
+        c = model.cfg
+        p = next(model.parameters())
+        self.model = model
+        H, P = c.E // c.headdim, c.headdim
+        self.conv = [p.new_zeros(B, c.E + 2 * c.N, 3) for _ in range(c.L)]
+        self.ssm = [p.new_zeros(B, H, P, c.N) for _ in range(c.L)]
+
+    def block_step(self, l, x):
+        block = self.model.blocks[l]
+        m = block.mixer
+        E, N, H = m.E, m.N, m.H
+        z, xBC, dt_raw = m.in_proj(x).split([E, E + 2 * N, H], dim=-1)
+        window = torch.cat([self.conv[l], xBC.unsqueeze(-1)], dim=-1)  # (B, E+2N, 4), oldest first
+        self.conv[l].copy_(window[..., 1:])
+        xs, Bm, Cm = F.silu((window * m.conv_w).sum(-1) + m.conv_b).split([E, N, N], dim=-1)
+        dt = F.softplus(dt_raw + m.dt_bias)  # (B, H)
+        A = -torch.exp(m.A_log)  # (H,)
+        xh = xs.view(x.shape[0], H, E // H)  # (B, H, P)
+        S = self.ssm[l]
+        S.mul_(torch.exp(dt * A)[:, :, None, None]).add_((dt.unsqueeze(-1) * xh).unsqueeze(-1) * Bm[:, None, None, :])
+        y = ((S * Cm[:, None, None, :]).sum(-1) + m.D[:, None] * xh).reshape(x.shape[0], E)
+        gated = y * F.silu(z)
+        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + 1e-5) * m.norm_w
+        return block.ln(x + m.out_proj(normed))
+
+
 # -----------------------------------------------------------------------------
 # GPT: the KV cache
 
@@ -175,6 +211,8 @@ class GPTGenerator:
 def build(args, dtype=torch.float32, device="cpu"):
     if args.model == "mamba":
         model = MambaLM(MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N))
+    elif args.model == "mamba2":
+        model = MambaLM(MambaConfig(V=args.V, L=args.L, C=args.C, N=args.N, mamba2=True, headdim=args.headdim))
     else:
         F_ = args.F or 2 * args.C
         model = GPT(GPTConfig(maxT=args.T, V=args.V, L=args.L, H=args.H, C=args.C, F=F_))
@@ -182,6 +220,8 @@ def build(args, dtype=torch.float32, device="cpu"):
 
 
 def generator_for(args, model, B):
+    if args.model == "mamba2":
+        return Mamba2Generator(model, B)
     return MambaGenerator(model, B) if args.model == "mamba" else GPTGenerator(model, B)
 
 
@@ -195,8 +235,8 @@ def check(seed):
     torch.manual_seed(seed)
     worst = 0.0
     B, T = 3, 37
-    for name in ("mamba", "gpt"):
-        args = argparse.Namespace(model=name, V=65, L=2, C=32, N=16, H=4, F=0, T=40)
+    for name in ("mamba", "mamba2", "gpt"):
+        args = argparse.Namespace(model=name, V=65, L=2, C=32, N=16, H=4, F=0, T=40, headdim=16)
         model = build(args, torch.float64)
         idx = torch.randint(0, 65, (B, T))
         ref, _ = model(idx)  # (B, T, V)
@@ -208,7 +248,7 @@ def check(seed):
         worst = max(worst, e)
     # the GPT across a re-prefill: maxT 16, 30 tokens; after position 15 the
     # window restarts from the last 8 tokens
-    args = argparse.Namespace(model="gpt", V=65, L=2, C=32, N=16, H=4, F=0, T=16)
+    args = argparse.Namespace(model="gpt", V=65, L=2, C=32, N=16, H=4, F=0, T=16, headdim=16)
     model = build(args, torch.float64)
     idx = torch.randint(0, 65, (B, 30))
     gen = generator_for(args, model, B)
@@ -238,13 +278,14 @@ def generate(gen, logits, pos, tokens, rng, greedy):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["mamba", "gpt"], default="mamba")
+    parser.add_argument("--model", choices=["mamba", "mamba2", "gpt"], default="mamba")
     parser.add_argument("--C", type=int, default=256, help="channels")
     parser.add_argument("--L", type=int, default=5, help="layers")
     parser.add_argument("--B", type=int, default=1, help="rows generated at once")
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per row (timed)")
     parser.add_argument("--prompt", type=int, default=1, help="prompt tokens per row (prefilled, not timed)")
-    parser.add_argument("--N", type=int, default=16, help="(mamba) d_state")
+    parser.add_argument("--N", type=int, default=16, help="(mamba, mamba2) d_state")
+    parser.add_argument("--headdim", type=int, default=64, help="(mamba2) channels per head")
     parser.add_argument("--H", type=int, default=4, help="(gpt) heads")
     parser.add_argument("--F", type=int, default=0, help="(gpt) MLP width, 0: 2C")
     parser.add_argument("--T", type=int, default=256, help="(gpt) positions = cache length; full: re-prefill T/2")
