@@ -26,6 +26,7 @@ and prints where the Mamba becomes faster than the GPT.
 
   dev/scaling                                   everything (about an hour on 2 cores)
   dev/scaling --lengths 256,1024 --no-torch     a quick look
+  dev/scaling --models mamba,mamba2             some of the models (gpt, gpt_tiled, mamba, mamba2)
   dev/scaling --out results/scaling             where to write (default build/scaling)
 
 Needs the trainers' build (make picks the GPU when visible) and PyTorch and
@@ -130,8 +131,8 @@ def plot(rows, lengths, key, ylabel, path, title):
               "mamba": ("Mamba", "tab:orange", "-"), "mamba2": ("Mamba-2", "tab:red", "-")}
     for model, (label, color, ours_ls) in styles.items():
         for source, ls, suffix in (("ours", ours_ls, ""), ("torch", "--", " (PyTorch)")):
-            pts = [(T, rows[model][T][source][key]) for T in lengths
-                   if rows[model][T].get(source) and rows[model][T][source].get(key) is not None]
+            pts = [(T, rows[model][T][source][key]) for T in lengths if T in rows[model]
+                   and rows[model][T].get(source) and rows[model][T][source].get(key) is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, color=color, marker="o", label=label + suffix)
     ax.set_xscale("log", base=2)
@@ -153,6 +154,7 @@ def main():
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-generate", action="store_true", help="skip the generation timing")
     p.add_argument("--out", default="build/scaling", help="output directory")
+    p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS) + " (default all)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch CPU threads")
     args = p.parse_args()
     python = os.environ.get("PYTHON", sys.executable)
@@ -172,8 +174,14 @@ def main():
     run(["make", "-s", "train_gpt", "train_mamba", "data"])
     work = tempfile.mkdtemp()
 
+    chosen = args.models.split(",") if args.models else list(MODELS)
+    bad = [m for m in chosen if m not in MODELS]
+    if bad:
+        sys.exit(f"error: --models: unknown {', '.join(bad)} (known: {', '.join(MODELS)})")
+    if "gpt_tiled" in chosen and "gpt" not in chosen:
+        sys.exit("error: --models: gpt_tiled needs gpt (it reuses the GPT's run where the backend picked tiled)")
     rows = {m: {} for m in MODELS}
-    for model in MODELS:
+    for model in [m for m in MODELS if m in chosen]:
         has_torch = MODELS[model][2] is not None
         gen = {} if args.no_generate or not has_torch else generation_ms(model, lengths[-1], work)
         torch_prev = None  # (T, peak MB) of PyTorch's last run
@@ -204,8 +212,24 @@ def main():
                      f" | torch skipped ({r['torch_skipped']})" if "torch_skipped" in r else ""), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
-    # the table
+    # the table: a column per (model, quantity) of the models run ("-" for the others)
     out = os.path.join(ROOT, args.out)
+    names = {"gpt": "GPT", "gpt_tiled": "GPT tiled", "mamba": "Mamba", "mamba2": "Mamba-2"}
+    ran = [m for m in MODELS if rows[m]]
+
+    def torch_cell(r):
+        if "torch" in r:
+            return f"{r['torch']['ms_1k']:.0f} ({r['torch']['mem']:.0f})"
+        return "does not fit" if "torch_skipped" in r else "-"
+
+    def ms_cell(m, r):
+        v = r["ours"]["variant"]
+        return f"{r['ours']['ms_1k']:.0f}" + (f" ({v[0]})" if m == "gpt" and v else "")
+    columns = [(f"{names[m]} ms/1k", m, lambda r, m=m: ms_cell(m, r)) for m in ran]
+    columns += [(f"{names[m]} tok/s", m, lambda r: f"{r['ours']['tok_s']:.0f}") for m in ran if m != "gpt_tiled"]
+    columns += [(f"{names[m]} MiB", m, lambda r: f"{r['ours']['mem']:.0f}") for m in ran]
+    columns += [(f"{names[m]} gen ms/tok", m, lambda r: f"{r['ours']['gen_ms']:.3f}") for m in ran if MODELS[m][2]]
+    columns += [(f"PyTorch {names[m]} ms/1k (MB)", m, torch_cell) for m in ran if MODELS[m][2]]
     lines = [f"Training cost against sequence length, batch 1, device {device} "
              f"({os.cpu_count()} cores), {args.steps} timed steps after one warmup.",
              "GPT: C 256, L 4, H 4, F 512, with the attention variant the backend picks (m: materialized, "
@@ -213,45 +237,36 @@ def main():
              "Mamba: C 256, L 5, E 512, N 16; Mamba-2 (-M 2): C 256, L 5, E 512, N 64, 8 heads of 64. ms/1k: "
              "step time per 1000 tokens. gen: generation time per token at that context length (KV cache / "
              "recurrent step).", "",
-             "| T | GPT ms/1k | GPT tiled ms/1k | Mamba ms/1k | Mamba-2 ms/1k | GPT tok/s | Mamba tok/s | GPT MiB "
-             "| GPT tiled MiB | Mamba MiB | Mamba-2 MiB | GPT gen ms/tok | Mamba gen ms/tok | Mamba-2 gen ms/tok "
-             "| PyTorch GPT ms/1k (MB) | PyTorch Mamba ms/1k (MB) | PyTorch Mamba-2 ms/1k (MB) |",
-             "| ---: " * 17 + "|"]
-
-    def torch_cell(r):
-        if "torch" in r:
-            return f"{r['torch']['ms_1k']:.0f} ({r['torch']['mem']:.0f})"
-        return "does not fit" if "torch_skipped" in r else "-"
+             "| T | " + " | ".join(c[0] for c in columns) + " |", "| ---: " * (len(columns) + 1) + "|"]
     for T in lengths:
-        g, gt, k, k2 = rows["gpt"][T], rows["gpt_tiled"][T], rows["mamba"][T], rows["mamba2"][T]
-        v = (g["ours"]["variant"] or "?")[0]
-        lines.append(f"| {T} | {g['ours']['ms_1k']:.0f} ({v}) | {gt['ours']['ms_1k']:.0f} | {k['ours']['ms_1k']:.0f} "
-                     f"| {k2['ours']['ms_1k']:.0f} | {g['ours']['tok_s']:.0f} | {k['ours']['tok_s']:.0f} "
-                     f"| {g['ours']['mem']:.0f} | {gt['ours']['mem']:.0f} | {k['ours']['mem']:.0f} "
-                     f"| {k2['ours']['mem']:.0f} | {g['ours']['gen_ms']:.3f} | {k['ours']['gen_ms']:.3f} "
-                     f"| {k2['ours']['gen_ms']:.3f} | {torch_cell(g)} | {torch_cell(k)} | {torch_cell(k2)} |")
-    # where the Mamba is faster from then on
-    cross = next((T for i, T in enumerate(lengths)
-                  if all(rows["mamba"][U]["ours"]["ms"] < rows["gpt"][U]["ours"]["ms"] for U in lengths[i:])), None)
-    k_1k = [rows["mamba"][T]["ours"]["ms_1k"] for T in lengths]
-    k2_1k = [rows["mamba2"][T]["ours"]["ms_1k"] for T in lengths]
-    k2_mem = [rows["mamba2"][T]["ours"]["mem"] for T in lengths]
-    g_mem = [rows["gpt"][T]["ours"]["mem"] for T in lengths]
-    t_mem = [rows["gpt_tiled"][T]["ours"]["mem"] for T in lengths]
-    # linear growth: the same MiB per extra 1k tokens between every two lengths
-    t_slope = [(t_mem[i + 1] - t_mem[i]) * 1000 / (lengths[i + 1] - lengths[i]) for i in range(len(lengths) - 1)]
-    summary = [
-        "Mamba faster than the GPT per training step " +
-        (f"from T = {cross} on." if cross else "at none of these lengths."),
-        f"Mamba time per 1k tokens: {min(k_1k):.0f} to {max(k_1k):.0f} ms, a spread of {max(k_1k) / min(k_1k):.2f}x "
-        f"over T = {lengths[0]}..{lengths[-1]}.",
-        f"Mamba-2 time per 1k tokens: {min(k2_1k):.0f} to {max(k2_1k):.0f} ms ({max(k2_1k) / min(k2_1k):.2f}x); "
-        f"peak memory {k2_mem[0]:.0f} MiB at T = {lengths[0]}, {k2_mem[-1]:.0f} MiB at T = {lengths[-1]}.",
-        f"GPT peak memory: {g_mem[0]:.0f} MiB at T = {lengths[0]}, {g_mem[-1]:.0f} MiB at T = {lengths[-1]}.",
-        f"GPT with the tiled attention: {t_mem[0]:.0f} MiB at T = {lengths[0]}, {t_mem[-1]:.0f} MiB at "
-        f"T = {lengths[-1]}; MiB per extra 1k tokens between successive lengths: "
-        + ", ".join(f"{x:.1f}" for x in t_slope) + " (constant: linear in T).",
-    ]
+        lines.append(f"| {T} | " + " | ".join(f(rows[m][T]) for _, m, f in columns) + " |")
+
+    def series(m, key):
+        return [rows[m][T]["ours"][key] for T in lengths]
+    summary = []
+    if "gpt" in ran and "mamba" in ran:
+        cross = next((T for i, T in enumerate(lengths)
+                      if all(rows["mamba"][U]["ours"]["ms"] < rows["gpt"][U]["ours"]["ms"] for U in lengths[i:])),
+                     None)
+        summary.append("Mamba faster than the GPT per training step " +
+                       (f"from T = {cross} on." if cross else "at none of these lengths."))
+    for m in ("mamba", "mamba2"):
+        if m in ran:
+            ms, mem = series(m, "ms_1k"), series(m, "mem")
+            summary.append(f"{names[m]} time per 1k tokens: {min(ms):.0f} to {max(ms):.0f} ms, a spread of "
+                           f"{max(ms) / min(ms):.2f}x over T = {lengths[0]}..{lengths[-1]}; peak memory "
+                           f"{mem[0]:.0f} MiB at T = {lengths[0]}, {mem[-1]:.0f} MiB at T = {lengths[-1]}.")
+    if "gpt" in ran:
+        g_mem = series("gpt", "mem")
+        summary.append(f"GPT peak memory: {g_mem[0]:.0f} MiB at T = {lengths[0]}, {g_mem[-1]:.0f} MiB at "
+                       f"T = {lengths[-1]}.")
+    if "gpt_tiled" in ran and len(lengths) > 1:
+        t_mem = series("gpt_tiled", "mem")
+        # linear growth: the same MiB per extra 1k tokens between every two lengths
+        t_slope = [(t_mem[i + 1] - t_mem[i]) * 1000 / (lengths[i + 1] - lengths[i]) for i in range(len(lengths) - 1)]
+        summary.append(f"GPT with the tiled attention: {t_mem[0]:.0f} MiB at T = {lengths[0]}, {t_mem[-1]:.0f} MiB at "
+                       f"T = {lengths[-1]}; MiB per extra 1k tokens between successive lengths: "
+                       + ", ".join(f"{x:.1f}" for x in t_slope) + " (constant: linear in T).")
     with open(os.path.join(out, "scaling.md"), "w") as f:
         f.write("\n".join(lines + [""] + summary) + "\n")
     plot(rows, lengths, "ms_1k", "train-step time per 1k tokens (ms)", os.path.join(out, "scaling_time.png"),
