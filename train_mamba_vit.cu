@@ -27,6 +27,7 @@ Mamba2(x))), Mamba2 = mamba_ssm's Mamba2(d_model=C, d_state=64, headdim=64,
 expand=2), E = 2C in E/64 heads (a model file may say other d_state and
 headdim). The Mamba-1 tensors' rows of the tables are then empty, and the
 Mamba-2 ones otherwise.
+
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop and evaluation in llmc/vision_trainer.h
 (vision_run), which calls this file's vision_forward and vision_backward.
