@@ -135,11 +135,16 @@ data/ref_mamba_vit_1x28x28_p4.bin data/ref_mamba_vit_1x28x28_p7.bin: data/ref_ma
 data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit_bi --image 1,28,28 --patch 4 --out $@
+# the Mamba-ViT with Mamba-2 mixers (-M 2) on 1 x 28 x 28 at patch 4: 49 patches, past one
+# 32-position SSD chunk; C 32, d_state 16, headdim 16 (4 heads)
+data/ref_mamba_vit2.bin: $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/vit.py --model mamba_vit2 --image 1,28,28 --patch 4 --headdim 16 --out $@
 # every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_mamba2.bin data/ref_vit.bin data/ref_mamba_vit.bin \
              data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
-             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin
+             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin data/ref_mamba_vit2.bin
 ref-states: $(REF_STATES)
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official

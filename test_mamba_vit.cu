@@ -4,12 +4,15 @@ dev/reference/vit.py (make test writes them): data/ref_mamba_vit.bin (3 x 32
 x 32 images, patch 4), data/ref_mamba_vit_1x28x28_p4.bin and
 data/ref_mamba_vit_1x28x28_p7.bin (one channel, 28 x 28: 49 and 16
 patches), data/ref_mamba_vit_bi.bin (the bidirectional blocks of -M bi, on
-1 x 28 x 28 at patch 4: 49 patches, past one 32-step scan chunk), or the
-states given as arguments. For each:
+1 x 28 x 28 at patch 4: 49 patches, past one 32-step scan chunk),
+data/ref_mamba_vit2.bin (the Mamba-2 mixers of -M 2, on 1 x 28 x 28 at patch
+4: 49 patches, past one 32-position SSD chunk; C 32, d_state 16, 4 heads of
+16), or the states given as arguments. For each:
   - every layer's activations (patches, patch LayerNorm, embedding and its
     LayerNorm, each Mamba block's xz, conv, u, x_dbl, dt, scan, gated, out,
     res, ln, and a bidirectional block's reverse mixer's xz .. out in its
-    reversed token order; pooled), logits and loss of one forward pass, and every
+    reversed token order; a Mamba-2 block's zxbcdt, conv, xbc, dt, scan,
+    gated, normed, out, res, ln; pooled), logits and loss of one forward pass, and every
     parameter gradient (A_log, D, dt_proj bias and conv weights included),
     with both selective-scan variants (sequential and chunked parallel) and
     both LayerNorm variants
@@ -52,7 +55,18 @@ static void check_forward_backward(Tests& t, MambaViT* model, const RefState& re
     struct { const char* name; const float* ptr; } head[] = {
         {"patches", a.embed.patches}, {"patch_ln", a.embed.patch_ln}, {"embed", a.embed.embed}, {"embed_ln", a.embed.embed_ln}};
     for (auto& x : head) compare_ref(t, ref, path, x.name, x.ptr, label, TOL);
-    for (int l = 0; l < L; l++) {
+    for (int l = 0; l < L && c.mamba2; l++) {
+        Mamba2StackActs la = mamba2_layer_acts(a.tower2, l, B, T, dims2_of(c));
+        struct { const char* name; const float* ptr; } acts[] = {
+            {"zxbcdt", la.zxbcdt}, {"conv", la.conv}, {"xbc", la.xbc}, {"dt", la.dt}, {"scan", la.y},
+            {"gated", la.gated}, {"normed", la.normed}, {"out", la.out}, {"res", la.res}, {"ln", la.ln}};
+        for (auto& x : acts) {
+            char name[64];
+            snprintf(name, sizeof(name), "m%d.%s", l, x.name);
+            compare_ref(t, ref, path, name, x.ptr, label, TOL);
+        }
+    }
+    for (int l = 0; l < L && !c.mamba2; l++) {
         for (int m = 0; m < mixers_of(c); m++) {  // the forward mixer (with the block's res, ln), then the reverse one
             MambaStackActs la = mamba_bi_layer_acts(a.tower, l, m, L, B, T, dims_of(c));
             struct { const char* name; const float* ptr; } acts[] = {
@@ -117,15 +131,25 @@ static void check_flip(Tests& t) {
 static void check_state(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
-    if (ref.kind != MODEL_MAMBA_VIT && ref.kind != MODEL_MAMBA_VIT_BI)
-        fail("%s: reference state of model kind %d, expected a Mamba-ViT (%d or %d)", path, ref.kind, MODEL_MAMBA_VIT,
-             MODEL_MAMBA_VIT_BI);
-    MambaViTConfig config = {ref.config[0], ref.config[1], ref.config[2], ref.config[3], ref.config[4], ref.config[5],
-                             image_shape_from_slots(path, ref.image_shape), ref.kind == MODEL_MAMBA_VIT_BI};
+    if (ref.kind != MODEL_MAMBA_VIT && ref.kind != MODEL_MAMBA_VIT_BI && ref.kind != MODEL_MAMBA_VIT2)
+        fail("%s: reference state of model kind %d, expected a Mamba-ViT (%d, %d or %d)", path, ref.kind,
+             MODEL_MAMBA_VIT, MODEL_MAMBA_VIT_BI, MODEL_MAMBA_VIT2);
+    const int* s = ref.config;
+    ImageShape image = image_shape_from_slots(path, ref.image_shape);
+    MambaViTConfig config = ref.kind == MODEL_MAMBA_VIT2
+                                ? mamba_vit2_config(s[0], s[1], s[2], s[3], s[4], s[5], image)  // N, headdim
+                                : MambaViTConfig{s[0], s[1], s[2], s[3], s[4], s[5], image,
+                                                 ref.kind == MODEL_MAMBA_VIT_BI, 0, 0};
     MambaDims d = dims_of(config);
-    printf("=== reference %s: %sMamba-ViT L %d C %d E %d N %d R %d | images %d x %d x %d, patch %d | K %d | B %d T %d\n",
-           path, config.bidirectional ? "bidirectional " : "", config.num_layers, config.channels, d.E, d.N, d.R,
-           config.image.channels, config.image.height, config.image.width, config.patch, config.num_classes, ref.B, ref.T);
+    if (config.mamba2)
+        printf("=== reference %s: Mamba-2 ViT L %d C %d E %d N %d heads %d x %d | images %d x %d x %d, patch %d | K %d | "
+               "B %d T %d\n", path, config.num_layers, config.channels, config.inner, config.d_state,
+               dims2_of(config).H, config.headdim, config.image.channels, config.image.height, config.image.width,
+               config.patch, config.num_classes, ref.B, ref.T);
+    else
+        printf("=== reference %s: %sMamba-ViT L %d C %d E %d N %d R %d | images %d x %d x %d, patch %d | K %d | B %d T %d\n",
+               path, config.bidirectional ? "bidirectional " : "", config.num_layers, config.channels, d.E, d.N, d.R,
+               config.image.channels, config.image.height, config.image.width, config.patch, config.num_classes, ref.B, ref.T);
     MambaViT model;
     mamba_vit_build(&model, config);
     mamba_vit_allocate_activations(&model, ref.B);
@@ -134,7 +158,8 @@ static void check_state(Tests& t, const char* path) {
             model.buf.num_parameters, ref.config[6], tokens_of(config), ref.T);
     float* images = vector_to_device(ref.get("images", path).f);  // (B, Cc, H, W)
 
-    // both scan variants (with both LayerNorm variants), each against the reference
+    // both scan variants (with both LayerNorm variants), each against the reference (-M 2's
+    // SSD scan has one variant: the pass with the chunked scan checks the LayerNorm variant)
     bool default_scan = kernel_choices.scan_chunked, default_ln = kernel_choices.layernorm_warp;
     for (int variant = 0; variant < 2; variant++) {
         kernel_choices.scan_chunked = kernel_choices.layernorm_warp = variant == 1;
@@ -155,7 +180,7 @@ int main(int argc, char** argv) {
     std::vector<const char*> paths(argv + 1, argv + argc);
     if (paths.empty())
         paths = {"data/ref_mamba_vit.bin", "data/ref_mamba_vit_1x28x28_p4.bin", "data/ref_mamba_vit_1x28x28_p7.bin",
-                 "data/ref_mamba_vit_bi.bin"};
+                 "data/ref_mamba_vit_bi.bin", "data/ref_mamba_vit2.bin"};
     Tests t;
     printf("backend %s\n", BACKEND_NAME);
     check_flip(t);

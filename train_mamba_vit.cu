@@ -20,6 +20,14 @@ mixers of their own per block, the second on the tokens reversed in time,
 x = Dropout(LN(x + Mamba_f(x) + flip(Mamba_b(flip(x))))); the mixer tensors
 stack 2L mixers (layer l's forward one at l, its reverse one at L + l), the
 flip is llmc/flip.cuh's kernel.
+
+With -M 2 (model kind 10, doc/models.md) each block's mixer is Mamba-2's
+(llmc/mamba2_block.cuh, as the char Mamba LM's -M 2): x = Dropout(LN(x +
+Mamba2(x))), Mamba2 = mamba_ssm's Mamba2(d_model=C, d_state=64, headdim=64,
+expand=2), E = 2C in E/64 heads (a model file may say other d_state and
+headdim). The Mamba-1 tensors' rows of the tables are then empty, and the
+Mamba-2 ones otherwise.
+
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop and evaluation in llmc/vision_trainer.h
 (vision_run), which calls this file's vision_forward and vision_backward.
@@ -31,6 +39,7 @@ Build with `make train_mamba_vit` (GPU if one is visible, else the host backend)
 #include "llmc/layernorm.cuh"
 #include "llmc/matmul.cuh"
 #include "llmc/mamba_block.cuh"
+#include "llmc/mamba2_block.cuh"
 #include "llmc/dropout.cuh"
 #include "llmc/vision.cuh"
 #include "llmc/crossentropy.cuh"
@@ -51,11 +60,18 @@ typedef struct {
     int d_state;        // N
     ImageShape image;   // the images' channels x height x width (in the files' image shape slots)
     int bidirectional;  // 0: one mixer per block; 1: a forward and a reverse mixer (-M bi, kind MODEL_MAMBA_VIT_BI)
+    int mamba2;         // 1: Mamba-2 mixers (-M 2, kind MODEL_MAMBA_VIT2)
+    int headdim;        // P, Mamba-2's channels per head (H = E / P heads); 0 for Mamba-1
 } MambaViTConfig;
 
 // the seven config slots of model files and checkpoints (the dt rank is mamba_dt_rank(C), ceil(C/16))
 static const char* const mamba_vit_slot_names[CONFIG_SLOTS] = {"patch_size", "num_classes", "num_layers", "channels",
                                                                "inner", "d_state", "num_params"};
+
+// -M 2's: the inner width is 2C (not stored); the fifth and sixth slots are
+// the d_state N and the headdim P, so a file says its full shape
+static const char* const mamba_vit2_slot_names[CONFIG_SLOTS] = {"patch_size", "num_classes", "num_layers", "channels",
+                                                                "d_state", "headdim", "num_params"};
 
 static MambaDims dims_of(MambaViTConfig c) {
     MambaDims d = {c.channels, c.inner, c.d_state, mamba_dt_rank(c.channels)};
@@ -64,15 +80,28 @@ static MambaDims dims_of(MambaViTConfig c) {
 static int tokens_of(MambaViTConfig c) { return image_tokens(c.image, c.patch); }        // T
 static int patch_dim_of(MambaViTConfig c) { return image_patch_dim(c.image, c.patch); }  // PD
 static int mixers_of(MambaViTConfig c) { return c.bidirectional ? 2 : 1; }                // per block
-static int kind_of(MambaViTConfig c) { return c.bidirectional ? MODEL_MAMBA_VIT_BI : MODEL_MAMBA_VIT; }
+static int kind_of(MambaViTConfig c) {
+    return c.mamba2 ? MODEL_MAMBA_VIT2 : c.bidirectional ? MODEL_MAMBA_VIT_BI : MODEL_MAMBA_VIT;
+}
+static Mamba2Dims dims2_of(MambaViTConfig c) {
+    Mamba2Dims d = {c.channels, c.inner, c.d_state, c.headdim, c.headdim ? c.inner / c.headdim : 0};
+    return d;
+}
+
+// the rows [from, to) of a tensor table emptied: the other mixer's
+static void empty_rows(TensorSpec* from, const TensorSpec* to) {
+    for (TensorSpec* r = from; r < to; r++) r->size = 0;
+}
 
 // ----------------------------------------------------------------------------
-// parameters: one flat buffer, tensors in this order (the blocks' stacked over L)
+// parameters: one flat buffer, tensors in this order (the blocks' stacked
+// over L); with -M 2 the tower rows are empty, otherwise the tower2 rows
 
-#define NUM_PARAMETER_TENSORS (PATCH_EMBED_PARAMS + MAMBA_STACK_PARAMS + 2)
+#define NUM_PARAMETER_TENSORS (PATCH_EMBED_PARAMS + MAMBA_STACK_PARAMS + MAMBA2_STACK_PARAMS + 2)
 typedef struct {
     PatchEmbedParams embed;        // patch_ln_w .. embed_ln_b, see llmc/vision.cuh
     MambaStackParams tower;  // the L blocks: in_proj_w .. ln_b (mixer tensors over 2L when bidirectional), see llmc/mamba_block.cuh
+    Mamba2StackParams tower2;  // -M 2's L blocks: in_proj_w .. ln_b, see llmc/mamba2_block.cuh
     float* head_w;           // (K, C)
     float* head_b;           // (K)
 } ParameterTensors;
@@ -82,7 +111,10 @@ static_assert(sizeof(ParameterTensors) == NUM_PARAMETER_TENSORS * sizeof(float*)
 static void mamba_vit_param_table(TensorSpec* t, MambaViTConfig c) {
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     t = patch_embed_param_table(t, PD, C);
+    TensorSpec* tower = t;
     t = mamba_stack_param_table(t, c.num_layers, dims_of(c), mixers_of(c));
+    if (c.mamba2) empty_rows(tower, t);
+    t = mamba2_stack_param_table(t, c.num_layers, dims2_of(c), c.mamba2);
     *t++ = {"head_w", K * C, 1, 1};
     *t++ = {"head_b", K, 0, 1};
 }
@@ -90,10 +122,12 @@ static void mamba_vit_param_table(TensorSpec* t, MambaViTConfig c) {
 // ----------------------------------------------------------------------------
 // activations: one flat buffer for what backward needs, and scratch
 
-#define NUM_ACTIVATION_TENSORS (PATCH_EMBED_ACTS + MAMBA_STACK_ACTS + 6 + MAMBA_SCRATCH + 5)
+#define NUM_ACTIVATION_TENSORS (PATCH_EMBED_ACTS + MAMBA_STACK_ACTS + MAMBA2_STACK_ACTS + 6 + MAMBA_SCRATCH + \
+                                MAMBA2_SCRATCH + 5)
 typedef struct {
     PatchEmbedActs embed;        // the patch embedding's, see llmc/vision.cuh
-    MambaStackActs tower;   // the L blocks' activations, see llmc/mamba_block.cuh
+    MambaStackActs tower;   // the L blocks' activations (empty with -M 2), see llmc/mamba_block.cuh
+    Mamba2StackActs tower2; // -M 2's L blocks' activations (empty otherwise), see llmc/mamba2_block.cuh
     float* tokens_rev;      // (L, B, T, C)  bidirectional: each block's input reversed in time (empty otherwise)
     float* drop;            // (L, B, T, C)  the blocks' outputs after dropout (training only)
     float* pooled;          // (B, C)
@@ -101,7 +135,8 @@ typedef struct {
     float* probs;           // (B, K)
     float* losses;          // (B)
     // scratch
-    MambaScratch block;     // the blocks' backward scratch
+    MambaScratch block;     // the blocks' backward scratch (empty with -M 2)
+    Mamba2Scratch block2;   // -M 2's (empty otherwise)
     float* dresidual;       // (B, T, C)  gradient w.r.t. the current block's output
     float* dresidual_in;    // (B, T, C)  ... and w.r.t. its input (the two swap roles block by block)
     float* dtokens_rev;     // (B, T, C)  bidirectional: gradient w.r.t. tokens_rev of the current block (empty otherwise)
@@ -115,14 +150,20 @@ static void mamba_vit_act_table(TensorSpec* t, MambaViTConfig c, int B) {
     int L = c.num_layers;
     long rev = c.bidirectional ? BT * C : 0;
     t = patch_embed_act_table(t, BT, PD, C);
+    TensorSpec* tower = t;
     t = mamba_stack_act_table(t, L, B, T, dims_of(c), mixers_of(c));
+    if (c.mamba2) empty_rows(tower, t);
+    t = mamba2_stack_act_table(t, L, B, T, dims2_of(c), c.mamba2);
     *t++ = {"tokens_rev", L * rev, 0, L};
     *t++ = {"drop", L * BT * C, 0, L};
     *t++ = {"pooled", B * C, 0, 1};
     *t++ = {"logits", B * K, 0, 1};
     *t++ = {"probs", B * K, 0, 1};
     *t++ = {"losses", B, 0, 1};
+    TensorSpec* scratch = t;
     t = mamba_scratch_table(t, B, T, dims_of(c));
+    if (c.mamba2) empty_rows(scratch, t);
+    t = mamba2_scratch_table(t, B, T, dims2_of(c), c.mamba2);
     *t++ = {"dresidual", BT * C, 0, 1};
     *t++ = {"dresidual_in", BT * C, 0, 1};
     *t++ = {"dtokens_rev", rev, 0, 1};
@@ -144,23 +185,32 @@ typedef struct {
 
 static MambaViTConfig mamba_vit_config(int patch, int K, int L, int C, int N, ImageShape image, int bidirectional) {
     MambaDims d = mamba_dims(C, N);
-    MambaViTConfig c = {patch, K, L, C, d.E, N, image, bidirectional};
+    MambaViTConfig c = {patch, K, L, C, d.E, N, image, bidirectional, 0, 0};
+    return c;
+}
+
+// -M 2's: Mamba-2 mixers of d_state N and headdim P (E = 2C)
+static MambaViTConfig mamba_vit2_config(int patch, int K, int L, int C, int N, int P, ImageShape image) {
+    Mamba2Dims d = mamba2_dims(C, N, P);
+    MambaViTConfig c = {patch, K, L, C, d.E, N, image, 0, 1, P};
     return c;
 }
 
 static void mamba_vit_build(MambaViT* model, MambaViTConfig c) {
-    scan_check_limits(c.d_state);
+    if (c.mamba2) ssd_check_limits(c.inner, c.headdim, c.d_state);
+    else scan_check_limits(c.d_state);
     model->config = c;
     TensorSpec table[NUM_PARAMETER_TENSORS];
     mamba_vit_param_table(table, c);
     int slots[CONFIG_SLOTS - 1] = {c.patch, c.num_classes, c.num_layers, c.channels, c.inner, c.d_state};
-    model_build(&model->buf, kind_of(c), mamba_vit_slot_names, slots, table, NUM_PARAMETER_TENSORS,
-                &model->params, &model->grads, sizeof(model->params));
+    if (c.mamba2) { slots[4] = c.d_state; slots[5] = c.headdim; }
+    model_build(&model->buf, kind_of(c), c.mamba2 ? mamba_vit2_slot_names : mamba_vit_slot_names, slots, table,
+                NUM_PARAMETER_TENSORS, &model->params, &model->grads, sizeof(model->params));
     image_shape_to_slots(c.image, model->buf.image_shape);
     model->dropout = {0.0f, 0, 0.0f};
 }
 
-// mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
+// mamba_ssm's initialization for the blocks (mamba_stack_init, mamba2_stack_init), PyTorch's
 // defaults elsewhere (the seed's): LayerNorms 1 and 0, the patch embedding
 // U(+-1/sqrt(PD)), the head U(+-1/sqrt(C))
 static void mamba_vit_init_random(MambaViT* model, uint64_t seed) {
@@ -172,7 +222,8 @@ static void mamba_vit_init_random(MambaViT* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long C = c.channels, K = c.num_classes, PD = patch_dim_of(c);
     patch_embed_init(p.embed, PD, C, &rng);
-    mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, mixers_of(c));
+    if (c.mamba2) mamba2_stack_init(p.tower2, c.num_layers, dims2_of(c), &rng);
+    else mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, mixers_of(c));
     for (long i = 0; i < K * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < K; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     model_upload_params(&model->buf, host.data());
@@ -193,6 +244,7 @@ static const float* block_output(const MambaViT* model, int l, int B) {
     if (l < 0) return a.embed.embed_ln;
     long btc = (long)B * tokens_of(model->config) * model->config.channels;
     if (model->dropout.fwd_rate > 0.0f) return a.drop + l * btc;
+    if (model->config.mamba2) return mamba2_layer_acts(a.tower2, l, B, tokens_of(model->config), dims2_of(model->config)).ln;
     return mamba_layer_acts(a.tower, l, B, tokens_of(model->config), dims_of(model->config)).ln;
 }
 
@@ -219,7 +271,13 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
     for (int l = 0; l < L; l++) {
         NVTX_RANGE("block_forward");
         MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
-        if (c.bidirectional)
+        const float* block_ln = la.ln;  // the block's output before dropout
+        if (c.mamba2) {
+            Mamba2StackActs la2 = mamba2_layer_acts(a.tower2, l, B, T, dims2_of(c));
+            mamba2_block_forward(h, mamba2_layer_params(p.tower2, l, dims2_of(c)), la2, block_output(model, l - 1, B),
+                                 B, T, dims2_of(c));
+            block_ln = la2.ln;
+        } else if (c.bidirectional)
             mamba_bi_block_forward(h, mamba_bi_layer_params(p.tower, l, 0, L, d), la,
                                    mamba_bi_layer_params(p.tower, l, 1, L, d), mamba_bi_layer_acts(a.tower, l, 1, L, B, T, d),
                                    a.tokens_rev + l * btc, block_output(model, l - 1, B), B, T, d);
@@ -227,7 +285,7 @@ static void mamba_vit_forward(MambaViT* model, const float* images, const int* l
             mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_output(model, l - 1, B), B, T, d);
         if (drop > 0.0f) {
             NVTX_RANGE("dropout_forward");
-            dropout_apply(a.drop + l * btc, la.ln, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
+            dropout_apply(a.drop + l * btc, block_ln, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
         }
     }
     { NVTX_RANGE("pool_forward"); mean_pool_forward(a.pooled, block_output(model, L - 1, B), B, T, C); }
@@ -267,7 +325,11 @@ static void mamba_vit_backward(MambaViT* model, int B) {
         NVTX_RANGE("block_backward");
         if (drop > 0.0f)
             dropout_apply(dresidual, dresidual, btc, drop, dropout_site(model->dropout.seed, model_train_step(m), l));
-        if (c.bidirectional)
+        if (c.mamba2)
+            mamba2_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B),
+                                  mamba2_layer_params(p.tower2, l, dims2_of(c)), mamba2_layer_params(g.tower2, l, dims2_of(c)),
+                                  mamba2_layer_acts(a.tower2, l, B, T, dims2_of(c)), a.block2, m->ones, B, T, dims2_of(c));
+        else if (c.bidirectional)
             mamba_bi_block_backward(h, dresidual_in, a.dtokens_rev, dresidual, block_output(model, l - 1, B),
                                     a.tokens_rev + l * btc, mamba_bi_layer_params(p.tower, l, 0, L, d),
                                     mamba_bi_layer_params(g.tower, l, 0, L, d), mamba_bi_layer_acts(a.tower, l, 0, L, B, T, d),
@@ -300,19 +362,32 @@ int main(int argc, char** argv) {
                        "  -L <int>    layers (seed preset 6, cpu 2)\n"
                        "  -C <int>    channels, d_model (seed preset 256, cpu 64; inner width 2C, d_state 16, dt rank ceil(C/16))\n"
                        "  -M <name>   blocks: uni, one Mamba mixer (default); bi, bidirectional: a forward mixer and one\n"
-                       "              on the patches in reverse order, each block's own\n"
+                       "              on the patches in reverse order, each block's own; 2, one Mamba-2 (SSD) mixer\n"
+                       "              (d_state 64, headdim 64, H = 2C/64 heads) (with -e: the file's unless given)\n"
                        "  -P <int>    patch size, dividing the images' height and width (default 4: 64 patches of\n"
                        "              48 values on 3 x 32 x 32 images, 49 of 16 on 1 x 28 x 28)\n", "LCPM");
     print_preset(vc.preset);
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 
-    int bidirectional = !strcmp(vc.mixer, "bi");
-    MambaViTConfig config = mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16, image_shape_of(&train), bidirectional);
+    int bidirectional = vc.mixer && !strcmp(vc.mixer, "bi"), mamba2 = vc.mixer && !strcmp(vc.mixer, "2");
+    if (vc.init_path && !vc.mixer) {  // the file's blocks
+        int kind = model_file_kind(vc.init_path);
+        bidirectional = kind == MODEL_MAMBA_VIT_BI;
+        mamba2 = kind == MODEL_MAMBA_VIT2;
+    }
+    const int mamba2_headdim = 64;
+    if (mamba2 && !vc.init_path && (2 * vc.C) % mamba2_headdim)
+        fail("flag -C: -M 2's inner width 2C = %d is not divisible by its headdim %d", 2 * vc.C, mamba2_headdim);
+    MambaViTConfig config =
+        mamba2 ? mamba_vit2_config(vc.patch, train.classes, vc.L, vc.C, 64, mamba2_headdim, image_shape_of(&train))
+               : mamba_vit_config(vc.patch, train.classes, vc.L, vc.C, 16, image_shape_of(&train), bidirectional);
     if (vc.init_path) {  // the model file decides the shape (its kind must be -M's)
         int s[CONFIG_SLOTS], image[IMAGE_SHAPE_SLOTS];
         model_file_config(vc.init_path, kind_of(config), s, image);
-        config = {s[0], s[1], s[2], s[3], s[4], s[5], image_shape_from_slots(vc.init_path, image), bidirectional};
+        ImageShape file_image = image_shape_from_slots(vc.init_path, image);
+        if (mamba2) config = mamba_vit2_config(s[0], s[1], s[2], s[3], s[4], s[5], file_image);  // N, headdim
+        else config = {s[0], s[1], s[2], s[3], s[4], s[5], file_image, bidirectional, 0, 0};
         check_model_images(&vc, config.patch, config.num_classes, config.image, &train);
         check_shape_flag_int(&vc, 'L', vc.L, "num_layers", config.num_layers);
         check_shape_flag_int(&vc, 'C', vc.C, "channels", config.channels);
@@ -326,10 +401,17 @@ int main(int argc, char** argv) {
     mamba_vit_allocate_activations(&model, vc.B > vc.eval_B ? vc.B : vc.eval_B);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
-    printf("backend %s | %sMamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | scan %s\n",
-           BACKEND_NAME, bidirectional ? "bidirectional " : "", config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.patch,
-           tokens_of(config), patch_dim_of(config), config.num_classes, model.buf.num_parameters,
-           kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
+    if (config.mamba2)
+        printf("backend %s | Mamba-2 ViT L %d C %d E %d N %d heads %d x %d | patch %d (%d x %d) | %d classes | %ld "
+               "parameters | scan SSD chunks of %d\n", BACKEND_NAME, config.num_layers, config.channels, config.inner,
+               config.d_state, dims2_of(config).H, config.headdim, config.patch, tokens_of(config),
+               patch_dim_of(config), config.num_classes, model.buf.num_parameters, SSD_CHUNK);
+    else
+        printf("backend %s | %sMamba-ViT L %d C %d E %d N %d R %d | patch %d (%d x %d) | %d classes | %ld parameters | "
+               "scan %s\n", BACKEND_NAME, bidirectional ? "bidirectional " : "", config.num_layers, config.channels,
+               config.inner, config.d_state, dims_of(config).R, config.patch, tokens_of(config), patch_dim_of(config),
+               config.num_classes, model.buf.num_parameters,
+               kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = vision_run(&model, &vc, &train, &test);
     model_free(&model.buf);
     return status;

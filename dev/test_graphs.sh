@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training step as a CUDA graph (llmc/trainer.h): for every trainer
 # (train_gpt, train_gpt_plus, train_mamba, train_hybrid, train_vit,
-# train_mamba_vit, and train_mamba_vit -M bi), 5 training steps with the step captured once and
+# train_mamba_vit, train_mamba_vit -M bi and -M 2), 5 training steps with the step captured once and
 # replayed (STEP_GRAPH=1) print the same losses, learning rates and norms as
 # 5 eager steps (STEP_GRAPH=0), write the same log.jsonl (but for times) and
 # end with a byte-identical model.bin. The learning rate changes every step
@@ -21,7 +21,7 @@ lm="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -x 5 -u 3 -v 5 -m 1
 vision="-i $W/s_train.bin -j $W/s_test.bin -b 8 -B 16 -x 5 -u 3 -v 0 -m 1 -s 1 -D 0.1 -A 1"
 # the graph launches of the steps of a run's HOST_PROFILE lines, one number a line
 graph_launches() { sed -n 's/^host profile step [0-9]*: .* by \([0-9]*\) graph launches.*/\1/p' "$1" | tr '\n' ' '; }
-for m in gpt plus mamba hybrid vit mamba_vit mamba_vit_bi; do
+for m in gpt plus mamba hybrid vit mamba_vit mamba_vit_bi mamba_vit2; do
   case $m in
     gpt) prog="./train_gpt"; args="$lm -L 2 -C 32" ;;
     plus) prog="./train_gpt_plus"; args="$lm -L 2 -C 32" ;;
@@ -30,6 +30,7 @@ for m in gpt plus mamba hybrid vit mamba_vit mamba_vit_bi; do
     vit) prog="./train_vit"; args="$vision -L 1 -C 16 -H 2" ;;
     mamba_vit) prog="./train_mamba_vit"; args="$vision -L 1 -C 16" ;;
     mamba_vit_bi) prog="./train_mamba_vit"; args="$vision -L 1 -C 16 -M bi" ;;
+    mamba_vit2) prog="./train_mamba_vit"; args="$vision -L 1 -C 32 -M 2" ;;
   esac
   for g in 0 1; do
     STEP_GRAPH=$g HOST_PROFILE=1 $prog $args -o "$W/${m}_$g" > "$W/${m}_$g.out" 2> "$W/${m}_$g.err"

@@ -7,18 +7,21 @@
 #    line on stderr that starts "error:" and names the file or flag at fault, a
 #    non-zero exit that is not a crash, and no change to the output directories;
 #    among them images of another shape than the model's, a patch size that
-#    does not divide the images, a bad -M
+#    does not divide the images, a bad -M, -M against a model file's kind
+#    (-e without -M takes the file's blocks), -M 2 at a width its headdim
+#    does not divide
 #  - images of another shape (1 x 28 x 28, Fashion-MNIST's): short runs of the
-#    ViT, the Mamba-ViT and the bidirectional Mamba-ViT at patch 4 and 7 whose
+#    ViT, the Mamba-ViT, the bidirectional Mamba-ViT and the Mamba-2 ViT
+#    (-M 2) at patch 4 and 7 whose
 #    model files record the shape; a model file without the shape slots
 #    (written before them) loads as 3 x 32 x 32
 #  - resume: a run restarted from its step-4 checkpoint (augmentation and
 #    dropout on) prints the same step lines as the uninterrupted run and ends
 #    with the same model file, byte for byte (CIFAR's shape for the ViT and
-#    the Mamba-ViT, 1 x 28 x 28 for the bidirectional Mamba-ViT)
+#    the Mamba-ViT, 1 x 28 x 28 for the bidirectional and the Mamba-2 ones)
 #  - the accuracy is real: a trained model's test accuracy as the trainer
 #    prints it equals PyTorch's (dev/reference/interop.py eval --images) on
-#    the same images, for each of the three models
+#    the same images, for each of the four models
 # Needs train_vit and train_mamba_vit built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
@@ -61,14 +64,16 @@ D="-i $W/s_train.bin -j $W/s_test.bin"
 small="-b 8 -B 16 -v 0 -s 0"
 vit="-L 1 -C 16 -H 2"
 mvit="-L 1 -C 16"
+mvit2="-L 1 -C 32 -M 2"  # the Mamba-2 ViT: 2C divisible by its headdim 64
 ./train_vit $D $small $vit -x 2 -o "$W/vit" >/dev/null 2>&1 || echo "setup: train_vit failed"
 ./train_mamba_vit $D $small $mvit -x 2 -o "$W/mvit" >/dev/null 2>&1 || echo "setup: train_mamba_vit failed"
 ./train_mamba_vit $D $small $mvit -M bi -x 2 -o "$W/bivit" >/dev/null 2>&1 || echo "setup: train_mamba_vit -M bi failed"
+./train_mamba_vit $D $small $mvit2 -x 2 -o "$W/v2vit" >/dev/null 2>&1 || echo "setup: train_mamba_vit -M 2 failed"
 G="-i $W/g_train.bin -j $W/g_test.bin"
 ./train_vit $G $small $vit -x 2 -o "$W/gvit" >/dev/null 2>&1 || echo "setup: train_vit on 1 x 28 x 28 failed"
 mkdir -p "$W/trunc_ckpt" && head -c 5000 "$W/vit/ckpt_00000002.bin" > "$W/trunc_ckpt/ckpt_00000002.bin"
 
-WATCH="vit mvit bivit gvit trunc_ckpt"  # expect: these run directories must not change
+WATCH="vit mvit bivit v2vit gvit trunc_ckpt"  # expect: these run directories must not change
 
 for T in train_vit train_mamba_vit; do
   S=$([ $T == train_vit ] && echo "$vit" || echo "$mvit")
@@ -99,13 +104,19 @@ for T in train_vit train_mamba_vit; do
   expect "$T crop padding past 28 x 28 images" "flag -d" ./$T $G $small $S -A 1 -d 28
 done
 expect "train_vit has no -M" "-M" ./train_vit $D $small $vit -M bi
-expect "train_mamba_vit -M neither uni nor bi" "flag -M" ./train_mamba_vit $D $small $mvit -M tri
+expect "train_mamba_vit -M neither uni, bi nor 2" "flag -M" ./train_mamba_vit $D $small $mvit -M tri
+expect "train_mamba_vit -M 2 at 2C not divisible by the headdim 64" "flag -C" ./train_mamba_vit $D $small $mvit -M 2
 expect "3 x 32 x 32 model on 1 x 28 x 28 images" "$W/vit/model.bin" ./train_vit $G $small -e "$W/vit/model.bin" -x 0
 expect "1 x 28 x 28 model on 3 x 32 x 32 images" "$W/gvit/model.bin" ./train_vit $D $small -e "$W/gvit/model.bin" -x 0
 expect "1 x 28 x 28 test images for 3 x 32 x 32 train images" "$W/g_test.bin" ./train_vit -i $W/s_train.bin -j $W/g_test.bin $small $vit
 expect "1 x 28 x 28 checkpoint resumed on 3 x 32 x 32 images" "ckpt_00000002.bin" ./train_vit $D $small $vit -o "$W/gvit" -y 1
 expect "one-way Mamba-ViT model with -M bi" "$W/mvit/model.bin" ./train_mamba_vit $D $small -M bi -e "$W/mvit/model.bin" -x 0
-expect "bidirectional model without -M bi" "$W/bivit/model.bin" ./train_mamba_vit $D $small -e "$W/bivit/model.bin" -x 0
+expect "bidirectional model with -M uni" "$W/bivit/model.bin" ./train_mamba_vit $D $small -M uni -e "$W/bivit/model.bin" -x 0
+expect "Mamba-2 ViT model with -M bi" "$W/v2vit/model.bin" ./train_mamba_vit $D $small -M bi -e "$W/v2vit/model.bin" -x 0
+expect "one-way Mamba-ViT model with -M 2" "$W/mvit/model.bin" ./train_mamba_vit $D $small -M 2 -e "$W/mvit/model.bin" -x 0
+expect "Mamba-2 ViT checkpoint resumed without -M 2" "ckpt_00000002.bin" ./train_mamba_vit $D $small -L 1 -C 32 -o "$W/v2vit" -y 1
+expect_ok "bidirectional model without -M: the file's blocks" "bidirectional Mamba-ViT" ./train_mamba_vit $D $small -e "$W/bivit/model.bin" -x 0
+expect_ok "Mamba-2 ViT model without -M: the file's blocks" "Mamba-2 ViT" ./train_mamba_vit $D $small -e "$W/v2vit/model.bin" -x 0
 expect "one-way checkpoint resumed with -M bi" "ckpt_00000002.bin" ./train_mamba_vit $D $small $mvit -M bi -o "$W/mvit" -y 1
 expect "train_mamba_vit has no heads" "-H" ./train_mamba_vit $D $small $mvit -H 2
 expect "ViT channels not divisible by heads" "-C" ./train_vit $D $small -L 1 -C 18 -H 4
@@ -160,8 +171,9 @@ fi
 # images of another shape: each model at patch 4 and 7 on 1 x 28 x 28 images; the model
 # file records the shape (header[24..26]) and its patch size
 for P in 4 7; do
-  for m in vit mamba_vit mamba_vit_bi; do
-    case $m in vit) T=train_vit; S="$vit";; mamba_vit) T=train_mamba_vit; S="$mvit";; *) T=train_mamba_vit; S="$mvit -M bi";; esac
+  for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
+    case $m in vit) T=train_vit; S="$vit";; mamba_vit) T=train_mamba_vit; S="$mvit";; mamba_vit2) T=train_mamba_vit; S="$mvit2";;
+      *) T=train_mamba_vit; S="$mvit -M bi";; esac
     out=$(./$T $G -b 8 -B 16 -v 0 -s 1 $S -P $P -x 2 -o "$W/g_${m}_p$P" 2>&1); rc=$?
     rec=$($PYTHON -c "
 import sys; sys.path.insert(0, 'dev/reference'); sys.dont_write_bytecode = True
@@ -196,8 +208,9 @@ else
 fi
 
 # resume from a checkpoint: the same steps and the same model file as the uninterrupted run
-for m in vit mamba_vit mamba_vit_bi; do
-  case $m in vit) T=train_vit; S="$D $vit";; mamba_vit) T=train_mamba_vit; S="$D $mvit";; *) T=train_mamba_vit; S="$G $mvit -M bi";; esac
+for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
+  case $m in vit) T=train_vit; S="$D $vit";; mamba_vit) T=train_mamba_vit; S="$D $mvit";; mamba_vit2) T=train_mamba_vit; S="$G $mvit2";;
+    *) T=train_mamba_vit; S="$G $mvit -M bi";; esac
   args="-b 8 -B 16 -x 12 -n 4 -v 1 -s 1 $S"
   ./$T $args -A 1 -D 0.1 -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   mkdir -p "$W/cut_$m" && cp "$W/full_$m/ckpt_00000004.bin" "$W/cut_$m/"
@@ -216,8 +229,9 @@ done
 # model.bin). The counts of correct images must be equal; they may differ by one image
 # only where PyTorch finds a near tie (two largest logits within 1e-4), which the
 # trainer's float32 logits may order the other way round. Loss within 1e-4.
-for m in vit mamba_vit mamba_vit_bi; do
-  case $m in vit) T=train_vit; S="$vit -P 7";; mamba_vit) T=train_mamba_vit; S="$mvit -P 4";; *) T=train_mamba_vit; S="$mvit -P 4 -M bi";; esac
+for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
+  case $m in vit) T=train_vit; S="$vit -P 7";; mamba_vit) T=train_mamba_vit; S="$mvit -P 4";; mamba_vit2) T=train_mamba_vit; S="$mvit2 -P 4";;
+    *) T=train_mamba_vit; S="$mvit -P 4 -M bi";; esac
   line=$(./$T $G -b 8 -B 16 -v 0 -s 0 -l 1e-2 -u 10 $S -x 100 -o "$W/acc_$m" 2>&1 | grep '^final test acc')
   torch=$($PYTHON dev/reference/interop.py eval "$W/acc_$m/model.bin" --images "$W/g_test.bin" --B 16 2>&1)
   res=$(awk -v line="$line" -v torch="$torch" 'BEGIN {

@@ -76,13 +76,16 @@ static const char* model_kind_name(int kind) {
         case MODEL_VIT: return "ViT (train_vit)";
         case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
         case MODEL_MAMBA_VIT_BI: return "bidirectional Mamba-ViT (train_mamba_vit -M bi)";
+        case MODEL_MAMBA_VIT2: return "Mamba-2 ViT (train_mamba_vit -M 2)";
         case MODEL_HYBRID: return "hybrid LM (train_hybrid)";
         case MODEL_GPT_PLUS: return "Transformer++ (train_gpt_plus)";
         default: return "model of no known kind";
     }
 }
 
-static bool is_vision_kind(int kind) { return kind == MODEL_VIT || kind == MODEL_MAMBA_VIT || kind == MODEL_MAMBA_VIT_BI; }
+static bool is_vision_kind(int kind) {
+    return kind == MODEL_VIT || kind == MODEL_MAMBA_VIT || kind == MODEL_MAMBA_VIT_BI || kind == MODEL_MAMBA_VIT2;
+}
 
 // ----------------------------------------------------------------------------
 // the config slots: what each trainer can run
@@ -158,6 +161,15 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "inner", s[4], 1, 1 << 17);
             check_d_state(path, s[5]);
             break;
+        case MODEL_MAMBA_VIT2:  // patch_size, num_classes, num_layers, channels, d_state, headdim (inner 2 x channels)
+            check_slot(path, "patch_size", s[0], 1, 4096);
+            check_slot(path, "num_classes", s[1], 1, 256);
+            check_slot(path, "num_layers", s[2], 1, 1024);
+            check_slot(path, "channels", s[3], 1, 1 << 16);
+            check_slot(path, "d_state", s[4], 1, SSD_MAX_N);
+            check_slot(path, "headdim", s[5], 1, SSD_MAX_P);
+            if (2 * s[3] % s[5]) fail("%s: inner width %d (2 x channels) is not divisible by headdim %d", path, 2 * s[3], s[5]);
+            break;
         case MODEL_HYBRID:  // max_seq_len, vocab_size, channels, num_heads, ffn, pattern (decoded by train_hybrid)
             check_slot(path, "max_seq_len", s[0], 1, 1 << 16);
             check_slot(path, "vocab_size", s[1], 1, max_vocab);
@@ -167,7 +179,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "pattern", s[5], 1, (1 << 30) - 1);  // at most 15 base-4 digits
             break;
         default:
-            fail("%s: model kind %d is none of 1..9", path, kind);
+            fail("%s: model kind %d is none of 1..10", path, kind);
     }
     check_slot(path, "num_params", s[CONFIG_SLOTS - 1], 1, 2147483647L);
 }

@@ -40,6 +40,7 @@ helpers shared by the trainers.
 #define MODEL_MAMBA_VIT_BI 7  // train_mamba_vit -M bi (the bidirectional Mamba-ViT)
 #define MODEL_MAMBA_LTI 8  // train_mamba -M lti (the selection ablation: dt, B, C per channel)
 #define MODEL_MAMBA2 9  // train_mamba -M 2 (the Mamba-2 mixer)
+#define MODEL_MAMBA_VIT2 10  // train_mamba_vit -M 2 (the Mamba-ViT with Mamba-2 mixers)
 #define IMAGE_SHAPE_SLOT 24  // header[24..26]: a vision model's image shape (channels, height, width); 0 0 0: 3 x 32 x 32
 #define IMAGE_SHAPE_SLOTS 3
 

@@ -54,7 +54,8 @@ typedef struct {
     int seed_given;          // -r was given
     char shape_given[8];     // the shape flags given (letters of -L -C -H -F -P): with -e they must agree with the file
     int L, C, H, F, patch;   // model shape (-L -C -H -F -P; each model uses what it has)
-    const char* mixer;       // -M (the Mamba-ViT's): "uni" one mixer per block, "bi" bidirectional blocks
+    const char* mixer;       // -M (the Mamba-ViT's): "uni" one mixer per block, "bi" bidirectional blocks, "2"
+                             // Mamba-2 mixers; null: not given (uni, or with -e the file's)
     int augment;             // -A: 0 switches every transform off
     AugmentConfig aug;       // -f -d -R -z -w
     int preset;              // -S: PRESET_SEED or PRESET_CPU (trainer.h)
@@ -78,7 +79,6 @@ static VisionTrainConfig default_vision_config() {
     c.final_frac = 0.1f; c.weight_decay = 1e-5f; c.beta2 = 0.999f;
     c.eval_every = 1; c.print_every = 50; c.seed = 1337;
     c.patch = 4;
-    c.mixer = "uni";
     c.aug = augment_default();
     return c;
 }
@@ -159,7 +159,8 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
             case 's': c->print_every = parse_int_flag(f, v, 0, 1 << 30); break;
             case 'P': c->patch = parse_int_flag(f, v, 1, 4096); break;
             case 'M':
-                if (strcmp(v, "uni") && strcmp(v, "bi")) fail("flag -M: '%s' is not a kind of block (uni or bi)", v);
+                if (strcmp(v, "uni") && strcmp(v, "bi") && strcmp(v, "2"))
+                    fail("flag -M: '%s' is not a kind of block (uni, bi or 2)", v);
                 c->mixer = v;
                 break;
             case 'A': c->augment = parse_int_flag(f, v, 0, 1); break;

@@ -14,11 +14,12 @@ vocab (20261102)
     (1..255) followed by n bytes of the token's UTF-8 text.
 model (20261103)
     header[2] = model kind (1 gpt, 2 mamba, 3 vit, 4 mamba_vit, 5 hybrid, 6 gpt_plus,
-    7 mamba_vit_bi, 8 mamba_lti, 9 mamba2), header[3..9] = the model's config
+    7 mamba_vit_bi, 8 mamba_lti, 9 mamba2, 10 mamba_vit2), header[3..9] = the model's config
     (gpt: maxT, V, L, H, C, F, P; gpt_plus (train_gpt_plus): the same, F the
     SwiGLU width; mamba and mamba_lti: V, L, C, E, N, R, P (R = 0 for
     mamba_lti); mamba2: V, L, C, E, N, Hd, P; vit: patch, K, L, H, C, F, P;
-    mamba_vit and mamba_vit_bi: patch, K, L, C, E, N, P; hybrid: maxT, V, C,
+    mamba_vit and mamba_vit_bi: patch, K, L, C, E, N, P; mamba_vit2: patch,
+    K, L, C, N, Hd, P (E = 2C); hybrid: maxT, V, C,
     H, F, pattern, P); header[24..26] = the image shape of a vision model
     (channels, height, width; 0 0 0, in files written before these slots,
     means 3 x 32 x 32; the config dict's "image"); version 2: header[20] =
@@ -93,10 +94,11 @@ KIND_GPT_PLUS = 6
 KIND_MAMBA_VIT_BI = 7  # train_mamba_vit -M bi: two mixers per block (forward and reverse)
 KIND_MAMBA_LTI = 8  # train_mamba -M lti: the selection ablation (dt, B, C per channel)
 KIND_MAMBA2 = 9  # train_mamba -M 2: the Mamba LM with Mamba-2 (SSD) mixers
+KIND_MAMBA_VIT2 = 10  # train_mamba_vit -M 2: the Mamba-ViT with Mamba-2 (SSD) mixers
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
               KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi",
-              KIND_MAMBA_LTI: "mamba_lti", KIND_MAMBA2: "mamba2"}
-VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI)
+              KIND_MAMBA_LTI: "mamba_lti", KIND_MAMBA2: "mamba2", KIND_MAMBA_VIT2: "mamba_vit2"}
+VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI, KIND_MAMBA_VIT2)
 
 # config fields stored in header[3..] for each model kind, in slot order.
 # Every kind lists "P" (the number of float parameters) among its fields.
@@ -118,6 +120,9 @@ CONFIG_FIELDS = {
     KIND_VIT: ("patch", "K", "L", "H", "C", "F", "P"),
     KIND_MAMBA_VIT: ("patch", "K", "L", "C", "E", "N", "P"),
     KIND_MAMBA_VIT_BI: ("patch", "K", "L", "C", "E", "N", "P"),
+    # the Mamba-ViT with Mamba-2 mixers: E = 2C (not stored), N the state
+    # size, Hd the head dim (2C/Hd heads)
+    KIND_MAMBA_VIT2: ("patch", "K", "L", "C", "N", "Hd", "P"),
     # the hybrid LM: pattern = its layers, base 4 (hybrid_pattern_code); the
     # Mamba layers' N is 16, E = 2C, R = ceil(C/16)
     KIND_HYBRID: ("maxT", "V", "C", "H", "F", "pattern", "P"),
@@ -420,6 +425,30 @@ def mamba_vit_num_params(patch, K, L, C, E, N, image=CIFAR_IMAGE, bidirectional=
     return sum(math.prod(shape) for _, shape, _ in mamba_vit_param_layout(patch, K, L, C, E, N, image, bidirectional))
 
 
+def mamba_vit2_param_layout(patch, K, L, C, N, Hd, image=CIFAR_IMAGE):
+    """
+    The Mamba-ViT with Mamba-2 mixers (train_mamba_vit -M 2): the patch
+    embedding (as the ViT's), the Mamba-2 LM's blocks (stacked over L, same
+    names; E = 2C, 2C/Hd heads), the head Linear(C, K).
+    """
+    _, PD = vision_tokens(patch, image)
+    blocks = [r for r in mamba2_param_layout(1, L, C, 2 * C, N, Hd)
+              if r[0] not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
+    return ([("patch_ln_w", (PD,), False),
+             ("patch_ln_b", (PD,), False),
+             ("patch_w", (C, PD), True),
+             ("patch_b", (C,), False),
+             ("embed_ln_w", (C,), False),
+             ("embed_ln_b", (C,), False)]
+            + blocks
+            + [("head_w", (K, C), True),
+               ("head_b", (K,), False)])
+
+
+def mamba_vit2_num_params(patch, K, L, C, N, Hd, image=CIFAR_IMAGE):
+    return sum(math.prod(shape) for _, shape, _ in mamba_vit2_param_layout(patch, K, L, C, N, Hd, image))
+
+
 # -----------------------------------------------------------------------------
 # shared helpers
 
@@ -665,6 +694,11 @@ def _validate_config(path, kind, config):
                 _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
             P = vit_num_params(config["patch"], config["K"], config["L"], config["H"], config["C"], config["F"],
                                image)
+        elif kind == KIND_MAMBA_VIT2:
+            if 2 * config["C"] % config["Hd"] != 0:
+                _fail(path, f"E = 2C = {2 * config['C']} is not divisible by the head dim Hd = {config['Hd']}")
+            P = mamba_vit2_num_params(config["patch"], config["K"], config["L"], config["C"], config["N"],
+                                      config["Hd"], image)
         else:
             P = mamba_vit_num_params(config["patch"], config["K"], config["L"], config["C"], config["E"], config["N"],
                                      image, kind == KIND_MAMBA_VIT_BI)

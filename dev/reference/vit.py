@@ -1,6 +1,7 @@
 """
 The vision models in PyTorch, and the writer of their reference states:
-a ViT, a Mamba-ViT and a bidirectional Mamba-ViT on images of any shape
+a ViT, a Mamba-ViT, a bidirectional Mamba-ViT and a Mamba-ViT with Mamba-2
+mixers on images of any shape
 (Cc, H, W; CIFAR-10's 3 x 32 x 32 by default) cut into patches (defined in
 doc/models.md).
 
@@ -25,6 +26,9 @@ batch.
                y_f = Mamba_f(x);  y_b = flip(Mamba_b(flip(x)))
                x = Dropout(LN(x + y_f + y_b))
              (BiBlock below).
+  Mamba-2 ViT (train_mamba_vit -M 2): the Mamba-ViT with mamba.py's Mamba-2
+             mixer in each block (mamba.Block with MambaConfig(mamba2=True)):
+             x = Dropout(LN(x + Mamba2(x))), E = 2C, E/headdim heads.
 
 Dropout comes in two kinds. With a key (set_dropout(p, seed, step)) the
 masks are the C++ trainers' counter-based hash of (seed, step, site,
@@ -44,6 +48,7 @@ dropout, all computed in float64 and stored as float32.
 Usage:
     python3 dev/reference/vit.py                        # writes data/ref_vit.bin and data/ref_mamba_vit.bin
     python3 dev/reference/vit.py --model vit --out data/ref_vit.bin --check
+    python3 dev/reference/vit.py --model mamba_vit2 --image 1,28,28 --out data/ref_mamba_vit2.bin --check
 """
 
 import argparse
@@ -117,6 +122,8 @@ class MambaViTConfig:
     E: int = 0  # 0: 2C
     image: tuple = formats.CIFAR_IMAGE  # (Cc, H, W)
     bidirectional: bool = False  # blocks of a forward and a reverse mixer (BiBlock)
+    mamba2: bool = False  # Mamba-2 mixers (mamba.Mamba2), E/headdim heads
+    headdim: int = 16  # Mamba-2's channels per head
 
     def __post_init__(self):
         if self.E == 0:
@@ -268,7 +275,7 @@ class MambaViT(common.FlatParams):
     def __init__(self, cfg, scan="sequential"):
         super().__init__()
         self.cfg = cfg
-        mcfg = mamba.MambaConfig(V=1, L=1, C=cfg.C, N=cfg.N, E=cfg.E)
+        mcfg = mamba.MambaConfig(V=1, L=1, C=cfg.C, N=cfg.N, E=cfg.E, mamba2=cfg.mamba2, headdim=cfg.headdim)
         self.embed = PatchEmbed(cfg.patch, cfg.C, cfg.image)
         block = BiBlock if cfg.bidirectional else mamba.Block
         self.blocks = nn.ModuleList([block(mcfg, scan) for _ in range(cfg.L)])
@@ -294,12 +301,31 @@ class MambaViT(common.FlatParams):
 
     def flat_layout(self):
         c = self.cfg
+        if c.mamba2:
+            return formats.mamba_vit2_param_layout(c.patch, c.K, c.L, c.C, c.N, c.headdim, c.image)
         return formats.mamba_vit_param_layout(c.patch, c.K, c.L, c.C, c.E, c.N, c.image, c.bidirectional)
 
     def flat_tensors(self):
         """The mixer tensors list the forward mixers of the L blocks, then (bidirectional) their reverse mixers."""
         e = self.embed
         ms = [b.mixer for b in self.blocks]
+        if self.cfg.mamba2:
+            return [
+                ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
+                ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
+                ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
+                ("in_proj_w", [m.in_proj.weight for m in ms]),
+                ("conv_w", [m.conv_w for m in ms]),
+                ("conv_b", [m.conv_b for m in ms]),
+                ("dt_bias", [m.dt_bias for m in ms]),
+                ("A_log", [m.A_log for m in ms]),
+                ("D", [m.D for m in ms]),
+                ("norm_w", [m.norm_w for m in ms]),
+                ("out_proj_w", [m.out_proj.weight for m in ms]),
+                ("ln_w", [b.ln.weight for b in self.blocks]),
+                ("ln_b", [b.ln.bias for b in self.blocks]),
+                ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
+            ]
         if self.cfg.bidirectional:
             ms += [b.mixer_rev for b in self.blocks]
         return [
@@ -327,6 +353,7 @@ class MambaViT(common.FlatParams):
 VIT_ACTS = ("ln1", "qkv", "att", "atty", "attproj", "res2", "ln2", "fch", "fch_gelu", "fcproj", "res3")
 MAMBA_ACTS = mamba.ACT_NAMES  # xz, conv, u, x_dbl, dt, scan, gated, out, res, ln
 MIXER_ACTS = MAMBA_ACTS[:-2]  # the mixer's: xz .. out
+MAMBA2_ACTS = mamba.ACT_NAMES_MAMBA2  # zxbcdt, conv, xbc, dt, scan, gated, normed, out, res, ln
 
 
 def build(kind, config, scan="sequential"):
@@ -335,6 +362,10 @@ def build(kind, config, scan="sequential"):
         c = ViTConfig(patch=config["patch"], K=config["K"], L=config["L"], H=config["H"], C=config["C"], F=config["F"],
                       image=image)
         return ViT(c), c
+    if kind == formats.KIND_MAMBA_VIT2:
+        c = MambaViTConfig(patch=config["patch"], K=config["K"], L=config["L"], C=config["C"], N=config["N"],
+                           image=image, mamba2=True, headdim=config["Hd"])
+        return MambaViT(c, scan), c
     c = MambaViTConfig(patch=config["patch"], K=config["K"], L=config["L"], C=config["C"], N=config["N"], E=config["E"],
                        image=image, bidirectional=kind == formats.KIND_MAMBA_VIT_BI)
     return MambaViT(c, scan), c
@@ -343,6 +374,8 @@ def build(kind, config, scan="sequential"):
 def config_dict(kind, cfg, P):
     if kind == formats.KIND_VIT:
         return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, H=cfg.H, C=cfg.C, F=cfg.F, P=P, image=cfg.image)
+    if kind == formats.KIND_MAMBA_VIT2:
+        return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, C=cfg.C, N=cfg.N, Hd=cfg.headdim, P=P, image=cfg.image)
     return dict(patch=cfg.patch, K=cfg.K, L=cfg.L, C=cfg.C, E=cfg.E, N=cfg.N, P=P, image=cfg.image)
 
 
@@ -357,6 +390,8 @@ def act_names(kind, L):
         for l in range(L):
             names += [f"m{l}.{n}" for n in MIXER_ACTS] + [f"m{l}.rev.{n}" for n in MIXER_ACTS]
             names += [f"m{l}.res", f"m{l}.ln"]
+    elif kind == formats.KIND_MAMBA_VIT2:
+        names += [f"m{l}.{n}" for l in range(L) for n in MAMBA2_ACTS]
     else:
         names += [f"m{l}.{n}" for l in range(L) for n in MAMBA_ACTS]
     return names + ["pooled", "logits"]
@@ -368,7 +403,9 @@ def write_reference(path, kind, cfg, B, seed, steps, adamw, dropout, scan="seque
     torch.manual_seed(seed)
     gen = torch.default_generator
     model = (ViT(cfg) if kind == formats.KIND_VIT else MambaViT(cfg, scan)).double()  # (draws from gen first)
-    params32 = common.reference_init(model.flat_layout(), gen)
+    # (Mamba-2's per-head A_log and its norm_w drawn as mamba.py's LM state draws them)
+    init = mamba.reference_init if kind == formats.KIND_MAMBA_VIT2 else common.reference_init
+    params32 = init(model.flat_layout(), gen)
     pixels = torch.randint(0, 256, (B,) + tuple(cfg.image), generator=gen, dtype=torch.int32)
     images32 = (pixels.float() * np.float32(1.0 / 255.0))  # as the trainers' uint8 -> float
     labels = torch.randint(0, cfg.K, (B,), generator=gen)
@@ -528,7 +565,7 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="both", choices=["vit", "mamba_vit", "mamba_vit_bi", "both"])
+    parser.add_argument("--model", default="both", choices=["vit", "mamba_vit", "mamba_vit_bi", "mamba_vit2", "both"])
     parser.add_argument("--out", default=None,
                         help="state file (default data/ref_vit.bin, data/ref_mamba_vit.bin; not with --model both)")
     parser.add_argument("--image", default="3,32,32", help="image shape channels,height,width")
@@ -540,6 +577,8 @@ def main():
     parser.add_argument("--H", type=int, default=4)
     parser.add_argument("--F", type=int, default=64)
     parser.add_argument("--N", type=int, default=16)
+    parser.add_argument("--headdim", type=int, default=16,
+                        help="mamba_vit2's channels per head (2C/headdim heads: 4 at the default C)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--check", action="store_true", help="read the state back and verify it")
@@ -548,12 +587,14 @@ def main():
                              "(the same values; much faster at patch 1, T 1024)")
     args = parser.parse_args()
     if args.model == "both" and args.out:
-        parser.error("--out needs --model vit, mamba_vit or mamba_vit_bi")
+        parser.error("--out needs --model vit, mamba_vit, mamba_vit_bi or mamba_vit2")
     image = tuple(int(v) for v in args.image.split(","))
     if len(image) != 3 or min(image) < 1:
         parser.error("--image is channels,height,width")
     if args.C % args.H != 0 or image[1] % args.patch != 0 or image[2] % args.patch != 0:
         parser.error("C must be divisible by H and the patch size must divide the image's height and width")
+    if args.model == "mamba_vit2" and (2 * args.C) % args.headdim != 0:
+        parser.error("mamba_vit2: 2C must be divisible by --headdim")
     adamw = common.REFERENCE_ADAMW
     dropout = (0.1, 4242, 17)  # p, seed, step
     ok = True
@@ -561,6 +602,10 @@ def main():
         path = args.out or f"data/ref_{name}.bin"
         if name == "vit":
             kind, cfg = formats.KIND_VIT, ViTConfig(args.patch, args.K, args.L, args.H, args.C, args.F, image)
+        elif name == "mamba_vit2":
+            kind = formats.KIND_MAMBA_VIT2
+            cfg = MambaViTConfig(args.patch, args.K, args.L, args.C, args.N, image=image, mamba2=True,
+                                 headdim=args.headdim)
         else:
             kind = formats.KIND_MAMBA_VIT_BI if name == "mamba_vit_bi" else formats.KIND_MAMBA_VIT
             cfg = MambaViTConfig(args.patch, args.K, args.L, args.C, args.N, image=image,
