@@ -17,6 +17,12 @@ d_conv=4, expand=2), E = 2C, R = ceil(C/16):
 With -M lti (model kind MODEL_MAMBA_LTI), the selection ablation: dt, B and
 C are learned per channel instead of computed from u (no x_proj, dt_proj):
   dt = softplus(dt_bias) (E);  B_lti, C_lti (E, N);  the rest as above.
+With -M 2 (model kind MODEL_MAMBA2) each block's mixer is mamba_ssm's
+Mamba2(d_model=C, d_state=N (-N, default 64), headdim=P=64, ngroups=1),
+H = E/P heads (llmc/mamba2_block.cuh, llmc/ssd.cuh):
+  (z, xBC, dt_raw) = in_proj(x);  (x, B, C) = silu(causal depthwise conv1d(xBC))
+  dt = softplus(dt_raw + dt_bias) (H);  per head: S_t = exp(dt A) S_{t-1} + dt x_t B_t^T,
+  y_t = S_t C_t + D x_t;  out = out_proj(RMSNorm(y * silu(z)) * norm_w)
 Kernels live in llmc/; the buffers every model owns and their update in
 llmc/model.h; the training loop, validation and sampling in
 llmc/lm_trainer.h (lm_run), which calls this file's lm_forward and
@@ -92,10 +98,10 @@ typedef struct {
     MambaStackParams tower;   // the L blocks: in_proj_w .. ln_b, see llmc/mamba_block.cuh
     MambaLtiParams lti;       // the L blocks' dt_bias, B_lti, C_lti (-M lti)
     Mamba2StackParams tower2; // the L Mamba-2 blocks (-M 2): in_proj_w .. ln_b, see llmc/mamba2_block.cuh
-    float* lnf_w;            // (C)
-    float* lnf_b;            // (C)
-    float* head_w;           // (V, C)
-    float* head_b;           // (V)
+    float* lnf_w;             // (C)
+    float* lnf_b;             // (C)
+    float* head_w;            // (V, C)
+    float* head_b;            // (V)
 } ParameterTensors;
 static_assert(sizeof(ParameterTensors) == NUM_PARAMETER_TENSORS * sizeof(float*), "one pointer per tensor");
 

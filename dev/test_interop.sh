@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # PyTorch interop, both ways, for the GPT, the Mamba LM and the hybrid LM (the
-# Transformer++, train_gpt_plus, the first way):
+# Transformer++, train_gpt_plus, and the Mamba-2, train_mamba -M 2, the first way):
 #  1. the trainer trains 40 steps and writes model.bin and a checkpoint;
 #     PyTorch (dev/reference/interop.py) loads each and must compute the
 #     trainer's final val loss on the same batches;
 #  2. PyTorch trains 40 steps and writes its model as a model file; the trainer
 #     loads it (-e, -x 0) and must compute PyTorch's val loss, and writes it
 #     back byte for byte.
-#  3. on a task file (selective copying), the Mamba and its selection
-#     ablation (-M lti) trained 40 steps: PyTorch scores the model file as
+#  3. on a task file (selective copying), the Mamba, its selection
+#     ablation (-M lti) and the Mamba-2 (-M 2) trained 40 steps: PyTorch scores the model file as
 #     the trainer's validation does (the loss over the target positions, and
 #     the accuracy, which must be equal where no two logits are within 1e-4).
 # Tolerance 1e-4 relative: the trainer computes in fp32, PyTorch in float64.
@@ -54,13 +54,16 @@ for m in gpt mamba hybrid; do
     fail "$m: the model file written back differs"
   fi
 done
+ours=$(./train_mamba $D -M 2 -N 16 -L 2 -C 32 -x 40 -l 3e-3 -o "$W/mamba2" | val_of)
+check "mamba -M 2: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/mamba2/model.bin")"
+check "mamba -M 2: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/mamba2/ckpt_00000040.bin")"
 ours=$(./train_gpt_plus $D -L 2 -C 32 -H 4 -x 40 -l 3e-3 -o "$W/plus" | val_of)
 check "plus: model.bin written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/model.bin")"
 check "plus: checkpoint written by the trainer, loaded into PyTorch" "$ours" "$(torch_val "$W/plus/ckpt_00000040.bin")"
 
 $PYTHON dev/data/synthetic.py --task copy --T 32 --K 4 --V 8 --train 512 --val 64 --test 8 --out "$W/task" >/dev/null \
   || abort "cannot write the task files"
-for mixer in selective lti; do
+for mixer in selective lti 2; do
   out=$(./train_mamba -i "$W/task/copy_train.bin" -j "$W/task/copy_val.bin" -L 2 -C 32 -M $mixer -b 8 -x 40 -l 5e-3 \
         -v 0 -m 0 -o "$W/task_$mixer" | grep '^final')
   theirs=$($PYTHON dev/reference/interop.py eval "$W/task_$mixer/model.bin" --task "$W/task/copy_val.bin")

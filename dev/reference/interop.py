@@ -77,6 +77,9 @@ def build(kind, config):
     if kind in (formats.KIND_MAMBA, formats.KIND_MAMBA_LTI):
         return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"], E=config["E"],
                                    R=config["R"], lti=kind == formats.KIND_MAMBA_LTI))
+    if kind == formats.KIND_MAMBA2:
+        return MambaLM(MambaConfig(V=config["V"], L=config["L"], C=config["C"], N=config["N"], E=config["E"],
+                                   mamba2=True, headdim=config["Hd"]))
     if kind == formats.KIND_HYBRID:
         return HybridLM(HybridConfig(pattern=formats.hybrid_pattern_letters(config["pattern"]), maxT=config["maxT"],
                                      V=config["V"], C=config["C"], H=config["H"], F=config["F"]))
