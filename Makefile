@@ -111,6 +111,10 @@ data/ref_attention.bin: dev/reference/attention.py dev/reference/formats.py
 data/ref_hybrid.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
 	@mkdir -p data
 	$(PYTHON) dev/reference/hybrid.py --out $@
+# the hybrid with Mamba-2 layers (S, d_state 64, headdim 64): SMAS, C 64 (2 heads per S layer)
+data/ref_hybrid_s.bin: dev/reference/hybrid.py dev/reference/gpt.py dev/reference/mamba.py dev/reference/formats.py dev/reference/common.py
+	@mkdir -p data
+	$(PYTHON) dev/reference/hybrid.py --pattern SMAS --C 64 --out $@
 # the vision models at patch size 1 (1024 tokens of 3 values), run by dev/test_pixels.sh;
 # the Mamba-ViT's with 1 layer, batch 2 and 4 steps, through the log-depth scan (the
 # sequential one, a Python loop over the 1024 positions, gives the same fp32 state
@@ -142,7 +146,7 @@ data/ref_mamba_vit2.bin: $(VISION_REF_DEPS)
 	$(PYTHON) dev/reference/vit.py --model mamba_vit2 --image 1,28,28 --patch 4 --headdim 16 --out $@
 # every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_mamba2.bin data/ref_vit.bin data/ref_mamba_vit.bin \
-             data/ref_attention.bin data/ref_hybrid.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
+             data/ref_attention.bin data/ref_hybrid.bin data/ref_hybrid_s.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
              data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin data/ref_mamba_vit2.bin
 ref-states: $(REF_STATES)

@@ -1,8 +1,10 @@
 /*
-Checks train_hybrid.cu against the PyTorch reference state written by
-dev/reference/hybrid.py (make test writes data/ref_hybrid.bin; its pattern,
-MAFM, has every kind of layer and two Mamba layers, so that the stacks'
-slices are exercised):
+Checks train_hybrid.cu against the PyTorch reference states written by
+dev/reference/hybrid.py (make test writes them): data/ref_hybrid.bin, whose
+pattern MAFM has the M, A and F kinds and two Mamba layers, so that the
+stacks' slices are exercised; and data/ref_hybrid_s.bin, SMAS at C 64, two
+Mamba-2 layers (S; d_state 64, headdim 64: 2 heads each) beside an M and
+an A layer. For each state:
   - the embedding, every layer's activations (its LayerNorm, the mixer's
     intermediates, its output), the final LayerNorm, logits and loss of one
     forward pass, and every parameter gradient of one backward pass, with
@@ -12,12 +14,13 @@ slices are exercised):
   - bit-identical gradients on a re-run, and bit-identical losses and
     parameters after saving a checkpoint, reloading it and re-running steps
   - generation: each layer's recurrent step (the Mamba layers' conv and SSM
-    states, the attention layers' KV cache) from a prefill of P tokens,
+    states, the Mamba-2 layers' one-position forward with its conv and SSD
+    state carried, the attention layers' KV cache) from a prefill of P tokens,
     against the parallel forward's logits at every later position; the
     window after a full cache against a forward over it; greedy generation
     repeatable bit for bit
   - the pattern flag's encoding: every pattern round-trips through its
-    config slot
+    config slot (once, before the states)
 
 Errors are printed per tensor as max abs and relative error, where relative
 is max|got - ref| / max|ref| over the tensor (llmc/testing.h).
@@ -44,6 +47,7 @@ static HybridConfig config_of(const RefState& ref, const char* path) {
 static void check_forward_backward(Tests& t, Hybrid* model, const RefState& ref, const char* path, const char* label) {
     const HybridConfig& c = model->config;
     MambaDims md = mamba_dims_of(c);
+    Mamba2Dims sd = mamba2_dims_of(c);
     TransformerDims td = transformer_dims_of(c);
     int B = ref.B, T = ref.T;
     load_params(&model->buf, ref.get("params", path).f);
@@ -58,6 +62,12 @@ static void check_forward_backward(Tests& t, Hybrid* model, const RefState& ref,
             acts[n++] = {"ln", la.ln};   acts[n++] = {"xz", la.xz};       acts[n++] = {"conv", la.conv};
             acts[n++] = {"u", la.u};     acts[n++] = {"x_dbl", la.x_dbl}; acts[n++] = {"dt", la.dt};
             acts[n++] = {"scan", la.y};  acts[n++] = {"gated", la.gated}; acts[n++] = {"out", la.out};
+            acts[n++] = {"res", la.res};
+        } else if (c.kind[l] == LAYER_SSD) {
+            Mamba2StackActs la = mamba2_layer_acts(a.ssd, k, B, T, sd);
+            acts[n++] = {"ln", la.ln};       acts[n++] = {"zxbcdt", la.zxbcdt}; acts[n++] = {"conv", la.conv};
+            acts[n++] = {"xbc", la.xbc};     acts[n++] = {"dt", la.dt};         acts[n++] = {"scan", la.y};
+            acts[n++] = {"gated", la.gated}; acts[n++] = {"normed", la.normed}; acts[n++] = {"out", la.out};
             acts[n++] = {"res", la.res};
         } else if (c.kind[l] == LAYER_ATTENTION) {
             AttentionActs la = attention_layer_acts(a.attn, k, B, T, td);
@@ -84,14 +94,16 @@ static void check_forward_backward(Tests& t, Hybrid* model, const RefState& ref,
     check_grads(t, &model->buf, ref, path, "grads", prefix, TOL);
 }
 
-// every pattern of up to 3 layers, and the longest, through the config slot and back
+// every pattern of up to 3 layers of M, S, A, F, and the longest, through
+// the config slot and back; the codes of patterns without S stay base 4
+// (model files written before S read as they did)
 static void check_pattern_codes(Tests& t) {
     int checked = 0, wrong = 0;
-    std::vector<std::string> patterns = {"MAFMAFMAFMAFMAF"};
+    std::vector<std::string> patterns = {"MAFMAFMAFMAFMAF", "SSSSSSSSSSSS", "FAMSFAMSFAMS"};
     for (int n = 1; n <= 3; n++)
-        for (int i = 0, total = n == 1 ? 3 : n == 2 ? 9 : 27; i < total; i++) {
+        for (int i = 0, total = n == 1 ? 4 : n == 2 ? 16 : 64; i < total; i++) {
             std::string s;
-            for (int j = 0, v = i; j < n; j++, v /= 3) s += "MAF"[v % 3];
+            for (int j = 0, v = i; j < n; j++, v /= 4) s += "MAFS"[v % 4];
             patterns.push_back(s);
         }
     for (const std::string& s : patterns) {
@@ -100,12 +112,12 @@ static void check_pattern_codes(Tests& t) {
         if (s != c.letters) wrong++;
     }
     t.check(wrong == 0, "%d patterns round-trip through their config slot (%d wrong)", checked, wrong);
+    t.check(hybrid_pattern_code("MAFM") == 1 + 2 * 4 + 3 * 16 + 1 * 64 && hybrid_pattern_code("S") == (HYBRID_SSD_FLAG | 4),
+            "pattern codes: MAFM %d (base 4), S %d (bit 30, base 5)", hybrid_pattern_code("MAFM"), hybrid_pattern_code("S"));
 }
 
-int main(int argc, char** argv) {
-    const char* path = argc > 1 ? argv[1] : "data/ref_hybrid.bin";
-    Tests t;
-    check_pattern_codes(t);
+// every check of one reference state
+static void check_state(Tests& t, const char* path) {
     RefState ref;
     ref_state_load(&ref, path);
     if (ref.kind != MODEL_HYBRID) fail("%s: reference state of model kind %d, expected a hybrid LM (%d)", path, ref.kind, MODEL_HYBRID);
@@ -175,5 +187,16 @@ int main(int argc, char** argv) {
         for (int i = 0; i < W; i++) cycled[(long)b * W + i] = tokens[(long)b * ref.T + i % ref.T];
     check_cache_full(t, &full, cycled, ref.B, W, GEN_TOL);
     model_free(&full.buf);
+}
+
+int main(int argc, char** argv) {
+    Tests t;
+    check_pattern_codes(t);
+    if (argc > 1) {
+        check_state(t, argv[1]);
+    } else {
+        check_state(t, "data/ref_hybrid.bin");
+        check_state(t, "data/ref_hybrid_s.bin");
+    }
     return t.summary();
 }

@@ -116,6 +116,8 @@ expect "hybrid pattern of too many layers" "-A" ./train_hybrid $D $small -A MAMA
 expect "hybrid given -L" "-L" ./train_hybrid $D $small -L 2
 expect "train_gpt given -A" "-A" ./train_gpt $D $small -A MA
 expect "hybrid heads not dividing the width" "-H" ./train_hybrid $D $small -A MA -C 16 -H 3
+expect "hybrid Mamba-2 layers with a width not a multiple of 32" "-C" ./train_hybrid $D $small -A SA -C 16 -H 2
+expect "hybrid pattern with S of too many layers" "-A" ./train_hybrid $D $small -A SMSMSMSMSMSMS
 expect "hybrid checkpoint of another pattern" "pattern" ./train_hybrid $D $small -A AM -C 16 -H 2 -o "$W/hybrid" -y 1
 expect "mamba model into train_hybrid" "$W/mamba/model.bin" ./train_hybrid $D $small -e "$W/mamba/model.bin"
 

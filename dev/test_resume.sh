@@ -4,15 +4,16 @@
 # model file, byte for byte, and leaves a log that reads as the
 # uninterrupted run's (host backend). For train_gpt, train_gpt_plus,
 # train_mamba and train_hybrid, each without dropout and with -D 0.2 (the
-# masks resume: the checkpoint holds the run's seed and step). Ends with
+# masks resume: the checkpoint holds the run's seed and step), and
+# train_hybrid with a Mamba-2 (S) layer without dropout. Ends with
 # "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 random_lm_data 2 20000 4000
-for run in gpt gpt_plus mamba hybrid gpt:0.2 gpt_plus:0.2 mamba:0.2 hybrid:0.2; do
+for run in gpt gpt_plus mamba hybrid hybrid_s gpt:0.2 gpt_plus:0.2 mamba:0.2 hybrid:0.2; do
   m=${run%%:*} drop=${run#*:}; [ "$drop" = "$run" ] && drop=0
-  prog="./train_$m"
-  shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"
+  prog="./train_${m%_s}"  # hybrid_s: train_hybrid with a Mamba-2 (S) layer
+  shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"; [ $m = hybrid_s ] && shape="-A SAF -C 32"
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
   if [ "$drop" != 0 ]; then args="$args -D $drop"; m="${m}_d$drop"; fi
   $prog $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"

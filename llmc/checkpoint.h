@@ -176,7 +176,8 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "channels", s[2], 1, 1 << 16);
             check_slot(path, "num_heads", s[3], 1, 1024);
             check_slot(path, "ffn", s[4], 1, 1 << 20);
-            check_slot(path, "pattern", s[5], 1, (1 << 30) - 1);  // at most 15 base-4 digits
+            // at most 15 base-4 digits; with Mamba-2 (S) layers, bit 30 and at most 12 base-5 digits (5^12 - 1)
+            check_slot(path, "pattern", s[5], 1, (1L << 30) + 244140624L);
             break;
         default:
             fail("%s: model kind %d is none of 1..10", path, kind);

@@ -4,7 +4,9 @@ block with the Mamba-2 mixer), forward and backward, for a stack of L
 blocks whose parameters and activations are each stacked over layers
 (leading dimension L) in the model's flat buffers; and the state a layer
 carries from one piece of a sequence into the next (generation, chunked
-evaluation). The char LM's -M 2 (train_mamba.cu) uses it.
+evaluation). The char LM's -M 2 (train_mamba.cu) uses it. The pre-norm
+layer x + Dropout(Mamba2(LN(x))) of mamba_ssm's MixerModel is built from the
+same mixer (mamba2_prenorm_forward/backward, the hybrid LM's S layers).
 
 Mamba2(x) is mamba_ssm's Mamba2(d_model=C, d_state=N, d_conv=4, expand=2,
 headdim=P, ngroups=1, rmsnorm=True, norm_before_gate=False, bias=False,
@@ -25,6 +27,7 @@ conv_bias=True), E = 2C, H = E/P heads, W = 2E + 2N + H:
 #include "conv1d.cuh"
 #include "ssd.cuh"
 #include "mamba_block.cuh"  // MambaCarry
+#include "dropout.cuh"
 #include "model.h"
 #include "utils.h"
 
@@ -300,4 +303,50 @@ static void mamba2_block_backward(cublasHandle_t h, float* dx, const float* dout
         layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
     }
     mamba2_mixer_backward(h, dx, 1, dx, x, p, g, a, s, ones, B, T, d);
+}
+
+// ----------------------------------------------------------------------------
+// The pre-norm Mamba-2 layer, x_out = x + Dropout(Mamba2(LN(x))) (mamba_ssm's
+// Block in its MixerModel; the hybrid LM's S layers), with the block's
+// parameters and activations: here ln_w, ln_b are the norm before the mixer,
+// a.ln is the mixer's input LN(x) and a.res the layer's output (as
+// mamba_block.cuh's mamba_prenorm_forward/backward for Mamba).
+
+// one layer: a.res (B,T,C) = x + Dropout(Mamba2(LN(x))); p and a are the
+// layer's; carry as mamba2_mixer_forward's (a forward only, without dropout)
+static void mamba2_prenorm_forward(cublasHandle_t h, const Mamba2StackParams& p, const Mamba2StackActs& a,
+                                   const float* x, int B, int T, Mamba2Dims d, float drop_rate, DropoutSite drop_site,
+                                   const MambaCarry* carry = nullptr) {
+    int BT = B * T, C = d.C;
+    {
+        NVTX_RANGE("ln_forward");
+        layernorm_forward(a.ln, a.ln_mean, a.ln_rstd, x, p.ln_w, p.ln_b, BT, C);
+    }
+    mamba2_mixer_forward(h, p, a, a.ln, B, T, d, carry);
+    {
+        NVTX_RANGE("residual_forward");
+        if (drop_rate > 0.0f) dropout_apply(a.out, a.out, (long)BT * C, drop_rate, drop_site);  // (the backward never reads out)
+        residual_forward(a.res, x, a.out, (long)BT * C);
+    }
+}
+
+// One layer backward. dresidual (B,T,C): on entry the gradient w.r.t. the
+// layer's output, on return w.r.t. its input x (the residual passes it
+// through, the branch adds to it). dln (B,T,C): scratch, the gradient
+// w.r.t. the mixer's input. g: the layer's gradients (accumulated).
+// drop_rate, drop_site: the forward's; the branch's gradient through the
+// mask goes to dln first (the mixer's backward reads its output gradient
+// before it writes dln).
+static void mamba2_prenorm_backward(cublasHandle_t h, float* dresidual, float* dln, const float* x,
+                                    const Mamba2StackParams& p, const Mamba2StackParams& g, const Mamba2StackActs& a,
+                                    const Mamba2Scratch& s, const float* ones, int B, int T, Mamba2Dims d,
+                                    float drop_rate, DropoutSite drop_site) {
+    int BT = B * T, C = d.C;
+    const float* dbranch = dresidual;
+    if (drop_rate > 0.0f) { dropout_apply(dln, dresidual, (long)BT * C, drop_rate, drop_site); dbranch = dln; }
+    mamba2_mixer_backward(h, dln, 0, dbranch, a.ln, p, g, a, s, ones, B, T, d);
+    {
+        NVTX_RANGE("ln_backward");
+        layernorm_backward(dresidual, g.ln_w, g.ln_b, dln, x, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
+    }
 }

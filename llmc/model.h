@@ -47,6 +47,9 @@ they are given.
 
 #define MAX_TENSORS 64
 static_assert(MAX_TENSORS <= ADAMW_MAX_TENSORS, "a parameter table must fit AdamW's decay table");
+// activation tables never reach AdamW, so they may be longer (the hybrid LM's
+// with every kind of layer are the longest)
+#define MAX_ACT_TENSORS 80
 
 // one tensor of a flat buffer
 typedef struct {
@@ -90,7 +93,7 @@ typedef struct {
     float* grads_memory;
     float* m_memory;                  // AdamW moments
     float* v_memory;
-    TensorSpec act_table[MAX_TENSORS];
+    TensorSpec act_table[MAX_ACT_TENSORS];
     int num_act_tensors;
     long num_activations;
     float* acts_memory;
@@ -195,7 +198,7 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
 // flags names the flags that set the size, for the message when it fails.
 static void model_allocate_activations(ModelBuffers* m, const TensorSpec* table, int n, void* acts, size_t struct_bytes,
                                        int B, int T, int with_inputs, long num_targets, const char* flags) {
-    if (n > MAX_TENSORS || struct_bytes != n * sizeof(float*))
+    if (n > MAX_ACT_TENSORS || struct_bytes != n * sizeof(float*))
         fail("model_allocate_activations: a table of %d tensors for a struct of %zu pointers", n, struct_bytes / sizeof(float*));
     memcpy(m->act_table, table, n * sizeof(TensorSpec));
     m->num_act_tensors = n;

@@ -123,8 +123,9 @@ CONFIG_FIELDS = {
     # the Mamba-ViT with Mamba-2 mixers: E = 2C (not stored), N the state
     # size, Hd the head dim (2C/Hd heads)
     KIND_MAMBA_VIT2: ("patch", "K", "L", "C", "N", "Hd", "P"),
-    # the hybrid LM: pattern = its layers, base 4 (hybrid_pattern_code); the
-    # Mamba layers' N is 16, E = 2C, R = ceil(C/16)
+    # the hybrid LM: pattern = its layers (hybrid_pattern_code: base 4, or
+    # with S layers bit 30 and base 5); the Mamba layers' N is 16, E = 2C,
+    # R = ceil(C/16); the Mamba-2 layers' N is 64, headdim 64, E = 2C
     KIND_HYBRID: ("maxT", "V", "C", "H", "F", "pattern", "P"),
 }
 
@@ -290,30 +291,44 @@ def mamba2_num_params(V, L, C, E, N, Hd):
     return sum(math.prod(shape) for _, shape, _ in mamba2_param_layout(V, L, C, E, N, Hd))
 
 
-# the hybrid LM's layers: one letter each, stored as base-4 digits (layer 0
-# lowest) in one config slot, so at most 15 layers
-HYBRID_DIGITS = {"M": 1, "A": 2, "F": 3}
+# the hybrid LM's layers: one letter each, stored in one config slot, layer
+# 0 in the lowest digit. Without S layers: base-4 digits M 1, A 2, F 3 (at
+# most 15 layers; every file written before S existed). With S layers (the
+# Mamba-2 mixer): bit 30 set and below it base-5 digits, S 4 (at most 12
+# layers, since 5^12 - 1 < 2^30).
+HYBRID_DIGITS = {"M": 1, "A": 2, "F": 3, "S": 4}
 HYBRID_MAX_LAYERS = 15
+HYBRID_MAX_LAYERS_SSD = 12
+HYBRID_SSD_FLAG = 1 << 30
 HYBRID_N = 16
+HYBRID_SSD_N = 64   # the S layers' d_state
+HYBRID_SSD_HD = 64  # ... and headdim (2C/64 heads: C a multiple of 32)
 
 
 def hybrid_pattern_code(pattern):
     """'MAFM' -> its config slot value."""
-    if not 1 <= len(pattern) <= HYBRID_MAX_LAYERS or any(ch not in HYBRID_DIGITS for ch in pattern):
-        raise ValueError(f"pattern '{pattern}' is not 1..{HYBRID_MAX_LAYERS} letters of M, A, F")
-    return sum(HYBRID_DIGITS[ch] * 4 ** i for i, ch in enumerate(pattern))
+    ssd = "S" in pattern
+    most = HYBRID_MAX_LAYERS_SSD if ssd else HYBRID_MAX_LAYERS
+    if not 1 <= len(pattern) <= most or any(ch not in HYBRID_DIGITS for ch in pattern):
+        raise ValueError(f"pattern '{pattern}' is not 1..{HYBRID_MAX_LAYERS} letters of M, A, F "
+                         f"(1..{HYBRID_MAX_LAYERS_SSD} with S)")
+    base = 5 if ssd else 4
+    code = sum(HYBRID_DIGITS[ch] * base ** i for i, ch in enumerate(pattern))
+    return HYBRID_SSD_FLAG | code if ssd else code
 
 
 def hybrid_pattern_letters(code):
     """A config slot value -> its pattern; ValueError if it is none."""
     letters = {d: ch for ch, d in HYBRID_DIGITS.items()}
-    out, c = "", code
+    ssd = code > 0 and code & HYBRID_SSD_FLAG
+    base, most = (5, HYBRID_MAX_LAYERS_SSD) if ssd else (4, HYBRID_MAX_LAYERS)
+    out, c = "", code & ~HYBRID_SSD_FLAG if ssd else code
     while c > 0:
-        if c % 4 == 0 or len(out) == HYBRID_MAX_LAYERS:
+        if c % base == 0 or len(out) == most:
             raise ValueError(f"pattern code {code} is not a layer pattern")
-        out += letters[c % 4]
-        c //= 4
-    if not out:
+        out += letters[c % base]
+        c //= base
+    if not out or (ssd and "S" not in out):
         raise ValueError(f"pattern code {code} is not a layer pattern")
     return out
 
@@ -324,18 +339,25 @@ def hybrid_param_layout(maxT, V, C, H, F, pattern):
     weight_decay). The layers of each kind are stacked along a leading
     dimension (their count, in pattern order): the Mamba layers' tensors
     (mamba.*, the Mamba LM's, ln_w/ln_b the norm before the mixer), then the
-    attention layers' (attn.*), then the MLP layers' (mlp.*); kinds the
-    pattern lacks are left out, and so are the positions wpe without an
-    attention layer. H does not change the layout.
+    Mamba-2 layers' (mamba2.*, the Mamba-2 LM's, d_state 64 and headdim 64,
+    ln_w/ln_b the norm before the mixer), then the attention layers'
+    (attn.*), then the MLP layers' (mlp.*); kinds the pattern lacks are left
+    out, and so are the positions wpe without an attention layer. H does not
+    change the layout.
     """
-    nM, nA, nF = (pattern.count(ch) for ch in "MAF")
+    nM, nS, nA, nF = (pattern.count(ch) for ch in "MSAF")
     E, N, R = 2 * C, HYBRID_N, math.ceil(C / 16)
+    lm_rows = ("wte", "lnf_w", "lnf_b", "head_w", "head_b")
     out = [("wte", (V, C), True)]
     if nA:
         out.append(("wpe", (maxT, C), True))
     if nM:
         out += [("mamba." + name, (nM,) + shape[1:], wd) for name, shape, wd in mamba_param_layout(1, 1, C, E, N, R)
-                if name not in ("wte", "lnf_w", "lnf_b", "head_w", "head_b")]
+                if name not in lm_rows]
+    if nS:
+        out += [("mamba2." + name, (nS,) + shape[1:], wd)
+                for name, shape, wd in mamba2_param_layout(1, 1, C, E, HYBRID_SSD_N, HYBRID_SSD_HD)
+                if name not in lm_rows]
     if nA:
         out += [("attn.ln_w", (nA, C), False), ("attn.ln_b", (nA, C), False),
                 ("attn.qkv_w", (nA, 3 * C, C), True), ("attn.qkv_b", (nA, 3 * C), False),
@@ -678,6 +700,8 @@ def _validate_config(path, kind, config):
             _fail(path, str(err))
         if "A" in pattern and config["C"] % config["H"] != 0:
             _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
+        if "S" in pattern and config["C"] % (HYBRID_SSD_HD // 2) != 0:
+            _fail(path, f"C = {config['C']} is not a multiple of {HYBRID_SSD_HD // 2}, as the Mamba-2 (S) layers need")
         P = hybrid_num_params(config["maxT"], config["V"], config["C"], config["H"], config["F"], pattern)
         if config["P"] != P:
             _fail(path, f"P = {config['P']} does not match the hybrid layout's {P} parameters")

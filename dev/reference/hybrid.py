@@ -7,6 +7,7 @@ when the pattern has an attention layer; one layer per letter of the
 pattern, each a pre-norm residual with its own LayerNorm,
 
     x = x + mixer(LN(x)),  mixer = M: Mamba(x)      (mamba.py's Mamba, d_state 16, expand 2)
+                                   S: Mamba-2(x)    (mamba.py's Mamba2, d_state 64, headdim 64, expand 2)
                                    A: causal self-attention (gpt.py's, qkv and proj with bias, H heads)
                                    F: MLP Linear(C,F) -> GELU -> Linear(F,C) (gpt.py's)
 
@@ -25,6 +26,7 @@ steps, all computed in float64 and stored as float32.
 
 Usage:
     python dev/reference/hybrid.py                  # writes data/ref_hybrid.bin (pattern MAFM)
+    python dev/reference/hybrid.py --pattern SMAS --C 64 --out data/ref_hybrid_s.bin   # with Mamba-2 layers
     python dev/reference/hybrid.py --check          # and checks it afterwards
 """
 
@@ -51,7 +53,7 @@ import mamba  # noqa: E402
 
 @dataclass
 class HybridConfig:
-    pattern: str = "MAFM"  # one letter per layer: M Mamba, A attention, F MLP
+    pattern: str = "MAFM"  # one letter per layer: M Mamba, S Mamba-2, A attention, F MLP
     maxT: int = 48         # rows of wpe (with an attention layer)
     V: int = 65            # vocab size
     C: int = 32            # channels
@@ -68,6 +70,9 @@ class Layer(nn.Module):
         self.ln = nn.LayerNorm(cfg.C, eps=1e-5)
         if letter == "M":
             self.mixer = mamba.Mamba(mamba.MambaConfig(V=cfg.V, L=1, C=cfg.C, N=formats.HYBRID_N), scan)
+        elif letter == "S":
+            self.mixer = mamba.Mamba2(mamba.MambaConfig(V=cfg.V, L=1, C=cfg.C, N=formats.HYBRID_SSD_N, mamba2=True,
+                                                        headdim=formats.HYBRID_SSD_HD), scan)
         else:
             g = gpt.GPTConfig(maxT=cfg.maxT, V=cfg.V, L=1, H=cfg.H, C=cfg.C, F=cfg.F)
             self.mixer = gpt.CausalSelfAttention(g) if letter == "A" else gpt.MLP(g)
@@ -134,7 +139,7 @@ class HybridLM(common.FlatParams):
 
     def flat_tensors(self):
         """Per flat tensor: its parameters, one per layer of its kind in pattern order."""
-        of = {ch: [l for l in self.layers if l.letter == ch] for ch in "MAF"}
+        of = {ch: [l for l in self.layers if l.letter == ch] for ch in "MSAF"}
         out = [("wte", [self.wte.weight])]
         if of["A"]:
             out.append(("wpe", [self.wpe.weight]))
@@ -151,6 +156,18 @@ class HybridLM(common.FlatParams):
                     ("mamba.out_proj_w", [l.mixer.out_proj.weight for l in ms]),
                     ("mamba.ln_w", [l.ln.weight for l in ms]),
                     ("mamba.ln_b", [l.ln.bias for l in ms])]
+        ss = of["S"]
+        if ss:
+            out += [("mamba2.in_proj_w", [l.mixer.in_proj.weight for l in ss]),
+                    ("mamba2.conv_w", [l.mixer.conv_w for l in ss]),
+                    ("mamba2.conv_b", [l.mixer.conv_b for l in ss]),
+                    ("mamba2.dt_bias", [l.mixer.dt_bias for l in ss]),
+                    ("mamba2.A_log", [l.mixer.A_log for l in ss]),
+                    ("mamba2.D", [l.mixer.D for l in ss]),
+                    ("mamba2.norm_w", [l.mixer.norm_w for l in ss]),
+                    ("mamba2.out_proj_w", [l.mixer.out_proj.weight for l in ss]),
+                    ("mamba2.ln_w", [l.ln.weight for l in ss]),
+                    ("mamba2.ln_b", [l.ln.bias for l in ss])]
         at = of["A"]
         if at:
             out += [("attn.ln_w", [l.ln.weight for l in at]), ("attn.ln_b", [l.ln.bias for l in at]),
@@ -173,14 +190,19 @@ class HybridLM(common.FlatParams):
 # what each kind of layer records, in order ("ln" and "res" are the layer's own)
 ACT_NAMES = {
     "M": ("ln",) + tuple(n for n in mamba.ACT_NAMES if n not in ("res", "ln")) + ("res",),
+    "S": ("ln",) + tuple(n for n in mamba.ACT_NAMES_MAMBA2 if n not in ("res", "ln")) + ("res",),
     "A": ("ln", "qkv", "att", "atty", "attproj", "res"),
     "F": ("ln", "fch", "fch_gelu", "fcproj", "res"),
 }
 
 
 def reference_params(layout, gen):
-    """common.reference_init's draws, keyed by the tensors' names without their kind prefix."""
-    return common.reference_init([(name.split(".")[-1], shape, wd) for name, shape, wd in layout], gen)
+    """
+    mamba.reference_init's draws (common.reference_init's, but for the
+    Mamba-2 layers' per-head A_log and their norm_w), keyed by the tensors'
+    names without their kind prefix.
+    """
+    return mamba.reference_init([(name.split(".")[-1], shape, wd) for name, shape, wd in layout], gen)
 
 
 def write_reference(path, cfg, B, T, seed, steps, adamw):
@@ -238,7 +260,7 @@ def check_state(path, fd_per_tensor=3, h=1e-4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/ref_hybrid.bin", help="reference state file to write")
-    parser.add_argument("--pattern", default="MAFM", help="the layers, one letter each (M, A, F)")
+    parser.add_argument("--pattern", default="MAFM", help="the layers, one letter each (M, S, A, F)")
     parser.add_argument("--B", type=int, default=3)
     parser.add_argument("--T", type=int, default=37, help="sequence length (37: past one 32-step scan chunk)")
     parser.add_argument("--V", type=int, default=65)
@@ -256,6 +278,8 @@ def main():
         parser.error(str(err))
     if "A" in args.pattern and (args.C % args.H != 0 or not 1 <= args.T <= args.maxT):
         parser.error("with attention: C divisible by H, and 1 <= T <= maxT")
+    if "S" in args.pattern and args.C % (formats.HYBRID_SSD_HD // 2) != 0:
+        parser.error(f"with S layers: C a multiple of {formats.HYBRID_SSD_HD // 2} (headdim {formats.HYBRID_SSD_HD})")
     if args.steps < 1:
         parser.error("need at least one step")
 
