@@ -218,7 +218,7 @@ rm -f "$OUT/.bench_one"
 ssd_args=""; [ "$DRY" = 1 ] && ssd_args="2 64 2 64 64"
 limited 30 "$OUT/ssd.log" ./dev/cuda/ssd $ssd_args
 rc=$?
-note "ssd playground" "$(status_word $rc): $(grep -E 'passed|forward .* ms' "$OUT/ssd.log" | head -n 2 | tr '\n' ' ')"
+note "ssd playground" "$(status_word $rc): $(grep -E '^[0-9]+ passed' "$OUT/ssd.log"); $(grep -E '^sequential forward' "$OUT/ssd.log")"
 
 echo "=== Fashion-MNIST (real images; in the rehearsal, a few steps on the synthetic set if it is absent)"
 if [ -f data/${FASHION}_train.bin ]; then FM=data/$FASHION
