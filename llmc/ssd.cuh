@@ -233,6 +233,11 @@ __global__ void ssd_chunk_output_kernel(float* y, const float* xbc, const float*
 // ----------------------------------------------------------------------------
 // backward
 
+// the gradient slot of (b, h, chunk c) in dstates (B, H, nc, P, N)
+__device__ __forceinline__ long ssd_dstate_at(int b, int h, int c, int H, int nc, int P, int N) {
+    return (((long)b * H + h) * nc + c) * P * N;
+}
+
 // dstates (B,H,nc,P,N): G_c, the gradient w.r.t. chunk c's S_out (0 for the
 // last chunk: the final state feeds nothing); one thread per (b, h, p), over
 // the chunks backwards
@@ -245,7 +250,7 @@ __global__ void ssd_dstate_kernel(float* dstates, const float* dy, const float* 
     float G[SSD_MAX_N];
     for (int n = 0; n < N; n++) G[n] = 0.0f;
     for (int c = nc - 1; c >= 0; c--) {
-        float* out = dstates + (((long)b * H + h) * nc + c) * P * N + (long)p * N;
+        float* out = dstates + ssd_dstate_at(b, h, c, H, nc, P, N) + (long)p * N;
         for (int n = 0; n < N; n++) out[n] = G[n];
         int t0 = c * SSD_CHUNK, t1 = min(T, t0 + SSD_CHUNK);
         float decay = expf(cum[((long)b * T + t1 - 1) * H + h]);
@@ -282,7 +287,7 @@ __global__ void ssd_chunk_backward_kernel(float* dxbc, float* ddt_x, float* ds, 
     float dtv = dt[row * H + h], st = cum[row * H + h];
     float s_last = cum[((long)b * T + t1 - 1) * H + h];
     const float* S = states + ssd_state_at(b, h, c, H, nc, P, N);       // S_in (P,N)
-    const float* G = dstates + (((long)b * H + h) * nc + c) * P * N;  // G (P,N)
+    const float* G = dstates + ssd_dstate_at(b, h, c, H, nc, P, N);  // G (P,N)
     float dxd[SSD_MAX_P];
     float minus = 0.0f, plus = 0.0f;
     for (int p = 0; p < P; p++) dxd[p] = 0.0f;
@@ -371,7 +376,7 @@ __global__ void ssd_bc_backward_kernel(float* dxbc, const float* dy, const float
             for (int n = 0; n < N; n++) dB[n] += w * xu[E + N + n];
         }
         const float* S = states + ssd_state_at(b, h, c, H, nc, P, N);
-        const float* G = dstates + (((long)b * H + h) * nc + c) * P * N;
+        const float* G = dstates + ssd_dstate_at(b, h, c, H, nc, P, N);
         float es = fast_expf(st), wl = fast_expf(cum[((long)b * T + t1 - 1) * H + h] - st) * dtv;
         for (int p = 0; p < P; p++) {
             float a = es * dyt[p], g = wl * x[p];

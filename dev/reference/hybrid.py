@@ -158,15 +158,8 @@ class HybridLM(common.FlatParams):
                     ("mamba.ln_b", [l.ln.bias for l in ms])]
         ss = of["S"]
         if ss:
-            out += [("mamba2.in_proj_w", [l.mixer.in_proj.weight for l in ss]),
-                    ("mamba2.conv_w", [l.mixer.conv_w for l in ss]),
-                    ("mamba2.conv_b", [l.mixer.conv_b for l in ss]),
-                    ("mamba2.dt_bias", [l.mixer.dt_bias for l in ss]),
-                    ("mamba2.A_log", [l.mixer.A_log for l in ss]),
-                    ("mamba2.D", [l.mixer.D for l in ss]),
-                    ("mamba2.norm_w", [l.mixer.norm_w for l in ss]),
-                    ("mamba2.out_proj_w", [l.mixer.out_proj.weight for l in ss]),
-                    ("mamba2.ln_w", [l.ln.weight for l in ss]),
+            out += mamba.mamba2_mixer_tensors([l.mixer for l in ss], "mamba2.")
+            out += [("mamba2.ln_w", [l.ln.weight for l in ss]),
                     ("mamba2.ln_b", [l.ln.bias for l in ss])]
         at = of["A"]
         if at:

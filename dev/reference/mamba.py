@@ -432,6 +432,18 @@ class Mamba2(nn.Module):
         return out
 
 
+# the Mamba-2 mixer's tensors in the flat order, and where each lives in the module
+MAMBA2_MIXER_TENSORS = (("in_proj_w", lambda m: m.in_proj.weight), ("conv_w", lambda m: m.conv_w),
+                        ("conv_b", lambda m: m.conv_b), ("dt_bias", lambda m: m.dt_bias), ("A_log", lambda m: m.A_log),
+                        ("D", lambda m: m.D), ("norm_w", lambda m: m.norm_w),
+                        ("out_proj_w", lambda m: m.out_proj.weight))
+
+
+def mamba2_mixer_tensors(mixers, prefix=""):
+    """flat_tensors' rows of a stack of Mamba2 mixers (one parameter per mixer in each), names prefixed."""
+    return [(prefix + name, [get(m) for m in mixers]) for name, get in MAMBA2_MIXER_TENSORS]
+
+
 class Block(nn.Module):
 
     def __init__(self, cfg, scan):
@@ -499,16 +511,7 @@ class MambaLM(common.FlatParams):
         """
         ms = [b.mixer for b in self.blocks]
         if self.cfg.mamba2:
-            return [
-                ("wte", [self.wte.weight]),
-                ("in_proj_w", [m.in_proj.weight for m in ms]),
-                ("conv_w", [m.conv_w for m in ms]),
-                ("conv_b", [m.conv_b for m in ms]),
-                ("dt_bias", [m.dt_bias for m in ms]),
-                ("A_log", [m.A_log for m in ms]),
-                ("D", [m.D for m in ms]),
-                ("norm_w", [m.norm_w for m in ms]),
-                ("out_proj_w", [m.out_proj.weight for m in ms]),
+            return [("wte", [self.wte.weight])] + mamba2_mixer_tensors(ms) + [
                 ("ln_w", [b.ln.weight for b in self.blocks]),
                 ("ln_b", [b.ln.bias for b in self.blocks]),
                 ("lnf_w", [self.lnf.weight]),
