@@ -61,8 +61,8 @@ else
 endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh llmc/host/*.h)
-PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba test_mamba2 train_vit train_mamba_vit test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
-TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_augment test_vit test_mamba_vit test_generate test_attention test_hybrid test_pixels
+PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba test_mamba2 train_vit train_mamba_vit train_diffusion test_diffusion test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
+TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_augment test_vit test_mamba_vit test_diffusion test_generate test_attention test_hybrid test_pixels
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes
@@ -85,6 +85,7 @@ $(call builds_of,test_mamba) $(call builds_of,test_mamba2) $(call builds_of,test
 $(call builds_of,test_hybrid): train_hybrid.cu
 $(call builds_of,test_vit): train_vit.cu
 $(call builds_of,test_mamba_vit): train_mamba_vit.cu
+$(call builds_of,test_diffusion): train_diffusion.cu
 
 # reference states written by the PyTorch script (CPU)
 data/ref_gpt.bin: dev/reference/gpt.py dev/reference/formats.py dev/reference/common.py
@@ -144,11 +145,15 @@ data/ref_mamba_vit_bi.bin: $(VISION_REF_DEPS)
 data/ref_mamba_vit2.bin: $(VISION_REF_DEPS)
 	@mkdir -p data
 	$(PYTHON) dev/reference/vit.py --model mamba_vit2 --image 1,28,28 --patch 4 --headdim 16 --out $@
+DIFFUSION_REFS = data/ref_diffusion_vit.bin data/ref_diffusion_mamba.bin data/ref_diffusion_bimamba.bin data/ref_diffusion_mamba2.bin
+$(DIFFUSION_REFS): data/ref_diffusion_%.bin: dev/reference/diffusion.py $(VISION_REF_DEPS)
+	@mkdir -p data
+	$(PYTHON) dev/reference/diffusion.py --model $* --out $@
 # every reference state the tests read (dev/gpu_check.sh prepares them with `make ref-states`)
 REF_STATES = data/ref_gpt.bin data/ref_gpt_plus.bin data/ref_mamba.bin data/ref_mamba_lti.bin data/ref_mamba2.bin data/ref_vit.bin data/ref_mamba_vit.bin \
              data/ref_attention.bin data/ref_hybrid.bin data/ref_hybrid_s.bin data/ref_vit_p1.bin data/ref_mamba_vit_p1.bin \
              data/ref_vit_1x28x28_p4.bin data/ref_vit_1x28x28_p7.bin data/ref_mamba_vit_1x28x28_p4.bin \
-             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin data/ref_mamba_vit2.bin
+             data/ref_mamba_vit_1x28x28_p7.bin data/ref_mamba_vit_bi.bin data/ref_mamba_vit2.bin $(DIFFUSION_REFS)
 ref-states: $(REF_STATES)
 
 # CIFAR-10: the synthetic CIFAR-format set (no download), or the official
@@ -198,7 +203,7 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 # check's rehearsal, data parallel training under mpirun
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
                dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh dev/test_distributed.sh
-test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
+test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit train_diffusion $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
 # The tests under the host backend's fidelity switches (llmc/host_backend.h),

@@ -81,11 +81,6 @@ static Mamba2Dims dims2_of(MambaConfig c) {
 
 static int kind_of(MambaConfig c) { return c.mamba2 ? MODEL_MAMBA2 : c.lti ? MODEL_MAMBA_LTI : MODEL_MAMBA; }
 
-// the rows [from, to) of a tensor table emptied: the other mixer's
-static void empty_rows(TensorSpec* from, const TensorSpec* to) {
-    for (TensorSpec* r = from; r < to; r++) r->size = 0;
-}
-
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked
 // over L). The selective model's lti and tower2 rows are empty; the LTI

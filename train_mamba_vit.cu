@@ -88,11 +88,6 @@ static Mamba2Dims dims2_of(MambaViTConfig c) {
     return d;
 }
 
-// the rows [from, to) of a tensor table emptied: the other mixer's
-static void empty_rows(TensorSpec* from, const TensorSpec* to) {
-    for (TensorSpec* r = from; r < to; r++) r->size = 0;
-}
-
 // ----------------------------------------------------------------------------
 // parameters: one flat buffer, tensors in this order (the blocks' stacked
 // over L); with -M 2 the tower rows are empty, otherwise the tower2 rows

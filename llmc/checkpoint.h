@@ -77,6 +77,10 @@ static const char* model_kind_name(int kind) {
         case MODEL_MAMBA_VIT: return "Mamba-ViT (train_mamba_vit)";
         case MODEL_MAMBA_VIT_BI: return "bidirectional Mamba-ViT (train_mamba_vit -M bi)";
         case MODEL_MAMBA_VIT2: return "Mamba-2 ViT (train_mamba_vit -M 2)";
+        case MODEL_DIFFUSION_VIT: return "ViT diffusion model (train_diffusion -M vit)";
+        case MODEL_DIFFUSION_MAMBA: return "Mamba diffusion model (train_diffusion -M mamba)";
+        case MODEL_DIFFUSION_BIMAMBA: return "bidirectional Mamba diffusion model (train_diffusion -M bimamba)";
+        case MODEL_DIFFUSION_MAMBA2: return "Mamba-2 diffusion model (train_diffusion -M mamba2)";
         case MODEL_HYBRID: return "hybrid LM (train_hybrid)";
         case MODEL_GPT_PLUS: return "Transformer++ (train_gpt_plus)";
         default: return "model of no known kind";
@@ -84,7 +88,8 @@ static const char* model_kind_name(int kind) {
 }
 
 static bool is_vision_kind(int kind) {
-    return kind == MODEL_VIT || kind == MODEL_MAMBA_VIT || kind == MODEL_MAMBA_VIT_BI || kind == MODEL_MAMBA_VIT2;
+    return kind == MODEL_VIT || kind == MODEL_MAMBA_VIT || kind == MODEL_MAMBA_VIT_BI || kind == MODEL_MAMBA_VIT2 ||
+           (kind >= MODEL_DIFFUSION_VIT && kind <= MODEL_DIFFUSION_MAMBA2);
 }
 
 // ----------------------------------------------------------------------------
@@ -144,6 +149,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             if (s[3] % s[5]) fail("%s: inner %d is not divisible by headdim %d", path, s[3], s[5]);
             break;
         case MODEL_VIT:  // patch_size, num_classes, num_layers, num_heads, channels, ffn
+        case MODEL_DIFFUSION_VIT:
             check_slot(path, "patch_size", s[0], 1, 4096);
             check_slot(path, "num_classes", s[1], 1, 256);
             check_slot(path, "num_layers", s[2], 1, 1024);
@@ -154,6 +160,8 @@ static void model_config_check(const char* path, int kind, const int* s) {
             break;
         case MODEL_MAMBA_VIT:
         case MODEL_MAMBA_VIT_BI:  // patch_size, num_classes, num_layers, channels, inner, d_state
+        case MODEL_DIFFUSION_MAMBA:
+        case MODEL_DIFFUSION_BIMAMBA:
             check_slot(path, "patch_size", s[0], 1, 4096);
             check_slot(path, "num_classes", s[1], 1, 256);
             check_slot(path, "num_layers", s[2], 1, 1024);
@@ -162,6 +170,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_d_state(path, s[5]);
             break;
         case MODEL_MAMBA_VIT2:  // patch_size, num_classes, num_layers, channels, d_state, headdim (inner 2 x channels)
+        case MODEL_DIFFUSION_MAMBA2:
             check_slot(path, "patch_size", s[0], 1, 4096);
             check_slot(path, "num_classes", s[1], 1, 256);
             check_slot(path, "num_layers", s[2], 1, 1024);
@@ -180,7 +189,7 @@ static void model_config_check(const char* path, int kind, const int* s) {
             check_slot(path, "pattern", s[5], 1, (1L << 30) + 244140624L);
             break;
         default:
-            fail("%s: model kind %d is none of 1..10", path, kind);
+            fail("%s: model kind %d is none of 1..14", path, kind);
     }
     check_slot(path, "num_params", s[CONFIG_SLOTS - 1], 1, 2147483647L);
 }
@@ -358,17 +367,6 @@ static void model_file_load(const char* path, int kind, const int* config, const
     const float* p = model_file_parse(path, bytes.data(), (long)bytes.size(), &k, c, kind, config, slot_names);
     warn_unverified(path, header, "model file");
     cudaCheck(cudaMemcpy(params, p, (long)config[CONFIG_SLOTS - 1] * sizeof(float), cudaMemcpyHostToDevice));
-}
-
-static void write_atomically_begin(const char* path, std::string* tmp, FILE** f) {
-    *tmp = std::string(path) + ".tmp";
-    *f = fopen_or_fail(tmp->c_str(), "wb");
-}
-
-static void write_atomically_end(const char* path, const std::string& tmp, FILE* f) {
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) fail("%s: write failed (%s)", tmp.c_str(), strerror(errno));
-    fclose(f);
-    if (rename(tmp.c_str(), path) != 0) fail("%s: cannot rename into place (%s)", path, strerror(errno));
 }
 
 // Writes a version 2 file: the header, then the device arrays (n floats

@@ -72,6 +72,23 @@ inline void image_data_load(ImageData* d, const char* path) {
 }
 
 // the order of epoch `epoch`: a Fisher-Yates shuffle of 0..n-1 from a generator seeded by (seed, epoch)
+// Writes an images file (atomically): n images of shape channels x height x
+// width (pixels (n, C, H, W) uint8) with their labels, below `classes`
+inline void image_data_write(const char* path, const unsigned char* labels, const unsigned char* pixels, int n,
+                             int channels, int height, int width, int classes) {
+    int header[HEADER_INTS] = {MAGIC_IMAGES, 1, n, channels, height, width, classes};
+    long image_bytes = (long)channels * height * width;
+    std::string tmp;
+    FILE* f;
+    write_atomically_begin(path, &tmp, &f);
+    fwrite_or_fail(header, sizeof(header), f, tmp.c_str());
+    for (int i = 0; i < n; i++) {
+        fwrite_or_fail(labels + i, 1, f, tmp.c_str());
+        fwrite_or_fail(pixels + i * image_bytes, image_bytes, f, tmp.c_str());
+    }
+    write_atomically_end(path, tmp, f);
+}
+
 inline void image_data_epoch_order(uint64_t seed, int epoch, int n, std::vector<int>* order) {
     Rng rng;
     rng_seed(&rng, seed * 0x100000001B3ull + (uint64_t)epoch + 1);

@@ -49,7 +49,7 @@ they are given.
 static_assert(MAX_TENSORS <= ADAMW_MAX_TENSORS, "a parameter table must fit AdamW's decay table");
 // activation tables never reach AdamW, so they may be longer (the hybrid LM's
 // with every kind of layer are the longest)
-#define MAX_ACT_TENSORS 80
+#define MAX_ACT_TENSORS 96
 
 // one tensor of a flat buffer
 typedef struct {
@@ -63,6 +63,11 @@ typedef struct {
 static void point_tensors(void* ptrs, float* base, const TensorSpec* table, int n) {
     float** p = (float**)ptrs;
     for (int i = 0; i < n; i++) { p[i] = base; base += table[i].size; }
+}
+
+// the rows [from, to) of a tensor table emptied (size 0): a part the model's variant lacks
+static void empty_rows(TensorSpec* from, const TensorSpec* to) {
+    for (TensorSpec* r = from; r < to; r++) r->size = 0;
 }
 
 static long table_total(const TensorSpec* table, int n) {

@@ -16,6 +16,7 @@ helpers shared by the trainers.
 #include <new>
 #include <string>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #define HEADER_INTS 256
@@ -41,6 +42,10 @@ helpers shared by the trainers.
 #define MODEL_MAMBA_LTI 8  // train_mamba -M lti (the selection ablation: dt, B, C per channel)
 #define MODEL_MAMBA2 9  // train_mamba -M 2 (the Mamba-2 mixer)
 #define MODEL_MAMBA_VIT2 10  // train_mamba_vit -M 2 (the Mamba-ViT with Mamba-2 mixers)
+#define MODEL_DIFFUSION_VIT 11      // train_diffusion -M vit (a ViT denoiser)
+#define MODEL_DIFFUSION_MAMBA 12    // train_diffusion -M mamba (a one-way Mamba denoiser)
+#define MODEL_DIFFUSION_BIMAMBA 13  // train_diffusion -M bimamba (a bidirectional Mamba denoiser)
+#define MODEL_DIFFUSION_MAMBA2 14   // train_diffusion -M mamba2 (a Mamba-2 denoiser)
 #define IMAGE_SHAPE_SLOT 24  // header[24..26]: a vision model's image shape (channels, height, width); 0 0 0: 3 x 32 x 32
 #define IMAGE_SHAPE_SLOTS 3
 
@@ -106,6 +111,19 @@ inline FILE* fopen_or_fail(const char* path, const char* mode) {
 
 inline void fwrite_or_fail(const void* src, size_t n, FILE* f, const char* path) {
     if (n && fwrite(src, 1, n, f) != n) fail("%s: write failed (%s)", path, strerror(errno));
+}
+
+// A file written whole or not at all: written to path.tmp, flushed to disk,
+// then renamed over path (a reader never sees half a file)
+inline void write_atomically_begin(const char* path, std::string* tmp, FILE** f) {
+    *tmp = std::string(path) + ".tmp";
+    *f = fopen_or_fail(tmp->c_str(), "wb");
+}
+
+inline void write_atomically_end(const char* path, const std::string& tmp, FILE* f) {
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) fail("%s: write failed (%s)", tmp.c_str(), strerror(errno));
+    fclose(f);
+    if (rename(tmp.c_str(), path) != 0) fail("%s: cannot rename into place (%s)", path, strerror(errno));
 }
 
 // The size of a regular file; fails naming it when there is none.

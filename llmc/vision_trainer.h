@@ -129,8 +129,10 @@ static void vision_usage(const char* program, const VisionTrainConfig* d, const 
 // value" pairs over them. presets: the model's seed and cpu presets;
 // model_flags is the help text of the shape flags for this model, allowed
 // the shape letters it takes.
+// model_flag, when given, takes the model's own flags first (returns whether it took the letter).
 static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, const VisionPreset* presets,
-                               const char* model_flags, const char* allowed) {
+                               const char* model_flags, const char* allowed,
+                               bool (*model_flag)(char letter, const char* f, const char* v) = nullptr) {
     dist_init();  // the ranks, when mpirun started this process (distributed.h)
     c->preset = find_preset(argc, argv);
     const VisionPreset& p = presets[c->preset];
@@ -146,6 +148,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
         if (letter == 'x') steps_given = true;
         if (letter == 'E') epochs_given = true;
         if (letter == 'P') note_shape_flag(c, 'P');
+        if (model_flag && model_flag(letter, f, v)) continue;
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->test_path = v; break;
@@ -335,6 +338,31 @@ static void print_epoch(int step, int steps_per_epoch, int epochs, float train_l
     fflush(stdout);
 }
 
+// -y: loads the newest checkpoint of -o into the model and checks it fits the
+// run (the global batch G, the patches, the images, the seed, the data, the
+// steps); sets the augmentation generator and the seed as the run had them,
+// returns the step to go on from
+static int vision_resume(ModelBuffers* m, const VisionTrainConfig* vc, const ImageData* train, int G, int max_steps,
+                         Rng* aug_rng, uint64_t* seed) {
+    int T = m->seq_len;
+    std::string path;
+    CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
+    if (s.B != G && dist.world == 1) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
+    if (s.B != G)
+        fail("%s: written with a global batch of %d, resumed with -b %d on %d ranks (%d)", path.c_str(), s.B, vc->B,
+             dist.world, G);
+    if (s.T != T) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, T);
+    ImageShape written = image_shape_from_slots(path.c_str(), s.image_shape), shape = image_shape_of(train);
+    if (!image_shape_equal(written, shape))
+        fail("%s: written for images of %d x %d x %d, but %s has %d x %d x %d", path.c_str(), written.channels,
+             written.height, written.width, vc->train_path, shape.channels, shape.height, shape.width);
+    check_resume(path.c_str(), &s, (int)s.sample_rng, vc->seed_given, vc->seed, train->count, vc->train_path,
+                 "images", max_steps, vc->max_steps >= 0 ? "-x" : "-E");
+    aug_rng->state = s.train_rng;
+    *seed = s.sample_rng;
+    return s.step;
+}
+
 // ----------------------------------------------------------------------------
 // The image classifiers' evaluation and training loop. A model type M has
 // the fields config.num_classes, acts.logits, dropout (TrainDropout, llmc/model.h) and
@@ -402,27 +430,9 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     Rng aug_rng;
     rng_seed(&aug_rng, vc->seed);
     uint64_t seed = vc->seed;
-    int start_step = 0;
     const char* out_dir = open_output_dir(vc->out_dir, vc->resume, max_steps == 0);  // null: the run writes nowhere
     std::vector<int> found_steps = out_dir ? checkpoint_steps(out_dir) : std::vector<int>();
-    if (vc->resume) {
-        std::string path;
-        CheckpointState s = load_newest_checkpoint(m, vc->out_dir, &path);
-        if (s.B != G && dist.world == 1) fail("%s: written with -b %d, resumed with -b %d", path.c_str(), s.B, vc->B);
-        if (s.B != G)
-            fail("%s: written with a global batch of %d, resumed with -b %d on %d ranks (%d)", path.c_str(), s.B, vc->B,
-                 dist.world, G);
-        if (s.T != T) fail("%s: written for %d patches per image, this model has %d", path.c_str(), s.T, T);
-        ImageShape written = image_shape_from_slots(path.c_str(), s.image_shape), shape = image_shape_of(train);
-        if (!image_shape_equal(written, shape))
-            fail("%s: written for images of %d x %d x %d, but %s has %d x %d x %d", path.c_str(), written.channels,
-                 written.height, written.width, vc->train_path, shape.channels, shape.height, shape.width);
-        check_resume(path.c_str(), &s, (int)s.sample_rng, vc->seed_given, vc->seed, train->count, vc->train_path,
-                     "images", max_steps, vc->max_steps >= 0 ? "-x" : "-E");
-        aug_rng.state = s.train_rng;
-        seed = s.sample_rng;
-        start_step = s.step;
-    }
+    int start_step = vc->resume ? vision_resume(m, vc, train, G, max_steps, &aug_rng, &seed) : 0;
     check_ranks_alike(m, {vc->B, vc->eval_B, T, max_steps, start_step, dist.zero, train->count, test->count,
                           (long)aug_rng.state, (long)seed});
     model->dropout.rate = vc->dropout;

@@ -95,10 +95,19 @@ KIND_MAMBA_VIT_BI = 7  # train_mamba_vit -M bi: two mixers per block (forward an
 KIND_MAMBA_LTI = 8  # train_mamba -M lti: the selection ablation (dt, B, C per channel)
 KIND_MAMBA2 = 9  # train_mamba -M 2: the Mamba LM with Mamba-2 (SSD) mixers
 KIND_MAMBA_VIT2 = 10  # train_mamba_vit -M 2: the Mamba-ViT with Mamba-2 (SSD) mixers
+# train_diffusion -M vit, mamba, bimamba, mamba2: the denoisers (config slots as the ViT's, the Mamba-ViT's
+# (both one-way and bidirectional) and the Mamba-2 ViT's)
+KIND_DIFFUSION_VIT = 11
+KIND_DIFFUSION_MAMBA = 12
+KIND_DIFFUSION_BIMAMBA = 13
+KIND_DIFFUSION_MAMBA2 = 14
+DIFFUSION_KINDS = (KIND_DIFFUSION_VIT, KIND_DIFFUSION_MAMBA, KIND_DIFFUSION_BIMAMBA, KIND_DIFFUSION_MAMBA2)
 KIND_NAMES = {KIND_GPT: "gpt", KIND_MAMBA: "mamba", KIND_VIT: "vit", KIND_MAMBA_VIT: "mamba_vit",
               KIND_HYBRID: "hybrid", KIND_GPT_PLUS: "gpt_plus", KIND_MAMBA_VIT_BI: "mamba_vit_bi",
-              KIND_MAMBA_LTI: "mamba_lti", KIND_MAMBA2: "mamba2", KIND_MAMBA_VIT2: "mamba_vit2"}
-VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI, KIND_MAMBA_VIT2)
+              KIND_MAMBA_LTI: "mamba_lti", KIND_MAMBA2: "mamba2", KIND_MAMBA_VIT2: "mamba_vit2",
+              KIND_DIFFUSION_VIT: "diffusion_vit", KIND_DIFFUSION_MAMBA: "diffusion_mamba",
+              KIND_DIFFUSION_BIMAMBA: "diffusion_bimamba", KIND_DIFFUSION_MAMBA2: "diffusion_mamba2"}
+VISION_KINDS = (KIND_VIT, KIND_MAMBA_VIT, KIND_MAMBA_VIT_BI, KIND_MAMBA_VIT2) + DIFFUSION_KINDS
 
 # config fields stored in header[3..] for each model kind, in slot order.
 # Every kind lists "P" (the number of float parameters) among its fields.
@@ -123,6 +132,10 @@ CONFIG_FIELDS = {
     # the Mamba-ViT with Mamba-2 mixers: E = 2C (not stored), N the state
     # size, Hd the head dim (2C/Hd heads)
     KIND_MAMBA_VIT2: ("patch", "K", "L", "C", "N", "Hd", "P"),
+    KIND_DIFFUSION_VIT: ("patch", "K", "L", "H", "C", "F", "P"),
+    KIND_DIFFUSION_MAMBA: ("patch", "K", "L", "C", "E", "N", "P"),
+    KIND_DIFFUSION_BIMAMBA: ("patch", "K", "L", "C", "E", "N", "P"),
+    KIND_DIFFUSION_MAMBA2: ("patch", "K", "L", "C", "N", "Hd", "P"),
     # the hybrid LM: pattern = its layers (hybrid_pattern_code: base 4, or
     # with S layers bit 30 and base 5); the Mamba layers' N is 16, E = 2C,
     # R = ceil(C/16); the Mamba-2 layers' N is 64, headdim 64, E = 2C
@@ -467,6 +480,31 @@ def mamba_vit2_param_layout(patch, K, L, C, N, Hd, image=CIFAR_IMAGE):
                ("head_b", (K,), False)])
 
 
+def diffusion_param_layout(kind, config):
+    """
+    A diffusion denoiser's flat parameter buffer (train_diffusion.cu), in
+    order: the patch Linear(PD, C), the class embedding (K + 1, C) (row K:
+    no class), the positions (T + 2, C); the backbone's blocks (the ViT's,
+    the Mamba-ViT's, bidirectional: 2L mixers, or the Mamba-2 ViT's, same
+    names); the ViT's final LayerNorm; the head Linear(C, PD).
+    """
+    image = tuple(config.get("image", CIFAR_IMAGE))
+    T, PD = vision_tokens(config["patch"], image)
+    C, L, K = config["C"], config["L"], config["K"]
+    skip = ("patch_ln_w", "patch_ln_b", "patch_w", "patch_b", "embed_ln_w", "embed_ln_b", "wpe", "head_w", "head_b")
+    if kind == KIND_DIFFUSION_VIT:
+        blocks = vit_param_layout(config["patch"], K, L, config["H"], C, config["F"], image)
+    elif kind == KIND_DIFFUSION_MAMBA2:
+        blocks = mamba_vit2_param_layout(config["patch"], K, L, C, config["N"], config["Hd"], image)
+    else:
+        blocks = mamba_vit_param_layout(config["patch"], K, L, C, config["E"], config["N"], image,
+                                        kind == KIND_DIFFUSION_BIMAMBA)
+    return ([("patch_w", (C, PD), True), ("patch_b", (C,), False), ("class_emb", (K + 1, C), False),
+             ("wpe", (T + 2, C), False)]
+            + [r for r in blocks if r[0] not in skip]
+            + [("head_w", (PD, C), True), ("head_b", (PD,), False)])
+
+
 def mamba_vit2_num_params(patch, K, L, C, N, Hd, image=CIFAR_IMAGE):
     return sum(math.prod(shape) for _, shape, _ in mamba_vit2_param_layout(patch, K, L, C, N, Hd, image))
 
@@ -713,7 +751,9 @@ def _validate_config(path, kind, config):
         _check_positive(path, "image width", W, 1, 4096)
         if H % config["patch"] != 0 or W % config["patch"] != 0:
             _fail(path, f"patch = {config['patch']} does not divide the {H} x {W} images")
-        if kind == KIND_VIT:
+        if kind in DIFFUSION_KINDS:
+            P = sum(math.prod(shape) for _, shape, _ in diffusion_param_layout(kind, config))
+        elif kind == KIND_VIT:
             if config["C"] % config["H"] != 0:
                 _fail(path, f"C = {config['C']} is not divisible by H = {config['H']}")
             P = vit_num_params(config["patch"], config["K"], config["L"], config["H"], config["C"], config["F"],
