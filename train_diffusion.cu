@@ -7,8 +7,8 @@ bottom.
   -> init -> forward -> backward -> training loop -> bits/dim -> sampling -> main
 
 The model (doc/models.md, doc/diffusion.md): DDPM with epsilon prediction
-(Ho et al. 2020) on the linear schedule of 1000 steps (beta 1e-4 .. 0.02,
-llmc/diffusion.cuh). An image's pixels go to x_0 = 2 p / 255 - 1 in
+(Ho et al. 2020) on the cosine schedule of 1000 steps (Nichol and Dhariwal
+2021, llmc/diffusion.cuh). An image's pixels go to x_0 = 2 p / 255 - 1 in
 [-1, 1]; a training step draws per image t ~ U{1..1000}, eps ~ N(0, I) and
 replaces the label by the null class K with probability -U (so one model
 samples with and without classifier-free guidance), and the loss is L_simple,
@@ -852,7 +852,7 @@ int main(int argc, char** argv) {
     if (config.backbone == BACKBONE_VIT) printf(" H %d F %d", config.num_heads, config.ffn);
     else if (config.backbone == BACKBONE_MAMBA2) printf(" E %d N %d headdim %d", config.inner, config.d_state, config.headdim);
     else printf(" E %d N %d", config.inner, config.d_state);
-    printf(" | patch %d (%d tokens of %d + time + class) | %d classes | %ld parameters | %d noise steps, linear\n",
+    printf(" | patch %d (%d tokens of %d + time + class) | %d classes | %ld parameters | %d noise steps, cosine\n",
            config.patch, patches_of(config), patch_dim_of(config), config.num_classes, model.buf.num_parameters,
            DIFFUSION_STEPS);
     diffusion_train(&model, &vc, &train, &test, df.p_uncond);

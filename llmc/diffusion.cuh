@@ -3,9 +3,12 @@ A denoising diffusion model's own parts (Ho et al. 2020, DDPM; sampling
 also by DDIM, Song et al. 2021); the denoiser's layers are the vision
 models' (train_diffusion.cu).
 
-  schedule     the linear schedule of DIFFUSION_STEPS = 1000 steps, beta_t
-               from 1e-4 to 0.02 (Ho et al.'s), alpha_bar_t = prod_{s<=t}
-               (1 - beta_s), t = 1..1000; in double on the host, and the
+  schedule     the cosine schedule of DIFFUSION_STEPS = 1000 steps (Nichol and
+               Dhariwal 2021): beta_t = min(1 - f(t) / f(t - 1), 0.999),
+               f(t) = cos^2((t / 1000 + 0.008) / 1.008 * pi / 2), and alpha_bar_t =
+               prod_{s<=t} (1 - beta_s), t = 1..1000 (it spends fewer steps than
+               Ho et al.'s linear one where small images are already pure
+               noise); in double on the host, and the
                device tables the kernels read (sqrt(alpha_bar_t),
                sqrt(1 - alpha_bar_t), the time step's sinusoidal embedding)
   noising      x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, with
@@ -28,6 +31,7 @@ models' (train_diffusion.cu).
                row's draws do not depend on the batch it is in
 */
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -49,8 +53,12 @@ static DiffusionSchedule diffusion_schedule() {
     DiffusionSchedule s;
     s.beta.assign(DIFFUSION_STEPS + 1, 0.0);
     s.alpha_bar.assign(DIFFUSION_STEPS + 1, 1.0);
+    auto f = [](int t) {
+        double c = cos(((double)t / DIFFUSION_STEPS + 0.008) / 1.008 * 1.5707963267948966);
+        return c * c;
+    };
     for (int t = 1; t <= DIFFUSION_STEPS; t++) {
-        s.beta[t] = 1e-4 + (0.02 - 1e-4) * (t - 1) / (DIFFUSION_STEPS - 1);
+        s.beta[t] = std::min(1.0 - f(t) / f(t - 1), 0.999);
         s.alpha_bar[t] = s.alpha_bar[t - 1] * (1.0 - s.beta[t]);
     }
     return s;

@@ -2,8 +2,9 @@
 The diffusion model of train_diffusion.cu in PyTorch, and the writer of its
 reference states (one per denoiser: vit, mamba, bimamba, mamba2).
 
-DDPM with epsilon prediction on the linear schedule of 1000 steps (beta_t
-from 1e-4 to 0.02, alpha_bar_t = prod_{s<=t} (1 - beta_s)). An image x_0 =
+DDPM with epsilon prediction on the cosine schedule of 1000 steps (Nichol
+and Dhariwal: beta_t = min(1 - f(t)/f(t-1), 0.999), f(t) = cos^2((t/1000 +
+0.008)/1.008 pi/2), alpha_bar_t = prod_{s<=t} (1 - beta_s)). An image x_0 =
 2 pixel/255 - 1 is noised to x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 -
 alpha_bar_t) eps; the loss is the mean of (eps_theta(x_t, t, y) - eps)^2.
 
@@ -56,8 +57,11 @@ KINDS = {"vit": formats.KIND_DIFFUSION_VIT, "mamba": formats.KIND_DIFFUSION_MAMB
 
 
 def schedule():
+    """beta, alpha_bar (1001,): the cosine schedule, betas clipped at 0.999, alpha_bar their running product."""
+    t = np.arange(STEPS + 1)
+    f = np.cos((t / STEPS + 0.008) / 1.008 * np.pi / 2) ** 2
     beta = np.zeros(STEPS + 1)
-    beta[1:] = np.linspace(1e-4, 0.02, STEPS)
+    beta[1:] = np.minimum(1.0 - f[1:] / f[:-1], 0.999)
     alpha_bar = np.cumprod(1.0 - beta)
     return beta, alpha_bar
 
