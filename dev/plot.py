@@ -21,6 +21,15 @@ generates into DIR/generated.bin), each file as a grid, side by side:
   python3 dev/plot.py --images out/gen/generated.bin data/cifar10_synthetic_small_test.bin \
       --labels generated,test --count 64 --out grid.png
 
+--by-class draws one row per class instead (class 0 at the top), each row
+the first --count images of that class in file order (default 8; a class
+with fewer leaves its row's end blank), labelled with the class names when
+the file is Fashion-MNIST's kind (10 classes of 1 x 28 x 28), else with the
+class numbers: class-conditional samples beside the test set, e.g.
+
+  python3 dev/plot.py --images SAMPLES.bin data/fashion_mnist_test.bin --labels samples,test \
+      --by-class --out by_class.png
+
   python3 dev/plot.py out/gpt out/mamba --out lm.png
   python3 dev/plot.py out/vit out/mamba_vit --labels ViT,Mamba-ViT --out cifar.png
   python3 dev/plot.py gen/mamba/generate.jsonl gen/gpt/generate.jsonl --labels Mamba,GPT --out gen.png
@@ -105,40 +114,86 @@ def write_table(path, logs, labels):
     print(f"wrote {path}")
 
 
-def image_grid(pixels, columns):
-    """(N, Cc, H, W) uint8 -> one (rows*(H+1)-1, columns*(W+1)-1, 3) mosaic, a 1-pixel white gap between images."""
-    n, cc, h, w = pixels.shape
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+def class_names(num_classes, shape):
+    """The row labels of --by-class: Fashion-MNIST's names for 10 classes of 1 x 28 x 28, else the numbers."""
+    if num_classes == 10 and tuple(shape) == (1, 28, 28):
+        return FASHION_MNIST_CLASSES
+    return [str(k) for k in range(num_classes)]
+
+
+def by_class(labels, num_classes, per_class):
+    """Indices into the file for --by-class: row k the first per_class images of class k in file order, -1 blank."""
+    slots = np.full((num_classes, per_class), -1, dtype=np.int64)
+    for k in range(num_classes):
+        found = np.nonzero(labels == k)[0][:per_class]
+        slots[k, :len(found)] = found
+    return slots.reshape(-1)
+
+
+def image_grid(pixels, columns, slots=None):
+    """
+    (N, Cc, H, W) uint8 -> one (rows*(H+1)-1, columns*(W+1)-1, 3) mosaic, a 1-pixel white gap between images:
+    the images in order, or with slots the image slots[i] at place i (-1: left white).
+    """
+    if slots is None:
+        slots = np.arange(len(pixels))
+    n, (cc, h, w) = len(slots), pixels.shape[1:]
     rows = math.ceil(n / columns)
     grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, 3), 255, dtype=np.uint8)
     for i in range(n):
+        if slots[i] < 0:
+            continue
         r, c = divmod(i, columns)
-        img = pixels[i].transpose(1, 2, 0)
+        img = pixels[slots[i]].transpose(1, 2, 0)
         grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img if cc == 3 else img[:, :, :1]
     return grid
 
 
-def plot_images(paths, labels, count, out, title):
+def plot_images(paths, labels, count, out, title, per_class=False):
+    """Each images file as a grid, side by side: its first `count` images, or with per_class `count` per class."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
     import formats
     grids = []
     for path in paths:
         try:
-            _, pixels, _ = formats.read_images(path)
+            file_labels, pixels, num_classes = formats.read_images(path)
         except (ValueError, OSError) as e:
             raise SystemExit(f"error: {e}")
         if pixels.shape[1] not in (1, 3):
             raise SystemExit(f"error: {path}: {pixels.shape[1]} channels; draws 1 or 3")
-        shown = pixels[:count]
-        grids.append((image_grid(shown, max(1, math.ceil(math.sqrt(len(shown))))), len(shown), len(pixels)))
-    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 5.4), squeeze=False)
-    for ax, (grid, shown, total), label in zip(axes[0], grids, labels):
+        if per_class:
+            slots = by_class(file_labels, num_classes, count)
+            rows = class_names(num_classes, pixels.shape[1:])
+            grids.append((image_grid(pixels, count, slots), int((slots >= 0).sum()), len(pixels), rows))
+        else:
+            shown = pixels[:count]
+            grids.append((image_grid(shown, max(1, math.ceil(math.sqrt(len(shown))))), len(shown), len(pixels), None))
+    if per_class:  # sized for the rows: about 0.45 inch per image, and room for the names
+        rows = max(len(g[3]) for g in grids)
+        size = (max(3.0, 0.45 * count + 1.4) * len(paths), 0.45 * rows + 0.9)
+    else:
+        size = (5 * len(paths), 5.4)
+    fig, axes = plt.subplots(1, len(paths), figsize=size, squeeze=False)
+    for ax, (grid, shown, total, rows), label in zip(axes[0], grids, labels):
         ax.imshow(grid, interpolation="nearest")
         ax.set_title(f"{label} ({shown} of {total})")
-        ax.axis("off")
+        if rows is None:
+            ax.axis("off")
+            continue
+        h = (grid.shape[0] + 1) / len(rows)  # one row of images and its gap
+        ax.set_yticks([h * (k + 0.5) - 1 for k in range(len(rows))], rows)
+        ax.set_xticks([])
+        ax.tick_params(left=False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight" if per_class else None)  # (room for the longest class name)
     print(f"wrote {out}")
 
 
@@ -146,7 +201,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="run directories or log.jsonl files")
     p.add_argument("--images", nargs="+", metavar="FILE", help="images files to draw as grids instead of logs")
-    p.add_argument("--count", type=int, default=64, help="with --images: images per grid, from the start (default 64)")
+    p.add_argument("--count", type=int, help="with --images: images per grid, from the start (default 64); "
+                   "with --by-class: images per class (default 8)")
+    p.add_argument("--by-class", action="store_true", help="with --images: one row per class, class 0 at the top")
     p.add_argument("--labels", help="comma-separated labels, one per run")
     p.add_argument("--out", default="comparison.png")
     p.add_argument("--title", default="")
@@ -156,13 +213,17 @@ def main():
     if args.images:
         if args.runs:
             raise SystemExit("error: --images draws images files; give no run directories with it")
+        if args.count is None:
+            args.count = 8 if args.by_class else 64
         if args.count < 1:
             raise SystemExit(f"error: --count {args.count}: must be at least 1")
         labels = args.labels.split(",") if args.labels else [os.path.basename(f) for f in args.images]
         if len(labels) != len(args.images):
             raise SystemExit(f"error: --labels: {len(labels)} labels for {len(args.images)} images files")
-        plot_images(args.images, labels, args.count, args.out, args.title)
+        plot_images(args.images, labels, args.count, args.out, args.title, args.by_class)
         return
+    if args.by_class:
+        raise SystemExit("error: --by-class draws images files; give --images FILE ...")
     if not args.runs:
         raise SystemExit("error: give run directories or log.jsonl files, or --images FILE ...")
     labels = args.labels.split(",") if args.labels else [

@@ -22,6 +22,13 @@
 #  - the accuracy is real: a trained model's test accuracy as the trainer
 #    prints it equals PyTorch's (dev/reference/interop.py eval --images) on
 #    the same images, for each of the four models
+#  - -W (the final evaluation's pooled features): bad paths refused before
+#    any work (a missing directory, a directory, an existing file that is not
+#    a features file, a path in -o); for each of the four models the file's
+#    N x D is the test count x C, its rows are PyTorch's pooled features, and
+#    the head on them scores the printed accuracy; -m 2 writes the first rows
+#  - dev/frechet.py: its self-test (--check), a set against itself, files it
+#    refuses; dev/plot.py --images --by-class's rows
 # Needs train_vit and train_mamba_vit built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
@@ -130,6 +137,10 @@ expect "model for 10 classes on 5-class data" "$W/vit/model.bin" ./train_vit -i 
 expect "batch that does not fit in memory" "-b" ./train_vit $D -b 200 -B 200 -v 0 -s 0 -L 64 -C 512 -H 2
 expect "model that does not fit in memory" "-L" ./train_mamba_vit $D $small -L 70 -C 2048
 expect "model past 2^31 parameters" "-L" ./train_mamba_vit $D $small -L 1000 -C 2048
+expect "-W into a missing directory" "flag -W: $W/nodir/f.bin" ./train_vit $D $small -e "$W/vit/model.bin" -x 0 -W "$W/nodir/f.bin"
+expect "-W naming a directory" "flag -W: $W/mvit is a directory" ./train_mamba_vit $D $small -e "$W/mvit/model.bin" -x 0 -W "$W/mvit"
+expect "-W over a model file" "flag -W: $W/vit/model.bin exists" ./train_vit $D $small -e "$W/vit/model.bin" -x 0 -W "$W/vit/model.bin"
+expect "-W into the output directory" "output directory" ./train_vit $D $small -e "$W/vit/model.bin" -x 0 -o "$W/vit" -W "$W/vit/f.bin"
 
 # the ViT's starting positions: the 2D sin-cos table of dev/reference/vit.py
 # (float32 sin and cos of the same double angles; 1e-6 allows one rounding
@@ -246,5 +257,104 @@ for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
   if [[ "$res" == ok* ]]; then ok "$m: trainer's test accuracy against PyTorch's: ${res#ok }"
   else fail "$m: trainer '$line', PyTorch '$torch': $res"; fi
 done
+
+# -W: the pooled features of the final evaluation (llmc/vision_trainer.h), from the four trained
+# models above on the 50 test images: the file holds N = 50 rows of D = the model's C; each row
+# is PyTorch's pooled features of that image (float64, dev/reference/interop.py's model) to 1e-4
+# absolute (2e-2 under HOST_TF32, as tf32_tolerance); the head on the file's features
+# (argmax(x W^T + b) with the model file's head) scores the accuracy the trainer printed (off by
+# one image only at a near tie, as above); with -m 2 (32 images) the rows are the first 32 of
+# the full run's, bit for bit. Then dev/frechet.py on those files, and its self-test.
+feats=""
+for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
+  T=$([ $m == vit ] && echo train_vit || echo train_mamba_vit)
+  line=$(./$T $G -B 16 -v 0 -s 0 -e "$W/acc_$m/model.bin" -x 0 -W "$W/feat_$m.bin" 2>&1 | grep '^final test acc')
+  acc=${line#final test acc }; feats="$feats $W/acc_$m/model.bin $W/feat_$m.bin ${acc%%\%*}"
+done
+./train_vit $G -B 16 -m 2 -v 0 -s 0 -e "$W/acc_vit/model.bin" -x 0 -W "$W/feat_vit_m2.bin" >/dev/null 2>&1
+out=$($PYTHON - "$W/g_test.bin" "$W/feat_vit_m2.bin" $feats <<'EOF4' 2>&1
+import os, sys
+sys.path.insert(0, "dev/reference"); sys.path.insert(0, "dev"); sys.dont_write_bytecode = True
+import numpy as np, torch
+import formats, frechet, interop
+images, m2, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+labels, pixels, _ = formats.read_images(images)
+tol = 2e-2 if os.environ.get("HOST_TF32", "0") != "0" else 1e-4
+bad = 0
+for i in range(0, len(rest), 3):
+    model_path, feats, acc = rest[i], rest[i + 1], rest[i + 2]
+    kind, cfg, _ = formats.read_model(model_path)
+    x = frechet.read_features(feats)
+    n, d = x.shape
+    model = interop.load_model(model_path)
+    acts = {}
+    with torch.no_grad():
+        model(torch.from_numpy(pixels[:n].astype(np.float32) * np.float32(1.0 / 255.0)).double(), None, acts)
+    err = float(np.abs(x - acts["pooled"].numpy()).max())
+    logits = x @ model.head.weight.detach().numpy().T + model.head.bias.detach().numpy()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    near = int((top2[:, 1] - top2[:, 0] < interop.NEAR_TIE).sum())
+    correct, printed = int((logits.argmax(axis=1) == labels[:n]).sum()), round(float(acc) * n / 100)
+    good = n == len(labels) and d == cfg["C"] and err <= tol and (correct == printed or (abs(correct - printed) == 1 and near))
+    bad += not good
+    print(f"{'ok  ' if good else 'FAIL'} {formats.KIND_NAMES[kind]}: {n} x {d} features (C {cfg['C']}), max |trainer - "
+          f"PyTorch| {err:.1e} (tol {tol:g}); head on them {correct}/{n} right, printed {acc}% ({printed})")
+full, part = frechet.read_features(rest[1]), frechet.read_features(m2)
+good = part.shape == (32, full.shape[1]) and np.array_equal(part, full[:32])
+bad += not good
+print(f"{'ok  ' if good else 'FAIL'} -m 2 -B 16: {part.shape[0]} rows, the first 32 of the full run's bit for bit: {good}")
+sys.exit(1 if bad else 0)
+EOF4
+); rc=$?
+while IFS= read -r l; do
+  case "$l" in "ok   "*) ok "train -W: ${l#ok   }";; *) fail "train -W: ${l#FAIL }";; esac
+done <<< "$out"
+[ $rc -eq 0 ] || [ -n "$(echo "$out" | grep '^FAIL')" ] || fail "train -W check exited $rc"
+
+# dev/frechet.py: a set against itself 0; the two kinds of features of one width against each other;
+# files it must refuse (another width, not a features file, truncated, a single row)
+./train_vit $G -B 1 -m 1 -v 0 -s 0 -e "$W/acc_vit/model.bin" -x 0 -W "$W/feat_one.bin" >/dev/null 2>&1
+head -c 2000 "$W/feat_vit.bin" > "$W/feat_trunc.bin"
+out=$($PYTHON dev/frechet.py "$W/feat_vit.bin" "$W/feat_vit.bin" 2>&1)
+v=$(echo "$out" | awk '/^frechet / { print ($2 < 0 ? -$2 : $2) < 1e-3 ? "ok" : "bad" }')
+[ "$v" == ok ] && [[ "$out" == *"(N1 50, N2 50, D 16)"* ]] && ok "frechet.py: a set against itself: $out" || fail "frechet.py against itself: $out"
+out=$($PYTHON dev/frechet.py --json "$W/feat_mamba_vit.bin" "$W/feat_mamba_vit_bi.bin" 2>&1)
+echo "$out" | $PYTHON -c 'import json, sys; r = json.load(sys.stdin); sys.exit(0 if r["frechet"] > 0 and r["n1"] == r["n2"] == 50 else 1)' 2>/dev/null &&
+  ok "frechet.py --json, Mamba-ViT against bidirectional: $out" || fail "frechet.py --json: $out"
+for c in "feat_vit.bin feat_mamba_vit2.bin:columns" "feat_vit.bin acc_vit/model.bin:not a features file" \
+         "feat_trunc.bin feat_vit.bin:bytes" "feat_one.bin feat_vit.bin:1 rows"; do
+  files=${c%%:*}; want=${c#*:}; read -r f1 f2 <<< "$files"
+  out=$($PYTHON dev/frechet.py "$W/$f1" "$W/$f2" 2>&1); rc=$?
+  [ $rc -ne 0 ] && [ "$(echo "$out" | wc -l)" -eq 1 ] && [[ "$out" == error:*"$want"* ]] && ok "frechet.py refuses: $out" ||
+    fail "frechet.py $files: exit $rc: $out (wanted an error naming '$want')"
+done
+out=$($PYTHON dev/frechet.py --check 2>&1); rc=$?
+echo "$out" | grep -E '^(ok|FAIL) '
+add_summary "frechet.py --check" $rc "$out"
+
+# dev/plot.py --images --by-class: row k holds the first --count images of class k in file order
+# (blank after the last), and the PNG is written
+if $PYTHON -c "import matplotlib" 2>/dev/null; then
+  out=$($PYTHON - "$W/g_test.bin" <<'EOF5' 2>&1
+import sys
+sys.path.insert(0, "dev"); sys.path.insert(0, "dev/reference"); sys.dont_write_bytecode = True
+import numpy as np, formats, plot
+labels, _, k = formats.read_images(sys.argv[1])
+slots = plot.by_class(labels, k, 6).reshape(k, 6)
+want = [list(np.nonzero(labels == c)[0][:6]) for c in range(k)]
+want = np.array([w + [-1] * (6 - len(w)) for w in want])
+print(f"{k} rows of 6, {int((slots < 0).sum())} blank" if np.array_equal(slots, want) else f"rows {slots.tolist()}, wanted {want.tolist()}")
+sys.exit(0 if np.array_equal(slots, want) else 1)
+EOF5
+  ); rc=$?
+  $PYTHON dev/plot.py --images "$W/g_test.bin" --by-class --count 6 --out "$W/by_class.png" >/dev/null 2>&1
+  if [ $rc -eq 0 ] && [ "$(head -c 8 "$W/by_class.png" 2>/dev/null | od -An -tx1 | tr -d ' \n')" == "89504e470d0a1a0a" ]; then
+    ok "dev/plot.py --images --by-class: $out, a PNG"
+  else
+    fail "dev/plot.py --images --by-class: $out (exit $rc)"
+  fi
+else
+  echo "(dev/plot.py --by-class not checked: no matplotlib)"
+fi
 
 summary

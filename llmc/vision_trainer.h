@@ -37,6 +37,7 @@ been built for the same shape.
 typedef struct {
     const char* train_path;  // -i
     const char* test_path;   // -j
+    const char* features_path;  // -W: the final evaluation's pooled features go to this file (null: none)
     const char* init_path;   // -e: model file to start from
     const char* out_dir;     // -o
     int checkpoint_every;    // -n
@@ -105,6 +106,8 @@ static void vision_usage(const char* program, const VisionTrainConfig* d, const 
         "  -D <float>  dropout (default %g)\n"
         "  -v <int>    evaluate on the test images every v epochs, 0 = only at the end (default %d)\n"
         "  -m <int>    evaluation batches, 0 = all (default %d)\n"
+        "  -W <path>   write the pooled features (the head's input) of the final evaluation's test images,\n"
+        "              in file order, to this file (doc/flags.md has its format; not under mpirun)\n"
         "  -s <int>    print a step line every s steps, 0 = none (default %d)\n"
         "  -r <int>    random seed (default %d)\n"
         "  -A <0|1>    augmentation; 0 switches off all of -f -d -R -z -w (default %d)\n"
@@ -152,6 +155,7 @@ static void parse_vision_flags(int argc, char** argv, VisionTrainConfig* c, cons
         if (parse_shared_flag(c, letter, f, v)) continue;
         switch (letter) {
             case 'j': c->test_path = v; break;
+            case 'W': c->features_path = v; break;
             case 'b': c->B = parse_int_flag(f, v, 1, 1 << 16); break;
             case 'B': c->eval_B = parse_int_flag(f, v, 1, 1 << 16); break;
             case 'E': c->epochs = parse_int_flag(f, v, 0, 1 << 20); break;
@@ -364,10 +368,67 @@ static int vision_resume(ModelBuffers* m, const VisionTrainConfig* vc, const Ima
 }
 
 // ----------------------------------------------------------------------------
+// Features (-W): the pooled features (B, C) that the head reads, of every
+// image the final evaluation runs (all test images, or the first -m batches),
+// in file order, as a features file:
+//   header: 256 little-endian int32: [0] MAGIC_FEATURES, [1] FEATURES_VERSION,
+//           [2] N rows (images), [3] D columns (the model's channels C), the rest 0
+//   then N * D float32, row by row (image i's features at float i * D)
+// written atomically (PATH.tmp, then renamed over PATH). dev/frechet.py reads
+// two of them and prints the Frechet distance between them.
+
+#define MAGIC_FEATURES 20261207
+#define FEATURES_VERSION 1
+
+// Before any work: the file's directory exists and is writable, and is not
+// the output directory (-o, whose files are the run's); an existing PATH is
+// a features file (that the run replaces), or empty; one process only.
+static void check_features_path(const VisionTrainConfig* c) {
+    const char* path = c->features_path;
+    if (!path) return;
+    if (dist.world > 1) fail("flag -W: not under mpirun (write the features from an evaluation in one process)");
+    size_t n = strlen(path);
+    if (n == 0 || path[n - 1] == '/') fail("flag -W: '%s' names no file", path);
+    const char* slash = strrchr(path, '/');
+    std::string dir = !slash ? "." : slash == path ? "/" : std::string(path, slash - path);
+    struct stat d, o, f;
+    if (stat(dir.c_str(), &d) != 0)
+        fail("flag -W: %s: no directory %s (%s)", path, dir.c_str(), strerror(errno));
+    if (!S_ISDIR(d.st_mode)) fail("flag -W: %s: %s is not a directory", path, dir.c_str());
+    if (access(dir.c_str(), W_OK) != 0)
+        fail("flag -W: %s: cannot write in %s (%s)", path, dir.c_str(), strerror(errno));
+    if (c->out_dir && stat(c->out_dir, &o) == 0 && o.st_dev == d.st_dev && o.st_ino == d.st_ino)
+        fail("flag -W: %s is in the output directory %s (-o), which holds the run's files; name a path outside it", path,
+             c->out_dir);
+    if (stat(path, &f) != 0) return;
+    if (S_ISDIR(f.st_mode)) fail("flag -W: %s is a directory; name a file", path);
+    int magic = 0;
+    FILE* fp = fopen(path, "rb");
+    bool features = S_ISREG(f.st_mode) && fp && fread(&magic, 4, 1, fp) == 1 && magic == MAGIC_FEATURES;
+    if (fp) fclose(fp);
+    if (!features && !(S_ISREG(f.st_mode) && f.st_size == 0))
+        fail("flag -W: %s exists and is not a features file; not overwritten (remove it or name another path)", path);
+}
+
+// features: N rows of D floats (host)
+static void write_features(const char* path, const std::vector<float>& features, int D) {
+    int header[HEADER_INTS] = {0};
+    long N = (long)features.size() / D;
+    header[0] = MAGIC_FEATURES; header[1] = FEATURES_VERSION; header[2] = (int)N; header[3] = D;
+    std::string tmp; FILE* f;
+    write_atomically_begin(path, &tmp, &f);
+    fwrite_or_fail(header, HEADER_BYTES, f, tmp.c_str());
+    fwrite_or_fail(features.data(), features.size() * sizeof(float), f, tmp.c_str());
+    write_atomically_end(path, tmp, f);
+    printf("features: %ld test images x %d (pooled) written to %s\n", N, D, path);
+}
+
+// ----------------------------------------------------------------------------
 // The image classifiers' evaluation and training loop. A model type M has
-// the fields config.num_classes, acts.logits, dropout (TrainDropout, llmc/model.h) and
-// buf (ModelBuffers, its seq_len the number of patches, its image_shape the
-// images'), and provides the hooks
+// the fields config.num_classes, config.channels, acts.logits, acts.pooled
+// (B, C), dropout (TrainDropout, llmc/model.h) and buf (ModelBuffers, its
+// seq_len the number of patches, its image_shape the images'), and provides
+// the hooks
 //   void vision_forward(M*, const float* images, const int* labels, int B, int train_step)
 //        images (B, Cc, H, W) on the device, labels host (may be null);
 //        train_step >= 0: a training step (dropout on, masks keyed by the step), -1: evaluation
@@ -377,12 +438,15 @@ static int vision_resume(ModelBuffers* m, const VisionTrainConfig* vc, const Ima
 // mean loss and accuracy (percent) over the test images (the first
 // max_batches batches of eval_B when max_batches > 0); over several ranks
 // each rank runs its eval_B / ranks rows of every batch and the sums are
-// summed over the ranks
+// summed over the ranks. With features (one rank only, check_features_path):
+// the pooled features of the n images evaluated, (n, C) in file order.
 template <typename M> static void vision_evaluate(M* model, VisionBatcher* vb, const ImageData* test, int eval_B,
-                                                  int max_batches, float* loss, float* acc) {
+                                                  int max_batches, float* loss, float* acc,
+                                                  std::vector<float>* features = nullptr) {
     NVTX_RANGE("evaluate");
-    int n = test->count, K = model->config.num_classes, per_rank = eval_B / dist.world;
+    int n = test->count, K = model->config.num_classes, per_rank = eval_B / dist.world, C = model->config.channels;
     if (max_batches > 0 && (long)max_batches * eval_B < n) n = max_batches * eval_B;
+    if (features) features->assign((long)n * C, 0.0f);
     std::vector<int> labels(per_rank);
     std::vector<float> logits((long)per_rank * K);
     double sums[2] = {0.0, 0.0};  // the loss sum, the right answers
@@ -393,6 +457,9 @@ template <typename M> static void vision_evaluate(M* model, VisionBatcher* vb, c
         vision_eval_batch(vb, test, first + mine, B, labels.data());
         vision_forward(model, vb->images, labels.data(), B, -1);
         cudaCheck(cudaMemcpy(logits.data(), model->acts.logits, (long)B * K * sizeof(float), cudaMemcpyDeviceToHost));
+        if (features)
+            cudaCheck(cudaMemcpy(features->data() + (long)(first + mine) * C, model->acts.pooled,
+                                 (long)B * C * sizeof(float), cudaMemcpyDeviceToHost));
         sums[1] += count_correct(logits.data(), labels.data(), B, K);
         sums[0] += (double)model->buf.mean_loss * B;
     }
@@ -421,6 +488,7 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
     AdamWConfig opt = {vc->lr, 0.9f, vc->beta2, 1e-8f, vc->weight_decay, vc->grad_clip};
     if (vc->eval_B % dist.world)
         fail("flag -B: the evaluation batch %d does not split evenly over %d ranks", vc->eval_B, dist.world);
+    check_features_path(vc);
     if (train->count < G)
         fail("flag -b: the global batch %d (%d ranks x -b %d) is larger than the %d images of %s", G, dist.world, vc->B,
              train->count, vc->train_path);
@@ -462,10 +530,14 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         bool last = step == max_steps;
         int eval_interval = vc->eval_every * steps_per_epoch;
         if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
-            vision_evaluate(model, &vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc);
+            std::vector<float> features;  // the final evaluation's, with -W
+            bool keep = last && vc->features_path;
+            vision_evaluate(model, &vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc,
+                            keep ? &features : nullptr);
             print_epoch(step, steps_per_epoch, epochs, window_steps ? (float)(window_loss / window_steps) : NAN,
                         test_loss, test_acc, window_steps ? window_steps * G / window_seconds : NAN,
                         host_clock() - run_start);
+            if (keep) write_features(vc->features_path, features, model->config.channels);
             log_test(&logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - run_start);
             window_seconds = window_loss = 0.0;
             window_steps = 0;
