@@ -747,8 +747,8 @@ static struct {
     int per_class = 0;            // -G
     const char* samples_path = nullptr;  // -O
     int sampler = SAMPLER_DDIM;   // -K
-    int steps = 50;               // -k
-    float guidance = 2.0f;        // -g
+    int steps = 100;              // -k
+    float guidance = 4.0f;        // -g
     int elbo_images = 0;          // -N
 } df;
 
@@ -769,6 +769,7 @@ static bool diffusion_flag(char letter, const char* f, const char* v) {
         case 'k': df.steps = parse_int_flag(f, v, 1, DIFFUSION_STEPS); return true;
         case 'g': df.guidance = parse_float_flag(f, v, -100.0f, 100.0f); return true;
         case 'N': df.elbo_images = parse_int_flag(f, v, 0, 1 << 30); return true;
+        case 'W': fail("flag -W: the classifiers' (train_vit, train_mamba_vit); train_diffusion has no pooled features");
         default: return false;
     }
 }
@@ -777,7 +778,7 @@ int main(int argc, char** argv) {
     // the write-up's widths for a GPU, and a run of minutes on 2 CPU cores
     //                            L  C    B    epochs steps warmup lr     clip  dropout augment
     VisionPreset presets[2] = {{6, 256, 128, 100, -1, 500, 2e-4f, 1.0f, 0.0f, 0},
-                               {4, 96, 64, 100, 3000, 100, 1e-3f, 1.0f, 0.0f, 0}};
+                               {4, 96, 64, 100, 6000, 100, 1e-3f, 1.0f, 0.0f, 0}};
     VisionTrainConfig vc = default_vision_config();
     vc.train_path = "data/fashion_mnist_train.bin";
     vc.test_path = "data/fashion_mnist_test.bin";
@@ -796,11 +797,12 @@ int main(int argc, char** argv) {
                        "  -G <int>    after training (or with -e), sample this many images of each class (default 0)\n"
                        "  -O <path>   the sampled images file (default: samples.bin in -o; needed without -o)\n"
                        "  -K <name>   sampler: ddim (default) or ddpm (ancestral)\n"
-                       "  -k <int>    sampling steps, of the 1000 (default 50; ddpm with 1000 is Ho et al.'s sampler)\n"
-                       "  -g <float>  classifier-free guidance scale: 1 conditional, 0 unconditional (default 2)\n"
+                       "  -k <int>    sampling steps, of the 1000 (default 100; ddpm with 1000 is Ho et al.'s sampler)\n"
+                       "  -g <float>  classifier-free guidance scale: 1 conditional, 0 unconditional (default 4)\n"
                        "  -N <int>    after training, bits/dim (the negative ELBO) on the first N test images (default 0)\n",
                        "LCHFPM", diffusion_flag);
     print_preset(vc.preset);
+    if (vc.dropout > 0.0f) fail("flag -D: train_diffusion has no dropout");
     std::string samples_path;
     if (df.per_class > 0) {
         if (df.samples_path) samples_path = df.samples_path;
