@@ -200,9 +200,9 @@ $(LM_TRAINERS): | data/tinyshakespeare_train.bin
 
 # test programs, then the scripts that drive the trainers: bad input, resume
 # after a kill, PyTorch interop, the training step as a CUDA graph, the GPU
-# check's rehearsal, data parallel training under mpirun
+# check's rehearsal, data parallel training under mpirun, the diffusion trainer
 TEST_SCRIPTS = dev/test_bad_input.sh dev/test_resume.sh dev/test_interop.sh dev/test_vision.sh dev/test_pixels.sh \
-               dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh dev/test_distributed.sh
+               dev/test_graphs.sh dev/test_gpu_check.sh dev/test_tasks.sh dev/test_distributed.sh dev/test_diffusion.sh
 test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit train_diffusion $(REF_STATES)
 	@dev/run_tests.sh $(TESTS) $(TEST_SCRIPTS)
 
@@ -213,9 +213,9 @@ test: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train
 #   FIDELITY_TF32_TESTS  the programs run once more with TF32 products
 #   FIDELITY_SCRIPTS     the script tests, run as the trainers run on a GPU
 FIDELITY_RUNS = HOST_SCHEDULE=reverse HOST_SCHEDULE=random:1 HOST_VARIANTS=gpu
-FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_vit test_mamba_vit test_hybrid
+FIDELITY_TF32_TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_vit test_mamba_vit test_hybrid test_diffusion
 FIDELITY_SCRIPTS = dev/test_bad_input.sh dev/test_interop.sh dev/test_vision.sh dev/test_graphs.sh
-test-fidelity: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit $(REF_STATES)
+test-fidelity: $(TESTS) train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit train_diffusion $(REF_STATES)
 	@TESTS="$(TESTS)" FIDELITY_RUNS="$(FIDELITY_RUNS)" FIDELITY_TF32_TESTS="$(FIDELITY_TF32_TESTS)" \
 	  FIDELITY_SCRIPTS="$(FIDELITY_SCRIPTS)" dev/test_fidelity.sh
 

@@ -675,64 +675,37 @@ static float diffusion_train(Diffusion* model, VisionTrainConfig* vc, const Imag
            "wd %g | clip %g | label drop %g\n", vc->B, eval_n, epochs, steps_per_epoch, max_steps, opt.lr, vc->warmup,
            vc->final_frac, opt.beta2, opt.weight_decay, opt.grad_clip, p_uncond);
 
-    Logger logger;
-    logger_open(&logger, out_dir, start_step);
-    VisionBatcher vb;
-    vision_batcher_init(&vb, m->batch_size, image_shape_of(train));
-    StepRunner runner;
-    step_runner_init(&runner, m);
-    const float* step_images = nullptr;
-    std::vector<int> labels(vc->B);
+    VisionLoop L;
+    vision_loop_begin(&L, m, out_dir, start_step, vc->B, train);
     RowDraws draws;
-    double run_start = host_clock(), train_seconds = 0.0;
     float test_loss = NAN;
     for (int step = start_step; step <= max_steps; step++) {
         bool last = step == max_steps;
         int eval_interval = vc->eval_every * steps_per_epoch;
         if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
-            test_loss = diffusion_evaluate(model, &vb, test, vc->eval_B, eval_n);
+            test_loss = diffusion_evaluate(model, &L.vb, test, vc->eval_B, eval_n);
             char t[32];
-            format_duration(t, sizeof(t), host_clock() - run_start);
+            format_duration(t, sizeof(t), host_clock() - L.run_start);
             printf("step %d (epoch %.2f): test loss %f | %s\n", step, (double)step / steps_per_epoch, test_loss, t);
             fflush(stdout);
-            log_eval(&logger, step, "test_loss", test_loss, host_clock() - run_start);
+            log_eval(&L.logger, step, "test_loss", test_loss, host_clock() - L.run_start);
         }
         if (vc->out_dir && step > start_step && ((vc->checkpoint_every > 0 && step % vc->checkpoint_every == 0) || last))
             save_checkpoint(m, out_dir, step, aug_rng.state, seed, G, T, (int)seed, train->count, found_steps);
         if (last) break;
-
-        NVTX_RANGE("step");
-        double t0 = host_clock();
-        step_profile_begin();
-        const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
-                                                 labels.data());
-        if (step_images && images != step_images) fail("diffusion_train: the training batch moved between buffers");
-        step_images = images;
-        draw_rows(&draws, seed, DRAW_TRAIN, (uint64_t)step * G + dist_rows(vc->B), labels.data(), vc->B, D, p_uncond, K);
-        diffusion_upload_inputs(model, draws.t.data(), draws.y.data(), draws.eps.data(), vc->B);
-        m->in_train_step = 1;
-        float lr = learning_rate(opt.lr, step, vc->warmup, max_steps, vc->final_frac);
-        float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
-            diffusion_forward(model, images, vc->B);
-            diffusion_backward(model, vc->B);
-        });
-        m->in_train_step = 0;
-        check_finite(out_dir, step + 1, m->mean_loss, norm);
-        step_profile_end(step + 1);
-        double seconds = host_clock() - t0;
-        train_seconds += seconds;
-        if (vc->print_every > 0 && (step + 1) % vc->print_every == 0)
-            print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, G, "images/s", train_seconds);
-        log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", G / seconds, host_clock() - run_start);
+        vision_loop_step(
+            &L, m, vc, &opt, train, seed, step, start_step, max_steps, &aug_rng, out_dir,
+            [&](const int* labels) {  // the rows' t, classes (some dropped) and noise
+                draw_rows(&draws, seed, DRAW_TRAIN, (uint64_t)step * G + dist_rows(vc->B), labels, vc->B, D, p_uncond, K);
+                diffusion_upload_inputs(model, draws.t.data(), draws.y.data(), draws.eps.data(), vc->B);
+            },
+            [&](const float* images) {
+                diffusion_forward(model, images, vc->B);
+                diffusion_backward(model, vc->B);
+            });
     }
-    step_runner_free(&runner, m);
-    logger_close(&logger);
-    if (out_dir) {
-        save_model_file(m, out_dir, max_steps);
-        checkpoint_prune(out_dir, 3, std::vector<int>());
-    }
-    vision_batcher_free(&vb);
-    printf("final test loss %f | %.1f s\n", test_loss, host_clock() - run_start);
+    vision_loop_end(&L, m, out_dir, max_steps);
+    printf("final test loss %f | %.1f s\n", test_loss, host_clock() - L.run_start);
     return test_loss;
 }
 
@@ -803,12 +776,13 @@ int main(int argc, char** argv) {
                        "LCHFPM", diffusion_flag);
     print_preset(vc.preset);
     if (vc.dropout > 0.0f) fail("flag -D: train_diffusion has no dropout");
-    std::string samples_path;
+    std::string samples_path;  // -O, or samples.bin in the output directory of a run that trains
     if (df.per_class > 0) {
-        if (df.samples_path) samples_path = df.samples_path;
-        else if (vc.out_dir) samples_path = std::string(vc.out_dir) + "/samples.bin";
-        else fail("flag -G: give the samples file with -O, or an output directory with -o");
         if (dist.on) fail("flags -G and -N: not under mpirun (sample and evaluate in a run of one process)");
+        if (df.samples_path) check_output_file("-O", df.samples_path, MAGIC_IMAGES, "an images file", nullptr);
+        if (df.samples_path) samples_path = df.samples_path;
+        else if (vc.out_dir && vc.max_steps != 0) samples_path = std::string(vc.out_dir) + "/samples.bin";
+        else fail("flag -G: give the samples file with -O (or an output directory -o to a run that trains)");
     }
     if (df.elbo_images > 0 && dist.on) fail("flags -G and -N: not under mpirun (sample and evaluate in a run of one process)");
     ImageData train, test;

@@ -5,7 +5,11 @@ each model and writes
 
   OUT/results.md          the table (denoiser, parameters, steps, training
                           time, bits/dim, Frechet distance, class agreement,
-                          sampling time per image) with the commands
+                          sampling time per image) with the commands; its
+                          first row measures --per-class real training
+                          images of each class the same way (the distance's
+                          floor at this sample size, the classifier's
+                          agreement with real labels)
   DOC/<denoiser>.png      its samples, one row per class (dev/plot.py --by-class)
 
 The measurements:
@@ -62,6 +66,22 @@ def grab(pattern, text, what):
     return m.group(1)
 
 
+def baseline(a, real):
+    """The table's first row: --per-class real training images of each class (the first ones), measured as the samples are."""
+    sys.path.insert(0, "dev/reference")
+    import numpy as np
+    import formats
+    labels, pixels, K = formats.read_images(TRAIN)
+    pick = np.concatenate([np.nonzero(labels == k)[0][:a.per_class] for k in range(K)])
+    path, feats = f"{a.out}/real_train.bin", f"{a.out}/real_train_features.bin"
+    formats.write_images(path, labels[pick], pixels[pick], K)
+    cls = run(f"./train_vit -e {a.classifier} -x 0 -i {TRAIN} -j {path} -W {feats}", f"{a.out}/real_train.log")
+    fr = json.loads(run(f"{PYTHON} dev/frechet.py --json {feats} {real}", f"{a.out}/real_train_frechet.log"))
+    return dict(model=f"real training images ({len(pick)})", params=0, steps=0, train_s=0.0, test_loss=float("nan"),
+                bpd=float("nan"), frechet=fr["frechet"], agree=float(grab(r"final test acc ([0-9.]+)%", cls, "accuracy")),
+                ms=float("nan"), cmd=None)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="vit,bimamba,mamba", help="denoisers, comma-separated (vit, mamba, bimamba, mamba2)")
@@ -90,7 +110,7 @@ def main():
     clf_out = run(f"./train_vit -e {a.classifier} -x 0 -i {TRAIN} -j {TEST} -W {real}", f"{a.out}/test_features.log")
     clf_acc = float(grab(r"final test acc ([0-9.]+)%", clf_out, "classifier accuracy"))
 
-    rows = []
+    rows = [baseline(a, real)]
     for m in a.models.split(","):
         d = f"{a.out}/{m}"
         if os.path.exists(d):
@@ -121,9 +141,12 @@ def main():
              "| denoiser | parameters | steps | training | test loss | bits/dim | Frechet (ours) | class agreement "
              "| sampling, per image |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        if r["cmd"] is None:  # the real images' row
+            lines.append(f"| {r['model']} | | | | | | {r['frechet']:.2f} | {r['agree']:.1f}% | |")
+            continue
         lines.append(f"| {r['model']} | {r['params']:,} | {r['steps']} | {r['train_s'] / 60:.1f} min | "
                      f"{r['test_loss']:.4f} | {r['bpd']:.3f} | {r['frechet']:.2f} | {r['agree']:.1f}% | {r['ms']:.1f} ms |")
-    lines += ["", "```bash"] + [r["cmd"] for r in rows] + ["```", ""]
+    lines += ["", "```bash"] + [r["cmd"] for r in rows if r["cmd"]] + ["```", ""]
     open(f"{a.out}/results.md", "w").write("\n".join(lines))
     print("\n".join(lines))
 

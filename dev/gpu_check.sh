@@ -24,6 +24,10 @@
 #                 the seed widths on Fashion-MNIST (20,000 training images,
 #                 patch 4, fixed steps): test accuracy on all 10,000 test
 #                 images and ms per step
+#      diffusion  train_diffusion's ViT and bidirectional Mamba denoisers at
+#                 the seed widths on the Fashion-MNIST subset (2,000 steps):
+#                 test loss, ms per step, 100 samples (DDIM 100) and their
+#                 ms per image (the samples come back in $OUT)
 #      synthetic  the Mamba paper's induction heads (data written here by
 #                 dev/data/synthetic.py): a 2-layer Mamba trained as on the
 #                 CPU (doc/results.md) at T 256, evaluated at T 2^10 and 2^20 (in
@@ -46,8 +50,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
 CARRY=build/gpu_carry
-TESTS="test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_hybrid test_vit test_mamba_vit test_generate test_attention test_augment test_pixels"
-TRAINERS="train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit"
+TESTS="test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_hybrid test_vit test_mamba_vit test_diffusion test_generate test_attention test_augment test_pixels"
+TRAINERS="train_gpt train_gpt_plus train_mamba train_hybrid train_vit train_mamba_vit train_diffusion"
 IMAGES=gpu_check_synthetic  # the small synthetic image set: 4096 train, 1024 test images
 FASHION=gpu_check_fashion   # Fashion-MNIST: the first 20,000 training images and all 10,000 test images
 FASHION_TRAIN=20000
@@ -237,6 +241,20 @@ for m in vit mamba_vit mamba_vit_bi; do
   rc=$?
   acc=$(grep -E '^final test acc' "$log" | tail -n 1)
   note "fashion $m" "$(status_word $rc) after $(( $(date +%s) - t0 )) s, ${acc:-no final accuracy}, $(mean_step_ms "$log") ms/step"
+done
+
+echo "=== diffusion (train_diffusion at the seed widths on the Fashion-MNIST subset: the ViT and the bidirectional Mamba denoisers)"
+if [ "$DRY" = 1 ]; then DF_STEPS=10; DF_SAMPLE="-G 1 -k 5"; else DF_STEPS=2000; DF_SAMPLE="-G 10"; fi
+for m in vit bimamba; do
+  log=$OUT/diffusion_$m.log
+  : > "$log"
+  t0=$(date +%s)
+  limited 75 "$log" ./train_diffusion -S $PRESET -M $m -i ${FM}_train.bin -j ${FM}_test.bin -x $DF_STEPS -v 0 -m 2 -s 100 \
+    $DF_SAMPLE -O "$OUT/diffusion_$m.bin"
+  rc=$?
+  loss=$(grep -E '^final test loss' "$log" | tail -n 1 | cut -d'|' -f1)
+  sampled=$(grep -oE '[0-9.]+ ms per image' "$log" | tail -n 1)
+  note "diffusion $m" "$(status_word $rc) after $(( $(date +%s) - t0 )) s, ${loss:-no final loss}, $(mean_step_ms "$log") ms/step, sampling ${sampled:-none}"
 done
 
 echo "=== synthetic tasks (induction heads at the Mamba paper's sizes; in the rehearsal, fewer steps and 2^14 for 2^20)"

@@ -8,7 +8,8 @@
 #   - the model file sampled from (-e, -x 0, -G) writes one image per class
 #     in class order, prints bits/dim (-N), and writes nothing else
 # and bad flags and files: one "error:" line naming the flag or the file, and
-# nothing written. Needs train_diffusion built. Ends with "N passed, M failed".
+# nothing written (-O checked before any work: never over a file that is not
+# an images file). Needs train_diffusion built. Ends with "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 $PYTHON - "$W" <<'PY' || abort "cannot write test data"
@@ -66,6 +67,11 @@ expect "-K names no sampler" "flag -K" ./train_diffusion $data -K euler -x 1
 expect "-k out of range" "flag -k" ./train_diffusion $data -k 0 -x 1
 expect "-U out of range" "flag -U" ./train_diffusion $data -U 1.5 -x 1
 expect "-G without a place for the samples" "flag -G" ./train_diffusion $data -G 2 -x 1
+expect "-G from a model file into -o (an evaluation writes no output directory)" "flag -G" \
+  ./train_diffusion $data -e "$W/full_vit/model.bin" -x 0 -o "$W/full_vit" -G 1
+expect "-O over a model file" "not an images file" \
+  ./train_diffusion $data -e "$W/full_vit/model.bin" -x 0 -G 1 -O "$W/full_vit/model.bin"
+expect "-O in a missing directory" "flag -O" ./train_diffusion $data -G 1 -O "$W/nowhere/s.bin" -x 1
 expect "-D (no dropout)" "flag -D" ./train_diffusion $data -D 0.1 -x 1
 expect "-W (the classifiers' flag)" "flag -W" ./train_diffusion $data -W "$W/f.bin" -x 1
 $PYTHON - "$W/cls.bin" <<'PY' || abort "cannot write a classifier model file"

@@ -513,6 +513,33 @@ static int find_preset(int argc, char** argv) {
     fail("flag -S: '%s' is not a preset (seed or cpu)", name);
 }
 
+// A file a run will write (the flag that names it, its path), checked
+// before any work: it names a file, its directory exists and is writable,
+// it is not in out_dir (when given: -o, whose files are the run's), and an
+// existing file there is `what` (its first int the magic number, so the run
+// may replace it) or empty; anything else is not overwritten.
+static void check_output_file(const char* flag, const char* path, int magic, const char* what, const char* out_dir) {
+    size_t n = strlen(path);
+    if (n == 0 || path[n - 1] == '/') fail("flag %s: '%s' names no file", flag, path);
+    const char* slash = strrchr(path, '/');
+    std::string dir = !slash ? "." : slash == path ? "/" : std::string(path, slash - path);
+    struct stat d, o, f;
+    if (stat(dir.c_str(), &d) != 0) fail("flag %s: %s: no directory %s (%s)", flag, path, dir.c_str(), strerror(errno));
+    if (!S_ISDIR(d.st_mode)) fail("flag %s: %s: %s is not a directory", flag, path, dir.c_str());
+    if (access(dir.c_str(), W_OK) != 0) fail("flag %s: %s: cannot write in %s (%s)", flag, path, dir.c_str(), strerror(errno));
+    if (out_dir && stat(out_dir, &o) == 0 && o.st_dev == d.st_dev && o.st_ino == d.st_ino)
+        fail("flag %s: %s is in the output directory %s (-o), which holds the run's files; name a path outside it", flag,
+             path, out_dir);
+    if (stat(path, &f) != 0) return;
+    if (S_ISDIR(f.st_mode)) fail("flag %s: %s is a directory; name a file", flag, path);
+    int first = 0;
+    FILE* fp = fopen(path, "rb");
+    bool same_kind = S_ISREG(f.st_mode) && fp && fread(&first, 4, 1, fp) == 1 && first == magic;
+    if (fp) fclose(fp);
+    if (!same_kind && !(S_ISREG(f.st_mode) && f.st_size == 0))
+        fail("flag %s: %s exists and is not %s; not overwritten (remove it or name another path)", flag, path, what);
+}
+
 // A data file that is missing: one line that names it and, for the default
 // data paths, the make target that writes it.
 static void check_data_file(const char* path, const char* default_path, const char* how) {

@@ -380,34 +380,12 @@ static int vision_resume(ModelBuffers* m, const VisionTrainConfig* vc, const Ima
 #define MAGIC_FEATURES 20261207
 #define FEATURES_VERSION 1
 
-// Before any work: the file's directory exists and is writable, and is not
-// the output directory (-o, whose files are the run's); an existing PATH is
-// a features file (that the run replaces), or empty; one process only.
+// -W, before any work: check_output_file's checks (a features file, outside
+// -o); one process only.
 static void check_features_path(const VisionTrainConfig* c) {
-    const char* path = c->features_path;
-    if (!path) return;
+    if (!c->features_path) return;
     if (dist.world > 1) fail("flag -W: not under mpirun (write the features from an evaluation in one process)");
-    size_t n = strlen(path);
-    if (n == 0 || path[n - 1] == '/') fail("flag -W: '%s' names no file", path);
-    const char* slash = strrchr(path, '/');
-    std::string dir = !slash ? "." : slash == path ? "/" : std::string(path, slash - path);
-    struct stat d, o, f;
-    if (stat(dir.c_str(), &d) != 0)
-        fail("flag -W: %s: no directory %s (%s)", path, dir.c_str(), strerror(errno));
-    if (!S_ISDIR(d.st_mode)) fail("flag -W: %s: %s is not a directory", path, dir.c_str());
-    if (access(dir.c_str(), W_OK) != 0)
-        fail("flag -W: %s: cannot write in %s (%s)", path, dir.c_str(), strerror(errno));
-    if (c->out_dir && stat(c->out_dir, &o) == 0 && o.st_dev == d.st_dev && o.st_ino == d.st_ino)
-        fail("flag -W: %s is in the output directory %s (-o), which holds the run's files; name a path outside it", path,
-             c->out_dir);
-    if (stat(path, &f) != 0) return;
-    if (S_ISDIR(f.st_mode)) fail("flag -W: %s is a directory; name a file", path);
-    int magic = 0;
-    FILE* fp = fopen(path, "rb");
-    bool features = S_ISREG(f.st_mode) && fp && fread(&magic, 4, 1, fp) == 1 && magic == MAGIC_FEATURES;
-    if (fp) fclose(fp);
-    if (!features && !(S_ISREG(f.st_mode) && f.st_size == 0))
-        fail("flag -W: %s exists and is not a features file; not overwritten (remove it or name another path)", path);
+    check_output_file("-W", c->features_path, MAGIC_FEATURES, "a features file", c->out_dir);
 }
 
 // features: N rows of D floats (host)
@@ -421,6 +399,74 @@ static void write_features(const char* path, const std::vector<float>& features,
     fwrite_or_fail(features.data(), features.size() * sizeof(float), f, tmp.c_str());
     write_atomically_end(path, tmp, f);
     printf("features: %ld test images x %d (pooled) written to %s\n", N, D, path);
+}
+
+// ----------------------------------------------------------------------------
+// What a vision training loop keeps from step to step (vision_run's, and
+// train_diffusion's): the batches, the step runner, the log, the times.
+
+typedef struct {
+    VisionBatcher vb;
+    StepRunner runner;
+    Logger logger;
+    std::vector<int> labels;   // the step's labels (host)
+    const float* step_images;  // where the training batches are (the captured step reads them there)
+    double run_start, train_seconds;
+} VisionLoop;
+
+static void vision_loop_begin(VisionLoop* L, ModelBuffers* m, const char* out_dir, int start_step, int B,
+                              const ImageData* train) {
+    logger_open(&L->logger, out_dir, start_step);
+    vision_batcher_init(&L->vb, m->batch_size, image_shape_of(train));
+    step_runner_init(&L->runner, m);
+    L->labels.assign(B, 0);
+    L->step_images = nullptr;
+    L->run_start = host_clock();
+    L->train_seconds = 0.0;
+}
+
+// One training step at `step` (0-based): the batch (vision_train_batch:
+// shuffled per epoch, augmented on the device) and its labels, then
+// stage(labels), which puts the model's other inputs on the device
+// (outside the captured step), then forward_backward(images) and the update
+// (step_run); a step line every -s steps and a log line. Returns the step's
+// seconds; m->mean_loss holds its loss.
+template <typename Stage, typename ForwardBackward>
+static double vision_loop_step(VisionLoop* L, ModelBuffers* m, const VisionTrainConfig* vc, const AdamWConfig* opt,
+                               const ImageData* train, uint64_t seed, int step, int start_step, int max_steps,
+                               Rng* aug_rng, const char* out_dir, Stage stage, ForwardBackward forward_backward) {
+    NVTX_RANGE("step");
+    int G = vc->B * dist.world, steps_per_epoch = train->count / G;
+    double t0 = host_clock();
+    step_profile_begin();
+    const float* images = vision_train_batch(&L->vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, aug_rng,
+                                             L->labels.data());
+    if (L->step_images && images != L->step_images) fail("the training batch moved between buffers");
+    L->step_images = images;  // the same buffer every step: which one follows from the augmentation's settings
+    stage(L->labels.data());
+    m->in_train_step = 1;  // the inputs are on the device; no round trip to the host until step_run's one copy
+    float lr = learning_rate(opt->lr, step, vc->warmup, max_steps, vc->final_frac);
+    float norm = step_run(&L->runner, m, opt, lr, step + 1, [&]() { forward_backward(images); });
+    m->in_train_step = 0;
+    check_finite(out_dir, step + 1, m->mean_loss, norm);
+    step_profile_end(step + 1);
+    double seconds = host_clock() - t0;
+    L->train_seconds += seconds;
+    if (vc->print_every > 0 && (step + 1) % vc->print_every == 0)
+        print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, G, "images/s", L->train_seconds);
+    log_train(&L->logger, step + 1, m->mean_loss, lr, norm, "images_per_s", G / seconds, host_clock() - L->run_start);
+    return seconds;
+}
+
+// after the last step: the final model file in out_dir (and the older checkpoints pruned)
+static void vision_loop_end(VisionLoop* L, ModelBuffers* m, const char* out_dir, int max_steps) {
+    step_runner_free(&L->runner, m);
+    logger_close(&L->logger);
+    if (out_dir) {
+        save_model_file(m, out_dir, max_steps);
+        checkpoint_prune(out_dir, 3, std::vector<int>());  // the run ended well: the ones it found may go too
+    }
+    vision_batcher_free(&L->vb);
 }
 
 // ----------------------------------------------------------------------------
@@ -515,15 +561,9 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
            vc->aug.flip, vc->aug.crop_pad, vc->aug.rotate_deg, vc->aug.erase_p, vc->aug.perspective_p, train->count,
            test->count);
 
-    Logger logger;
-    logger_open(&logger, out_dir, start_step);
-    VisionBatcher vb;
-    vision_batcher_init(&vb, m->batch_size, image_shape_of(train));
-    StepRunner runner;
-    step_runner_init(&runner, m);
-    const float* step_images = nullptr;  // where the training batches are (the captured step reads them there)
-    std::vector<int> labels(vc->B);
-    double run_start = host_clock(), train_seconds = 0.0, window_seconds = 0.0, window_loss = 0.0;
+    VisionLoop L;
+    vision_loop_begin(&L, m, out_dir, start_step, vc->B, train);
+    double window_seconds = 0.0, window_loss = 0.0;
     int window_steps = 0;
     float test_loss = NAN, test_acc = NAN;
     for (int step = start_step; step <= max_steps; step++) {
@@ -532,13 +572,13 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
         if ((eval_interval > 0 && step > 0 && step % eval_interval == 0) || last) {
             std::vector<float> features;  // the final evaluation's, with -W
             bool keep = last && vc->features_path;
-            vision_evaluate(model, &vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc,
+            vision_evaluate(model, &L.vb, test, vc->eval_B, vc->eval_batches, &test_loss, &test_acc,
                             keep ? &features : nullptr);
             print_epoch(step, steps_per_epoch, epochs, window_steps ? (float)(window_loss / window_steps) : NAN,
                         test_loss, test_acc, window_steps ? window_steps * G / window_seconds : NAN,
-                        host_clock() - run_start);
+                        host_clock() - L.run_start);
             if (keep) write_features(vc->features_path, features, model->config.channels);
-            log_test(&logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - run_start);
+            log_test(&L.logger, step, (double)step / steps_per_epoch, test_loss, test_acc, host_clock() - L.run_start);
             window_seconds = window_loss = 0.0;
             window_steps = 0;
         }
@@ -546,41 +586,17 @@ template <typename M> static int vision_run(M* model, VisionTrainConfig* vc, con
             save_checkpoint(m, out_dir, step, aug_rng.state, seed, G, T, (int)seed, train->count,
                             found_steps);  // (every rank: out_dir is rank 0's)
         if (last) break;
-
-        NVTX_RANGE("step");
-        double t0 = host_clock();
-        step_profile_begin();
-        // the batch, augmented on the device, then its labels (outside the captured step)
-        const float* images = vision_train_batch(&vb, train, &vc->aug, seed, step, steps_per_epoch, vc->B, &aug_rng,
-                                                 labels.data());
-        if (step_images && images != step_images) fail("vision_run: the training batch moved between buffers");
-        step_images = images;  // the same buffer every step: which one follows from the augmentation's settings
-        model_upload_batch(m, nullptr, 0, labels.data(), vc->B);
-        m->in_train_step = 1;  // the batch is on the device; no round trip to the host until step_run's one copy
-        float lr = learning_rate(opt.lr, step, vc->warmup, max_steps, vc->final_frac);
-        float norm = step_run(&runner, m, &opt, lr, step + 1, [&]() {
-            vision_forward(model, images, labels.data(), vc->B, step);
-            vision_backward(model, vc->B);
-        });
-        m->in_train_step = 0;
-        check_finite(out_dir, step + 1, m->mean_loss, norm);
-        step_profile_end(step + 1);
-        double seconds = host_clock() - t0;
-        train_seconds += seconds;
-        window_seconds += seconds;
+        window_seconds += vision_loop_step(
+            &L, m, vc, &opt, train, seed, step, start_step, max_steps, &aug_rng, out_dir,
+            [&](const int* labels) { model_upload_batch(m, nullptr, 0, labels, vc->B); },
+            [&](const float* images) {
+                vision_forward(model, images, L.labels.data(), vc->B, step);
+                vision_backward(model, vc->B);
+            });
         window_loss += m->mean_loss;
         window_steps++;
-        if (vc->print_every > 0 && (step + 1) % vc->print_every == 0)
-            print_step(step + 1, start_step, max_steps, m->mean_loss, lr, norm, seconds, G, "images/s", train_seconds);
-        log_train(&logger, step + 1, m->mean_loss, lr, norm, "images_per_s", G / seconds, host_clock() - run_start);
     }
-    step_runner_free(&runner, m);
-    logger_close(&logger);
-    if (out_dir) {
-        save_model_file(m, out_dir, max_steps);
-        checkpoint_prune(out_dir, 3, std::vector<int>());  // the run ended well: the ones it found may go too
-    }
-    printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - run_start);
-    vision_batcher_free(&vb);
+    vision_loop_end(&L, m, out_dir, max_steps);
+    printf("final test acc %.2f%% | test loss %f | %.1f s\n", test_acc, test_loss, host_clock() - L.run_start);
     return 0;
 }

@@ -154,14 +154,7 @@ class Denoiser(common.FlatParams):
         rows = [("patch_w", [self.patch.weight]), ("patch_b", [self.patch.bias]),
                 ("class_emb", [self.class_emb]), ("wpe", [self.wpe])]
         if self.kind == formats.KIND_DIFFUSION_VIT:
-            rows += [
-                ("ln1_w", [b.ln1.weight for b in bs]), ("ln1_b", [b.ln1.bias for b in bs]),
-                ("qkv_w", [b.attn.qkv.weight for b in bs]), ("qkv_b", [b.attn.qkv.bias for b in bs]),
-                ("attn_proj_w", [b.attn.proj.weight for b in bs]), ("attn_proj_b", [b.attn.proj.bias for b in bs]),
-                ("ln2_w", [b.ln2.weight for b in bs]), ("ln2_b", [b.ln2.bias for b in bs]),
-                ("fc_w", [b.mlp.fc.weight for b in bs]), ("fc_b", [b.mlp.fc.bias for b in bs]),
-                ("fc_proj_w", [b.mlp.fcproj.weight for b in bs]), ("fc_proj_b", [b.mlp.fcproj.bias for b in bs]),
-                ("lnf_w", [self.lnf.weight]), ("lnf_b", [self.lnf.bias])]
+            rows += vit.vit_block_tensors(bs) + [("lnf_w", [self.lnf.weight]), ("lnf_b", [self.lnf.bias])]
         elif self.kind == formats.KIND_DIFFUSION_MAMBA2:
             rows += mamba.mamba2_mixer_tensors([b.mixer for b in bs])
             rows += [("ln_w", [b.ln.weight for b in bs]), ("ln_b", [b.ln.bias for b in bs])]
@@ -169,12 +162,7 @@ class Denoiser(common.FlatParams):
             ms = [b.mixer for b in bs]
             if self.kind == formats.KIND_DIFFUSION_BIMAMBA:
                 ms += [b.mixer_rev for b in bs]
-            rows += [("in_proj_w", [m.in_proj.weight for m in ms]), ("conv_w", [m.conv_w for m in ms]),
-                     ("conv_b", [m.conv_b for m in ms]), ("x_proj_w", [m.x_proj.weight for m in ms]),
-                     ("dt_proj_w", [m.dt_proj.weight for m in ms]), ("dt_proj_b", [m.dt_proj.bias for m in ms]),
-                     ("A_log", [m.A_log for m in ms]), ("D", [m.D for m in ms]),
-                     ("out_proj_w", [m.out_proj.weight for m in ms]),
-                     ("ln_w", [b.ln.weight for b in bs]), ("ln_b", [b.ln.bias for b in bs])]
+            rows += vit.mamba_mixer_tensors(ms) + [("ln_w", [b.ln.weight for b in bs]), ("ln_b", [b.ln.bias for b in bs])]
         return rows + [("head_w", [self.head.weight]), ("head_b", [self.head.bias])]
 
 

@@ -225,22 +225,43 @@ class ViT(common.FlatParams):
         return formats.vit_param_layout(c.patch, c.K, c.L, c.H, c.C, c.F, c.image)
 
     def flat_tensors(self):
-        bs = self.blocks
         e = self.embed
         return [
             ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
             ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
             ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
             ("wpe", [self.wpe]),
-            ("ln1_w", [b.ln1.weight for b in bs]), ("ln1_b", [b.ln1.bias for b in bs]),
-            ("qkv_w", [b.attn.qkv.weight for b in bs]), ("qkv_b", [b.attn.qkv.bias for b in bs]),
-            ("attn_proj_w", [b.attn.proj.weight for b in bs]), ("attn_proj_b", [b.attn.proj.bias for b in bs]),
-            ("ln2_w", [b.ln2.weight for b in bs]), ("ln2_b", [b.ln2.bias for b in bs]),
-            ("fc_w", [b.mlp.fc.weight for b in bs]), ("fc_b", [b.mlp.fc.bias for b in bs]),
-            ("fc_proj_w", [b.mlp.fcproj.weight for b in bs]), ("fc_proj_b", [b.mlp.fcproj.bias for b in bs]),
+        ] + vit_block_tensors(self.blocks) + [
             ("lnf_w", [self.lnf.weight]), ("lnf_b", [self.lnf.bias]),
             ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
         ]
+
+
+def vit_block_tensors(bs):
+    """flat_tensors' rows of a stack of ViTBlocks (the GPT's names, one parameter per block in each)."""
+    return [
+        ("ln1_w", [b.ln1.weight for b in bs]), ("ln1_b", [b.ln1.bias for b in bs]),
+        ("qkv_w", [b.attn.qkv.weight for b in bs]), ("qkv_b", [b.attn.qkv.bias for b in bs]),
+        ("attn_proj_w", [b.attn.proj.weight for b in bs]), ("attn_proj_b", [b.attn.proj.bias for b in bs]),
+        ("ln2_w", [b.ln2.weight for b in bs]), ("ln2_b", [b.ln2.bias for b in bs]),
+        ("fc_w", [b.mlp.fc.weight for b in bs]), ("fc_b", [b.mlp.fc.bias for b in bs]),
+        ("fc_proj_w", [b.mlp.fcproj.weight for b in bs]), ("fc_proj_b", [b.mlp.fcproj.bias for b in bs]),
+    ]
+
+
+def mamba_mixer_tensors(ms):
+    """flat_tensors' rows of a stack of Mamba (Mamba-1) mixers, one parameter per mixer in each."""
+    return [
+        ("in_proj_w", [m.in_proj.weight for m in ms]),
+        ("conv_w", [m.conv_w for m in ms]),
+        ("conv_b", [m.conv_b for m in ms]),
+        ("x_proj_w", [m.x_proj.weight for m in ms]),
+        ("dt_proj_w", [m.dt_proj.weight for m in ms]),
+        ("dt_proj_b", [m.dt_proj.bias for m in ms]),
+        ("A_log", [m.A_log for m in ms]),
+        ("D", [m.D for m in ms]),
+        ("out_proj_w", [m.out_proj.weight for m in ms]),
+    ]
 
 
 class BiBlock(nn.Module):
@@ -325,15 +346,7 @@ class MambaViT(common.FlatParams):
             ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
             ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
             ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
-            ("in_proj_w", [m.in_proj.weight for m in ms]),
-            ("conv_w", [m.conv_w for m in ms]),
-            ("conv_b", [m.conv_b for m in ms]),
-            ("x_proj_w", [m.x_proj.weight for m in ms]),
-            ("dt_proj_w", [m.dt_proj.weight for m in ms]),
-            ("dt_proj_b", [m.dt_proj.bias for m in ms]),
-            ("A_log", [m.A_log for m in ms]),
-            ("D", [m.D for m in ms]),
-            ("out_proj_w", [m.out_proj.weight for m in ms]),
+        ] + mamba_mixer_tensors(ms) + [
             ("ln_w", [b.ln.weight for b in self.blocks]),
             ("ln_b", [b.ln.bias for b in self.blocks]),
             ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
