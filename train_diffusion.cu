@@ -686,7 +686,8 @@ static float diffusion_train(Diffusion* model, VisionTrainConfig* vc, const Imag
             test_loss = diffusion_evaluate(model, &L.vb, test, vc->eval_B, eval_n);
             char t[32];
             format_duration(t, sizeof(t), host_clock() - L.run_start);
-            printf("step %d (epoch %.2f): test loss %f | %s\n", step, (double)step / steps_per_epoch, test_loss, t);
+            printf("evaluation at step %d (epoch %.2f): test loss %f | %s\n", step, (double)step / steps_per_epoch,
+                   test_loss, t);
             fflush(stdout);
             log_eval(&L.logger, step, "test_loss", test_loss, host_clock() - L.run_start);
         }
