@@ -23,13 +23,18 @@ and a row without its class), or the states given as arguments. For each:
 Tolerance: 1e-4 relative, as the vision models' tests (fp32 against a
 float64 reference); the schedule's tables and coefficients 1e-6 (fp32
 rounding of float64 values); the ELBO terms 1e-5 (double on both sides,
-from fp32 inputs).
+from fp32 inputs; the decoder term 1e-3 under HOST_TF32, see ELBO_TOL).
 */
 #define TESTING
 #include "train_diffusion.cu"
 #include "llmc/testing.h"
 
 static const double TOL = tf32_tolerance(1e-4, 2e-2);  // TF32: see test_vit.cu
+// the ELBO's image terms: double on both sides from fp32 inputs, 1e-5; under
+// TF32 the decoder term reads an eps_pred whose products were rounded to
+// 2^-11 (~5e-4 relative), which moves a sum of 144 per-pixel log-probabilities
+// by up to ~1e-4 relative (measured 8.9e-5): 1e-3 there
+static const double ELBO_TOL = tf32_tolerance(1e-5, 1e-3);
 
 // the forward of one training step on the reference batch (inputs uploaded)
 static void reference_forward(Diffusion* model, const RefState& ref, const char* path, const float* images) {
@@ -114,7 +119,7 @@ static void check_elbo_terms(Tests& t, Diffusion* model, const RefState& ref, co
     }
     check_tensor(t, "ELBO prior term per image (nats)", prior.data(), ref.get("elbo_prior", path).f.data(), B, 1e-5);
     check_tensor(t, "ELBO decoder term per image, t = 1 (nats)", decoder.data(), ref.get("elbo_decoder", path).f.data(),
-                 B, 1e-5);
+                 B, ELBO_TOL);
 }
 
 static std::vector<unsigned char> read_bytes(const char* path) {
