@@ -162,7 +162,7 @@ class Denoiser(common.FlatParams):
             ms = [b.mixer for b in bs]
             if self.kind == formats.KIND_DIFFUSION_BIMAMBA:
                 ms += [b.mixer_rev for b in bs]
-            rows += vit.mamba_mixer_tensors(ms) + [("ln_w", [b.ln.weight for b in bs]), ("ln_b", [b.ln.bias for b in bs])]
+            rows += mamba.mamba_mixer_tensors(ms) + [("ln_w", [b.ln.weight for b in bs]), ("ln_b", [b.ln.bias for b in bs])]
         return rows + [("head_w", [self.head.weight]), ("head_b", [self.head.bias])]
 
 

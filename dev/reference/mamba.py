@@ -432,6 +432,18 @@ class Mamba2(nn.Module):
         return out
 
 
+# the Mamba (Mamba-1) mixer's tensors in the flat order, and where each lives in the module
+MAMBA_MIXER_TENSORS = (("in_proj_w", lambda m: m.in_proj.weight), ("conv_w", lambda m: m.conv_w),
+                       ("conv_b", lambda m: m.conv_b), ("x_proj_w", lambda m: m.x_proj.weight),
+                       ("dt_proj_w", lambda m: m.dt_proj.weight), ("dt_proj_b", lambda m: m.dt_proj.bias),
+                       ("A_log", lambda m: m.A_log), ("D", lambda m: m.D), ("out_proj_w", lambda m: m.out_proj.weight))
+
+
+def mamba_mixer_tensors(mixers):
+    """flat_tensors' rows of a stack of Mamba mixers (one parameter per mixer in each)."""
+    return [(name, [get(m) for m in mixers]) for name, get in MAMBA_MIXER_TENSORS]
+
+
 # the Mamba-2 mixer's tensors in the flat order, and where each lives in the module
 MAMBA2_MIXER_TENSORS = (("in_proj_w", lambda m: m.in_proj.weight), ("conv_w", lambda m: m.conv_w),
                         ("conv_b", lambda m: m.conv_b), ("dt_bias", lambda m: m.dt_bias), ("A_log", lambda m: m.A_log),
@@ -540,15 +552,7 @@ class MambaLM(common.FlatParams):
             ]
         return [
             ("wte", [self.wte.weight]),
-            ("in_proj_w", [m.in_proj.weight for m in ms]),
-            ("conv_w", [m.conv_w for m in ms]),
-            ("conv_b", [m.conv_b for m in ms]),
-            ("x_proj_w", [m.x_proj.weight for m in ms]),
-            ("dt_proj_w", [m.dt_proj.weight for m in ms]),
-            ("dt_proj_b", [m.dt_proj.bias for m in ms]),
-            ("A_log", [m.A_log for m in ms]),
-            ("D", [m.D for m in ms]),
-            ("out_proj_w", [m.out_proj.weight for m in ms]),
+        ] + mamba_mixer_tensors(ms) + [
             ("ln_w", [b.ln.weight for b in self.blocks]),
             ("ln_b", [b.ln.bias for b in self.blocks]),
             ("lnf_w", [self.lnf.weight]),

@@ -249,20 +249,6 @@ def vit_block_tensors(bs):
     ]
 
 
-def mamba_mixer_tensors(ms):
-    """flat_tensors' rows of a stack of Mamba (Mamba-1) mixers, one parameter per mixer in each."""
-    return [
-        ("in_proj_w", [m.in_proj.weight for m in ms]),
-        ("conv_w", [m.conv_w for m in ms]),
-        ("conv_b", [m.conv_b for m in ms]),
-        ("x_proj_w", [m.x_proj.weight for m in ms]),
-        ("dt_proj_w", [m.dt_proj.weight for m in ms]),
-        ("dt_proj_b", [m.dt_proj.bias for m in ms]),
-        ("A_log", [m.A_log for m in ms]),
-        ("D", [m.D for m in ms]),
-        ("out_proj_w", [m.out_proj.weight for m in ms]),
-    ]
-
 
 class BiBlock(nn.Module):
     """
@@ -346,7 +332,7 @@ class MambaViT(common.FlatParams):
             ("patch_ln_w", [e.ln0.weight]), ("patch_ln_b", [e.ln0.bias]),
             ("patch_w", [e.proj.weight]), ("patch_b", [e.proj.bias]),
             ("embed_ln_w", [e.ln1.weight]), ("embed_ln_b", [e.ln1.bias]),
-        ] + mamba_mixer_tensors(ms) + [
+        ] + mamba.mamba_mixer_tensors(ms) + [
             ("ln_w", [b.ln.weight for b in self.blocks]),
             ("ln_b", [b.ln.bias for b in self.blocks]),
             ("head_w", [self.head.weight]), ("head_b", [self.head.bias]),
