@@ -4,7 +4,8 @@ dev/reference/diffusion.py (make test writes them): one per denoiser,
 data/ref_diffusion_{vit,mamba,bimamba,mamba2}.bin (1 x 12 x 12 images at
 patch 2: 36 patch tokens + time + class = 38 tokens, past one 32-position
 scan chunk; 2 layers, C 32, C 16 for the Mamba-1 denoisers, 3 classes, a
-batch of 4 with t = 1, t = 1000 and a row without its class), or the states given as arguments. For each:
+batch of 4 with t = 1, t = 1000 and a row without its class), or the
+states given as arguments. For each:
   - the schedule's device tables (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t),
     the time embedding of every t) against the reference's float64 ones
   - one training forward: x_t, the patches, the tokens, every block's
