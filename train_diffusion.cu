@@ -777,15 +777,19 @@ int main(int argc, char** argv) {
                        "LCHFPM", diffusion_flag);
     print_preset(vc.preset);
     if (vc.dropout > 0.0f) fail("flag -D: train_diffusion has no dropout");
+    if ((df.per_class > 0 || df.elbo_images > 0) && dist.on)
+        fail("flags -G and -N: not under mpirun (sample and evaluate in a run of one process)");
     std::string samples_path;  // -O, or samples.bin in the output directory of a run that trains
     if (df.per_class > 0) {
-        if (dist.on) fail("flags -G and -N: not under mpirun (sample and evaluate in a run of one process)");
-        if (df.samples_path) check_output_file("-O", df.samples_path, MAGIC_IMAGES, "an images file", nullptr);
-        if (df.samples_path) samples_path = df.samples_path;
-        else if (vc.out_dir && vc.max_steps != 0) samples_path = std::string(vc.out_dir) + "/samples.bin";
-        else fail("flag -G: give the samples file with -O (or an output directory -o to a run that trains)");
+        if (df.samples_path) {
+            check_output_file("-O", df.samples_path, MAGIC_IMAGES, "an images file", nullptr);
+            samples_path = df.samples_path;
+        } else if (vc.out_dir && vc.max_steps != 0) {
+            samples_path = std::string(vc.out_dir) + "/samples.bin";
+        } else {
+            fail("flag -G: give the samples file with -O (or an output directory -o to a run that trains)");
+        }
     }
-    if (df.elbo_images > 0 && dist.on) fail("flags -G and -N: not under mpirun (sample and evaluate in a run of one process)");
     ImageData train, test;
     load_vision_data(&vc, &train, &test);
 

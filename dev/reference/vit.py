@@ -249,7 +249,6 @@ def vit_block_tensors(bs):
     ]
 
 
-
 class BiBlock(nn.Module):
     """
     The bidirectional Mamba block: two mixers of their own, the forward one
