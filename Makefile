@@ -62,7 +62,10 @@ endif
 
 HEADERS = $(wildcard llmc/*.h llmc/*.cuh llmc/host/*.h)
 PROGRAMS = train_gpt train_gpt_plus test_gpt test_gpt_plus test_backend train_mamba test_mamba test_mamba2 train_vit train_mamba_vit train_diffusion test_diffusion test_vit test_mamba_vit test_augment test_generate test_attention train_hybrid test_hybrid test_pixels
-TESTS = test_backend test_gpt test_gpt_plus test_mamba test_mamba2 test_augment test_vit test_mamba_vit test_diffusion test_generate test_attention test_hybrid test_pixels
+# longest first (under the GPU's kernel variants, where the chunked scan's warps
+# run as fibers), so that dev/run_tests.sh's programs, run one per core, end together
+TESTS = test_mamba_vit test_hybrid test_diffusion test_mamba test_vit test_generate test_gpt test_gpt_plus test_attention \
+        test_mamba2 test_backend test_pixels test_augment
 CUDA_SOURCES = $(wildcard *.cu dev/cuda/*.cu)
 
 # rebuild everything when the backend or GPU changes

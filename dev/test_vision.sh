@@ -236,14 +236,15 @@ for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
 done
 
 # The accuracy is real: the trainer's printed test accuracy and loss against PyTorch's on
-# the same 50 test images, after 100 steps (20-30% where chance is 10%) (dev/reference/interop.py eval, float64, from the trainer's
+# the same 50 test images, after 50 steps (12-20% where chance is 10%: what is tested is
+# that the two agree) (dev/reference/interop.py eval, float64, from the trainer's
 # model.bin). The counts of correct images must be equal; they may differ by one image
 # only where PyTorch finds a near tie (two largest logits within 1e-4), which the
 # trainer's float32 logits may order the other way round. Loss within 1e-4.
 for m in vit mamba_vit mamba_vit_bi mamba_vit2; do
   case $m in vit) T=train_vit; S="$vit -P 7";; mamba_vit) T=train_mamba_vit; S="$mvit -P 4";; mamba_vit2) T=train_mamba_vit; S="$mvit2 -P 4";;
     *) T=train_mamba_vit; S="$mvit -P 4 -M bi";; esac
-  line=$(./$T $G -b 8 -B 16 -v 0 -s 0 -l 1e-2 -u 10 $S -x 100 -o "$W/acc_$m" 2>&1 | grep '^final test acc')
+  line=$(./$T $G -b 8 -B 16 -v 0 -s 0 -l 1e-2 -u 10 $S -x 50 -o "$W/acc_$m" 2>&1 | grep '^final test acc')
   torch=$($PYTHON dev/reference/interop.py eval "$W/acc_$m/model.bin" --images "$W/g_test.bin" --B 16 2>&1)
   res=$(awk -v line="$line" -v torch="$torch" 'BEGIN {
     if (split(line, a, /[ %|]+/) < 7 || split(torch, b, /[ %|()\/]+/) < 10) { print "bad"; exit }

@@ -156,10 +156,14 @@ static void model_build(ModelBuffers* m, int kind, const char* const* slot_names
     m->zero = dist.on && dist.zero;
     long padded = m->shard_size * dist.world, moments = m->zero ? m->shard_size : n_params;
     float** buffers[4] = {&m->params_memory, &m->grads_memory, &m->m_memory, &m->v_memory};
+    // the four together must fit in the free memory: asked first, so that a model too large fails
+    // before any of its buffers is allocated (and, on the host, committed)
+    size_t need = (2 * padded + 2 * moments) * sizeof(float), free_bytes = 0, total_bytes = 0;
+    bool fits = cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess || need <= free_bytes;
     for (int i = 0; i < 4; i++)
-        if (cudaMalloc(buffers[i], (i < 2 ? padded : moments) * sizeof(float)) != cudaSuccess)
+        if (!fits || cudaMalloc(buffers[i], (i < 2 ? padded : moments) * sizeof(float)) != cudaSuccess)
             fail("flags -L/-C: %ld parameters need %.1f GiB with gradients and AdamW moments; allocation failed",
-                 n_params, (2.0 * padded + 2.0 * moments) * sizeof(float) / (1 << 30));
+                 n_params, need / (double)(1 << 30));
     cudaCheck(cudaMemset(m->m_memory, 0, moments * sizeof(float)));
     cudaCheck(cudaMemset(m->v_memory, 0, moments * sizeof(float)));
     if (padded > n_params) {  // the tail the collectives carry along: zeros, never written

@@ -249,20 +249,34 @@ __attribute__((access(none, 1))) inline bool host_accessible(const void* p, size
     return host_memory_kind(p, bytes) != HOST_MEMORY_DEVICE;
 }
 
+// The "device memory" an allocation of `bytes` may take: the physical memory
+// less what the process holds in cudaMalloc memory; and, when poisoning
+// commits the pages at once (as a GPU's allocation is real) and the
+// allocation is large, what the system has available now less a quarter of
+// the memory (other processes share the machine), so that it fails as on a
+// full GPU instead of the process being killed when memory runs out.
+inline size_t host_device_free(size_t bytes) {
+    size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    size_t free_bytes = physical - std::min(physical, host_allocated_bytes());
+    if (host_settings.poison && bytes > ((size_t)64 << 20)) {
+        size_t available = host_available_memory(), reserve = physical / 4;
+        if (available) free_bytes = std::min(free_bytes, available - std::min(available, reserve));
+    }
+    return free_bytes;
+}
+// free and total "device memory": host_device_free for a large allocation, the physical memory
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+    *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    *free_bytes = host_device_free(SIZE_MAX);
+    return cudaSuccess;
+}
+
 inline cudaError_t host_allocate(void** p, size_t bytes, HostMemoryKind kind) {
     *p = nullptr;
     if (cudaError_t e = host_capture_check_unsafe()) return e;
     if (bytes == 0) return cudaSuccess;
     size_t rounded = (bytes + 63) / 64 * 64;
-    size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
-    if (rounded > physical - std::min(physical, host_allocated_bytes())) return host_last_error() = cudaErrorMemoryAllocation;
-    if (host_settings.poison && rounded > ((size_t)64 << 20)) {
-        // poisoning commits the pages at once, as a GPU's allocation is real: a large one must fit in
-        // what the system has available now, less a quarter of the memory (other processes share the
-        // machine), or it fails as on a full GPU, instead of the process being killed when memory runs out
-        size_t available = host_available_memory(), reserve = physical / 4;
-        if (available && rounded + reserve > available) return host_last_error() = cudaErrorMemoryAllocation;
-    }
+    if (rounded > host_device_free(rounded)) return host_last_error() = cudaErrorMemoryAllocation;
     *p = aligned_alloc(64, rounded + 64);
     if (!*p) return host_last_error() = cudaErrorMemoryAllocation;
     *(size_t*)*p = rounded;  // the size, kept in front of the block for cudaFree
