@@ -241,10 +241,13 @@ sanitize: $(SANITIZE_PROGRAMS) $(REF_STATES)
 CUDA_CHECK_PROGRAMS = $(addprefix build/cuda-check/,$(basename $(notdir $(CUDA_SOURCES))))
 # CUDA_CHECK_ARCHS="90" checks one architecture in half the time: the sources
 # have no architecture-specific code, so the two differ only in nvcc's device
-# back end. The host code is compiled unoptimized (-O0): these binaries are
-# never run, and the optimized host build is the host backend's.
+# back end. Host and device code are compiled unoptimized (-O0, and cicc's and
+# ptxas's -O0): these binaries are never run, every stage still checks the
+# sources (the front ends, PTX, SASS and its resource limits), and the optimized
+# builds are the host backend's and the GPU machine's.
 CUDA_CHECK_ARCHS ?= 80 90
-CUDA_CHECK_COMPILE = $(NVCC) $(subst -O3,-O0,$(CUDA_FLAGS)) $(MPI_FLAGS) $(foreach a,$(CUDA_CHECK_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) -x cu
+CUDA_CHECK_COMPILE = $(NVCC) $(subst -O3,-O0,$(CUDA_FLAGS)) -Xcicc -O0 -Xptxas -O0 $(MPI_FLAGS) \
+                     $(foreach a,$(CUDA_CHECK_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) -x cu
 build/cuda-check/%: %.cu $(HEADERS)
 	@mkdir -p build/cuda-check; echo "nvcc $(addprefix sm_,$(CUDA_CHECK_ARCHS)): $<"
 	@$(CUDA_CHECK_COMPILE) $< -o $@ $(CUDA_LIBS)
