@@ -23,7 +23,9 @@ Checks train_mamba.cu and its kernels:
      state carried from chunk to chunk) against one forward over the whole
      rows, T = 64 in chunks of 16, 24 (not a divisor) and 2 (shorter than
      the conv's context), every scan variant, both models; and the scan and
-     conv with a zero initial state / context bit-identical to none.
+     conv with a zero initial state / context bit-identical to none;
+  7. the dt bias initialization at mamba_ssm's dt_min and at -U 1e-9: its
+     range and its log-uniform spread (tolerances at check_dt_init).
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -520,6 +522,32 @@ static void check_against_reference(Tests& t, const char* path) {
     check_chunked_eval(t, config, ref.get("params", path).f);
 }
 
+// The dt bias initialization (mamba_dt_bias_init) at mamba_ssm's dt_min (1e-3) and at
+// train_mamba -U 1e-9: 4096 draws; softplus of each bias lies in [dt_min, 0.1] to 1e-4
+// relative (the float inverse softplus rounds log(dt) to ~1e-6 of |log dt|, which is
+// ~2e-5 relative in dt at 1e-9), and dt is log-uniform: the share below the
+// geometric middle of the range is 1/2 within 0.04 (5 standard deviations of 4096 draws).
+static void check_dt_init(Tests& t) {
+    printf("--- dt bias initialization\n");
+    const float mins[2] = {MAMBA_DT_MIN, 1e-9f};
+    for (float dt_min : mins) {
+        Rng rng;
+        rng_seed(&rng, 42);
+        const int n = 4096;
+        double lo = 1.0, hi = 0.0, middle = sqrt((double)dt_min * 0.1);
+        int below = 0;
+        for (int i = 0; i < n; i++) {
+            double z = mamba_dt_bias_init(&rng, dt_min);
+            double dt = z > 20.0 ? z : log1p(exp(z));
+            lo = std::min(lo, dt); hi = std::max(hi, dt);
+            below += dt < middle;
+        }
+        t.check(lo >= dt_min * (1 - 1e-4) && hi <= 0.1 * (1 + 1e-4), "dt_min %g: dt in [%.3e, %.3e]", dt_min, lo, hi);
+        t.check(fabs(below / (double)n - 0.5) <= 0.04, "dt_min %g: %.4f of the draws below %.1e (log-uniform: 0.5)",
+                dt_min, below / (double)n, middle);
+    }
+}
+
 int main(int argc, char** argv) {
     const char* path = argc > 1 ? argv[1] : "data/ref_mamba.bin";
     const char* lti_path = argc > 2 ? argv[2] : "data/ref_mamba_lti.bin";
@@ -541,6 +569,7 @@ int main(int argc, char** argv) {
     }
     check_conv_gradients(t);
     check_lti_scan_gradients(t);
+    check_dt_init(t);
 
     // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
     // chunks and a bit, and two of the chunked forward's 128-step blocks (the state carried between them) and a bit

@@ -219,7 +219,7 @@ static void mamba_allocate_activations(Mamba* model, int B, int T, bool dropout)
 
 // mamba_ssm's initialization for the blocks (mamba_stack_init), PyTorch's
 // defaults elsewhere: embedding N(0, 1), head U(+-1/sqrt(C)), LayerNorm 1 and 0
-static void mamba_init_random(Mamba* model, uint64_t seed) {
+static void mamba_init_random(Mamba* model, uint64_t seed, float dt_min = MAMBA_DT_MIN) {
     MambaConfig c = model->config;
     Rng rng;
     rng_seed(&rng, seed);
@@ -228,8 +228,8 @@ static void mamba_init_random(Mamba* model, uint64_t seed) {
     point_tensors(&p, host.data(), model->buf.param_table, NUM_PARAMETER_TENSORS);
     long V = c.vocab_size, C = c.channels;
     for (long i = 0; i < V * C; i++) p.wte[i] = rng_normal(&rng);
-    if (c.mamba2) mamba2_stack_init(p.tower2, c.num_layers, dims2_of(c), &rng);
-    else mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, 1, &p.lti);
+    if (c.mamba2) mamba2_stack_init(p.tower2, c.num_layers, dims2_of(c), &rng, dt_min);
+    else mamba_stack_init(p.tower, c.num_layers, dims_of(c), &rng, 1, &p.lti, dt_min);
     for (long i = 0; i < C; i++) { p.lnf_w[i] = 1.0f; p.lnf_b[i] = 0.0f; }
     for (long i = 0; i < V * C; i++) p.head_w[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
     for (long i = 0; i < V; i++) p.head_b[i] = (2.0f * rng_uniform(&rng) - 1.0f) / sqrtf((float)C);
@@ -473,8 +473,10 @@ int main(int argc, char** argv) {
                       "              64 (-N), headdim 64, H = 2C/64 heads) (with -e: the file's unless given)\n"
                       "  -N <int>    d_state of the Mamba-2 mixer (-M 2; default 64; Mamba's is 16)\n"
                       "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
-                      "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n",
-                      "LCMdN");
+                      "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n"
+                      "  -U <float>  the smallest dt of the initialization: dt log-uniform on [U, 0.1] (mamba_ssm's\n"
+                      "              dt_min; default 0.001)\n",
+                      "LCMdNU");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
@@ -487,6 +489,7 @@ int main(int argc, char** argv) {
         mamba2 = kind == MODEL_MAMBA2;
     }
     if (tc.d_state && !mamba2) fail("flag -N: d_state is 16 in Mamba's mixer; -N sets the Mamba-2 mixer's (-M 2)");
+    if (tc.dt_min && tc.init_path) fail("flag -U: sets the random initialization, and -e starts from %s", tc.init_path);
     MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, tc.d_state ? tc.d_state : 64, 64)
                                 : mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
@@ -502,7 +505,7 @@ int main(int argc, char** argv) {
     Mamba model;
     mamba_build(&model, config);
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
-    else mamba_init_random(&model, tc.seed);
+    else mamba_init_random(&model, tc.seed, tc.dt_min ? tc.dt_min : MAMBA_DT_MIN);
     mamba_allocate_activations(&model, tc.B, tc.T, tc.dropout > 0.0f);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 

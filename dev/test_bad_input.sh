@@ -107,6 +107,12 @@ expect "-M lti with -e of a selective Mamba" "$W/mamba/model.bin" ./train_mamba 
 expect "-M selective with -e of an LTI Mamba" "$W/mamba_lti/model.bin" ./train_mamba $D $small -M selective -x 1 -e "$W/mamba_lti/model.bin"
 expect "LTI Mamba checkpoint resumed without -M lti" "ckpt_00000002.bin" ./train_mamba $D $small -L 1 -C 16 -o "$W/mamba_lti" -y 1
 expect "unknown mixer" "flag -M" ./train_mamba $D $small -M s6
+# -U, the smallest dt of the initialization: a number in (0, 0.05], the random initialization's only
+expect "-U 0" "flag -U" ./train_mamba $D $small -U 0
+expect "-U above 0.05" "flag -U" ./train_mamba $D $small -U 0.2
+expect "-U not a number" "flag -U" ./train_mamba $D $small -U small
+expect "-U with -e" "flag -U" ./train_mamba $D $small -U 1e-9 -x 1 -e "$W/mamba/model.bin"
+expect "-U to train_gpt" "-U" ./train_gpt $D $small -U 1e-9
 expect_ok "-e of an LTI Mamba without -M" "Mamba LTI" ./train_mamba $D $small -x 0 -e "$W/mamba_lti/model.bin"
 
 # the hybrid's layer pattern

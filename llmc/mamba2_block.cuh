@@ -88,10 +88,10 @@ static Mamba2StackParams mamba2_layer_params(const Mamba2StackParams& s, long l,
 
 // mamba_ssm's initialization of one stack (host memory): in_proj, out_proj
 // U(+-1/sqrt(fan_in)); conv weight and bias U(+-1/2) (fan_in 4); dt_bias the
-// inverse softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4; A_log
-// = log U(1, 16); D = 1; norm_w = 1; LayerNorm 1 and 0. Each tensor drawn
-// over all layers in flat order.
-static void mamba2_stack_init(const Mamba2StackParams& p, int L, Mamba2Dims d, Rng* rng) {
+// inverse softplus of dt ~ exp(U(log dt_min, log 1e-1)) (mamba_dt_bias_init);
+// A_log = log U(1, 16); D = 1; norm_w = 1; LayerNorm 1 and 0. Each tensor
+// drawn over all layers in flat order.
+static void mamba2_stack_init(const Mamba2StackParams& p, int L, Mamba2Dims d, Rng* rng, float dt_min = MAMBA_DT_MIN) {
     long C = d.C, E = d.E, H = d.H, X = mamba2_xbc_width(d), W = mamba2_in_width(d);
     auto uniform = [&](float* x, long n, float lo, float hi) {
         for (long i = 0; i < n; i++) x[i] = lo + rng_uniform(rng) * (hi - lo);
@@ -100,7 +100,7 @@ static void mamba2_stack_init(const Mamba2StackParams& p, int L, Mamba2Dims d, R
     uniform(p.in_proj_w, L * W * C, -bc, bc);
     uniform(p.conv_w, L * X * CONV_K, -bk, bk);
     uniform(p.conv_b, L * X, -bk, bk);
-    for (long i = 0; i < L * H; i++) p.dt_bias[i] = mamba_dt_bias_init(rng);
+    for (long i = 0; i < L * H; i++) p.dt_bias[i] = mamba_dt_bias_init(rng, dt_min);
     uniform(p.A_log, L * H, 1.0f, 16.0f);
     for (long i = 0; i < L * H; i++) { p.A_log[i] = logf(p.A_log[i]); p.D[i] = 1.0f; }
     for (long i = 0; i < L * E; i++) p.norm_w[i] = 1.0f;

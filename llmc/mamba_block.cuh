@@ -144,24 +144,26 @@ static MambaLtiParams mamba_lti_layer_params(const MambaLtiParams& s, int l, Mam
     return p;
 }
 
-// the inverse softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4 (mamba_ssm's dt bias)
-static float mamba_dt_bias_init(Rng* rng) {
-    float dt = expf(logf(1e-3f) + rng_uniform(rng) * (logf(1e-1f) - logf(1e-3f)));
-    dt = fmaxf(dt, 1e-4f);
+// the inverse softplus of dt ~ exp(U(log dt_min, log 1e-1)) floored at min(1e-4, dt_min)
+// (mamba_ssm's dt bias; its dt_min is 1e-3 unless asked otherwise)
+static const float MAMBA_DT_MIN = 1e-3f;
+static float mamba_dt_bias_init(Rng* rng, float dt_min = MAMBA_DT_MIN) {
+    float dt = expf(logf(dt_min) + rng_uniform(rng) * (logf(1e-1f) - logf(dt_min)));
+    dt = fmaxf(dt, fminf(1e-4f, dt_min));
     return dt + logf(-expm1f(-dt));
 }
 
 // mamba_ssm's initialization of one stack (host memory, pointers into a host
 // copy of the parameters): Linear and conv weights U(+-1/sqrt(fan_in)), conv
 // bias likewise; dt_proj weight U(+-R^-0.5); dt_proj bias the inverse
-// softplus of dt ~ exp(U(log 1e-3, log 1e-1)) floored at 1e-4; A_log =
+// softplus of dt ~ exp(U(log dt_min, log 1e-1)) (mamba_dt_bias_init); A_log =
 // log(1..N); D = 1; LayerNorm weight 1, bias 0. Each tensor drawn over all
 // its mixers (mixers per layer, as mamba_stack_param_table), in flat order.
 // The LTI ablation (d.lti, lti non-null) draws no x_proj or dt_proj; its
 // dt_bias is drawn where dt_proj's bias would be, then B_lti = 1 (S4D's B)
 // and C_lti ~ N(0, 1/N) after the rest of the stack.
 static void mamba_stack_init(const MambaStackParams& p, int L, MambaDims d, Rng* rng, int mixers = 1,
-                             const MambaLtiParams* lti = nullptr) {
+                             const MambaLtiParams* lti = nullptr, float dt_min = MAMBA_DT_MIN) {
     if (d.lti && (!lti || mixers != 1)) fail("mamba_stack_init: the LTI ablation needs its parameters and one mixer per layer");
     long C = d.C, E = d.E, N = d.N, R = d.lti ? 0 : d.R, X = mamba_x_dbl_width(d), M = (long)mixers * L;
     auto uniform = [&](float* x, long n, float bound) {
@@ -174,7 +176,7 @@ static void mamba_stack_init(const MambaStackParams& p, int L, MambaDims d, Rng*
     uniform(p.dt_proj_w, M * E * R, 1.0f / sqrtf((float)(R ? R : 1)));
     float* dt_bias = d.lti ? lti->dt_bias : p.dt_proj_b;
     for (long i = 0; i < M * E; i++) {
-        dt_bias[i] = mamba_dt_bias_init(rng);
+        dt_bias[i] = mamba_dt_bias_init(rng, dt_min);
         p.D[i] = 1.0f;
     }
     for (long i = 0; i < M * E * N; i++) p.A_log[i] = logf((float)(i % N + 1));

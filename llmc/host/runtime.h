@@ -255,19 +255,21 @@ __attribute__((access(none, 1))) inline bool host_accessible(const void* p, size
 // allocation is large, what the system has available now less a quarter of
 // the memory (other processes share the machine), so that it fails as on a
 // full GPU instead of the process being killed when memory runs out.
+static const size_t HOST_LARGE_ALLOCATION = (size_t)64 << 20;
 inline size_t host_device_free(size_t bytes) {
     size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     size_t free_bytes = physical - std::min(physical, host_allocated_bytes());
-    if (host_settings.poison && bytes > ((size_t)64 << 20)) {
+    if (host_settings.poison && bytes > HOST_LARGE_ALLOCATION) {
         size_t available = host_available_memory(), reserve = physical / 4;
         if (available) free_bytes = std::min(free_bytes, available - std::min(available, reserve));
     }
     return free_bytes;
 }
-// free and total "device memory": host_device_free for a large allocation, the physical memory
+// free and total "device memory": what a large allocation may take, but at least what one of
+// HOST_LARGE_ALLOCATION bytes may (smaller ones are not held to the available memory); the physical memory
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
-    *free_bytes = host_device_free(SIZE_MAX);
+    *free_bytes = std::max(host_device_free(SIZE_MAX), std::min(host_device_free(0), HOST_LARGE_ALLOCATION));
     return cudaSuccess;
 }
 
