@@ -180,6 +180,8 @@ inline cudaError_t cudaDeviceSynchronize() {
 }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+// the machine's physical memory: the host's "device memory" (its totalGlobalMem)
+inline size_t host_physical_memory() { return (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE); }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     memset(p, 0, sizeof(*p));
     snprintf(p->name, sizeof(p->name), "host CPU (%d OpenMP threads)", omp_get_max_threads());
@@ -188,7 +190,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     p->maxThreadsPerBlock = 1024; p->warpSize = 32;
     p->sharedMemPerBlock = 48 * 1024;
     p->sharedMemPerBlockOptin = HOST_MAX_SHARED;
-    p->totalGlobalMem = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    p->totalGlobalMem = host_physical_memory();
     return cudaSuccess;
 }
 // "Device" memory is host memory, capped at the machine's physical memory as a
@@ -257,7 +259,7 @@ __attribute__((access(none, 1))) inline bool host_accessible(const void* p, size
 // full GPU instead of the process being killed when memory runs out.
 static const size_t HOST_LARGE_ALLOCATION = (size_t)64 << 20;
 inline size_t host_device_free(size_t bytes) {
-    size_t physical = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    size_t physical = host_physical_memory();
     size_t free_bytes = physical - std::min(physical, host_allocated_bytes());
     if (host_settings.poison && bytes > HOST_LARGE_ALLOCATION) {
         size_t available = host_available_memory(), reserve = physical / 4;
@@ -268,7 +270,7 @@ inline size_t host_device_free(size_t bytes) {
 // free and total "device memory": what a large allocation may take, but at least what one of
 // HOST_LARGE_ALLOCATION bytes may (smaller ones are not held to the available memory); the physical memory
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-    *total_bytes = (size_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    *total_bytes = host_physical_memory();
     *free_bytes = std::max(host_device_free(SIZE_MAX), std::min(host_device_free(0), HOST_LARGE_ALLOCATION));
     return cudaSuccess;
 }
