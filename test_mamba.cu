@@ -25,7 +25,11 @@ Checks train_mamba.cu and its kernels:
      the conv's context), every scan variant, both models; and the scan and
      conv with a zero initial state / context bit-identical to none;
   7. the dt bias initialization at mamba_ssm's dt_min and at -U 1e-9: its
-     range and its log-uniform spread (tolerances at check_dt_init).
+     range and its log-uniform spread (tolerances at check_dt_init);
+  8. both scans from an initial state h0 (training from passed states, -R):
+     finite differences with h0 held fixed, every variant, and h0's part of
+     the gradients; the backward with h0 = zeros bit-identical to none; the
+     whole model's training step from passed states (check_passed_states).
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -66,6 +70,7 @@ static const double GEN_TOL = tf32_tolerance(1e-5, 2e-2);  // TF32 as TOL
 struct ScanProblem {
     int B, T, E, N, R;
     std::vector<float> u, dt_pre, x_dbl, A_log, D, xz, dt_bias, w;  // w: weights of the scalar loss
+    std::vector<float> h0;  // (B,E,N) the initial state of both passes; empty: none (zeros)
 };
 
 struct ScanResult {
@@ -90,19 +95,21 @@ static ScanProblem make_scan_problem(int B, int T, int E, int N, int R, uint64_t
 }
 
 // forward (softplus, scan, gating) and, with backward, every input gradient of
-// loss = sum(gated * w)
-static ScanResult run_scan(const ScanProblem& p, bool backward) {
+// loss = sum(gated * w); backward_h0 false: the backward is not told the
+// initial state (to measure its share of the gradients)
+static ScanResult run_scan(const ScanProblem& p, bool backward, bool backward_h0 = true) {
     int B = p.B, T = p.T, E = p.E, N = p.N, R = p.R;
     long BT = (long)B * T;
     float *u = vector_to_device(p.u), *dt = vector_to_device(p.dt_pre), *x_dbl = vector_to_device(p.x_dbl);
     float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D), *xz = vector_to_device(p.xz);
     float* bias = vector_to_device(p.dt_bias);
+    float* h0 = p.h0.empty() ? nullptr : vector_to_device(p.h0);
     float *y, *gated, *states;
     cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
     cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
     cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
     dt_softplus(dt, bias, (int)BT, E);
-    selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N);
+    selective_scan_forward(y, gated, states, u, dt, x_dbl, R, A_log, D, xz, B, T, E, N, h0);
     ScanResult r;
     r.y = device_to_vector(y, BT * E);
     r.gated = device_to_vector(gated, BT * E);
@@ -124,7 +131,7 @@ static ScanResult run_scan(const ScanProblem& p, bool backward) {
         cudaCheck(cudaMemset(dA_log, 0, (long)E * N * sizeof(float)));
         cudaCheck(cudaMemset(dD, 0, E * sizeof(float)));
         selective_scan_backward(du, ddt, dxz, dx_dbl, dA_log, dD, scratch, dgated, y, u, dt, x_dbl, R, A_log, D,
-                                xz, states, B, T, E, N);
+                                xz, states, B, T, E, N, backward_h0 ? h0 : nullptr);
         r.du = device_to_vector(du, BT * E);
         r.ddt = device_to_vector(ddt, BT * E);
         r.dxz = device_to_vector(dxz, BT * 2 * E);
@@ -133,7 +140,7 @@ static ScanResult run_scan(const ScanProblem& p, bool backward) {
         r.dD = device_to_vector(dD, E);
         for (float* q : {du, ddt, dxz, dx_dbl, dA_log, dD, scratch, dgated}) cudaFree(q);
     }
-    for (float* q : {u, dt, x_dbl, A_log, D, xz, bias, y, gated, states}) cudaFree(q);
+    for (float* q : {u, dt, x_dbl, A_log, D, xz, bias, h0, y, gated, states}) cudaFree(q);
     return r;
 }
 
@@ -162,7 +169,8 @@ static void fd_check(Tests& t, const char* what, ScanProblem p, std::vector<floa
 }
 
 static void check_scan_gradients(Tests& t, const ScanProblem& p, const char* variant) {
-    printf("--- selective scan, %s, B %d T %d E %d N %d R %d\n", variant, p.B, p.T, p.E, p.N, p.R);
+    printf("--- selective scan, %s, B %d T %d E %d N %d R %d%s\n", variant, p.B, p.T, p.E, p.N, p.R,
+           p.h0.empty() ? "" : ", from an initial state h0");
     ScanResult r = run_scan(p, true);
     long BT = (long)p.B * p.T;
     int X = p.R + 2 * p.N;
@@ -260,6 +268,7 @@ static void check_conv_gradients(Tests& t) {
 struct LtiProblem {
     int B, T, E, N;
     std::vector<float> u, xz, dt_bias, B_lti, C_lti, A_log, D, w;
+    std::vector<float> h0;  // (B,E,N) the initial state of both passes; empty: none (zeros)
 };
 
 // the loss and, with grads, [du | dz (the z half of dxz) | dA_log | dB_lti | dC_lti | ddt_bias | dD]
@@ -269,11 +278,12 @@ static double lti_scan_loss(const LtiProblem& p, std::vector<float>* grads) {
     float *u = vector_to_device(p.u), *xz = vector_to_device(p.xz), *dt_bias = vector_to_device(p.dt_bias);
     float *B_lti = vector_to_device(p.B_lti), *C_lti = vector_to_device(p.C_lti);
     float *A_log = vector_to_device(p.A_log), *D = vector_to_device(p.D);
+    float* h0 = p.h0.empty() ? nullptr : vector_to_device(p.h0);
     float *y, *gated, *states;
     cudaCheck(cudaMalloc(&y, BT * E * sizeof(float)));
     cudaCheck(cudaMalloc(&gated, BT * E * sizeof(float)));
     cudaCheck(cudaMalloc(&states, scan_states_size(B, T, E, N) * sizeof(float)));
-    selective_scan_lti_forward(y, gated, states, u, dt_bias, B_lti, C_lti, A_log, D, xz, B, T, E, N);
+    selective_scan_lti_forward(y, gated, states, u, dt_bias, B_lti, C_lti, A_log, D, xz, B, T, E, N, h0);
     std::vector<float> hg = device_to_vector(gated, BT * E);
     double loss = 0.0;
     for (long i = 0; i < BT * E; i++) loss += (double)hg[i] * p.w[i];
@@ -285,7 +295,7 @@ static double lti_scan_loss(const LtiProblem& p, std::vector<float>* grads) {
         cudaCheck(cudaMalloc(&du, BT * E * sizeof(float)));
         cudaCheck(cudaMalloc(&scratch, scan_lti_scratch_size(B, E, N) * sizeof(float)));
         selective_scan_lti_backward(du, dxz, dA, dB, dC, ddt, dD, scratch, dgated, y, u, dt_bias, B_lti, C_lti, A_log,
-                                    D, xz, states, B, T, E, N);
+                                    D, xz, states, B, T, E, N, h0);
         grads->clear();
         auto append = [&](const float* d, long n) {
             std::vector<float> h = device_to_vector(d, n);
@@ -301,13 +311,14 @@ static double lti_scan_loss(const LtiProblem& p, std::vector<float>* grads) {
         append(dD, E);
         for (float* q : {dgated, du, scratch, dxz, dA, dB, dC, ddt, dD}) cudaFree(q);
     }
-    for (float* q : {u, xz, dt_bias, B_lti, C_lti, A_log, D, y, gated, states}) cudaFree(q);
+    for (float* q : {u, xz, dt_bias, B_lti, C_lti, A_log, D, h0, y, gated, states}) cudaFree(q);
     return loss;
 }
 
-// central differences along random directions of each input, as fd_check
-static void check_lti_scan_gradients(Tests& t) {
-    uint64_t rng = 31;
+// central differences along random directions of each input, as fd_check;
+// with_h0: both passes start from a random initial state
+static void check_lti_scan_gradients(Tests& t, bool with_h0) {
+    uint64_t rng = with_h0 ? 32 : 31;
     LtiProblem p = {2, 45, 11, 16};
     long BT = (long)p.B * p.T, E = p.E, N = p.N;
     p.u = random_vector(BT * E, -1.0f, 1.0f, &rng);
@@ -318,7 +329,9 @@ static void check_lti_scan_gradients(Tests& t) {
     p.A_log = random_vector(E * N, -0.5f, 1.5f, &rng);
     p.D = random_vector(E, 0.5f, 1.5f, &rng);
     p.w = random_vector(BT * E, -1.0f, 1.0f, &rng);
-    printf("--- time-invariant scan (-M lti), B %d T %d E %d N %d\n", p.B, p.T, p.E, p.N);
+    if (with_h0) p.h0 = random_vector(p.B * E * N, -1.5f, 1.5f, &rng);
+    printf("--- time-invariant scan (-M lti), B %d T %d E %d N %d%s\n", p.B, p.T, p.E, p.N,
+           with_h0 ? ", from an initial state h0" : "");
     std::vector<float> grads;
     lti_scan_loss(p, &grads);
     struct { const char* name; std::vector<float>* x; bool z_half; } inputs[] = {
@@ -413,8 +426,148 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     model_free(&model.buf);
 }
 
+// Training from passed states (-R), the whole model (lm_forward and
+// lm_backward, the training loop's hooks), B 2 T 40, L 2 C 32, both mixers:
+//   - from zero states, the loss and gradients are bit-identical to a
+//     training step without -R;
+//   - from random states H: lm_forward keeps H as the batch's initial states
+//     (passed[0], bit-identical) and leaves in passed[1] the states after the
+//     rows, which equal the final states of a chunked evaluation's carry
+//     started from H (CHUNK_TOL); lm_backward's gradients of every layer's
+//     A_log and dt bias (selective: dt_proj_b; LTI: dt_bias), the parameters
+//     the initial state enters, against central differences of the loss with
+//     H held fixed (FD_TOL). The mean loss's fp32 rounding (~2e-7) would be
+//     ~1e-2 of a slope along random signs (~1e-3 here), so the direction
+//     follows the gradient's signs with random magnitudes (slopes ~30x
+//     larger), and eps is 3e-2 (its O(eps^2) error measured below 1e-4);
+//   - H's part of those gradients (a backward not told H against one that
+//     is) is far above FD_TOL, so that those checks see a backward that
+//     ignored H.
+static void check_passed_states(Tests& t, int lti) {
+    const int B = 2, T = 40, V = 16;
+    MambaConfig c = mamba_config(V, 2, 32, 16, lti);
+    MambaDims d = dims_of(c);
+    printf("--- training from passed states (-R)%s, B %d T %d L %d C %d\n", lti ? ", LTI" : "", B, T, c.num_layers,
+           c.channels);
+    Mamba model;
+    mamba_build(&model, c);
+    mamba_init_random(&model, 99);
+    mamba_allocate_activations(&model, B, T, false);
+    uint64_t rng = 777;
+    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
+    for (int& x : inputs) x = (int)(random_uniform(&rng) * V) % V;
+    for (int& x : targets) x = (int)(random_uniform(&rng) * V) % V;
+    long n_params = model.buf.num_parameters, n_states = (long)c.num_layers * B * d.E * d.N;
+    auto grads = [&]() { return device_to_vector(model.buf.grads_memory, n_params); };
+    auto step = [&]() {  // a training step's forward and backward (no update), as lm_run's
+        lm_forward(&model, inputs.data(), targets.data(), B, T, 0);
+        lm_backward(&model, B, T);
+        return model.buf.mean_loss;
+    };
+    float loss_plain = step();
+    std::vector<float> g_plain = grads();
+
+    mamba_allocate_passed_states(&model, B);
+    float* from = passed_states(&model, 1, 0);  // where the next training forward starts from
+    float loss_zero = step();
+    std::vector<float> g_zero = grads();
+    long diff = 0;
+    for (long i = 0; i < n_params; i++) diff += g_zero[i] != g_plain[i];
+    t.check(loss_zero == loss_plain && diff == 0, "from zero states: loss %.7f vs %.7f, %ld of %ld gradients differ "
+            "(bit-identical wanted)", loss_zero, loss_plain, diff, n_params);
+
+    std::vector<float> H = random_vector(n_states, -1.0f, 1.0f, &rng);
+    upload(from, H);
+    step();
+    std::vector<float> g = grads();
+    std::vector<float> kept = device_to_vector(passed_states(&model, 0, 0), n_states), after = device_to_vector(from, n_states);
+    diff = 0;
+    for (long i = 0; i < n_states; i++) diff += kept[i] != H[i];
+    t.check(diff == 0, "the batch's initial states kept for the backward: %ld of %ld differ from H", diff, n_states);
+    {  // a chunked evaluation's carry from H: the conv context cleared, the SSM states H
+        MambaStepState carried;
+        mamba_step_state_alloc(&carried, c.num_layers, B, d);
+        for (int l = 0; l < c.num_layers; l++)
+            upload(mamba_ssm_state(&carried, l), std::vector<float>(H.begin() + (long)l * B * d.E * d.N,
+                                                                    H.begin() + (long)(l + 1) * B * d.E * d.N));
+        std::vector<MambaCarry> carries = layer_carries(&model, &carried, nullptr);
+        mamba_forward(&model, inputs.data(), targets.data(), B, T, -1, carries.data());
+        std::vector<float> want;
+        for (int l = 0; l < c.num_layers; l++) {
+            std::vector<float> s = device_to_vector(mamba_ssm_state(&carried, l), (long)B * d.E * d.N);
+            want.insert(want.end(), s.begin(), s.end());
+        }
+        check_tensor(t, "states after the rows vs a carried forward's", after.data(), want.data(), n_states, CHUNK_TOL);
+        mamba_step_state_free(&carried);
+    }
+    upload(from, H);  // H's part: the same forward, a backward not told H
+    lm_forward(&model, inputs.data(), targets.data(), B, T, 0);
+    model.passed_forward = 0;
+    mamba_backward(&model, B, T);
+    std::vector<float> g_untold = grads();
+
+    std::vector<float> params = device_to_vector(model.buf.params_memory, n_params);
+    const float* dt_param = lti ? model.params.lti.dt_bias : model.params.tower.dt_proj_b;
+    struct { const char* name; const float* tensor; long n; } checked[2] = {
+        {"A_log", model.params.tower.A_log, (long)c.num_layers * d.E * d.N},
+        {lti ? "dt_bias" : "dt_proj_b", dt_param, (long)c.num_layers * d.E}};
+    for (auto& k : checked) {
+        long off = k.tensor - model.buf.params_memory;
+        std::vector<float> v(k.n);
+        double analytic = 0.0;
+        for (long i = 0; i < k.n; i++) {  // along the gradient's signs, random magnitudes (see above)
+            v[i] = (g[off + i] < 0.0f ? -1.0f : 1.0f) * (0.5f + 0.5f * random_uniform(&rng));
+            analytic += (double)g[off + i] * v[i];
+        }
+        auto loss_at = [&](float sign) {
+            std::vector<float> q = params;
+            for (long i = 0; i < k.n; i++) q[off + i] += sign * 3e-2f * v[i];
+            load_params(&model.buf, q);
+            upload(from, H);
+            lm_forward(&model, inputs.data(), targets.data(), B, T, 0);
+            return (double)model.buf.mean_loss;
+        };
+        double numeric = (loss_at(1.0f) - loss_at(-1.0f)) / 6e-2;
+        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+        t.check(rel <= FD_TOL, "finite difference d/d%-9s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                k.name, numeric, analytic, rel, FD_TOL);
+        double part = tensor_error(g_untold.data() + off, g.data() + off, k.n).rel;
+        t.check(part > 50 * FD_TOL, "H's part of d/d%s (relative): %.3f (above 50x the tolerance, %.1f)", k.name, part,
+                50 * FD_TOL);
+        load_params(&model.buf, params);
+    }
+    cudaCheck(cudaFree(model.passed));
+    model_free(&model.buf);
+}
+
+// Both scan passes from an initial state h0 (training from passed states,
+// -R): finite differences of every input with h0 held fixed, every variant;
+// then h0's part of the gradients, a backward told h0 against one that is
+// not (the same forward), which must be far above the finite-difference
+// tolerance for those checks to see a backward that ignored h0.
+static void check_scan_initial_state(Tests& t) {
+    ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 2026);
+    uint64_t rng = 5;
+    p.h0 = random_vector((long)p.B * p.E * p.N, -1.5f, 1.5f, &rng);
+    bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
+    const char* variants[3] = {"sequential", "sequential vectorized", "chunked parallel"};
+    for (int v = 0; v < 3; v++) {
+        kernel_choices.scan_chunked = v == 2;
+        kernel_choices.scan_vec = v == 1;
+        check_scan_gradients(t, p, variants[v]);
+        ScanResult told = run_scan(p, true), untold = run_scan(p, true, false);
+        double part_A = tensor_error(untold.dA_log.data(), told.dA_log.data(), (long)told.dA_log.size()).rel;
+        double part_dt = tensor_error(untold.ddt.data(), told.ddt.data(), (long)told.ddt.size()).rel;
+        t.check(part_A > 50 * FD_TOL && part_dt > 50 * FD_TOL,
+                "[%s] h0's part of the gradients (relative): dA_log %.3f, ddt %.3f (above 50x the tolerance, %.1f)",
+                variants[v], part_A, part_dt, 50 * FD_TOL);
+    }
+    kernel_choices.scan_chunked = default_chunked;
+    kernel_choices.scan_vec = default_vec;
+}
+
 // the scan with h0 = zeros and the conv with a zero context give the same
-// bits as without them (null), every scan variant
+// bits as without them (null), every scan variant, forward and backward
 static void check_zero_state_identical(Tests& t) {
     ScanProblem p = make_scan_problem(2, 45, 11, 16, 3, 77);
     int B = p.B, T = p.T, E = p.E, N = p.N, R = p.R;
@@ -445,6 +598,15 @@ static void check_zero_state_identical(Tests& t) {
         for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
         t.check(diff == 0, "[%s] scan with h0 = zeros vs none: %ld of %zu values differ (bit-identical wanted)",
                 variants[v], diff, out[0].size());
+        ScanProblem pz = p;
+        pz.h0 = zeros_state;
+        ScanResult none = run_scan(p, true), zero = run_scan(pz, true);
+        long gdiff = 0, gn = 0;
+        for (auto field : {&ScanResult::du, &ScanResult::ddt, &ScanResult::dxz, &ScanResult::dx_dbl,
+                           &ScanResult::dA_log, &ScanResult::dD})
+            for (size_t i = 0; i < (none.*field).size(); i++, gn++) gdiff += (none.*field)[i] != (zero.*field)[i];
+        t.check(gdiff == 0, "[%s] scan backward with h0 = zeros vs none: %ld of %ld gradients differ (bit-identical wanted)",
+                variants[v], gdiff, gn);
     }
     kernel_choices.scan_chunked = default_chunked;
     kernel_choices.scan_vec = default_vec;
@@ -567,8 +729,10 @@ int main(int argc, char** argv) {
         kernel_choices.scan_chunked = false;
         check_scan_gradients(t, p4, "sequential, N = 4");
     }
+    check_scan_initial_state(t);
     check_conv_gradients(t);
-    check_lti_scan_gradients(t);
+    check_lti_scan_gradients(t, false);
+    check_lti_scan_gradients(t, true);
     check_dt_init(t);
 
     // the two variants against each other on a longer sequence, E not a multiple of the group: T = 301 is 9
@@ -592,6 +756,8 @@ int main(int argc, char** argv) {
     }
     kernel_choices.scan_chunked = default_variant;
     check_zero_state_identical(t);
+    check_passed_states(t, 0);
+    check_passed_states(t, 1);
 
     check_against_reference(t, path);
     check_against_reference(t, lti_path);

@@ -177,6 +177,10 @@ typedef struct {
     MambaStepState step;      // generation: every layer's conv and SSM state (llmc/mamba_step.cuh)
     Mamba2State step2;        // ... with -M 2 (llmc/mamba2_block.cuh)
     StepBuffers gen;          // ... and one step's tokens, stream and logits (llmc/lm_trainer.h)
+    float* passed;            // -R: (2, L, B, E, N) the SSM states training batches start from, then the
+                              // states they end in (null without -R); see "training from passed states"
+    int passed_B;             // ... their rows, the training batch
+    int passed_forward;       // 1: the last forward started from passed[0] (its backward needs them)
 } Mamba;
 
 static MambaConfig mamba_config(int V, int L, int C, int N, int lti = 0) {
@@ -205,6 +209,8 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     model->dropout = {0.0f, 0, 0.0f};
     model->gen.B = 0;
     model->step2.memory = nullptr;
+    model->passed = nullptr;
+    model->passed_B = model->passed_forward = 0;
 }
 
 // sizes the activations for batches up to B x T, with room for the blocks'
@@ -247,12 +253,36 @@ static const float* block_output(const Mamba* model, int l, int B, int T) {
 }
 
 // ----------------------------------------------------------------------------
+// training from passed states (-R; the state passing of Buitrago Ruiz & Gu,
+// 2025): each training batch's rows start from the SSM states (not the conv
+// context) that the previous batch's rows ended in, the first from zeros;
+// no gradient flows into them. Training at length T then visits the states
+// of much longer sequences, which the model must learn to read past.
+
+// layer l's states (B, E, N) in passed: which = 0 the batch's initial
+// states, 1 the states after it
+static float* passed_states(const Mamba* model, int which, int l) {
+    MambaDims d = dims_of(model->config);
+    return model->passed + ((long)which * model->config.num_layers + l) * model->passed_B * d.E * d.N;
+}
+
+// room for B rows of passed states, cleared (Mamba-1 mixers: the selective and the LTI scan)
+static void mamba_allocate_passed_states(Mamba* model, int B) {
+    MambaDims d = dims_of(model->config);
+    size_t bytes = 2 * (size_t)model->config.num_layers * B * d.E * d.N * sizeof(float);
+    cudaCheck(cudaMalloc(&model->passed, bytes));
+    cudaCheck(cudaMemset(model->passed, 0, bytes));
+    model->passed_B = B;
+}
+
+// ----------------------------------------------------------------------------
 // forward: logits for inputs (B, T) (host array); with targets, also the mean
 // loss. train_step >= 0: a training step (dropout on, its masks keyed by the
 // step); -1: evaluation and generation (no dropout). carry: null, every row
 // starts empty; else one MambaCarry per layer holding its conv and SSM state
 // before the rows (of at least B rows: layer_carries), and on return the
-// states after them (no backward after such a forward).
+// states after them; no backward after such a forward, but for one whose
+// carries hold SSM states alone (training from passed states, lm_forward).
 
 static void mamba_forward(Mamba* model, const int* inputs, const int* targets, int B, int T, int train_step,
                           const MambaCarry* carry = nullptr) {
@@ -266,7 +296,7 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     ActivationTensors a = model->acts;
     cublasHandle_t h = m->cublas;
     float drop = train_dropout_begin(&model->dropout, m, train_step);
-    if (drop > 0.0f && (!a.drop || carry)) fail("mamba_forward: dropout needs the activations sized for it and no carried state");
+    if (drop > 0.0f && !a.drop) fail("mamba_forward: dropout needs the activations sized for it");
     model_stage_batch(m, inputs, BT, targets, BT);
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
@@ -298,7 +328,8 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
 }
 
 // ----------------------------------------------------------------------------
-// backward: gradients of the mean loss of the last forward (with targets)
+// backward: gradients of the mean loss of the last forward (with targets);
+// after a forward from passed states (-R), each layer's scan starts from them
 
 static void mamba_backward(Mamba* model, int B, int T) {
     NVTX_RANGE("backward");
@@ -326,10 +357,11 @@ static void mamba_backward(Mamba* model, int B, int T) {
                                   mamba2_layer_acts(a.tower2, l, B, T, d2), a.block2, m->ones, B, T, d2);
         } else {
             MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d), glti = mamba_lti_layer_params(g.lti, l, d);
+            const float* h0 = model->passed_forward ? passed_states(model, 0, l) : nullptr;
             mamba_block_backward(h, dresidual_in, dresidual, block_output(model, l - 1, B, T),
                                  mamba_layer_params(p.tower, l, d), mamba_layer_params(g.tower, l, d),
                                  mamba_layer_acts(a.tower, l, B, T, d), a.block, m->ones, B, T, d,
-                                 c.lti ? &lti : nullptr, c.lti ? &glti : nullptr);
+                                 c.lti ? &lti : nullptr, c.lti ? &glti : nullptr, h0);
         }
         std::swap(dresidual, dresidual_in);
     }
@@ -443,7 +475,18 @@ static void mamba_eval_chunked(Mamba* model, int B, int T, int Tc, const ChunkRe
 
 // the hooks of the training loop, validation and sampling (llmc/lm_trainer.h)
 static void lm_forward(Mamba* m, const int* inputs, const int* targets, int B, int T, int train_step) {
-    mamba_forward(m, inputs, targets, B, T, train_step);
+    m->passed_forward = m->passed && train_step >= 0;
+    if (!m->passed_forward) { mamba_forward(m, inputs, targets, B, T, train_step); return; }
+    // the previous batch's final states become this one's initial states, kept for the backward;
+    // the forward reads its copy in passed[1] and leaves the final states there
+    if (B != m->passed_B) fail("lm_forward: a training batch of %d rows, passed states of %d", B, m->passed_B);
+    int L = m->config.num_layers;
+    cudaCheck(cudaMemcpyAsync(passed_states(m, 0, 0), passed_states(m, 1, 0),
+                              (passed_states(m, 1, 0) - passed_states(m, 0, 0)) * sizeof(float),
+                              cudaMemcpyDeviceToDevice, main_stream));
+    std::vector<MambaCarry> carries(L);
+    for (int l = 0; l < L; l++) carries[l] = {nullptr, passed_states(m, 1, l)};
+    mamba_forward(m, inputs, targets, B, T, train_step, carries.data());
 }
 static void lm_backward(Mamba* m, int B, int T) { mamba_backward(m, B, T); }
 static void lm_generate_begin(Mamba* m, int B) { mamba_generate_begin(m, B); }
@@ -475,8 +518,10 @@ int main(int argc, char** argv) {
                       "  -d <int>    task files evaluated only (-x 0): sequences longer than d positions run d at a\n"
                       "              time, each layer's state carried (default the preset's B x T: seed 16384, cpu 2048)\n"
                       "  -U <float>  the smallest dt of the initialization: dt log-uniform on [U, 0.1] (mamba_ssm's\n"
-                      "              dt_min; default 0.001)\n",
-                      "LCMdNU");
+                      "              dt_min; default 0.001)\n"
+                      "  -R <int>    1: state passing: each training batch starts from the SSM states the last one\n"
+                      "              ended in (the first from zeros; no gradient into them; not with -M 2 or -y)\n",
+                      "LCMdNUR");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
@@ -490,6 +535,8 @@ int main(int argc, char** argv) {
     }
     if (tc.d_state && !mamba2) fail("flag -N: d_state is 16 in Mamba's mixer; -N sets the Mamba-2 mixer's (-M 2)");
     if (tc.dt_min && tc.init_path) fail("flag -U: sets the random initialization, and -e starts from %s", tc.init_path);
+    if (tc.state_passing && mamba2) fail("flag -R: state passing is implemented for Mamba's mixer, not Mamba-2's (-M 2)");
+    if (tc.state_passing && tc.resume) fail("flag -R: the passed states are not in checkpoints, so a run with -R cannot resume (-y)");
     MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, tc.d_state ? tc.d_state : 64, 64)
                                 : mamba_config(vocab.size, tc.L, tc.C, 16, lti);
     if (tc.init_path) {  // the model file decides the shape (every slot checked, the scan's d_state limits too); its kind must be -M's
@@ -507,6 +554,7 @@ int main(int argc, char** argv) {
     if (tc.init_path) load_model_file(&model.buf, tc.init_path);
     else mamba_init_random(&model, tc.seed, tc.dt_min ? tc.dt_min : MAMBA_DT_MIN);
     mamba_allocate_activations(&model, tc.B, tc.T, tc.dropout > 0.0f);
+    if (tc.state_passing) mamba_allocate_passed_states(&model, tc.B);
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     if (config.mamba2)
@@ -522,6 +570,7 @@ int main(int argc, char** argv) {
                config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.vocab_size,
                model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
+    if (model.passed) cudaCheck(cudaFree(model.passed));
     model_free(&model.buf);
     return status;
 }

@@ -286,7 +286,9 @@ typedef struct {
 // ablation's per-channel dt, B, C; null for the selective model, d.lti = 0).
 // carry: null, the sequence starts at x (zero conv padding, zero state);
 // else the positions before x are in it, and on return it holds the state
-// after x (a forward only: the backward pass assumes no carry).
+// after x. A carry whose conv_state is null starts the conv with zero
+// padding and keeps no conv context: the SSM state alone is passed (training
+// from passed states, whose backward takes the initial SSM state as h0).
 static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
                                 int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr,
                                 const MambaCarry* carry = nullptr) {
@@ -318,7 +320,7 @@ static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, con
     }
     if (carry) {
         NVTX_RANGE("carry_update");
-        conv1d_context_update(carry->conv_state, a.xz, 2 * E, B, T, E);
+        if (carry->conv_state) conv1d_context_update(carry->conv_state, a.xz, 2 * E, B, T, E);
         scan_final_state(carry->ssm_state, a.states, B, T, E, N);
     }
     {
@@ -330,11 +332,14 @@ static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, con
 // The mixer backward: the gradient w.r.t. its input x (B,T,C) from dout =
 // the gradient w.r.t. a.out. Written into dx, or added to it when
 // accumulate_dx; dout is read before dx is written, so they may be the same
-// buffer. g: the layer's gradients (accumulated). ones: >= B*T ones.
+// buffer. g: the layer's gradients (accumulated). ones: >= B*T ones. h0
+// (B,E,N): the SSM state the forward started from (null: zeros; a carry
+// with a conv context has no backward).
 static void mamba_mixer_backward(cublasHandle_t h, float* dx, int accumulate_dx, const float* dout, const float* x,
                                  const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
                                  const MambaScratch& s, const float* ones, int B, int T, MambaDims d,
-                                 const MambaLtiParams* lti = nullptr, const MambaLtiParams* glti = nullptr) {
+                                 const MambaLtiParams* lti = nullptr, const MambaLtiParams* glti = nullptr,
+                                 const float* h0 = nullptr) {
     mamba_check_lti(d, lti, "mamba_mixer_backward");
     mamba_check_lti(d, glti, "mamba_mixer_backward");
     int BT = B * T, C = d.C, E = d.E, N = d.N, R = d.R, X = R + 2 * N;
@@ -346,12 +351,12 @@ static void mamba_mixer_backward(cublasHandle_t h, float* dx, int accumulate_dx,
         NVTX_RANGE("selective_scan_lti_backward");
         selective_scan_lti_backward(s.du, s.dxz, g.A_log, glti->B_lti, glti->C_lti, glti->dt_bias, g.D, s.scan_scratch,
                                     s.dgated, a.y, a.u, lti->dt_bias, lti->B_lti, lti->C_lti, p.A_log, p.D, a.xz,
-                                    a.states, B, T, E, N);
+                                    a.states, B, T, E, N, h0);
     } else {
         {
             NVTX_RANGE("selective_scan_backward");
             selective_scan_backward(s.du, s.ddt, s.dxz, s.dx_dbl, g.A_log, g.D, s.scan_scratch, s.dgated, a.y, a.u,
-                                    a.dt, a.x_dbl, R, p.A_log, p.D, a.xz, a.states, B, T, E, N);
+                                    a.dt, a.x_dbl, R, p.A_log, p.D, a.xz, a.states, B, T, E, N, h0);
         }
         NVTX_RANGE("x_proj_dt_backward");
         // dt_proj: ddt is the gradient before softplus; writes dx_dbl's dt_raw columns
@@ -389,18 +394,19 @@ static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, con
 // one block backward: dx (B,T,C) = gradient w.r.t. the block's input x, from
 // dout = gradient w.r.t. its output a.ln (overwrites dx; dout is only read).
 // g: the layer's gradients (accumulated), glti the LTI ablation's (null
-// unless d.lti). ones: >= B*T ones on the device.
+// unless d.lti). ones: >= B*T ones on the device. h0: as mamba_mixer_backward's.
 static void mamba_block_backward(cublasHandle_t h, float* dx, const float* dout, const float* x,
                                  const MambaStackParams& p, const MambaStackParams& g, const MambaStackActs& a,
                                  const MambaScratch& s, const float* ones, int B, int T, MambaDims d,
-                                 const MambaLtiParams* lti = nullptr, const MambaLtiParams* glti = nullptr) {
+                                 const MambaLtiParams* lti = nullptr, const MambaLtiParams* glti = nullptr,
+                                 const float* h0 = nullptr) {
     int BT = B * T, C = d.C;
     {
         NVTX_RANGE("ln_backward");  // dx = d res; the residual passes it to x unchanged
         cudaCheck(cudaMemsetAsync(dx, 0, (long)BT * C * sizeof(float), main_stream));
         layernorm_backward(dx, g.ln_w, g.ln_b, dout, a.res, p.ln_w, a.ln_mean, a.ln_rstd, BT, C);
     }
-    mamba_mixer_backward(h, dx, 1, dx, x, p, g, a, s, ones, B, T, d, lti, glti);  // dx += the mixer's
+    mamba_mixer_backward(h, dx, 1, dx, x, p, g, a, s, ones, B, T, d, lti, glti, h0);  // dx += the mixer's
 }
 
 // ----------------------------------------------------------------------------

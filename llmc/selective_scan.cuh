@@ -49,8 +49,9 @@ The forward pass takes an optional initial state h0 (B, E, N) (null: zeros,
 the same operations as before it existed), so that a sequence can be run in
 chunks with the state carried between them; the state after the last
 position is the stored state of the last chunk (scan_final_state copies it
-out as (B, E, N)). The backward pass assumes h0 = 0 (training starts every
-sequence empty).
+out as (B, E, N)). The backward pass takes the same h0 (training from
+passed states, train_mamba -R): chunk 0's states are recomputed from it;
+no gradient flows into h0 itself.
 
 Reductions are deterministic: dB and dC (sums over channels) are summed in a
 fixed order within a group, written per group, then added over groups in
@@ -324,12 +325,23 @@ __global__ void selective_scan_forward_vec_kernel(float* y, float* gated, float*
 //   half of dxz (row distance 2E), dbc_partial (B,T,ngroups,2N) per group
 //   [dB | dC], dA_partial (B,E,N) already times A (so it is d/dA_log),
 //   dD_partial (B,E).
+// h0 (B,E,N): the forward's initial state (null: zeros). No gradient flows
+// into it; it enters the gradients of dt and A_log through h_{-1}.
+
+// state n of channel e, row b at the start of chunk c: the stored state at
+// the end of chunk c - 1, or for chunk 0 the initial state (h0, or zeros)
+__device__ inline float scan_chunk_start(const float* states, const float* h0, int b, int e, int c, int nchunks,
+                                         int E, int N, int n) {
+    if (c > 0) return states[((long)(b * E + e) * nchunks + c - 1) * N + n];
+    return h0 ? h0[((long)b * E + e) * N + n] : 0.0f;
+}
 
 __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float* dxz, float* dbc_partial,
                                                    float* dA_partial, float* dD_partial, const float* dgated,
                                                    const float* y, const float* u, const float* dt,
                                                    const float* x_dbl, int R, const float* A_log, const float* D,
-                                                   const float* xz, const float* states, int B, int T, int E, int N) {
+                                                   const float* xz, const float* states, const float* h0, int B,
+                                                   int T, int E, int N) {
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * ngroups) return;
@@ -348,8 +360,7 @@ __global__ void selective_scan_backward_seq_kernel(float* du, float* ddt, float*
         float dD = 0.0f;
         for (int c = nchunks - 1; c >= 0; c--) {
             int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
-            const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
-            for (int n = 0; n < N; n++) hs[0][n] = c > 0 ? s0[n] : 0.0f;
+            for (int n = 0; n < N; n++) hs[0][n] = scan_chunk_start(states, h0, b, e, c, nchunks, E, N, n);
             for (int t = t0; t < t1; t++) {  // recompute the chunk's states
                 long row = (long)b * T + t;
                 float dtv = dt[row * E + e], uv = u[row * E + e];
@@ -406,7 +417,8 @@ __global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float*
                                                    float* dA_partial, float* dD_partial, const float* dgated,
                                                    const float* y, const float* u, const float* dt,
                                                    const float* x_dbl, int R, const float* A_log, const float* D,
-                                                   const float* xz, const float* states, int B, int T, int E) {
+                                                   const float* xz, const float* states, const float* h0, int B,
+                                                   int T, int E) {
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * ngroups) return;
@@ -422,10 +434,8 @@ __global__ void selective_scan_backward_vec_kernel(float* du, float* ddt, float*
     }
     for (int c = nchunks - 1; c >= 0; c--) {
         int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
-        for (int j = 0; j < ne; j++) {
-            const float* s0 = states + ((long)(b * E + e0 + j) * nchunks + c - 1) * NS;
-            for (int n = 0; n < NS; n++) hs[j][0][n] = c > 0 ? s0[n] : 0.0f;
-        }
+        for (int j = 0; j < ne; j++)
+            for (int n = 0; n < NS; n++) hs[j][0][n] = scan_chunk_start(states, h0, b, e0 + j, c, nchunks, E, NS, n);
         for (int t = t0; t < t1; t++) {  // recompute the chunk's states, as the forward pass
             long row = (long)b * T + t;
             int tl = t - t0;
@@ -511,7 +521,8 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
                                                        float* dA_partial, float* dD_partial, const float* dgated,
                                                        const float* y, const float* u, const float* dt,
                                                        const float* x_dbl, int R, const float* A_log, const float* D,
-                                                       const float* xz, const float* states, int B, int T, int E) {
+                                                       const float* xz, const float* states, const float* h0,
+                                                       int B, int T, int E) {
     __shared__ float bc_s[SCAN_CHUNK * SCAN_BC_STRIDE(NS)];
     __shared__ float dbc_s[SCAN_GROUP][SCAN_CHUNK * SCAN_BC_STRIDE(NS)];
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
@@ -545,10 +556,9 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
         }
         float du_acc = active ? D[e] * dy : 0.0f, ddt_acc = 0.0f;
         dD += dy * uv;
-        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * NS;
 #pragma unroll
         for (int n = 0; n < NS; n++) {
-            float h0 = (active && c > 0) ? s0[n] : 0.0f;
+            float hstart = active ? scan_chunk_start(states, h0, b, e, c, nchunks, E, NS, n) : 0.0f;
             float Bn = bc[n];
             // forward: this chunk's states from the stored one at its start
             float a = valid ? expf(dtv * A[n]) : 1.0f;
@@ -560,9 +570,9 @@ __global__ void selective_scan_backward_chunked_kernel(float* du, float* ddt, fl
                 float bp = __shfl_up_sync(0xffffffffu, bcum, off);
                 if (lane >= off) { bcum = ac * bp + bcum; ac = ac * ap; }
             }
-            float h = ac * h0 + bcum;
+            float h = ac * hstart + bcum;
             float hprev = __shfl_up_sync(0xffffffffu, h, 1);
-            if (lane == 0) hprev = h0;
+            if (lane == 0) hprev = hstart;
             // backward: g_t = beta_t + alpha_t * g_{t+1}, alpha_t = a_{t+1}, a suffix scan
             float anext = __shfl_down_sync(0xffffffffu, a, 1);
             float alpha = lane < last ? anext : 0.0f;
@@ -690,8 +700,8 @@ __host__ __device__ inline int scan_lti_partial_width(int N) { return 3 * N + 2;
 __global__ void selective_scan_lti_backward_kernel(float* du, float* dxz, float* partial, const float* dgated,
                                                    const float* y, const float* u, const float* dt_bias,
                                                    const float* B_lti, const float* C_lti, const float* A_log,
-                                                   const float* D, const float* xz, const float* states, int B, int T,
-                                                   int E, int N) {
+                                                   const float* D, const float* xz, const float* states,
+                                                   const float* h0, int B, int T, int E, int N) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * E) return;
     int e = idx % E, b = idx / E;
@@ -710,8 +720,7 @@ __global__ void selective_scan_lti_backward_kernel(float* du, float* dxz, float*
     float ddt = 0.0f, dD = 0.0f;
     for (int c = nchunks - 1; c >= 0; c--) {
         int t0 = c * SCAN_CHUNK, t1 = min(T, t0 + SCAN_CHUNK);
-        const float* s0 = states + ((long)(b * E + e) * nchunks + c - 1) * N;
-        for (int n = 0; n < N; n++) hs[0][n] = c > 0 ? s0[n] : 0.0f;
+        for (int n = 0; n < N; n++) hs[0][n] = scan_chunk_start(states, h0, b, e, c, nchunks, E, N, n);
         for (int t = t0; t < t1; t++) {  // recompute the chunk's states
             float uv = u[((long)b * T + t) * E + e];
             for (int n = 0; n < N; n++) hs[t - t0 + 1][n] = a[n] * hs[t - t0][n] + dtv * Bn[n] * uv;
@@ -837,7 +846,7 @@ void scan_final_state(float* h_final, const float* states, int B, int T, int E, 
 void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, float* dA_log, float* dD,
                              float* scratch, const float* dgated, const float* y, const float* u, const float* dt,
                              const float* x_dbl, int R, const float* A_log, const float* D, const float* xz,
-                             const float* states, int B, int T, int E, int N) {
+                             const float* states, int B, int T, int E, int N, const float* h0 = nullptr) {
     scan_check_limits(N);
     int ngroups = CEIL_DIV(E, SCAN_GROUP);
     float* dbc_partial = scratch;
@@ -845,13 +854,16 @@ void selective_scan_backward(float* du, float* ddt, float* dxz, float* dx_dbl, f
     float* dD_partial = dA_partial + (long)B * E * N;
     if (kernel_choices.scan_chunked) {
         LAUNCH(selective_scan_backward_chunked_kernel<SCAN_DSTATE>, B * ngroups, SCAN_GROUP * 32, 0)(
-            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y,
+            u, dt, x_dbl, R, A_log, D, xz, states, h0, B, T, E);
     } else if (kernel_choices.scan_vec && N == SCAN_VEC_N) {
         LAUNCH(selective_scan_backward_vec_kernel<SCAN_VEC_N>, CEIL_DIV(B * ngroups, 32), 32, 0)(
-            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E);
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y,
+            u, dt, x_dbl, R, A_log, D, xz, states, h0, B, T, E);
     } else {
         LAUNCH(selective_scan_backward_seq_kernel, CEIL_DIV(B * ngroups, 32), 32, 0)(
-            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y, u, dt, x_dbl, R, A_log, D, xz, states, B, T, E, N);
+            du, ddt, dxz, dbc_partial, dA_partial, dD_partial, dgated, y,
+            u, dt, x_dbl, R, A_log, D, xz, states, h0, B, T, E, N);
     }
     cudaCheck(cudaGetLastError());
     LAUNCH(scan_reduce_bc_kernel, B * T, row_threads(2 * N), 0)(dx_dbl, dbc_partial, R, B * T, ngroups, N,
@@ -880,11 +892,12 @@ inline long scan_lti_scratch_size(int B, int E, int N) { return (long)B * E * sc
 void selective_scan_lti_backward(float* du, float* dxz, float* dA_log, float* dB_lti, float* dC_lti, float* ddt_bias,
                                  float* dD, float* scratch, const float* dgated, const float* y, const float* u,
                                  const float* dt_bias, const float* B_lti, const float* C_lti, const float* A_log,
-                                 const float* D, const float* xz, const float* states, int B, int T, int E, int N) {
+                                 const float* D, const float* xz, const float* states, int B, int T, int E, int N,
+                                 const float* h0 = nullptr) {
     if (N < 1 || N > MAX_DSTATE) fail("selective_scan_lti_backward: d_state %d is not supported (1..%d)", N, MAX_DSTATE);
     LAUNCH(selective_scan_lti_backward_kernel, CEIL_DIV(B * E, 64), 64, 0)(du, dxz, scratch, dgated, y, u, dt_bias,
-                                                                           B_lti, C_lti, A_log, D, xz, states, B, T,
-                                                                           E, N);
+                                                                           B_lti, C_lti, A_log, D, xz, states, h0, B,
+                                                                           T, E, N);
     cudaCheck(cudaGetLastError());
     LAUNCH(scan_lti_reduce_kernel, CEIL_DIV(E * scan_lti_partial_width(N), 256), 256, 0)(dA_log, dB_lti, dC_lti,
                                                                                          ddt_bias, dD, scratch, B, E, N);
