@@ -29,7 +29,9 @@ Checks train_mamba.cu and its kernels:
   8. both scans from an initial state h0 (training from passed states, -R):
      finite differences with h0 held fixed, every variant, and h0's part of
      the gradients; the backward with h0 = zeros bit-identical to none; the
-     whole model's training step from passed states (check_passed_states).
+     whole model's training step from passed states (check_passed_states);
+  9. the dt stretch (-Y): its draws, and the model's training step with it
+     against finite differences (check_dt_stretch).
 
 Relative error of a tensor is max|got - ref| / max|ref| (llmc/testing.h).
 Tolerances:
@@ -45,6 +47,7 @@ Tolerances:
 #define TESTING
 #include "train_mamba.cu"
 #include "llmc/testing.h"
+#include <functional>
 
 // 1e-4 in fp32. In the host's TF32 mode (HOST_TF32=1, the GPU trainers'
 // arithmetic) 2e-2: TF32 rounds the matmul inputs to 2^-11 relative, which
@@ -426,6 +429,180 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     model_free(&model.buf);
 }
 
+// The gradients g of a training forward (forward(): its setup and
+// lm_forward) w.r.t. every layer's A_log and dt bias (dt_proj_b, or the LTI
+// model's dt_bias) against central differences of the loss (FD_TOL, eps
+// 3e-2, along the gradient's signs with random magnitudes: see
+// check_passed_states); and what's part of them (g_without: the gradients
+// without it) far above FD_TOL, so that those checks see it.
+static void check_training_gradients(Tests& t, Mamba* model, const std::function<void()>& forward,
+                                     const std::vector<float>& g, const std::vector<float>& g_without,
+                                     const char* what, uint64_t* rng) {
+    MambaConfig c = model->config;
+    MambaDims d = dims_of(c);
+    std::vector<float> params = device_to_vector(model->buf.params_memory, model->buf.num_parameters);
+    const float* dt_param = c.lti ? model->params.lti.dt_bias : model->params.tower.dt_proj_b;
+    struct { const char* name; const float* tensor; long n; } checked[2] = {
+        {"A_log", model->params.tower.A_log, (long)c.num_layers * d.E * d.N},
+        {c.lti ? "dt_bias" : "dt_proj_b", dt_param, (long)c.num_layers * d.E}};
+    for (auto& k : checked) {
+        long off = k.tensor - model->buf.params_memory;
+        std::vector<float> v(k.n);
+        double analytic = 0.0;
+        for (long i = 0; i < k.n; i++) {
+            v[i] = (g[off + i] < 0.0f ? -1.0f : 1.0f) * (0.5f + 0.5f * random_uniform(rng));
+            analytic += (double)g[off + i] * v[i];
+        }
+        auto loss_at = [&](float sign) {
+            std::vector<float> q = params;
+            for (long i = 0; i < k.n; i++) q[off + i] += sign * 3e-2f * v[i];
+            load_params(&model->buf, q);
+            forward();
+            return (double)model->buf.mean_loss;
+        };
+        double numeric = (loss_at(1.0f) - loss_at(-1.0f)) / 6e-2;
+        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
+        t.check(rel <= FD_TOL, "finite difference d/d%-9s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                k.name, numeric, analytic, rel, FD_TOL);
+        double part = tensor_error(g_without.data() + off, g.data() + off, k.n).rel;
+        t.check(part > 50 * FD_TOL, "%s's part of d/d%s (relative): %.3f (above 50x the tolerance, %.1f)", what, k.name,
+                part, 50 * FD_TOL);
+        load_params(&model->buf, params);
+    }
+}
+
+// The dt stretch (-Y): the kernel on its own, then the model's training step.
+//   - dt_stretch raises exactly one position of each row, every channel by
+//     the same ln g in [0, ln G], and nothing else; the same (seed, step)
+//     draws the same, another step other positions. Over 300 steps x 3 rows
+//     (900 draws) the shares ln g / ln G and p / T have mean 1/2 within 0.05
+//     (5 standard deviations of a uniform mean over 900 draws: 5 x 0.0096).
+//   - the model: a training forward with -Y stretches the same position in
+//     both layers (their dt pre-activations differ from a forward without
+//     by ln g there, by 0 elsewhere); its gradients against central
+//     differences of the stretched loss (check_training_gradients), the
+//     step from passed random states (-R too: without them this small
+//     model's slopes are ~1e-4, where the loss's fp32 rounding is ~1e-2 of
+//     the difference quotient); an evaluation forward is not stretched.
+static void check_dt_stretch(Tests& t) {
+    printf("--- dt stretch (-Y)\n");
+    const int B = 3, T = 50, E = 7;
+    const float G = 1e6f;
+    uint64_t rng = 303;
+    std::vector<float> raw = random_vector((long)B * T * E, -8.0f, 1.0f, &rng);
+    int* step;
+    cudaCheck(cudaMalloc(&step, sizeof(int)));
+    float* dt = vector_to_device(raw);
+    auto draw = [&](int s, uint64_t seed) {
+        cudaCheck(cudaMemcpy(step, &s, sizeof(int), cudaMemcpyHostToDevice));
+        upload(dt, raw);
+        dt_stretch(dt, B, T, E, {dropout_site(seed, step, DT_STRETCH_SITE), logf(G)});
+        return device_to_vector(dt, (long)B * T * E);
+    };
+    int bad_rows = 0, moved = 0, draws = 0;
+    double share_g = 0.0, share_p = 0.0;
+    for (int s = 0; s < 300; s++) {
+        std::vector<float> out = draw(s, 7), again = draw(s, 7), other = draw(s + 1, 7);
+        for (int b = 0; b < B; b++) {
+            int changed = 0, pos = -1;
+            double shift = 0.0;
+            bool same_shift = true;
+            for (int p = 0; p < T; p++)
+                for (int e = 0; e < E; e++) {
+                    long i = ((long)b * T + p) * E + e;
+                    if (out[i] == raw[i]) continue;
+                    if (pos >= 0 && p != pos) changed += 1000;  // a second position
+                    if (pos < 0) { pos = p; shift = (double)out[i] - raw[i]; }
+                    same_shift &= fabs((double)out[i] - raw[i] - shift) <= 1e-5 * (1.0 + fabs(raw[i]));
+                    changed++;
+                }
+            bool ok = changed == E && same_shift && shift >= -1e-5 && shift <= log(G) + 1e-4;
+            for (long i = (long)b * T * E; i < (long)(b + 1) * T * E; i++) ok &= again[i] == out[i];
+            bad_rows += !ok;
+            for (long i = (long)b * T * E; i < (long)(b + 1) * T * E; i++)
+                if (other[i] != out[i]) { moved++; break; }
+            share_g += shift / log(G);
+            share_p += (pos + 0.5) / T;
+            draws++;
+        }
+    }
+    t.check(bad_rows == 0, "one position per row raised, every channel by one ln g in [0, ln G], repeatable: %d of %d "
+            "rows otherwise", bad_rows, draws);
+    t.check(moved >= draws * 9 / 10, "another step draws another row: %d of %d rows differ", moved, draws);
+    t.check(fabs(share_g / draws - 0.5) <= 0.05 && fabs(share_p / draws - 0.5) <= 0.05,
+            "over %d draws: mean ln g / ln G %.4f, mean position / T %.4f (uniform: 0.5 within 0.05)", draws,
+            share_g / draws, share_p / draws);
+    cudaCheck(cudaFree(step));
+    cudaCheck(cudaFree(dt));
+
+    // the model's training step
+    const int V = 16, Bm = 2, Tm = 40;
+    MambaConfig c = mamba_config(V, 2, 32, 16);
+    MambaDims d = dims_of(c);
+    Mamba model;
+    mamba_build(&model, c);
+    mamba_init_random(&model, 98);
+    mamba_allocate_activations(&model, Bm, Tm, false);
+    model.dropout.seed = 5;
+    std::vector<int> inputs((size_t)Bm * Tm), targets((size_t)Bm * Tm);
+    for (int& x : inputs) x = (int)(random_uniform(&rng) * V) % V;
+    for (int& x : targets) x = (int)(random_uniform(&rng) * V) % V;
+    long n_params = model.buf.num_parameters, n_dt = (long)Bm * Tm * d.E;
+    mamba_allocate_passed_states(&model, Bm);
+    std::vector<float> H = random_vector((long)c.num_layers * Bm * d.E * d.N, -1.0f, 1.0f, &rng);
+    auto forward = [&]() {
+        upload(passed_states(&model, 1, 0), H);
+        lm_forward(&model, inputs.data(), targets.data(), Bm, Tm, 11);
+    };
+    auto training_step = [&]() {
+        forward();
+        lm_backward(&model, Bm, Tm);
+        return device_to_vector(model.buf.grads_memory, n_params);
+    };
+    auto layer_dt = [&](int l) { return device_to_vector(mamba_layer_acts(model.acts.tower, l, Bm, Tm, d).dt, n_dt); };
+    std::vector<float> g_plain = training_step(), dt_plain[2] = {layer_dt(0), layer_dt(1)};
+    model.stretch_max = G;
+    std::vector<float> g = training_step(), dt_stretched[2] = {layer_dt(0), layer_dt(1)};
+    // layer 0: the pre-activations (inverse softplus of dt) differ from the unstretched step's at one
+    // position p per row, by ln g; layer 1 (whose input changes from p on): its pre-activation at p is
+    // dt_proj(x_dbl) + bias + the same ln g (recomputed in double from its stored x_dbl)
+    auto pre = [](float v) { return v > 20.0f ? (double)v : log(expm1((double)v)); };
+    MambaStackParams p1 = mamba_layer_params(model.params.tower, 1, d);
+    std::vector<float> w1 = device_to_vector(p1.dt_proj_w, (long)d.E * d.R), b1 = device_to_vector(p1.dt_proj_b, d.E);
+    int X = d.R + 2 * d.N;
+    std::vector<float> xd1 = device_to_vector(mamba_layer_acts(model.acts.tower, 1, Bm, Tm, d).x_dbl, (long)Bm * Tm * X);
+    int rows_ok = 0;
+    double worst = 0.0;
+    for (int b = 0; b < Bm; b++) {
+        int where = -1, count = 0;
+        double shift = 0.0;
+        for (int p = 0; p < Tm; p++) {
+            long i = ((long)b * Tm + p) * d.E;  // channel 0
+            double diff = pre(dt_stretched[0][i]) - pre(dt_plain[0][i]);
+            if (fabs(diff) > 1e-3) { where = p; shift = diff; count++; }
+        }
+        if (count != 1) continue;
+        long row = (long)b * Tm + where;
+        for (int e = 0; e < d.E; e++) {
+            double z = b1[e];
+            for (int r = 0; r < d.R; r++) z += (double)w1[(long)e * d.R + r] * xd1[row * X + r];
+            double got = pre(dt_stretched[1][row * d.E + e]) - z;
+            if (dt_stretched[1][row * d.E + e] < 20.0f) worst = fmax(worst, fabs(got - shift));
+        }
+        rows_ok++;
+    }
+    t.check(rows_ok == Bm && worst <= 1e-3, "a training step with -Y: layer 0 stretched at one position in %d of %d rows; "
+            "layer 1 at the same, by the same ln g to %.1e (tol 1e-3: fp32 softplus inverted)", rows_ok, Bm, worst);
+    check_training_gradients(t, &model, forward, g, g_plain, "the stretch", &rng);
+    mamba_forward(&model, inputs.data(), targets.data(), Bm, Tm, -1);
+    std::vector<float> dt_eval = layer_dt(0);
+    long diff = 0;
+    for (long i = 0; i < n_dt; i++) diff += dt_eval[i] != dt_plain[0][i];
+    t.check(diff == 0, "an evaluation forward is not stretched: %ld of %ld dt differ from an unstretched step's", diff, n_dt);
+    cudaCheck(cudaFree(model.passed));
+    model_free(&model.buf);
+}
+
 // Training from passed states (-R), the whole model (lm_forward and
 // lm_backward, the training loop's hooks), B 2 T 40, L 2 C 32, both mixers:
 //   - from zero states, the loss and gradients are bit-identical to a
@@ -442,7 +619,7 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
 //     larger), and eps is 3e-2 (its O(eps^2) error measured below 1e-4);
 //   - H's part of those gradients (a backward not told H against one that
 //     is) is far above FD_TOL, so that those checks see a backward that
-//     ignored H.
+//     ignored H (check_training_gradients).
 static void check_passed_states(Tests& t, int lti) {
     const int B = 2, T = 40, V = 16;
     MambaConfig c = mamba_config(V, 2, 32, 16, lti);
@@ -506,36 +683,10 @@ static void check_passed_states(Tests& t, int lti) {
     mamba_backward(&model, B, T);
     std::vector<float> g_untold = grads();
 
-    std::vector<float> params = device_to_vector(model.buf.params_memory, n_params);
-    const float* dt_param = lti ? model.params.lti.dt_bias : model.params.tower.dt_proj_b;
-    struct { const char* name; const float* tensor; long n; } checked[2] = {
-        {"A_log", model.params.tower.A_log, (long)c.num_layers * d.E * d.N},
-        {lti ? "dt_bias" : "dt_proj_b", dt_param, (long)c.num_layers * d.E}};
-    for (auto& k : checked) {
-        long off = k.tensor - model.buf.params_memory;
-        std::vector<float> v(k.n);
-        double analytic = 0.0;
-        for (long i = 0; i < k.n; i++) {  // along the gradient's signs, random magnitudes (see above)
-            v[i] = (g[off + i] < 0.0f ? -1.0f : 1.0f) * (0.5f + 0.5f * random_uniform(&rng));
-            analytic += (double)g[off + i] * v[i];
-        }
-        auto loss_at = [&](float sign) {
-            std::vector<float> q = params;
-            for (long i = 0; i < k.n; i++) q[off + i] += sign * 3e-2f * v[i];
-            load_params(&model.buf, q);
-            upload(from, H);
-            lm_forward(&model, inputs.data(), targets.data(), B, T, 0);
-            return (double)model.buf.mean_loss;
-        };
-        double numeric = (loss_at(1.0f) - loss_at(-1.0f)) / 6e-2;
-        double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
-        t.check(rel <= FD_TOL, "finite difference d/d%-9s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
-                k.name, numeric, analytic, rel, FD_TOL);
-        double part = tensor_error(g_untold.data() + off, g.data() + off, k.n).rel;
-        t.check(part > 50 * FD_TOL, "H's part of d/d%s (relative): %.3f (above 50x the tolerance, %.1f)", k.name, part,
-                50 * FD_TOL);
-        load_params(&model.buf, params);
-    }
+    check_training_gradients(t, &model, [&]() {
+        upload(from, H);
+        lm_forward(&model, inputs.data(), targets.data(), B, T, 0);
+    }, g, g_untold, "H", &rng);
     cudaCheck(cudaFree(model.passed));
     model_free(&model.buf);
 }
@@ -758,6 +909,7 @@ int main(int argc, char** argv) {
     check_zero_state_identical(t);
     check_passed_states(t, 0);
     check_passed_states(t, 1);
+    check_dt_stretch(t);
 
     check_against_reference(t, path);
     check_against_reference(t, lti_path);

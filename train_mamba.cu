@@ -181,6 +181,7 @@ typedef struct {
                               // states they end in (null without -R); see "training from passed states"
     int passed_B;             // ... their rows, the training batch
     int passed_forward;       // 1: the last forward started from passed[0] (its backward needs them)
+    float stretch_max;        // -Y: the dt stretch's largest factor G at training steps (0: none)
 } Mamba;
 
 static MambaConfig mamba_config(int V, int L, int C, int N, int lti = 0) {
@@ -211,6 +212,7 @@ static void mamba_build(Mamba* model, MambaConfig c) {
     model->step2.memory = nullptr;
     model->passed = nullptr;
     model->passed_B = model->passed_forward = 0;
+    model->stretch_max = 0.0f;
 }
 
 // sizes the activations for batches up to B x T, with room for the blocks'
@@ -298,6 +300,9 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
     float drop = train_dropout_begin(&model->dropout, m, train_step);
     if (drop > 0.0f && !a.drop) fail("mamba_forward: dropout needs the activations sized for it");
     model_stage_batch(m, inputs, BT, targets, BT);
+    DtStretch stretch = NO_DT_STRETCH;  // training steps only, keyed by the run's seed and the step as dropout's masks
+    if (train_step >= 0 && model->stretch_max > 1.0f)
+        stretch = {dropout_site(model->dropout.seed, model_train_step(m), DT_STRETCH_SITE), logf(model->stretch_max)};
 
     { NVTX_RANGE("encoder_forward"); encoder_forward(a.encoded, m->inputs, p.wte, nullptr, B, T, C); }
     for (int l = 0; l < L; l++) {
@@ -314,7 +319,7 @@ static void mamba_forward(Mamba* model, const int* inputs, const int* targets, i
             MambaStackActs la = mamba_layer_acts(a.tower, l, B, T, d);
             MambaLtiParams lti = mamba_lti_layer_params(p.lti, l, d);
             mamba_block_forward(h, mamba_layer_params(p.tower, l, d), la, block_in, B, T, d, c.lti ? &lti : nullptr,
-                                layer_carry);
+                                layer_carry, stretch);
             out = la.ln;
         }
         if (drop > 0.0f) {
@@ -520,8 +525,11 @@ int main(int argc, char** argv) {
                       "  -U <float>  the smallest dt of the initialization: dt log-uniform on [U, 0.1] (mamba_ssm's\n"
                       "              dt_min; default 0.001)\n"
                       "  -R <int>    1: state passing: each training batch starts from the SSM states the last one\n"
-                      "              ended in (the first from zeros; no gradient into them; not with -M 2 or -y)\n",
-                      "LCMdNUR");
+                      "              ended in (the first from zeros; no gradient into them; not with -M 2 or -y)\n"
+                      "  -Y <float>  dt stretch G: at each training step one random position per row has its dt\n"
+                      "              pre-activation raised by ln g, g log-uniform on [1, G] (a small dt times g: a gap\n"
+                      "              of up to G tokens); the selective mixer only; default 0, none\n",
+                      "LCMdNURY");
     print_preset(tc.preset);
     TokenData train, val;
     Vocab vocab;
@@ -535,6 +543,8 @@ int main(int argc, char** argv) {
     }
     if (tc.d_state && !mamba2) fail("flag -N: d_state is 16 in Mamba's mixer; -N sets the Mamba-2 mixer's (-M 2)");
     if (tc.dt_min && tc.init_path) fail("flag -U: sets the random initialization, and -e starts from %s", tc.init_path);
+    if (tc.dt_stretch && (lti || mamba2))
+        fail("flag -Y: the dt stretch acts on the selective mixer's dt; -M %s has none per position", lti ? "lti" : "2");
     if (tc.state_passing && mamba2) fail("flag -R: state passing is implemented for Mamba's mixer, not Mamba-2's (-M 2)");
     if (tc.state_passing && tc.resume) fail("flag -R: the passed states are not in checkpoints, so a run with -R cannot resume (-y)");
     MambaConfig config = mamba2 ? mamba2_config(vocab.size, tc.L, tc.C, tc.d_state ? tc.d_state : 64, 64)
@@ -555,6 +565,7 @@ int main(int argc, char** argv) {
     else mamba_init_random(&model, tc.seed, tc.dt_min ? tc.dt_min : MAMBA_DT_MIN);
     mamba_allocate_activations(&model, tc.B, tc.T, tc.dropout > 0.0f);
     if (tc.state_passing) mamba_allocate_passed_states(&model, tc.B);
+    model.stretch_max = tc.dt_stretch;
     cublasCheck(cublasSetMathMode(model.buf.cublas, CUBLAS_TF32_TENSOR_OP_MATH));
 
     if (config.mamba2)

@@ -113,6 +113,11 @@ expect "-U above 0.05" "flag -U" ./train_mamba $D $small -U 0.2
 expect "-U not a number" "flag -U" ./train_mamba $D $small -U small
 expect "-U with -e" "flag -U" ./train_mamba $D $small -U 1e-9 -x 1 -e "$W/mamba/model.bin"
 expect "-U to train_gpt" "-U" ./train_gpt $D $small -U 1e-9
+# -R, state passing: 0 or 1; Mamba-1's mixers only; not resumable (the passed states are not in checkpoints)
+expect "-R 2" "flag -R" ./train_mamba $D $small -R 2
+expect "-R with -M 2" "flag -R" ./train_mamba $D $small -R 1 -M 2 -C 32
+expect "-R with -y 1" "flag -R" ./train_mamba $D $small -L 1 -C 16 -R 1 -o "$W/mamba" -y 1 -x 9
+expect "-R to train_gpt" "-R" ./train_gpt $D $small -R 1
 expect_ok "-e of an LTI Mamba without -M" "Mamba LTI" ./train_mamba $D $small -x 0 -e "$W/mamba_lti/model.bin"
 
 # the hybrid's layer pattern

@@ -41,6 +41,7 @@ typedef struct {
     int d_state;             // -N: the state size where a model lets it be chosen (train_mamba -M 2); 0: the model's
     float dt_min;            // -U: the smallest dt of a Mamba's initialization (train_mamba); 0: mamba_ssm's 1e-3
     int state_passing;       // -R: (train_mamba) 1: each training batch starts from the SSM states the last one ended in
+    float dt_stretch;        // -Y: (train_mamba) the dt stretch's largest factor G (selective_scan.cuh), 0: none
     const char* pattern;     // -A: the hybrid LM's layers, one letter each (train_hybrid.cu)
     const char* mixer;       // -M: the Mamba's mixer, selective, lti or 2 (train_mamba.cu); null: not given
     int eval_chunk;          // -d: task sequences longer than this are evaluated this many positions at a time
@@ -128,7 +129,7 @@ static void train_usage(const char* program, const TrainConfig* d, const char* m
 // allowed names the model letters it takes (MODEL_LETTERS; the others are
 // refused with one line). A model that takes -d evaluates in chunks
 // (lm_evaluates_in_chunks): its chunk defaults to the preset's B x T.
-#define MODEL_LETTERS "LCHFAMdNUR"  // the flags a model takes only where its trainer says (the allowed letters)
+#define MODEL_LETTERS "LCHFAMdNURY"  // the flags a model takes only where its trainer says (the allowed letters)
 
 static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPreset* presets, const char* model_flags,
                               const char* allowed) {
@@ -168,6 +169,7 @@ static void parse_train_flags(int argc, char** argv, TrainConfig* c, const LMPre
             case 'N': c->d_state = parse_int_flag(f, v, 1, 1024); note_shape_flag(c, 'N'); break;  // (the model checks its limits)
             case 'U': c->dt_min = parse_float_flag(f, v, 1e-30f, 0.05f); break;
             case 'R': c->state_passing = parse_int_flag(f, v, 0, 1); break;
+            case 'Y': c->dt_stretch = parse_float_flag(f, v, 1.0f, 1e12f); break;
             case 'G': c->generate_only = parse_int_flag(f, v, 0, 1); break;
             case 'P': c->prompt = v; break;
             case 'a': c->temperature = parse_float_flag(f, v, 0.0f, 100.0f); break;

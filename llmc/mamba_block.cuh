@@ -289,9 +289,11 @@ typedef struct {
 // after x. A carry whose conv_state is null starts the conv with zero
 // padding and keeps no conv context: the SSM state alone is passed (training
 // from passed states, whose backward takes the initial SSM state as h0).
+// stretch: the dt stretch of a training step (selective_scan.cuh; the
+// selective model's; the backward needs nothing of it).
 static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
                                 int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr,
-                                const MambaCarry* carry = nullptr) {
+                                const MambaCarry* carry = nullptr, DtStretch stretch = NO_DT_STRETCH) {
     mamba_check_lti(d, lti, "mamba_mixer_forward");
     const float* conv_prev = carry ? carry->conv_state : nullptr;
     const float* h0 = carry ? carry->ssm_state : nullptr;
@@ -313,6 +315,7 @@ static void mamba_mixer_forward(cublasHandle_t h, const MambaStackParams& p, con
             NVTX_RANGE("x_proj_dt_forward");
             matmul_forward(h, a.x_dbl, a.u, p.x_proj_w, nullptr, BT, E, X);
             matmul_forward_ld(h, a.dt, a.x_dbl, X, p.dt_proj_w, nullptr, BT, R, E);
+            dt_stretch(a.dt, B, T, E, stretch);
             dt_softplus(a.dt, p.dt_proj_b, BT, E);
         }
         NVTX_RANGE("selective_scan_forward");
@@ -375,12 +378,12 @@ static void mamba_mixer_backward(cublasHandle_t h, float* dx, int accumulate_dx,
 }
 
 // one block: a.ln (B,T,C) = LN(x + Mamba(x)); p, a and lti (null unless
-// d.lti) are the layer's; carry as mamba_mixer_forward's
+// d.lti) are the layer's; carry and stretch as mamba_mixer_forward's
 static void mamba_block_forward(cublasHandle_t h, const MambaStackParams& p, const MambaStackActs& a, const float* x,
                                 int B, int T, MambaDims d, const MambaLtiParams* lti = nullptr,
-                                const MambaCarry* carry = nullptr) {
+                                const MambaCarry* carry = nullptr, DtStretch stretch = NO_DT_STRETCH) {
     int BT = B * T, C = d.C;
-    mamba_mixer_forward(h, p, a, x, B, T, d, lti, carry);
+    mamba_mixer_forward(h, p, a, x, B, T, d, lti, carry, stretch);
     {
         NVTX_RANGE("residual_forward");
         residual_forward(a.res, x, a.out, (long)BT * C);

@@ -70,6 +70,7 @@ chunked kernels (the GPU's); any E and T.
 #include "conv1d.cuh"  // silu, silu_grad
 #include "elementwise.cuh"
 #include "fast_math.cuh"
+#include "dropout.cuh"  // the counter-based hash of the dt stretch
 #include "utils.h"  // fail
 
 #define SCAN_CHUNK 32
@@ -801,8 +802,48 @@ inline void scan_check_limits(int N) {
     }
 }
 
+// The dt stretch (train_mamba -Y, a training augmentation): in each row b
+// one position p_b has its dt pre-activation (dt_proj's output, before the
+// bias and softplus) raised by ln g_b, g_b log-uniform on [1, G]. A small dt
+// (softplus(x) ~ e^x) is multiplied by g_b: that step decays a slow channel's
+// state as g_b steps would, a stand-in for a gap of up to G tokens, which
+// the model's faster channels forget across; a large dt grows by only ln g_b.
+// The gradient needs nothing more (d/dx of softplus(x + c) is the scan's
+// sigmoid of the shifted value). p_b and g_b come from dropout.cuh's hash of
+// (seed, step, site) and b, the same in every layer.
+typedef struct {
+    DropoutSite site;
+    float log_max;  // ln G; 0: no stretch
+} DtStretch;
+static const DtStretch NO_DT_STRETCH = {NO_DROPOUT_SITE, 0.0f};
+#define DT_STRETCH_SITE (1ull << 34)  // its hash site, apart from the dropout sites (layer numbers, 2^32 + l, 2^33)
+
+// row b's stretched row index b*T + p_b and ln g_b
+__device__ inline long dt_stretch_draw(DtStretch st, int b, int T, float* log_g) {
+    uint64_t r = mix64(dropout_key(st.site.seed, (uint64_t)*st.site.step, st.site.site) + (uint64_t)(b + 1) * DROPOUT_GAMMA);
+    *log_g = st.log_max * (float)(r & 0xffffffu) / 16777216.0f;
+    return (long)b * T + (long)((r >> 32) % (uint64_t)T);
+}
+
+// dt_raw (B,T,E): row b*T + p_b raised by ln g_b; one thread per (b, e)
+__global__ void dt_stretch_kernel(float* dt_raw, int B, int T, int E, DtStretch st) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * E) return;
+    int b = idx / E, e = idx % E;
+    float log_g;
+    long row = dt_stretch_draw(st, b, T, &log_g);
+    dt_raw[row * E + e] += log_g;
+}
+
 void dt_softplus(float* dt, const float* bias, int BT, int E) {
     LAUNCH(dt_softplus_kernel, BT, row_threads(E), 0)(dt, bias, E, row_span(E));
+    cudaCheck(cudaGetLastError());
+}
+
+// the dt stretch of one layer's dt pre-activations (B,T,E) (a no-op when st.log_max is 0)
+void dt_stretch(float* dt_raw, int B, int T, int E, DtStretch st) {
+    if (st.log_max <= 0.0f) return;
+    LAUNCH(dt_stretch_kernel, CEIL_DIV(B * E, 256), 256, 0)(dt_raw, B, T, E, st);
     cudaCheck(cudaGetLastError());
 }
 
