@@ -580,6 +580,10 @@ int main(int argc, char** argv) {
         printf("backend %s | Mamba L %d C %d E %d N %d R %d | vocab %d | %ld parameters | scan %s\n", BACKEND_NAME,
                config.num_layers, config.channels, config.inner, config.d_state, dims_of(config).R, config.vocab_size,
                model.buf.num_parameters, kernel_choices.scan_chunked ? "chunked parallel" : "sequential");
+    if (tc.dt_stretch > 1.0f)
+        printf("dt stretch: at training steps one position per row has its dt pre-activation raised by ln g, g "
+               "log-uniform on [1, %g]\n", tc.dt_stretch);
+    if (tc.state_passing) printf("state passing: each training batch starts from the SSM states the last one ended in\n");
     int status = lm_run(&model, &tc, &train, &val, &vocab);
     if (model.passed) cudaCheck(cudaFree(model.passed));
     model_free(&model.buf);

@@ -30,8 +30,9 @@
 #                 ms per image (the samples come back in $OUT)
 #      synthetic  the Mamba paper's induction heads (data written here by
 #                 dev/data/synthetic.py): a 2-layer Mamba trained as on the
-#                 CPU (doc/results.md) at T 256, evaluated at T 2^10 and 2^20 (in
-#                 chunks, -d): loss, accuracy, time and peak memory of each
+#                 CPU (doc/results.md: -U 1e-9, then the dt stretch -Y 1e6) at
+#                 T 256, evaluated at T 2^10 and 2^20 (in chunks, -d): loss,
+#                 accuracy, time and peak memory of each
 #      seed runs  train_mamba and train_gpt at the seed configuration for as
 #                 long as the time left allows: val loss and ms per step
 #      sanitizer  compute-sanitizer memcheck on test_gpt and test_mamba, when
@@ -259,15 +260,19 @@ done
 
 echo "=== synthetic tasks (induction heads at the Mamba paper's sizes; in the rehearsal, fewer steps and 2^14 for 2^20)"
 SYN=$OUT/synthetic
-if [ "$DRY" = 1 ]; then SYN_STEPS=20; SYN_LONG=14; else SYN_STEPS=6000; SYN_LONG=20; fi
+if [ "$DRY" = 1 ]; then SYN_STEPS=20; SYN_TUNE=10; SYN_LONG=14; else SYN_STEPS=9000; SYN_TUNE=2000; SYN_LONG=20; fi
 log=$OUT/synthetic.log
 : > "$log"
 t0=$(date +%s)
 limited 20 "$log" "$PYTHON" dev/data/synthetic.py --task induction --out "$SYN" --T 256 --V 16 --train 8192 --val 64 \
   --test 16 --test-lengths 10-$SYN_LONG --test-tokens 4096
 rc=$?
-[ $rc = 0 ] && limited 45 "$log" ./train_mamba -S $PRESET -L 2 -C 64 -b 8 -l 1e-3 -u 200 -q 1 -x $SYN_STEPS -v 0 \
-  -i "$SYN/induction_train.bin" -j "$SYN/induction_val.bin" -o "$SYN/model"
+[ $rc = 0 ] && limited 45 "$log" ./train_mamba -S $PRESET -L 2 -C 64 -U 1e-9 -b 8 -l 1e-3 -u 200 -q 1 -x $SYN_STEPS \
+  -v 0 -i "$SYN/induction_train.bin" -j "$SYN/induction_val.bin" -o "$SYN/learned"
+rc=$?
+# then the dt stretch (doc/results.md, synthetic tasks)
+[ $rc = 0 ] && limited 20 "$log" ./train_mamba -S $PRESET -e "$SYN/learned/model.bin" -Y 1e6 -b 8 -l 3e-4 -u 100 -q 1 \
+  -x $SYN_TUNE -v 0 -i "$SYN/induction_train.bin" -j "$SYN/induction_val.bin" -o "$SYN/model"
 rc=$?
 note "synthetic train" "$(status_word $rc) after $(( $(date +%s) - t0 )) s: $(grep -E '^final' "$log" | tail -n 1)"
 for e in 10 $SYN_LONG; do

@@ -1,7 +1,9 @@
 """
 The Mamba paper's synthetic tasks as a study: trains 2-layer models of width
 64 (Mamba, the selection ablation Mamba -M lti, Mamba-2 -M 2, GPT,
-Transformer++ and the hybrid -A MA) on selective copying and on induction heads, evaluates the
+Transformer++ and the hybrid -A MA; and a Mamba initialized with dt down to
+1e-9 (-U 1e-9), then trained on for 2,000 steps with the dt stretch -Y 1e6)
+on selective copying and on induction heads, evaluates the
 induction-heads models at every test length each can run (2^6 .. 2^20), and
 writes
 
@@ -21,6 +23,7 @@ cost allows on a CPU.
   dev/synthetic                         the CPU study (about half an hour on 2 cores, --jobs 2)
   dev/synthetic --steps 200 --longest 4096 --out /tmp/syn --models Mamba   a quick look
   dev/synthetic --gpu                   batch 64 and 20,000 steps at the seed preset (for a GPU)
+  dev/synthetic --models "Mamba -U 1e-9 then -Y 1e6" --tasks induction --jobs 1 --out doc/synthetic/dt_stretch
 
 The data are make synthetic-tasks' (length 256, vocabulary 16, K 16): the
 paper's induction-heads task and model sizes (2 layers, width 64).
@@ -42,10 +45,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STRETCHED = "Mamba -U 1e-9 then -Y 1e6"
 
 # name: (trainer, flags of the architecture)
 MODELS = {
     "Mamba": ("./train_mamba", ["-L", "2", "-C", "64"]),
+    STRETCHED: ("./train_mamba", ["-L", "2", "-C", "64", "-U", "1e-9"]),
     "Mamba LTI (-M lti)": ("./train_mamba", ["-L", "2", "-C", "64", "-M", "lti"]),
     "Mamba-2 (-M 2)": ("./train_mamba", ["-L", "2", "-C", "64", "-M", "2"]),
     "GPT": ("./train_gpt", ["-L", "2", "-C", "64", "-H", "4"]),
@@ -53,6 +58,9 @@ MODELS = {
     "Hybrid (-A MA)": ("./train_hybrid", ["-A", "MA", "-C", "64", "-H", "4"]),
 }
 TASKS = ("induction", "copy")
+# models trained on from their model file with flags of their own after the study's run: the
+# dt stretch (train_mamba -Y), a gap of up to 10^6 tokens at one position per row
+FINETUNE = {STRETCHED: ["-Y", "1e6", "-x", "2000", "-l", "3e-4", "-u", "100"]}
 # training flags per config, the same for every model and both tasks; the
 # learning rate is constant after the warmup (induction heads are learnt in a
 # sudden jump after a plateau, which a decaying rate delays)
@@ -118,6 +126,16 @@ def train(name, task, cfg, out_dir, seed):
            "-r", str(seed), "-i", f"data/{task}_train.bin", "-j", f"data/{task}_val.bin", "-o", d]
     subprocess.run(["rm", "-rf", os.path.join(ROOT, d)])
     out, secs = must(cmd)
+    if name in FINETUNE:  # trained on from the model just written, the result is the second run's
+        tuned = d + "_tuned"
+        then = [trainer, "-S", cfg["preset"], "-e", os.path.join(d, "model.bin"), *FINETUNE[name], "-b", str(cfg["B"]),
+                "-q", "1", "-v", str(cfg["val_every"]), "-m", "0", "-g", "0", "-s", "0", "-r", str(seed),
+                "-i", f"data/{task}_train.bin", "-j", f"data/{task}_val.bin", "-o", tuned]
+        subprocess.run(["rm", "-rf", os.path.join(ROOT, tuned)])
+        out, more = must(then)
+        secs += more
+        cmd += ["&&", *then]
+        d = tuned
     params = int(re.search(r"([0-9]+) parameters", out).group(1))
     vals = [parse_score(l) for l in out.splitlines() if l.startswith("val loss")]
     final = parse_score([l for l in out.splitlines() if l.startswith("final")][-1])
@@ -173,13 +191,16 @@ def pow2(L):
 
 def write_report(out, cfg, args, results, lengths, wall_total):
     cpu = "a GPU" if args.gpu else "the CPU"
+    tuned = [n for n in FINETUNE if any(r["name"] == n for r in results)]
     lines = ["# The Mamba paper's synthetic tasks", "",
              f"Written by `dev/synthetic{' --gpu' if args.gpu else ''}` ({cpu} config). Every model: 2 layers, "
              f"width 64, trained with the same flags: batch {cfg['B']}, {cfg['steps']} steps, learning rate "
-             f"{cfg['lr']} (constant after a warmup of {cfg['warmup']} steps), seed {args.seed} (-r), one run each. "
+             f"{cfg['lr']} (constant after a warmup of {cfg['warmup']} steps), seed {args.seed} (-r), one run each"
+             + "".join(f"; {n}: then trained on from that run's model with `{' '.join(FINETUNE[n])}`" for n in tuned)
+             + ". "
              f"Data: `make synthetic-tasks` (length 256, vocabulary 16; selective copying with K 16 data tokens; "
              f"16,384 training sequences, validation on the 512 of the val file). The whole study took "
-             f"{wall_total / 60:.1f} minutes of wall time ({args.jobs} run(s) at a time).", ""]
+             f"{wall_total / 60:.1f} minutes of wall time ({min(args.jobs, len(results))} run(s) at a time).", ""]
     for task in TASKS:
         rows = [r for r in results if r["task"] == task]
         if not rows:
@@ -216,11 +237,13 @@ def write_report(out, cfg, args, results, lengths, wall_total):
                     cells.append(f"{v[0]:.1f}" if isinstance(v, tuple) else (v or ""))
                 lines.append(f"| {r['name']} | {r['params']:,d} | {r['final']['acc']:.2f}% | {r['wall']:.0f} | "
                              + " | ".join(cells) + " |")
-            mamba = lengths.get("Mamba", {})
-            if isinstance(mamba.get(1024), tuple) and isinstance(mamba.get(TEST_LENGTHS[-1]), tuple):
-                lines += ["", f"Peak memory of the Mamba's evaluation: {mamba[1024][1]:.0f} MiB at 2^10, "
-                          f"{mamba[TEST_LENGTHS[-1]][1]:.0f} MiB at 2^20 ({mamba[TEST_LENGTHS[-1]][2]:.0f} s for "
-                          f"{mamba[TEST_LENGTHS[-1]][3]} sequences)."]
+            for r in rows:
+                s = lengths.get(r["name"], {})
+                if isinstance(s.get(1024), tuple) and isinstance(s.get(TEST_LENGTHS[-1]), tuple):
+                    lines += ["", f"Peak memory of the {r['name']}'s evaluation: {s[1024][1]:.0f} MiB at 2^10, "
+                              f"{s[TEST_LENGTHS[-1]][1]:.0f} MiB at 2^20 ({s[TEST_LENGTHS[-1]][2]:.0f} s for "
+                              f"{s[TEST_LENGTHS[-1]][3]} sequences)."]
+                    break
             lines += ["", f"The paper's Table 2 (trained at 256): {PAPER_INDUCTION}", "",
                       "![accuracy against test length](induction.png)", ""]
     lines += ["## Commands", "", "Training (evaluation: the same trainer with `-e MODEL -j "

@@ -118,6 +118,12 @@ expect "-R 2" "flag -R" ./train_mamba $D $small -R 2
 expect "-R with -M 2" "flag -R" ./train_mamba $D $small -R 1 -M 2 -C 32
 expect "-R with -y 1" "flag -R" ./train_mamba $D $small -L 1 -C 16 -R 1 -o "$W/mamba" -y 1 -x 9
 expect "-R to train_gpt" "-R" ./train_gpt $D $small -R 1
+# -Y, the dt stretch: G >= 1; the selective mixer only
+expect "-Y below 1" "flag -Y" ./train_mamba $D $small -Y 0.5
+expect "-Y not a number" "flag -Y" ./train_mamba $D $small -Y big
+expect "-Y with -M lti" "flag -Y" ./train_mamba $D $small -Y 1e6 -M lti
+expect "-Y with -M 2" "flag -Y" ./train_mamba $D $small -Y 1e6 -M 2 -C 32
+expect "-Y to train_hybrid" "-Y" ./train_hybrid $D $small -Y 1e6
 expect_ok "-e of an LTI Mamba without -M" "Mamba LTI" ./train_mamba $D $small -x 0 -e "$W/mamba_lti/model.bin"
 
 # the hybrid's layer pattern

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training step as a CUDA graph (llmc/trainer.h): for every trainer
-# (train_gpt, train_gpt_plus, train_mamba, train_hybrid, train_vit,
+# (train_gpt, train_gpt_plus, train_mamba (also with -R 1 -Y 1e6), train_hybrid, train_vit,
 # train_mamba_vit, train_mamba_vit -M bi and -M 2), 5 training steps with the step captured once and
 # replayed (STEP_GRAPH=1) print the same losses, learning rates and norms as
 # 5 eager steps (STEP_GRAPH=0), write the same log.jsonl (but for times) and
@@ -21,11 +21,12 @@ lm="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 4 -t 32 -x 5 -u 3 -v 5 -m 1
 vision="-i $W/s_train.bin -j $W/s_test.bin -b 8 -B 16 -x 5 -u 3 -v 0 -m 1 -s 1 -D 0.1 -A 1"
 # the graph launches of the steps of a run's HOST_PROFILE lines, one number a line
 graph_launches() { sed -n 's/^host profile step [0-9]*: .* by \([0-9]*\) graph launches.*/\1/p' "$1" | tr '\n' ' '; }
-for m in gpt plus mamba hybrid vit mamba_vit mamba_vit_bi mamba_vit2; do
+for m in gpt plus mamba mamba_ry hybrid vit mamba_vit mamba_vit_bi mamba_vit2; do
   case $m in
     gpt) prog="./train_gpt"; args="$lm -L 2 -C 32" ;;
     plus) prog="./train_gpt_plus"; args="$lm -L 2 -C 32" ;;
     mamba) prog="./train_mamba"; args="$lm -L 2 -C 32" ;;
+    mamba_ry) prog="./train_mamba"; args="$lm -L 2 -C 32 -R 1 -Y 1e6" ;;  # passed states, the dt stretch
     hybrid) prog="./train_hybrid"; args="$lm -A MAF -C 32" ;;
     vit) prog="./train_vit"; args="$vision -L 1 -C 16 -H 2" ;;
     mamba_vit) prog="./train_mamba_vit"; args="$vision -L 1 -C 16" ;;

@@ -4,17 +4,20 @@
 # model file, byte for byte, and leaves a log that reads as the
 # uninterrupted run's (host backend). For train_gpt, train_gpt_plus,
 # train_mamba and train_hybrid, each without dropout and with -D 0.2 (the
-# masks resume: the checkpoint holds the run's seed and step), and
+# masks resume: the checkpoint holds the run's seed and step), train_mamba
+# with the dt stretch -Y (drawn from the same seed and step), and
 # train_hybrid with a Mamba-2 (S) layer without dropout. Ends with
 # "N passed, M failed".
 source "$(dirname "$0")/testlib.sh"
 test_setup
 random_lm_data 2 20000 4000
-for run in gpt gpt_plus mamba hybrid hybrid_s gpt:0.2 gpt_plus:0.2 mamba:0.2 hybrid:0.2; do
+for run in gpt gpt_plus mamba hybrid hybrid_s mamba_y gpt:0.2 gpt_plus:0.2 mamba:0.2 hybrid:0.2; do
   m=${run%%:*} drop=${run#*:}; [ "$drop" = "$run" ] && drop=0
-  prog="./train_${m%_s}"  # hybrid_s: train_hybrid with a Mamba-2 (S) layer
+  base=${m%_s}; base=${base%_y}
+  prog="./train_$base"  # hybrid_s: train_hybrid with a Mamba-2 (S) layer; mamba_y: train_mamba -Y
   shape="-L 2 -C 32"; [ $m = hybrid ] && shape="-A MAF -C 32"; [ $m = hybrid_s ] && shape="-A SAF -C 32"
   args="-i $W/train.bin -j $W/val.bin -k $W/vocab.bin -b 8 -t 64 $shape -x 100 -n 10 -v 50 -m 2 -g 20"
+  [ $m = mamba_y ] && args="$args -Y 1e6"
   if [ "$drop" != 0 ]; then args="$args -D $drop"; m="${m}_d$drop"; fi
   $prog $args -o "$W/full_$m" | step_lines > "$W/full_$m.txt"
   $prog $args -o "$W/cut_$m" > /dev/null & pid=$!
@@ -40,11 +43,12 @@ for run in gpt gpt_plus mamba hybrid hybrid_s gpt:0.2 gpt_plus:0.2 mamba:0.2 hyb
   else
     fail "$m: log.jsonl differs from the uninterrupted run's"
   fi
-  if [ "$drop" != 0 ]; then  # dropout took effect: other losses than the run without it
-    if ! diff -q "$W/full_${m%_d*}.txt" "$W/full_$m.txt" >/dev/null; then
-      ok "$m: the losses differ from the run without dropout"
+  if [ "$drop" != 0 ] || [ $m = mamba_y ]; then  # dropout or the stretch took effect: other losses than the run without
+    plain=${m%_d*}; plain=${plain%_y}
+    if ! diff -q "$W/full_$plain.txt" "$W/full_$m.txt" >/dev/null; then
+      ok "$m: the losses differ from the run without $([ $m = mamba_y ] && echo the stretch || echo dropout)"
     else
-      fail "$m: -D $drop printed the losses of the run without dropout"
+      fail "$m: printed the losses of the run without $([ $m = mamba_y ] && echo the stretch || echo dropout)"
     fi
   fi
 done
