@@ -66,6 +66,12 @@ static const double CHUNK_TOL = tf32_tolerance(1e-5, 2e-2);
 // fp32 math in another summation order, ~1e-7 relative; 1e-5 bounds it (as
 // test_gpt.cu)
 static const double GEN_TOL = tf32_tolerance(1e-5, 2e-2);  // TF32 as TOL
+// the whole model's finite differences (check_training_gradients): FD_TOL in
+// fp32; in the host's TF32 mode 1e-1: the loss itself then moves by ~1e-4 of
+// itself between two nearby parameter sets (every matmul input rounded to
+// 2^-11), up to ~1e-1 of the 2 eps slope difference here (worst measured
+// 2.4e-2); the part of the gradients a feature makes is still held to 50 FD_TOL
+static const double MODEL_FD_TOL = tf32_tolerance(FD_TOL, 1e-1);
 
 // ----------------------------------------------------------------------------
 // 1-2. the selective scan on its own: inputs, one forward + backward
@@ -431,10 +437,11 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
 
 // The gradients g of a training forward (forward(): its setup and
 // lm_forward) w.r.t. every layer's A_log and dt bias (dt_proj_b, or the LTI
-// model's dt_bias) against central differences of the loss (FD_TOL, eps
+// model's dt_bias) against central differences of the loss (MODEL_FD_TOL, eps
 // 3e-2, along the gradient's signs with random magnitudes: see
-// check_passed_states); and what's part of them (g_without: the gradients
-// without it) far above FD_TOL, so that those checks see it.
+// check_passed_states); and the part of them that `what` (the initial
+// states, the stretch) makes, against g_without (the gradients without it):
+// far above FD_TOL, so that those checks would see a backward missing it.
 static void check_training_gradients(Tests& t, Mamba* model, const std::function<void()>& forward,
                                      const std::vector<float>& g, const std::vector<float>& g_without,
                                      const char* what, uint64_t* rng) {
@@ -462,8 +469,8 @@ static void check_training_gradients(Tests& t, Mamba* model, const std::function
         };
         double numeric = (loss_at(1.0f) - loss_at(-1.0f)) / 6e-2;
         double rel = fabs(numeric - analytic) / fmax(fabs(analytic), 1e-6);
-        t.check(rel <= FD_TOL, "finite difference d/d%-9s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
-                k.name, numeric, analytic, rel, FD_TOL);
+        t.check(rel <= MODEL_FD_TOL, "finite difference d/d%-9s numeric %+.6e analytic %+.6e  rel err %.2e (tol %.0e)",
+                k.name, numeric, analytic, rel, MODEL_FD_TOL);
         double part = tensor_error(g_without.data() + off, g.data() + off, k.n).rel;
         t.check(part > 50 * FD_TOL, "%s's part of d/d%s (relative): %.3f (above 50x the tolerance, %.1f)", what, k.name,
                 part, 50 * FD_TOL);
