@@ -73,6 +73,20 @@ static const double GEN_TOL = tf32_tolerance(1e-5, 2e-2);  // TF32 as TOL
 // 2.4e-2); the part of the gradients a feature makes is still held to 50 FD_TOL
 static const double MODEL_FD_TOL = tf32_tolerance(FD_TOL, 1e-1);
 
+// the number of positions where a and b (of a's size) differ, bit for bit
+static long count_differing(const std::vector<float>& a, const std::vector<float>& b) {
+    long diff = 0;
+    for (size_t i = 0; i < a.size(); i++) diff += a[i] != b[i];
+    return diff;
+}
+
+// n token ids drawn uniformly from 0 .. V-1
+static std::vector<int> random_tokens(long n, int V, uint64_t* rng) {
+    std::vector<int> tokens(n);
+    for (int& x : tokens) x = (int)(random_uniform(rng) * V) % V;
+    return tokens;
+}
+
 // ----------------------------------------------------------------------------
 // 1-2. the selective scan on its own: inputs, one forward + backward
 
@@ -414,8 +428,7 @@ static void check_chunked_eval(Tests& t, MambaConfig config, const std::vector<f
     mamba_allocate_activations(&model, B, T, false);
     load_params(&model.buf, params);
     uint64_t rng = 4242;
-    std::vector<int> tokens((size_t)B * T);
-    for (int& x : tokens) x = (int)(random_uniform(&rng) * V) % V;
+    std::vector<int> tokens = random_tokens((long)B * T, V, &rng);
     bool default_chunked = kernel_choices.scan_chunked, default_vec = kernel_choices.scan_vec;
     const char* variants[3] = {"seq", "vec", "chunked"};
     for (int v = 0; v < (config.lti ? 1 : 3); v++) {
@@ -551,9 +564,7 @@ static void check_dt_stretch(Tests& t) {
     mamba_init_random(&model, 98);
     mamba_allocate_activations(&model, Bm, Tm, false);
     model.dropout.seed = 5;
-    std::vector<int> inputs((size_t)Bm * Tm), targets((size_t)Bm * Tm);
-    for (int& x : inputs) x = (int)(random_uniform(&rng) * V) % V;
-    for (int& x : targets) x = (int)(random_uniform(&rng) * V) % V;
+    std::vector<int> inputs = random_tokens((long)Bm * Tm, V, &rng), targets = random_tokens((long)Bm * Tm, V, &rng);
     long n_params = model.buf.num_parameters, n_dt = (long)Bm * Tm * d.E;
     mamba_allocate_passed_states(&model, Bm);
     std::vector<float> H = random_vector((long)c.num_layers * Bm * d.E * d.N, -1.0f, 1.0f, &rng);
@@ -603,8 +614,7 @@ static void check_dt_stretch(Tests& t) {
     check_training_gradients(t, &model, forward, g, g_plain, "the stretch", &rng);
     mamba_forward(&model, inputs.data(), targets.data(), Bm, Tm, -1);
     std::vector<float> dt_eval = layer_dt(0);
-    long diff = 0;
-    for (long i = 0; i < n_dt; i++) diff += dt_eval[i] != dt_plain[0][i];
+    long diff = count_differing(dt_eval, dt_plain[0]);
     t.check(diff == 0, "an evaluation forward is not stretched: %ld of %ld dt differ from an unstretched step's", diff, n_dt);
     cudaCheck(cudaFree(model.passed));
     model_free(&model.buf);
@@ -638,9 +648,7 @@ static void check_passed_states(Tests& t, int lti) {
     mamba_init_random(&model, 99);
     mamba_allocate_activations(&model, B, T, false);
     uint64_t rng = 777;
-    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
-    for (int& x : inputs) x = (int)(random_uniform(&rng) * V) % V;
-    for (int& x : targets) x = (int)(random_uniform(&rng) * V) % V;
+    std::vector<int> inputs = random_tokens((long)B * T, V, &rng), targets = random_tokens((long)B * T, V, &rng);
     long n_params = model.buf.num_parameters, n_states = (long)c.num_layers * B * d.E * d.N;
     auto grads = [&]() { return device_to_vector(model.buf.grads_memory, n_params); };
     auto step = [&]() {  // a training step's forward and backward (no update), as lm_run's
@@ -655,8 +663,7 @@ static void check_passed_states(Tests& t, int lti) {
     float* from = passed_states(&model, 1, 0);  // where the next training forward starts from
     float loss_zero = step();
     std::vector<float> g_zero = grads();
-    long diff = 0;
-    for (long i = 0; i < n_params; i++) diff += g_zero[i] != g_plain[i];
+    long diff = count_differing(g_zero, g_plain);
     t.check(loss_zero == loss_plain && diff == 0, "from zero states: loss %.7f vs %.7f, %ld of %ld gradients differ "
             "(bit-identical wanted)", loss_zero, loss_plain, diff, n_params);
 
@@ -665,8 +672,7 @@ static void check_passed_states(Tests& t, int lti) {
     step();
     std::vector<float> g = grads();
     std::vector<float> kept = device_to_vector(passed_states(&model, 0, 0), n_states), after = device_to_vector(from, n_states);
-    diff = 0;
-    for (long i = 0; i < n_states; i++) diff += kept[i] != H[i];
+    diff = count_differing(kept, H);
     t.check(diff == 0, "the batch's initial states kept for the backward: %ld of %ld differ from H", diff, n_states);
     {  // a chunked evaluation's carry from H: the conv context cleared, the SSM states H
         MambaStepState carried;
@@ -752,8 +758,7 @@ static void check_zero_state_identical(Tests& t) {
             std::vector<float> s = device_to_vector(states, scan_states_size(B, T, E, N));
             out[with].insert(out[with].end(), s.begin(), s.end());
         }
-        long diff = 0;
-        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        long diff = count_differing(out[0], out[1]);
         t.check(diff == 0, "[%s] scan with h0 = zeros vs none: %ld of %zu values differ (bit-identical wanted)",
                 variants[v], diff, out[0].size());
         ScanProblem pz = p;
@@ -761,8 +766,10 @@ static void check_zero_state_identical(Tests& t) {
         ScanResult none = run_scan(p, true), zero = run_scan(pz, true);
         long gdiff = 0, gn = 0;
         for (auto field : {&ScanResult::du, &ScanResult::ddt, &ScanResult::dxz, &ScanResult::dx_dbl,
-                           &ScanResult::dA_log, &ScanResult::dD})
-            for (size_t i = 0; i < (none.*field).size(); i++, gn++) gdiff += (none.*field)[i] != (zero.*field)[i];
+                           &ScanResult::dA_log, &ScanResult::dD}) {
+            gdiff += count_differing(none.*field, zero.*field);
+            gn += (long)(none.*field).size();
+        }
         t.check(gdiff == 0, "[%s] scan backward with h0 = zeros vs none: %ld of %ld gradients differ (bit-identical wanted)",
                 variants[v], gdiff, gn);
     }
@@ -778,8 +785,7 @@ static void check_zero_state_identical(Tests& t) {
             conv1d_silu_forward(conv, cu, xz, 2 * E, dw, db, B, T, E, with ? ctx : nullptr);
             out[with] = device_to_vector(cu, BT * E);
         }
-        long diff = 0;
-        for (size_t i = 0; i < out[0].size(); i++) diff += out[0][i] != out[1][i];
+        long diff = count_differing(out[0], out[1]);
         t.check(diff == 0, "conv1d with a zero context vs none: %ld of %zu values differ (bit-identical wanted)", diff,
                 out[0].size());
         for (float* q : {dw, db, conv, cu}) cudaFree(q);
